@@ -1,0 +1,45 @@
+# Orrery: `make test` runs every test, `make demo` runs the main job.
+# Both bootstrap what they need, idempotently.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JOBS   ?= 2
+
+.PHONY: test demo lint typecheck bench setup mosquitto clean
+
+setup: $(STAMP) mosquitto
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# Debian's mosquitto, only where it is missing (the tests start their own broker).
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check shared firmware
+
+typecheck: setup
+	$(BIN)/mypy cloud tools
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m tools.build --check
+	$(BIN)/python -m pytest -n $(JOBS) tests
+
+bench: setup
+	$(BIN)/orrery bench device --json
+
+demo: setup
+	$(BIN)/orrery demo
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .hypothesis
