@@ -1,0 +1,204 @@
+"""``orrery bench device``: the shared core's cost on a real MicroPython runtime.
+
+Every figure comes from one run on this machine: fuel (wasmtime's deterministic instruction
+budget) and microseconds per sample or step, bytes allocated per call, calls that fail under
+``heap_lock``, and the heap the shared core holds with the representative workflow loaded.
+Each integer filter is measured beside a naive float/list version of the same filter in the
+same run, so the ratio is meaningful on a noisy, shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from tools import build, mpwasm
+
+REPO = Path(__file__).resolve().parents[3]
+WORKFLOW = REPO / "tests" / "golden" / "workflows" / "greenhouse.json"
+
+HEAP_TARGET = 24 * 1024
+RATIO_TARGET = 2.0
+
+# One representative spec per filter kind, at a 100 ms sample period.
+PERIOD_MS = 100
+FILTER_SPECS: list[dict] = [
+    {"type": "moving_average", "window": 16},
+    {"type": "ema", "alpha": 0.2},
+    {"type": "median", "window": 7},
+    {"type": "min", "window": 16},
+    {"type": "max", "window": 16},
+    {"type": "lowpass", "cutoff_hz": 0.5},
+    {"type": "highpass", "cutoff_hz": 0.5},
+    {"type": "biquad", "design": "lowpass", "cutoff_hz": 1.0, "q": 0.7071},
+    {"type": "delta", "threshold": 20},
+    {"type": "clamp", "min": -1000, "max": 3000},
+    {"type": "calibrate", "gain": 0.805, "offset": -12},
+    {"type": "hysteresis", "low": 1000, "high": 1500},
+    {"type": "debounce", "samples": 3},
+    {"type": "throttle", "samples": 10},
+    {"type": "heartbeat", "samples": 10},
+]
+CHAIN_SPECS: list[dict] = [
+    {"type": "clamp", "min": -500, "max": 4000},
+    {"type": "median", "window": 5},
+    {"type": "moving_average", "window": 8},
+    {"type": "calibrate", "gain": 0.805, "offset": -12},
+    {"type": "biquad", "design": "lowpass", "cutoff_hz": 1.0, "q": 0.7071},
+]
+
+
+def _signal(n: int, seed: int = 1) -> list[int]:
+    """A deterministic noisy slow sine in the sample domain (an LCG, not ``random``)."""
+    import math
+
+    out, s = [], seed
+    for i in range(n):
+        s = (1103515245 * s + 12345) & 0x7FFFFFFF
+        noise = (s >> 16) % 61 - 30
+        out.append(int(1500 + 1200 * math.sin(i / 40.0)) + noise)
+    return out
+
+
+def _compiled_specs(specs: list[dict]) -> list[dict]:
+    from shared import filterspec
+
+    out = []
+    for spec in specs:
+        code, params = filterspec.compile_spec(spec, PERIOD_MS)
+        out.append(
+            {
+                "name": spec["type"],
+                "spec": spec,
+                "period_ms": PERIOD_MS,
+                "code": code,
+                "params": list(params),
+            }
+        )
+    return out
+
+
+def _guest(path: Path, config: dict, **kw) -> dict:
+    with tempfile.TemporaryDirectory(prefix="orrery-bench-") as tmp:
+        Path(tmp, "config.json").write_text(json.dumps(config))
+        mounts = {"/bench": tmp, **kw.pop("mounts", {})}
+        return mpwasm.run_json(path.read_text(), mounts=mounts, **kw)  # type: ignore[return-value]
+
+
+def run(samples: int = 2000) -> dict:
+    """Measure everything; return the figures as a JSON-able dict."""
+    from shared import workflow
+
+    compiled = workflow.compile(WORKFLOW.read_bytes())
+    prog_inputs = _signal(samples, seed=7)
+    config = {
+        "samples": samples,
+        "inputs": _signal(samples),
+        "filters": _compiled_specs(FILTER_SPECS),
+        "chain": _compiled_specs(CHAIN_SPECS),
+        "workflow_blob": compiled.blob.hex(),
+        "workflow_inputs": prog_inputs,
+    }
+    costs = _guest(REPO / "tools" / "bench" / "device_guest.py", config)
+
+    heap_cfg = {"workflow_blob": compiled.blob.hex(), "path": "/repo"}
+    heap_src = _guest(REPO / "tools" / "bench" / "heap_guest.py", heap_cfg)
+    with tempfile.TemporaryDirectory(prefix="orrery-mpy-") as mpy_dir:
+        build.build(Path(mpy_dir))
+        heap_cfg["path"] = "/mpy"
+        heap_mpy = _guest(
+            REPO / "tools" / "bench" / "heap_guest.py", heap_cfg, mounts={"/mpy": mpy_dir}
+        )
+
+    allocs = sum(f["int"]["heap_lock_allocations"] for f in costs["filters"])
+    allocs += (
+        costs["chain"]["int"]["heap_lock_allocations"]
+        + costs["workflow_step"]["heap_lock_allocations"]
+    )
+    alloc_bytes = max(
+        [f["int"]["alloc_bytes"] for f in costs["filters"]]
+        + [costs["chain"]["int"]["alloc_bytes"], costs["workflow_step"]["alloc_bytes"]]
+    )
+    chain_ratio = costs["chain"]["ratio_fuel"]
+    result = {
+        **costs,
+        "workflow": {
+            "name": compiled.name,
+            "version": compiled.version,
+            "hash": compiled.hash,
+            "blob_bytes": len(compiled.blob),
+            "computed_heap_bytes": compiled.heap_bytes,
+        },
+        "heap": {"from_mpy": heap_mpy, "from_source": heap_src},
+        "targets": {
+            "allocations_per_call": {
+                "target": 0,
+                "measured_heap_lock_failures": allocs,
+                "max_alloc_bytes_per_call": alloc_bytes,
+            },
+            "chain_vs_naive_float": {
+                "target": f">= {RATIO_TARGET}x",
+                "ratio_fuel": chain_ratio,
+                "ratio_us": costs["chain"]["ratio_us"],
+            },
+            "shared_core_heap_bytes": {
+                "target": f"<= {HEAP_TARGET}",
+                "measured_mpy": heap_mpy["total"],
+            },
+        },
+    }
+    result["targets"]["met"] = (
+        allocs == 0
+        and alloc_bytes == 0
+        and chain_ratio >= RATIO_TARGET
+        and heap_mpy["total"] <= HEAP_TARGET
+    )
+    return result
+
+
+def print_report(result: dict, console: Console) -> None:
+    """The same figures as a table for people."""
+    console.print(f"[bold]orrery bench device[/] on {result['runtime']}")
+    t = Table(
+        "filter",
+        "fuel/sample",
+        "µs/sample",
+        "alloc B",
+        "naive fuel",
+        "naive µs",
+        "ratio (fuel)",
+        "ratio (µs)",
+    )
+    rows = [(f["name"], f) for f in result["filters"]] + [
+        ("chain: " + "+".join(result["chain"]["filters"]), result["chain"])
+    ]
+    for name, f in rows:
+        t.add_row(
+            name,
+            f"{f['int']['fuel']:.0f}",
+            f"{f['int']['us']:.1f}",
+            f"{f['int']['alloc_bytes']:.0f}",
+            f"{f['naive_float']['fuel']:.0f}",
+            f"{f['naive_float']['us']:.1f}",
+            f"{f['ratio_fuel']:.2f}x",
+            f"{f['ratio_us']:.2f}x" if f["ratio_us"] else "-",
+        )
+    console.print(t)
+    w = result["workflow_step"]
+    console.print(
+        f"workflow step ({result['workflow']['name']} v{result['workflow']['version']}): "
+        f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
+        f"{w['heap_lock_allocations']} heap-locked failures"
+    )
+    h = result["heap"]
+    console.print(
+        f"heap held by the shared core + workflow: {h['from_mpy']['total']} B from .mpy "
+        f"({h['from_source']['total']} B from source); computed footprint of the workflow "
+        f"{result['workflow']['computed_heap_bytes']} B"
+    )
+    ok = result["targets"]["met"]
+    console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")

@@ -1,0 +1,150 @@
+"""The ``orrery`` command line: one command, one function; type hints carry the interface."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="Orrery: MicroPython sensor boards and the companion that runs their fleet.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (commands, not timed tests).", no_args_is_help=True)
+workflow_app = typer.Typer(help="Workflow definitions.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+app.add_typer(workflow_app, name="workflow")
+
+console = Console()
+err_console = Console(stderr=True)
+
+BOARDS = Path(__file__).resolve().parents[2] / "hw" / "boards"
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error for a person and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def load_profile(board: str | None) -> dict | None:
+    """A board profile by name (``hw/boards/NAME.json``) or path; None when not given."""
+    if board is None:
+        return None
+    path = Path(board)
+    if not path.exists():
+        path = BOARDS / f"{board}.json"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in BOARDS.glob("*.json")))
+        fail(f"board profile {board!r} not found (known: {known})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        fail(f"{path}: not valid JSON: {exc}")
+    return None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        from importlib.metadata import version as pkg_version
+
+        console.print(f"orrery {pkg_version('orrery')}")
+        raise typer.Exit()
+
+
+@workflow_app.command("validate")
+def workflow_validate(
+    file: Annotated[Path, typer.Argument(help="Workflow definition (JSON).")],
+    board: Annotated[Optional[str], typer.Option(help="Board profile name or path.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Validate a workflow with the board's own validator; errors name the path and the reason."""
+    from shared import workflow
+
+    if not file.exists():
+        fail(f"{file}: no such file")
+    errors = workflow.errors(file.read_bytes(), load_profile(board))
+    if as_json:
+        print(
+            json.dumps({"ok": not errors, "errors": [{"path": p, "reason": r} for p, r in errors]})
+        )
+    elif errors:
+        for path, reason in errors:
+            err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
+    else:
+        console.print(f"[green]{file}: valid[/]")
+    if errors:
+        raise typer.Exit(1)
+
+
+@workflow_app.command("compile")
+def workflow_compile(
+    file: Annotated[Path, typer.Argument(help="Workflow definition (JSON).")],
+    board: Annotated[Optional[str], typer.Option(help="Board profile name or path.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Write the device form here.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Compile a workflow to its compact device form; print its hash and heap footprint."""
+    from shared import workflow
+
+    if not file.exists():
+        fail(f"{file}: no such file")
+    try:
+        compiled = workflow.compile(file.read_bytes(), load_profile(board))
+    except workflow.WorkflowError as exc:
+        for path, reason in exc.errors:
+            err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
+        raise typer.Exit(1) from None
+    if output:
+        output.write_bytes(compiled.blob)
+    info = {
+        "name": compiled.name,
+        "version": compiled.version,
+        "hash": compiled.hash,
+        "blob_bytes": len(compiled.blob),
+        "heap_bytes": compiled.heap_bytes,
+    }
+    if as_json:
+        print(json.dumps(info))
+    else:
+        table = Table(show_header=False)
+        for k, v in info.items():
+            table.add_row(k, str(v))
+        console.print(table)
+
+
+@bench_app.command("device")
+def bench_device(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    samples: Annotated[int, typer.Option(min=100, help="Samples per filter measurement.")] = 2000,
+) -> None:
+    """Cost per sample/step, allocations and heap of the shared core, on real MicroPython."""
+    from cloud.orrery.bench import device
+
+    result = device.run(samples=samples)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        device.print_report(result, console)
+    if not result["targets"]["met"]:
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="orrery")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
