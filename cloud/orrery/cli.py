@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -64,7 +64,7 @@ def _root(
 @workflow_app.command("validate")
 def workflow_validate(
     file: Annotated[Path, typer.Argument(help="Workflow definition (JSON).")],
-    board: Annotated[Optional[str], typer.Option(help="Board profile name or path.")] = None,
+    board: Annotated[str | None, typer.Option(help="Board profile name or path.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate a workflow with the board's own validator; errors name the path and the reason."""
@@ -89,9 +89,9 @@ def workflow_validate(
 @workflow_app.command("compile")
 def workflow_compile(
     file: Annotated[Path, typer.Argument(help="Workflow definition (JSON).")],
-    board: Annotated[Optional[str], typer.Option(help="Board profile name or path.")] = None,
+    board: Annotated[str | None, typer.Option(help="Board profile name or path.")] = None,
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="Write the device form here.")
+        Path | None, typer.Option("-o", "--output", help="Write the device form here.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
