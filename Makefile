@@ -33,7 +33,7 @@ typecheck: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m tools.build --check
-	$(BIN)/python -m pytest -n $(JOBS) tests
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 
 bench: setup
 	$(BIN)/orrery bench device --json

@@ -1,9 +1,14 @@
-"""Test-suite plumbing: every module in tests/dual runs on CPython and on real MicroPython."""
+"""Test-suite plumbing: every module in tests/dual runs on CPython and on real MicroPython.
+
+On MicroPython each dual module runs once, in its own interpreter, with the repository
+mounted read-only at /repo and a fresh empty writable directory at /flash.
+"""
 
 from __future__ import annotations
 
 import ast
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,7 +48,8 @@ def _module_results(path: Path) -> dict[str, dict]:
             "import _mprunner\n"
             f"_mprunner._run({path.stem!r})\n"
         )
-        res = mpwasm.run(code)
+        with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
+            res = mpwasm.run(code, rw_dir=flash)
         lines = [ln for ln in res.stdout.splitlines() if ln.startswith("[")]
         if res.exit_code != 0 or not lines:
             err = f"MicroPython run of {path.name} failed (exit {res.exit_code}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
@@ -77,8 +83,14 @@ class MicroPythonItem(pytest.Item):
 
 
 def pytest_collect_file(parent, file_path: Path):
-    if file_path.parent == DUAL and file_path.name.startswith("test_") and file_path.suffix == ".py":
-        return MicroPythonModule.from_parent(parent, path=file_path, name=f"{file_path.name}[micropython]")
+    if (
+        file_path.parent == DUAL
+        and file_path.name.startswith("test_")
+        and file_path.suffix == ".py"
+    ):
+        return MicroPythonModule.from_parent(
+            parent, path=file_path, name=f"{file_path.name}[micropython]"
+        )
     return None
 
 
@@ -95,4 +107,26 @@ def pytest_terminal_summary(terminalreporter):
     tr.section("tests per runtime")
     for runtime in ("cpython", "micropython"):
         c = _counts.get(runtime, {"passed": 0, "failed": 0, "skipped": 0})
-        tr.write_line(f"{runtime}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped")
+        tr.write_line(
+            f"{runtime}: {c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """A Mosquitto started for this test session (per xdist worker) on a free port."""
+    from tests.support.broker import Broker
+
+    b = Broker().start()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def own_broker():
+    """A Mosquitto of this test's own, for tests that stop, kill or restart it."""
+    from tests.support.broker import Broker
+
+    b = Broker().start()
+    yield b
+    b.close()
