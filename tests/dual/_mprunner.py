@@ -1,7 +1,7 @@
 # Runs inside MicroPython: imports one dual test module, runs each test, prints one JSON line.
-import sys
 import io
 import json
+import sys
 
 sys.path.insert(0, "/repo/tests/dual")
 
