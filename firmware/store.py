@@ -1,0 +1,710 @@
+"""Flash-backed log of accepted readings. A reading counts as taken only once ``append`` has
+returned its sequence number; the uplink reads batches and acks them after the broker's PUBACK.
+
+Files under ``root`` (all integers little-endian, CRC = CRC-16/CCITT-FALSE)
+---------------------------------------------------------------------------
+``NNNNNNNN.seg``  segments (decimal file number, rising). Up to ``seg_records`` records of
+    20 bytes: magic u8 (0xA7), seq u32, boot_id u32, up_s u32, up_ms u16, value i16,
+    channel u8, CRC u16 of the 18 bytes before it. Bytes 9..17 are exactly one record of the
+    readings-batch wire format (``<IHhB``). A segment is written by one boot only, so slot i
+    of a segment holds seq ``base + i``, and each segment starts where the previous one ended.
+``cursor.log``    ack cursor, 7-byte entries appended per ack: magic u8 (0xC5), seq u32,
+    CRC u16. The largest valid entry wins. Every 32 acks (or after a torn entry) it is
+    replaced by one entry (``cursor.tmp`` + rename), so it stays under 240 bytes.
+``loss.dat``      pending loss reports, 12-byte entries: magic u8 (0x4C), reason u8
+    (1 store_full, 2 corrupt), first u32, last u32, CRC u16. Rewritten whole on every change
+    (``loss.tmp`` + rename); absent when nothing is pending.
+
+Defaults: 204 records per segment (4080 bytes, one 4 KiB LittleFS block) and 64 segments:
+about 255 KiB of the DevKitC's 2 MiB filesystem, holding 13056 readings.
+
+Flash wear: each reading costs one 20-byte append and a flush, never a file rewrite. On
+LittleFS that flush is a commit: the file's partly filled tail block is copied to a fresh
+block (copy-on-write) and a small metadata entry is written, so a reading costs about one
+block erase, which LittleFS's wear levelling spreads over the whole partition (at one
+reading per second, roughly 170 erases per block per day on a 512-block partition). Grouping
+readings per flush would cut that, but a power cut would then lose readings that had already
+counted as taken, so this store does not.
+
+Power loss: a cut at any byte of any write loses at most the record being written. On open
+the store validates every record (magic, CRC, seq), ignores a torn tail and always appends
+to a new segment. A bad record elsewhere is skipped, counted in ``corrupt`` and, if not yet
+acked, reported as a "corrupt" loss. A full-length bad record at the very end of the log is
+also treated as corrupt and its seq is not reused: its reading may already have been sent.
+
+Allocation: ``append`` allocates nothing except when it starts a new segment (a file object,
+and dropping the oldest segment) or handles a write error. ``read_batch`` and ``read_range``
+allocate nothing while they read from a segment whose file they already have open (a
+segment that has grown since then is reopened), and they return one 3-item list that is
+reused by every call: unpack it straight away.
+"""
+
+import errno
+import os
+from array import array
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1: seq, boot_id and up_s stay small ints
+RECORD_SIZE = const(20)
+WIRE_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8: shared.protocol's record
+SEG_RECORDS = const(204)
+MAX_SEGMENTS = const(64)
+STORE_FULL = "store_full"
+CORRUPT = "corrupt"
+
+_MAGIC = const(0xA7)
+_CMAGIC = const(0xC5)
+_LMAGIC = const(0x4C)
+_CSIZE = const(7)
+_LSIZE = const(12)
+_CROTATE = const(32)
+_MAX_LOSSES = const(32)
+_MAX_BAD = const(64)
+_CHUNK = const(16)  # records per read
+
+_CURSOR = "cursor.log"
+_CURSOR_TMP = "cursor.tmp"
+_LOSS = "loss.dat"
+_LOSS_TMP = "loss.tmp"
+
+
+def _make_table():
+    t = array("H", range(256))
+    for i in range(256):
+        c = i << 8
+        for _ in range(8):
+            c = (c << 1) ^ 0x1021 if c & 0x8000 else c << 1
+        t[i] = c & 0xFFFF
+    return t
+
+
+_T = _make_table()
+
+
+def crc16(buf, start, end):
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of ``buf[start:end]``. Allocates nothing."""
+    t = _T
+    c = 0xFFFF
+    for i in range(start, end):
+        c = ((c << 8) & 0xFFFF) ^ t[(c >> 8) ^ buf[i]]
+    return c
+
+
+def _put32(b, o, v):
+    b[o] = v & 0xFF
+    b[o + 1] = (v >> 8) & 0xFF
+    b[o + 2] = (v >> 16) & 0xFF
+    b[o + 3] = (v >> 24) & 0xFF
+
+
+def _get30(b, o):
+    # -1 for values >= 2**30, which only a damaged entry can hold (and would be a big int)
+    if b[o + 3] >= 0x40:
+        return -1
+    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
+
+
+def _seal(b, o, n):
+    c = crc16(b, o, o + n)
+    b[o + n] = c & 0xFF
+    b[o + n + 1] = c >> 8
+
+
+def _sealed(b, o, n):
+    return crc16(b, o, o + n) == b[o + n] | (b[o + n + 1] << 8)
+
+
+def _record_ok(c, j, s):
+    # a valid record at c[j:] holding seq s
+    return (
+        c[j] == _MAGIC
+        and c[j + 1] == s & 0xFF
+        and c[j + 2] == (s >> 8) & 0xFF
+        and c[j + 3] == (s >> 16) & 0xFF
+        and c[j + 4] == s >> 24
+        and _sealed(c, j, 18)
+    )
+
+
+def _cursor_max(data):
+    # (largest valid seq or 0, entry count if every entry is whole and valid else -1)
+    if data is None:
+        return 0, 0
+    best = 0
+    clean = len(data) % _CSIZE == 0
+    for o in range(0, len(data) - _CSIZE + 1, _CSIZE):
+        s = _get30(data, o + 1)
+        if data[o] == _CMAGIC and s >= 0 and _sealed(data, o, 5):
+            if s > best:
+                best = s
+        else:
+            clean = False
+    return best, (len(data) // _CSIZE if clean else -1)
+
+
+def _parse_losses(data):
+    out = []
+    if data is None:
+        return out
+    for o in range(0, len(data) - _LSIZE + 1, _LSIZE):
+        a = _get30(data, o + 2)
+        z = _get30(data, o + 6)
+        r = data[o + 1]
+        if data[o] == _LMAGIC and 1 <= r <= 2 and 0 < a <= z and _sealed(data, o, 10):
+            out.append((a, z, STORE_FULL if r == 1 else CORRUPT))
+    return out
+
+
+class Store:
+    """The reading log in directory ``root`` (created if missing; its parent must exist).
+
+    ``seg_records`` records per segment file and at most ``max_segments`` files bound the
+    size. Opening recovers the log from flash. Seqs start at 1; ``acked`` and ``last_seq``
+    are 0 while nothing is acked or stored.
+    """
+
+    def __init__(self, root, seg_records=SEG_RECORDS, max_segments=MAX_SEGMENTS):
+        if not isinstance(root, str) or not root.rstrip("/"):
+            raise ValueError("root must be a directory path such as '/store'")
+        if type(seg_records) is not int or not 1 <= seg_records <= 65535:
+            raise ValueError("seg_records must be an int in [1, 65535]")
+        if type(max_segments) is not int or not 1 <= max_segments <= 9999:
+            raise ValueError("max_segments must be an int in [1, 9999]")
+        self._root = root.rstrip("/")
+        self._segrec = seg_records
+        self._maxseg = max_segments
+        self._nums = []  # per held segment, oldest first: file number,
+        self._bases = []  # seq of slot 0 (-1 if unknown: every record in it is bad),
+        self._counts = []  # and slots in use
+        self._next_num = 1
+        self._seq = 0
+        self._acked = 0
+        self._wf = None  # segment being appended to (always the newest)
+        self._rf = None  # segment being read, and its number and count when opened
+        self._rf_num = -1
+        self._rf_n = -1
+        self._cf = None
+        self._cn = 0  # entries in cursor.log; _CROTATE forces a rewrite
+        self._losses = []
+        self._handed = 0  # losses given out by losses(): never merge into those
+        self._bad = []  # known corrupt seqs (at most _MAX_BAD), so each is reported once
+        self.corrupt = 0  # corrupt records found since open (recovery and reads)
+        self._rec = bytearray(RECORD_SIZE)
+        self._centry = bytearray(_CSIZE)
+        self._chunk = bytearray(_CHUNK * RECORD_SIZE)
+        self._res = [0, 0, 0]
+        self._recover()
+
+    # --- public ------------------------------------------------------------------------------
+
+    @property
+    def last_seq(self):
+        """The newest seq stored (or acked, or reported lost); 0 if none."""
+        return self._seq
+
+    @property
+    def acked(self):
+        """Every record up to this seq has been delivered; 0 if none."""
+        return self._acked
+
+    def append(self, boot_id, up_s, up_ms, value, channel):
+        """Store one reading durably (written and flushed) and return its seq.
+
+        ``boot_id`` in [1, 2**30), ``up_s`` in [0, 2**30), ``up_ms`` in [0, 999], ``value`` in
+        [-32767, 32767], ``channel`` in [0, 255]. If the write fails (e.g. OSError ENOSPC on a
+        full filesystem) the reading is refused with that error, the seq is not used, and
+        the next append starts a new segment. Allocates nothing unless it starts a segment.
+        """
+        if not (type(boot_id) is int and 1 <= boot_id <= SEQ_MAX):
+            raise ValueError("boot_id must be an int in [1, 2**30)")
+        if not (type(up_s) is int and 0 <= up_s <= SEQ_MAX):
+            raise ValueError("up_s must be an int in [0, 2**30)")
+        if not (type(up_ms) is int and 0 <= up_ms <= 999):
+            raise ValueError("up_ms must be an int in [0, 999]")
+        if not (type(value) is int and -32767 <= value <= 32767):
+            raise ValueError("value must be an int in [-32767, 32767]")
+        if not (type(channel) is int and 0 <= channel <= 255):
+            raise ValueError("channel must be an int in [0, 255]")
+        s = self._seq + 1
+        if s > SEQ_MAX:
+            raise ValueError("sequence numbers exhausted (2**30 - 1 reached)")
+        if self._wf is None or self._counts[-1] >= self._segrec:
+            self._roll()
+        r = self._rec
+        r[0] = _MAGIC
+        _put32(r, 1, s)
+        _put32(r, 5, boot_id)
+        _put32(r, 9, up_s)
+        r[13] = up_ms & 0xFF
+        r[14] = up_ms >> 8
+        r[15] = value & 0xFF
+        r[16] = (value >> 8) & 0xFF
+        r[17] = channel
+        _seal(r, 0, 18)
+        try:
+            if self._wf.write(r) != RECORD_SIZE:
+                raise OSError(errno.EIO, "short write")
+            self._wf.flush()
+        except Exception:
+            self._write_failed()
+            raise
+        self._seq = s
+        self._counts[-1] += 1
+        return s
+
+    def ack(self, seq):
+        """Mark every record up to ``seq`` delivered, durably. Lower seqs are ignored."""
+        if type(seq) is not int or seq < 0:
+            raise ValueError("seq must be an int >= 0")
+        if seq > self._seq:
+            raise ValueError("cannot ack seq {} beyond last_seq {}".format(seq, self._seq))
+        if seq <= self._acked:
+            return
+        e = self._centry
+        e[0] = _CMAGIC
+        _put32(e, 1, seq)
+        _seal(e, 0, 5)
+        if self._cn >= _CROTATE:
+            self._close_cursor()
+            self._write_file(_CURSOR_TMP, e)
+            self._replace(_CURSOR_TMP, _CURSOR)
+            self._cn = 1
+        else:
+            try:
+                if self._cf is None:
+                    self._cf = open(self._path(_CURSOR), "ab", 0)
+                if self._cf.write(e) != _CSIZE:
+                    raise OSError(errno.EIO, "short write")
+                self._cf.flush()
+            except Exception:
+                self._close_cursor()
+                self._cn = _CROTATE  # never append after a possibly torn entry
+                raise
+            self._cn += 1
+        self._acked = seq
+
+    def read_batch(self, buf, max_count, after_seq=None):
+        """Copy up to ``max_count`` records that follow the ack cursor (or ``after_seq``, for a
+        resend) into ``buf``, 9 wire bytes each at offset i*9; return ``[count, boot_id,
+        first_seq]``.
+
+        The records are one boot's, with contiguous seqs from ``first_seq``: the batch stops
+        at a boot change, a gap or the newest record. Corrupt records at its start are
+        skipped (and reported). With nothing to read, count and boot_id are 0 and first_seq
+        is last_seq + 1. The returned list is reused by the next call.
+        """
+        if type(max_count) is not int or max_count < 1 or max_count * WIRE_SIZE > len(buf):
+            raise ValueError("max_count must be >= 1 and buf must hold max_count * 9 bytes")
+        if after_seq is None:
+            s = self._acked + 1
+        elif type(after_seq) is int and 0 <= after_seq <= SEQ_MAX:
+            s = after_seq + 1
+        else:
+            raise ValueError("after_seq must be None or an int in [0, 2**30)")
+        return self._read(buf, max_count, s, self._seq)
+
+    def read_range(self, buf, first, last):
+        """For a resend of seqs ``first``..``last``: like ``read_batch``, as many records as
+        ``buf`` holds from the first one still held at or after ``first``.
+
+        Returns ``[count, boot_id, first_seq]``: seqs ``first``..``first_seq - 1`` are gone
+        (dropped or corrupt); with count 0, first_seq is ``last + 1``: nothing of the range
+        is held. Call again from ``first_seq + count`` for the rest.
+        """
+        if not (type(first) is int and type(last) is int and 1 <= first <= last <= SEQ_MAX):
+            raise ValueError("need ints with 1 <= first <= last < 2**30")
+        cap = len(buf) // WIRE_SIZE
+        if cap < 1:
+            raise ValueError("buf must hold at least one 9-byte record")
+        n = last - first + 1
+        return self._read(buf, n if n < cap else cap, first, last)
+
+    def backlog(self):
+        """Number of records held and not yet acked (corrupt ones included)."""
+        a = self._acked + 1
+        t = 0
+        for k in range(len(self._nums)):
+            b = self._bases[k]
+            e = b + self._counts[k]
+            if b >= 0 and e > a:
+                t += e - (b if b > a else a)
+        return t
+
+    def held_range(self):
+        """``(oldest seq held, newest seq held)``, acked or not, or None if nothing is held."""
+        lo = hi = -1
+        for k in range(len(self._nums)):
+            b = self._bases[k]
+            if b >= 0 and self._counts[k]:
+                if lo < 0:
+                    lo = b
+                hi = b + self._counts[k] - 1
+        return None if lo < 0 else (lo, hi)
+
+    def losses(self):
+        """Loss reports not yet reported: a list of ``(first_seq, last_seq, reason)``, reason
+        "store_full" (an unacked segment was dropped) or "corrupt" (a bad record)."""
+        self._handed = len(self._losses)
+        return list(self._losses)
+
+    def losses_reported(self, n):
+        """Forget the first ``n`` entries of ``losses()``: the uplink has sent them."""
+        if type(n) is not int or not 0 <= n <= len(self._losses):
+            raise ValueError("n must be an int in [0, {}]".format(len(self._losses)))
+        if n:
+            del self._losses[:n]
+            self._handed = self._handed - n if self._handed > n else 0
+            self._save_losses()
+
+    def close(self):
+        """Close the open files. Every stored record and ack is already on flash."""
+        self._close_reader()
+        self._close_cursor()
+        f = self._wf
+        self._wf = None
+        if f is not None:
+            f.close()
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def _read(self, buf, max_count, s, last):
+        res = self._res
+        res[0] = 0
+        res[1] = 0
+        res[2] = last + 1
+        bases = self._bases
+        counts = self._counts
+        c = self._chunk
+        m = len(bases)
+        k = 0
+        while res[0] < max_count and s <= last:
+            while k < m and (bases[k] < 0 or bases[k] + counts[k] <= s):
+                k += 1
+            if k == m:
+                break
+            if bases[k] > s:
+                if res[0]:
+                    break
+                s = bases[k]
+                continue
+            i = s - bases[k]
+            n = counts[k]
+            f = self._reader(k)
+            f.seek(i * RECORD_SIZE)
+            got = j = 0
+            while i < n and s <= last and res[0] < max_count:
+                if j + RECORD_SIZE > got:
+                    got = f.readinto(c) or 0
+                    j = 0
+                if j + RECORD_SIZE <= got and _record_ok(c, j, s):
+                    b = _get30(c, j + 5)
+                    if res[0] == 0:
+                        res[1] = b
+                        res[2] = s
+                    elif b != res[1]:
+                        return res
+                    o = res[0] * WIRE_SIZE
+                    for t in range(WIRE_SIZE):
+                        buf[o + t] = c[j + 9 + t]
+                    res[0] += 1
+                elif res[0]:
+                    return res
+                elif self._found_bad(s):
+                    try:
+                        self._save_losses()
+                    except OSError:
+                        pass  # stays pending in RAM; saved with the next change
+                s += 1
+                i += 1
+                j += RECORD_SIZE
+        return res
+
+    def _reader(self, k):
+        num = self._nums[k]
+        if self._rf is None or self._rf_num != num or self._rf_n != self._counts[k]:
+            # a reopen also covers LittleFS, where a handle does not see later appends
+            self._close_reader()
+            self._rf = open(self._seg_path(num), "rb")
+            self._rf_num = num
+            self._rf_n = self._counts[k]
+        return self._rf
+
+    def _close_reader(self):
+        f = self._rf
+        self._rf = None
+        self._rf_num = -1
+        if f is not None:
+            f.close()
+
+    # --- segments ----------------------------------------------------------------------------
+
+    def _roll(self):
+        f = self._wf
+        self._wf = None
+        if f is not None:
+            f.close()
+        if len(self._nums) >= self._maxseg:
+            self._drop_oldest()
+        num = self._next_num
+        self._wf = open(self._seg_path(num), "wb", 0)
+        self._next_num = num + 1
+        self._nums.append(num)
+        self._bases.append(self._seq + 1)
+        self._counts.append(0)
+
+    def _write_failed(self):
+        f = self._wf
+        self._wf = None
+        try:
+            f.close()
+        except Exception:
+            pass
+        if self._counts[-1] == 0:
+            self._bases.pop()
+            self._counts.pop()
+            self._remove(self._seg_name(self._nums.pop()))
+
+    def _drop_oldest(self):
+        num = self._nums.pop(0)
+        base = self._bases.pop(0)
+        n = self._counts.pop(0)
+        if self._rf_num == num:
+            self._close_reader()
+        saved = True
+        if base >= 0 and n:
+            last = base + n - 1
+            lo = base if base > self._acked else self._acked + 1
+            if lo <= last:
+                for x in sorted(self._bad):  # already reported as corrupt
+                    if lo <= x <= last:
+                        if x > lo:
+                            self._add_loss(lo, x - 1, STORE_FULL)
+                        lo = x + 1
+                if lo <= last:
+                    self._add_loss(lo, last, STORE_FULL)
+                try:
+                    self._save_losses()  # before the data goes: a cut here over-reports
+                except OSError:
+                    saved = False  # maybe the filesystem is full: free the segment first
+            self._bad = [x for x in self._bad if x > last]
+        os.remove(self._seg_path(num))
+        if not saved:
+            self._save_losses()
+
+    # --- losses ------------------------------------------------------------------------------
+
+    def _add_loss(self, a, z, reason):
+        L = self._losses
+        if len(L) > self._handed:
+            f0, l0, r0 = L[-1]
+            if (r0 == reason and l0 + 1 == a) or len(L) >= _MAX_LOSSES:
+                # past _MAX_LOSSES this may also cover records that were not lost
+                L[-1] = (f0 if f0 < a else a, l0 if l0 > z else z, r0)
+                return
+        L.append((a, z, reason))
+
+    def _lost(self, s):
+        for a, z, _ in self._losses:
+            if a <= s <= z:
+                return True
+        return False
+
+    def _found_bad(self, s):
+        # count a corrupt record once; True if it was added to the losses
+        if s in self._bad:
+            return False
+        self.corrupt += 1
+        if len(self._bad) < _MAX_BAD:
+            self._bad.append(s)
+        if s > self._acked and not self._lost(s):
+            self._add_loss(s, s, CORRUPT)
+            return True
+        return False
+
+    def _save_losses(self):
+        L = self._losses
+        if not L:
+            self._remove(_LOSS)
+            self._remove(_LOSS_TMP)
+            return
+        b = bytearray(_LSIZE * len(L))
+        o = 0
+        for a, z, r in L:
+            b[o] = _LMAGIC
+            b[o + 1] = 1 if r == STORE_FULL else 2
+            _put32(b, o + 2, a)
+            _put32(b, o + 6, z)
+            _seal(b, o, 10)
+            o += _LSIZE
+        self._write_file(_LOSS_TMP, b)
+        self._replace(_LOSS_TMP, _LOSS)
+
+    # --- files -------------------------------------------------------------------------------
+
+    def _path(self, name):
+        return self._root + "/" + name
+
+    def _seg_name(self, num):
+        return "%08d.seg" % num
+
+    def _seg_path(self, num):
+        return self._path(self._seg_name(num))
+
+    def _close_cursor(self):
+        f = self._cf
+        self._cf = None
+        if f is not None:
+            f.close()
+
+    def _load(self, name):
+        try:
+            f = open(self._path(name), "rb")
+        except OSError:
+            return None
+        try:
+            return f.read()
+        finally:
+            f.close()
+
+    def _write_file(self, name, data):
+        f = open(self._path(name), "wb", 0)
+        try:
+            if f.write(data) != len(data):
+                raise OSError(errno.EIO, "short write")
+            f.flush()
+        finally:
+            f.close()
+
+    def _replace(self, tmp, name):
+        try:
+            os.rename(self._path(tmp), self._path(name))
+        except OSError:  # FAT refuses to rename onto an existing file
+            self._remove(name)
+            os.rename(self._path(tmp), self._path(name))
+
+    def _remove(self, name):
+        try:
+            os.remove(self._path(name))
+        except OSError:
+            pass
+
+    # --- recovery ----------------------------------------------------------------------------
+
+    def _recover(self):
+        try:
+            os.mkdir(self._root)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+
+        acked, n = _cursor_max(self._load(_CURSOR))
+        tmp = self._load(_CURSOR_TMP)
+        if tmp is not None:
+            t = _cursor_max(tmp)[0]
+            if t > acked:  # the cut came between writing cursor.tmp and the rename
+                self._replace(_CURSOR_TMP, _CURSOR)
+                acked = t
+                n = 1
+            else:
+                self._remove(_CURSOR_TMP)
+        self._acked = acked
+        self._cn = n if n >= 0 else _CROTATE
+
+        data = self._load(_LOSS)
+        tmp = self._load(_LOSS_TMP)
+        if data is None and tmp is not None:  # cut after FAT's remove, before the rename
+            self._replace(_LOSS_TMP, _LOSS)
+            data = tmp
+        elif tmp is not None:
+            self._remove(_LOSS_TMP)
+        self._losses = _parse_losses(data)
+
+        nums = []
+        for name in os.listdir(self._root):
+            if len(name) == 12 and name[8:] == ".seg" and name[:8].isdigit():
+                nums.append(int(name[:8]))
+        nums.sort()
+        if nums:
+            self._next_num = nums[-1] + 1
+        bad = []  # (segment index, slot) of every bad slot
+        prev = 0  # newest valid seq so far
+        for num in nums:
+            n, base, newest = self._scan(num, prev, bad, len(self._nums))
+            if n == 0:  # empty, or just a torn record
+                os.remove(self._seg_path(num))
+                continue
+            self._nums.append(num)
+            self._bases.append(base)
+            self._counts.append(n)
+            if newest > 0:
+                prev = newest
+
+        bases = self._bases
+        counts = self._counts
+        m = len(bases)
+        for k in range(m):
+            nb = bases[k + 1] if k + 1 < m else -1
+            if bases[k] < 0 and k and bases[k - 1] >= 0:
+                e = bases[k - 1] + counts[k - 1]
+                if k + 1 == m or nb - e == counts[k]:
+                    bases[k] = e  # all bad: place it between its neighbours
+            if bases[k] >= 0 and nb >= 0 and bases[k] + counts[k] > nb:
+                # bad tail slots whose seqs a later segment holds (a failed write that
+                # still left a full-length record): not losses
+                counts[k] = nb - bases[k] if nb > bases[k] else 0
+        added = False
+        for k, i in bad:
+            if bases[k] < 0:
+                self.corrupt += 1
+            elif i < counts[k] and self._found_bad(bases[k] + i):
+                added = True
+
+        s = self._acked
+        for _, z, _ in self._losses:
+            if z > s:
+                s = z
+        for k in range(m):
+            if bases[k] >= 0 and counts[k] and bases[k] + counts[k] - 1 > s:
+                s = bases[k] + counts[k] - 1
+        self._seq = s
+        if added:
+            self._save_losses()
+
+    def _scan(self, num, prev, bad, k):
+        # -> (slots, base or -1, newest valid seq or -1); appends (k, slot) of bad slots
+        path = self._seg_path(num)
+        n = os.stat(path)[6] // RECORD_SIZE
+        base = newest = -1
+        if n == 0:
+            return 0, -1, -1
+        c = self._chunk
+        i = 0
+        f = open(path, "rb")
+        try:
+            while i < n:
+                got = f.readinto(c) or 0
+                if got < RECORD_SIZE:
+                    break
+                j = 0
+                while j + RECORD_SIZE <= got and i < n:
+                    s = _get30(c, j + 1)
+                    if c[j] != _MAGIC or not _sealed(c, j, 18):
+                        s = -1
+                    if s >= 0 and base < 0 and s - i > prev:
+                        base = s - i
+                    if s >= 0 and base >= 0 and s == base + i:
+                        newest = s
+                    else:
+                        bad.append((k, i))
+                    i += 1
+                    j += RECORD_SIZE
+        finally:
+            f.close()
+        return i, base, newest
