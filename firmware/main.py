@@ -26,7 +26,7 @@ def _print_exception(e, f=None):
     if hasattr(sys, "print_exception"):
         sys.print_exception(e, f or sys.stdout)
     else:  # CPython
-        import traceback
+        import traceback  # type: ignore[import-not-found]  # CPython only
 
         traceback.print_exception(e, file=f or sys.stdout)
 
