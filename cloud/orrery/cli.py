@@ -127,7 +127,9 @@ def workflow_compile(
 @bench_app.command("device")
 def bench_device(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-    samples: Annotated[int, typer.Option(min=100, help="Samples per filter measurement.")] = 2000,
+    samples: Annotated[
+        int, typer.Option(min=100, max=2000, help="Samples per measurement.")
+    ] = 1000,
 ) -> None:
     """Cost per sample/step, allocations and heap of the shared core, on real MicroPython."""
     from cloud.orrery.bench import device

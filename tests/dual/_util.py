@@ -29,12 +29,16 @@ def raises(exc_type, fn, *args):
 
 
 def allocates(fn):
-    """True if calling ``fn()`` allocates on the heap (MicroPython only, via heap_lock).
+    """True if calling ``fn()`` allocates on the heap (MicroPython only).
 
-    Pass a zero-argument closure: a ``fn(*args)`` call would itself allocate the args tuple.
+    Two witnesses: ``heap_lock()`` (an allocation raises MemoryError) and the interpreter's
+    running total of allocated bytes (``mem_total``), which also sees the one allocation
+    heap_lock hides: a call frame too large for the C stack falls back to it silently when
+    the heap is locked. Pass a zero-argument closure: ``fn(*args)`` would itself allocate.
     """
     import micropython
 
+    before = micropython.mem_total()
     micropython.heap_lock()
     try:
         fn()
@@ -43,4 +47,5 @@ def allocates(fn):
         result = True
     finally:
         micropython.heap_unlock()
-    return result
+    before = micropython.mem_total() - before
+    return result or before != 0

@@ -1,16 +1,27 @@
 # Runs inside MicroPython for `orrery bench device`. Reads /bench/config.json, prints one JSON line.
+#
+# One task per interpreter (a filter, the chain, or the workflow), with automatic garbage
+# collection off: on the WASI build the collector cannot see call frames that live on the
+# heap (functions with more than ~11 words of locals and stack) and would free live objects.
+# Each task's allocations fit the ~1 MB heap, so no collection is ever needed.
 import gc
 import json
+import sys
 import time
 
 import host
 import micropython
 
+from shared import executor, filters, program
 from tools.bench import naive_filters
 
+gc.disable()
 with open("/bench/config.json") as f:
     CFG = json.load(f)
-N = CFG["samples"]
+TASK = CFG["task"]
+XS = CFG["inputs"]
+N = len(XS)
+M = {}  # the last measurement
 
 
 def fuel():
@@ -21,57 +32,59 @@ def noop(x):
     return x
 
 
-def measure(update, xs):
-    """Cost of calling update(x) for every x: fuel, µs and bytes allocated per call."""
+def loop(u, xs):
+    for x in xs:
+        u(x)
+
+
+def measure(u, xs):
+    M["m0"] = micropython.mem_total()
+    M["f0"] = fuel()
+    M["t0"] = time.ticks_us()
+    loop(u, xs)
+    M["t1"] = time.ticks_us()
+    M["f1"] = fuel()
+    M["m1"] = micropython.mem_total()
     n = len(xs)
-    gc.collect()
-    m0 = micropython.mem_total()
-    f0 = fuel()
-    t0 = time.ticks_us()
-    for i in range(n):
-        update(xs[i])
-    t1 = time.ticks_us()
-    f1 = fuel()
-    m1 = micropython.mem_total()
     return {
-        "fuel": (f0 - f1) / n,
-        "us": time.ticks_diff(t1, t0) / n,
-        "alloc_bytes": (m1 - m0) / n,
+        "fuel": (M["f0"] - M["f1"]) / n,
+        "us": time.ticks_diff(M["t1"], M["t0"]) / n,
+        "alloc_bytes": (M["m1"] - M["m0"]) / n,
     }
 
 
-def locked_allocs(update, xs):
-    """How many of the calls raise MemoryError under heap_lock (i.e. need the heap)."""
+def locked(u, x):
+    micropython.heap_lock()
+    try:
+        u(x)
+        return 0
+    except MemoryError:
+        return 1
+    finally:
+        micropython.heap_unlock()
+
+
+def locked_allocs(u, xs):
+    """How many calls fail under heap_lock (an allocation raises MemoryError there)."""
     bad = 0
-    for i in range(len(xs)):
-        micropython.heap_lock()
-        try:
-            update(xs[i])
-        except MemoryError:
-            bad += 1
-        finally:
-            micropython.heap_unlock()
+    for x in xs:
+        bad += locked(u, x)
     return bad
 
 
 def net(m, base):
-    return {
-        "fuel": m["fuel"],
-        "us": m["us"],
-        "fuel_net": m["fuel"] - base["fuel"],
-        "us_net": m["us"] - base["us"],
-        "alloc_bytes": m["alloc_bytes"],
-    }
+    m["fuel_net"] = m["fuel"] - base["fuel"]
+    m["us_net"] = m["us"] - base["us"]
+    return m
 
 
-def bench_pair(real, naive, xs, warm):
-    for i in range(warm):
-        real.update(xs[i])
-        naive.update(xs[i])
-    base = measure(noop, xs)
-    r = net(measure(real.update, xs), base)
-    r["heap_lock_allocations"] = locked_allocs(real.update, xs[: min(len(xs), 200)])
-    nv = net(measure(naive.update, xs), base)
+def pair(real, naive):
+    loop(real.update, XS[:128])
+    loop(naive.update, XS[:128])
+    base = measure(noop, XS)
+    r = net(measure(real.update, XS), base)
+    r["heap_lock_allocations"] = locked_allocs(real.update, XS[:200])
+    nv = net(measure(naive.update, XS), base)
     return {
         "int": r,
         "naive_float": nv,
@@ -80,86 +93,82 @@ def bench_pair(real, naive, xs, warm):
     }
 
 
-def run():
-    from shared import executor, filters, program
-
-    out = {
-        "runtime": "MicroPython "
-        + ".".join(str(v) for v in __import__("sys").implementation.version[:3])
-        + " (WASI, 32-bit)"
-    }
-    xs = CFG["inputs"]
-    res = []
-    for item in CFG["filters"]:
-        real = filters.build(item["code"], tuple(item["params"]))
-        naive = naive_filters.make(item["spec"], item["period_ms"])
-        r = bench_pair(real, naive, xs, 128)
-        r["name"] = item["name"]
-        res.append(r)
-    out["filters"] = res
-
-    chain_specs = CFG["chain"]
-    real = filters.build_chain([(c["code"], tuple(c["params"])) for c in chain_specs])
-    naive = naive_filters.Chain(
-        [naive_filters.make(c["spec"], c["period_ms"]) for c in chain_specs]
+OUT = {"runtime": "MicroPython {}.{}.{} (WASI, 32-bit)".format(*sys.implementation.version[:3])}
+if TASK == "filter":
+    ITEM = CFG["filter"]
+    OUT["result"] = pair(
+        filters.build(ITEM["code"], tuple(ITEM["params"])),
+        naive_filters.make(ITEM["spec"], ITEM["period_ms"]),
     )
-    out["chain"] = bench_pair(real, naive, xs, 128)
-    out["chain"]["filters"] = [c["spec"]["type"] for c in chain_specs]
+    OUT["result"]["name"] = ITEM["name"]
+    print(json.dumps(OUT))
+elif TASK == "chain":
+    CH = CFG["chain"]
+    OUT["result"] = pair(
+        filters.build_chain([(c["code"], tuple(c["params"])) for c in CH]),
+        naive_filters.Chain([naive_filters.make(c["spec"], c["period_ms"]) for c in CH]),
+    )
+    OUT["result"]["filters"] = [c["spec"]["type"] for c in CH]
+    print(json.dumps(OUT))
 
-    prog = program.Program(bytes.fromhex(CFG["workflow_blob"]))
 
-    class Clock:
-        def __init__(self):
-            self.t = 0
+class Clock:
+    def __init__(self):
+        self.t = 0
 
-        def __call__(self):
-            return self.t
+    def __call__(self):
+        return self.t
 
-    class Host:
-        def __init__(self):
-            self.outputs = 0
-            self.publishes = 0
 
-        def output(self, i, v):
-            self.outputs += 1
+class Host:
+    def __init__(self):
+        self.outputs = 0
+        self.publishes = 0
 
-        def publish(self, i, v):
-            self.publishes += 1
+    def output(self, i, v):
+        self.outputs += 1
 
-        def set_period(self, i, ms):
-            pass
+    def publish(self, i, v):
+        self.publishes += 1
 
-    clock = Clock()
-    h = Host()
-    ex = executor.Executor(prog, h, clock)
-    ex.start()
-    n_inputs = len(prog.input_names)
-    wx = CFG["workflow_inputs"]
+    def set_period(self, i, ms):
+        pass
 
-    class Feeder:
-        # One workflow step per call: advance virtual time, feed the next input its sample, tick.
-        def __init__(self):
+
+class Feeder:
+    """One workflow step per call: advance virtual time 250 ms, feed the next input, tick."""
+
+    def __init__(self, ex, clock, n):
+        self.ex = ex
+        self.clock = clock
+        self.n = n
+        self.i = 0
+
+    def update(self, x):
+        c = self.clock
+        c.t = (c.t + 250) & 0x3FFFFFFF
+        self.ex.feed(self.i, x)
+        self.ex.tick()
+        self.i += 1
+        if self.i == self.n:
             self.i = 0
 
-        def update(self, x):
-            clock.t = (clock.t + 250) & 0x3FFFFFFF
-            ex.feed(self.i, x)
-            ex.tick()
-            self.i += 1
-            if self.i == n_inputs:
-                self.i = 0
 
-    feeder = Feeder()
-    for i in range(256):
-        feeder.update(wx[i])
-    base = measure(noop, wx)
-    step = net(measure(feeder.update, wx), base)
-    step["heap_lock_allocations"] = locked_allocs(feeder.update, wx[:400])
-    step["transitions"] = ex.transitions
-    step["outputs_set"] = h.outputs
-    step["events_published"] = h.publishes
-    out["workflow_step"] = step
-    return out
-
-
-print(json.dumps(run()))
+if TASK != "workflow":
+    raise SystemExit(0)
+PROG = program.Program(bytes.fromhex(CFG["workflow_blob"]))
+CLOCK = Clock()
+HOST = Host()
+EX = executor.Executor(PROG, HOST, CLOCK)
+EX.start()
+FEED = Feeder(EX, CLOCK, len(PROG.input_names))
+WX = CFG["workflow_inputs"]
+loop(FEED.update, WX[:256])
+BASE = measure(noop, WX)
+STEP = net(measure(FEED.update, WX), BASE)
+STEP["heap_lock_allocations"] = locked_allocs(FEED.update, WX[:400])
+STEP["transitions"] = EX.transitions
+STEP["outputs_set"] = HOST.outputs
+STEP["events_published"] = HOST.publishes
+OUT["result"] = STEP
+print(json.dumps(OUT))

@@ -1,19 +1,50 @@
 # Runs inside MicroPython: heap held by the shared core with a workflow loaded. One JSON line.
+#
+# Collections happen only from tiny functions called from a tiny top level: on the WASI build
+# the collector cannot see heap-allocated call frames (more than ~11 words of locals and
+# stack), so no such frame may be active when it runs. Automatic collection is off.
 import gc
 import json
 import sys
 
-with open("/bench/config.json") as f:
-    CFG = json.load(f)
-sys.path.insert(0, CFG["path"])
-blob = bytes.fromhex(CFG["workflow_blob"])
+gc.disable()
+R = {}
 
-gc.collect()
-before = gc.mem_alloc()
-from shared import executor, filters, hmac256, program, protocol  # noqa: E402
 
-gc.collect()
-modules = gc.mem_alloc() - before
+def config():
+    with open("/bench/config.json") as f:
+        R["cfg"] = json.load(f)
+    sys.path.insert(0, R["cfg"]["path"])
+
+
+def mark(key):
+    gc.collect()
+    R[key] = gc.mem_alloc()
+
+
+ORDER = ("shared.hmac256", "shared.filters", "shared.program", "shared.executor", "shared.protocol")
+
+
+def load_one(name):
+    gc.collect()
+    a = gc.mem_alloc()
+    __import__(name)
+    gc.collect()
+    R["per"][name] = gc.mem_alloc() - a
+
+
+def load_modules():
+    R["per"] = {}
+    for name in ORDER:
+        load_one(name)
+    m = sys.modules
+    R["mods"] = (
+        m["shared.executor"],
+        m["shared.filters"],
+        m["shared.hmac256"],
+        m["shared.program"],
+        m["shared.protocol"],
+    )
 
 
 class Host:
@@ -27,18 +58,27 @@ class Host:
         pass
 
 
-prog = program.Program(blob)
-ex = executor.Executor(prog, Host(), lambda: 0)
-ex.start()
-gc.collect()
-total = gc.mem_alloc() - before
-print(
-    json.dumps(
-        {
-            "modules": modules,
-            "workflow": total - modules,
-            "total": total,
-            "loaded": [m.__name__ for m in (executor, filters, hmac256, program, protocol)],
-        }
-    )
-)
+def load_workflow():
+    m = R["mods"]
+    R["prog"] = m[3].Program(bytes.fromhex(R["cfg"]["workflow_blob"]))
+    R["ex"] = m[0].Executor(R["prog"], Host(), lambda: 0)
+    R["ex"].start()
+
+
+def report():
+    out = {}
+    out["modules"] = R["m1"] - R["m0"]
+    out["workflow"] = R["m2"] - R["m1"]
+    out["total"] = R["m2"] - R["m0"]
+    out["per_module"] = R["per"]
+    out["loaded_from"] = [m.__file__ for m in R["mods"]]
+    print(json.dumps(out))
+
+
+config()
+mark("m0")
+load_modules()
+mark("m1")
+load_workflow()
+mark("m2")
+report()

@@ -89,7 +89,7 @@ def _guest(path: Path, config: dict, **kw) -> dict:
         return mpwasm.run_json(path.read_text(), mounts=mounts, **kw)  # type: ignore[return-value]
 
 
-def run(samples: int = 2000) -> dict:
+def run(samples: int = 1000) -> dict:
     """Measure everything; return the figures as a JSON-able dict."""
     from shared import workflow
 
@@ -103,10 +103,16 @@ def run(samples: int = 2000) -> dict:
         "workflow_blob": compiled.blob.hex(),
         "workflow_inputs": prog_inputs,
     }
-    costs = _guest(REPO / "tools" / "bench" / "device_guest.py", config)
+    guest = REPO / "tools" / "bench" / "device_guest.py"
+    costs: dict = {"filters": []}
+    for item in config["filters"]:
+        r = _guest(guest, {**config, "task": "filter", "filter": item})
+        costs["runtime"] = r["runtime"]
+        costs["filters"].append(r["result"])
+    costs["chain"] = _guest(guest, {**config, "task": "chain"})["result"]
+    costs["workflow_step"] = _guest(guest, {**config, "task": "workflow"})["result"]
 
     heap_cfg = {"workflow_blob": compiled.blob.hex(), "path": "/repo"}
-    heap_src = _guest(REPO / "tools" / "bench" / "heap_guest.py", heap_cfg)
     with tempfile.TemporaryDirectory(prefix="orrery-mpy-") as mpy_dir:
         build.build(Path(mpy_dir))
         heap_cfg["path"] = "/mpy"
@@ -133,7 +139,7 @@ def run(samples: int = 2000) -> dict:
             "blob_bytes": len(compiled.blob),
             "computed_heap_bytes": compiled.heap_bytes,
         },
-        "heap": {"from_mpy": heap_mpy, "from_source": heap_src},
+        "heap": {"from_mpy": heap_mpy, "computed_workflow_bytes": compiled.heap_bytes},
         "targets": {
             "allocations_per_call": {
                 "target": 0,
@@ -194,11 +200,12 @@ def print_report(result: dict, console: Console) -> None:
         f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
         f"{w['heap_lock_allocations']} heap-locked failures"
     )
-    h = result["heap"]
+    h = result["heap"]["from_mpy"]
     console.print(
-        f"heap held by the shared core + workflow: {h['from_mpy']['total']} B from .mpy "
-        f"({h['from_source']['total']} B from source); computed footprint of the workflow "
-        f"{result['workflow']['computed_heap_bytes']} B"
+        f"heap held by the shared core + workflow (loaded from .mpy): {h['total']} B = "
+        f"code {h['modules']} B + workflow {h['workflow']} B "
+        f"(computed {result['workflow']['computed_heap_bytes']} B)"
     )
+    console.print("  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()))
     ok = result["targets"]["met"]
     console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")
