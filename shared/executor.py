@@ -1,0 +1,664 @@
+"""Run a compiled workflow (``shared.program.Program``): one ``step`` per event.
+
+Time comes from an injected ``clock()`` returning ms ticks in [0, 2**30) that wrap, like
+MicroPython's ``time.ticks_ms()``. Durations are below 2**29 ms, so a wrapped difference
+is exact as long as ``tick()`` runs at least once every 2**29 ms (about 6 days).
+
+``feed``, ``step``, ``tick``, ``next_deadline_ms`` and ``snapshot_into`` allocate nothing
+on MicroPython: no containers, floats, big ints or bound methods, and every function on
+those paths keeps its locals plus stack within 11 words (larger call frames go on the
+heap). State lives in preallocated ``array('i')``: ``vars``, ``outputs`` and ``last`` (the
+last filtered value of each input, NO_VALUE before the first) are public, read-only.
+
+Semantics
+---------
+- A transition fires if its trigger matches the event and its guard (comparisons ANDed)
+  holds; the first such transition of the current state, in document order, fires.
+  External: exit actions, transition actions, then the target's entry actions.
+  Internal (no target): transition actions only.
+- above / below: the filtered value is strictly past the level. With ``for_ms`` it must be
+  past the level on every sample for ``for_ms`` ms; the hold restarts when a sample is
+  not, when the state is entered, and when the transition fires (an internal one fires
+  again only after another full hold). ``tick()`` fires holds that have lasted long
+  enough. crosses: the previous value was on the other side or equal, the current one is
+  strictly past the level.
+- Comparisons with an input that has no value yet are false. Actions whose operand is
+  such an input do nothing, except publish, which passes NO_VALUE (as it does for a
+  publish without a value). Outputs are clamped to S16; add_var saturates at +-VAR_MAX.
+- Counters ``transitions`` and ``events`` wrap to 0 after 2**30 - 1.
+
+Snapshot (little-endian): program hash prefix (8 bytes), format u8 (=1), state u8, and
+u8 counts of vars, outputs, timers and inputs, 2 zero bytes; then int32 words: vars,
+outputs, timers' remaining ms (-1: not running), inputs' current period_ms.
+"""
+
+import struct
+from array import array
+
+from shared import filters
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+__all__ = [
+    "EV_BOOT",
+    "EV_COMMAND",
+    "EV_LINK_DOWN",
+    "EV_LINK_UP",
+    "EV_SAMPLE",
+    "EV_TIMER",
+    "NO_VALUE",
+    "Executor",
+    "elapsed",
+    "migrate_snapshot",
+    "ticks_add",
+]
+
+# Event kinds for step(): the values of shared.program's EV_*.
+EV_BOOT = const(0)
+EV_LINK_UP = const(1)
+EV_LINK_DOWN = const(2)
+EV_TIMER = const(3)
+EV_COMMAND = const(4)
+EV_SAMPLE = const(5)
+NO_VALUE = const(-536870912)  # -2**29: an input with no value yet
+
+# Copies of shared.program's constants, private so that MicroPython folds them into
+# the bytecode: no global lookups on the hot paths (test_executor checks the values).
+_ACT_ADD_VAR = const(5)
+_ACT_CANCEL_TIMER = const(3)
+_ACT_PUBLISH = const(6)
+_ACT_SET_OUTPUT = const(1)
+_ACT_SET_PERIOD = const(7)
+_ACT_START_TIMER = const(2)
+_AW = const(4)
+_C_ABOVE = const(1)
+_C_BELOW = const(2)
+_C_DOWN = const(4)
+_C_UP = const(3)
+_DURATION_MAX = const(536870911)
+_GW = const(5)
+_O_CONST = const(0)
+_O_INPUT = const(1)
+_O_VAR = const(2)
+_OP_EQ = const(4)
+_OP_GE = const(3)
+_OP_GT = const(2)
+_OP_LE = const(1)
+_OP_LT = const(0)
+_PERIOD_MIN = const(10)
+_S16_MAX = const(32767)
+_S_ENTRY = const(2)
+_S_EXIT = const(4)
+_SW = const(7)
+_T_ACT = const(7)
+_T_COND = const(2)
+_T_EVENT = const(0)
+_T_FOR = const(4)
+_T_GUARD = const(5)
+_T_LEVEL = const(3)
+_T_TARGET = const(9)
+_TICKS_MAX = const(1073741823)
+_TW = const(10)
+_VAR_MAX = const(536870911)
+_HALF = const(536870912)  # 2**29
+_OFF = const(-1)  # a timer that is not running; a for_ms hold not started
+_MET = const(-2)  # a for_ms hold that has lasted long enough
+_SNAP_FORMAT = const(1)
+_SNAP_HEADER = const(16)
+
+
+def elapsed(now, then):
+    """``now - then`` in ms for wrapping ticks in [0, 2**30); exact within +-2**29."""
+    d = now - then
+    if d >= _HALF:
+        d = d - _TICKS_MAX - 1
+    elif d < -_HALF:
+        d = d + _TICKS_MAX + 1
+    return d
+
+
+def ticks_add(t, ms):
+    """``t + ms`` wrapped to [0, 2**30), for ms in [0, 2**29)."""
+    room = _TICKS_MAX - t
+    if ms > room:
+        return ms - room - 1
+    return t + ms
+
+
+def _test(op, x, y):
+    if op == _OP_LT:
+        return x < y
+    if op == _OP_LE:
+        return x <= y
+    if op == _OP_GT:
+        return x > y
+    if op == _OP_GE:
+        return x >= y
+    if op == _OP_EQ:
+        return x == y
+    return x != y
+
+
+def _zeros(n, fill):
+    a = array("i", bytes(4 * n))
+    for i in range(n):
+        a[i] = fill
+    return a
+
+
+def _put(buf, off, v):
+    # One little-endian int32 into buf at off.
+    buf[off] = v & 255
+    buf[off + 1] = (v >> 8) & 255
+    buf[off + 2] = (v >> 16) & 255
+    buf[off + 3] = (v >> 24) & 255
+
+
+def _put_all(buf, off, arr):
+    i = 0
+    n = len(arr)
+    while i < n:
+        _put(buf, off, arr[i])
+        off += 4
+        i += 1
+    return off
+
+
+class Executor:
+    """Runs ``program``; calls ``host.output(i, v)``, ``host.publish(i, v)`` and
+    ``host.set_period(i, ms)``; reads time from ``clock()`` (wrapping ms ticks)."""
+
+    def __init__(self, program, host, clock):
+        p = program
+        self.program = p
+        self._host = host
+        self._clock = clock
+        self._st = p.states
+        self._tr = p.trans
+        self._gd = p.guards
+        self._ac = p.acts
+        ni = len(p.input_names)
+        chains = []
+        for i in range(ni):
+            chains.append(filters.build_chain(p.filters(i)))
+        self._chains = tuple(chains)
+        self.vars = _zeros(len(p.var_names), 0)
+        self.outputs = _zeros(len(p.output_names), 0)
+        self.last = _zeros(ni, NO_VALUE)
+        self._deadline = _zeros(len(p.timer_names), _OFF)
+        self._hold = _zeros(len(p.trans) // _TW, _OFF)
+        self._period = _zeros(ni, 0)
+        self._ntimers = len(p.timer_names)
+        self._snap_size = _SNAP_HEADER + 4 * (
+            ni + len(p.var_names) + len(p.output_names) + self._ntimers
+        )
+        self.state = p.initial
+        self._now = 0
+        self._prev = NO_VALUE
+        self._restored = False
+        self.transitions = 0
+        self.events = 0
+        self._reset()
+
+    def _reset(self):
+        p = self.program
+        for i in range(len(p.var_init)):
+            self.vars[i] = p.var_init[i]
+        for i in range(len(p.period_ms)):
+            self._period[i] = p.period_ms[i]
+
+    # Board-facing API.
+
+    def start(self):
+        """Enter the initial state (or, after ``restore``, re-apply the saved outputs and
+        periods through the host), then deliver the boot event."""
+        self._now = self._clock()
+        if self._restored:
+            for o in range(len(self.outputs)):
+                self._host.output(o, self.outputs[o])
+            for i in range(len(self._period)):
+                if self._period[i] != self.program.period_ms[i]:
+                    self._host.set_period(i, self._period[i])
+        else:
+            self._reset()
+            for o in range(len(self.outputs)):
+                self.outputs[o] = 0
+            self._enter(self.program.initial)
+        self.step(EV_BOOT, 0)
+
+    def feed(self, i, raw):
+        """Run raw sample ``raw`` (int or None) of input ``i`` through its filters; if a
+        value comes out, record it and deliver it as a sample event. Returns that value
+        or None."""
+        v = self._chains[i].update(raw)
+        if v is not None:
+            self.step(EV_SAMPLE, i, v)
+        return v
+
+    def step(self, kind, arg, value=0):
+        """Deliver one event (an EV_* kind; ``arg`` the timer, command or input index;
+        ``value`` a sample's filtered value). Returns 1 if a transition fired, else 0."""
+        n = self.events
+        self.events = n + 1 if n < _TICKS_MAX else 0
+        self._now = self._clock()
+        if kind == EV_SAMPLE:
+            self._prev = self.last[arg]
+            self.last[arg] = value
+            n = self._scan_samples(arg)
+        else:
+            n = self._scan(kind, arg)
+        if n < 0:
+            return 0
+        self._fire(n)
+        return 1
+
+    def tick(self):
+        """Fire due timers (in timer order), then a for_ms hold that has lasted long
+        enough. Returns the number of transitions fired."""
+        self._now = self._clock()
+        fired = 0
+        t = 0
+        while t < self._ntimers:
+            d = self._deadline[t]
+            if d >= 0 and elapsed(self._now, d) >= 0:
+                self._deadline[t] = _OFF
+                fired += self.step(EV_TIMER, t)
+            t += 1
+        t = self._first(self._st[self.state * _SW])
+        if t >= 0:
+            self._fire(t)
+            fired += 1
+        return fired
+
+    def next_deadline_ms(self):
+        """ms until the next timer or for_ms deadline (0 if one is due), or -1 if none."""
+        now = self._clock()
+        best = -1
+        t = 0
+        while t < self._ntimers:
+            if self._deadline[t] >= 0:
+                best = _sooner(best, elapsed(self._deadline[t], now))
+            t += 1
+        t = self._st[self.state * _SW]
+        while t < self._st[self.state * _SW + 1]:
+            if self._hold[t] >= 0:
+                best = _sooner(best, self._tr[t * _TW + _T_FOR] - elapsed(now, self._hold[t]))
+            t += 1
+        return best
+
+    def invalid(self):
+        """Raw samples refused by the filter chains (None or out of S16), all inputs."""
+        n = 0
+        for c in self._chains:
+            n += c.invalid
+        return n
+
+    def state_name(self):
+        """The current state's name."""
+        return self.program.state_names[self.state]
+
+    def command_index(self, name):
+        """The index of command ``name``, or -1 if the workflow has no such command."""
+        names = self.program.command_names
+        for i in range(len(names)):
+            if names[i] == name:
+                return i
+        return -1
+
+    # Transitions.
+
+    def _scan(self, kind, arg):
+        # First transition of the current state for this event whose guard holds, or -1.
+        t = self._st[self.state * _SW]
+        end = self._st[self.state * _SW + 1]
+        while t < end:
+            k = t * _TW
+            if self._tr[k + _T_EVENT] == kind and self._tr[k + 1] == arg and self._guard(k):
+                return t
+            t += 1
+        return -1
+
+    def _scan_samples(self, i):
+        # Every sample transition on input i updates its hold; the first that is
+        # satisfied and whose guard holds is returned (-1 if none).
+        t = self._st[self.state * _SW]
+        end = self._st[self.state * _SW + 1]
+        hit = -1
+        while t < end:
+            if self._cond(t, i) and hit < 0 and self._guard(t * _TW):
+                hit = t
+            t += 1
+        return hit
+
+    def _cond(self, t, i):
+        # Does transition t react to input i's sample, and is its condition met now?
+        k = t * _TW
+        if self._tr[k + _T_EVENT] != EV_SAMPLE or self._tr[k + 1] != i:
+            return False
+        v = self.last[i]
+        if self._tr[k + _T_COND] > _C_BELOW:
+            return self._crossed(k, v)
+        if self._tr[k + _T_FOR]:
+            return self._held(t, k, v)
+        return self._past(k, v)
+
+    def _past(self, k, v):
+        if self._tr[k + _T_COND] == _C_ABOVE:
+            return v > self._tr[k + _T_LEVEL]
+        return v < self._tr[k + _T_LEVEL]
+
+    def _crossed(self, k, v):
+        p = self._prev
+        if p == NO_VALUE:
+            return False
+        level = self._tr[k + _T_LEVEL]
+        c = self._tr[k + _T_COND]
+        if c != _C_DOWN and p <= level and v > level:
+            return True
+        return c != _C_UP and p >= level and v < level
+
+    def _held(self, t, k, v):
+        if not self._past(k, v):
+            self._hold[t] = _OFF
+            return False
+        if self._hold[t] == _OFF:
+            self._hold[t] = self._now
+        return self._due(t)
+
+    def _due(self, t):
+        # True if transition t's hold has lasted its for_ms (then remembered as _MET).
+        h = self._hold[t]
+        if h == _MET:
+            return True
+        if h < 0 or elapsed(self._now, h) < self._tr[t * _TW + _T_FOR]:
+            return False
+        self._hold[t] = _MET
+        return True
+
+    def _first(self, t):
+        # From transition t on, in the current state: the first for_ms hold that is due
+        # and whose guard holds, or -1.
+        end = self._st[self.state * _SW + 1]
+        while t < end:
+            if self._tr[t * _TW + _T_FOR] and self._due(t) and self._guard(t * _TW):
+                return t
+            t += 1
+        return -1
+
+    def _guard(self, k):
+        g = self._tr[k + _T_GUARD]
+        end = self._tr[k + _T_GUARD + 1]
+        while g < end:
+            if not self._compare(g * _GW):
+                return False
+            g += 1
+        return True
+
+    def _compare(self, b):
+        gd = self._gd
+        x = self._operand(gd, b)
+        y = self._operand(gd, b + 3)
+        if x == NO_VALUE or y == NO_VALUE:
+            return False
+        return _test(gd[b + 2], x, y)
+
+    def _operand(self, arr, b):
+        k = arr[b]
+        if k == _O_CONST:
+            return arr[b + 1]
+        if k == _O_VAR:
+            return self.vars[arr[b + 1]]
+        if k == _O_INPUT:
+            return self.last[arr[b + 1]]
+        return NO_VALUE
+
+    def _fire(self, t):
+        n = self.transitions
+        self.transitions = n + 1 if n < _TICKS_MAX else 0
+        k = t * _TW
+        n = self._tr[k + _T_TARGET]
+        if n < 0:
+            self._hold[t] = _OFF
+            self._run(self._tr, k + _T_ACT)
+            return
+        self._run(self._st, self.state * _SW + _S_EXIT)
+        self._run(self._tr, k + _T_ACT)
+        self._enter(n)
+
+    def _enter(self, s):
+        self.state = s
+        b = s * _SW
+        t = self._st[b]
+        while t < self._st[b + 1]:
+            self._hold[t] = _OFF
+            t += 1
+        self._run(self._st, b + _S_ENTRY)
+
+    def _run(self, arr, i):
+        # Run actions [arr[i], arr[i + 1]).
+        a = arr[i]
+        end = arr[i + 1]
+        while a < end:
+            self._act(a * _AW)
+            a += 1
+
+    def _act(self, b):
+        ac = self._ac
+        k = ac[b]
+        x = ac[b + 1]
+        v = ac[b + 3]
+        if k == _ACT_START_TIMER:
+            self._deadline[x] = ticks_add(self._now, v)
+        elif k == _ACT_CANCEL_TIMER:
+            self._deadline[x] = _OFF
+        elif k == _ACT_SET_PERIOD:
+            self._period[x] = v
+            self._host.set_period(x, v)
+        else:
+            v = self._operand(ac, b + 2)
+            if k == _ACT_PUBLISH:
+                self._host.publish(x, v)
+            elif v != NO_VALUE:
+                self._apply(k, x, v)
+
+    def _apply(self, k, x, v):
+        if k == _ACT_SET_OUTPUT:
+            if v > _S16_MAX:
+                v = _S16_MAX
+            elif v < -_S16_MAX:
+                v = -_S16_MAX
+            self.outputs[x] = v
+            self._host.output(x, v)
+            return
+        if k == _ACT_ADD_VAR:
+            v += self.vars[x]
+            if v > _VAR_MAX:
+                v = _VAR_MAX
+            elif v < -_VAR_MAX:
+                v = -_VAR_MAX
+        self.vars[x] = v
+
+    # Snapshots.
+
+    def snapshot_size(self):
+        """Bytes of this program's snapshots."""
+        return self._snap_size
+
+    def snapshot_into(self, buf):
+        """Write a snapshot into bytearray ``buf`` (at least ``snapshot_size()`` bytes);
+        return its length. Timers are saved as remaining ms (0 if already due)."""
+        if len(buf) < self._snap_size:
+            raise ValueError("snapshot buffer: %d bytes, need %d" % (len(buf), self._snap_size))
+        h = self.program.hash_prefix
+        i = 0
+        while i < 8:
+            buf[i] = h[i]
+            i += 1
+        buf[8] = _SNAP_FORMAT
+        buf[9] = self.state
+        buf[10] = len(self.vars)
+        buf[11] = len(self.outputs)
+        buf[12] = self._ntimers
+        buf[13] = len(self._period)
+        buf[14] = 0
+        buf[15] = 0
+        i = _put_all(buf, _SNAP_HEADER, self.vars)
+        i = _put_all(buf, i, self.outputs)
+        i = self._put_timers(buf, i)
+        return _put_all(buf, i, self._period)
+
+    def _put_timers(self, buf, off):
+        now = self._clock()
+        t = 0
+        while t < self._ntimers:
+            d = self._deadline[t]
+            if d >= 0:
+                d = elapsed(d, now)
+                if d < 0:
+                    d = 0
+            _put(buf, off, d)
+            off += 4
+            t += 1
+        return off
+
+    def snapshot(self):
+        """A snapshot as bytes (allocates; see ``snapshot_into``)."""
+        buf = bytearray(self._snap_size)
+        self.snapshot_into(buf)
+        return bytes(buf)
+
+    def restore(self, snap):
+        """Load a snapshot of this program: state, vars, outputs, timers (restarted with
+        their remaining time), periods. ``start()`` then re-applies outputs and periods.
+        Raises ValueError, changing nothing, for a malformed snapshot or another
+        program's."""
+        state, vs, outs, timers, periods = _parse(self.program, snap)
+        now = self._clock()
+        self.state = state
+        for i in range(len(vs)):
+            self.vars[i] = vs[i]
+        for i in range(len(outs)):
+            self.outputs[i] = outs[i]
+        for i in range(len(timers)):
+            self._deadline[i] = _OFF if timers[i] < 0 else ticks_add(now, timers[i])
+        for i in range(len(periods)):
+            self._period[i] = periods[i]
+        for t in range(len(self._hold)):
+            self._hold[t] = _OFF
+        self._restored = True
+
+
+def _sooner(best, ms):
+    if ms < 0:
+        ms = 0
+    if best < 0 or ms < best:
+        return ms
+    return best
+
+
+def _parse(p, snap):
+    # Decode and check a snapshot of program p: (state, vars, outputs, timers, periods).
+    if not isinstance(snap, (bytes, bytearray)):
+        raise ValueError("snapshot: expected bytes, got " + type(snap).__name__)
+    nv, no, nt, ni = (len(p.var_names), len(p.output_names), len(p.timer_names), len(p.input_names))
+    size = _SNAP_HEADER + 4 * (nv + no + nt + ni)
+    if len(snap) < _SNAP_HEADER or bytes(snap[:8]) != p.hash_prefix:
+        raise ValueError(
+            "snapshot: not from program %s v%d (hash %s...)" % (p.name, p.version, p.hash[:16])
+        )
+    if snap[8] != _SNAP_FORMAT or tuple(snap[10:14]) != (nv, no, nt, ni) or len(snap) != size:
+        raise ValueError(
+            "snapshot: malformed (format %d, %d bytes, want format %d, %d bytes)"
+            % (snap[8], len(snap), _SNAP_FORMAT, size)
+        )
+    state = snap[9]
+    if state >= len(p.state_names):
+        raise ValueError("snapshot: state %d is out of range" % state)
+    w = struct.unpack_from("<%di" % (nv + no + nt + ni), snap, _SNAP_HEADER)
+    vs, outs, timers, periods = (
+        w[:nv],
+        w[nv : nv + no],
+        w[nv + no : nv + no + nt],
+        w[nv + no + nt :],
+    )
+    for v in vs:
+        _check("var", v, -_VAR_MAX, _VAR_MAX)
+    for v in outs:
+        _check("output", v, -_S16_MAX, _S16_MAX)
+    for v in timers:
+        _check("timer", v, -1, _DURATION_MAX)
+    for v in periods:
+        _check("period_ms", v, _PERIOD_MIN, _DURATION_MAX)
+    return state, vs, outs, timers, periods
+
+
+def _check(what, v, lo, hi):
+    if v < lo or v > hi:
+        raise ValueError("snapshot: %s value %d is outside [%d, %d]" % (what, v, lo, hi))
+
+
+def migrate_snapshot(old_program, snap, new_program):
+    """Carry a snapshot of ``old_program`` over to ``new_program``; return its bytes.
+
+    The state maps through ``new_program``'s migrate map for ``old_program.version``, else
+    to the state of the same name; ValueError names a state with no place in the new
+    version. Vars, outputs, timers and changed periods carry over by name; new vars get
+    their init, new outputs 0, new timers stay stopped, other periods are the new defaults.
+    """
+    state, vs, outs, timers, periods = _parse(old_program, snap)
+    old_name = old_program.state_names[state]
+    new = new_program.migration(old_program.version)
+    if new is not None and old_name in new:
+        s = new[old_name]
+    elif old_name in new_program.state_names:
+        s = new_program.state_names.index(old_name)
+    else:
+        raise ValueError(
+            "state %r of %s v%d has no place in v%d: no migrate entry and no "
+            "state of that name"
+            % (old_name, old_program.name, old_program.version, new_program.version)
+        )
+    p = new_program
+    words = []
+    _carry(words, p.var_names, old_program.var_names, vs, p.var_init)
+    _carry(words, p.output_names, old_program.output_names, outs, 0)
+    _carry(words, p.timer_names, old_program.timer_names, timers, -1)
+    changed = []
+    for i in range(len(periods)):
+        changed.append(periods[i] if periods[i] != old_program.period_ms[i] else -1)
+    n = len(words)
+    _carry(words, p.input_names, old_program.input_names, changed, -1)
+    for i in range(len(p.input_names)):
+        if words[n + i] < 0:
+            words[n + i] = p.period_ms[i]
+    head = bytes(p.hash_prefix) + bytes(
+        (
+            _SNAP_FORMAT,
+            s,
+            len(p.var_names),
+            len(p.output_names),
+            len(p.timer_names),
+            len(p.input_names),
+            0,
+            0,
+        )
+    )
+    return head + struct.pack("<%di" % len(words), *words)
+
+
+def _carry(words, names, old_names, old_values, default):
+    # Append each of names' value: the old one if old_names has that name, else the
+    # default (one per name if a tuple, else the same int for all).
+    for i in range(len(names)):
+        if names[i] in old_names:
+            words.append(old_values[old_names.index(names[i])])
+        elif isinstance(default, tuple):
+            words.append(default[i])
+        else:
+            words.append(default)
