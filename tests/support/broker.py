@@ -40,6 +40,9 @@ class Broker:
     ) -> None:
         self.port = port or free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="orrery-mosquitto-"))
+        # started as root, mosquitto drops to the `mosquitto` user: it must be able to write
+        # its persistence file and log here
+        os.chmod(self.dir, 0o777)
         self.conf = self.dir / "mosquitto.conf"
         lines = [
             f"listener {self.port} 127.0.0.1",

@@ -1,0 +1,363 @@
+"""The board's MQTT link: one interface, two implementations.
+
+``UmqttLink`` (here) runs on the board on top of micropython-lib's ``umqtt.simple``;
+``PahoLink`` (link_paho.py) runs on CPython on paho-mqtt. Both take the same arguments and
+behave the same way; see LINK.md for why the board side looks like this.
+
+``Link(client_id, host, port, user=None, password=None, keepalive=30, ssl=None,
+timeout_ms=5000, will=None)``; ``will`` is ``(topic, payload, retain, qos)`` or None and
+``ssl`` an ``SSLContext`` of the runtime's ``ssl`` module. The session is persistent
+(clean_session=False), so ``client_id`` must be stable: QoS 1 messages sent to the board while
+it is offline wait on the broker (up to its ``max_queued_messages``).
+
+- ``connect()`` -> True, or False with ``last_error`` set; never raises on network errors.
+  ``session_present`` tells whether the broker still had the session; when it had not, the
+  topics given to ``subscribe()`` so far are subscribed again.
+- ``publish(topic, payload, qos=1, retain=False)`` -> True once written (QoS 0) or once the
+  PUBACK came back (QoS 1). False when not connected, on a network error or when no PUBACK
+  came within ``timeout_ms``; a failure drops the connection, so the caller keeps the data,
+  reconnects with backoff and publishes again (at least once).
+- ``subscribe(topic, qos=1)`` -> True once the SUBACK granted it.
+- ``poll()`` reads what arrived without waiting, keeps the connection alive, then calls
+  ``on_message(topic, payload)`` (``str`` topic, ``bytes`` payload) for each message in
+  arrival order, in the caller's thread. A QoS 1 message is acknowledged when the link has it,
+  before ``on_message`` runs.
+- ``connected``: False after any failure, ``close()`` or ``disconnect()``.
+- ``disconnect()`` sends DISCONNECT (the broker discards the will); ``close()`` only closes the
+  socket (the broker publishes the will). Neither raises.
+
+Topics and payloads may be ``str`` or ``bytes``. A link belongs to one thread: the board's
+link thread, which owns every call above. Each socket operation is bounded by ``timeout_ms``
+except the DNS lookup, whose bound is lwip's own.
+"""
+
+import select
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+try:
+    from time import ticks_diff, ticks_ms
+except ImportError:  # CPython
+    from time import monotonic
+
+    def ticks_ms():
+        return int(monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+
+_BUF = const(256)  # one PUBLISH or SUBSCRIBE header with its topic (ids make topics < 160 bytes)
+MAX_PACKET = const(8192)  # a larger incoming packet drops the connection rather than the heap
+MAX_INBOX = const(8)  # messages read but not yet handed to on_message
+
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBACK = const(0x90)
+_PINGRESP = const(0xD0)
+
+
+def _b(s):
+    return s.encode() if isinstance(s, str) else s
+
+
+def _err(e):
+    """A short text for last_error: the exception's type and first argument."""
+    a = e.args
+    return type(e).__name__ + (" " + str(a[0]) if a else "")
+
+
+def _close(sock):
+    if sock is not None:
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+
+def _head(buf, op, n):
+    """Write a fixed header (type byte, remaining length ``n``) into ``buf``; return its size."""
+    buf[0] = op
+    i = 1
+    while n > 0x7F:
+        buf[i] = (n & 0x7F) | 0x80
+        n >>= 7
+        i += 1
+    buf[i] = n
+    return i + 1
+
+
+class UmqttLink:
+    """The link on umqtt.simple: umqtt opens the session, this class owns the socket after."""
+
+    def __init__(
+        self,
+        client_id,
+        host,
+        port,
+        user=None,
+        password=None,
+        keepalive=30,
+        ssl=None,
+        timeout_ms=5000,
+        will=None,
+    ):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.user = user
+        self.password = password
+        self.keepalive = keepalive
+        self.ssl = ssl
+        self.timeout_ms = timeout_ms
+        self.will = will
+        self.on_message = None
+        self.connected = False
+        self.session_present = False
+        self.last_error = None
+        self._sock = None
+        self._poller = None
+        self._buf = bytearray(_BUF)
+        self._puback = bytearray(b"\x40\x02\x00\x00")
+        self._pid = 0
+        self._acked = 0  # packet id of the last PUBACK or SUBACK read
+        self._granted = 0  # return code of the last SUBACK read
+        self._tx = 0  # ticks_ms of the last packet sent
+        self._ping = None  # ticks_ms of an unanswered PINGREQ
+        self._inbox = []
+        self._subs = []
+
+    def connect(self):
+        """Open a new connection (closing any old one); True once the broker accepted it."""
+        from umqtt.simple import MQTTClient  # installed on the board by mip; not on CPython
+
+        self.close()
+        c = MQTTClient(
+            self.client_id, self.host, self.port, self.user, self.password, self.keepalive, self.ssl
+        )
+        if self.will:
+            topic, payload, retain, qos = self.will
+            c.set_last_will(_b(topic), _b(payload), retain, qos)
+        t = self.timeout_ms / 1000
+        try:
+            present = c.connect(False, t)
+            sock = c.sock
+            if hasattr(sock, "settimeout"):  # a TLS socket keeps the timeout of the raw one
+                sock.settimeout(t)
+        # umqtt raises OSError, MQTTException (refused), or fails an assert or an index on a
+        # short or garbled CONNACK.
+        except Exception as e:
+            _close(c.sock)
+            self.last_error = _err(e)
+            return False
+        self._sock = sock
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        self._tx = ticks_ms()
+        self._ping = None
+        self.connected = True
+        self.session_present = bool(present)
+        self.last_error = None
+        if not present:
+            for topic, qos in self._subs:
+                if not self._subscribe(topic, qos):
+                    self.close()  # keeps last_error
+                    return False
+        return True
+
+    def publish(self, topic, payload, qos=1, retain=False):
+        """Send one message; True once written (QoS 0) or acknowledged (QoS 1) in time."""
+        if qos != 0 and qos != 1:
+            raise ValueError("qos must be 0 or 1")
+        if not self.connected:
+            return False
+        start = ticks_ms()
+        topic = _b(topic)
+        payload = _b(payload)
+        tl = len(topic)
+        if tl > _BUF - 9:
+            raise ValueError("topic too long")
+        b = self._buf
+        i = _head(b, _PUBLISH | qos << 1 | (1 if retain else 0), tl + len(payload) + 2 + 2 * qos)
+        b[i] = tl >> 8
+        b[i + 1] = tl & 0xFF
+        i += 2
+        b[i : i + tl] = topic
+        i += tl
+        if qos:
+            pid = self._next_pid()
+            b[i] = pid >> 8
+            b[i + 1] = pid & 0xFF
+            i += 2
+        try:
+            self._write(b, i)
+            self._write(payload, len(payload))
+            if not qos or self._wait(_PUBACK, pid, start):
+                return True
+            self._drop("puback timeout")
+        except OSError as e:
+            self._drop(_err(e))
+        return False
+
+    def subscribe(self, topic, qos=1):
+        """Subscribe now if connected (True once granted) and again after a lost session."""
+        topic = _b(topic)
+        if len(topic) > _BUF - 9:
+            raise ValueError("topic too long")
+        if (topic, qos) not in self._subs:
+            self._subs.append((topic, qos))
+        return self.connected and self._subscribe(topic, qos)
+
+    def poll(self):
+        """Read what arrived, ping when idle, then hand each message to on_message."""
+        if self.connected:
+            try:
+                now = ticks_ms()
+                if self._ping is not None:
+                    if ticks_diff(now, self._ping) > self.timeout_ms:
+                        raise OSError("no PINGRESP")
+                elif self.keepalive and ticks_diff(now, self._tx) >= self.keepalive * 500:
+                    self._write(b"\xc0\x00", 2)
+                    self._ping = now
+                while len(self._inbox) < MAX_INBOX and self._read(0):
+                    pass
+            except OSError as e:
+                self._drop(_err(e))
+        inbox = self._inbox
+        while inbox:
+            topic, payload = inbox.pop(0)
+            if self.on_message:
+                self.on_message(topic, payload)
+
+    def disconnect(self):
+        """Say goodbye (the broker discards the will and keeps the session), then close."""
+        if self.connected:
+            try:
+                self._write(b"\xe0\x00", 2)
+            except OSError:
+                pass
+        self.close()
+
+    def close(self):
+        """Close the socket without DISCONNECT: to the broker the board died (will published)."""
+        sock = self._sock
+        self._sock = None
+        self._poller = None
+        self.connected = False
+        _close(sock)
+
+    def _drop(self, reason):
+        self.last_error = reason
+        self.close()
+
+    def _next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    def _write(self, buf, n):
+        if self._sock.write(buf, n) != n:
+            raise OSError("short write")
+        self._tx = ticks_ms()
+
+    def _subscribe(self, topic, qos):
+        start = ticks_ms()
+        tl = len(topic)
+        b = self._buf
+        i = _head(b, 0x82, tl + 5)
+        pid = self._next_pid()
+        b[i] = pid >> 8
+        b[i + 1] = pid & 0xFF
+        b[i + 2] = tl >> 8
+        b[i + 3] = tl & 0xFF
+        i += 4
+        b[i : i + tl] = topic
+        i += tl
+        b[i] = qos
+        try:
+            self._write(b, i + 1)
+            if self._wait(_SUBACK, pid, start):
+                if self._granted != 0x80:
+                    return True
+                self.last_error = "subscribe refused"
+                return False
+            self._drop("suback timeout")
+        except OSError as e:
+            self._drop(_err(e))
+        return False
+
+    def _wait(self, kind, pid, start):
+        """Read packets until the ack ``kind`` for ``pid``; False once timeout_ms from start."""
+        while True:
+            left = self.timeout_ms - ticks_diff(ticks_ms(), start)
+            if left <= 0:
+                return False
+            if self._read(left) == kind and self._acked == pid:
+                return True
+
+    def _byte(self):
+        b = self._sock.read(1)
+        if not b:
+            raise OSError("closed")
+        return b[0]
+
+    def _read(self, wait_ms):
+        """Read and handle one packet if one starts within wait_ms; return its type or 0.
+
+        Only the wait for the first byte is bounded by wait_ms: once a packet has begun, the
+        rest must arrive within the socket timeout or the link is broken (OSError).
+        """
+        if not self._poller.poll(wait_ms):
+            return 0
+        op = self._byte()
+        n = 0
+        shift = 0
+        while True:
+            c = self._byte()
+            n |= (c & 0x7F) << shift
+            if not c & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise OSError("bad length")
+        if n > MAX_PACKET:
+            raise OSError("packet too big")
+        body = b""
+        if n:
+            body = self._sock.read(n)
+            if not body or len(body) != n:
+                raise OSError("closed")
+        kind = op & 0xF0
+        if kind == _PUBLISH:
+            self._incoming(op, body)
+        elif kind == _PUBACK or kind == _SUBACK:
+            if n < 2:
+                raise OSError("bad ack")
+            self._acked = body[0] << 8 | body[1]
+            if kind == _SUBACK:
+                self._granted = body[2] if n > 2 else 0x80
+        elif kind == _PINGRESP:
+            self._ping = None
+        return kind
+
+    def _incoming(self, op, body):
+        qos = (op >> 1) & 3
+        if qos == 2:  # never subscribed at QoS 2, so the broker never sends it
+            raise OSError("qos 2")
+        tl = body[0] << 8 | body[1] if len(body) > 1 else 0xFFFF
+        i = 2 + tl + 2 * qos
+        if i > len(body):
+            raise OSError("bad publish")
+        if len(self._inbox) >= MAX_INBOX:
+            raise OSError("inbox full")  # left unacknowledged: the broker sends it again
+        self._inbox.append((body[2 : 2 + tl].decode(), body[i:]))
+        if qos:
+            ack = self._puback
+            ack[2] = body[i - 2]
+            ack[3] = body[i - 1]
+            self._write(ack, 4)

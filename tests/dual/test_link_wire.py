@@ -1,0 +1,179 @@
+"""UmqttLink's own wire code on CPython and on MicroPython, over a scripted fake socket.
+
+Unit level only: the MicroPython test runtime has no sockets. The behaviour against a real
+Mosquitto is tested in tests/test_link.py; this proves the same code runs on a 32-bit
+MicroPython and puts the exact bytes of MQTT 3.1.1 on the wire.
+"""
+
+from _util import raises
+
+from firmware import link as L
+
+
+class FakeSock:
+    """Records what the link writes; ``read`` serves ``rx`` (b"" once it is used up: EOF)."""
+
+    def __init__(self, rx=b""):
+        self.rx = bytearray(rx)
+        self.tx = bytearray()
+        self.closed = False
+
+    def write(self, buf, n):
+        self.tx += bytes(buf[:n])
+        return n
+
+    def read(self, n):
+        out = bytes(self.rx[:n])
+        self.rx = self.rx[n:]
+        return out
+
+    def close(self):
+        self.closed = True
+
+
+class FakePoller:
+    def __init__(self, sock):
+        self.sock = sock
+
+    def poll(self, ms):
+        return [1] if self.sock.rx else []
+
+
+def ago(ms):
+    """ticks_ms() of ``ms`` milliseconds ago."""
+    try:
+        from time import ticks_add
+    except ImportError:  # CPython: firmware.link's ticks are plain ms
+        return L.ticks_ms() - ms
+    return ticks_add(L.ticks_ms(), -ms)
+
+
+def wired(rx=b"", timeout_ms=50, keepalive=30):
+    """A link that is 'connected' to a FakeSock (connect() needs umqtt and a network)."""
+    link = L.UmqttLink("dev-01", "127.0.0.1", 1883, keepalive=keepalive, timeout_ms=timeout_ms)
+    sock = FakeSock(rx)
+    link._sock = sock
+    link._poller = FakePoller(sock)
+    link._tx = L.ticks_ms()
+    link.connected = True
+    return link, sock
+
+
+def test_publish_qos1_bytes_and_puback():
+    link, sock = wired(b"\x40\x02\x00\x01")
+    assert link.publish("a/b", b"hi") is True
+    assert bytes(sock.tx) == b"\x32\x09\x00\x03a/b\x00\x01hi"
+    assert link.connected
+
+
+def test_publish_qos0_retain_long_payload_two_byte_length():
+    link, sock = wired()
+    assert link.publish(b"t", b"x" * 200, qos=0, retain=True) is True
+    # remaining length 2 + 1 + 200 = 203 = 0xCB 0x01 as a varint
+    assert bytes(sock.tx[:6]) == b"\x31\xcb\x01\x00\x01t"
+    assert len(sock.tx) == 6 + 200
+
+
+def test_publish_without_matching_puback_times_out_and_drops():
+    link, sock = wired(b"\x40\x02\x00\x07", timeout_ms=30)  # PUBACK for another packet
+    assert link.publish("a/b", b"hi") is False
+    assert not link.connected and sock.closed
+    assert link.last_error == "puback timeout"
+    assert link.publish("a/b", b"hi") is False
+
+
+def test_publish_rejects_qos2_and_long_topic():
+    link, _ = wired()
+    raises(ValueError, link.publish, "a", b"", 2)
+    raises(ValueError, link.publish, "a" * 250, b"")
+
+
+def test_packet_ids_wrap_within_16_bits():
+    link, _ = wired()
+    link._pid = 65534
+    assert link._next_pid() == 65535
+    assert link._next_pid() == 1
+
+
+def test_incoming_qos1_delivered_as_str_and_bytes_and_acked():
+    got = []
+    # PUBLISH qos 1, topic "c/d", packet id 0x1234, payload b"cmd"
+    link, sock = wired(b"\x32\x0a\x00\x03c/d\x12\x34cmd" + b"\x30\x05\x00\x01eok")
+    link.on_message = lambda t, p: got.append((t, p))
+    link.poll()
+    assert got == [("c/d", b"cmd"), ("e", b"ok")]
+    assert type(got[0][0]) is str and type(got[0][1]) is bytes
+    assert bytes(sock.tx) == b"\x40\x02\x12\x34"  # PUBACK for the QoS 1 message only
+    assert link.connected
+
+
+def test_subscribe_bytes_granted_and_refused():
+    link, sock = wired(b"\x90\x03\x00\x01\x01")
+    assert link.subscribe("x/down/cmd", 1) is True
+    assert bytes(sock.tx) == b"\x82\x0f\x00\x01\x00\x0ax/down/cmd\x01"
+    sock.rx = bytearray(b"\x90\x03\x00\x02\x80")
+    assert link.subscribe("y", 1) is False
+    assert link.last_error == "subscribe refused"
+    assert link._subs == [(b"x/down/cmd", 1), (b"y", 1)]
+
+
+def test_idle_poll_pings_and_pingresp_clears_it():
+    link, sock = wired(keepalive=30)
+    link.poll()
+    assert bytes(sock.tx) == b""
+    link._tx = ago(15000)  # nothing sent for half the keepalive
+    link.poll()
+    assert bytes(sock.tx) == b"\xc0\x00"
+    assert link._ping is not None
+    sock.rx = bytearray(b"\xd0\x00")
+    link.poll()
+    assert link._ping is None and link.connected
+
+
+def test_unanswered_ping_drops_after_timeout():
+    link, sock = wired(keepalive=30, timeout_ms=20)
+    link._tx = ago(15000)
+    link.poll()
+    assert link._ping is not None
+    link.poll()
+    assert link.connected  # not yet
+    link._ping = ago(21)
+    link.poll()
+    assert not link.connected and link.last_error == "OSError no PINGRESP"
+
+
+def test_truncated_packet_drops():
+    link, sock = wired(b"\x32\x20\x00")  # 32 bytes announced, then EOF
+    link.poll()
+    assert not link.connected and sock.closed
+    assert link.last_error == "OSError closed"
+
+
+def test_oversized_packet_drops_before_reading_it():
+    link, sock = wired(b"\x30\xa0\x8d\x06" + b"z" * 16)  # remaining length 100000
+    link.poll()
+    assert link.last_error == "OSError packet too big"
+    assert len(sock.rx) == 16
+
+
+def test_full_inbox_leaves_message_unacked_and_drops():
+    one = b"\x32\x06\x00\x01q\x00\x05p"  # QoS 1, packet id 5
+    link, sock = wired(one * (L.MAX_INBOX + 1), timeout_ms=30)
+    # a publish waiting for its PUBACK reads (and queues) everything that arrives meanwhile
+    assert link.publish("a", b"") is False
+    assert link.last_error == "OSError inbox full"
+    acks = bytes(sock.tx).count(b"\x40\x02\x00\x05")
+    assert acks == L.MAX_INBOX  # the one that did not fit was not acknowledged
+    got = []
+    link.on_message = lambda t, p: got.append(p)
+    link.poll()  # what was queued is still delivered
+    assert got == [b"p"] * L.MAX_INBOX
+
+
+def test_disconnect_sends_disconnect_close_does_not():
+    link, sock = wired()
+    link.disconnect()
+    assert bytes(sock.tx) == b"\xe0\x00" and sock.closed and not link.connected
+    link, sock = wired()
+    link.close()
+    assert bytes(sock.tx) == b"" and sock.closed and not link.connected
