@@ -1,0 +1,231 @@
+"""App bundle updates over MQTT, into A/B slots, with a trial boot and automatic rollback.
+
+The app lives in ``<root>/app_a`` or ``<root>/app_b``; ``<root>/app.json`` says which is
+active. An update:
+
+1. ``install_bundle`` {version, sha256, size, chunk_size, chunks} opens a download.
+2. ``bundle_chunk`` {version, index, data (base64)} arrive in order (a repeat of an earlier
+   chunk is acknowledged and ignored; a gap is refused, naming the chunk expected next).
+3. After the last chunk the file's size and sha256 are checked, the bundle is unpacked into
+   the inactive slot, ``app.json`` gets ``trial`` and the board reboots.
+4. The launcher (``select_slot``) boots the trial slot once. The new app must reach the
+   broker and pass its health check, then ``confirm`` makes it active and acks OK. If the
+   trial boot crashes or never confirms, the next boot returns to the previous slot and the
+   node acks the install FAILED once it is connected again.
+"""
+
+import binascii
+import hashlib
+import json
+import os
+
+from shared import bundle as B
+from shared import protocol as P
+
+APP = "app.json"
+PART = "bundle.part"
+MAX_SIZE = 1024 * 1024
+
+
+def _load(root):
+    try:
+        with open(root + "/" + APP) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"active": "a"}
+
+
+def _save(root, app):
+    tmp = root + "/" + APP + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(app, f)
+    try:
+        os.rename(tmp, root + "/" + APP)
+    except OSError:
+        os.remove(root + "/" + APP)
+        os.rename(tmp, root + "/" + APP)
+
+
+def _rmtree(path):
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return
+    for name in entries:
+        p = path + "/" + name
+        try:
+            os.remove(p)
+        except OSError:
+            _rmtree(p)
+    os.rmdir(path)
+
+
+def _makedirs(path):
+    cur = ""
+    for part in path.split("/"):
+        if not part:
+            cur = "/" if not cur else cur
+            continue
+        cur = cur + part if cur.endswith("/") or not cur else cur + "/" + part
+        try:
+            os.mkdir(cur)
+        except OSError:
+            pass
+
+
+def select_slot(root):
+    """Called by the launcher at boot: the slot directory to import the app from.
+
+    A pending trial boots once; a trial that is still unconfirmed at the next boot is
+    abandoned (recorded as failed) and the previous slot boots.
+    """
+    app = _load(root)
+    trial = app.get("trial")
+    if trial:
+        if not app.get("trial_booted"):
+            app["trial_booted"] = True
+            _save(root, app)
+            return root + "/app_" + trial
+        app["failed"] = {
+            "id": app.get("cmd"),
+            "version": app.get("version"),
+            "why": "trial boot did not reach the broker and pass its health check",
+        }
+        app["trial"] = None
+        app["trial_booted"] = False
+        _save(root, app)
+    return root + "/app_" + app.get("active", "a")
+
+
+def confirm(node):
+    """The running app reached the broker and is healthy: make a trial slot permanent.
+
+    Also reports a rollback that happened at boot. Returns an ack tuple or None.
+    """
+    root = node.root
+    app = _load(root)
+    if app.get("trial") and app.get("trial_booted"):
+        app["active"] = app["trial"]
+        app["trial"] = None
+        app["trial_booted"] = False
+        _save(root, app)
+        node.ack_later(app.get("cmd"), P.OK, "running bundle " + str(app.get("version")))
+        return True
+    failed = app.get("failed")
+    if failed:
+        app["failed"] = None
+        _save(root, app)
+        node.ack_later(failed.get("id"), P.FAILED, "rolled back: " + failed["why"])
+        return True
+    return False
+
+
+def handle(node, kind, args):
+    """install_bundle / bundle_chunk commands; returns (ack code, detail)."""
+    root = node.root
+    if kind == "install_bundle":
+        return _start(node, args)
+    st = getattr(node, "bundle", None)
+    if st is None:
+        return P.REJECTED, "no bundle download in progress"
+    if args.get("version") != st["version"]:
+        return P.REJECTED, "chunk is for version {!r}, downloading {!r}".format(
+            args.get("version"), st["version"]
+        )
+    i = args.get("index")
+    if type(i) is not int or i < 0 or i >= st["chunks"]:
+        return P.REJECTED, "index must be an int in [0, {})".format(st["chunks"])
+    if i < st["next"]:
+        return P.OK, "chunk {} already stored".format(i)
+    if i > st["next"]:
+        return P.REJECTED, "expected chunk {}".format(st["next"])
+    try:
+        data = binascii.a2b_base64(args["data"])
+    except Exception:
+        return P.REJECTED, "data must be base64"
+    with open(root + "/" + PART, "ab") as f:
+        f.write(data)
+    st["next"] = i + 1
+    st["have"] += len(data)
+    if st["next"] < st["chunks"]:
+        return P.OK, "chunk {} of {}".format(i + 1, st["chunks"])
+    node.bundle = None
+    return _finish(node, st)
+
+
+def _start(node, args):
+    v, digest, size = args.get("version"), args.get("sha256"), args.get("size")
+    chunks = args.get("chunks")
+    if not isinstance(v, str) or not isinstance(digest, str) or len(digest) != 64:
+        return P.REJECTED, "install_bundle needs version (str) and sha256 (64 hex)"
+    if type(size) is not int or not 0 < size <= MAX_SIZE:
+        return P.REJECTED, "size must be an int in (0, {}]".format(MAX_SIZE)
+    if type(chunks) is not int or not 0 < chunks <= 4096:
+        return P.REJECTED, "chunks must be an int in (0, 4096]"
+    try:
+        os.remove(node.root + "/" + PART)
+    except OSError:
+        pass
+    node.bundle = {
+        "version": v,
+        "sha256": digest,
+        "size": size,
+        "chunks": chunks,
+        "next": 0,
+        "have": 0,
+        "cmd": node.current_cmd,
+    }
+    return P.IN_PROGRESS, "send {} chunks".format(chunks)
+
+
+def _finish(node, st):
+    root = node.root
+    part = root + "/" + PART
+    h = hashlib.sha256()
+    size = 0
+    with open(part, "rb") as f:
+        while True:
+            b = f.read(1024)
+            if not b:
+                break
+            h.update(b)
+            size += len(b)
+    got = binascii.hexlify(h.digest()).decode()
+    if size != st["size"] or got != st["sha256"]:
+        os.remove(part)
+        node.ack_later(
+            st["cmd"], P.FAILED, "bundle size {} sha256 {} do not match".format(size, got)
+        )
+        return P.FAILED, "bundle does not match its sha256"
+    app = _load(root)
+    slot = "b" if app.get("active", "a") == "a" else "a"
+    target = root + "/app_" + slot
+    _rmtree(target)
+    _makedirs(target)
+    state = {"f": None}
+
+    def write(path, piece, first):
+        if first:
+            if state["f"]:
+                state["f"].close()
+            d = path.rsplit("/", 1)
+            if len(d) == 2:
+                _makedirs(target + "/" + d[0])
+            state["f"] = open(target + "/" + path, "wb")
+        state["f"].write(piece)
+
+    try:
+        with open(part, "rb") as f:
+            B.unpack(f, write)
+    except ValueError as e:
+        _rmtree(target)
+        node.ack_later(st["cmd"], P.FAILED, "bad bundle: {}".format(e))
+        return P.FAILED, "bad bundle"
+    finally:
+        if state["f"]:
+            state["f"].close()
+    os.remove(part)
+    app.update({"trial": slot, "trial_booted": False, "version": st["version"], "cmd": st["cmd"]})
+    _save(root, app)
+    node.reboot_requested = True
+    return P.OK, "bundle {} stored in slot {}; rebooting into it".format(st["version"], slot)

@@ -1,0 +1,580 @@
+"""The node: one board's work, in two threads that share the flash store.
+
+Main thread (``step_main``), never touching the network: sample each input on its period,
+through its filter chain into the executor; append every emitted reading to the flash store
+(a reading counts as taken once it is there); execute commands; persist the executor's state;
+judge health windows.
+
+Link thread (``step_link``): connect with exponential backoff and full jitter; on connect,
+subscribe to commands, publish the retained state and ask for pending commands; then publish
+acks, loss reports, resends, readings batches (QoS 1; the store's ack cursor moves only after
+the PUBACK), events and a periodic state. The link never blocks the main thread: a hanging
+DNS lookup or a socket timeout costs the link thread time, not a sample.
+
+On CPython both run as threads (``start``/``stop``); on a board ``run`` is the entry point.
+Nothing here reboots because the cloud is unreachable.
+"""
+
+import json
+import os
+from array import array
+
+from firmware import installer
+from firmware.backoff import Backoff
+from firmware.clock import TICKS_MASK, Uptime, WallClock
+from firmware.store import Store
+from shared import protocol as P
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+try:
+    import _thread  # MicroPython's on the ESP32; CPython has the same module
+except ImportError:  # a build without threads (the WASI test runtime): everything in one thread
+    _thread = None
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _lock():
+    return _thread.allocate_lock() if _thread else _NoLock()
+
+
+def _spawn(fn):
+    if _thread is None:
+        raise RuntimeError("no threads here: call step_link() from the main loop instead")
+    _thread.start_new_thread(fn, ())
+
+
+FW_VERSION = "0.1.0"
+_HALF = const(0x20000000)
+BATCH = const(64)  # records per readings batch
+MAX_INBOX = const(8)
+MAX_OUTBOX = const(16)
+MAX_EVENTS = const(32)
+STATE_EVERY_MS = const(60000)
+HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
+_OFF = const(26)  # protocol HEADER_SIZE + ANCHOR_SIZE: records start here in the batch buffer
+
+
+def _due(now, then):
+    # True when tick ``then`` is not in the future of ``now`` (wrap-safe, small ints only)
+    return ((now - then) & TICKS_MASK) < _HALF
+
+
+def _log(*parts):
+    print("orrery:", *parts)
+
+
+class Node:
+    """One board. ``link`` has firmware.link's interface; ``ticks_ms`` wraps at 2**30.
+
+    ``wall_ms`` returns unix ms or None (the board's NTP result, or the simulation's clock);
+    ``reset`` reboots the board; ``rand4`` returns 4 random bytes.
+    """
+
+    def __init__(self, cfg, hal, root, link, ticks_ms, wall_ms=None, reset=None, rand4=None):
+        self.cfg = cfg
+        self.hal = hal
+        self.root = root
+        self.link = link
+        self.ticks = ticks_ms
+        self.wall_ms = wall_ms
+        self.reset = reset
+        self.device = cfg["device_id"]
+        self.fleet = cfg["fleet"]
+        self.key = bytes.fromhex(cfg["hmac_key"])
+        self.health_s = cfg.get("health_window_s", 120)
+        rand4 = rand4 or (lambda: os.urandom(4))
+        self.boot_id = P.new_boot_id(rand4())
+        self.up = Uptime(ticks_ms)
+        self.wall = WallClock()
+        self.lock = _lock()
+        _mkdir(root)
+        self.store = Store(root + "/store")
+        self.backoff = Backoff(rand=None)
+        self.retry_at = ticks_ms()
+        self.state_at = ticks_ms()
+        self.topics = {}
+        for k in P.TOPIC_KINDS:
+            self.topics[k] = P.topic(self.fleet, self.device, k)
+        link.on_message = self._on_message
+        self.inbox = []
+        self.outbox = []  # acks to publish: (cmd_id, code, detail)
+        self.acks = {}  # cmd_id -> (code, detail): what a duplicate gets again
+        self.resends = []  # (first, last, cmd_id)
+        # workflow events waiting for the uplink: a preallocated ring, filled without allocating
+        self.ev = array("i", [0] * (5 * MAX_EVENTS))  # event, value, up_s, up_ms, state
+        self.ev_head = 0
+        self.ev_count = 0
+        self.events_dropped = 0
+        self.event_seq = 0
+        self.batch = bytearray(_OFF + BATCH * P.RECORD_SIZE)
+        self.batch_mv = memoryview(self.batch)
+        self.anchors = installer.load_anchors(root)
+        self.verifier = P.Verifier(self.key, self.device)
+        installer.load_verifier(root, self.verifier)
+        self.wf = installer.Workflows(root, self)
+        self.state_dirty = True
+        self.running = False
+        self.current_cmd = None
+        self.bundle = None  # an app bundle download in progress
+        self.reboot_requested = False
+        self.confirmed = False  # a trial app bundle was confirmed (or there was none)
+        self.confirm_after_s = cfg.get("confirm_after_s", 30)
+        self.stats = {"missed": 0, "link_drops": 0, "commands": 0}
+
+    # --- executor host: called by the executor, allocation-free ---------------------------
+
+    def output(self, index, value):
+        """Drive output ``index`` of the installed workflow (mapped to the board's output)."""
+        self.hal.set_output(self.wf.out_map[index], value)
+        self.wf.dirty = True
+
+    def publish(self, event, value):
+        """Queue a workflow event for the uplink (the oldest is dropped past MAX_EVENTS)."""
+        up = self.up
+        ev = self.ev
+        with self.lock:
+            if self.ev_count == MAX_EVENTS:
+                self.ev_head = (self.ev_head + 1) % MAX_EVENTS
+                self.ev_count -= 1
+                self.events_dropped += 1
+            o = 5 * ((self.ev_head + self.ev_count) % MAX_EVENTS)
+            ev[o] = event
+            ev[o + 1] = value
+            ev[o + 2] = up.s
+            ev[o + 3] = up.ms
+            ev[o + 4] = self.wf.ex.state
+            self.ev_count += 1
+
+    def set_period(self, index, ms):
+        """Change input ``index``'s sample period."""
+        self.wf.period[index] = ms
+
+    # --- main thread ---------------------------------------------------------------------
+
+    def step_main(self):
+        """One pass of the main loop: sample what is due, tick timers, run commands."""
+        now = self.ticks()
+        up = self.up
+        up.update()
+        wf = self.wf
+        ex = wf.ex
+        if ex is not None:
+            due = wf.due
+            period = wf.period
+            chan = wf.chan
+            for i in range(len(due)):
+                if _due(now, due[i]):
+                    raw = self.hal.read(chan[i])
+                    wf.samples += 1
+                    if raw is None:
+                        wf.invalid += 1
+                    try:
+                        v = ex.feed(i, raw)
+                    except Exception as e:  # a workflow bug must not take the node down
+                        wf.fault("{}: {}".format(type(e).__name__, e))
+                        return
+                    if v is not None:
+                        with self.lock:
+                            self.store.append(self.boot_id, up.s, up.ms, v, chan[i])
+                    d = (due[i] + period[i]) & TICKS_MASK
+                    if _due(now, d) and ((now - d) & TICKS_MASK) >= period[i]:
+                        # more than a period behind: skip ahead, never burst
+                        d = (now + period[i]) & TICKS_MASK
+                        self.stats["missed"] += 1
+                    due[i] = d
+            ex.tick()
+        if self.inbox:
+            self._run_commands()
+        wf.check_health()
+        if wf.dirty:
+            wf.save_state()
+
+    def next_wait_ms(self):
+        """How long the main loop may sleep before something is due (at most 50 ms)."""
+        wf = self.wf
+        wait = 50
+        if wf.ex is not None:
+            now = self.ticks()
+            for d in wf.due:
+                left = (d - now) & TICKS_MASK
+                if left >= _HALF:
+                    return 0
+                if left < wait:
+                    wait = left
+        return wait
+
+    # --- commands (main thread) ---------------------------------------------------------
+
+    def _on_message(self, topic, payload):
+        # link thread: only queue; the main thread owns the executor and the store
+        if topic != self.topics[P.CMD]:
+            return
+        if len(self.inbox) >= MAX_INBOX:
+            _log("inbox full, dropping a command (it is pulled again on reconnect)")
+            return
+        self.inbox.append(payload)
+
+    def _run_commands(self):
+        while self.inbox:
+            env = self.inbox.pop(0)
+            self.stats["commands"] += 1
+            code, cmd, detail = self.verifier.check(env, self.wall.now_unix())
+            if cmd is None:
+                cmd_id = _peek_id(env)
+            else:
+                cmd_id = cmd["id"]
+            if code == P.DUPLICATE and cmd_id in self.acks:
+                code, detail = self.acks[cmd_id]
+                self._ack(cmd_id, code, detail, remember=False)
+                continue
+            if code != P.OK:
+                _log("command refused:", P.ACK_NAMES.get(code), detail)
+                self._ack(cmd_id, code, detail, remember=False)
+                continue
+            installer.save_verifier(self.root, self.verifier)
+            self.current_cmd = cmd_id
+            try:
+                code, detail = self._dispatch(cmd)
+            except Exception as e:  # a command must never take the node down
+                code, detail = P.FAILED, "{}: {}".format(type(e).__name__, e)
+            self._ack(cmd_id, code, detail)
+
+    def _dispatch(self, cmd):
+        kind = cmd["kind"]
+        args = cmd["args"] if isinstance(cmd["args"], dict) else {}
+        if kind == "install_workflow":
+            return self.wf.install(cmd["id"], args)
+        if kind == "run_command":
+            return self.wf.command(args.get("name"))
+        if kind == "set_config":
+            return installer.set_config(self, args)
+        if kind == "resend":
+            first, last = args.get("first"), args.get("last")
+            if type(first) is not int or type(last) is not int or not 1 <= first <= last:
+                return P.REJECTED, "resend needs ints 1 <= first <= last"
+            self.resends.append((first, last, cmd["id"]))
+            return P.IN_PROGRESS, "queued"
+        if kind == "reboot":
+            self.reboot_requested = True
+            return P.OK, "rebooting"
+        if kind == "cancel":
+            return self.wf.cancel(args.get("id"))
+        if kind in ("install_bundle", "bundle_chunk"):
+            from firmware import bundle
+
+            return bundle.handle(self, kind, args)
+        return P.UNKNOWN_KIND, kind
+
+    def _ack(self, cmd_id, code, detail, remember=True):
+        if remember and cmd_id is not None:
+            self.acks[cmd_id] = (code, detail)
+            while len(self.acks) > 64:
+                del self.acks[next(iter(self.acks))]
+        with self.lock:
+            if len(self.outbox) >= MAX_OUTBOX:
+                self.outbox.pop(0)
+            self.outbox.append((cmd_id, code, detail))
+
+    def ack_later(self, cmd_id, code, detail):
+        """Ack a command that finished after its first IN_PROGRESS ack (installs, resends)."""
+        self._ack(cmd_id, code, detail)
+
+    # --- link thread ---------------------------------------------------------------------
+
+    def step_link(self):
+        """One pass of the link loop. Returns True if it did network work."""
+        link = self.link
+        now = self.ticks()
+        if not link.connected:
+            if not _due(now, self.retry_at):
+                return False
+            if link.connect():
+                self.backoff.reset()
+                self._on_connect()
+            else:
+                self.stats["link_drops"] += 1
+                self.retry_at = (now + self.backoff.next_delay_ms()) & TICKS_MASK
+                self.wf.link_event(False)
+                return False
+        link.poll()
+        if not link.connected:
+            return False
+        if not self.confirmed and self.up.s >= self.confirm_after_s:
+            from firmware import bundle
+
+            self.confirmed = True
+            bundle.confirm(self)
+        return (
+            self._send_acks()
+            or self._send_losses()
+            or self._send_resend()
+            or self._send_batch()
+            or self._send_events()
+            or self._send_state(False)
+        )
+
+    def _on_connect(self):
+        link = self.link
+        link.subscribe(self.topics[P.CMD], 1)
+        if not self.wall.synced and self.wall_ms is not None:
+            ms = self.wall_ms()
+            if ms is not None:
+                self.wall.sync(ms // 1000, ms % 1000, self.up)
+                installer.save_anchor(self, self.boot_id, self.wall.anchor())
+        self._send_state(True)
+        link.publish(self.topics[P.PULL], P.encode_pull(self.boot_id), 1)
+        self.wf.link_event(True)
+
+    def _send_acks(self):
+        if not self.outbox:
+            return False
+        cmd_id, code, detail = self.outbox[0]
+        if self.link.publish(self.topics[P.ACKS], P.encode_ack(cmd_id, code, detail), 1):
+            with self.lock:
+                self.outbox.pop(0)
+            if code == P.OK and self.reboot_requested:
+                self.link.disconnect()
+                if self.reset:
+                    self.reset()
+        return True
+
+    def _send_losses(self):
+        with self.lock:
+            losses = self.store.losses()
+        if not losses:
+            return False
+        first, last, reason = losses[0]
+        payload = P.encode_loss(self.boot_id, first, last, reason)
+        if self.link.publish(self.topics[P.LOSS], payload, 1):
+            with self.lock:
+                self.store.losses_reported(1)
+        return True
+
+    def _send_resend(self):
+        if not self.resends:
+            return False
+        first, last, cmd_id = self.resends[0]
+        with self.lock:
+            count, boot, start = self.store.read_range(
+                self.batch_mv[_OFF:], first, min(last, first + BATCH - 1)
+            )
+        if count == 0:
+            self.resends.pop(0)
+            self.ack_later(
+                cmd_id, P.OK, "resent up to {}; {}..{} not held".format(first - 1, first, last)
+            )
+            return True
+        if self._publish_batch(count, boot, start, P.HISTORICAL):
+            nxt = start + count
+            if nxt > last:
+                self.resends.pop(0)
+                gone = "" if start == first else "; {}..{} not held".format(first, start - 1)
+                self.ack_later(cmd_id, P.OK, "resent {}..{}{}".format(start, last, gone))
+            else:
+                self.resends[0] = (nxt, last, cmd_id)
+        return True
+
+    def _send_batch(self):
+        with self.lock:
+            count, boot, first = self.store.read_batch(self.batch_mv[_OFF:], BATCH)
+        if count == 0:
+            return False
+        flags = 0
+        if (
+            boot != self.boot_id
+            or self.up.s - _rec_up_s(self.batch, _OFF, count) > HISTORICAL_AFTER_S
+        ):
+            flags = P.HISTORICAL
+        if self._publish_batch(count, boot, first, flags):
+            with self.lock:
+                self.store.ack(first + count - 1)
+            self.state_dirty = True
+        return True
+
+    def _publish_batch(self, count, boot, first, flags):
+        anchor = self.wall.anchor() if boot == self.boot_id else self.anchors.get(boot)
+        hsize = P.HEADER_SIZE + (P.ANCHOR_SIZE if anchor else 0)
+        start = _OFF - hsize
+        P.batch_header_into(self.batch, start, flags, boot, first, count, anchor)
+        end = _OFF + count * P.RECORD_SIZE
+        return self.link.publish(self.topics[P.READINGS], self.batch_mv[start:end], 1)
+
+    def _send_events(self):
+        if not self.ev_count:
+            return False
+        with self.lock:
+            o = 5 * self.ev_head
+            event, value, up_s, up_ms, state = self.ev[o : o + 5]
+        wf = self.wf
+        payload = P.encode_event(
+            self.boot_id,
+            self.event_seq,
+            up_s,
+            up_ms,
+            wf.prog.state_names[state],
+            wf.prog.event_names[event],
+            value,
+        )
+        if self.link.publish(self.topics[P.EVENTS], payload, 1):
+            with self.lock:
+                self.ev_head = (self.ev_head + 1) % MAX_EVENTS
+                self.ev_count -= 1
+            self.event_seq += 1
+        return True
+
+    def _send_state(self, force):
+        now = self.ticks()
+        if (
+            not force
+            and not self.state_dirty
+            and not _due(now, (self.state_at + STATE_EVERY_MS) & TICKS_MASK)
+        ):
+            return False
+        wf = self.wf
+        with self.lock:
+            backlog = self.store.backlog()
+            last_seq = self.store.last_seq
+        extra = {
+            "board": self.cfg.get("board", ""),
+            "invalid": wf.ex.invalid() if wf.ex else 0,
+            "events_dropped": self.events_dropped,
+            "missed": self.stats["missed"],
+        }
+        payload = P.encode_state(
+            True,
+            FW_VERSION,
+            wf.prog.name if wf.prog else None,
+            wf.prog.version if wf.prog else None,
+            wf.prog.hash if wf.prog else None,
+            self.boot_id,
+            backlog,
+            self.wall.synced,
+            self.wall.anchor(),
+            last_seq or None,
+            extra,
+        )
+        if self.link.publish(self.topics[P.STATE], payload, 1, True):
+            self.state_at = now
+            self.state_dirty = False
+        return True
+
+    def will(self):
+        """The MQTT last will: (topic, payload, retain, qos)."""
+        return (self.topics[P.STATE], P.encode_will(self.boot_id), True, 1)
+
+    # --- running --------------------------------------------------------------------------
+
+    def start(self):
+        """Boot the workflow and run the link in a background thread (CPython and boards)."""
+        self.wf.boot()
+        self.running = True
+        _spawn(self._link_loop)
+
+    def stop(self):
+        """Stop the link thread; the store stays consistent."""
+        self.running = False
+        self.link.close()
+
+    def _link_loop(self):
+        from firmware.clock import sleep_ms
+
+        while self.running:
+            try:
+                if not self.step_link():
+                    sleep_ms(20)
+            except Exception as e:  # the link thread must survive anything the network does
+                _log("link error:", type(e).__name__, e)
+                self.link.close()
+                sleep_ms(200)
+
+
+def _rec_up_s(buf, off, count):
+    # up_s of the newest record in the batch buffer (u32 little-endian, < 2**30)
+    o = off + (count - 1) * P.RECORD_SIZE
+    return buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)
+
+
+def _peek_id(env):
+    # the command id of an envelope that failed verification, for its ack (untrusted)
+    try:
+        body = json.loads(json.loads(env)["b"])
+        cid = body.get("id")
+        return cid if P.is_id(cid) or (isinstance(cid, str) and 0 < len(cid) <= 64) else None
+    except Exception:
+        return None
+
+
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+def run(cfg, hal, feed, root="/data"):
+    """Board entry point (called by main.py): run forever, feeding the watchdog."""
+    import time
+
+    import machine
+
+    from firmware.link import UmqttLink
+
+    b = cfg["broker"]
+    link = UmqttLink(
+        cfg["device_id"],
+        b["host"],
+        b["port"],
+        cfg.get("username"),
+        cfg.get("password"),
+        ssl=_ssl_context(b) if b.get("tls") else None,
+    )
+    node = Node(cfg, hal, root, link, time.ticks_ms, wall_ms=_ntp_ms(cfg), reset=machine.reset)
+    link.will = node.will()
+    node.start()
+    while True:
+        node.step_main()
+        feed()
+        time.sleep_ms(node.next_wait_ms())
+
+
+def _ntp_ms(cfg):
+    def wall_ms():
+        try:
+            import time
+
+            import ntptime
+
+            ntptime.host = cfg.get("ntp_host", "pool.ntp.org")
+            ntptime.settime()
+            return (
+                (time.time() + 946684800) * 1000
+                if time.gmtime(0)[0] == 2000
+                else time.time() * 1000
+            )
+        except Exception:
+            return None
+
+    return wall_ms
+
+
+def _ssl_context(broker):
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if broker.get("ca"):
+        ctx.load_verify_locations(cafile=broker["ca"])
+    return ctx
