@@ -28,11 +28,12 @@ lint: setup
 	$(BIN)/ruff format --check shared firmware
 
 typecheck: setup
-	$(BIN)/mypy cloud tools
+	$(BIN)/python -m tools.typecheck
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m tools.build --check
+	$(BIN)/python -m tools.typecheck
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 
 bench: setup

@@ -44,7 +44,7 @@ except ImportError:
 try:
     from time import ticks_diff, ticks_ms
 except ImportError:  # CPython
-    from time import monotonic
+    from time import monotonic  # type: ignore[attr-defined]  # CPython only
 
     def ticks_ms():
         return int(monotonic() * 1000)

@@ -36,7 +36,7 @@ except ImportError:
 try:
     import _thread  # MicroPython's on the ESP32; CPython has the same module
 except ImportError:  # a build without threads (the WASI test runtime): everything in one thread
-    _thread = None
+    _thread = None  # type: ignore[assignment]
 
 
 class _NoLock:

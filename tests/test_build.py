@@ -22,7 +22,11 @@ def test_every_board_file_compiles(tmp_path: Path) -> None:
 def test_compiled_modules_import_on_micropython(tmp_path: Path) -> None:
     build.build(tmp_path)
     modules = [
-        src.relative_to(build.REPO).with_suffix("").as_posix().replace("/", ".").removesuffix(".__init__")
+        src.relative_to(build.REPO)
+        .with_suffix("")
+        .as_posix()
+        .replace("/", ".")
+        .removesuffix(".__init__")
         for src in build.board_sources()
     ]
     code = (
@@ -69,3 +73,36 @@ def test_fuel_is_deterministic() -> None:
     a, b = mpwasm.run(code), mpwasm.run(code)
     assert a.stdout == b.stdout == "124750\n"
     assert a.fuel_used == b.fuel_used > 0
+
+
+def test_typecheck_uses_micropython_stubs(tmp_path: Path) -> None:
+    """The firmware type check knows MicroPython's API, not CPython's."""
+    import subprocess
+    import sys
+
+    from tools import typecheck
+
+    ts = typecheck.build_typeshed(tmp_path / "ts")
+    src = tmp_path / "probe.py"
+    src.write_text(
+        "import time\nimport machine\nt = time.ticks_ms()\nx = time.monotonic()\nmachine.Pin(2, machine.Pin.OUT)\n"
+    )
+    ini = tmp_path / "mypy.ini"
+    ini.write_text("[mypy]\nignore_missing_imports = False\n")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(ini),
+            "--custom-typeshed-dir",
+            str(ts),
+            "--no-site-packages",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert 'Module has no attribute "monotonic"' in out, out
+    assert "ticks_ms" not in out and "machine" not in out.replace(str(src), ""), out
