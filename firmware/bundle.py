@@ -16,34 +16,16 @@ active. An update:
 
 import binascii
 import hashlib
-import json
 import os
 
+from firmware.launcher import APP, select_slot  # noqa: F401
+from firmware.launcher import load_app as _load
+from firmware.launcher import save_app as _save
 from shared import bundle as B
 from shared import protocol as P
 
-APP = "app.json"
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024
-
-
-def _load(root):
-    try:
-        with open(root + "/" + APP) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {"active": "a"}
-
-
-def _save(root, app):
-    tmp = root + "/" + APP + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(app, f)
-    try:
-        os.rename(tmp, root + "/" + APP)
-    except OSError:
-        os.remove(root + "/" + APP)
-        os.rename(tmp, root + "/" + APP)
 
 
 def _rmtree(path):
@@ -71,30 +53,6 @@ def _makedirs(path):
             os.mkdir(cur)
         except OSError:
             pass
-
-
-def select_slot(root):
-    """Called by the launcher at boot: the slot directory to import the app from.
-
-    A pending trial boots once; a trial that is still unconfirmed at the next boot is
-    abandoned (recorded as failed) and the previous slot boots.
-    """
-    app = _load(root)
-    trial = app.get("trial")
-    if trial:
-        if not app.get("trial_booted"):
-            app["trial_booted"] = True
-            _save(root, app)
-            return root + "/app_" + trial
-        app["failed"] = {
-            "id": app.get("cmd"),
-            "version": app.get("version"),
-            "why": "trial boot did not reach the broker and pass its health check",
-        }
-        app["trial"] = None
-        app["trial_booted"] = False
-        _save(root, app)
-    return root + "/app_" + app.get("active", "a")
 
 
 def confirm(node):

@@ -357,3 +357,81 @@ def test_stalled_link_does_not_stall_sampling(tmp_path):
         assert not link.connected
     finally:
         hole.close()
+
+
+def _send_bundle(b: Board, cloud: Cloud, files: list, cmd_id: str, version: str) -> None:
+    import hashlib
+
+    from shared import bundle as B
+
+    blob = B.pack(files)
+    size = 300
+    chunks = [blob[i : i + size] for i in range(0, len(blob), size)]
+    now = b.now_s()
+    args = {
+        "version": version,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "chunks": len(chunks),
+    }
+    cloud.send(b.device, sign(b.device, cmd_id, "install_bundle", args, now))
+    for i, c in enumerate(chunks):
+        chunk = {"version": version, "index": i, "data": base64.b64encode(c).decode()}
+        cloud.send(b.device, sign(b.device, f"{cmd_id}-{i}", "bundle_chunk", chunk, now))
+    _wait(lambda: b.resets == 1, b)
+
+
+def _boot_slot(root: Path) -> tuple[str, int]:
+    """What the board's /main.py does at boot: choose the slot, start the app from it."""
+    import subprocess
+    import sys
+
+    from firmware.launcher import select_slot
+
+    slot = select_slot(str(root))
+    code = f"import sys; sys.path.insert(0, {slot!r}); import firmware.main"
+    return slot, subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, cwd="/"
+    ).returncode
+
+
+def test_failing_app_bundle_rolls_back(tmp_path, own_broker, cloud):
+    b = Board(tmp_path, own_broker.port)
+    b.node.confirm_after_s = 2
+    root = tmp_path / "dev1"
+    (root / "app_a" / "firmware").mkdir(parents=True)
+    (root / "app_a" / "firmware" / "__init__.py").write_text("")
+    (root / "app_a" / "firmware" / "main.py").write_text("OK = True\n")
+    broken = [
+        ("firmware/__init__.py", b""),
+        ("firmware/main.py", b"raise RuntimeError('broken build')\n"),
+    ]
+    b.run(3000)
+    _send_bundle(b, cloud, broken, "bundle-2", "2.0.0")
+    assert json.loads((root / "app.json").read_text())["trial"] == "b"
+    b.close()
+    slot, rc = _boot_slot(root)  # the trial boot crashes before it reaches the broker
+    assert slot.endswith("app_b") and rc != 0
+    slot, rc = _boot_slot(root)  # next boot: back to the previous slot, which works
+    assert slot.endswith("app_a") and rc == 0
+    again = Board(tmp_path, own_broker.port)  # the old app, booted again, reports the failure
+    again.node.confirm_after_s = 2
+    _wait(lambda: any(a["id"] == "bundle-2" and a["code"] == P.FAILED for a in cloud.acks()), again)
+    assert json.loads((root / "app.json").read_text())["active"] == "a"
+
+
+def test_good_app_bundle_is_confirmed(tmp_path, own_broker, cloud):
+    b = Board(tmp_path, own_broker.port)
+    root = tmp_path / "dev1"
+    good = [("firmware/__init__.py", b""), ("firmware/main.py", b"OK = True\n")]
+    b.run(3000)
+    _send_bundle(b, cloud, good, "bundle-3", "3.0.0")
+    b.close()
+    slot, rc = _boot_slot(root)
+    assert slot.endswith("app_b") and rc == 0
+    again = Board(tmp_path, own_broker.port)  # the new app reaches the broker and stays up
+    again.node.confirm_after_s = 2
+    _wait(lambda: any(a["id"] == "bundle-3" and a["code"] == P.OK for a in cloud.acks()), again)
+    app = json.loads((root / "app.json").read_text())
+    assert app["active"] == "b" and not app["trial"]
+    assert (root / "app_b" / "firmware" / "main.py").read_bytes() == b"OK = True\n"
