@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[3]
 WORKFLOW = REPO / "tests" / "golden" / "workflows" / "greenhouse.json"
 
 HEAP_TARGET = 24 * 1024
+FIRMWARE_TARGET = 48 * 1024
 RATIO_TARGET = 2.0
 
 # One representative spec per filter kind, at a 100 ms sample period.
@@ -119,6 +120,13 @@ def run(samples: int = 1000) -> dict:
         heap_mpy = _guest(
             REPO / "tools" / "bench" / "heap_guest.py", heap_cfg, mounts={"/mpy": mpy_dir}
         )
+        with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
+            node = _guest(
+                REPO / "tools" / "bench" / "heap_guest.py",
+                {**heap_cfg, "firmware": True},
+                mounts={"/mpy": mpy_dir},
+                rw_dir=flash,
+            )
 
     allocs = sum(f["int"]["heap_lock_allocations"] for f in costs["filters"])
     allocs += (
@@ -140,6 +148,11 @@ def run(samples: int = 1000) -> dict:
             "computed_heap_bytes": compiled.heap_bytes,
         },
         "heap": {"from_mpy": heap_mpy, "computed_workflow_bytes": compiled.heap_bytes},
+        "firmware_heap": {
+            "total": node["firmware_total"],
+            "node_and_buffers": node["firmware_extra"],
+            "target": FIRMWARE_TARGET,
+        },
         "targets": {
             "allocations_per_call": {
                 "target": 0,
@@ -150,6 +163,10 @@ def run(samples: int = 1000) -> dict:
                 "target": f">= {RATIO_TARGET}x",
                 "ratio_fuel": chain_ratio,
                 "ratio_us": costs["chain"]["ratio_us"],
+            },
+            "firmware_heap_bytes": {
+                "target": f"<= {FIRMWARE_TARGET}",
+                "measured_mpy": node["firmware_total"],
             },
             "shared_core_heap_bytes": {
                 "target": f"<= {HEAP_TARGET}",
@@ -162,6 +179,7 @@ def run(samples: int = 1000) -> dict:
         and alloc_bytes == 0
         and chain_ratio >= RATIO_TARGET
         and heap_mpy["total"] <= HEAP_TARGET
+        and node["firmware_total"] <= FIRMWARE_TARGET
     )
     return result
 
@@ -207,5 +225,10 @@ def print_report(result: dict, console: Console) -> None:
         f"(computed {result['workflow']['computed_heap_bytes']} B)"
     )
     console.print("  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()))
+    fw = result["firmware_heap"]
+    console.print(
+        f"firmware node with the workflow and its batch buffers: {fw['total']} B "
+        f"(target {fw['target']} B)"
+    )
     ok = result["targets"]["met"]
     console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")
