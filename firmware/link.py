@@ -2,7 +2,7 @@
 
 ``UmqttLink`` (here) runs on the board on top of micropython-lib's ``umqtt.simple``;
 ``PahoLink`` (link_paho.py) runs on CPython on paho-mqtt. Both take the same arguments and
-behave the same way; see LINK.md for why the board side looks like this.
+behave the same way; firmware/README.md says why the board side looks like this.
 
 ``Link(client_id, host, port, user=None, password=None, keepalive=30, ssl=None,
 timeout_ms=5000, will=None)``; ``will`` is ``(topic, payload, retain, qos)`` or None and
