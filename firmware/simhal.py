@@ -95,27 +95,33 @@ class _Signal:
         self._w = w
         return (z & 0x7FFF) << 15 | (w & 0x7FFF)
 
-    def read(self, s, ms):
-        if self.rand() % 1000000 < self.dropout_ppm:
-            return None
+    # read() is split in small methods: a call frame over ~11 words (locals plus stack) is a
+    # heap allocation on MicroPython, on every call. The rand() order is part of the golden
+    # sequence: dropout, noise, then the walk/spike draw.
+
+    def _sine(self, s, ms):
         t = (s % self.period_s) * 1000 + ms
-        step = self._step
-        i = t // step
+        i = t // self._step
         a = _sin64(i)
-        sine = a + ((_sin64(i + 1) - a) * ((t % step) * 256 // step) >> 8)
+        return a + ((_sin64(i + 1) - a) * ((t % self._step) * 256 // self._step) >> 8)
+
+    def _noise(self):
         r = self.rand()
         n = self.noise + 1
-        v = (
-            self.base
-            + (self.amplitude * sine >> 15)
-            + (r & 0x7FFF) % n
-            + (r >> 15) % n
-            - self.noise
-        )
+        return (r & 0x7FFF) % n + (r >> 15) % n - self.noise
+
+    def _walk(self):
         r = self.rand()
         d = self._drift + r % 3 - 1  # a bounded random walk
         if -self.drift <= d <= self.drift:
             self._drift = d
+        return r
+
+    def read(self, s, ms):
+        if self.rand() % 1000000 < self.dropout_ppm:
+            return None
+        v = self.base + (self.amplitude * self._sine(s, ms) >> 15) + self._noise()
+        r = self._walk()
         v += self._drift
         if (r >> 2) % 1000000 < self.spike_ppm:
             v += self.spike if r & 0x20000000 else -self.spike

@@ -90,10 +90,10 @@ _T = _make_table()
 
 def crc16(buf, start, end):
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of ``buf[start:end]``. Allocates nothing."""
-    t = _T
     c = 0xFFFF
-    for i in range(start, end):
-        c = ((c << 8) & 0xFFFF) ^ t[(c >> 8) ^ buf[i]]
+    while start < end:  # few locals: a larger frame would be a heap allocation per call
+        c = ((c << 8) & 0xFFFF) ^ _T[(c >> 8) ^ buf[start]]
+        start += 1
     return c
 
 
@@ -222,16 +222,36 @@ class Store:
         full filesystem) the reading is refused with that error, the seq is not used, and
         the next append starts a new segment. Allocates nothing unless it starts a segment.
         """
+        # Split in small methods: a call frame over ~11 words (locals, stack and the try
+        # block's) is a heap allocation on MicroPython, on every call.
+        self._head(boot_id, up_s, up_ms)
+        self._tail(value, channel)
+        return self._commit()
+
+    def _head(self, boot_id, up_s, up_ms):
         if not (type(boot_id) is int and 1 <= boot_id <= SEQ_MAX):
             raise ValueError("boot_id must be an int in [1, 2**30)")
         if not (type(up_s) is int and 0 <= up_s <= SEQ_MAX):
             raise ValueError("up_s must be an int in [0, 2**30)")
         if not (type(up_ms) is int and 0 <= up_ms <= 999):
             raise ValueError("up_ms must be an int in [0, 999]")
+        r = self._rec
+        _put32(r, 5, boot_id)
+        _put32(r, 9, up_s)
+        r[13] = up_ms & 0xFF
+        r[14] = up_ms >> 8
+
+    def _tail(self, value, channel):
         if not (type(value) is int and -32767 <= value <= 32767):
             raise ValueError("value must be an int in [-32767, 32767]")
         if not (type(channel) is int and 0 <= channel <= 255):
             raise ValueError("channel must be an int in [0, 255]")
+        r = self._rec
+        r[15] = value & 0xFF
+        r[16] = (value >> 8) & 0xFF
+        r[17] = channel
+
+    def _commit(self):
         s = self._seq + 1
         if s > SEQ_MAX:
             raise ValueError("sequence numbers exhausted (2**30 - 1 reached)")
@@ -240,14 +260,13 @@ class Store:
         r = self._rec
         r[0] = _MAGIC
         _put32(r, 1, s)
-        _put32(r, 5, boot_id)
-        _put32(r, 9, up_s)
-        r[13] = up_ms & 0xFF
-        r[14] = up_ms >> 8
-        r[15] = value & 0xFF
-        r[16] = (value >> 8) & 0xFF
-        r[17] = channel
         _seal(r, 0, 18)
+        self._write(r)
+        self._seq = s
+        self._counts[-1] += 1
+        return s
+
+    def _write(self, r):
         try:
             if self._wf.write(r) != RECORD_SIZE:
                 raise OSError(errno.EIO, "short write")
@@ -255,9 +274,6 @@ class Store:
         except Exception:
             self._write_failed()
             raise
-        self._seq = s
-        self._counts[-1] += 1
-        return s
 
     def ack(self, seq):
         """Mark every record up to ``seq`` delivered, durably. Lower seqs are ignored."""

@@ -179,7 +179,8 @@ def batch_header_into(buf, offset, flags, boot_id, first_seq, count, anchor):
     """Write a batch header, and the anchor unless it is None, into ``buf`` at ``offset``.
 
     ``flags`` may hold HISTORICAL; SYNCED is added when there is an anchor. Returns the bytes
-    written: 14, or 26 with an anchor. Allocates nothing.
+    written: 14, or 26 with an anchor. Once per batch: its seven-argument call frame is
+    MicroPython's one allocation here (the per-reading ``record_into`` has none).
     """
     if type(flags) is not int or flags & ~3 or (flags & SYNCED and anchor is None):
         raise ValueError("flags may hold HISTORICAL, and SYNCED only with an anchor")
@@ -200,14 +201,37 @@ def batch_header_into(buf, offset, flags, boot_id, first_seq, count, anchor):
     return n
 
 
-def record_into(buf, offset, up_s, up_ms, value, channel):
-    """Write one record into ``buf`` at ``offset``; return RECORD_SIZE. Allocates nothing."""
+def _put16(buf, o, v):
+    buf[o] = v & 0xFF
+    buf[o + 1] = (v >> 8) & 0xFF
+
+
+def _put30(buf, o, v):
+    # a u32 field holding a small int (< 2**30): no big int on the way
+    _put16(buf, o, v & 0xFFFF)
+    _put16(buf, o + 2, v >> 16)
+
+
+def _check_record(up_s, up_ms, value, channel):
     _rng("up_s", up_s, 0, SEQ_MAX)
     _rng("up_ms", up_ms, 0, 999)
     _rng("value", value, -32767, 32767)
     _rng("channel", channel, 0, 255)
+
+
+def record_into(buf, offset, up_s, up_ms, value, channel):
+    """Write one record into ``buf`` at ``offset``; return RECORD_SIZE. Allocates nothing.
+
+    Written byte by byte through small helpers: a call frame larger than 11 words (locals
+    plus stack, as ``struct.pack_into`` with seven arguments needs) is itself a heap
+    allocation on MicroPython.
+    """
+    _check_record(up_s, up_ms, value, channel)
     _room(buf, offset, RECORD_SIZE)
-    struct.pack_into(_REC, buf, offset, up_s, up_ms, value, channel)
+    _put30(buf, offset, up_s)
+    _put16(buf, offset + 4, up_ms)
+    _put16(buf, offset + 6, value & 0xFFFF)
+    buf[offset + 8] = channel
     return RECORD_SIZE
 
 
