@@ -34,4 +34,8 @@ def test_bench_device_json_reports_every_figure() -> None:
     heap = d["heap"]["from_mpy"]
     assert heap["total"] == heap["modules"] + heap["workflow"] > 0
     assert all(p.endswith(".mpy") for p in heap["loaded_from"])
+    rom = d["heap"]["from_romfs"]
+    assert all(p.startswith("/rom/") for p in rom["loaded_from"])
+    assert rom["modules"] < heap["modules"], "executing in place must hold less than copying"
+    assert d["firmware_heap"]["total_romfs"] < d["firmware_heap"]["total"]
     assert set(d["targets"]) >= {"allocations_per_call", "chain_vs_naive_float", "shared_core_heap_bytes", "met"}

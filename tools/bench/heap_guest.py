@@ -14,6 +14,14 @@ R = {}
 def config():
     with open("/bench/config.json") as f:
         R["cfg"] = json.load(f)
+    if R["cfg"].get("romfs"):
+        # Execute in place from a ROMFS image, as a ROMFS-enabled board does from flash. The
+        # image is read before the first mark: on a board it is flash, not heap.
+        import vfs
+
+        with open(R["cfg"]["romfs"], "rb") as f:
+            R["img"] = f.read()
+        vfs.mount(vfs.VfsRom(R["img"]), "/rom")
     sys.path.insert(0, R["cfg"]["path"])
 
 
