@@ -21,7 +21,6 @@ from shared.executor import EV_COMMAND, EV_LINK_DOWN, EV_LINK_UP, Executor, migr
 from shared.program import Program
 
 MAX_INVALID_PCT = 50
-SNAP_MAX = 1024
 
 
 def _read(path):
@@ -80,7 +79,7 @@ class Workflows:
         self.out_map = array("i")
         self.due = array("i")
         self.period = array("i")
-        self.snap = bytearray(SNAP_MAX)
+        self.snap = bytearray(0)  # sized to the running program's snapshot on activation
         self.dirty = False
         self.trial = None  # {"id", "deadline_s", "samples", "invalid"} during a health window
         self.samples = 0
@@ -144,6 +143,8 @@ class Workflows:
         now = self.node.ticks()
         self.due = array("i", [now] * len(prog.period_ms))
         self.ex = ex
+        if len(self.snap) < ex.snapshot_size():
+            self.snap = bytearray(ex.snapshot_size())
         self.transitions = 0
         ex.start()
         self.dirty = True
