@@ -133,6 +133,16 @@ def _record_ok(c, j, s):
     )
 
 
+def _copy_wire(buf, o, c, j):
+    # buf[o:o + 9] = the wire bytes of the record at c[j:] (c[j + 9:j + 18]), with no slices
+    end = o + WIRE_SIZE
+    j += 9
+    while o < end:
+        buf[o] = c[j]
+        o += 1
+        j += 1
+
+
 def _cursor_max(data):
     # (largest valid seq or 0, entry count if every entry is whole and valid else -1)
     if data is None:
@@ -190,6 +200,8 @@ class Store:
         self._rf = None  # segment being read, and its number and count when opened
         self._rf_num = -1
         self._rf_n = -1
+        self._rs = self._rmax = self._rlast = 0  # scan state of _read
+        self._rj = self._rgot = 0  # next record's offset in _chunk, and bytes read into it
         self._cf = None
         self._cn = 0  # entries in cursor.log; _CROTATE forces a rewrite
         self._losses = []
@@ -336,11 +348,12 @@ class Store:
         """
         if not (type(first) is int and type(last) is int and 1 <= first <= last <= SEQ_MAX):
             raise ValueError("need ints with 1 <= first <= last < 2**30")
-        cap = len(buf) // WIRE_SIZE
-        if cap < 1:
+        n = len(buf) // WIRE_SIZE  # few locals: a larger frame is a heap allocation
+        if n < 1:
             raise ValueError("buf must hold at least one 9-byte record")
-        n = last - first + 1
-        return self._read(buf, n if n < cap else cap, first, last)
+        if n > last - first:
+            n = last - first + 1
+        return self._read(buf, n, first, last)
 
     def backlog(self):
         """Number of records held and not yet acked (corrupt ones included)."""
@@ -391,56 +404,95 @@ class Store:
     # --- reading -----------------------------------------------------------------------------
 
     def _read(self, buf, max_count, s, last):
+        # The scan is split in small methods that share its state in attributes (_rs, _rmax,
+        # _rlast, _rj, _rgot): a call frame over 11 words is a heap allocation on MicroPython.
         res = self._res
         res[0] = 0
         res[1] = 0
         res[2] = last + 1
+        self._rmax = max_count
+        self._rlast = last
+        self._rs = s
+        k = 0
+        while res[0] < max_count and self._rs <= last:
+            k = self._read_seg_at(k)
+            if k < 0 or not self._read_seg(buf, k):
+                break
+        return res
+
+    def _read_seg_at(self, k):
+        # index (from k on) of the segment to read seq _rs from, or -1 to end the batch;
+        # with nothing read yet, _rs skips a gap to the next segment held
         bases = self._bases
         counts = self._counts
-        c = self._chunk
-        m = len(bases)
-        k = 0
-        while res[0] < max_count and s <= last:
-            while k < m and (bases[k] < 0 or bases[k] + counts[k] <= s):
+        s = self._rs
+        while True:
+            while k < len(bases) and (bases[k] < 0 or bases[k] + counts[k] <= s):
                 k += 1
-            if k == m:
-                break
-            if bases[k] > s:
-                if res[0]:
-                    break
-                s = bases[k]
-                continue
-            i = s - bases[k]
-            n = counts[k]
-            f = self._reader(k)
-            f.seek(i * RECORD_SIZE)
-            got = j = 0
-            while i < n and s <= last and res[0] < max_count:
-                if j + RECORD_SIZE > got:
-                    got = f.readinto(c) or 0
-                    j = 0
-                if j + RECORD_SIZE <= got and _record_ok(c, j, s):
-                    b = _get30(c, j + 5)
-                    if res[0] == 0:
-                        res[1] = b
-                        res[2] = s
-                    elif b != res[1]:
-                        return res
-                    o = res[0] * WIRE_SIZE
-                    for t in range(WIRE_SIZE):
-                        buf[o + t] = c[j + 9 + t]
-                    res[0] += 1
-                elif res[0]:
-                    return res
-                elif self._found_bad(s):
-                    try:
-                        self._save_losses()
-                    except OSError:
-                        pass  # stays pending in RAM; saved with the next change
-                s += 1
-                i += 1
-                j += RECORD_SIZE
-        return res
+            if k == len(bases):
+                return -1
+            if bases[k] <= s:
+                return k
+            if self._res[0]:
+                return -1
+            s = self._rs = bases[k]
+            if s > self._rlast:
+                return -1
+
+    def _read_seg(self, buf, k):
+        # read segment k from seq _rs on; False if the batch ended at a record in it
+        s = self._rs
+        i = s - self._bases[k]
+        self._reader(k).seek(i * RECORD_SIZE)
+        self._rgot = self._rj = 0
+        while i < self._counts[k] and s <= self._rlast and self._res[0] < self._rmax:
+            if not self._read_one(buf, s):
+                return False
+            s += 1
+            i += 1
+        self._rs = s
+        return True
+
+    def _read_one(self, buf, s):
+        # take record s, the reader's next slot, into the batch; False if the batch ends
+        # before it. A bad record ends a batch, or else it is skipped (and reported).
+        j = self._next_slot()
+        if j >= 0 and _record_ok(self._chunk, j, s):
+            return self._add_record(buf, j, s)
+        if self._res[0]:
+            return False
+        if self._found_bad(s):
+            self._try_save_losses()
+        return True
+
+    def _next_slot(self):
+        # offset in _chunk of the reader's next record (reading on as needed), or -1 if the
+        # file ends before it
+        j = self._rj
+        if j + RECORD_SIZE > self._rgot:
+            self._rgot = self._rf.readinto(self._chunk) or 0
+            j = 0
+        self._rj = j + RECORD_SIZE
+        return j if j + RECORD_SIZE <= self._rgot else -1
+
+    def _add_record(self, buf, j, s):
+        # the valid record s at _chunk[j:] joins the batch, unless it is another boot's
+        res = self._res
+        b = _get30(self._chunk, j + 5)
+        if res[0] == 0:
+            res[1] = b
+            res[2] = s
+        elif b != res[1]:
+            return False
+        _copy_wire(buf, res[0] * WIRE_SIZE, self._chunk, j)
+        res[0] += 1
+        return True
+
+    def _try_save_losses(self):
+        try:
+            self._save_losses()
+        except OSError:
+            pass  # stays pending in RAM; saved with the next change
 
     def _reader(self, k):
         num = self._nums[k]

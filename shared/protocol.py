@@ -179,26 +179,47 @@ def batch_header_into(buf, offset, flags, boot_id, first_seq, count, anchor):
     """Write a batch header, and the anchor unless it is None, into ``buf`` at ``offset``.
 
     ``flags`` may hold HISTORICAL; SYNCED is added when there is an anchor. Returns the bytes
-    written: 14, or 26 with an anchor. Once per batch: its seven-argument call frame is
-    MicroPython's one allocation here (the per-reading ``record_into`` has none).
+    written: 14, or 26 with an anchor. Allocates nothing.
     """
+    # No locals and calls of at most three arguments: the seven parameters leave room for
+    # four words of stack in a frame of 11 (a larger frame is a heap allocation, see
+    # record_into).
     if type(flags) is not int or flags & ~3 or (flags & SYNCED and anchor is None):
         raise ValueError("flags may hold HISTORICAL, and SYNCED only with an anchor")
+    _check_header(boot_id, first_seq, count)
+    _header_room(buf, offset, anchor)
+    buf[offset] = 0x4F  # "OR"
+    buf[offset + 1] = 0x52
+    buf[offset + 2] = VERSION
+    buf[offset + 3] = flags if anchor is None else flags | SYNCED
+    _put30(buf, offset + 4, boot_id)
+    _put30(buf, offset + 8, first_seq)
+    _put16(buf, offset + 12, count)
+    if anchor is None:
+        return HEADER_SIZE
+    _put_anchor(buf, offset + HEADER_SIZE, anchor)
+    return HEADER_SIZE + ANCHOR_SIZE
+
+
+def _check_header(boot_id, first_seq, count):
     _rng("boot_id", boot_id, 1, SEQ_MAX)
     _rng("count", count, 1, MAX_BATCH)
     _rng("first_seq", first_seq, 0, SEQ_MAX - count + 1)  # not SEQ_MAX + 1: a big int
-    n = HEADER_SIZE
-    if anchor is not None:
+
+
+def _header_room(buf, offset, anchor):
+    # checks the anchor, if any, and then the room for the header (and anchor)
+    if anchor is None:
+        _room(buf, offset, HEADER_SIZE)
+    else:
         _anchor(anchor)
-        flags |= SYNCED
-        n = HEADER_SIZE + ANCHOR_SIZE
-    _room(buf, offset, n)
-    struct.pack_into(_HDR, buf, offset, b"OR", VERSION, flags, boot_id, first_seq, count)
-    if anchor is not None:
-        struct.pack_into(
-            _ANC, buf, offset + HEADER_SIZE, anchor[0], anchor[1], anchor[2], anchor[3]
-        )
-    return n
+        _room(buf, offset, HEADER_SIZE + ANCHOR_SIZE)
+
+
+def _put_anchor(buf, o, a):
+    # struct, not byte by byte: unix_s is a big int on the board (pack_into reads it in place)
+    struct.pack_into("<IH", buf, o, a[0], a[1])
+    struct.pack_into("<IH", buf, o + 6, a[2], a[3])
 
 
 def _put16(buf, o, v):

@@ -331,9 +331,8 @@ def mp_test_record_into_allocates_nothing():
     buf = bytearray(P.MAX_BATCH_BYTES)
     assert not allocates(lambda: P.record_into(buf, 26, P.SEQ_MAX, 999, -32767, 255))
     assert bytes(buf[26:35]) == b"\xff\xff\xff\x3f\xe7\x03\x01\x80\xff"
-    # batch_header_into runs once per batch (not per reading) and takes seven arguments, so
-    # its call frame is larger than MicroPython keeps on the C stack: one small allocation
-    # per batch, which is allowed; the per-reading record_into allocates nothing.
+    assert not allocates(lambda: P.batch_header_into(buf, 0, P.HISTORICAL, 5, 0, 1, ANCHOR))
+    assert not allocates(lambda: P.batch_header_into(buf, 0, 0, 5, 0, 1, None))
     assert P.batch_header_into(buf, 0, 0, 5, 0, 1, None) == P.HEADER_SIZE
     # the probe can fail: decoding builds a list
     assert allocates(lambda: P.decode_batch(buf))

@@ -466,22 +466,22 @@ def mp_test_append_allocates_nothing():
     st.close()
 
 
-def mp_test_read_batch_allocation_is_bounded():
-    # read_batch runs once per uplink batch (not per reading) in the link thread; its scanning
-    # frame is larger than MicroPython keeps on the C stack, so a batch costs one small frame
-    # allocation, whatever its size. Nothing per record.
-    import micropython
-
+def mp_test_read_batch_allocates_nothing():
     st = Store(_root(), seg_records=40, max_segments=2)
     _fill(st, 30)
-    frame = bytearray(14 + 9 * 16)
+    buf = bytearray(9 * 8)
+    frame = bytearray(14 + 9 * 8)
     records = memoryview(frame)[14:]  # batch records right after the wire header
-    st.read_batch(records, 1)  # opens the segment for reading
-    costs = []
-    for n in (1, 8, 16):
-        t = micropython.mem_total()
-        st.read_batch(records, n)
-        costs.append(micropython.mem_total() - t)
-    assert costs[0] == costs[1] == costs[2] < 256, costs
+    st.read_batch(buf, 8)  # opens the segment for reading
+    assert not allocates(lambda: st.read_batch(buf, 8))
+    assert not allocates(lambda: st.read_batch(records, 8))
     assert bytes(frame[14:23]) == _wire(1)
+    st.ack(8)
+    assert not allocates(lambda: st.read_batch(buf, 8))
+    assert not allocates(lambda: st.read_batch(buf, 8, 3))
+    assert not allocates(lambda: st.read_range(buf, 20, 30))
+    assert list(st.read_batch(buf, 8)) == [8, 7, 9]
+    assert bytes(buf) == b"".join(_wire(s) for s in range(9, 17))
+    st.ack(30)
+    assert not allocates(lambda: st.read_batch(buf, 8))
     st.close()
