@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -94,6 +93,15 @@ def _romfs(src: Path) -> bytes:
         return make_romfs(str(src), mpy_cross=False)
 
 
+def _heap(cfg: dict, mounts: dict) -> tuple[dict, dict]:
+    """Heap of the shared core with the workflow, then of the whole firmware node."""
+    guest = REPO / "tools" / "bench" / "heap_guest.py"
+    shared = _guest(guest, cfg, mounts=mounts)
+    with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
+        firmware = _guest(guest, {**cfg, "firmware": True}, mounts=mounts, rw_dir=flash)
+    return shared, firmware
+
+
 def _guest(path: Path, config: dict, **kw) -> dict:
     with tempfile.TemporaryDirectory(prefix="orrery-bench-") as tmp:
         Path(tmp, "config.json").write_text(json.dumps(config))
@@ -124,36 +132,14 @@ def run(samples: int = 1000) -> dict:
     costs["chain"] = _guest(guest, {**config, "task": "chain"})["result"]
     costs["workflow_step"] = _guest(guest, {**config, "task": "workflow"})["result"]
 
-    heap_cfg = {"workflow_blob": compiled.blob.hex(), "path": "/repo"}
     with tempfile.TemporaryDirectory(prefix="orrery-mpy-") as mpy_dir:
         build.build(Path(mpy_dir))
-        heap_cfg["path"] = "/mpy"
-        heap_mpy = _guest(
-            REPO / "tools" / "bench" / "heap_guest.py", heap_cfg, mounts={"/mpy": mpy_dir}
-        )
-        with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
-            node = _guest(
-                REPO / "tools" / "bench" / "heap_guest.py",
-                {**heap_cfg, "firmware": True},
-                mounts={"/mpy": mpy_dir},
-                rw_dir=flash,
-            )
-        rom_dir = Path(tempfile.mkdtemp(prefix="orrery-romfs-"))
-        try:
-            (rom_dir / "img.romfs").write_bytes(_romfs(Path(mpy_dir)))
-            rom_cfg = {**heap_cfg, "path": "/rom", "romfs": "/romimg/img.romfs"}
-            heap_rom = _guest(
-                REPO / "tools" / "bench" / "heap_guest.py", rom_cfg, mounts={"/romimg": rom_dir}
-            )
-            with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
-                node_rom = _guest(
-                    REPO / "tools" / "bench" / "heap_guest.py",
-                    {**rom_cfg, "firmware": True},
-                    mounts={"/romimg": rom_dir},
-                    rw_dir=flash,
-                )
-        finally:
-            shutil.rmtree(rom_dir, ignore_errors=True)
+        mpy_cfg = {"workflow_blob": compiled.blob.hex(), "path": "/mpy"}
+        heap_mpy, node = _heap(mpy_cfg, {"/mpy": mpy_dir})
+        with tempfile.TemporaryDirectory(prefix="orrery-romfs-") as rom_dir:
+            Path(rom_dir, "img.romfs").write_bytes(_romfs(Path(mpy_dir)))
+            rom_cfg = {**mpy_cfg, "path": "/rom", "romfs": "/romimg/img.romfs"}
+            heap_rom, node_rom = _heap(rom_cfg, {"/romimg": rom_dir})
 
     allocs = sum(f["int"]["heap_lock_allocations"] for f in costs["filters"])
     allocs += (
