@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloud.orrery import fleetcli
+
 app = typer.Typer(
     help="Orrery: MicroPython sensor boards and the companion that runs their fleet.",
     no_args_is_help=True,
@@ -20,6 +22,9 @@ bench_app = typer.Typer(help="Benchmarks (commands, not timed tests).", no_args_
 workflow_app = typer.Typer(help="Workflow definitions.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 app.add_typer(workflow_app, name="workflow")
+app.add_typer(fleetcli.devices_app, name="devices")
+app.add_typer(fleetcli.readings_app, name="readings")
+app.command("serve")(fleetcli.serve)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -140,6 +145,46 @@ def bench_device(
     else:
         device.print_report(result, console)
     if not result["targets"]["met"]:
+        raise typer.Exit(2)
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    readings: Annotated[
+        int, typer.Option(min=1000, help="Unique readings to publish.")
+    ] = 1_000_000,
+    devices: Annotated[int, typer.Option(min=1, max=99999, help="Simulated boards.")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, max=512, help="Readings per message.")] = 100,
+    dup: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of batches published twice.")
+    ] = 0.10,
+    pg_url: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL server to measure too (default $ORRERY_TEST_PG_URL, else "
+            "postgresql://postgres@127.0.0.1:5432/test; 'none' to skip)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Readings through a real broker into SQLite (and PostgreSQL), against raw executemany."""
+    import os
+
+    from cloud.orrery.bench import ingest
+
+    if devices > readings:
+        fail(f"--devices {devices} is more than --readings {readings}")
+    pg = (
+        pg_url
+        or os.environ.get("ORRERY_TEST_PG_URL")
+        or "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    result = ingest.run(readings, devices, batch, dup, None if pg == "none" else pg)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print_json(json.dumps(result))
+    if not result["met"]:
         raise typer.Exit(2)
 
 

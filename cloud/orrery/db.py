@@ -1,0 +1,268 @@
+"""The companion's database: SQLModel tables, engines, and Alembic migrations.
+
+SQLite (a file, WAL) by default; PostgreSQL by URL, with the same code. The URL comes from
+``--db`` or ``ORRERY_DB_URL``; the default is ``sqlite:///orrery.db``. Opening a database
+migrates it to the newest schema (Alembic, ``cloud/orrery/migrations``).
+
+Sequence numbers, uptimes and times are BIGINT: a reading's seq is per device (the board's store
+numbers readings 1, 2, ... across boots), ``up_ms`` is the device uptime in ms, ``event_ms`` is
+unix time in ms (NULL until the boot's time anchor is known).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import BigInteger, Column, Index, LargeBinary, event
+from sqlmodel import Field, SQLModel
+
+DEFAULT_URL = "sqlite:///orrery.db"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def _big(**kw) -> Column:
+    return Column(BigInteger, **kw)
+
+
+class Device(SQLModel, table=True):
+    """A board: registered by provisioning (or auto-registered), fed by state messages."""
+
+    __tablename__ = "devices"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    fleet: str = Field(max_length=64)
+    profile: str | None = Field(default=None, max_length=64)
+    online: bool = False
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    last_seen_ms: int | None = Field(default=None, sa_column=_big())
+    boot: int | None = Field(default=None, sa_column=_big())
+    fw: str | None = Field(default=None, max_length=64)
+    wf: str | None = Field(default=None, max_length=64)
+    wf_ver: int | None = None
+    wf_hash: str | None = Field(default=None, max_length=80)
+    backlog: int | None = Field(default=None, sa_column=_big())
+    last_seq: int | None = Field(default=None, sa_column=_big())
+    synced: bool | None = None
+    received: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    duplicates: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    historical: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    dirty: bool = Field(default=False, index=True)
+
+
+class DeviceTag(SQLModel, table=True):
+    """A key=value tag on a device (rollout targets select on them)."""
+
+    __tablename__ = "device_tags"
+    device_id: int = Field(foreign_key="devices.id", primary_key=True)
+    key: str = Field(max_length=64, primary_key=True)
+    value: str = Field(max_length=128)
+
+
+class Reading(SQLModel, table=True):
+    """One reading, exactly once: keyed by (device, boot, seq)."""
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_device_event", "device_id", "event_ms"),)
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    channel: int
+    value: int
+    up_ms: int = Field(sa_column=_big(nullable=False))
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    historical: bool = False
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Session(SQLModel, table=True):
+    """One boot of a device and its time anchor (uptime ms <-> unix ms)."""
+
+    __tablename__ = "device_sessions"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    anchor_up_ms: int | None = Field(default=None, sa_column=_big())
+    anchor_unix_ms: int | None = Field(default=None, sa_column=_big())
+    first_seen_ms: int = Field(sa_column=_big(nullable=False))
+    last_seen_ms: int = Field(sa_column=_big(nullable=False))
+    first_seq: int | None = Field(default=None, sa_column=_big())
+    last_seq: int | None = Field(default=None, sa_column=_big())
+
+
+class ReceivedRange(SQLModel, table=True):
+    """Sequence numbers received from a device (merged by the reconciler)."""
+
+    __tablename__ = "received_ranges"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+
+
+class Gap(SQLModel, table=True):
+    """Missing sequence numbers that may still arrive: pending, then requested by a resend."""
+
+    __tablename__ = "gaps"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+    status: str = Field(max_length=16)  # pending | requested
+    reason: str = Field(max_length=200)
+    detected_ms: int = Field(sa_column=_big(nullable=False))
+    updated_ms: int = Field(sa_column=_big(nullable=False))
+    command_id: str | None = Field(default=None, max_length=100)
+    attempts: int = 0
+
+
+class Loss(SQLModel, table=True):
+    """Sequence numbers that will never arrive, and why."""
+
+    __tablename__ = "losses"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+    reason: str = Field(max_length=64)  # store_full | corrupt (from the board) | not_held
+    source: str = Field(max_length=16)  # device | cloud
+    boot: int | None = Field(default=None, sa_column=_big())
+    reported_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    """A message the ingest could not accept, kept with its reason."""
+
+    __tablename__ = "dead_letters"
+    id: int | None = Field(default=None, primary_key=True)
+    received_ms: int = Field(sa_column=_big(nullable=False))
+    topic: str = Field(max_length=512)
+    device: str | None = Field(default=None, max_length=64)
+    reason: str = Field(max_length=300, index=True)
+    size: int
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Command(SQLModel, table=True):
+    """A signed command for a device: queued, sent, acked, then done or failed."""
+
+    __tablename__ = "commands"
+    id: str = Field(primary_key=True, max_length=100)
+    device_id: int = Field(index=True)
+    kind: str = Field(max_length=32)
+    args: str  # JSON
+    iat: int = Field(sa_column=_big(nullable=False))
+    exp: int = Field(sa_column=_big(nullable=False))
+    status: str = Field(max_length=16, index=True)  # queued|sent|acked|done|failed|expired
+    source: str = Field(max_length=64)
+    envelope: str
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    sent_ms: int | None = Field(default=None, sa_column=_big())
+    acked_ms: int | None = Field(default=None, sa_column=_big())
+    ack_code: int | None = None
+    ack_detail: str | None = Field(default=None, max_length=300)
+
+
+class Event(SQLModel, table=True):
+    """A workflow event a board published."""
+
+    __tablename__ = "events"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    up_ms: int = Field(sa_column=_big(nullable=False))
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    state: str = Field(max_length=64)
+    event: str = Field(max_length=64)
+    value: int | None = None
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Alert(SQLModel, table=True):
+    """A live alert: a live (not backlog) reading crossed an alert rule."""
+
+    __tablename__ = "alerts"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    rule: str = Field(max_length=64)
+    boot: int = Field(sa_column=_big(nullable=False))
+    seq: int = Field(sa_column=_big(nullable=False))
+    value: int
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    created_ms: int = Field(sa_column=_big(nullable=False))
+
+
+def url_from(url: str | None) -> str:
+    """The database URL: ``url``, else ``ORRERY_DB_URL``, else ``sqlite:///orrery.db``.
+
+    ``postgresql://`` URLs get the psycopg 3 driver.
+    """
+    url = url or os.environ.get("ORRERY_DB_URL") or DEFAULT_URL
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at each commit's checkpoint
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def engine_for(url: str | None = None, *, migrate: bool = True) -> sa.Engine:
+    """Create the engine for ``url`` (see ``url_from``) and migrate the schema to head."""
+    full = url_from(url)
+    try:
+        engine = sa.create_engine(full, future=True, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
+        raise ValueError(f"bad database URL {full!r}: {exc}") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    elif engine.dialect.name != "postgresql":
+        raise ValueError(f"unsupported database {engine.dialect.name!r}: use SQLite or PostgreSQL")
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def alembic_config(engine: sa.Engine):
+    """An Alembic Config that runs this package's migrations on ``engine``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: sa.Engine, revision: str = "head") -> None:
+    """Migrate the schema to ``revision``; on PostgreSQL under an advisory lock, so several
+    companions starting together migrate once."""
+    from alembic import command
+
+    cfg = alembic_config(engine)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(7316001)"))
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                conn.commit()
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(7316001)"))
+                conn.commit()
+    else:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+
+def describe(url: str) -> str:
+    """``url`` without its password, for logs and errors."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
