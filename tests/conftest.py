@@ -130,3 +130,36 @@ def own_broker():
     b = Broker().start()
     yield b
     b.close()
+
+
+def _pg_or_skip() -> None:
+    from tests.support import pg
+
+    why = pg.unreachable()
+    if why:
+        if __import__("os").environ.get("CI"):
+            pytest.fail(f"{why}; CI here must run the PostgreSQL tests")
+        pytest.skip(why)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for this test (skipped, visibly, where none runs)."""
+    from tests.support import pg
+
+    _pg_or_skip()
+    with pg.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh database URL: each test using it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'orrery.db'}"
+        return
+    from tests.support import pg
+
+    _pg_or_skip()
+    with pg.fresh_database() as url:
+        yield url
