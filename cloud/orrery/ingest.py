@@ -352,7 +352,7 @@ class Ingest:
                 jlog("ack_untrusted", device=dev.name, code=a["code"], detail=a["detail"])
                 return None
             if not C.apply_ack(conn, dev.id, a["id"], a["code"], a["detail"], now):
-                return f"ack for unknown command {a['id']!r}"
+                return f"ack for unknown command: {a['id']!r}"
             self._touch(conn, dev, now)
             return None
         if kind == P.LOSS:
