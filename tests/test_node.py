@@ -93,7 +93,13 @@ class Board:
     """One virtual board: the firmware node, the simulation HAL and a virtual clock."""
 
     def __init__(
-        self, root: Path, port: int, device: str = "dev1", seed: int = 1, timeout_ms: int = 2000
+        self,
+        root: Path,
+        port: int,
+        device: str = "dev1",
+        seed: int = 1,
+        timeout_ms: int = 2000,
+        key: str = KEY,
     ):
         self.clock = VirtualClock(ticks=5, unix_ms=T0)
         self.hal = SimHal(PROFILE, seed, self.clock.ticks_ms, dropout_ppm=0, spike_ppm=0)
@@ -102,7 +108,7 @@ class Board:
             "device_id": device,
             "fleet": "f1",
             "broker": {"host": "127.0.0.1", "port": port, "tls": False},
-            "hmac_key": KEY,
+            "hmac_key": key,
             "board": "esp32-devkitc",
             "health_window_s": 5,
         }

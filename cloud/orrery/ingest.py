@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -176,7 +176,7 @@ class Ingest:
     """Stores board messages and reconciles their sequence numbers (see the module docstring).
 
     ``secret`` is the fleet secret that signs resend commands (None: gaps are reported but not
-    requested). ``auto_register`` admits unknown devices on their first message instead of
+    requested). ``clock`` gives unix ms (virtual in simulations). ``auto_register`` admits unknown devices on their first message instead of
     dead-lettering them. ``reorder_window_ms``: how long a hole may stay open before it is a gap.
     """
 
@@ -189,8 +189,10 @@ class Ingest:
         alert_rules: Sequence[AlertRule] = (),
         reorder_window_ms: int = 10_000,
         resend_ttl_s: int = 86_400,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.engine = engine
+        self.clock = clock
         self.secret = secret
         self.auto_register = auto_register
         self.alert_rules = tuple(alert_rules)
@@ -224,7 +226,7 @@ class Ingest:
         Commit means durable: the caller acks the messages to the broker only after this
         returns. Raises only on database errors (then nothing of the group is stored).
         """
-        now = now_ms() if now is None else now
+        now = self.clock() if now is None else now
         out = Outcome()
         with self.engine.begin() as conn:
             try:
@@ -691,7 +693,7 @@ class Ingest:
 
     def reconcile(self, now: int | None = None) -> list[C.Outgoing]:
         """Merge ranges, update gaps and losses, queue resends; return commands to publish."""
-        now = now_ms() if now is None else now
+        now = self.clock() if now is None else now
         outgoing: list[C.Outgoing] = []
         with self.engine.begin() as conn:
             C.expire(conn, now)
@@ -889,12 +891,12 @@ class Ingest:
 
     def queued_commands(self, now: int | None = None) -> list[C.Outgoing]:
         """Queued commands to publish (resends, and later rollouts)."""
-        now = now_ms() if now is None else now
+        now = self.clock() if now is None else now
         with self.engine.begin() as conn:
             return C.queued(conn, now)
 
     def mark_sent(self, ids: list[str], now: int | None = None) -> None:
         """Record that these commands were accepted by the broker."""
-        now = now_ms() if now is None else now
+        now = self.clock() if now is None else now
         with self.engine.begin() as conn:
             C.mark_sent(conn, ids, now)
