@@ -216,13 +216,21 @@ def engine_for(url: str | None = None, *, migrate: bool = True) -> sa.Engine:
     """Create the engine for ``url`` (see ``url_from``) and migrate the schema to head."""
     full = url_from(url)
     try:
+        backend = sa.engine.make_url(full).get_backend_name()
+    except sa.exc.ArgumentError:
+        raise ValueError(
+            f"bad database URL {describe(full)!r}: expected sqlite:///FILE or postgresql://..."
+        ) from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"unsupported database {backend!r} in {describe(full)!r}: use SQLite or PostgreSQL"
+        )
+    try:
         engine = sa.create_engine(full, future=True, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise ValueError(f"bad database URL {full!r}: {exc}") from None
-    if engine.dialect.name == "sqlite":
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise ValueError(f"bad database URL {describe(full)!r}: {exc}") from None
+    if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    elif engine.dialect.name != "postgresql":
-        raise ValueError(f"unsupported database {engine.dialect.name!r}: use SQLite or PostgreSQL")
     if migrate:
         upgrade(engine)
     return engine
