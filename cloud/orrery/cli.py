@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.orrery import fleetcli
+from cloud.orrery import fleetcli, rolloutcli
 
 app = typer.Typer(
     help="Orrery: MicroPython sensor boards and the companion that runs their fleet.",
@@ -25,6 +25,13 @@ app.add_typer(workflow_app, name="workflow")
 app.add_typer(fleetcli.devices_app, name="devices")
 app.add_typer(fleetcli.readings_app, name="readings")
 app.command("serve")(fleetcli.serve)
+app.add_typer(rolloutcli.rollout_app, name="rollout")
+workflow_app.command("push")(rolloutcli.workflow_push)
+workflow_app.command("list")(rolloutcli.workflow_list)
+workflow_app.command("show")(rolloutcli.workflow_show)
+workflow_app.command("diff")(rolloutcli.workflow_diff)
+workflow_app.command("simulate")(rolloutcli.workflow_simulate)
+fleetcli.devices_app.command("tag")(rolloutcli.devices_tag)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -49,6 +49,12 @@ class Device(SQLModel, table=True):
     duplicates: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     historical: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     dirty: bool = Field(default=False, index=True)
+    # health counters, compared across a rollout's upgraded and not-yet-upgraded boards
+    reboots: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    link_drops: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    invalid: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    invalid_boot: int | None = Field(default=None, sa_column=_big())  # the board's count this boot
+    alarms: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
 
 
 class DeviceTag(SQLModel, table=True):
@@ -274,3 +280,74 @@ def describe(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparsable URL>"
+
+
+class Workflow(SQLModel, table=True):
+    """An immutable workflow version in the registry."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (sa.UniqueConstraint("name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    version: int
+    hash: str = Field(max_length=80)
+    definition: str  # the JSON as pushed
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    heap_bytes: int
+    created_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of one workflow version: a durable state machine."""
+
+    __tablename__ = "rollouts"
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: int = Field(foreign_key="workflows.id")
+    target: str
+    waves: str  # JSON list of wave sizes as given: "5", "10%"
+    success_pct: float
+    max_fail_pct: float
+    min_devices: int
+    soak_s: int
+    timeout_s: int
+    rate_per_min: int
+    health_s: int
+    state: str = Field(max_length=16, index=True)  # draft|running|paused|finished|canceled
+    wave: int = 0  # the current wave, 0-based
+    wave_met_ms: int | None = Field(default=None, sa_column=_big())
+    reason: str | None = None
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    started_ms: int | None = Field(default=None, sa_column=_big())
+    finished_ms: int | None = Field(default=None, sa_column=_big())
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until_ms: int | None = Field(default=None, sa_column=_big())
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One device in one rollout: its wave and its state."""
+
+    __tablename__ = "rollout_devices"
+    rollout_id: int = Field(foreign_key="rollouts.id", primary_key=True)
+    device_id: int = Field(foreign_key="devices.id", primary_key=True, index=True)
+    wave: int
+    state: str = Field(max_length=16, index=True)
+    attempt: int = 0
+    command_id: str | None = Field(default=None, max_length=100)
+    prev_wf: str | None = Field(default=None, max_length=64)
+    prev_ver: int | None = None
+    updated_ms: int = Field(sa_column=_big(nullable=False))
+    sent_ms: int | None = Field(default=None, sa_column=_big())
+    detail: str | None = None
+    baseline: str | None = None  # JSON health counters when its wave started
+
+
+class RolloutLog(SQLModel, table=True):
+    """The audit log: every rollout and device state change."""
+
+    __tablename__ = "rollout_log"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(index=True)
+    device_id: int | None = None
+    at_ms: int = Field(sa_column=_big(nullable=False))
+    event: str = Field(max_length=32)
+    detail: str | None = None

@@ -117,6 +117,9 @@ def serve(
     reconcile_every: Annotated[
         float, typer.Option(min=0.1, help="Seconds between reconciliation passes.")
     ] = 2.0,
+    rollouts: Annotated[
+        bool, typer.Option(help="Drive running rollouts (needs the fleet secret).")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the ingest service: store readings exactly once, reconcile gaps, answer pulls."""
@@ -154,13 +157,20 @@ def serve(
         alert_rules=rules,
         reorder_window_ms=int(reorder_window * 1000),
     )
+    from cloud.orrery.rollout import Orchestrator
+
+    cid = client_id or f"orrery-ingest-{socket.gethostname()}"
+    orchestrator = (
+        None if secret is None or not rollouts else Orchestrator(engine, secret, owner=cid)
+    )
     service = Service(
         ingest,
         BrokerAddress(host, port, username, password, str(ca_file) if ca_file else None),
-        client_id=client_id or f"orrery-ingest-{socket.gethostname()}",
+        client_id=cid,
         group=group,
         fleet=fleet,
         reconcile_every_s=reconcile_every,
+        orchestrator=orchestrator,
     )
     service.install_signals()
     service.run()

@@ -415,12 +415,17 @@ class Ingest:
 
     def _state(self, conn: Connection, dev: _Dev, s: dict, retained: bool, now: int) -> None:
         cur = conn.execute(
-            sa.select(DEVICES.c.boot, DEVICES.c.online).where(DEVICES.c.id == dev.id)
+            sa.select(DEVICES.c.boot, DEVICES.c.online, DEVICES.c.invalid_boot).where(
+                DEVICES.c.id == dev.id
+            )
         ).first()
         if not s["online"]:
             # a last will (or an offline state): only the boot that went away goes offline
             if cur.boot is None or cur.boot == s["boot"]:
-                conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(online=False))
+                values: dict = {"online": False}
+                if cur.online and not retained:
+                    values["link_drops"] = DEVICES.c.link_drops + 1
+                conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
                 jlog("device_offline", device=dev.name, boot=s["boot"])
             return None
         values = {
@@ -440,6 +445,15 @@ class Ingest:
         elif cur.boot is not None and cur.boot != s["boot"] and cur.online:
             # a retained state of an older boot must not overwrite a newer live one
             return None
+        new_boot = cur.boot is not None and cur.boot != s["boot"]
+        if new_boot and not retained:
+            values["reboots"] = DEVICES.c.reboots + 1
+        invalid = (s.get("extra") or {}).get("invalid")
+        if type(invalid) is int and invalid >= 0:
+            # the board counts invalid samples per boot; the registry keeps a running total
+            before = 0 if new_boot or cur.invalid_boot is None else cur.invalid_boot
+            values["invalid"] = DEVICES.c.invalid + max(0, invalid - before)
+            values["invalid_boot"] = invalid
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
         self._session(conn, dev, s["boot"], now, s["anchor"])
         if cur.online is not True and s["online"] and not retained:
@@ -535,7 +549,7 @@ class Ingest:
     def _event(self, conn: Connection, dev: _Dev, e: dict, now: int) -> None:
         up = e["up_s"] * 1000 + e["up_ms"]
         a = self._anchor(conn, dev.id, e["boot"])
-        conn.execute(
+        n = conn.execute(
             C.insert_ignore(conn, EVENTS),
             [
                 {
@@ -550,8 +564,11 @@ class Ingest:
                     "received_ms": now,
                 }
             ],
-        )
-        self._touch(conn, dev, now)
+        ).rowcount
+        values: dict = {"last_seen_ms": now}
+        if n and ("alarm" in e["event"] or "fault" in e["event"]):
+            values["alarms"] = DEVICES.c.alarms + 1
+        conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
 
     # --- readings ----------------------------------------------------------------------------
 
@@ -652,6 +669,15 @@ class Ingest:
             out.duplicates += dup
         if alerts:
             conn.execute(sa.insert(ALERTS), alerts)
+            per: dict[int, int] = defaultdict(int)
+            for a in alerts:
+                per[a["device_id"]] += 1
+            for did, k in per.items():
+                conn.execute(
+                    sa.update(DEVICES)
+                    .where(DEVICES.c.id == did)
+                    .values(alarms=DEVICES.c.alarms + k)
+                )
 
     def _insert_readings(self, conn: Connection, per_batch_rows: list[list[tuple]]) -> list[int]:
         """Insert every batch's rows, dropping repeats; return how many each batch added."""

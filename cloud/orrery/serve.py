@@ -61,8 +61,10 @@ class Service:
         max_rows: int = 5000,
         reconcile_every_s: float = 2.0,
         stats_every_s: float = 10.0,
+        orchestrator=None,
     ) -> None:
         self.ingest = ingest
+        self.orchestrator = orchestrator
         self.broker = broker
         self.client_id = client_id
         self.group = group

@@ -1,0 +1,927 @@
+"""Staged rollouts of workflow versions: a durable state machine in the database.
+
+Per device: queued -> sent -> acked -> installing -> succeeded | failed | rejected | timed-out,
+or offline-pending while the board is away (its command waits for the board's pull), or
+canceled. Per rollout: draft -> running <-> paused -> finished | canceled.
+
+Rules (and the hawkBit complaints they answer):
+- a device succeeds only on its final OK ack, which a board sends after the new version ran its
+  health window (hawkBit #3185);
+- offline devices never block a wave: they are offline-pending, get the command when they
+  reconnect (the board pulls its pending commands), and status says "converged X%, Y offline
+  pending" (hawkBit #693);
+- devices that join the target later are picked up in the current wave (#1529);
+- ``retry --failed`` re-queues just the failures (#3251);
+- cancel takes effect at once for queued devices; in-progress devices finish and report
+  (``--force`` cancels them too); it never waits on a device (#952);
+- a failure threshold with a minimum sample auto-pauses and says why; a health gate compares
+  upgraded with not-yet-upgraded boards over the soak and pauses on a significant regression;
+- only one rollout at a time may change a given device;
+- every state change goes to the audit log.
+
+Durability: every decision is a database transaction, and command ids are
+``rollout:<id>:<device>:<attempt>``, inserted once; a restarted orchestrator re-derives
+everything from the database and sends nothing twice. Several orchestrators on one PostgreSQL
+database take a per-rollout lease under ``SELECT … FOR UPDATE SKIP LOCKED``; on SQLite run one.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from cloud.orrery import commands as C
+from cloud.orrery import db
+from cloud.orrery.ingest import jlog, now_ms
+from shared import protocol as P
+
+DEVICES = db.Device.__table__
+TAGS = db.DeviceTag.__table__
+ROLLOUTS = db.Rollout.__table__
+MEMBERS = db.RolloutDevice.__table__
+LOG = db.RolloutLog.__table__
+WORKFLOWS = db.Workflow.__table__
+COMMANDS = db.Command.__table__
+
+DEVICE_STATES = (
+    "queued", "sent", "acked", "installing", "succeeded", "failed", "rejected", "timed-out",
+    "canceled", "offline-pending",
+)  # fmt: skip
+FINAL = ("succeeded", "failed", "rejected", "timed-out", "canceled")
+FAILED = ("failed", "rejected", "timed-out")
+IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
+ACTIVE_ROLLOUT = ("draft", "running", "paused")
+REJECT_CODES = (
+    P.BAD_SIGNATURE,
+    P.EXPIRED,
+    P.REPLAYED,
+    P.MALFORMED,
+    P.UNKNOWN_KIND,
+    P.REJECTED,
+    P.BUSY,
+)
+HEALTH = ("reboots", "link_drops", "invalid", "alarms")
+
+
+class RolloutError(ValueError):
+    """A rollout request was refused; the message says why."""
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+def parse_waves(text: str) -> list[str]:
+    """``5,10%,50%,100%``: cumulative wave sizes, counts or percentages of the target."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise RolloutError("--waves: give at least one wave, e.g. 5,10%,50%,100%")
+    for p in parts:
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(%?)", p)
+        if (
+            not m
+            or float(m.group(1)) <= 0
+            or (m.group(2) and float(m.group(1)) > 100)
+            or (not m.group(2) and "." in p)
+        ):
+            raise RolloutError(
+                f"--waves: {p!r} is neither a device count nor a percentage in (0, 100]"
+            )
+    if parts[-1] != "100%":
+        raise RolloutError("--waves: the last wave must be 100% so every target device is covered")
+    return parts
+
+
+def wave_sizes(waves: list[str], total: int) -> list[int]:
+    """Cumulative device counts per wave for a target of ``total`` devices (non-decreasing)."""
+    out, prev = [], 0
+    for w in waves:
+        n = math.ceil(total * float(w[:-1]) / 100) if w.endswith("%") else int(w)
+        n = max(prev, min(total, n))
+        out.append(n)
+        prev = n
+    return out
+
+
+def parse_pct(text: str, name: str) -> float:
+    """``95%`` or ``95`` -> 95.0."""
+    try:
+        v = float(text.rstrip("%"))
+    except ValueError:
+        raise RolloutError(f"{name}: {text!r} is not a percentage") from None
+    if not 0 <= v <= 100:
+        raise RolloutError(f"{name}: {text!r} is outside 0..100%")
+    return v
+
+
+def parse_duration(text: str, name: str) -> int:
+    """``90s``, ``10m``, ``24h``, ``7d`` or plain seconds -> seconds."""
+    m = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
+    if not m:
+        raise RolloutError(f"{name}: {text!r} is not a duration like 90s, 10m, 24h or 7d")
+    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def parse_rate(text: str) -> int:
+    """``100/min``, ``5/s`` or ``1000/h`` -> commands per minute."""
+    m = re.fullmatch(r"(\d+)\s*/\s*(s|sec|min|m|h|hour)", text.strip())
+    if not m or int(m.group(1)) == 0:
+        raise RolloutError(f"--rate: {text!r} is not a rate like 100/min, 5/s or 1000/h")
+    n, unit = int(m.group(1)), m.group(2)
+    return n * 60 if unit in ("s", "sec") else n if unit in ("min", "m") else max(1, n // 60)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One condition of a target expression."""
+
+    field: str
+    op: str
+    value: str
+
+
+_FIELDS = ("fleet", "profile", "fw", "wf", "device")
+
+
+def parse_target(text: str) -> list[Term]:
+    """A target: ``all``, or terms joined by ``,`` (AND): ``FIELD=VALUE`` / ``FIELD!=VALUE``
+    with FIELD one of fleet, profile, fw, wf (``name`` or ``name@ver``; ``none``), device
+    (glob), or ``tag.KEY``; VALUE may be a glob (``site-*``)."""
+    if text.strip() in ("all", "*"):
+        return []
+    terms = []
+    for part in [p.strip() for p in text.split(",")]:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(!=|=)\s*(.+)", part)
+        if not m:
+            raise RolloutError(f"--target: {part!r} is not FIELD=VALUE or FIELD!=VALUE")
+        f, op, v = m.group(1), m.group(2), m.group(3).strip()
+        if f not in _FIELDS and not (f.startswith("tag.") and len(f) > 4):
+            raise RolloutError(
+                f"--target: unknown field {f!r} (use {', '.join(_FIELDS)} or tag.KEY)"
+            )
+        terms.append(Term(f, op, v))
+    return terms
+
+
+def matches(terms: list[Term], dev, tags: dict[str, str]) -> bool:
+    """Does a device row (with its tags) satisfy every term?"""
+    for t in terms:
+        if t.field.startswith("tag."):
+            have = tags.get(t.field[4:])
+        elif t.field == "wf":
+            have = (
+                "none"
+                if dev.wf is None
+                else (f"{dev.wf}@{dev.wf_ver}" if "@" in t.value else dev.wf)
+            )
+        elif t.field == "device":
+            have = dev.name
+        else:
+            have = getattr(dev, t.field)
+        ok = have is not None and fnmatch.fnmatchcase(str(have), t.value)
+        if ok == (t.op == "!="):
+            return False
+    return True
+
+
+# --- the orchestrator ------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What ``create`` decided (or would, with ``--dry-run``)."""
+
+    rollout_id: int | None
+    workflow: str
+    waves: list[dict]
+    excluded: dict[str, list[str]]
+
+
+def _order(rid_seed: str, name: str) -> str:
+    # a stable pseudo-random order, so canaries are spread over the fleet
+    return hashlib.sha256(f"{rid_seed}:{name}".encode()).hexdigest()
+
+
+class Orchestrator:
+    """Creates and drives rollouts. ``tick`` advances every running rollout by one step."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        secret: bytes | None,
+        *,
+        owner: str = "orrery",
+        clock: Callable[[], int] = now_ms,
+        lease_ms: int = 30_000,
+        significance: float = 0.01,
+    ) -> None:
+        self.engine = engine
+        self.secret = secret
+        self.owner = owner
+        self.clock = clock
+        self.lease_ms = lease_ms
+        self.significance = significance
+        self.pg = engine.dialect.name == "postgresql"
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def _log(
+        self,
+        conn: Connection,
+        rid: int,
+        event: str,
+        detail: str | None = None,
+        device_id: int | None = None,
+    ) -> None:
+        conn.execute(
+            sa.insert(LOG),
+            [
+                {
+                    "rollout_id": rid,
+                    "device_id": device_id,
+                    "at_ms": self.clock(),
+                    "event": event,
+                    "detail": detail,
+                }
+            ],
+        )
+
+    def _set_members(
+        self, conn: Connection, rid: int, changes: list[tuple[int, str, str | None]], **extra
+    ) -> None:
+        """Move devices to new states, logging each change."""
+        if not changes:
+            return
+        now = self.clock()
+        for did, state, detail in changes:
+            conn.execute(
+                sa.update(MEMBERS)
+                .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == did)
+                .values(state=state, updated_ms=now, detail=detail, **extra)
+            )
+        conn.execute(
+            sa.insert(LOG),
+            [
+                {
+                    "rollout_id": rid,
+                    "device_id": did,
+                    "at_ms": now,
+                    "event": state,
+                    "detail": detail,
+                }
+                for did, state, detail in changes
+            ],
+        )
+
+    # --- create --------------------------------------------------------------------------------
+
+    def _targets(
+        self, conn: Connection, terms: list[Term], rid: int | None
+    ) -> tuple[list, dict[str, list[str]]]:
+        tags: dict[int, dict[str, str]] = defaultdict(dict)
+        if any(t.field.startswith("tag.") for t in terms):
+            for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
+                tags[did][k] = v
+        busy_q = (
+            sa.select(MEMBERS.c.device_id, MEMBERS.c.rollout_id)
+            .join(ROLLOUTS, ROLLOUTS.c.id == MEMBERS.c.rollout_id)
+            .where(ROLLOUTS.c.state.in_(("running", "paused")), MEMBERS.c.state.notin_(FINAL))
+        )
+        if rid is not None:
+            busy_q = busy_q.where(MEMBERS.c.rollout_id != rid)
+        busy = dict(conn.execute(busy_q).all())
+        cols = [
+            DEVICES.c.id,
+            DEVICES.c.name,
+            DEVICES.c.fleet,
+            DEVICES.c.profile,
+            DEVICES.c.fw,
+            DEVICES.c.wf,
+            DEVICES.c.wf_ver,
+            DEVICES.c.online,
+        ]
+        chosen, excluded = [], defaultdict(list)
+        for d in conn.execute(sa.select(*cols)):
+            if not matches(terms, d, tags.get(d.id, {})):
+                continue
+            if d.id in busy:
+                excluded[f"busy in rollout {busy[d.id]}"].append(d.name)
+                continue
+            chosen.append(d)
+        return chosen, dict(excluded)
+
+    def create(
+        self,
+        workflow_ref: str,
+        target: str,
+        waves: str = "5,10%,50%,100%",
+        success: str = "95%",
+        max_failures: str = "2%",
+        min_devices: int = 20,
+        soak: str = "10m",
+        timeout: str = "24h",
+        rate: str = "100/min",
+        health: str = "60s",
+        dry_run: bool = False,
+    ) -> Plan:
+        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
+        from cloud.orrery import registry
+
+        wv = parse_waves(waves)
+        terms = parse_target(target)
+        vals = {
+            "target": target,
+            "waves": json.dumps(wv),
+            "success_pct": parse_pct(success, "--success"),
+            "max_fail_pct": parse_pct(max_failures, "--max-failures"),
+            "min_devices": min_devices,
+            "soak_s": parse_duration(soak, "--soak"),
+            "timeout_s": parse_duration(timeout, "--timeout"),
+            "rate_per_min": parse_rate(rate),
+            "health_s": parse_duration(health, "--health"),
+        }
+        if min_devices < 1:
+            raise RolloutError("--min-devices must be at least 1")
+        if not 1 <= vals["health_s"] <= 86400:
+            raise RolloutError("--health must be between 1s and 1d")
+        with self.engine.begin() as conn:
+            try:
+                wf = registry.get(conn, workflow_ref)
+            except registry.RegistryError as exc:
+                raise RolloutError(str(exc)) from None
+            devices, excluded = self._targets(conn, terms, None)
+            already = [d for d in devices if d.wf == wf.name and d.wf_ver == wf.version]
+            if already:
+                excluded["already running this version"] = [d.name for d in already]
+                devices = [d for d in devices if not (d.wf == wf.name and d.wf_ver == wf.version)]
+            if not devices:
+                raise RolloutError(
+                    f"--target {target!r} selects no device that needs {wf.name}@{wf.version}"
+                    + (
+                        f" (excluded: {', '.join(f'{k}: {len(v)}' for k, v in excluded.items())})"
+                        if excluded
+                        else ""
+                    )
+                )
+            seed = f"{wf.name}@{wf.version}:{target}:{self.clock()}"
+            devices.sort(key=lambda d: _order(seed, d.name))
+            sizes = wave_sizes(wv, len(devices))
+            plan_waves, start = [], 0
+            for i, n in enumerate(sizes):
+                members = devices[start:n]
+                plan_waves.append(
+                    {
+                        "wave": i + 1,
+                        "size": wv[i],
+                        "devices": [d.name for d in members],
+                        "count": len(members),
+                        "offline": sum(1 for d in members if not d.online),
+                    }
+                )
+                start = n
+            rid = None
+            if not dry_run:
+                rid = conn.execute(
+                    sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
+                    [{"workflow_id": wf.id, "state": "draft", "created_ms": self.clock(), **vals}],
+                ).scalar_one()
+                now = self.clock()
+                rows = []
+                for w in plan_waves:
+                    by_name = {d.name: d for d in devices}
+                    for name in w["devices"]:
+                        d = by_name[name]
+                        rows.append({"rollout_id": rid, "device_id": d.id, "wave": w["wave"] - 1, "state": "queued",
+                                     "prev_wf": d.wf, "prev_ver": d.wf_ver, "updated_ms": now})  # fmt: skip
+                for i in range(0, len(rows), 5000):
+                    conn.execute(sa.insert(MEMBERS), rows[i : i + 5000])
+                self._log(
+                    conn,
+                    rid,
+                    "created",
+                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
+                )
+        return Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+
+    # --- operator actions ------------------------------------------------------------------
+
+    def _rollout(self, conn: Connection, rid: int, lock: bool = False):
+        q = sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rid)
+        if lock and self.pg:
+            q = q.with_for_update()
+        r = conn.execute(q).first()
+        if r is None:
+            raise RolloutError(f"no rollout {rid} (see `orrery rollout list`)")
+        return r
+
+    def _transition(
+        self,
+        rid: int,
+        allowed: tuple[str, ...],
+        to: str,
+        event: str,
+        detail: str | None = None,
+        **values,
+    ) -> None:
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state not in allowed:
+                raise RolloutError(
+                    f"rollout {rid} is {r.state}; {event} needs it {' or '.join(allowed)}"
+                )
+            conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == rid).values(state=to, **values))
+            self._log(conn, rid, event, detail)
+
+    def start(self, rid: int) -> None:
+        """Start a draft rollout."""
+        self._transition(rid, ("draft",), "running", "started", started_ms=self.clock())
+
+    def pause(self, rid: int, reason: str = "paused by operator") -> None:
+        """Pause: nothing new is sent; what is in flight still reports."""
+        self._transition(rid, ("running",), "paused", "paused", reason, reason=reason)
+
+    def resume(self, rid: int) -> None:
+        """Resume a paused rollout (after a failure pause the operator has looked at why)."""
+        self._transition(rid, ("paused",), "running", "resumed", reason=None, wave_met_ms=None)
+
+    def cancel(self, rid: int, force: bool = False) -> dict:
+        """Cancel: queued devices at once; in-flight ones finish and report unless ``force``."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state not in ACTIVE_ROLLOUT:
+                raise RolloutError(f"rollout {rid} is already {r.state}")
+            states = ("queued",) + (IN_FLIGHT if force else ("offline-pending",))
+            rows = conn.execute(
+                sa.select(MEMBERS.c.device_id, MEMBERS.c.command_id).where(
+                    MEMBERS.c.rollout_id == rid, MEMBERS.c.state.in_(states)
+                )
+            ).all()
+            ids = [x.command_id for x in rows if x.command_id]
+            if ids:
+                conn.execute(
+                    sa.update(COMMANDS)
+                    .where(COMMANDS.c.id.in_(ids), COMMANDS.c.status.in_(C.OPEN))
+                    .values(status="canceled")
+                )
+            self._set_members(
+                conn, rid, [(x.device_id, "canceled", "rollout canceled") for x in rows]
+            )
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == rid)
+                .values(state="canceled", finished_ms=now, reason="canceled by operator")
+            )
+            self._log(
+                conn, rid, "canceled", "force" if force else "in-flight devices finish and report"
+            )
+        return {"canceled_devices": len(rows)}
+
+    def retry_failed(self, rid: int) -> int:
+        """Re-queue only the devices that failed, were rejected or timed out."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state == "canceled":
+                raise RolloutError(f"rollout {rid} is canceled; create a new one")
+            rows = conn.execute(
+                sa.select(MEMBERS.c.device_id).where(
+                    MEMBERS.c.rollout_id == rid, MEMBERS.c.state.in_(FAILED)
+                )
+            ).all()
+            self._set_members(
+                conn, rid, [(x.device_id, "queued", "retry") for x in rows], command_id=None
+            )
+            if r.state == "finished":
+                conn.execute(
+                    sa.update(ROLLOUTS)
+                    .where(ROLLOUTS.c.id == rid)
+                    .values(state="running", finished_ms=None)
+                )
+            self._log(conn, rid, "retry", f"{len(rows)} failed device(s) re-queued")
+        return len(rows)
+
+    def rollback(self, rid: int) -> list[int]:
+        """Cancel the rollout and start, per previous version, a one-wave rollout that puts
+        every device it changed back on that version; returns the new rollouts' ids."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid)
+            prev = conn.execute(
+                sa.select(MEMBERS.c.prev_wf, MEMBERS.c.prev_ver, sa.func.count())
+                .where(
+                    MEMBERS.c.rollout_id == rid,
+                    MEMBERS.c.state.in_(("succeeded", "installing", "acked")),
+                )
+                .group_by(MEMBERS.c.prev_wf, MEMBERS.c.prev_ver)
+            ).all()
+        if r.state in ("running", "paused"):
+            self.cancel(rid)
+        made = []
+        for wf, ver, _ in prev:
+            if wf is None:
+                continue
+            with self.engine.connect() as conn:
+                names = [
+                    n for (n,) in conn.execute(
+                        sa.select(DEVICES.c.name).join(MEMBERS, MEMBERS.c.device_id == DEVICES.c.id).where(
+                            MEMBERS.c.rollout_id == rid, MEMBERS.c.prev_wf == wf, MEMBERS.c.prev_ver == ver,
+                            MEMBERS.c.state.in_(("succeeded", "installing", "acked")))
+                    )
+                ]  # fmt: skip
+            made.append(self._rollback_one(rid, wf, ver, names, r))
+        return made
+
+    def _rollback_one(self, rid: int, wf: str, ver: int, names: list[str], r) -> int:
+        from cloud.orrery import registry
+
+        with self.engine.begin() as conn:
+            w = registry.get(conn, f"{wf}@{ver}")
+            new = conn.execute(
+                sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
+                [{"workflow_id": w.id, "target": f"rollback of rollout {rid}", "waves": json.dumps(["100%"]),
+                  "success_pct": 0.0, "max_fail_pct": 100.0, "min_devices": 1, "soak_s": 0, "timeout_s": r.timeout_s,
+                  "rate_per_min": r.rate_per_min, "health_s": r.health_s, "state": "running", "created_ms": self.clock(),
+                  "started_ms": self.clock()}],
+            ).scalar_one()  # fmt: skip
+            ids = dict(
+                conn.execute(
+                    sa.select(DEVICES.c.name, DEVICES.c.id).where(DEVICES.c.name.in_(names))
+                ).all()
+            )
+            now = self.clock()
+            conn.execute(
+                sa.insert(MEMBERS),
+                [
+                    {
+                        "rollout_id": new,
+                        "device_id": ids[n],
+                        "wave": 0,
+                        "state": "queued",
+                        "updated_ms": now,
+                    }
+                    for n in names
+                ],
+            )
+            self._log(
+                conn,
+                new,
+                "created",
+                f"rollback of rollout {rid}: {wf}@{ver} to {len(names)} device(s)",
+            )
+            self._log(
+                conn,
+                rid,
+                "rolled-back",
+                f"rollout {new} puts {len(names)} device(s) back on {wf}@{ver}",
+            )
+        return new
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def tick(self) -> list[C.Outgoing]:
+        """One step of every running (or finished but not converged) rollout; returns the
+        commands to publish now."""
+        out: list[C.Outgoing] = []
+        with self.engine.connect() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    sa.select(ROLLOUTS.c.id)
+                    .where(ROLLOUTS.c.state.in_(("running", "paused", "finished", "canceled")))
+                    .order_by(ROLLOUTS.c.id)
+                )
+            ]
+        for rid in ids:
+            out.extend(self._tick_one(rid))
+        return out
+
+    def _lease(self, conn: Connection, rid: int, now: int) -> bool:
+        q = sa.select(ROLLOUTS.c.lease_owner, ROLLOUTS.c.lease_until_ms).where(ROLLOUTS.c.id == rid)
+        if self.pg:
+            q = q.with_for_update(skip_locked=True)
+        row = conn.execute(q).first()
+        if row is None:
+            return False
+        if row.lease_owner not in (None, self.owner) and (row.lease_until_ms or 0) > now:
+            return False
+        conn.execute(
+            sa.update(ROLLOUTS)
+            .where(ROLLOUTS.c.id == rid)
+            .values(lease_owner=self.owner, lease_until_ms=now + self.lease_ms)
+        )
+        return True
+
+    def _tick_one(self, rid: int) -> list[C.Outgoing]:
+        now = self.clock()
+        out: list[C.Outgoing] = []
+        with self.engine.begin() as conn:
+            if not self._lease(conn, rid, now):
+                return []
+            r = self._rollout(conn, rid)
+            self._sync(conn, r, now)
+            if r.state == "running":
+                self._join(conn, r, now)
+                out = self._dispatch(conn, r, now)
+                self._evaluate(conn, r, now)
+        return out
+
+    def _sync(self, conn: Connection, r, now: int) -> None:
+        """Derive device states from their commands' acks, the registry and the clock."""
+        rows = conn.execute(
+            sa.select(
+                MEMBERS.c.device_id, MEMBERS.c.state, MEMBERS.c.sent_ms, MEMBERS.c.attempt,
+                COMMANDS.c.status, COMMANDS.c.ack_code, COMMANDS.c.ack_detail, COMMANDS.c.exp,
+                DEVICES.c.online, DEVICES.c.wf_hash,
+            )
+            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+            .outerjoin(COMMANDS, COMMANDS.c.id == MEMBERS.c.command_id)
+            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.state.in_(IN_FLIGHT))
+        ).all()  # fmt: skip
+        if not rows:
+            return
+        target_hash = conn.execute(
+            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).scalar()
+        changes: list[tuple[int, str, str | None]] = []
+        requeue = []
+        for m in rows:
+            new, detail = m.state, None
+            st = m.status
+            if st == "done":
+                new, detail = "succeeded", m.ack_detail or "health window passed"
+            elif st == "failed":
+                new = "rejected" if m.ack_code in REJECT_CODES else "failed"
+                detail = f"{P.ACK_NAMES.get(m.ack_code, m.ack_code)}: {m.ack_detail or ''}".strip()
+            elif st == "acked":
+                new = "installing" if m.wf_hash == target_hash else "acked"
+            elif st == "expired" or st == "canceled":
+                if not m.online:
+                    requeue.append(m.device_id)  # still away: a fresh command waits for its pull
+                    continue
+                new, detail = "timed-out", f"command {st} without an answer"
+            elif st in ("queued", "sent"):
+                new = "sent" if m.online else "offline-pending"
+                if m.online and m.sent_ms is not None and now - m.sent_ms > r.timeout_s * 1000:
+                    new, detail = "timed-out", f"no result within {r.timeout_s}s"
+            if new != m.state:
+                changes.append((m.device_id, new, detail))
+        self._set_members(conn, r.id, changes)
+        if requeue:
+            self._set_members(
+                conn,
+                r.id,
+                [(d, "queued", "command expired while offline; sending again") for d in requeue],
+                command_id=None,
+            )
+
+    def _join(self, conn: Connection, r, now: int) -> None:
+        """Devices that match the target but joined after creation go into the current wave."""
+        if r.target.startswith("rollback of"):
+            return
+        devices, _ = self._targets(conn, parse_target(r.target), r.id)
+        have = {
+            d
+            for (d,) in conn.execute(
+                sa.select(MEMBERS.c.device_id).where(MEMBERS.c.rollout_id == r.id)
+            )
+        }
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        new = [
+            d
+            for d in devices
+            if d.id not in have and not (d.wf == wf.name and d.wf_ver == wf.version)
+        ]
+        if new:
+            conn.execute(
+                sa.insert(MEMBERS),
+                [{"rollout_id": r.id, "device_id": d.id, "wave": r.wave, "state": "queued", "prev_wf": d.wf,
+                  "prev_ver": d.wf_ver, "updated_ms": now} for d in new],
+            )  # fmt: skip
+            for d in new:
+                self._log(
+                    conn,
+                    r.id,
+                    "joined",
+                    f"{d.name} joined the target; added to wave {r.wave + 1}",
+                    d.id,
+                )
+
+    def _dispatch(self, conn: Connection, r, now: int) -> list[C.Outgoing]:
+        """Queue and sign the install command of queued devices in waves up to the current one,
+        within the rate limit."""
+        if self.secret is None:
+            return []
+        sent_last_minute = conn.execute(
+            sa.select(sa.func.count()).where(
+                MEMBERS.c.rollout_id == r.id, MEMBERS.c.sent_ms > now - 60_000
+            )
+        ).scalar()
+        budget = r.rate_per_min - sent_last_minute
+        if budget <= 0:
+            return []
+        rows = conn.execute(
+            sa.select(
+                MEMBERS.c.device_id,
+                MEMBERS.c.attempt,
+                DEVICES.c.name,
+                DEVICES.c.fleet,
+                DEVICES.c.online,
+            )
+            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+            .where(
+                MEMBERS.c.rollout_id == r.id, MEMBERS.c.state == "queued", MEMBERS.c.wave <= r.wave
+            )
+            .order_by(MEMBERS.c.wave, DEVICES.c.online.desc(), MEMBERS.c.device_id)
+            .limit(budget)
+        ).all()
+        if not rows:
+            return []
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.blob, WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        args = {
+            "blob": base64.b64encode(wf.blob).decode(),
+            "sha256": wf.hash,
+            "health_s": r.health_s,
+        }
+        ttl = max(60, min(r.timeout_s, P.MAX_LIFETIME))
+        out = []
+        for m in rows:
+            attempt = m.attempt + 1
+            cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
+            o = C.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
+                        kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+            state = "sent" if m.online else "offline-pending"
+            conn.execute(
+                sa.update(MEMBERS)
+                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == m.device_id)
+                .values(state=state, attempt=attempt, command_id=cmd_id, sent_ms=now, updated_ms=now,
+                        detail=None if m.online else "offline: the command waits for its pull")
+            )  # fmt: skip
+            self._log(conn, r.id, state, cmd_id, m.device_id)
+            if o is not None and m.online:
+                out.append(o)
+        return out
+
+    def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
+        """Device states of a rollout (waves up to ``upto_wave`` if given)."""
+        q = sa.select(MEMBERS.c.state, sa.func.count()).where(MEMBERS.c.rollout_id == rid)
+        if upto_wave is not None:
+            q = q.where(MEMBERS.c.wave <= upto_wave)
+        return Counter(dict(conn.execute(q.group_by(MEMBERS.c.state)).all()))
+
+    def _evaluate(self, conn: Connection, r, now: int) -> None:
+        waves = json.loads(r.waves)
+        c = self.counts(conn, r.id, r.wave)
+        failed = sum(c[s] for s in FAILED)
+        done = c["succeeded"] + failed
+        online_members = sum(c.values()) - c["offline-pending"] - c["canceled"]
+        if failed and done >= r.min_devices and 100 * failed / done > r.max_fail_pct:
+            why = f"failure threshold: {failed} of {done} decided devices failed ({100 * failed / done:.1f}% > {r.max_fail_pct:g}%)"
+            self._pause(conn, r, why)
+            return
+        pending = c["queued"] + c["sent"] + c["acked"] + c["installing"]
+        rate = 100 * c["succeeded"] / online_members if online_members else 100.0
+        if rate < r.success_pct:
+            if pending == 0 and online_members:
+                self._pause(
+                    conn,
+                    r,
+                    f"wave {r.wave + 1} ended below the success threshold: {c['succeeded']} of {online_members} ({rate:.1f}% < {r.success_pct:g}%)",
+                )
+            return
+        if r.wave_met_ms is None:
+            conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == r.id).values(wave_met_ms=now))
+            self._log(
+                conn,
+                r.id,
+                "wave-met",
+                f"wave {r.wave + 1}: {c['succeeded']} of {online_members} succeeded ({rate:.1f}%); soaking {r.soak_s}s",
+            )
+            self._baseline(conn, r)
+            return
+        if now - r.wave_met_ms < r.soak_s * 1000:
+            return
+        evidence = self.health_gate(conn, r)
+        if evidence.get("regressed"):
+            self._pause(conn, r, "health gate: " + "; ".join(evidence["regressed"]))
+            return
+        if r.wave + 1 >= len(waves):
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == r.id)
+                .values(state="finished", finished_ms=now)
+            )
+            self._log(conn, r.id, "finished", self.summary(conn, r.id)["converged_text"])
+            jlog("rollout_finished", rollout=r.id)
+        else:
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == r.id)
+                .values(wave=r.wave + 1, wave_met_ms=None)
+            )
+            self._log(conn, r.id, "wave-advanced", f"wave {r.wave + 2} of {len(waves)} starts")
+
+    def _pause(self, conn: Connection, r, why: str) -> None:
+        conn.execute(
+            sa.update(ROLLOUTS).where(ROLLOUTS.c.id == r.id).values(state="paused", reason=why)
+        )
+        self._log(conn, r.id, "auto-paused", why)
+        jlog("rollout_paused", rollout=r.id, reason=why)
+
+    # --- health gate ---------------------------------------------------------------------------
+
+    def _baseline(self, conn: Connection, r) -> None:
+        """Snapshot every member's health counters when the current wave's soak starts."""
+        rows = conn.execute(
+            sa.select(MEMBERS.c.device_id, *(DEVICES.c[k] for k in HEALTH))
+            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+            .where(MEMBERS.c.rollout_id == r.id)
+        ).all()
+        for row in rows:
+            conn.execute(
+                sa.update(MEMBERS)
+                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == row.device_id)
+                .values(baseline=json.dumps({k: getattr(row, k) for k in HEALTH}))
+            )
+
+    def health_gate(self, conn: Connection, r) -> dict:
+        """Compare upgraded boards with not-yet-upgraded ones over the soak: per metric, the
+        counts since the soak started, and a one-sided exact test of the rate ratio. A metric
+        regresses when the upgraded rate is higher with p < ``significance``."""
+        rows = conn.execute(
+            sa.select(
+                MEMBERS.c.state, MEMBERS.c.wave, MEMBERS.c.baseline, *(DEVICES.c[k] for k in HEALTH)
+            )
+            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.baseline.is_not(None))
+        ).all()
+        up = [x for x in rows if x.state == "succeeded"]
+        ctl = [x for x in rows if x.state == "queued" and x.wave > r.wave]
+        result: dict = {"upgraded": len(up), "control": len(ctl), "metrics": {}, "regressed": []}
+        if not up or not ctl:
+            return result
+        for k in HEALTH:
+            c1 = sum(max(0, getattr(x, k) - json.loads(x.baseline)[k]) for x in up)
+            c0 = sum(max(0, getattr(x, k) - json.loads(x.baseline)[k]) for x in ctl)
+            p = _binomial_tail(c1, c1 + c0, len(up) / (len(up) + len(ctl)))
+            result["metrics"][k] = {"upgraded": c1, "control": c0, "p": round(p, 6)}
+            if c1 >= 3 and c1 / len(up) > c0 / len(ctl) and p < self.significance:
+                result["regressed"].append(
+                    f"{k}: {c1} on {len(up)} upgraded vs {c0} on {len(ctl)} not upgraded (p={p:.2g})"
+                )
+        return result
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def summary(self, conn: Connection, rid: int) -> dict:
+        """Counts, per-wave progress and the converged/offline-pending line."""
+        r = self._rollout(conn, rid)
+        waves = json.loads(r.waves)
+        per_wave = []
+        for w in range(len(waves)):
+            c = Counter(dict(conn.execute(
+                sa.select(MEMBERS.c.state, sa.func.count()).where(MEMBERS.c.rollout_id == rid, MEMBERS.c.wave == w).group_by(MEMBERS.c.state)
+            ).all()))  # fmt: skip
+            per_wave.append(
+                {"wave": w + 1, "size": waves[w], "total": sum(c.values()), "states": dict(c)}
+            )
+        total = self.counts(conn, rid)
+        n = sum(total.values())
+        conv = total["succeeded"]
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        return {
+            "id": rid,
+            "workflow": f"{wf.name}@{wf.version}",
+            "target": r.target,
+            "state": r.state,
+            "reason": r.reason,
+            "wave": r.wave + 1,
+            "waves": per_wave,
+            "states": dict(total),
+            "devices": n,
+            "converged_pct": round(100 * conv / n, 1) if n else 0.0,
+            "offline_pending": total["offline-pending"],
+            "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
+        }
+
+
+def _binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    if n <= 0 or k > n:
+        return 0.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
