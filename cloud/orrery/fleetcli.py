@@ -99,7 +99,13 @@ def serve(
         str | None,
         typer.Option(help="Stable client id of this worker (default orrery-ingest-HOST)."),
     ] = None,
-    group: Annotated[str, typer.Option(help="Shared-subscription group.")] = "orrery-ingest",
+    group: Annotated[
+        str | None,
+        typer.Option(
+            help="Shared-subscription group (default: derived from the fleet secret, so a board "
+            "cannot join it and take a share of other boards' messages)."
+        ),
+    ] = None,
     fleet: Annotated[str, typer.Option(help="Fleet to serve ('+' for all).")] = "+",
     secret_file: Annotated[
         Path | None, typer.Option(help="Fleet secret (else $ORRERY_SECRET / $ORRERY_SECRET_FILE).")
@@ -160,6 +166,13 @@ def serve(
     from cloud.orrery.rollout import Orchestrator
 
     cid = client_id or f"orrery-ingest-{socket.gethostname()}"
+    if group is None:
+        group = (
+            "orrery-ingest"
+            if secret is None
+            else "orrery-"
+            + keys.mqtt_password(secret, "$share-group")[:16].replace("-", "x").replace("_", "y")
+        )
     orchestrator = (
         None if secret is None or not rollouts else Orchestrator(engine, secret, owner=cid)
     )
