@@ -22,7 +22,20 @@ from firmware.launcher import APP, select_slot  # noqa: F401
 from firmware.launcher import load_app as _load
 from firmware.launcher import save_app as _save
 from shared import bundle as B
-from shared import protocol as P
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+_OK = const(0)
+_IN_PROGRESS = const(2)
+_REJECTED = const(8)
+_FAILED = const(9)
 
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024
@@ -67,13 +80,13 @@ def confirm(node):
         app["trial"] = None
         app["trial_booted"] = False
         _save(root, app)
-        node.ack_later(app.get("cmd"), P.OK, "running bundle " + str(app.get("version")))
+        node.ack_later(app.get("cmd"), _OK, "running bundle " + str(app.get("version")))
         return True
     failed = app.get("failed")
     if failed:
         app["failed"] = None
         _save(root, app)
-        node.ack_later(failed.get("id"), P.FAILED, "rolled back: " + failed["why"])
+        node.ack_later(failed.get("id"), _FAILED, "rolled back: " + failed["why"])
         return True
     return False
 
@@ -85,28 +98,28 @@ def handle(node, kind, args):
         return _start(node, args)
     st = getattr(node, "bundle", None)
     if st is None:
-        return P.REJECTED, "no bundle download in progress"
+        return _REJECTED, "no bundle download in progress"
     if args.get("version") != st["version"]:
-        return P.REJECTED, "chunk is for version {!r}, downloading {!r}".format(
+        return _REJECTED, "chunk is for version {!r}, downloading {!r}".format(
             args.get("version"), st["version"]
         )
     i = args.get("index")
     if type(i) is not int or i < 0 or i >= st["chunks"]:
-        return P.REJECTED, "index must be an int in [0, {})".format(st["chunks"])
+        return _REJECTED, "index must be an int in [0, {})".format(st["chunks"])
     if i < st["next"]:
-        return P.OK, "chunk {} already stored".format(i)
+        return _OK, "chunk {} already stored".format(i)
     if i > st["next"]:
-        return P.REJECTED, "expected chunk {}".format(st["next"])
+        return _REJECTED, "expected chunk {}".format(st["next"])
     try:
         data = binascii.a2b_base64(args["data"])
     except Exception:
-        return P.REJECTED, "data must be base64"
+        return _REJECTED, "data must be base64"
     with open(root + "/" + PART, "ab") as f:
         f.write(data)
     st["next"] = i + 1
     st["have"] += len(data)
     if st["next"] < st["chunks"]:
-        return P.OK, "chunk {} of {}".format(i + 1, st["chunks"])
+        return _OK, "chunk {} of {}".format(i + 1, st["chunks"])
     node.bundle = None
     return _finish(node, st)
 
@@ -115,11 +128,11 @@ def _start(node, args):
     v, digest, size = args.get("version"), args.get("sha256"), args.get("size")
     chunks = args.get("chunks")
     if not isinstance(v, str) or not isinstance(digest, str) or len(digest) != 64:
-        return P.REJECTED, "install_bundle needs version (str) and sha256 (64 hex)"
+        return _REJECTED, "install_bundle needs version (str) and sha256 (64 hex)"
     if type(size) is not int or not 0 < size <= MAX_SIZE:
-        return P.REJECTED, "size must be an int in (0, {}]".format(MAX_SIZE)
+        return _REJECTED, "size must be an int in (0, {}]".format(MAX_SIZE)
     if type(chunks) is not int or not 0 < chunks <= 4096:
-        return P.REJECTED, "chunks must be an int in (0, 4096]"
+        return _REJECTED, "chunks must be an int in (0, 4096]"
     try:
         os.remove(node.root + "/" + PART)
     except OSError:
@@ -133,7 +146,7 @@ def _start(node, args):
         "have": 0,
         "cmd": node.current_cmd,
     }
-    return P.IN_PROGRESS, "send {} chunks".format(chunks)
+    return _IN_PROGRESS, "send {} chunks".format(chunks)
 
 
 def _finish(node, st):
@@ -152,9 +165,9 @@ def _finish(node, st):
     if size != st["size"] or got != st["sha256"]:
         os.remove(part)
         node.ack_later(
-            st["cmd"], P.FAILED, "bundle size {} sha256 {} do not match".format(size, got)
+            st["cmd"], _FAILED, "bundle size {} sha256 {} do not match".format(size, got)
         )
-        return P.FAILED, "bundle does not match its sha256"
+        return _FAILED, "bundle does not match its sha256"
     app = _load(root)
     slot = "b" if app.get("active", "a") == "a" else "a"
     target = root + "/app_" + slot
@@ -177,8 +190,8 @@ def _finish(node, st):
             B.unpack(f, write)
     except ValueError as e:
         _rmtree(target)
-        node.ack_later(st["cmd"], P.FAILED, "bad bundle: {}".format(e))
-        return P.FAILED, "bad bundle"
+        node.ack_later(st["cmd"], _FAILED, "bad bundle: {}".format(e))
+        return _FAILED, "bad bundle"
     finally:
         if state["f"]:
             state["f"].close()
@@ -186,4 +199,4 @@ def _finish(node, st):
     app.update({"trial": slot, "trial_booted": False, "version": st["version"], "cmd": st["cmd"]})
     _save(root, app)
     node.reboot_requested = True
-    return P.OK, "bundle {} stored in slot {}; rebooting into it".format(st["version"], slot)
+    return _OK, "bundle {} stored in slot {}; rebooting into it".format(st["version"], slot)

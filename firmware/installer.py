@@ -1,4 +1,8 @@
-"""The installed workflow: load at boot, install with migration, health window, rollback.
+"""The installed workflow's lifecycle: load at boot, install with migration, rollback; and the
+node's small persisted tables (time anchors, the command replay table).
+
+All of it is rare, so the node imports this module (with ``shared.progload`` and
+``shared.snapshot``) only when needed and drops it again (``firmware.node.drop_rare``).
 
 Files under ``<root>/wf/``: ``current.bin`` (the compiled device form that runs),
 ``prev.bin`` (the one before, for rollback), ``state.bin`` (the executor snapshot: state,
@@ -16,11 +20,24 @@ import json
 import os
 from array import array
 
-from shared import protocol as P
-from shared.executor import EV_COMMAND, EV_LINK_DOWN, EV_LINK_UP, Executor, migrate_snapshot
+from firmware.node import remove, replace, write_atomic
+from shared.executor import Executor
 from shared.program import Program
 
-MAX_INVALID_PCT = 50
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+_OK = const(0)
+_IN_PROGRESS = const(2)
+_REJECTED = const(8)
+_FAILED = const(9)
+_BUSY = const(10)
 
 
 def _read(path):
@@ -31,30 +48,6 @@ def _read(path):
         return None
 
 
-def _write_atomic(path, data):
-    if isinstance(data, str):
-        data = data.encode()
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    _replace(tmp, path)
-
-
-def _replace(src, dst):
-    try:
-        os.rename(src, dst)
-    except OSError:  # FAT will not rename over a file
-        _remove(dst)
-        os.rename(src, dst)
-
-
-def _remove(path):
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 def _exists(path):
     try:
         os.stat(path)
@@ -63,233 +56,167 @@ def _exists(path):
         return False
 
 
-class Workflows:
-    """The node's running workflow and its lifecycle; all methods run in the main thread."""
+# --- boot ---------------------------------------------------------------------------------
 
-    def __init__(self, root, node):
-        self.dir = root + "/wf"
+
+def boot(wf):
+    """``Workflows.boot``: load the installed workflow, finishing or undoing an interrupted
+    install. Returns True if a workflow runs."""
+    d = wf.dir + "/"
+    cur = d + "current.bin"
+    if not _exists(cur) and _exists(d + "staged.bin"):
+        replace(d + "staged.bin", cur)  # power cut between the two renames of a switch
+    trial = _read(d + "trial.json")
+    if trial is not None:
         try:
-            os.mkdir(self.dir)
-        except OSError:
-            pass
-        self.node = node
-        self.prog = None
-        self.ex = None
-        self.chan = array("i")
-        self.out_map = array("i")
-        self.due = array("i")
-        self.period = array("i")
-        self.snap = bytearray(0)  # sized to the running program's snapshot on activation
-        self.dirty = False
-        self.trial = None  # {"id", "deadline_s", "samples", "invalid"} during a health window
-        self.samples = 0
-        self.invalid = 0
-        self.link_ev = 0
-        self.transitions = 0
-
-    def _path(self, name):
-        return self.dir + "/" + name
-
-    # --- boot ---------------------------------------------------------------------------
-
-    def boot(self):
-        """Load the installed workflow, finishing or undoing an interrupted install."""
-        cur, staged = self._path("current.bin"), self._path("staged.bin")
-        if not _exists(cur) and _exists(staged):
-            _replace(staged, cur)  # power cut between the two renames of a switch
-        trial = _read(self._path("trial.json"))
-        if trial is not None:
-            try:
-                cmd_id = json.loads(trial)["id"]
-            except Exception:
-                cmd_id = None
-            self._rollback(cmd_id, "rebooted during the health window")
-        blob = _read(cur)
-        if blob is None:
-            return False
-        try:
-            prog = Program(blob)
-            self._activate(prog, _read(self._path("state.bin")))
-        except Exception as e:
-            print("orrery: installed workflow unusable:", e)
-            self.prog = self.ex = None
-            return False
-        return True
-
-    def _check_board(self, prog):
-        hal = self.node.hal
-        chan = array("i")
-        for name in prog.input_channels:
-            if name not in hal.channel_names:
-                raise ValueError("board has no channel '{}'".format(name))
-            chan.append(hal.channel_names.index(name))
-        outs = array("i")
-        for name in prog.output_names:
-            if name not in hal.output_names:
-                raise ValueError("board has no output '{}'".format(name))
-            outs.append(hal.output_names.index(name))
-        return chan, outs
-
-    def _activate(self, prog, snap):
-        chan, outs = self._check_board(prog)
-        ex = Executor(prog, self.node, self.node.ticks)
-        if snap:
-            try:
-                ex.restore(snap)
-            except ValueError as e:
-                print("orrery: state not restored:", e)
-        self.prog, self.chan, self.out_map = prog, chan, outs
-        self.period = array("i", prog.period_ms)
-        now = self.node.ticks()
-        self.due = array("i", [now] * len(prog.period_ms))
-        self.ex = ex
-        if len(self.snap) < ex.snapshot_size():
-            self.snap = bytearray(ex.snapshot_size())
-        self.transitions = 0
-        ex.start()
-        self.dirty = True
-
-    # --- install --------------------------------------------------------------------------
-
-    def install(self, cmd_id, args):
-        """The install_workflow command: verify, validate, stage, switch, migrate, then watch."""
-        try:
-            blob = binascii.a2b_base64(args["blob"])
-            want = args["sha256"]
+            cmd_id = json.loads(trial)["id"]
         except Exception:
-            return P.REJECTED, "install_workflow needs args blob (base64) and sha256"
-        digest = binascii.hexlify(hashlib.sha256(blob).digest()).decode()
-        if digest != want:
-            return P.REJECTED, "sha256 mismatch: blob is " + digest
-        if self.prog is not None and self.prog.hash == digest and self.trial is None:
-            return P.OK, "already installed"
-        if self.trial is not None:
-            return P.BUSY, "install {} is in its health window".format(self.trial["id"])
+            cmd_id = None
+        rollback(wf, cmd_id, "rebooted during the health window")
+    blob = _read(cur)
+    if blob is None:
+        return False
+    try:
+        _activate(wf, Program(blob), _read(d + "state.bin"))
+    except Exception as e:
+        print("orrery: installed workflow unusable:", e)
+        wf.prog = wf.ex = None
+        return False
+    return True
+
+
+def _check_board(hal, prog):
+    chan = array("i")
+    for name in prog.input_channels:
+        if name not in hal.channel_names:
+            raise ValueError("board has no channel '{}'".format(name))
+        chan.append(hal.channel_names.index(name))
+    outs = array("i")
+    for name in prog.output_names:
+        if name not in hal.output_names:
+            raise ValueError("board has no output '{}'".format(name))
+        outs.append(hal.output_names.index(name))
+    return chan, outs
+
+
+def _activate(wf, prog, snap):
+    node = wf.node
+    chan, outs = _check_board(node.hal, prog)
+    ex = Executor(prog, node, node.ticks)
+    if snap:
         try:
-            prog = Program(blob)
-            self._check_board(prog)
+            ex.restore(snap)
         except ValueError as e:
-            return P.REJECTED, str(e)
-        snap = None
-        if self.ex is not None:
-            try:
-                snap = migrate_snapshot(self.prog, self.ex.snapshot(), prog)
-            except ValueError as e:
-                return P.REJECTED, "migration: " + str(e)
-        health = args.get("health_s", self.node.health_s)
-        if type(health) is not int or not 0 <= health <= 86400:
-            return P.REJECTED, "health_s must be an int in [0, 86400]"
-        _write_atomic(self._path("staged.bin"), blob)
-        cur = self._path("current.bin")
-        if _exists(cur):
-            _replace(cur, self._path("prev.bin"))
-            _replace(self._path("state.bin"), self._path("prev_state.bin")) if _exists(
-                self._path("state.bin")
-            ) else None
-        _replace(self._path("staged.bin"), cur)
-        if snap is not None:
-            _write_atomic(self._path("state.bin"), snap)
-        else:
-            _remove(self._path("state.bin"))
-        self.node.up.update()
-        self.trial = {
-            "id": cmd_id,
-            "deadline_s": self.node.up.s + health,
-            "samples": self.samples,
-            "invalid": self.invalid,
-        }
-        _write_atomic(self._path("trial.json"), json.dumps({"id": cmd_id}))
+            print("orrery: state not restored:", e)
+    wf.prog, wf.chan, wf.out_map = prog, chan, outs
+    wf.period = array("i", prog.period_ms)
+    now = node.ticks()
+    wf.due = array("i", [now] * len(prog.period_ms))
+    wf.ex = ex
+    if len(wf.snap) < ex.snapshot_size():
+        wf.snap = bytearray(ex.snapshot_size())
+    wf.transitions = 0
+    ex.start()
+    wf.dirty = True
+
+
+# --- install ------------------------------------------------------------------------------
+
+
+def install(wf, cmd_id, args):
+    """The install_workflow command: verify, validate, stage, switch, migrate, then watch."""
+    try:
+        blob = binascii.a2b_base64(args["blob"])
+        want = args["sha256"]
+    except Exception:
+        return _REJECTED, "install_workflow needs args blob (base64) and sha256"
+    digest = binascii.hexlify(hashlib.sha256(blob).digest()).decode()
+    if digest != want:
+        return _REJECTED, "sha256 mismatch: blob is " + digest
+    if wf.prog is not None and wf.prog.hash == digest and wf.trial is None:
+        return _OK, "already installed"
+    if wf.trial is not None:
+        return _BUSY, "install {} is in its health window".format(wf.trial["id"])
+    node = wf.node
+    try:
+        prog = Program(blob)
+        _check_board(node.hal, prog)
+    except ValueError as e:
+        return _REJECTED, str(e)
+    snap = None
+    if wf.ex is not None:
+        from shared.snapshot import migrate_snapshot
+
         try:
-            self._activate(prog, snap)
-        except Exception as e:
-            self._rollback(cmd_id, "did not start: {}".format(e))
-            return P.FAILED, "did not start: {}".format(e)
-        return P.IN_PROGRESS, "health window {} s".format(health)
+            snap = migrate_snapshot(wf.prog, wf.ex.snapshot(), prog)
+        except ValueError as e:
+            return _REJECTED, "migration: " + str(e)
+    health = args.get("health_s", node.health_s)
+    if type(health) is not int or not 0 <= health <= 86400:
+        return _REJECTED, "health_s must be an int in [0, 86400]"
+    d = wf.dir + "/"
+    write_atomic(d + "staged.bin", blob)
+    cur = d + "current.bin"
+    if _exists(cur):
+        replace(cur, d + "prev.bin")
+        if _exists(d + "state.bin"):
+            replace(d + "state.bin", d + "prev_state.bin")
+    replace(d + "staged.bin", cur)
+    if snap is not None:
+        write_atomic(d + "state.bin", snap)
+    else:
+        remove(d + "state.bin")
+    node.up.update()
+    wf.trial = {
+        "id": cmd_id,
+        "deadline_s": node.up.s + health,
+        "samples": wf.samples,
+        "invalid": wf.invalid,
+    }
+    write_atomic(d + "trial.json", json.dumps({"id": cmd_id}))
+    try:
+        _activate(wf, prog, snap)
+    except Exception as e:
+        rollback(wf, cmd_id, "did not start: {}".format(e))
+        return _FAILED, "did not start: {}".format(e)
+    return _IN_PROGRESS, "health window {} s".format(health)
 
-    def check_health(self):
-        """Main loop hook: deliver link events, notice transitions, end health windows."""
-        ex = self.ex
-        if ex is not None:
-            if self.link_ev:
-                ex.step(EV_LINK_UP if self.link_ev == 1 else EV_LINK_DOWN, 0)
-                self.link_ev = 0
-            if ex.transitions != self.transitions:
-                self.transitions = ex.transitions
-                self.dirty = True
-        t = self.trial
-        if t is None or self.node.up.s < t["deadline_s"]:
-            return
-        samples = self.samples - t["samples"]
-        invalid = self.invalid - t["invalid"]
-        if samples and invalid * 100 > samples * MAX_INVALID_PCT:
-            self._rollback(t["id"], "{} of {} sensor reads failed".format(invalid, samples))
-            return
-        self.trial = None
-        _remove(self._path("trial.json"))
-        self.node.ack_later(t["id"], P.OK, "healthy: {} reads, {} failed".format(samples, invalid))
 
-    def fault(self, why):
-        """An exception from the executor: roll back a trial, else keep running and log."""
-        print("orrery: workflow fault:", why)
-        if self.trial is not None:
-            self._rollback(self.trial["id"], why)
-
-    def _rollback(self, cmd_id, why):
-        print("orrery: rolling back:", why)
-        prev = self._path("prev.bin")
-        self.trial = None
-        if _exists(prev):
-            _replace(prev, self._path("current.bin"))
-            if _exists(self._path("prev_state.bin")):
-                _replace(self._path("prev_state.bin"), self._path("state.bin"))
-            else:
-                _remove(self._path("state.bin"))
-            _remove(self._path("trial.json"))
-            blob = _read(self._path("current.bin"))
-            try:
-                self._activate(Program(blob), _read(self._path("state.bin")))
-            except Exception as e:
-                print("orrery: previous workflow unusable:", e)
-                self.prog = self.ex = None
+def rollback(wf, cmd_id, why):
+    """Go back to ``prev.bin`` (or to no workflow) and ack ``cmd_id`` FAILED with ``why``."""
+    print("orrery: rolling back:", why)
+    d = wf.dir + "/"
+    wf.trial = None
+    if _exists(d + "prev.bin"):
+        replace(d + "prev.bin", d + "current.bin")
+        if _exists(d + "prev_state.bin"):
+            replace(d + "prev_state.bin", d + "state.bin")
         else:
-            _remove(self._path("current.bin"))
-            _remove(self._path("state.bin"))
-            _remove(self._path("trial.json"))
-            self.prog = self.ex = None
-        if cmd_id is not None:
-            self.node.ack_later(cmd_id, P.FAILED, "rolled back: " + why)
-
-    def cancel(self, cmd_id):
-        """Cancel an install still in its health window (rolls back)."""
-        if self.trial is not None and (cmd_id is None or self.trial["id"] == cmd_id):
-            self._rollback(self.trial["id"], "canceled")
-            return P.OK, "canceled"
-        return P.REJECTED, "nothing to cancel"
-
-    def command(self, name):
-        """The run_command command: deliver a named workflow command event."""
-        if self.ex is None:
-            return P.REJECTED, "no workflow installed"
-        i = self.ex.command_index(name) if isinstance(name, str) else -1
-        if i < 0:
-            return P.REJECTED, "workflow has no command {!r}".format(name)
-        fired = self.ex.step(EV_COMMAND, i)
-        return P.OK, "state {}{}".format(self.ex.state_name(), "" if fired else " (no transition)")
-
-    def link_event(self, up):
-        """Link thread hook: remember a link change for the main thread to deliver."""
-        self.link_ev = 1 if up else 2
-
-    def save_state(self):
-        """Persist the executor snapshot (write + rename, only after a change)."""
-        self.dirty = False
-        if self.ex is None:
-            return
-        n = self.ex.snapshot_into(self.snap)
-        _write_atomic(self._path("state.bin"), memoryview(self.snap)[:n])
+            remove(d + "state.bin")
+        remove(d + "trial.json")
+        try:
+            _activate(wf, Program(_read(d + "current.bin")), _read(d + "state.bin"))
+        except Exception as e:
+            print("orrery: previous workflow unusable:", e)
+            wf.prog = wf.ex = None
+    else:
+        remove(d + "current.bin")
+        remove(d + "state.bin")
+        remove(d + "trial.json")
+        wf.prog = wf.ex = None
+    if cmd_id is not None:
+        wf.node.ack_later(cmd_id, _FAILED, "rolled back: " + why)
 
 
-# --- small persisted tables -------------------------------------------------------------
+def cancel(wf, cmd_id):
+    """The cancel command: cancel an install still in its health window (rolls back)."""
+    if wf.trial is not None and (cmd_id is None or wf.trial["id"] == cmd_id):
+        rollback(wf, wf.trial["id"], "canceled")
+        return _OK, "canceled"
+    return _REJECTED, "nothing to cancel"
+
+
+# --- small persisted tables ---------------------------------------------------------------
 
 
 def load_anchors(root):
@@ -309,11 +236,11 @@ def save_anchor(node, boot_id, anchor):
     data = {}
     for k in node.anchors:
         data[str(k)] = list(node.anchors[k])
-    _write_atomic(node.root + "/anchors.json", json.dumps(data))
+    write_atomic(node.root + "/anchors.json", json.dumps(data))
 
 
 def load_verifier(root, verifier):
-    """Restore the command replay table after a reboot."""
+    """Restore the command replay table (saved on flash between commands and reboots)."""
     raw = _read(root + "/cmds.json")
     if raw:
         try:
@@ -324,20 +251,4 @@ def load_verifier(root, verifier):
 
 def save_verifier(root, verifier):
     """Persist the command replay table."""
-    _write_atomic(root + "/cmds.json", json.dumps(verifier.state()))
-
-
-def set_config(node, args):
-    """The set_config command: validate the merged config and save it; it applies at boot."""
-    from firmware import config
-
-    changes = args.get("changes")
-    if not isinstance(changes, dict):
-        return P.REJECTED, "set_config needs args.changes (an object)"
-    new, errors = config.apply_update(node.cfg, changes)
-    if errors:
-        return P.REJECTED, "; ".join(errors)
-    path = node.cfg_path if getattr(node, "cfg_path", None) else node.root + "/config.json"
-    config.save(path, new)
-    node.cfg = new
-    return P.OK, "saved; applies at the next boot"
+    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))

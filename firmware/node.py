@@ -13,13 +13,19 @@ DNS lookup or a socket timeout costs the link thread time, not a sample.
 
 On CPython both run as threads (``start``/``stop``); on a board ``run`` is the entry point.
 Nothing here reboots because the cloud is unreachable.
+
+Memory: this module holds what runs all the time. The rare paths are modules imported when
+needed and dropped again (``drop_rare``), so their code does not stay in RAM: commands
+(``firmware.commands``, with ``shared.verifier``), the workflow's boot, install and rollback
+(``firmware.installer``, with ``shared.progload`` and ``shared.snapshot``), set_config and
+app bundles. See firmware/README.md, "Memory".
 """
 
-import json
+import gc
 import os
+import sys
 from array import array
 
-from firmware import installer
 from firmware.backoff import Backoff
 from firmware.clock import TICKS_MASK, Uptime, WallClock
 from firmware.store import Store
@@ -59,13 +65,55 @@ def _spawn(fn):
 
 FW_VERSION = "0.1.0"
 _HALF = const(0x20000000)
-BATCH = const(64)  # records per readings batch
-MAX_INBOX = const(8)
-MAX_OUTBOX = const(16)
-MAX_EVENTS = const(32)
-STATE_EVERY_MS = const(60000)
-HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
-_OFF = const(26)  # protocol HEADER_SIZE + ANCHOR_SIZE: records start here in the batch buffer
+_BATCH = const(64)  # records per readings batch
+_MAX_INBOX = const(8)
+_MAX_OUTBOX = const(16)
+_MAX_EVENTS = const(32)
+_STATE_EVERY_MS = const(60000)
+_HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
+_MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
+# shared.codec's constants (tests/test_executor_constants.py checks these copies)
+_OK = const(0)
+_HISTORICAL = const(1)
+_HEADER_SIZE = const(14)
+_ANCHOR_SIZE = const(12)
+_RECORD_SIZE = const(9)
+_OFF = const(26)  # HEADER_SIZE + ANCHOR_SIZE: records start here in the batch buffer
+# shared.executor's event kinds
+_EV_LINK_UP = const(1)
+_EV_LINK_DOWN = const(2)
+
+# The rare paths, imported on demand (see the module doc).
+RARE = (
+    "firmware.commands",
+    "firmware.installer",
+    "firmware.config",
+    "firmware.bundle",
+    "firmware.launcher",
+    "shared.verifier",
+    "shared.hmac256",
+    "shared.progload",
+    "shared.snapshot",
+    "shared.bundle",
+)
+
+
+def drop_rare():
+    """Forget the rare-path modules, so the next collection frees their code (MicroPython;
+    their interned names stay). A no-op on CPython, where memory is not short, and while
+    automatic collection is off (the WASI test runtime): nothing would free them, and each
+    import would only add garbage. tools/bench/heap_guest.py drops the same list."""
+    if sys.implementation.name != "micropython" or not gc.isenabled():
+        return
+    m = sys.modules
+    for name in RARE:
+        if name in m:
+            del m[name]
+            pkg, attr = name.split(".")
+            try:
+                delattr(m[pkg], attr)
+            except AttributeError:
+                pass
 
 
 def _due(now, then):
@@ -75,6 +123,124 @@ def _due(now, then):
 
 def _log(*parts):
     print("orrery:", *parts)
+
+
+def _mkdir(path):
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+def write_atomic(path, data):
+    """Replace file ``path`` with ``data`` (str or bytes): write a temp file, then rename."""
+    if isinstance(data, str):
+        data = data.encode()
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    replace(tmp, path)
+
+
+def replace(src, dst):
+    """Rename ``src`` over ``dst``."""
+    try:
+        os.rename(src, dst)
+    except OSError:  # FAT will not rename over a file
+        remove(dst)
+        os.rename(src, dst)
+
+
+def remove(path):
+    """Remove file ``path`` if it exists."""
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+class Workflows:
+    """The node's running workflow: what the main loop needs of it all the time.
+
+    Booting, installing, rolling back and canceling are ``firmware.installer``'s, imported
+    when needed. Files are under ``<root>/wf/`` (see firmware/installer.py).
+    """
+
+    def __init__(self, root, node):
+        self.dir = root + "/wf"
+        _mkdir(self.dir)
+        self.node = node
+        self.prog = None
+        self.ex = None
+        self.chan = array("i")
+        self.out_map = array("i")
+        self.due = array("i")
+        self.period = array("i")
+        self.snap = bytearray(0)  # sized to the running program's snapshot on activation
+        self.dirty = False
+        self.trial = None  # {"id", "deadline_s", "samples", "invalid"} during a health window
+        self.samples = 0
+        self.invalid = 0
+        self.link_ev = 0
+        self.transitions = 0
+
+    def boot(self):
+        """Load the installed workflow, finishing or undoing an interrupted install."""
+        from firmware import installer
+
+        try:
+            return installer.boot(self)
+        finally:
+            drop_rare()
+
+    def check_health(self):
+        """Main loop hook: deliver link events, notice transitions, end health windows."""
+        ex = self.ex
+        if ex is not None:
+            if self.link_ev:
+                ex.step(_EV_LINK_UP if self.link_ev == 1 else _EV_LINK_DOWN, 0)
+                self.link_ev = 0
+            if ex.transitions != self.transitions:
+                self.transitions = ex.transitions
+                self.dirty = True
+        t = self.trial
+        if t is None or self.node.up.s < t["deadline_s"]:
+            return
+        samples = self.samples - t["samples"]
+        invalid = self.invalid - t["invalid"]
+        if samples and invalid * 100 > samples * _MAX_INVALID_PCT:
+            self.rollback(t["id"], "{} of {} sensor reads failed".format(invalid, samples))
+            return
+        self.trial = None
+        remove(self.dir + "/trial.json")
+        self.node.ack_later(t["id"], _OK, "healthy: {} reads, {} failed".format(samples, invalid))
+
+    def fault(self, why):
+        """An exception from the executor: roll back a trial, else keep running and log."""
+        _log("workflow fault:", why)
+        if self.trial is not None:
+            self.rollback(self.trial["id"], why)
+
+    def rollback(self, cmd_id, why):
+        """Go back to the previous workflow (or none) and ack ``cmd_id`` FAILED."""
+        from firmware import installer
+
+        try:
+            installer.rollback(self, cmd_id, why)
+        finally:
+            drop_rare()
+
+    def link_event(self, up):
+        """Link thread hook: remember a link change for the main thread to deliver."""
+        self.link_ev = 1 if up else 2
+
+    def save_state(self):
+        """Persist the executor snapshot (write + rename, only after a change)."""
+        self.dirty = False
+        if self.ex is None:
+            return
+        n = self.ex.snapshot_into(self.snap)
+        write_atomic(self.dir + "/state.bin", memoryview(self.snap)[:n])
 
 
 class Node:
@@ -115,17 +281,18 @@ class Node:
         self.acks = {}  # cmd_id -> (code, detail): what a duplicate gets again
         self.resends = []  # (first, last, cmd_id)
         # workflow events waiting for the uplink: a preallocated ring, filled without allocating
-        self.ev = array("i", [0] * (5 * MAX_EVENTS))  # event, value, up_s, up_ms, state
+        self.ev = array("i", bytes(4 * 5 * _MAX_EVENTS))  # event, value, up_s, up_ms, state
         self.ev_head = 0
         self.ev_count = 0
         self.events_dropped = 0
         self.event_seq = 0
-        self.batch = bytearray(_OFF + BATCH * P.RECORD_SIZE)
+        self.batch = bytearray(_OFF + _BATCH * _RECORD_SIZE)
         self.batch_mv = memoryview(self.batch)
+        from firmware import installer
+
         self.anchors = installer.load_anchors(root)
-        self.verifier = P.Verifier(self.key, self.device)
-        installer.load_verifier(root, self.verifier)
-        self.wf = installer.Workflows(root, self)
+        drop_rare()
+        self.wf = Workflows(root, self)
         self.state_dirty = True
         self.running = False
         self.current_cmd = None
@@ -147,11 +314,11 @@ class Node:
         up = self.up
         ev = self.ev
         with self.lock:
-            if self.ev_count == MAX_EVENTS:
-                self.ev_head = (self.ev_head + 1) % MAX_EVENTS
+            if self.ev_count == _MAX_EVENTS:
+                self.ev_head = (self.ev_head + 1) % _MAX_EVENTS
                 self.ev_count -= 1
                 self.events_dropped += 1
-            o = 5 * ((self.ev_head + self.ev_count) % MAX_EVENTS)
+            o = 5 * ((self.ev_head + self.ev_count) % _MAX_EVENTS)
             ev[o] = event
             ev[o + 1] = value
             ev[o + 2] = up.s
@@ -198,7 +365,12 @@ class Node:
                     due[i] = d
             ex.tick()
         if self.inbox:
-            self._run_commands()
+            from firmware import commands
+
+            try:
+                commands.run(self)
+            finally:
+                drop_rare()
         wf.check_health()
         if wf.dirty:
             wf.save_state()
@@ -217,81 +389,28 @@ class Node:
                     wait = left
         return wait
 
-    # --- commands (main thread) ---------------------------------------------------------
+    # --- commands (main thread: firmware.commands) ----------------------------------------
 
     def _on_message(self, topic, payload):
         # link thread: only queue; the main thread owns the executor and the store
         if topic != self.topics[P.CMD]:
             return
-        if len(self.inbox) >= MAX_INBOX:
+        if len(self.inbox) >= _MAX_INBOX:
             _log("inbox full, dropping a command (it is pulled again on reconnect)")
             return
         self.inbox.append(payload)
 
-    def _run_commands(self):
-        while self.inbox:
-            env = self.inbox.pop(0)
-            self.stats["commands"] += 1
-            code, cmd, detail = self.verifier.check(env, self.wall.now_unix())
-            if cmd is None:
-                cmd_id = _peek_id(env)
-            else:
-                cmd_id = cmd["id"]
-            if code == P.DUPLICATE and cmd_id in self.acks:
-                code, detail = self.acks[cmd_id]
-                self._ack(cmd_id, code, detail, remember=False)
-                continue
-            if code != P.OK:
-                _log("command refused:", P.ACK_NAMES.get(code), detail)
-                self._ack(cmd_id, code, detail, remember=False)
-                continue
-            installer.save_verifier(self.root, self.verifier)
-            self.current_cmd = cmd_id
-            try:
-                code, detail = self._dispatch(cmd)
-            except Exception as e:  # a command must never take the node down
-                code, detail = P.FAILED, "{}: {}".format(type(e).__name__, e)
-            self._ack(cmd_id, code, detail)
-
-    def _dispatch(self, cmd):
-        kind = cmd["kind"]
-        args = cmd["args"] if isinstance(cmd["args"], dict) else {}
-        if kind == "install_workflow":
-            return self.wf.install(cmd["id"], args)
-        if kind == "run_command":
-            return self.wf.command(args.get("name"))
-        if kind == "set_config":
-            return installer.set_config(self, args)
-        if kind == "resend":
-            first, last = args.get("first"), args.get("last")
-            if type(first) is not int or type(last) is not int or not 1 <= first <= last:
-                return P.REJECTED, "resend needs ints 1 <= first <= last"
-            self.resends.append((first, last, cmd["id"]))
-            return P.IN_PROGRESS, "queued"
-        if kind == "reboot":
-            self.reboot_requested = True
-            return P.OK, "rebooting"
-        if kind == "cancel":
-            return self.wf.cancel(args.get("id"))
-        if kind in ("install_bundle", "bundle_chunk"):
-            from firmware import bundle
-
-            return bundle.handle(self, kind, args)
-        return P.UNKNOWN_KIND, kind
-
-    def _ack(self, cmd_id, code, detail, remember=True):
+    def ack_later(self, cmd_id, code, detail, remember=True):
+        """Queue the ack of a command (also of one that finished after its first IN_PROGRESS
+        ack: installs, resends); remembered for a duplicate unless ``remember`` is False."""
         if remember and cmd_id is not None:
             self.acks[cmd_id] = (code, detail)
             while len(self.acks) > 64:
                 del self.acks[next(iter(self.acks))]
         with self.lock:
-            if len(self.outbox) >= MAX_OUTBOX:
+            if len(self.outbox) >= _MAX_OUTBOX:
                 self.outbox.pop(0)
             self.outbox.append((cmd_id, code, detail))
-
-    def ack_later(self, cmd_id, code, detail):
-        """Ack a command that finished after its first IN_PROGRESS ack (installs, resends)."""
-        self._ack(cmd_id, code, detail)
 
     # --- link thread ---------------------------------------------------------------------
 
@@ -317,7 +436,10 @@ class Node:
             from firmware import bundle
 
             self.confirmed = True
-            bundle.confirm(self)
+            try:
+                bundle.confirm(self)
+            finally:
+                drop_rare()
         return (
             self._send_acks()
             or self._send_losses()
@@ -334,7 +456,10 @@ class Node:
             ms = self.wall_ms()
             if ms is not None:
                 self.wall.sync(ms // 1000, ms % 1000, self.up)
+                from firmware import installer
+
                 installer.save_anchor(self, self.boot_id, self.wall.anchor())
+                drop_rare()
         self._send_state(True)
         link.publish(self.topics[P.PULL], P.encode_pull(self.boot_id), 1)
         self.wf.link_event(True)
@@ -346,7 +471,7 @@ class Node:
         if self.link.publish(self.topics[P.ACKS], P.encode_ack(cmd_id, code, detail), 1):
             with self.lock:
                 self.outbox.pop(0)
-            if code == P.OK and self.reboot_requested:
+            if code == _OK and self.reboot_requested:
                 self.link.disconnect()
                 if self.reset:
                     self.reset()
@@ -370,35 +495,35 @@ class Node:
         first, last, cmd_id = self.resends[0]
         with self.lock:
             count, boot, start = self.store.read_range(
-                self.batch_mv[_OFF:], first, min(last, first + BATCH - 1)
+                self.batch_mv[_OFF:], first, min(last, first + _BATCH - 1)
             )
         if count == 0:
             self.resends.pop(0)
             self.ack_later(
-                cmd_id, P.OK, "resent up to {}; {}..{} not held".format(first - 1, first, last)
+                cmd_id, _OK, "resent up to {}; {}..{} not held".format(first - 1, first, last)
             )
             return True
-        if self._publish_batch(count, boot, start, P.HISTORICAL):
+        if self._publish_batch(count, boot, start, _HISTORICAL):
             nxt = start + count
             if nxt > last:
                 self.resends.pop(0)
                 gone = "" if start == first else "; {}..{} not held".format(first, start - 1)
-                self.ack_later(cmd_id, P.OK, "resent {}..{}{}".format(start, last, gone))
+                self.ack_later(cmd_id, _OK, "resent {}..{}{}".format(start, last, gone))
             else:
                 self.resends[0] = (nxt, last, cmd_id)
         return True
 
     def _send_batch(self):
         with self.lock:
-            count, boot, first = self.store.read_batch(self.batch_mv[_OFF:], BATCH)
+            count, boot, first = self.store.read_batch(self.batch_mv[_OFF:], _BATCH)
         if count == 0:
             return False
         flags = 0
         if (
             boot != self.boot_id
-            or self.up.s - _rec_up_s(self.batch, _OFF, count) > HISTORICAL_AFTER_S
+            or self.up.s - _rec_up_s(self.batch, _OFF, count) > _HISTORICAL_AFTER_S
         ):
-            flags = P.HISTORICAL
+            flags = _HISTORICAL
         if self._publish_batch(count, boot, first, flags):
             with self.lock:
                 self.store.ack(first + count - 1)
@@ -407,10 +532,9 @@ class Node:
 
     def _publish_batch(self, count, boot, first, flags):
         anchor = self.wall.anchor() if boot == self.boot_id else self.anchors.get(boot)
-        hsize = P.HEADER_SIZE + (P.ANCHOR_SIZE if anchor else 0)
-        start = _OFF - hsize
+        start = _OFF - _HEADER_SIZE - (_ANCHOR_SIZE if anchor else 0)
         P.batch_header_into(self.batch, start, flags, boot, first, count, anchor)
-        end = _OFF + count * P.RECORD_SIZE
+        end = _OFF + count * _RECORD_SIZE
         return self.link.publish(self.topics[P.READINGS], self.batch_mv[start:end], 1)
 
     def _send_events(self):
@@ -431,7 +555,7 @@ class Node:
         )
         if self.link.publish(self.topics[P.EVENTS], payload, 1):
             with self.lock:
-                self.ev_head = (self.ev_head + 1) % MAX_EVENTS
+                self.ev_head = (self.ev_head + 1) % _MAX_EVENTS
                 self.ev_count -= 1
             self.event_seq += 1
         return True
@@ -441,10 +565,11 @@ class Node:
         if (
             not force
             and not self.state_dirty
-            and not _due(now, (self.state_at + STATE_EVERY_MS) & TICKS_MASK)
+            and not _due(now, (self.state_at + _STATE_EVERY_MS) & TICKS_MASK)
         ):
             return False
         wf = self.wf
+        p = wf.prog
         with self.lock:
             backlog = self.store.backlog()
             last_seq = self.store.last_seq
@@ -457,9 +582,9 @@ class Node:
         payload = P.encode_state(
             True,
             FW_VERSION,
-            wf.prog.name if wf.prog else None,
-            wf.prog.version if wf.prog else None,
-            wf.prog.hash if wf.prog else None,
+            p.name if p else None,
+            p.version if p else None,
+            p.hash if p else None,
             self.boot_id,
             backlog,
             self.wall.synced,
@@ -504,25 +629,8 @@ class Node:
 
 def _rec_up_s(buf, off, count):
     # up_s of the newest record in the batch buffer (u32 little-endian, < 2**30)
-    o = off + (count - 1) * P.RECORD_SIZE
+    o = off + (count - 1) * _RECORD_SIZE
     return buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)
-
-
-def _peek_id(env):
-    # the command id of an envelope that failed verification, for its ack (untrusted)
-    try:
-        body = json.loads(json.loads(env)["b"])
-        cid = body.get("id")
-        return cid if P.is_id(cid) or (isinstance(cid, str) and 0 < len(cid) <= 64) else None
-    except Exception:
-        return None
-
-
-def _mkdir(path):
-    try:
-        os.mkdir(path)
-    except OSError:
-        pass
 
 
 def run(cfg, hal, feed, root="/data"):

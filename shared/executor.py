@@ -32,7 +32,6 @@ u8 counts of vars, outputs, timers and inputs, 2 zero bytes; then int32 words: v
 outputs, timers' remaining ms (-1: not running), inputs' current period_ms.
 """
 
-import struct
 from array import array
 
 from shared import filters
@@ -55,7 +54,6 @@ __all__ = [
     "NO_VALUE",
     "Executor",
     "elapsed",
-    "migrate_snapshot",
     "ticks_add",
 ]
 
@@ -537,21 +535,10 @@ class Executor:
         """Load a snapshot of this program: state, vars, outputs, timers (restarted with
         their remaining time), periods. ``start()`` then re-applies outputs and periods.
         Raises ValueError, changing nothing, for a malformed snapshot or another
-        program's."""
-        state, vs, outs, timers, periods = _parse(self.program, snap)
-        now = self._clock()
-        self.state = state
-        for i in range(len(vs)):
-            self.vars[i] = vs[i]
-        for i in range(len(outs)):
-            self.outputs[i] = outs[i]
-        for i in range(len(timers)):
-            self._deadline[i] = _OFF if timers[i] < 0 else ticks_add(now, timers[i])
-        for i in range(len(periods)):
-            self._period[i] = periods[i]
-        for t in range(len(self._hold)):
-            self._hold[t] = _OFF
-        self._restored = True
+        program's. (The code is ``shared.snapshot``'s, imported only when used.)"""
+        from shared import snapshot
+
+        snapshot.restore(self, snap)
 
 
 def _sooner(best, ms):
@@ -560,105 +547,3 @@ def _sooner(best, ms):
     if best < 0 or ms < best:
         return ms
     return best
-
-
-def _parse(p, snap):
-    # Decode and check a snapshot of program p: (state, vars, outputs, timers, periods).
-    if not isinstance(snap, (bytes, bytearray)):
-        raise ValueError("snapshot: expected bytes, got " + type(snap).__name__)
-    nv, no, nt, ni = (len(p.var_names), len(p.output_names), len(p.timer_names), len(p.input_names))
-    size = _SNAP_HEADER + 4 * (nv + no + nt + ni)
-    if len(snap) < _SNAP_HEADER or bytes(snap[:8]) != p.hash_prefix:
-        raise ValueError(
-            "snapshot: not from program %s v%d (hash %s...)" % (p.name, p.version, p.hash[:16])
-        )
-    if snap[8] != _SNAP_FORMAT or tuple(snap[10:14]) != (nv, no, nt, ni) or len(snap) != size:
-        raise ValueError(
-            "snapshot: malformed (format %d, %d bytes, want format %d, %d bytes)"
-            % (snap[8], len(snap), _SNAP_FORMAT, size)
-        )
-    state = snap[9]
-    if state >= len(p.state_names):
-        raise ValueError("snapshot: state %d is out of range" % state)
-    w = struct.unpack_from("<%di" % (nv + no + nt + ni), snap, _SNAP_HEADER)
-    vs, outs, timers, periods = (
-        w[:nv],
-        w[nv : nv + no],
-        w[nv + no : nv + no + nt],
-        w[nv + no + nt :],
-    )
-    for v in vs:
-        _check("var", v, -_VAR_MAX, _VAR_MAX)
-    for v in outs:
-        _check("output", v, -_S16_MAX, _S16_MAX)
-    for v in timers:
-        _check("timer", v, -1, _DURATION_MAX)
-    for v in periods:
-        _check("period_ms", v, _PERIOD_MIN, _DURATION_MAX)
-    return state, vs, outs, timers, periods
-
-
-def _check(what, v, lo, hi):
-    if v < lo or v > hi:
-        raise ValueError("snapshot: %s value %d is outside [%d, %d]" % (what, v, lo, hi))
-
-
-def migrate_snapshot(old_program, snap, new_program):
-    """Carry a snapshot of ``old_program`` over to ``new_program``; return its bytes.
-
-    The state maps through ``new_program``'s migrate map for ``old_program.version``, else
-    to the state of the same name; ValueError names a state with no place in the new
-    version. Vars, outputs, timers and changed periods carry over by name; new vars get
-    their init, new outputs 0, new timers stay stopped, other periods are the new defaults.
-    """
-    state, vs, outs, timers, periods = _parse(old_program, snap)
-    old_name = old_program.state_names[state]
-    new = new_program.migration(old_program.version)
-    if new is not None and old_name in new:
-        s = new[old_name]
-    elif old_name in new_program.state_names:
-        s = new_program.state_names.index(old_name)
-    else:
-        raise ValueError(
-            "state %r of %s v%d has no place in v%d: no migrate entry and no "
-            "state of that name"
-            % (old_name, old_program.name, old_program.version, new_program.version)
-        )
-    p = new_program
-    words = []
-    _carry(words, p.var_names, old_program.var_names, vs, p.var_init)
-    _carry(words, p.output_names, old_program.output_names, outs, 0)
-    _carry(words, p.timer_names, old_program.timer_names, timers, -1)
-    changed = []
-    for i in range(len(periods)):
-        changed.append(periods[i] if periods[i] != old_program.period_ms[i] else -1)
-    n = len(words)
-    _carry(words, p.input_names, old_program.input_names, changed, -1)
-    for i in range(len(p.input_names)):
-        if words[n + i] < 0:
-            words[n + i] = p.period_ms[i]
-    head = bytes(p.hash_prefix) + bytes(
-        (
-            _SNAP_FORMAT,
-            s,
-            len(p.var_names),
-            len(p.output_names),
-            len(p.timer_names),
-            len(p.input_names),
-            0,
-            0,
-        )
-    )
-    return head + struct.pack("<%di" % len(words), *words)
-
-
-def _carry(words, names, old_names, old_values, default):
-    # Append each of names' value: the old one if old_names has that name, else the
-    # default (one per name if a tuple, else the same int for all).
-    for i in range(len(names)):
-        if names[i] in old_names:
-            words.append(old_values[old_names.index(names[i])])
-        elif isinstance(default, tuple):
-            words.append(default[i])
-        else:
-            words.append(default)

@@ -2,7 +2,7 @@
 
 Authoring time only (the cloud and the tests, on CPython and MicroPython); boards load
 the compiled form with ``shared.program.Program``. Limits and ranges are the constants
-of ``shared.program`` (MAX_*, S16_MAX, VAR_MAX, DURATION_MAX, PERIOD_MIN, MAX_VERSION).
+of ``shared.compact`` (MAX_*, S16_MAX, VAR_MAX, DURATION_MAX, PERIOD_MIN, MAX_VERSION).
 
 A definition is a dict, or its JSON text as str or bytes (at most MAX_SOURCE bytes):
 
@@ -34,7 +34,7 @@ import sys
 from array import array
 
 from shared import filterspec
-from shared.program import (
+from shared.compact import (
     ACT_ADD_VAR,
     ACT_CANCEL_TIMER,
     ACT_PUBLISH,
@@ -82,9 +82,9 @@ from shared.program import (
     PERIOD_MIN,
     S16_MAX,
     VAR_MAX,
-    Program,
     is_name,
 )
+from shared.program import Program
 
 MAX_DESCRIPTION = 512  # chars
 

@@ -1,25 +1,50 @@
-"""The executor keeps private const() copies of the compact form's constants (so MicroPython
-folds them and keeps no names in RAM); they must equal shared.program's public ones."""
+"""Board modules keep private const() copies of public constants (so MicroPython folds them
+and keeps no names in RAM); they must equal the public ones: shared.compact's for the
+workflow form, shared.codec's for the wire protocol."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from shared import executor, program
+import pytest
 
-SRC = Path(executor.__file__).read_text()
+from shared import codec, compact
+
+REPO = Path(__file__).resolve().parent.parent
+
+# (board module, public module it copies, fewest constants it must share with it)
+COPIES = [
+    ("shared/executor.py", compact, 20),
+    ("shared/progload.py", compact, 50),
+    ("shared/program.py", compact, 5),
+    ("shared/snapshot.py", compact, 4),
+    ("shared/protocol.py", codec, 6),
+    ("shared/verifier.py", codec, 10),
+    ("firmware/node.py", codec, 5),
+    ("firmware/commands.py", codec, 6),
+    ("firmware/installer.py", codec, 5),
+    ("firmware/bundle.py", codec, 4),
+]
 
 
-def test_private_copies_match_program() -> None:
+@pytest.mark.parametrize(("path", "public", "least"), COPIES)
+def test_private_copies_match_public(path: str, public: object, least: int) -> None:
+    src = (REPO / path).read_text()
     checked = 0
-    for name in re.findall(r"^_?([A-Z][A-Z0-9_]*) = const\(", SRC, re.M):
-        public = getattr(program, name, None)
-        if public is None:
+    for private, name, value in re.findall(r"^(_?)([A-Z][A-Z0-9_]*) = const\(([^)]*)\)", src, re.M):
+        twin = getattr(public, name, getattr(public, "_" + name, None))
+        if twin is None:
             continue
-        mine = getattr(executor, name, None)
-        if mine is None:
-            mine = getattr(executor, "_" + name)
-        assert mine == public, name
+        assert int(value, 0) == twin, (path, private + name)
         checked += 1
-    assert checked >= 20, f"only {checked} constants compared"
+    assert checked >= least, f"{path}: only {checked} constants compared"
+
+
+def test_snapshot_copies_match_executor() -> None:
+    # shared.snapshot's private snapshot constants are shared.executor's
+    ex = (REPO / "shared/executor.py").read_text()
+    snap = (REPO / "shared/snapshot.py").read_text()
+    for name in ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER"):
+        pat = rf"^{name} = const\(([^)]*)\)"
+        assert re.search(pat, ex, re.M).group(1) == re.search(pat, snap, re.M).group(1), name  # type: ignore[union-attr]

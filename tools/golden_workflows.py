@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from shared import workflow
-from shared.program import TICKS_MAX, Program
+from shared.compact import TICKS_MAX
+from shared.program import Program
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = REPO / "tests" / "golden" / "workflows"

@@ -11,7 +11,7 @@ from _util import MICROPYTHON, load_json
 
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
-from shared import protocol as P
+from shared import codec as P
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 T0 = 1790000000000

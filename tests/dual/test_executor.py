@@ -13,6 +13,7 @@ collection happens.
 
 from _util import MICROPYTHON, REPO, load_json, raises
 
+from shared.compact import S16_MAX, TICKS_MAX, VAR_MAX
 from shared.executor import (
     EV_BOOT,
     EV_COMMAND,
@@ -23,10 +24,10 @@ from shared.executor import (
     NO_VALUE,
     Executor,
     elapsed,
-    migrate_snapshot,
     ticks_add,
 )
-from shared.program import S16_MAX, TICKS_MAX, VAR_MAX, Program
+from shared.program import Program
+from shared.snapshot import migrate_snapshot
 
 try:
     GOLDEN = load_json("tests/golden/executor.json")
@@ -329,7 +330,8 @@ def test_elapsed_and_ticks_add_wrap():
 
 
 def test_executor_constants_match_program():
-    from shared import executor, program
+    from shared import compact as program
+    from shared import executor
 
     for name in ("EV_BOOT", "EV_LINK_UP", "EV_LINK_DOWN", "EV_TIMER", "EV_COMMAND"):
         assert getattr(executor, name) == getattr(program, name), name
@@ -708,7 +710,7 @@ _MEASURE = """
 import gc
 import json
 
-from shared import executor, program
+from shared import executor, program, progload  # the loader is code, not workflow data
 
 
 class Host:

@@ -1,4 +1,4 @@
-"""shared/protocol.py and shared/hmac256.py, on CPython and on MicroPython."""
+"""shared/protocol.py, shared/verifier.py, shared/codec.py and shared/hmac256.py, on CPython and on MicroPython."""
 
 import binascii
 import json
@@ -6,7 +6,7 @@ import struct
 
 from _util import allocates, load_json, raises
 
-from shared import protocol as P
+from shared import codec as P
 from shared.hmac256 import compare_digest, hmac_sha256
 
 GOLD = load_json("tests/golden/protocol.json")

@@ -7,7 +7,8 @@ No gc.collect() here and little allocation: see test_executor's docstring.
 
 from _util import REPO, load_json, raises
 
-from shared.program import MAX_SOURCE, Program
+from shared.compact import MAX_SOURCE
+from shared.program import Program
 from shared.workflow import WorkflowError, compile, errors, validate
 
 PROFILE = load_json("hw/boards/esp32-devkitc.json")

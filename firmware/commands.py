@@ -1,0 +1,120 @@
+"""Command handling: verify each queued envelope, run it, queue its ack (main thread).
+
+The node imports this module only when commands are waiting (``Node.step_main``) and drops
+it, with ``shared.verifier`` and ``shared.hmac256``, once they are handled. The replay table
+lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved after every
+accepted one, so nothing of it stays in RAM between commands.
+"""
+
+import json
+
+from firmware import installer
+from shared.verifier import Verifier
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+_OK = const(0)
+_DUPLICATE = const(1)
+_IN_PROGRESS = const(2)
+_UNKNOWN_KIND = const(7)
+_REJECTED = const(8)
+_FAILED = const(9)
+_EV_COMMAND = const(4)  # shared.executor's
+
+
+def run(node):
+    """Handle every command in ``node.inbox``."""
+    v = Verifier(node.key, node.device)
+    installer.load_verifier(node.root, v)
+    while node.inbox:
+        env = node.inbox.pop(0)
+        node.stats["commands"] += 1
+        code, cmd, detail = v.check(env, node.wall.now_unix())
+        cmd_id = _peek_id(env) if cmd is None else cmd["id"]
+        if code == _DUPLICATE and cmd_id in node.acks:
+            code, detail = node.acks[cmd_id]
+            node.ack_later(cmd_id, code, detail, False)
+            continue
+        if code != _OK:
+            print("orrery: command refused:", code, detail)
+            node.ack_later(cmd_id, code, detail, False)
+            continue
+        installer.save_verifier(node.root, v)
+        node.current_cmd = cmd_id
+        try:
+            code, detail = _dispatch(node, cmd)
+        except Exception as e:  # a command must never take the node down
+            code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
+        node.ack_later(cmd_id, code, detail)
+
+
+def _dispatch(node, cmd):
+    kind = cmd["kind"]
+    args = cmd["args"] if isinstance(cmd["args"], dict) else {}
+    if kind == "install_workflow":
+        return installer.install(node.wf, cmd["id"], args)
+    if kind == "run_command":
+        return _command(node.wf, args.get("name"))
+    if kind == "set_config":
+        return _set_config(node, args)
+    if kind == "resend":
+        first, last = args.get("first"), args.get("last")
+        if type(first) is not int or type(last) is not int or not 1 <= first <= last:
+            return _REJECTED, "resend needs ints 1 <= first <= last"
+        node.resends.append((first, last, cmd["id"]))
+        return _IN_PROGRESS, "queued"
+    if kind == "reboot":
+        node.reboot_requested = True
+        return _OK, "rebooting"
+    if kind == "cancel":
+        return installer.cancel(node.wf, args.get("id"))
+    if kind in ("install_bundle", "bundle_chunk"):
+        from firmware import bundle
+
+        return bundle.handle(node, kind, args)
+    return _UNKNOWN_KIND, kind
+
+
+def _command(wf, name):
+    # run_command: deliver a named workflow command event
+    ex = wf.ex
+    if ex is None:
+        return _REJECTED, "no workflow installed"
+    i = ex.command_index(name) if isinstance(name, str) else -1
+    if i < 0:
+        return _REJECTED, "workflow has no command {!r}".format(name)
+    fired = ex.step(_EV_COMMAND, i)
+    return _OK, "state {}{}".format(ex.state_name(), "" if fired else " (no transition)")
+
+
+def _set_config(node, args):
+    # validate the merged config and save it; it applies at the next boot
+    from firmware import config
+
+    changes = args.get("changes")
+    if not isinstance(changes, dict):
+        return _REJECTED, "set_config needs args.changes (an object)"
+    new, errors = config.apply_update(node.cfg, changes)
+    if errors:
+        return _REJECTED, "; ".join(errors)
+    path = node.cfg_path if getattr(node, "cfg_path", None) else node.root + "/config.json"
+    config.save(path, new)
+    node.cfg = new
+    return _OK, "saved; applies at the next boot"
+
+
+def _peek_id(env):
+    # the command id of an envelope that failed verification, for its ack (untrusted)
+    try:
+        body = json.loads(json.loads(env)["b"])
+        cid = body.get("id")
+        return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
+    except Exception:
+        return None

@@ -1,0 +1,388 @@
+"""The cloud's view of the Orrery wire protocol (``shared.protocol`` documents the formats).
+
+Every public name of the protocol is here: the constants and ack codes, the board-side
+encoders re-exported from ``shared.protocol`` and ``shared.verifier``, and what only the cloud
+needs: the decoders (``decode_batch``, ``decode_state``, ``decode_event``, ``decode_ack``,
+``decode_loss``, ``decode_pull``), ``parse_topic``, ``encode_batch`` and ``record_into``,
+``event_time_ms``, ``Seq``, ``sign_command`` and ``verify_envelope``. A board never imports this
+module, so none of it costs the board RAM. Runs unchanged on both runtimes (dual-tested).
+"""
+
+import binascii
+import struct
+
+from shared.hmac256 import hmac_sha256
+from shared.protocol import (
+    ACKS,
+    CMD,
+    EVENTS,
+    LOSS,
+    PREFIX,
+    PULL,
+    READINGS,
+    STATE,
+    TOPIC_KINDS,
+    _anchor,
+    _check_ack,
+    _check_event,
+    _check_loss,
+    _check_pull,
+    _check_state,
+    _emit,
+    _isid,
+    _json,
+    _rng,
+    _room,
+    batch_header_into,
+    encode_ack,
+    encode_event,
+    encode_loss,
+    encode_pull,
+    encode_state,
+    encode_will,
+    is_id,
+    new_boot_id,
+    put30,
+    topic,
+)
+from shared.verifier import KINDS, Verifier, _check_body, _key, _load, _open
+
+__all__ = [
+    "ACKS",
+    "ACK_NAMES",
+    "ANCHOR_SIZE",
+    "BAD_SIGNATURE",
+    "BUSY",
+    "Batch",
+    "CLOCK_SKEW",
+    "CMD",
+    "DUPLICATE",
+    "EVENTS",
+    "EXPIRED",
+    "FAILED",
+    "HEADER_SIZE",
+    "HISTORICAL",
+    "IN_PROGRESS",
+    "KINDS",
+    "LOSS",
+    "LOSS_REASONS",
+    "MALFORMED",
+    "MAX_BATCH",
+    "MAX_BATCH_BYTES",
+    "MAX_LIFETIME",
+    "OK",
+    "PREFIX",
+    "PULL",
+    "READINGS",
+    "RECORD_SIZE",
+    "REJECTED",
+    "REPLAYED",
+    "SEQ_MAX",
+    "STATE",
+    "SYNCED",
+    "Seq",
+    "TOPIC_KINDS",
+    "U32_MAX",
+    "UNKNOWN_KIND",
+    "VERSION",
+    "Verifier",
+    "batch_header_into",
+    "decode_ack",
+    "decode_batch",
+    "decode_event",
+    "decode_loss",
+    "decode_pull",
+    "decode_state",
+    "encode_ack",
+    "encode_batch",
+    "encode_event",
+    "encode_loss",
+    "encode_pull",
+    "encode_state",
+    "encode_will",
+    "event_time_ms",
+    "is_id",
+    "new_boot_id",
+    "parse_topic",
+    "record_into",
+    "sign_command",
+    "topic",
+    "verify_envelope",
+]
+
+VERSION = 1
+
+# --- readings batches -----------------------------------------------------------------------
+
+HISTORICAL = 1
+SYNCED = 2
+MAX_BATCH = 512
+SEQ_MAX = 0x3FFFFFFF  # 2**30 - 1, the largest small int on a 32-bit MicroPython
+HEADER_SIZE = 14
+ANCHOR_SIZE = 12
+RECORD_SIZE = 9
+MAX_BATCH_BYTES = 4634  # HEADER_SIZE + ANCHOR_SIZE + MAX_BATCH * RECORD_SIZE
+U32_MAX = 0xFFFFFFFF
+
+# --- acks: the board's answer to each command ------------------------------------------------
+
+OK = 0
+DUPLICATE = 1  # already done: the stored ack is sent again
+IN_PROGRESS = 2  # accepted and running (e.g. an install's health window)
+BAD_SIGNATURE = 3
+EXPIRED = 4
+REPLAYED = 5
+MALFORMED = 6
+UNKNOWN_KIND = 7
+REJECTED = 8  # valid but refused (e.g. a workflow failed validation)
+FAILED = 9  # ran and failed (e.g. the health window)
+BUSY = 10
+ACK_NAMES = {
+    OK: "OK",
+    DUPLICATE: "DUPLICATE",
+    IN_PROGRESS: "IN_PROGRESS",
+    BAD_SIGNATURE: "BAD_SIGNATURE",
+    EXPIRED: "EXPIRED",
+    REPLAYED: "REPLAYED",
+    MALFORMED: "MALFORMED",
+    UNKNOWN_KIND: "UNKNOWN_KIND",
+    REJECTED: "REJECTED",
+    FAILED: "FAILED",
+    BUSY: "BUSY",
+}
+LOSS_REASONS = ("store_full", "corrupt")
+
+# --- signed commands -------------------------------------------------------------------------
+
+MAX_LIFETIME = 604800  # 7 days
+CLOCK_SKEW = 300
+
+_HDR = "<2sBBIIH"
+_ANC = "<IHIH"
+_REC = "<IHhB"
+
+
+# --- topics ---------------------------------------------------------------------------------
+
+
+def parse_topic(t):
+    """Split a topic into ``((fleet, device, kind), None)``, or ``(None, reason)``; never raises."""
+    if isinstance(t, (bytes, bytearray, memoryview)):
+        try:
+            t = str(bytes(t), "utf-8")
+        except Exception:
+            return None, "topic is not UTF-8"
+    if not isinstance(t, str):
+        return None, "topic must be str or bytes"
+    p = t.split("/")
+    if len(p) != 5 or p[0] != PREFIX:
+        return None, "topic is not orrery/<fleet>/<device>/<dir>/<kind>"
+    if not _isid(p[1]):
+        return None, "invalid fleet id"
+    if not _isid(p[2]):
+        return None, "invalid device id"
+    kind = p[3] + "/" + p[4]
+    if kind not in TOPIC_KINDS:
+        return None, "unknown topic kind"
+    return (p[1], p[2], kind), None
+
+
+# --- readings batches -----------------------------------------------------------------------
+
+
+def _check_record(up_s, up_ms, value, channel):
+    _rng("up_s", up_s, 0, SEQ_MAX)
+    _rng("up_ms", up_ms, 0, 999)
+    _rng("value", value, -32767, 32767)
+    _rng("channel", channel, 0, 255)
+
+
+def record_into(buf, offset, up_s, up_ms, value, channel):
+    """Write one record into ``buf`` at ``offset``; return RECORD_SIZE. Allocates nothing.
+
+    Written byte by byte through small helpers: a call frame larger than 11 words (locals
+    plus stack, as ``struct.pack_into`` with seven arguments needs) is itself a heap
+    allocation on MicroPython.
+    """
+    _check_record(up_s, up_ms, value, channel)
+    _room(buf, offset, RECORD_SIZE)
+    put30(buf, offset, up_s)
+    _put16(buf, offset + 4, up_ms)
+    _put16(buf, offset + 6, value & 0xFFFF)
+    buf[offset + 8] = channel
+    return RECORD_SIZE
+
+
+def _put16(buf, o, v):
+    buf[o] = v & 0xFF
+    buf[o + 1] = (v >> 8) & 0xFF
+
+
+def encode_batch(boot_id, first_seq, records, flags=0, anchor=None):
+    """Return a batch as bytes; ``records`` is a list of (up_s, up_ms, value, channel)."""
+    if not isinstance(records, (list, tuple)):
+        raise ValueError("records must be a list")
+    n = len(records)
+    buf = bytearray(HEADER_SIZE + (0 if anchor is None else ANCHOR_SIZE) + RECORD_SIZE * n)
+    off = batch_header_into(buf, 0, flags, boot_id, first_seq, n, anchor)
+    for i in range(n):
+        r = records[i]
+        try:
+            if not isinstance(r, (list, tuple)) or len(r) != 4:
+                raise ValueError("must be (up_s, up_ms, value, channel)")
+            off += record_into(buf, off, r[0], r[1], r[2], r[3])
+        except ValueError as e:
+            raise ValueError("record {}: {}".format(i, e)) from None
+    return bytes(buf)
+
+
+class Batch:
+    """A decoded batch: boot_id, first_seq, count, flags, historical, anchor (tuple or None)
+    and records, a list of (seq, up_s, up_ms, value, channel)."""
+
+    def __init__(self, boot_id, first_seq, flags, anchor, records):
+        self.boot_id = boot_id
+        self.first_seq = first_seq
+        self.count = len(records)
+        self.flags = flags
+        self.historical = bool(flags & HISTORICAL)
+        self.anchor = anchor
+        self.records = records
+
+
+def decode_batch(data):
+    """Decode a readings batch: ``(Batch, None)`` or ``(None, reason)``; never raises."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None, "batch must be bytes"
+    data = bytes(data)
+    n = len(data)
+    if n < HEADER_SIZE:
+        return None, "batch shorter than its header"
+    if data[:2] != b"OR":
+        return None, "bad magic"
+    _, version, flags, boot_id, first_seq, count = struct.unpack_from(_HDR, data, 0)
+    if version != VERSION:
+        return None, "unsupported batch version {}".format(version)
+    if flags & ~3:
+        return None, "unknown flags 0x{:02x}".format(flags)
+    off = HEADER_SIZE + (ANCHOR_SIZE if flags & SYNCED else 0)
+    anchor = None
+    try:
+        _rng("boot_id", boot_id, 1, SEQ_MAX)
+        _rng("count", count, 1, MAX_BATCH)
+        _rng("first_seq", first_seq, 0, SEQ_MAX - count + 1)
+        if n != off + count * RECORD_SIZE:
+            return None, "{} bytes, expected {}".format(n, off + count * RECORD_SIZE)
+        if flags & SYNCED:
+            anchor = _anchor(struct.unpack_from(_ANC, data, HEADER_SIZE))
+    except ValueError as e:
+        return None, str(e)
+    records = []
+    for i in range(count):
+        up_s, up_ms, value, channel = struct.unpack_from(_REC, data, off)
+        try:
+            _rng("up_s", up_s, 0, SEQ_MAX)
+            _rng("up_ms", up_ms, 0, 999)
+            _rng("value", value, -32767, 32767)
+        except ValueError as e:
+            return None, "record {}: {}".format(i, e)
+        records.append((first_seq + i, up_s, up_ms, value, channel))
+        off += RECORD_SIZE
+    return Batch(boot_id, first_seq, flags, anchor, records), None
+
+
+def event_time_ms(anchor, up_s, up_ms):
+    """Unix time in ms of a reading taken at uptime (up_s, up_ms) in the boot of ``anchor``.
+
+    Right for readings taken before the anchor (before time sync) too. Cloud-side: the
+    result is a big int.
+    """
+    _anchor(anchor)
+    _rng("up_s", up_s, 0, SEQ_MAX)
+    _rng("up_ms", up_ms, 0, 999)
+    return anchor[2] * 1000 + anchor[3] + (up_s - anchor[0]) * 1000 + up_ms - anchor[1]
+
+
+# --- sequence numbers -----------------------------------------------------------------------
+
+
+class Seq:
+    """Per-device monotonic sequence counter.
+
+    ``value`` is the number ``next()`` returns next. It never goes past 2**30-1, so the last
+    number issued is 2**30-2; after that ``next()`` raises ValueError.
+    """
+
+    def __init__(self, start=0):
+        self.value = _rng("start", start, 0, SEQ_MAX)
+
+    def next(self):
+        """Return the next sequence number. Allocates nothing."""
+        v = self.value
+        if v >= SEQ_MAX:
+            raise ValueError("sequence numbers exhausted")
+        self.value = v + 1
+        return v
+
+
+# --- JSON messages --------------------------------------------------------------------------
+
+
+def _decode(check, data):
+    d, err = _load(data)
+    if err:
+        return None, err
+    try:
+        return check(d), None
+    except ValueError as e:
+        return None, str(e)
+
+
+def decode_state(data):
+    """Decode a state message, or the will (its missing fields are None); never raises."""
+    return _decode(_check_state, data)
+
+
+def decode_event(data):
+    """Decode a workflow event; never raises."""
+    return _decode(_check_event, data)
+
+
+def decode_ack(data):
+    """Decode a command ack; never raises."""
+    return _decode(_check_ack, data)
+
+
+def decode_loss(data):
+    """Decode a loss report; never raises."""
+    return _decode(_check_loss, data)
+
+
+def decode_pull(data):
+    """Decode a pull request; never raises."""
+    return _decode(_check_pull, data)
+
+
+# --- signed commands -------------------------------------------------------------------------
+
+
+def sign_command(key, cmd_id, device, kind, args, iat, exp):
+    """Return the signed envelope (bytes) of a command for ``device``.
+
+    ``args`` is a dict of None/bool/int/str/list/dict (no floats); iat < exp are unix seconds.
+    Kinds outside KINDS are signed too: a board answers UNKNOWN_KIND.
+    """
+    c = {"id": cmd_id, "dev": device, "kind": kind, "args": args, "iat": iat, "exp": exp}
+    _check_body(c)
+    body = _json(c)
+    sig = binascii.hexlify(hmac_sha256(_key(key), body.encode())).decode()
+    return _emit(("b", "s"), {"b": body, "s": sig})
+
+
+def verify_envelope(key, envelope):
+    """Check an envelope's signature and body: ``(cmd_dict, None)`` or ``(None, reason)``.
+
+    Does not check device, time or replays (the Verifier does); a bad key raises ValueError.
+    """
+    code, c, detail, _ = _open(_key(key), envelope)
+    return (c, None) if code == OK else (None, ACK_NAMES[code] + ": " + detail)

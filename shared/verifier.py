@@ -1,0 +1,201 @@
+"""The board's gate for signed command envelopes (``shared.protocol``'s "Command envelope").
+
+Command handling is rare, so a board imports this module (and ``shared.hmac256``) only while
+it handles commands and drops it afterwards (``firmware.commands``); the replay table lives
+on flash between commands. The cloud reaches the same code through ``shared.codec``
+(``verify_envelope``, ``sign_command``).
+"""
+
+import binascii
+import json
+
+from shared.hmac256 import compare_digest, hmac_sha256
+from shared.protocol import _id, _rng
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+# Private copies of shared.codec's ack codes and limits (tests/dual/test_protocol.py checks).
+_OK = const(0)
+_DUPLICATE = const(1)
+_BAD_SIGNATURE = const(3)
+_EXPIRED = const(4)
+_REPLAYED = const(5)
+_MALFORMED = const(6)
+_UNKNOWN_KIND = const(7)
+_BUSY = const(10)
+_MAX_LIFETIME = const(604800)  # 7 days
+_CLOCK_SKEW = const(300)
+
+KINDS = (
+    "install_workflow",
+    "set_config",
+    "resend",
+    "reboot",
+    "install_bundle",
+    "bundle_chunk",
+    "cancel",
+    "run_command",
+)
+
+
+def _key(key):
+    if not isinstance(key, (bytes, bytearray)) or len(key) < 16:
+        raise ValueError("key must be at least 16 bytes")
+    return bytes(key)
+
+
+def _load(data):
+    # a JSON message's dict, checked for "v": (dict, None) or (None, reason); never raises
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        try:
+            data = str(bytes(data), "utf-8")
+        except Exception:
+            return None, "payload is not UTF-8"
+    if not isinstance(data, str):
+        return None, "payload must be bytes or str"
+    try:
+        d = json.loads(data)
+    except Exception:
+        return None, "payload is not JSON"
+    if not isinstance(d, dict):
+        return None, "payload is not a JSON object"
+    if d.get("v") != 1 or type(d["v"]) is not int:
+        return None, "unsupported version {!r}".format(d.get("v"))
+    return d, None
+
+
+def _check_body(c):
+    _id("id", c["id"], True)
+    _id("dev", c["dev"])
+    _id("kind", c["kind"])
+    if not isinstance(c["args"], dict):
+        raise ValueError("args must be a dict")
+    _rng("exp", c["exp"], _rng("iat", c["iat"], 0, 0xFFFFFFFF) + 1, 0xFFFFFFFF)
+
+
+def _open(key, envelope):
+    # -> (code, cmd, detail, mac); code is OK, MALFORMED or BAD_SIGNATURE
+    d, err = _load(envelope)
+    if err:
+        return _MALFORMED, None, err, None
+    body = d.get("b")
+    if not isinstance(body, str):
+        return _MALFORMED, None, "b must be a string", None
+    if "s" not in d:
+        return _BAD_SIGNATURE, None, "unsigned", None
+    try:
+        sig = binascii.unhexlify(d["s"])
+    except Exception:
+        return _BAD_SIGNATURE, None, "signature is not hex", None
+    try:
+        mac = hmac_sha256(key, body.encode())
+    except Exception:
+        return _MALFORMED, None, "b is not valid text", None
+    if not compare_digest(mac, sig):
+        return _BAD_SIGNATURE, None, "signature mismatch", None
+    try:
+        b = json.loads(body)
+        if not isinstance(b, dict):
+            raise ValueError("not a JSON object")
+        c = {}
+        for k in ("id", "dev", "kind", "args", "iat", "exp"):
+            c[k] = b.get(k)
+        _check_body(c)
+    except Exception as e:
+        return _MALFORMED, None, "body: {}".format(e), None
+    return _OK, c, "", mac
+
+
+class Verifier:
+    """A board's gate for command envelopes: signature, device, time window and replays.
+
+    Accepted ids are remembered with a digest of their body and their exp until that exp has
+    passed, in a table of ``capacity`` entries, so a replay is either recognised or refused as
+    EXPIRED; when the table is full of unexpired ids a new command gets BUSY. Time never runs
+    backwards for the verifier: the highest iat accepted is a lower bound of the time, and
+    stands in for ``now`` when that is None (no wall time yet; a future iat then cannot be
+    refused). Persist ``state()`` after each OK and ``load()`` it at boot.
+    """
+
+    def __init__(self, key, device, capacity=64):
+        self._key = _key(key)
+        self.device = _id("device", device)
+        self.capacity = _rng("capacity", capacity, 1, 4096)
+        self._seen = {}  # cmd id -> (hex of the first 16 bytes of the body HMAC, exp)
+        self._hi = 0
+
+    def check(self, envelope, now):
+        """Return ``(code, cmd, detail)``; ``now`` is unix seconds, or None without wall time.
+
+        ``cmd`` is the body dict, or None for MALFORMED and BAD_SIGNATURE. On OK the id is
+        recorded; on DUPLICATE the caller re-sends the ack it stored.
+        """
+        if now is not None:
+            _rng("now", now, 0, 0xFFFFFFFF)
+        code, c, detail, mac = _open(self._key, envelope)
+        if code != _OK:
+            return code, None, detail
+        if c["dev"] != self.device:
+            return _MALFORMED, None, "wrong device"
+        iat = c["iat"]
+        exp = c["exp"]
+        if exp - iat > _MAX_LIFETIME:
+            return _EXPIRED, c, "lifetime over 7 days"
+        if now is not None and iat > now + _CLOCK_SKEW:
+            return _EXPIRED, c, "issued in the future"
+        t = self._hi if now is None or now < self._hi else now
+        for k in [k for k in self._seen if self._seen[k][1] < t]:
+            del self._seen[k]
+        if t > exp:
+            return _EXPIRED, c, "expired"
+        if c["kind"] not in KINDS:
+            return _UNKNOWN_KIND, c, "unknown kind"
+        digest = binascii.hexlify(mac[:16]).decode()
+        seen = self._seen.get(c["id"])
+        if seen:
+            if seen[0] == digest:
+                return _DUPLICATE, c, "already accepted"
+            return _REPLAYED, c, "id reused with another body"
+        if len(self._seen) >= self.capacity:
+            return _BUSY, c, "replay table full"
+        self._seen[c["id"]] = (digest, exp)
+        self._hi = max(self._hi, iat)
+        return _OK, c, ""
+
+    def state(self):
+        """Return the replay table as a JSON-able dict, for ``load`` after a reboot."""
+        return {
+            "v": 1,
+            "hi": self._hi,
+            "ids": [[k] + list(self._seen[k]) for k in sorted(self._seen)],
+        }
+
+    def load(self, state):
+        """Restore a table saved by ``state()``; raises ValueError naming what is wrong."""
+        if (
+            not isinstance(state, dict)
+            or state.get("v") != 1
+            or "hi" not in state
+            or "ids" not in state
+        ):
+            raise ValueError("verifier state must be a dict with v=1, hi and ids")
+        try:
+            if len(state["ids"]) > self.capacity:
+                raise ValueError("more ids than capacity")
+            seen = {}
+            for k, digest, exp in state["ids"]:
+                _id("id", k, True)
+                if len(binascii.unhexlify(digest)) != 16:
+                    raise ValueError("digest must be 32 hex chars")
+                seen[k] = (digest, _rng("exp", exp, 0, 0xFFFFFFFF))
+            hi = _rng("hi", state["hi"], 0, 0xFFFFFFFF)
+        except (TypeError, ValueError) as e:
+            raise ValueError("bad verifier state: {}".format(e)) from None
+        self._seen = seen
+        self._hi = hi
