@@ -7,7 +7,8 @@ mV for ADC channels, centi-degrees C and centi-%RH for the SHT31. A failed read 
 ``read`` and ``set_output`` allocate nothing once the HAL is built.
 
 ``machine`` is injectable so the hardware paths can be tested against a fake module; on a
-board the real one is imported.
+board the real one is imported. Checking a profile and building the hardware from it is
+``firmware.profile``'s, imported for that only (the node drops it again).
 """
 
 from firmware.clock import elapsed_ms, sleep_ms, ticks_ms
@@ -26,82 +27,9 @@ GPIO = const(0)
 PWM = const(1)
 S16_MAX = const(32767)
 
-_ATTEN = {"0db": "ATTN_0DB", "2_5db": "ATTN_2_5DB", "6db": "ATTN_6DB", "11db": "ATTN_11DB"}
-_QUANTITIES = ("temperature", "humidity")
 _SHT31_MEASURE = b"\x24\x00"  # single shot, high repeatability, no clock stretching
 _SHT31_WAIT_MS = const(16)  # the datasheet's 15.5 ms maximum for high repeatability
 _SHT31_FRESH_MS = const(250)  # one measurement serves both quantities within this window
-
-
-def _need_int(where, spec, key, lo, hi):
-    v = spec.get(key)
-    if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
-        raise ValueError("{}: '{}' must be an int in {}..{}".format(where, key, lo, hi))
-    return v
-
-
-def _sorted_items(d, what):
-    if not isinstance(d, dict):
-        raise ValueError("profile: '{}' must be an object".format(what))
-    return [(k, d[k]) for k in sorted(d)]
-
-
-def parse_profile(profile):
-    """Check a board profile; return ``(channels, outputs)`` in index order.
-
-    Each is a list of ``(name, kind, spec)`` with kind ADC/I2C or GPIO/PWM. Raises
-    ValueError naming the channel or output at fault.
-    """
-    if not isinstance(profile, dict):
-        raise ValueError("profile: must be an object")
-    channels = []
-    for name, spec in _sorted_items(profile.get("channels", {}), "channels"):
-        where = "channel '{}'".format(name)
-        if not isinstance(spec, dict) or "kind" not in spec:
-            raise ValueError(where + ": missing 'kind'")
-        kind = spec["kind"]
-        if kind == "adc":
-            _need_int(where, spec, "pin", 0, 63)
-            if spec.get("atten") not in _ATTEN:
-                raise ValueError(where + ": 'atten' must be one of 0db, 2_5db, 6db, 11db")
-            channels.append((name, ADC, spec))
-        elif kind == "i2c":
-            if spec.get("sensor") != "sht31":
-                raise ValueError(
-                    "{}: unknown sensor {!r} (known: sht31)".format(where, spec.get("sensor"))
-                )
-            _need_int(where, spec, "address", 0, 127)
-            if spec.get("quantity") not in _QUANTITIES:
-                raise ValueError(where + ": 'quantity' must be temperature or humidity")
-            bus = profile.get("i2c")
-            if not isinstance(bus, dict):
-                raise ValueError(where + ": needs the profile's 'i2c' bus")
-            for key in ("id", "scl", "sda"):
-                _need_int("i2c bus", bus, key, 0, 63)
-            channels.append((name, I2C, spec))
-        else:
-            raise ValueError("{}: unknown kind {!r} (known: adc, i2c)".format(where, kind))
-    if len(channels) > 255:
-        raise ValueError("profile: more than 255 channels")
-    outputs = []
-    for name, spec in _sorted_items(profile.get("outputs", {}), "outputs"):
-        where = "output '{}'".format(name)
-        if not isinstance(spec, dict) or "kind" not in spec:
-            raise ValueError(where + ": missing 'kind'")
-        kind = spec["kind"]
-        _need_int(where, spec, "pin", 0, 63)
-        if kind == "gpio":
-            outputs.append((name, GPIO, spec))
-        elif kind == "pwm":
-            _need_int(where, spec, "max", 1, 65535)
-            if "freq" in spec:
-                _need_int(where, spec, "freq", 1, 40000000)
-            outputs.append((name, PWM, spec))
-        else:
-            raise ValueError("{}: unknown kind {!r} (known: gpio, pwm)".format(where, kind))
-    if "safe_mode_pin" in profile:
-        _need_int("profile", profile, "safe_mode_pin", 0, 63)
-    return channels, outputs
 
 
 def index_of(names, name, what):
@@ -189,56 +117,9 @@ class BoardHal:
     """
 
     def __init__(self, profile, machine=None, i2c=None):
-        if machine is None:
-            import machine
-        channels, outputs = parse_profile(profile)
-        Pin = machine.Pin
-        self.channel_names = [c[0] for c in channels]
-        self._kinds = bytearray(len(channels))
-        self._quantity = bytearray(len(channels))
-        self._dev = []
-        sensors = {}
-        for i, (_name, kind, spec) in enumerate(channels):
-            self._kinds[i] = kind
-            if kind == ADC:
-                atten = getattr(machine.ADC, _ATTEN[spec["atten"]])
-                self._dev.append(machine.ADC(Pin(spec["pin"]), atten=atten))
-                continue
-            if i2c is None:
-                bus = profile["i2c"]
-                i2c = machine.I2C(
-                    bus["id"],
-                    scl=Pin(bus["scl"]),
-                    sda=Pin(bus["sda"]),
-                    freq=bus.get("freq", 100000),
-                )
-            addr = spec["address"]
-            if addr not in sensors:
-                sensors[addr] = Sht31(i2c, addr)
-            self._dev.append(sensors[addr])
-            self._quantity[i] = _QUANTITIES.index(spec["quantity"])
+        from firmware import profile as setup  # checks and builds once, then is dropped
 
-        self.output_names = [o[0] for o in outputs]
-        self.outputs = [0] * len(outputs)
-        self._okinds = bytearray(len(outputs))
-        self._omax = [1] * len(outputs)
-        self._oscale = [0] * len(outputs)
-        self._out = []
-        for i, (_name, kind, spec) in enumerate(outputs):
-            self._okinds[i] = kind
-            if kind == GPIO:
-                self._out.append(Pin(spec["pin"], Pin.OUT, value=0))
-            else:
-                top = spec["max"]
-                self._omax[i] = top
-                # duty_u16 = value * 65535 / top as value * scale >> 14; never past 2**30
-                self._oscale[i] = (65535 << 14) // top
-                self._out.append(
-                    machine.PWM(Pin(spec["pin"]), freq=spec.get("freq", 1000), duty_u16=0)
-                )
-
-        pin = profile.get("safe_mode_pin")
-        self._safe = None if pin is None else Pin(pin, Pin.IN, Pin.PULL_UP)
+        setup.build(self, profile, machine, i2c)
 
     def channel_index(self, name):
         """Index of channel ``name`` (ValueError if unknown)."""

@@ -87,6 +87,8 @@ _EV_LINK_DOWN = const(2)
 RARE = (
     "firmware.commands",
     "firmware.installer",
+    "firmware.recover",
+    "firmware.profile",
     "firmware.config",
     "firmware.bundle",
     "firmware.launcher",

@@ -41,7 +41,8 @@ reused by every call: unpack it straight away.
 
 import errno
 import os
-from array import array
+
+from shared.protocol import put30
 
 try:
     from micropython import const
@@ -75,33 +76,23 @@ _LOSS = "loss.dat"
 _LOSS_TMP = "loss.tmp"
 
 
-def _make_table():
-    t = array("H", range(256))
-    for i in range(256):
-        c = i << 8
-        for _ in range(8):
-            c = (c << 1) ^ 0x1021 if c & 0x8000 else c << 1
-        t[i] = c & 0xFFFF
-    return t
-
-
-_T = _make_table()
+# CRC-16/CCITT-FALSE four bits at a time: _T4[n] is the CRC register's update for nibble n
+# (a 16-entry table instead of 256: 80 bytes of RAM instead of 528).
+_T4 = (
+    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
+    0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF,
+)  # fmt: skip
 
 
 def crc16(buf, start, end):
     """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of ``buf[start:end]``. Allocates nothing."""
     c = 0xFFFF
     while start < end:  # few locals: a larger frame would be a heap allocation per call
-        c = ((c << 8) & 0xFFFF) ^ _T[(c >> 8) ^ buf[start]]
+        c ^= buf[start] << 8
+        c = ((c << 4) & 0xFFFF) ^ _T4[c >> 12]
+        c = ((c << 4) & 0xFFFF) ^ _T4[c >> 12]
         start += 1
     return c
-
-
-def _put32(b, o, v):
-    b[o] = v & 0xFF
-    b[o + 1] = (v >> 8) & 0xFF
-    b[o + 2] = (v >> 16) & 0xFF
-    b[o + 3] = (v >> 24) & 0xFF
 
 
 def _get30(b, o):
@@ -143,41 +134,14 @@ def _copy_wire(buf, o, c, j):
         j += 1
 
 
-def _cursor_max(data):
-    # (largest valid seq or 0, entry count if every entry is whole and valid else -1)
-    if data is None:
-        return 0, 0
-    best = 0
-    clean = len(data) % _CSIZE == 0
-    for o in range(0, len(data) - _CSIZE + 1, _CSIZE):
-        s = _get30(data, o + 1)
-        if data[o] == _CMAGIC and s >= 0 and _sealed(data, o, 5):
-            if s > best:
-                best = s
-        else:
-            clean = False
-    return best, (len(data) // _CSIZE if clean else -1)
-
-
-def _parse_losses(data):
-    out = []
-    if data is None:
-        return out
-    for o in range(0, len(data) - _LSIZE + 1, _LSIZE):
-        a = _get30(data, o + 2)
-        z = _get30(data, o + 6)
-        r = data[o + 1]
-        if data[o] == _LMAGIC and 1 <= r <= 2 and 0 < a <= z and _sealed(data, o, 10):
-            out.append((a, z, STORE_FULL if r == 1 else CORRUPT))
-    return out
-
-
 class Store:
     """The reading log in directory ``root`` (created if missing; its parent must exist).
 
     ``seg_records`` records per segment file and at most ``max_segments`` files bound the
-    size. Opening recovers the log from flash. Seqs start at 1; ``acked`` and ``last_seq``
-    are 0 while nothing is acked or stored.
+    size. Opening recovers the log from flash (``firmware.recover``, imported for that only).
+    Seqs start at 1. ``last_seq`` is the newest seq stored (or acked, or reported lost) and
+    ``acked`` the seq up to which every record has been delivered; both are 0 while there is
+    none, and both are read-only.
     """
 
     def __init__(self, root, seg_records=SEG_RECORDS, max_segments=MAX_SEGMENTS):
@@ -194,8 +158,8 @@ class Store:
         self._bases = []  # seq of slot 0 (-1 if unknown: every record in it is bad),
         self._counts = []  # and slots in use
         self._next_num = 1
-        self._seq = 0
-        self._acked = 0
+        self.last_seq = 0
+        self.acked = 0
         self._wf = None  # segment being appended to (always the newest)
         self._rf = None  # segment being read, and its number and count when opened
         self._rf_num = -1
@@ -212,19 +176,11 @@ class Store:
         self._centry = bytearray(_CSIZE)
         self._chunk = bytearray(_CHUNK * RECORD_SIZE)
         self._res = [0, 0, 0]
-        self._recover()
+        from firmware import recover
+
+        recover.recover(self)
 
     # --- public ------------------------------------------------------------------------------
-
-    @property
-    def last_seq(self):
-        """The newest seq stored (or acked, or reported lost); 0 if none."""
-        return self._seq
-
-    @property
-    def acked(self):
-        """Every record up to this seq has been delivered; 0 if none."""
-        return self._acked
 
     def append(self, boot_id, up_s, up_ms, value, channel):
         """Store one reading durably (written and flushed) and return its seq.
@@ -248,8 +204,8 @@ class Store:
         if not (type(up_ms) is int and 0 <= up_ms <= 999):
             raise ValueError("up_ms must be an int in [0, 999]")
         r = self._rec
-        _put32(r, 5, boot_id)
-        _put32(r, 9, up_s)
+        put30(r, 5, boot_id)
+        put30(r, 9, up_s)
         r[13] = up_ms & 0xFF
         r[14] = up_ms >> 8
 
@@ -264,17 +220,17 @@ class Store:
         r[17] = channel
 
     def _commit(self):
-        s = self._seq + 1
+        s = self.last_seq + 1
         if s > SEQ_MAX:
             raise ValueError("sequence numbers exhausted (2**30 - 1 reached)")
         if self._wf is None or self._counts[-1] >= self._segrec:
             self._roll()
         r = self._rec
         r[0] = _MAGIC
-        _put32(r, 1, s)
+        put30(r, 1, s)
         _seal(r, 0, 18)
         self._write(r)
-        self._seq = s
+        self.last_seq = s
         self._counts[-1] += 1
         return s
 
@@ -291,13 +247,13 @@ class Store:
         """Mark every record up to ``seq`` delivered, durably. Lower seqs are ignored."""
         if type(seq) is not int or seq < 0:
             raise ValueError("seq must be an int >= 0")
-        if seq > self._seq:
-            raise ValueError("cannot ack seq {} beyond last_seq {}".format(seq, self._seq))
-        if seq <= self._acked:
+        if seq > self.last_seq:
+            raise ValueError("cannot ack seq {} beyond last_seq {}".format(seq, self.last_seq))
+        if seq <= self.acked:
             return
         e = self._centry
         e[0] = _CMAGIC
-        _put32(e, 1, seq)
+        put30(e, 1, seq)
         _seal(e, 0, 5)
         if self._cn >= _CROTATE:
             self._close_cursor()
@@ -316,7 +272,7 @@ class Store:
                 self._cn = _CROTATE  # never append after a possibly torn entry
                 raise
             self._cn += 1
-        self._acked = seq
+        self.acked = seq
 
     def read_batch(self, buf, max_count, after_seq=None):
         """Copy up to ``max_count`` records that follow the ack cursor (or ``after_seq``, for a
@@ -331,12 +287,12 @@ class Store:
         if type(max_count) is not int or max_count < 1 or max_count * WIRE_SIZE > len(buf):
             raise ValueError("max_count must be >= 1 and buf must hold max_count * 9 bytes")
         if after_seq is None:
-            s = self._acked + 1
+            s = self.acked + 1
         elif type(after_seq) is int and 0 <= after_seq <= SEQ_MAX:
             s = after_seq + 1
         else:
             raise ValueError("after_seq must be None or an int in [0, 2**30)")
-        return self._read(buf, max_count, s, self._seq)
+        return self._read(buf, max_count, s, self.last_seq)
 
     def read_range(self, buf, first, last):
         """For a resend of seqs ``first``..``last``: like ``read_batch``, as many records as
@@ -357,7 +313,7 @@ class Store:
 
     def backlog(self):
         """Number of records held and not yet acked (corrupt ones included)."""
-        a = self._acked + 1
+        a = self.acked + 1
         t = 0
         for k in range(len(self._nums)):
             b = self._bases[k]
@@ -524,7 +480,7 @@ class Store:
         self._wf = open(self._seg_path(num), "wb", 0)
         self._next_num = num + 1
         self._nums.append(num)
-        self._bases.append(self._seq + 1)
+        self._bases.append(self.last_seq + 1)
         self._counts.append(0)
 
     def _write_failed(self):
@@ -548,7 +504,7 @@ class Store:
         saved = True
         if base >= 0 and n:
             last = base + n - 1
-            lo = base if base > self._acked else self._acked + 1
+            lo = base if base > self.acked else self.acked + 1
             if lo <= last:
                 for x in sorted(self._bad):  # already reported as corrupt
                     if lo <= x <= last:
@@ -591,7 +547,7 @@ class Store:
         self.corrupt += 1
         if len(self._bad) < _MAX_BAD:
             self._bad.append(s)
-        if s > self._acked and not self._lost(s):
+        if s > self.acked and not self._lost(s):
             self._add_loss(s, s, CORRUPT)
             return True
         return False
@@ -607,8 +563,8 @@ class Store:
         for a, z, r in L:
             b[o] = _LMAGIC
             b[o + 1] = 1 if r == STORE_FULL else 2
-            _put32(b, o + 2, a)
-            _put32(b, o + 6, z)
+            put30(b, o + 2, a)
+            put30(b, o + 6, z)
             _seal(b, o, 10)
             o += _LSIZE
         self._write_file(_LOSS_TMP, b)
@@ -629,16 +585,6 @@ class Store:
         f = self._cf
         self._cf = None
         if f is not None:
-            f.close()
-
-    def _load(self, name):
-        try:
-            f = open(self._path(name), "rb")
-        except OSError:
-            return None
-        try:
-            return f.read()
-        finally:
             f.close()
 
     def _write_file(self, name, data):
@@ -662,117 +608,3 @@ class Store:
             os.remove(self._path(name))
         except OSError:
             pass
-
-    # --- recovery ----------------------------------------------------------------------------
-
-    def _recover(self):
-        try:
-            os.mkdir(self._root)
-        except OSError as e:
-            if e.errno != errno.EEXIST:
-                raise
-
-        acked, n = _cursor_max(self._load(_CURSOR))
-        tmp = self._load(_CURSOR_TMP)
-        if tmp is not None:
-            t = _cursor_max(tmp)[0]
-            if t > acked:  # the cut came between writing cursor.tmp and the rename
-                self._replace(_CURSOR_TMP, _CURSOR)
-                acked = t
-                n = 1
-            else:
-                self._remove(_CURSOR_TMP)
-        self._acked = acked
-        self._cn = n if n >= 0 else _CROTATE
-
-        data = self._load(_LOSS)
-        tmp = self._load(_LOSS_TMP)
-        if data is None and tmp is not None:  # cut after FAT's remove, before the rename
-            self._replace(_LOSS_TMP, _LOSS)
-            data = tmp
-        elif tmp is not None:
-            self._remove(_LOSS_TMP)
-        self._losses = _parse_losses(data)
-
-        nums = []
-        for name in os.listdir(self._root):
-            if len(name) == 12 and name[8:] == ".seg" and name[:8].isdigit():
-                nums.append(int(name[:8]))
-        nums.sort()
-        if nums:
-            self._next_num = nums[-1] + 1
-        bad = []  # (segment index, slot) of every bad slot
-        prev = 0  # newest valid seq so far
-        for num in nums:
-            n, base, newest = self._scan(num, prev, bad, len(self._nums))
-            if n == 0:  # empty, or just a torn record
-                os.remove(self._seg_path(num))
-                continue
-            self._nums.append(num)
-            self._bases.append(base)
-            self._counts.append(n)
-            if newest > 0:
-                prev = newest
-
-        bases = self._bases
-        counts = self._counts
-        m = len(bases)
-        for k in range(m):
-            nb = bases[k + 1] if k + 1 < m else -1
-            if bases[k] < 0 and k and bases[k - 1] >= 0:
-                e = bases[k - 1] + counts[k - 1]
-                if k + 1 == m or nb - e == counts[k]:
-                    bases[k] = e  # all bad: place it between its neighbours
-            if bases[k] >= 0 and nb >= 0 and bases[k] + counts[k] > nb:
-                # bad tail slots whose seqs a later segment holds (a failed write that
-                # still left a full-length record): not losses
-                counts[k] = nb - bases[k] if nb > bases[k] else 0
-        added = False
-        for k, i in bad:
-            if bases[k] < 0:
-                self.corrupt += 1
-            elif i < counts[k] and self._found_bad(bases[k] + i):
-                added = True
-
-        s = self._acked
-        for _, z, _ in self._losses:
-            if z > s:
-                s = z
-        for k in range(m):
-            if bases[k] >= 0 and counts[k] and bases[k] + counts[k] - 1 > s:
-                s = bases[k] + counts[k] - 1
-        self._seq = s
-        if added:
-            self._save_losses()
-
-    def _scan(self, num, prev, bad, k):
-        # -> (slots, base or -1, newest valid seq or -1); appends (k, slot) of bad slots
-        path = self._seg_path(num)
-        n = os.stat(path)[6] // RECORD_SIZE
-        base = newest = -1
-        if n == 0:
-            return 0, -1, -1
-        c = self._chunk
-        i = 0
-        f = open(path, "rb")
-        try:
-            while i < n:
-                got = f.readinto(c) or 0
-                if got < RECORD_SIZE:
-                    break
-                j = 0
-                while j + RECORD_SIZE <= got and i < n:
-                    s = _get30(c, j + 1)
-                    if c[j] != _MAGIC or not _sealed(c, j, 18):
-                        s = -1
-                    if s >= 0 and base < 0 and s - i > prev:
-                        base = s - i
-                    if s >= 0 and base >= 0 and s == base + i:
-                        newest = s
-                    else:
-                        bad.append((k, i))
-                    i += 1
-                    j += RECORD_SIZE
-        finally:
-            f.close()
-        return i, base, newest

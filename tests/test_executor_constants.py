@@ -41,10 +41,22 @@ def test_private_copies_match_public(path: str, public: object, least: int) -> N
     assert checked >= least, f"{path}: only {checked} constants compared"
 
 
-def test_snapshot_copies_match_executor() -> None:
-    # shared.snapshot's private snapshot constants are shared.executor's
-    ex = (REPO / "shared/executor.py").read_text()
-    snap = (REPO / "shared/snapshot.py").read_text()
-    for name in ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER"):
-        pat = rf"^{name} = const\(([^)]*)\)"
-        assert re.search(pat, ex, re.M).group(1) == re.search(pat, snap, re.M).group(1), name  # type: ignore[union-attr]
+# (module with private copies, module they copy, names): copies between board modules
+TWINS = [
+    ("shared/snapshot.py", "shared/executor.py", ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER")),
+    (
+        "firmware/recover.py",
+        "firmware/store.py",
+        ("_MAGIC", "_CMAGIC", "_LMAGIC", "_CSIZE", "_LSIZE", "_CROTATE", "_RECORD_SIZE"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "source", "names"), TWINS)
+def test_private_copies_match_their_module(path: str, source: str, names: tuple) -> None:
+    mine = (REPO / path).read_text()
+    theirs = (REPO / source).read_text()
+    for name in names:
+        got = re.search(rf"^{name} = const\(([^)]*)\)", mine, re.M)
+        want = re.search(rf"^_?{name.lstrip('_')} = const\(([^)]*)\)", theirs, re.M)
+        assert got and want and int(got.group(1), 0) == int(want.group(1), 0), (path, name)

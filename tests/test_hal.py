@@ -12,6 +12,7 @@ import pytest
 
 from firmware import config, hal, safemode
 from firmware import main as board_main
+from firmware.profile import parse_profile
 from firmware.simhal import VirtualClock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,7 +313,7 @@ def test_profile_errors_name_the_channel(m, path, value, message):
 
 def test_the_repo_board_profiles_parse():
     for path in (REPO / "hw/boards").glob("*.json"):
-        channels, outputs = hal.parse_profile(json.loads(path.read_text()))
+        channels, outputs = parse_profile(json.loads(path.read_text()))
         assert channels and [c[0] for c in channels] == sorted(c[0] for c in channels)
 
 
