@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 
 from cloud.orrery import db, keys
 from cloud.orrery.ingest import AlertRule, Ingest, Message, merge, subtract
-from shared import protocol as P
+from shared import codec as P
 
 SECRET = b"fleet-secret-for-tests-0123456789"
 T = "orrery/f1/dev1/up/"

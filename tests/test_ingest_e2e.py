@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cloud.orrery import db, keys
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.serve import BrokerAddress, Service
-from shared import protocol as P
+from shared import codec as P
 from tests.test_node import T0, Board, Cloud, _wait, install_args
 
 SECRET = b"e2e-fleet-secret-0123456789abcdef"

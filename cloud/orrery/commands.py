@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery import db, keys
-from shared import protocol as P
+from shared import codec as P
 
 COMMANDS = db.Command.__table__
 DEVICES = db.Device.__table__

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud.orrery import commands as C
 from cloud.orrery import db
-from shared import protocol as P
+from shared import codec as P
 
 log = logging.getLogger("orrery.ingest")
 

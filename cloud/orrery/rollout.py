@@ -43,7 +43,7 @@ from sqlalchemy.engine import Connection, Engine
 from cloud.orrery import commands as C
 from cloud.orrery import db
 from cloud.orrery.ingest import jlog, now_ms
-from shared import protocol as P
+from shared import codec as P
 
 DEVICES = db.Device.__table__
 TAGS = db.DeviceTag.__table__

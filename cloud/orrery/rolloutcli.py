@@ -166,7 +166,7 @@ def workflow_simulate(
     have done, side by side with what the running version did."""
     from cloud.orrery import registry
     from cloud.orrery.cli import load_profile
-    from firmware.hal import parse_profile
+    from firmware.profile import parse_profile
 
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     with open_db(db_url).connect() as conn:

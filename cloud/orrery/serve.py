@@ -215,16 +215,21 @@ class Service:
             self._publish(result.outgoing)
 
     def _reconcile(self) -> None:
+        out: list[C.Outgoing] = []
         try:
             out = self.ingest.reconcile()
-            out += [
-                o
-                for o in self.ingest.queued_commands()
-                if o.command_id not in {x.command_id for x in out}
-            ]
         except Exception as exc:
             jlog("reconcile_failed", logging.ERROR, error=repr(exc)[:300])
-            return
+        if self.orchestrator is not None:
+            try:
+                out += self.orchestrator.tick()
+            except Exception as exc:
+                jlog("rollouts_failed", logging.ERROR, error=repr(exc)[:300])
+        try:
+            seen = {x.command_id for x in out}
+            out += [o for o in self.ingest.queued_commands() if o.command_id not in seen]
+        except Exception as exc:
+            jlog("dispatch_failed", logging.ERROR, error=repr(exc)[:300])
         if out:
             self._publish(out)
 

@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery import db
-from shared import protocol as P
+from shared import codec as P
 from tools.mosquitto import Broker
 
 FLEET = "bench"
