@@ -2,7 +2,7 @@
 node's small persisted tables (time anchors, the command replay table).
 
 All of it is rare, so the node imports this module (with ``shared.progload`` and
-``shared.snapshot``) only when needed and drops it again (``firmware.node.drop_rare``).
+``shared.activate``) only when needed and drops it again (``firmware.node.drop_rare``).
 
 Files under ``<root>/wf/``: ``current.bin`` (the compiled device form that runs),
 ``prev.bin`` (the one before, for rollback), ``state.bin`` (the executor snapshot: state,
@@ -145,7 +145,7 @@ def install(wf, cmd_id, args):
         return _REJECTED, str(e)
     snap = None
     if wf.ex is not None:
-        from shared.snapshot import migrate_snapshot
+        from shared.activate import migrate_snapshot
 
         try:
             snap = migrate_snapshot(wf.prog, wf.ex.snapshot(), prog)

@@ -17,7 +17,7 @@ Nothing here reboots because the cloud is unreachable.
 Memory: this module holds what runs all the time. The rare paths are modules imported when
 needed and dropped again (``drop_rare``), so their code does not stay in RAM: commands
 (``firmware.commands``, with ``shared.verifier``), the workflow's boot, install and rollback
-(``firmware.installer``, with ``shared.progload`` and ``shared.snapshot``), set_config and
+(``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
 app bundles. See firmware/README.md, "Memory".
 """
 
@@ -95,7 +95,7 @@ RARE = (
     "shared.verifier",
     "shared.hmac256",
     "shared.progload",
-    "shared.snapshot",
+    "shared.activate",
     "shared.bundle",
 )
 

@@ -32,10 +32,6 @@ u8 counts of vars, outputs, timers and inputs, 2 zero bytes; then int32 words: v
 outputs, timers' remaining ms (-1: not running), inputs' current period_ms.
 """
 
-from array import array
-
-from shared import filters
-
 try:
     from micropython import const
 except ImportError:
@@ -143,13 +139,6 @@ def _test(op, x, y):
     return x != y
 
 
-def _zeros(n, fill):
-    a = array("i", bytes(4 * n))
-    for i in range(n):
-        a[i] = fill
-    return a
-
-
 def _put(buf, off, v):
     # One little-endian int32 into buf at off.
     buf[off] = v & 255
@@ -173,62 +162,18 @@ class Executor:
     ``host.set_period(i, ms)``; reads time from ``clock()`` (wrapping ms ticks)."""
 
     def __init__(self, program, host, clock):
-        p = program
-        self.program = p
-        self._host = host
-        self._clock = clock
-        self._st = p.states
-        self._tr = p.trans
-        self._gd = p.guards
-        self._ac = p.acts
-        ni = len(p.input_names)
-        chains = []
-        for i in range(ni):
-            chains.append(filters.build_chain(p.filters(i)))
-        self._chains = tuple(chains)
-        self.vars = _zeros(len(p.var_names), 0)
-        self.outputs = _zeros(len(p.output_names), 0)
-        self.last = _zeros(ni, NO_VALUE)
-        self._deadline = _zeros(len(p.timer_names), _OFF)
-        self._hold = _zeros(len(p.trans) // _TW, _OFF)
-        self._period = _zeros(ni, 0)
-        self._ntimers = len(p.timer_names)
-        self._snap_size = _SNAP_HEADER + 4 * (
-            ni + len(p.var_names) + len(p.output_names) + self._ntimers
-        )
-        self.state = p.initial
-        self._now = 0
-        self._prev = NO_VALUE
-        self._restored = False
-        self.transitions = 0
-        self.events = 0
-        self._reset()
+        from shared import activate  # once per activation: its code is not kept in RAM
 
-    def _reset(self):
-        p = self.program
-        for i in range(len(p.var_init)):
-            self.vars[i] = p.var_init[i]
-        for i in range(len(p.period_ms)):
-            self._period[i] = p.period_ms[i]
+        activate.init(self, program, host, clock)
 
     # Board-facing API.
 
     def start(self):
         """Enter the initial state (or, after ``restore``, re-apply the saved outputs and
         periods through the host), then deliver the boot event."""
-        self._now = self._clock()
-        if self._restored:
-            for o in range(len(self.outputs)):
-                self._host.output(o, self.outputs[o])
-            for i in range(len(self._period)):
-                if self._period[i] != self.program.period_ms[i]:
-                    self._host.set_period(i, self._period[i])
-        else:
-            self._reset()
-            for o in range(len(self.outputs)):
-                self.outputs[o] = 0
-            self._enter(self.program.initial)
-        self.step(EV_BOOT, 0)
+        from shared import activate
+
+        activate.start(self)
 
     def feed(self, i, raw):
         """Run raw sample ``raw`` (int or None) of input ``i`` through its filters; if a
@@ -535,10 +480,10 @@ class Executor:
         """Load a snapshot of this program: state, vars, outputs, timers (restarted with
         their remaining time), periods. ``start()`` then re-applies outputs and periods.
         Raises ValueError, changing nothing, for a malformed snapshot or another
-        program's. (The code is ``shared.snapshot``'s, imported only when used.)"""
-        from shared import snapshot
+        program's."""
+        from shared import activate
 
-        snapshot.restore(self, snap)
+        activate.restore(self, snap)
 
 
 def _sooner(best, ms):

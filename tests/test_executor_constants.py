@@ -18,7 +18,7 @@ COPIES = [
     ("shared/executor.py", compact, 20),
     ("shared/progload.py", compact, 50),
     ("shared/program.py", compact, 5),
-    ("shared/snapshot.py", compact, 4),
+    ("shared/activate.py", compact, 7),
     ("shared/protocol.py", codec, 6),
     ("shared/verifier.py", codec, 10),
     ("firmware/node.py", codec, 5),
@@ -43,7 +43,7 @@ def test_private_copies_match_public(path: str, public: object, least: int) -> N
 
 # (module with private copies, module they copy, names): copies between board modules
 TWINS = [
-    ("shared/snapshot.py", "shared/executor.py", ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER")),
+    ("shared/activate.py", "shared/executor.py", ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER")),
     (
         "firmware/recover.py",
         "firmware/store.py",

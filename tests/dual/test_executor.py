@@ -13,6 +13,7 @@ collection happens.
 
 from _util import MICROPYTHON, REPO, load_json, raises
 
+from shared.activate import migrate_snapshot
 from shared.compact import S16_MAX, TICKS_MAX, VAR_MAX
 from shared.executor import (
     EV_BOOT,
@@ -27,7 +28,6 @@ from shared.executor import (
     ticks_add,
 )
 from shared.program import Program
-from shared.snapshot import migrate_snapshot
 
 try:
     GOLDEN = load_json("tests/golden/executor.json")
@@ -710,7 +710,7 @@ _MEASURE = """
 import gc
 import json
 
-from shared import executor, program, progload  # the loader is code, not workflow data
+from shared import activate, executor, program, progload  # code, not workflow data
 
 
 class Host:

@@ -107,7 +107,7 @@ def on_demand_one(names):
 
 def on_demand():
     R["rare"] = {}
-    for group in (["shared.progload"], ["shared.snapshot"], ["shared.verifier"]):
+    for group in (["shared.progload"], ["shared.activate"], ["shared.verifier"]):
         on_demand_one(group)
 
 
