@@ -90,20 +90,15 @@ TOPIC_KINDS = (STATE, READINGS, EVENTS, ACKS, LOSS, PULL, CMD)
 
 
 def _isid(v, cmd=False):
-    # an id: 1..64 chars of [A-Za-z0-9_.-], and ":" too if cmd
+    # an id: 1..64 chars of [A-Za-z0-9_.-], and ":" too if cmd (compared as code points: no
+    # one-character strings to intern on the board)
     if not isinstance(v, str) or not 0 < len(v) <= 64:
         return False
     for c in v:
-        if not (
-            "a" <= c <= "z"
-            or "A" <= c <= "Z"
-            or "0" <= c <= "9"
-            or c == "_"
-            or c == "."
-            or c == "-"
-            or (cmd and c == ":")
-        ):
-            return False
+        o = ord(c)
+        if not (97 <= o <= 122 or 65 <= o <= 90 or 48 <= o <= 57 or o == 95 or o == 46 or o == 45):
+            if not (cmd and o == 58):
+                return False
     return True
 
 
