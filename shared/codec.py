@@ -277,17 +277,23 @@ def decode_batch(data):
             anchor = _anchor(struct.unpack_from(_ANC, data, HEADER_SIZE))
     except ValueError as e:
         return None, str(e)
-    records = []
-    for i in range(count):
-        up_s, up_ms, value, channel = struct.unpack_from(_REC, data, off)
-        try:
-            _rng("up_s", up_s, 0, SEQ_MAX)
-            _rng("up_ms", up_ms, 0, 999)
-            _rng("value", value, -32767, 32767)
-        except ValueError as e:
-            return None, "record {}: {}".format(i, e)
-        records.append((first_seq + i, up_s, up_ms, value, channel))
-        off += RECORD_SIZE
+    # every record in one unpack, checked column by column (the cloud's hot path)
+    v = struct.unpack_from("<" + _REC[1:] * count, data, off)
+    try:
+        ups, ums, vals, chs = v[0::4], v[1::4], v[2::4], v[3::4]
+    except NotImplementedError:  # a MicroPython built without slice steps
+        n = len(v)
+        ups, ums = [v[i] for i in range(0, n, 4)], [v[i] for i in range(1, n, 4)]
+        vals, chs = [v[i] for i in range(2, n, 4)], [v[i] for i in range(3, n, 4)]
+    if max(ups) > SEQ_MAX or max(ums) > 999 or min(vals) < -32767:
+        for i in range(count):
+            try:
+                _rng("up_s", ups[i], 0, SEQ_MAX)
+                _rng("up_ms", ums[i], 0, 999)
+                _rng("value", vals[i], -32767, 32767)
+            except ValueError as e:
+                return None, "record {}: {}".format(i, e)
+    records = list(zip(range(first_seq, first_seq + count), ups, ums, vals, chs))  # noqa: B905 (MicroPython zip has no strict)
     return Batch(boot_id, first_seq, flags, anchor, records), None
 
 
