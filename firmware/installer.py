@@ -220,23 +220,13 @@ def cancel(wf, cmd_id):
 
 
 def load_anchors(root):
-    """Time anchors of recent boots: {boot_id: (up_s, up_ms, unix_s, unix_ms)}."""
+    """Time anchors of recent boots: {boot_id: (up_s, up_ms, unix_s, unix_ms)} (the node
+    saves them: ``Node._save_anchor``)."""
     try:
         raw = json.loads(_read(root + "/anchors.json"))
         return {int(k): tuple(v) for k, v in raw.items()}
     except Exception:
         return {}
-
-
-def save_anchor(node, boot_id, anchor):
-    """Remember this boot's anchor so a later boot can send its backlog with correct times."""
-    node.anchors[boot_id] = anchor
-    while len(node.anchors) > 8:
-        del node.anchors[min(node.anchors)]
-    data = {}
-    for k in node.anchors:
-        data[str(k)] = list(node.anchors[k])
-    write_atomic(node.root + "/anchors.json", json.dumps(data))
 
 
 def load_verifier(root, verifier):

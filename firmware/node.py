@@ -18,10 +18,12 @@ Memory: this module holds what runs all the time. The rare paths are modules imp
 needed and dropped again (``drop_rare``), so their code does not stay in RAM: commands
 (``firmware.commands``, with ``shared.verifier``), the workflow's boot, install and rollback
 (``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
-app bundles. See firmware/README.md, "Memory".
+app bundles. Only the main thread imports and drops them (the link thread leaves the bundle
+confirmation to it), so an import never races a drop. See firmware/README.md, "Memory".
 """
 
 import gc
+import json
 import os
 import sys
 from array import array
@@ -301,6 +303,7 @@ class Node:
         self.bundle = None  # an app bundle download in progress
         self.reboot_requested = False
         self.confirmed = False  # a trial app bundle was confirmed (or there was none)
+        self.confirm_due = False
         self.confirm_after_s = cfg.get("confirm_after_s", 30)
         self.stats = {"missed": 0, "link_drops": 0, "commands": 0}
 
@@ -373,6 +376,14 @@ class Node:
                 commands.run(self)
             finally:
                 drop_rare()
+        if self.confirm_due:
+            from firmware import bundle
+
+            self.confirm_due = False
+            try:
+                bundle.confirm(self)
+            finally:
+                drop_rare()
         wf.check_health()
         if wf.dirty:
             wf.save_state()
@@ -435,13 +446,8 @@ class Node:
         if not link.connected:
             return False
         if not self.confirmed and self.up.s >= self.confirm_after_s:
-            from firmware import bundle
-
-            self.confirmed = True
-            try:
-                bundle.confirm(self)
-            finally:
-                drop_rare()
+            self.confirmed = True  # the app reached the broker and stayed up:
+            self.confirm_due = True  # the main thread confirms a trial bundle
         return (
             self._send_acks()
             or self._send_losses()
@@ -458,13 +464,21 @@ class Node:
             ms = self.wall_ms()
             if ms is not None:
                 self.wall.sync(ms // 1000, ms % 1000, self.up)
-                from firmware import installer
-
-                installer.save_anchor(self, self.boot_id, self.wall.anchor())
-                drop_rare()
+                self._save_anchor(self.boot_id, self.wall.anchor())
         self._send_state(True)
         link.publish(self.topics[P.PULL], P.encode_pull(self.boot_id), 1)
         self.wf.link_event(True)
+
+    def _save_anchor(self, boot_id, anchor):
+        # remember this boot's anchor, so a later boot can send its backlog with correct times
+        a = self.anchors
+        a[boot_id] = anchor
+        while len(a) > 8:
+            del a[min(a)]
+        data = {}
+        for k in a:
+            data[str(k)] = list(a[k])
+        write_atomic(self.root + "/anchors.json", json.dumps(data))
 
     def _send_acks(self):
         if not self.outbox:
