@@ -442,8 +442,38 @@ class Orchestrator:
             self._log(conn, rid, event, detail)
 
     def start(self, rid: int) -> None:
-        """Start a draft rollout."""
-        self._transition(rid, ("draft",), "running", "started", started_ms=self.clock())
+        """Start a draft rollout; refused while another running or paused rollout is changing
+        any of its devices (drafts may overlap; only one rollout at a time changes a device)."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state != "draft":
+                raise RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
+            other = MEMBERS.alias("other")
+            clash = conn.execute(
+                sa.select(other.c.rollout_id, DEVICES.c.name)
+                .select_from(MEMBERS)
+                .join(other, other.c.device_id == MEMBERS.c.device_id)
+                .join(ROLLOUTS, ROLLOUTS.c.id == other.c.rollout_id)
+                .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+                .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.state.notin_(FINAL),
+                       other.c.rollout_id != rid, other.c.state.notin_(FINAL),
+                       ROLLOUTS.c.state.in_(("running", "paused")))
+                .order_by(other.c.rollout_id, DEVICES.c.name)
+            ).all()  # fmt: skip
+            if clash:
+                busy = clash[0].rollout_id
+                names = [x.name for x in clash if x.rollout_id == busy]
+                raise RolloutError(
+                    f"rollout {rid} cannot start: {len(names)} of its devices are being changed "
+                    f"by rollout {busy} ({', '.join(names[:8])}{' …' if len(names) > 8 else ''}); "
+                    f"start it once rollout {busy} is done, or cancel one of them"
+                )
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == rid)
+                .values(state="running", started_ms=self.clock())
+            )
+            self._log(conn, rid, "started")
 
     def pause(self, rid: int, reason: str = "paused by operator") -> None:
         """Pause: nothing new is sent; what is in flight still reports."""
@@ -500,7 +530,7 @@ class Orchestrator:
             self._set_members(
                 conn, rid, [(x.device_id, "queued", "retry") for x in rows], command_id=None
             )
-            if r.state == "finished":
+            if r.state == "finished" and rows:
                 conn.execute(
                     sa.update(ROLLOUTS)
                     .where(ROLLOUTS.c.id == rid)
