@@ -486,7 +486,10 @@ def rollout_status(
 def rollout_log(rollout_id: int, db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     """The audit log: every rollout and device state change."""
     L = db.RolloutLog.__table__
+    R = db.Rollout.__table__
     with open_db(db_url).connect() as conn:
+        if conn.execute(sa.select(R.c.id).where(R.c.id == rollout_id)).first() is None:
+            fail(f"no rollout {rollout_id} (see `orrery rollout list`)")
         names = dict(conn.execute(sa.select(DEVICES.c.id, DEVICES.c.name)).all())
         rows = [{"at": iso(r.at_ms), "device": names.get(r.device_id), "event": r.event, "detail": r.detail}
                 for r in conn.execute(sa.select(L).where(L.c.rollout_id == rollout_id).order_by(L.c.id))]  # fmt: skip
