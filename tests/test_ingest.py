@@ -143,7 +143,7 @@ def test_gap_gets_one_signed_resend_for_the_exact_range(ingest):
     ingest.handle([msg("readings", batch(1, 10)), msg("readings", batch(16, 5))], now=0)
     assert ingest.reconcile(now=500) == []  # reorder window not over yet
     out = ingest.reconcile(now=1500)
-    assert [o.command_id for o in out] == ["resend:11-15:1"]
+    assert [o.command_id for o in out] == ["resend:1:11-15:1"]
     assert out[0].topic == "orrery/f1/dev1/down/cmd"
     # the board's own verifier accepts it with the device's key
     v = P.Verifier(keys.device_key(SECRET, "dev1"), "dev1")
@@ -153,12 +153,12 @@ def test_gap_gets_one_signed_resend_for_the_exact_range(ingest):
     # asking again does not send it twice
     assert ingest.reconcile(now=3000) == []
     assert q(ingest, "SELECT status, command_id, attempts FROM gaps") == [
-        ("requested", "resend:11-15:1", 1)
+        ("requested", "resend:1:11-15:1", 1)
     ]
     # the board resends part of it, then acks
     ingest.handle([msg("readings", batch(11, 3, flags=P.HISTORICAL))], now=3100)
     ingest.handle(
-        [msg("acks", P.encode_ack("resend:11-15:1", P.OK, "resent 11..13; 14..15 not held"))],
+        [msg("acks", P.encode_ack("resend:1:11-15:1", P.OK, "resent 11..13; 14..15 not held"))],
         now=3200,
     )
     assert ingest.reconcile(now=3300) == []
@@ -185,7 +185,7 @@ def test_reported_loss_is_permanent_and_late_data_still_counts(ingest):
     ingest.handle([msg("loss", P.encode_loss(7, 6, 15, "store_full"))], now=10)
     assert ingest.reconcile(now=5000) == []  # a hole is a gap once the reorder window has passed
     out = ingest.reconcile(now=6000)
-    assert [o.command_id for o in out] == ["resend:16-20:1"]  # only what was not reported lost
+    assert [o.command_id for o in out] == ["resend:1:16-20:1"]  # only what was not reported lost
     assert q(ingest, "SELECT first, last, reason, source FROM losses") == [
         (6, 15, "store_full", "device")
     ]
@@ -199,16 +199,16 @@ def test_failed_or_expired_resend_is_asked_again(ingest):
     ingest.resend_ttl_s = 10
     ingest.handle([msg("readings", batch(1, 5)), msg("readings", batch(9, 2))], now=0)
     ingest.reconcile(now=0)
-    assert [o.command_id for o in ingest.reconcile(now=2000)] == ["resend:6-8:1"]
+    assert [o.command_id for o in ingest.reconcile(now=2000)] == ["resend:1:6-8:1"]
     out = ingest.reconcile(now=13_000)  # the command expired unanswered: ask again
-    assert [o.command_id for o in out] == ["resend:6-8:2"]
+    assert [o.command_id for o in out] == ["resend:1:6-8:2"]
     assert q(ingest, "SELECT id, status FROM commands ORDER BY id") == [
-        ("resend:6-8:1", "expired"),
-        ("resend:6-8:2", "queued"),
+        ("resend:1:6-8:1", "expired"),
+        ("resend:1:6-8:2", "queued"),
     ]
     # a failed resend is asked again too
-    ingest.handle([msg("acks", P.encode_ack("resend:6-8:2", P.FAILED, "store error"))], now=13_100)
-    assert [o.command_id for o in ingest.reconcile(now=13_200)] == ["resend:6-8:3"]
+    ingest.handle([msg("acks", P.encode_ack("resend:1:6-8:2", P.FAILED, "store error"))], now=13_100)
+    assert [o.command_id for o in ingest.reconcile(now=13_200)] == ["resend:1:6-8:3"]
 
 
 def test_no_secret_reports_gaps_without_commands(db_url):

@@ -281,14 +281,6 @@ def test_broker_restart_mid_stream(db_url, mosq, workers, load, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=K.MisdirectedResend,
-    reason="ingest.py names resend commands resend:{first}-{last}:{attempt} with no device, and "
-    "commands.id is the primary key: when two boards miss the same range only the first gets "
-    "a resend (the other's gap points at the first's command, and turns into a false "
-    "not_held loss once that one is done). Remove this marker when resend ids name the device.",
-)
 def test_broker_restart_mid_stream_then_resends_bring_back_what_the_broker_dropped(
     db_url, mosq, workers, load, tmp_path
 ):

@@ -861,7 +861,7 @@ class Ingest:
                     gap["reason"] = "missing: no fleet secret to sign a resend"
                 else:
                     attempt = gap["attempts"] + 1
-                    cmd_id = f"resend:{a}-{b}:{attempt}"
+                    cmd_id = f"resend:{dev.id}:{a}-{b}:{attempt}"
                     o = C.queue(
                         conn,
                         self.secret,
