@@ -18,22 +18,30 @@ Small ints
     on 32-bit ports (beyond it an int is a heap object). The bound is noted beside each
     intermediate where it is not obvious.
 Rounding
-    One rule: round half away from zero (``_shr_round``, ``_div_round``; the hottest updates
-    inline the same expressions, as a call costs more than the rest of them). Right shifts of
-    negative ints are arithmetic (floor) on both runtimes, so every result is bit-identical
-    on CPython and MicroPython. The one other truncation is Biquad's floor of each product
-    by 3 bits before summing, under 5 * 2**-11 LSB per output (see Biquad).
+    One rule: round half away from zero (``_shr_round``; the updates inline the same
+    expressions, as a call costs more than the rest of them). Right shifts of negative ints
+    are arithmetic (floor) on both runtimes, so every result is bit-identical on CPython and
+    MicroPython. The one other truncation is Biquad's floor of each product by 3 bits before
+    summing, under 5 * 2**-11 LSB per output (see Biquad).
 Counters
     Counters (``Chain.accepted`` ...) wrap to 0 after 2**29 - 1, so they stay small ints.
 
 Interface
 ---------
 Every filter has ``update(x)`` -> int or None (None: nothing to emit; a Chain stops there)
-and ``reset()``. ``update(x)`` expects an int in S16 (``Chain.update`` checks this) and
-allocates nothing on MicroPython: no floats, big ints, containers or slices, and each
-update keeps its locals plus stack depth within 11 words (MicroPython puts larger call
-frames on the heap). Windowed filters (window 1..MAX_WINDOW) emit None until the window is
-full; with ``partial=True`` they emit over the samples seen so far.
+and ``reset()``; ``__call__`` is the same function, which is how a Chain calls it (on
+MicroPython ``f(x)`` finds it on the class alone, ``f.update(x)`` searches the instance's
+attributes first). ``update(x)`` expects an int in S16 (``Chain.update`` checks this, once
+for the chain) and allocates nothing on MicroPython: no floats, big ints, containers or
+slices, and each update keeps its locals plus stack depth within 11 words (MicroPython puts
+larger call frames on the heap). Windowed filters (window 1..MAX_WINDOW) emit None until
+the window is full; with ``partial=True`` they emit over the samples seen so far.
+
+Speed: MicroPython interprets every bytecode, attribute lookup and call, so their count is
+the cost. The hot updates read an attribute once into a local when they need it twice, test
+the common case first (a full window, an unsaturated output), and write rings backwards so
+that the wrap test compares with 0. (``@micropython.native`` would speed them up further on a board; the benchmark and
+the tests measure plain bytecode, which the WASI runtime runs.)
 
 ``FILTER_CODES``, ``build`` and ``build_chain`` turn the compact ``(code, params)`` form
 produced by ``shared.filterspec.compile_spec`` into filter instances.
@@ -57,8 +65,8 @@ MAX_COUNT = const(32767)  # largest n of Debounce, Throttle, Heartbeat
 _SMAX = const(32767)
 _CMASK = const(0x1FFFFFFF)
 _SEQ = (list, tuple)  # built once: a (list, tuple) literal in a function is built per call
-_TYPE = type  # module-level names are found faster than builtins on MicroPython
-_INT = int
+_INT = int  # module-level names are found faster than builtins on MicroPython
+_LOW = [-32768]  # Median's sorted list is made as _LOW * n: one list, no garbage
 
 
 def _int(name, v, lo, hi):
@@ -95,13 +103,6 @@ def _shr_round(v, s):
     return -((h - v) >> s)
 
 
-def _div_round(v, d):
-    """``v / d`` rounded half away from zero; ``d >= 1``, ``2*|v| + d < 2**30``."""
-    if v >= 0:
-        return (v + v + d) // (d + d)
-    return -((d - v - v) // (d + d))
-
-
 def _clip(f, v):
     # Saturate an out-of-range v to S16 and count it in f.saturated.
     f.saturated = (f.saturated + 1) & _CMASK
@@ -126,8 +127,10 @@ class MovingAverage:
         r = self._ring
         for i in range(self.window):
             r[i] = 0
-        self._i = 0
-        self._n = 0
+        # The ring is written backwards (the wrap test compares with 0). While it fills, the
+        # index is negative: -k for the k-th sample, and r[-k] is slot window - k.
+        self._i = -1
+        self._n = 0  # samples in the window (kept on the slow path only)
         self._sum = 0
 
     def update(self, x):
@@ -137,27 +140,33 @@ class MovingAverage:
         s = self._sum + x - r[i]  # slots not yet filled hold 0; |s| <= 64 * 32767 < 2**21
         self._sum = s
         r[i] = x
-        i += 1
-        if i == self.window:
-            i = 0
-        self._i = i
-        n = self._n
-        if n < self.window:
-            n += 1
+        n = self.window
+        if i > 0:
+            self._i = i - 1
+        elif i == 0 or i == -n:  # wrapped, or the window is now full
+            self._i = n - 1
             self._n = n
-            if n < self.window and not self.partial:
+        else:  # filling: -i samples so far
+            self._i = i - 1
+            self._n = -i
+            if not self.partial:
                 return None
-        if s >= 0:  # _div_round(s, n)
+            n = -i
+        if s >= 0:  # round half away from zero: 2*|s| + n < 2**22
             return (s + s + n) // (n + n)
         return -((n - s - s) // (n + n))
+
+    __call__ = update
 
 
 class Median:
     """Median of the last ``window`` samples (``window`` odd).
 
-    Keeps a sorted copy of the window: each sample replaces the outgoing one in place, so
-    nothing is sorted per sample. With ``partial=True`` and an even count seen so far, the
-    median is the rounded mean of the two middle samples.
+    Keeps a sorted copy of the window in a list, between sentinels below and above any
+    sample: each sample replaces the outgoing one (``list.remove`` and ``list.insert`` shift
+    in C), so nothing is sorted per sample. Until the window is full, the ring and the sorted
+    copy hold placeholders (-32768, below any sample). With ``partial=True`` and an even
+    count seen so far, the median is the rounded mean of the two middle samples.
     """
 
     ARGS = ("window", "partial")
@@ -168,51 +177,55 @@ class Median:
             raise ValueError("window: %d must be odd for median" % window)
         self.partial = _flag("partial", partial)
         self._ring = _zeros("h", window)
-        # The n samples seen sorted in [1..n], between sentinels below and above any sample.
-        self._sorted = _zeros("i", window + 2)
+        self._sorted = _LOW * (window + 2)  # exactly window + 2 slots, no garbage
+        self._mid = (window >> 1) + 1  # where the median sits once the window is full
         self.reset()
 
     def reset(self):
         """Forget every sample."""
-        self._sorted[0] = -32768
-        self._sorted[1] = 32768
-        self._i = 0
-        self._n = 0
+        r = self._ring
+        s = self._sorted
+        for i in range(self.window):
+            r[i] = -32768
+            s[i] = -32768
+        s[self.window] = -32768
+        s[self.window + 1] = 32768
+        self._i = -1  # as in MovingAverage: negative while filling, the ring written backwards
 
     def update(self, x):
         """Add ``x``; return the window median, or None while the window is not full."""
         s = self._sorted
-        n = self._n
-        if n == self.window:
-            # The outgoing sample leaves a hole at j; slide the hole to where x belongs.
-            j = 1
-            old = self._ring[self._i]
-            while s[j] != old:
-                j += 1
-            while s[j + 1] < x:
-                s[j] = s[j + 1]
+        r = self._ring
+        i = self._i
+        s.remove(r[i])  # the outgoing sample (or a placeholder)
+        r[i] = x
+        m = self._mid
+        j = m  # insert x in order, searching from the middle
+        if s[j] < x:
+            j += 1
+            while s[j] < x:
                 j += 1
         else:
-            n += 1
-            self._n = n
-            s[n + 1] = 32768
-            j = n
-        while s[j - 1] > x:
-            s[j] = s[j - 1]
-            j -= 1
-        s[j] = x
-        j = self._i
-        self._ring[j] = x
-        j += 1
-        if j == self.window:
-            j = 0
-        self._i = j
-        if n < self.window:
-            if not self.partial:
-                return None
-            if not n & 1:
-                return _shr_round(s[n >> 1] + s[(n >> 1) + 1], 1)
-        return s[(n >> 1) + 1]
+            while s[j - 1] > x:
+                j -= 1
+        s.insert(j, x)
+        if i > 0:
+            self._i = i - 1
+            return s[m]
+        j = self.window
+        if i == 0 or i == -j:  # wrapped, or the window is now full
+            self._i = j - 1
+            return s[m]
+        self._i = i - 1
+        if not self.partial:
+            return None
+        # -i samples so far, sorted in s[c:c - i] above c = window + 1 + i placeholders.
+        j += 1 + i + (-i >> 1)  # c + n // 2 for the n = -i samples: the upper middle
+        if i & 1:
+            return s[j]
+        return _shr_round(s[j - 1] + s[j], 1)
+
+    __call__ = update
 
 
 class WindowMin:
@@ -261,6 +274,8 @@ class WindowMin:
             self._m = self._scan()
         return self._m * self._sign
 
+    __call__ = update
+
     def _scan(self):
         r = self._ring
         m = r[0]
@@ -304,20 +319,23 @@ class Ema:
             self._r = 0
             return x
         a = self.alpha
+        y = self._y
         # Exact step: a*(x*2**14 - (y*2**14 + r)) / 2**14 = a*(x - y) - a*r/2**14, in Q14.
         p = a * r  # 0 <= p < 2**28
-        s = a * (x - self._y) - (p >> 14)  # |x - y| <= 65534, so |s| <= 16384*65534 + 16383
-        p &= 0x3FFF  # the exact step is s - p/2**14: round it half away from zero
-        if p > 8192 or (p == 8192 and s <= 0):
-            s -= 1
-        s += r  # |s| <= 16384*65534 + 16384 < 2**30
-        r = s & 0x3FFF
-        s = self._y + (s >> 14)
-        self._y = s
+        x = a * (x - y) - (p >> 14)  # |x - y| <= 65534, so |x| <= 16384*65534 + 16383
+        p &= 0x3FFF  # the exact step is x - p/2**14: round it half away from zero
+        if p > 8192 or (p == 8192 and x <= 0):
+            x -= 1
+        x += r  # |x| <= 16384*65534 + 16384 < 2**30
+        r = x & 0x3FFF
+        y += x >> 14
+        self._y = y
         self._r = r
-        if r > 8192 or (r == 8192 and s >= 0):
-            return s + 1
-        return s
+        if r > 8192 or (r == 8192 and y >= 0):
+            return y + 1
+        return y
+
+    __call__ = update
 
 
 class LowPass(Ema):
@@ -341,14 +359,18 @@ class HighPass(Ema):
             x = _clip(self, x)
         return x
 
+    __call__ = update
+
 
 class Biquad:
-    """Second-order IIR section, Direct Form I, Q14 coefficients with a0 = 1.
+    """Second-order IIR section, Q14 coefficients with a0 = 1.
 
     ``y = b0*x + b1*x1 + b2*x2 - a1*y1 - a2*y2``. Each product (< 2**30) is floored by 3
     bits (< 2**27) before the five are summed (< 5 * 2**27 < 2**30); the sum is then
     shifted by the remaining 11 bits, rounded half away from zero. The output is saturated
     to S16 (``saturated`` counts) and the saturated value is what the history keeps.
+    The sums run in transposed form (each product is added once, as soon as its sample is
+    known), which gives exactly the Direct Form I result with half the state.
 
     Error against the real-valued filter: quantized coefficients are within 2**-15 of the
     designed ones (filterspec may move b1 by up to 2**-13 to make the DC gain exact); the
@@ -370,31 +392,32 @@ class Biquad:
 
     def reset(self):
         """Zero the input and output history."""
-        self._x1 = 0
-        self._x2 = 0
-        self._y1 = 0
-        self._y2 = 0
+        # Transposed form: _s1 and _s2 hold the sums of the floored products of past samples
+        # that the next output and the one after it need (integer sums, so the same bits as
+        # summing all five per output).
+        self._s1 = 0
+        self._s2 = 0
+        # Unused: two slots that keep the object the size filterspec's heap model counts
+        # (filterspec._ATTRS[8], from when the history was x1, x2, y1, y2).
+        self._pad1 = None
+        self._pad2 = None
 
     def update(self, x):
         """Add ``x``; return the filtered sample."""
-        y = (
-            ((self.b0 * x) >> 3)
-            + ((self.b1 * self._x1) >> 3)
-            + ((self.b2 * self._x2) >> 3)
-            - ((self.a1 * self._y1) >> 3)
-            - ((self.a2 * self._y2) >> 3)
-        )
-        if y >= 0:  # _shr_round(y, 11)
+        y = ((self.b0 * x) >> 3) + self._s1  # |y| < 5 * 2**27
+        if y >= 0:  # _shr_round(y, 11), then saturate on that side
             y = (y + 1024) >> 11
+            if y > _SMAX:
+                y = _clip(self, y)
         else:
             y = -((1024 - y) >> 11)
-        if y > _SMAX or y < -_SMAX:
-            y = _clip(self, y)
-        self._x2 = self._x1
-        self._x1 = x
-        self._y2 = self._y1
-        self._y1 = y
+            if y < -_SMAX:
+                y = _clip(self, y)
+        self._s1 = ((self.b1 * x) >> 3) - ((self.a1 * y) >> 3) + self._s2  # < 4 * 2**27
+        self._s2 = ((self.b2 * x) >> 3) - ((self.a2 * y) >> 3)
         return y
+
+    __call__ = update
 
 
 class Delta:
@@ -423,6 +446,8 @@ class Delta:
         self._on = True
         self._last = x
         return x
+
+    __call__ = update
 
 
 class Clamp:
@@ -458,6 +483,8 @@ class Clamp:
             return None
         return x
 
+    __call__ = update
+
 
 class CalibrateLinear:
     """``y = round(x * mult / 2**shift) + offset``, saturated to S16 (``saturated`` counts).
@@ -482,14 +509,17 @@ class CalibrateLinear:
     def update(self, x):
         """Return the calibrated sample."""
         x *= self.mult  # |x * mult| <= 32767**2 < 2**30 - 2**14
-        if x >= 0:  # _shr_round(x, shift)
-            x = (x + self._half) >> self.shift
+        if x >= 0:  # _shr_round(x, shift) + offset: >= -32767, so it can only pass the top
+            x = ((x + self._half) >> self.shift) + self.offset  # < 32767**2 + 32767 < 2**30
+            if x > _SMAX:
+                x = _clip(self, x)
         else:
-            x = -((self._half - x) >> self.shift)
-        x += self.offset  # |x| <= 32767**2 + 32767 < 2**30
-        if x > _SMAX or x < -_SMAX:
-            x = _clip(self, x)
+            x = self.offset - ((self._half - x) >> self.shift)
+            if x < -_SMAX:
+                x = _clip(self, x)
         return x
+
+    __call__ = update
 
 
 class Hysteresis:
@@ -518,6 +548,8 @@ class Hysteresis:
         elif x <= self.low:
             self._out = 0
         return self._out
+
+    __call__ = update
 
 
 class Debounce:
@@ -550,6 +582,8 @@ class Debounce:
             return None
         return x
 
+    __call__ = update
+
 
 class Throttle:
     """Leading edge: pass a sample, then suppress the next ``n - 1``."""
@@ -571,6 +605,8 @@ class Throttle:
         if k:
             return None
         return x
+
+    __call__ = update
 
 
 class Heartbeat:
@@ -595,6 +631,8 @@ class Heartbeat:
         self._k = 0
         return x
 
+    __call__ = update
+
 
 class Chain:
     """Run samples through ``filters`` in order (the sequence is kept, not copied).
@@ -608,6 +646,8 @@ class Chain:
         for i in range(len(filters)):
             if not hasattr(filters[i], "update"):
                 raise ValueError("filters[%d]: %r has no update()" % (i, filters[i]))
+            if not callable(filters[i]):
+                raise ValueError("filters[%d]: %r is not callable as update" % (i, filters[i]))
         self.filters = filters
         self.accepted = 0
         self.invalid = 0
@@ -626,12 +666,12 @@ class Chain:
         ``invalid`` and touches no filter. Otherwise it goes through the filters in order
         and the first None stops it.
         """
-        if _TYPE(x) is not _INT or x > _SMAX or x < -_SMAX:
+        if x.__class__ is not _INT or x > _SMAX or x < -_SMAX:  # x.__class__: no call
             self.invalid = (self.invalid + 1) & _CMASK
             return None
         self.accepted = (self.accepted + 1) & _CMASK
         for f in self.filters:
-            x = f.update(x)
+            x = f(x)  # __call__ is update
             if x is None:
                 return None
         return x
