@@ -53,8 +53,7 @@ def load_modules():
     R["per"] = {}
     for name in ORDER:
         load_one(name)
-    m = sys.modules
-    R["mods"] = (m["shared.executor"], m["shared.program"])
+    R["mods"] = [sys.modules[name] for name in ORDER]
 
 
 def drop_rare():
@@ -82,9 +81,9 @@ class Host:
 
 
 def load_workflow():
-    m = R["mods"]
-    R["prog"] = m[1].Program(bytes.fromhex(R["cfg"]["workflow_blob"]))
-    R["ex"] = m[0].Executor(R["prog"], Host(), lambda: 0)
+    m = sys.modules
+    R["prog"] = m["shared.program"].Program(bytes.fromhex(R["cfg"]["workflow_blob"]))
+    R["ex"] = m["shared.executor"].Executor(R["prog"], Host(), lambda: 0)
     R["ex"].start()
     drop_rare()  # the loader (shared.progload), as the firmware drops it after a boot
 
