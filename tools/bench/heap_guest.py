@@ -110,36 +110,27 @@ def on_demand():
         on_demand_one(group)
 
 
-# A stand-in for the board's machine module (BoardHal's hardware); defined before the first
-# mark, as the real one is built into the firmware. What BoardHal makes of it is counted.
-class _Pin:
+# A stand-in for the board's machine module (BoardHal's hardware), built before the first
+# mark as the real one is built into the firmware. On the ESP32 port Pin, ADC and I2C objects
+# are static tables, not heap, so every constructor here returns the one object below (the
+# fan's PWM object, a few dozen bytes of heap on a board, is not counted).
+class _Hw:
     IN = 0
     OUT = 1
     PULL_UP = 2
-
-    def __init__(self, *args, **kw):
-        pass
-
-    def value(self, v=None):
-        return 1
-
-
-class _ADC:
     ATTN_0DB = 0
     ATTN_2_5DB = 1
     ATTN_6DB = 2
     ATTN_11DB = 3
 
-    def __init__(self, pin, atten=None):
-        pass
+    def __call__(self, *args, **kw):
+        return self
+
+    def value(self, v=None):
+        return 1
 
     def read_uv(self):
         return 1500000
-
-
-class _I2C:
-    def __init__(self, *args, **kw):
-        pass
 
     def writeto(self, addr, buf):
         pass
@@ -149,20 +140,12 @@ class _I2C:
         for i in range(6):
             buf[i] = r[i]
 
-
-class _PWM:
-    def __init__(self, pin, freq=0, duty_u16=0):
-        pass
-
     def duty_u16(self, v):
         pass
 
 
 class Machine:
-    Pin = _Pin
-    ADC = _ADC
-    I2C = _I2C
-    PWM = _PWM
+    Pin = ADC = I2C = PWM = _Hw()
 
 
 class Clock:
