@@ -197,6 +197,26 @@ def bench_ingest(
         raise typer.Exit(2)
 
 
+@bench_app.command("rollout")
+def bench_rollout(
+    devices: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Registered devices to roll out to.")
+    ] = 100_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Plan a rollout over many devices (against a plain SELECT of them), then run it: signed
+    commands to a real broker, acks through `orrery serve`."""
+    from cloud.orrery.bench import rollout
+
+    result = rollout.run(devices)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print_json(json.dumps(result))
+    if not result["met"]:
+        raise typer.Exit(2)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="orrery")

@@ -1,0 +1,410 @@
+"""``orrery bench rollout``: plan and run a rollout over many registered devices.
+
+A fresh SQLite database (a temporary file) gets ``devices`` devices, online on greenhouse@1;
+greenhouse@2 is rolled out to all of them (``--target all``) in the waves ``1%,10%,50%,100%``
+with a rate limit high enough never to throttle (``100000/s``), ``--success 100%`` and no soak.
+Nothing is simulated on the companion's side: the orchestrator is ``Orchestrator``, the
+commands go to a real Mosquitto of the bench's own, and the acks are stored by a real
+``orrery serve`` process.
+
+Figures:
+
+- ``select_s``: a plain ``SELECT`` of the devices' columns that planning reads (SQLAlchemy
+  Core, all rows fetched), best of three; ``planning_s``: ``Orchestrator.create`` (the target
+  query, the canary order, the waves, and the insert of every member), best of three, each on
+  the same database (the extra drafts are deleted). ``ratio`` = planning_s / select_s, target
+  ``<= 5`` (``met``). The two are measured alternately, so both see the same machine load.
+- ``commands_per_s``: the install commands published at QoS 1 to the broker and PUBACKed, then
+  marked sent in the database (what ``orrery serve`` does with the commands a tick returns);
+  ``dispatch.signed_per_s``: the ticks that sign and queue them (one command per device, with
+  the workflow's blob, stored in the commands table).
+- ``acks_per_s``: the boards' acks (``OK``), from the first published by the simulated boards
+  (one MQTT client answering every command, after checking a sample of the signatures) through
+  Mosquitto into ``orrery serve`` (``Ingest.handle``, batched) until the orchestrator's tick has
+  turned each into a succeeded device; ``acks.stored_per_s`` is the ``serve`` part alone.
+- ``tick``: how long a tick takes that has nothing to send (100k members in the rollout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import sqlalchemy as sa
+
+from cloud.orrery import db, keys, registry
+from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, Orchestrator
+from shared import codec as P
+from shared import workflow
+from tools.mosquitto import Broker
+
+FLEET = "bench"
+WAVES = "1%,10%,50%,100%"
+RATE = "100000/s"
+GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden" / "workflows"
+SECRET = b"orrery-bench-rollout-fleet-secret"
+VERIFY_EVERY = 97  # the simulated boards check one signature in this many
+SELECT_COLS = (
+    DEVICES.c.id,
+    DEVICES.c.name,
+    DEVICES.c.fleet,
+    DEVICES.c.profile,
+    DEVICES.c.fw,
+    DEVICES.c.wf,
+    DEVICES.c.wf_ver,
+    DEVICES.c.online,
+)
+
+
+def device_name(i: int) -> str:
+    """The simulated board ``i``'s id."""
+    return f"r{i:06d}"
+
+
+def _log(msg: str) -> None:
+    print(f"bench rollout: {msg}", file=sys.stderr, flush=True)
+
+
+def register(engine: sa.Engine, n: int, wf_hash: str) -> None:
+    """``n`` devices, online, running greenhouse@1."""
+    rows = [
+        {"name": device_name(i), "fleet": FLEET, "profile": "esp32-devkitc", "online": True,
+         "created_ms": 0, "fw": "1.0.0", "wf": "greenhouse", "wf_ver": 1, "wf_hash": wf_hash}
+        for i in range(n)
+    ]  # fmt: skip
+    with engine.begin() as conn:
+        for i in range(0, n, 20_000):
+            conn.execute(sa.insert(DEVICES), rows[i : i + 20_000])
+
+
+def time_select(engine: sa.Engine) -> tuple[float, int]:
+    """Seconds to fetch every device's planning columns, and how many rows."""
+    with engine.connect() as conn:
+        t = time.perf_counter()
+        rows = conn.execute(sa.select(*SELECT_COLS)).all()
+        return time.perf_counter() - t, len(rows)
+
+
+def _drop_rollout(engine: sa.Engine, rid: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.delete(MEMBERS).where(MEMBERS.c.rollout_id == rid))
+        conn.execute(
+            sa.delete(db.RolloutLog.__table__).where(db.RolloutLog.__table__.c.rollout_id == rid)
+        )
+        conn.execute(sa.delete(ROLLOUTS).where(ROLLOUTS.c.id == rid))
+
+
+class Boards:
+    """Every simulated board, as one MQTT client: answers each install command with OK."""
+
+    def __init__(self, port: int) -> None:
+        self.first_ack: float | None = None
+        self.acked = 0
+        self.verified = 0
+        self.bad: list[str] = []
+        self._lock = threading.Lock()
+        self.subscribed = threading.Event()
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bench-boards-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{P.CMD}", 1)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = self._on_message
+        c.connect("127.0.0.1", port, keepalive=60)
+        c.loop_start()
+        self.client = c
+
+    def _on_message(self, client, userdata, msg) -> None:
+        name = msg.topic.split("/")[2]
+        cmd_id = json.loads(json.loads(msg.payload)["b"])["id"]
+        with self._lock:
+            n = self.acked
+            self.acked += 1
+            if self.first_ack is None:
+                self.first_ack = time.perf_counter()
+        if n % VERIFY_EVERY == 0:
+            code, _, detail = P.Verifier(keys.device_key(SECRET, name), name).check(
+                msg.payload, int(time.time())
+            )
+            if code == P.OK:
+                self.verified += 1
+            else:
+                self.bad.append(f"{name}: {P.ACK_NAMES.get(code, code)} {detail}")
+        client.publish(P.topic(FLEET, name, P.ACKS), P.encode_ack(cmd_id, P.OK, ""), qos=1)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """The companion's side of the wire: QoS 1 publishes, waiting for every PUBACK."""
+
+    def __init__(self, port: int) -> None:
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bench-companion-{uuid.uuid4().hex[:8]}",
+            protocol=mqtt.MQTTv5,
+        )
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        self.acked = threading.Semaphore(0)
+        c.on_publish = lambda *a: self.acked.release()
+        c.connect("127.0.0.1", port, keepalive=60)
+        c.loop_start()
+        self.client = c
+
+    def publish(self, out, timeout: float = 600) -> None:
+        for o in out:
+            self.client.publish(o.topic, o.payload, qos=1)
+        for _ in out:
+            if not self.acked.acquire(timeout=timeout):
+                raise RuntimeError("the broker stopped acknowledging commands")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _serve(url: str, port: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for k in ("ORRERY_SECRET", "ORRERY_SECRET_FILE", "ORRERY_DB_URL"):
+        env.pop(k, None)
+    with open(log, "ab") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "cloud.orrery.cli", "serve", "--db", url, "--port", str(port),
+             "--client-id", "bench-serve", "--group", "bench", "--reconcile-every", "3600",
+             "--no-rollouts", "--log-level", "WARNING"],
+            env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )  # fmt: skip
+
+
+def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
+    """Wait until serve stores what it receives: an ack for no command is a dead letter."""
+    D = db.DeadLetter.__table__
+
+    def dead() -> int:
+        with engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(D)).scalar()
+
+    c = Publisher(port)
+    try:
+        deadline = time.monotonic() + 60
+        while dead() == 0:
+            if serve.poll() is not None:
+                raise RuntimeError(f"orrery serve exited with {serve.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("orrery serve did not start within 60 s")
+            c.client.publish(
+                P.topic(FLEET, device_name(0), P.ACKS), P.encode_ack("probe", P.OK), qos=1
+            )
+            time.sleep(0.2)
+    finally:
+        c.close()
+
+
+def _count_done(engine: sa.Engine) -> int:
+    C = db.Command.__table__
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(sa.func.count()).select_from(C).where(C.c.status == "done")
+        ).scalar()
+
+
+def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"orrery serve exited with {proc.returncode} while waiting for {what}"
+            )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def run(devices: int = 100_000, timeout: float = 900) -> dict:
+    """Measure planning against a plain SELECT, then run the rollout; see the module docstring."""
+    v1 = (GOLDEN / "greenhouse_v1.json").read_bytes()
+    v2 = (GOLDEN / "greenhouse.json").read_bytes()
+    with tempfile.TemporaryDirectory(prefix="orrery-bench-rollout-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'rollout.db'}"
+        engine = db.engine_for(url)
+        with engine.begin() as conn:
+            registry.push(conn, v1, None, 0)
+            registry.push(conn, v2, None, 0)
+        t = time.perf_counter()
+        register(engine, devices, workflow.compile(v1).hash)
+        _log(f"{devices} devices registered in {time.perf_counter() - t:.1f} s")
+        orch = Orchestrator(engine, SECRET, owner="bench")
+        kw = dict(success="100%", max_failures="2%", min_devices=20, soak="0s", timeout="1h",
+                  rate=RATE, health="60s")  # fmt: skip
+        time_select(engine)  # warm the page cache for both
+        selects, plans, plan = [], [], None
+        for i in range(3):
+            s, n = time_select(engine)
+            assert n == devices, n
+            selects.append(s)
+            t = time.perf_counter()
+            plan = orch.create("greenhouse@2", "all", WAVES, **kw)
+            plans.append(time.perf_counter() - t)
+            if i < 2:
+                _drop_rollout(engine, plan.rollout_id)
+        assert plan is not None and plan.rollout_id is not None
+        select_s, planning_s = min(selects), min(plans)
+        _log(f"select {select_s:.3f} s, planning {planning_s:.3f} s")
+        result: dict = {
+            "devices": devices,
+            "database": "sqlite (temporary file)",
+            "waves": WAVES,
+            "wave_sizes": [w["count"] for w in plan.waves],
+            "rate": RATE,
+            "select_s": round(select_s, 3),
+            "planning_s": round(planning_s, 3),
+            "select_runs_s": [round(x, 3) for x in selects],
+            "planning_runs_s": [round(x, 3) for x in plans],
+            "ratio": round(planning_s / select_s, 2),
+            "target": 5,
+        }
+        result["met"] = result["ratio"] <= result["target"]
+        result.update(_drive(engine, url, orch, plan.rollout_id, devices, Path(tmp), timeout))
+        engine.dispose()
+    return result
+
+
+def _drive(
+    engine: sa.Engine,
+    url: str,
+    orch: Orchestrator,
+    rid: int,
+    devices: int,
+    tmp: Path,
+    timeout: float,
+) -> dict:
+    broker = Broker(extra_conf="max_queued_messages 1000000\nmax_inflight_messages 1000").start()
+    serve = _serve(url, broker.port, tmp / "serve.log")
+    boards = pub = None
+    try:
+        boards = Boards(broker.port)
+        pub = Publisher(broker.port)
+        assert boards.subscribed.wait(10), "the boards' client did not subscribe"
+        _probe(engine, broker.port, serve)
+        C = db.Command.__table__
+        orch.start(rid)
+        started = time.perf_counter()
+        dispatch_s = publish_s = acks_s = stored_s = sync_s = 0.0
+        commands = 0
+        idle: list[float] = []
+        ticks = 0
+        while True:
+            t = time.perf_counter()
+            out = orch.tick()
+            dt = time.perf_counter() - t
+            ticks += 1
+            with engine.connect() as conn:
+                state = conn.execute(
+                    sa.select(ROLLOUTS.c.state).where(ROLLOUTS.c.id == rid)
+                ).scalar()
+            if state != "running":
+                break
+            if not out:
+                idle.append(dt)
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError("the rollout did not finish in time")
+                continue
+            dispatch_s += dt
+            before = commands
+            commands += len(out)
+            boards.first_ack = None
+            t = time.perf_counter()
+            pub.publish(out)
+            ids = [o.command_id for o in out]
+            with engine.begin() as conn:
+                for i in range(0, len(ids), 10_000):
+                    conn.execute(
+                        sa.update(C)
+                        .where(C.c.id.in_(ids[i : i + 10_000]), C.c.status == "queued")
+                        .values(status="sent", sent_ms=int(time.time() * 1000))
+                    )
+            publish_s += time.perf_counter() - t
+            _log(
+                f"wave of {len(out)}: signed in {dt:.2f} s, published in {time.perf_counter() - t:.2f} s"
+            )
+            _wait(lambda c=commands: _count_done(engine) >= c, timeout, "the acks", serve)
+            stored = time.perf_counter()
+            first = boards.first_ack or t
+            # the tick that turns the acks into succeeded devices
+            t = time.perf_counter()
+            more = orch.tick()
+            ticks += 1
+            done = time.perf_counter()
+            assert more == [], "a tick sent commands while acks were being processed"
+            with engine.connect() as conn:
+                ok = conn.execute(
+                    sa.select(sa.func.count()).select_from(MEMBERS)
+                    .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.state == "succeeded")
+                ).scalar()  # fmt: skip
+            assert ok == commands, (ok, commands)
+            stored_s += stored - first
+            sync_s += done - t
+            acks_s += done - first
+            _log(
+                f"{commands - before} acks stored in {stored - first:.2f} s, synced in {done - t:.2f} s"
+            )
+        total = time.perf_counter() - started
+        with engine.connect() as conn:
+            summary = orch.summary(conn, rid)
+        bad = list(boards.bad)
+    finally:
+        for c in (boards, pub):
+            if c is not None:
+                c.close()
+        serve.terminate()
+        try:
+            serve.wait(30)
+        except subprocess.TimeoutExpired:
+            serve.kill()
+        broker.close()
+    if bad:
+        raise RuntimeError(f"commands that do not verify: {bad[:5]}")
+    return {
+        "commands_per_s": round(commands / publish_s),
+        "acks_per_s": round(commands / acks_s),
+        "dispatch": {
+            "commands": commands,
+            "seconds": round(dispatch_s, 2),
+            "signed_per_s": round(commands / dispatch_s),
+            "publish_seconds": round(publish_s, 2),
+        },
+        "acks": {
+            "path": "boards' MQTT client -> Mosquitto -> orrery serve (Ingest.handle) -> Orchestrator.tick",
+            "seconds": round(acks_s, 2),
+            "stored_per_s": round(commands / stored_s),
+            "sync_tick_seconds": round(sync_s, 2),
+            "signatures_verified": boards.verified,
+        },
+        "tick": {
+            "idle_ticks": len(idle),
+            "median_s": round(statistics.median(idle), 3) if idle else None,
+            "max_s": round(max(idle), 3) if idle else None,
+        },
+        "rollout": {
+            "seconds": round(total, 1),
+            "ticks": ticks,
+            "state": summary["state"],
+            "converged": summary["converged_text"],
+        },
+    }
