@@ -85,13 +85,13 @@ _OFF = const(26)  # HEADER_SIZE + ANCHOR_SIZE: records start here in the batch b
 _EV_LINK_UP = const(1)
 _EV_LINK_DOWN = const(2)
 
-# The rare paths, imported on demand (see the module doc).
+# The rare paths, imported on demand (see the module doc). Not firmware.config: main.py
+# keeps it imported on a board, so dropping it would only make set_config load a second copy.
 RARE = (
     "firmware.commands",
     "firmware.installer",
     "firmware.recover",
     "firmware.profile",
-    "firmware.config",
     "firmware.bundle",
     "firmware.launcher",
     "shared.verifier",
