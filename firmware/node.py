@@ -107,10 +107,15 @@ def drop_rare():
     their interned names stay). A no-op on CPython, where memory is not short, and while
     automatic collection is off (the WASI test runtime): nothing would free them, and each
     import would only add garbage. tools/bench/heap_guest.py drops the same list."""
-    if sys.implementation.name != "micropython" or not gc.isenabled():
-        return
+    if sys.implementation.name == "micropython" and gc.isenabled():
+        forget(RARE)
+
+
+def forget(names):
+    """Remove modules ``names`` ("pkg.mod") from sys.modules and from their package; the next
+    import loads them again."""
     m = sys.modules
-    for name in RARE:
+    for name in names:
         if name in m:
             del m[name]
             pkg, attr = name.split(".")

@@ -601,3 +601,19 @@ def mp_test_feeder_feed_allocates_nothing():
     f.feed()
     assert f.healthy
     assert not allocates(f.feed)
+
+
+def test_rare_path_modules_are_forgotten_and_import_again():
+    # what drop_rare does on a board after a rare path (it skips it while collection is off)
+    import sys
+
+    import shared
+    from firmware.node import RARE, forget
+    from shared import progload
+
+    assert "shared.progload" in RARE and progload.load
+    forget(("shared.progload", "shared.not_loaded"))
+    assert "shared.progload" not in sys.modules and "progload" not in dir(shared)
+    from shared import progload as again
+
+    assert again.load and "shared.progload" in sys.modules
