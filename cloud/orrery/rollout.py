@@ -206,11 +206,6 @@ class Plan:
     excluded: dict[str, list[str]]
 
 
-def _order(rid_seed: str, name: str) -> str:
-    # a stable pseudo-random order, so canaries are spread over the fleet
-    return hashlib.sha256(f"{rid_seed}:{name}".encode()).hexdigest()
-
-
 class Orchestrator:
     """Creates and drives rollouts. ``tick`` advances every running rollout by one step."""
 
@@ -223,6 +218,7 @@ class Orchestrator:
         clock: Callable[[], int] = now_ms,
         lease_ms: int = 30_000,
         significance: float = 0.01,
+        join_every_ms: int = 5_000,
     ) -> None:
         self.engine = engine
         self.secret = secret
@@ -230,6 +226,8 @@ class Orchestrator:
         self.clock = clock
         self.lease_ms = lease_ms
         self.significance = significance
+        self.join_every_ms = join_every_ms
+        self._next_join: dict[int, int] = {}  # rollout id -> when its next join scan may run
         self.pg = engine.dialect.name == "postgresql"
 
     # --- audit -------------------------------------------------------------------------------
@@ -262,12 +260,21 @@ class Orchestrator:
         if not changes:
             return
         now = self.clock()
-        for did, state, detail in changes:
-            conn.execute(
-                sa.update(MEMBERS)
-                .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == did)
-                .values(state=state, updated_ms=now, detail=detail, **extra)
-            )
+        # one statement, executed for every change (executemany)
+        conn.execute(
+            sa.update(MEMBERS)
+            .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == sa.bindparam("m_did"))
+            .values(
+                state=sa.bindparam("m_state"),
+                updated_ms=now,
+                detail=sa.bindparam("m_detail"),
+                **extra,
+            ),
+            [
+                {"m_did": did, "m_state": state, "m_detail": detail}
+                for did, state, detail in changes
+            ],
+        )
         conn.execute(
             sa.insert(LOG),
             [
@@ -284,9 +291,25 @@ class Orchestrator:
 
     # --- create --------------------------------------------------------------------------------
 
+    _TARGET_COLS = (
+        DEVICES.c.id,
+        DEVICES.c.name,
+        DEVICES.c.fleet,
+        DEVICES.c.profile,
+        DEVICES.c.fw,
+        DEVICES.c.wf,
+        DEVICES.c.wf_ver,
+        DEVICES.c.online,
+    )
+
     def _targets(
-        self, conn: Connection, terms: list[Term], rid: int | None
+        self, conn: Connection, terms: list[Term], rid: int | None, not_on=None
     ) -> tuple[list, dict[str, list[str]]]:
+        """The devices ``terms`` select that no other running or paused rollout is changing.
+
+        With ``rid``, only devices not yet in that rollout; with ``not_on`` (a workflow row),
+        only devices not already running that version (both filtered in SQL).
+        """
         tags: dict[int, dict[str, str]] = defaultdict(dict)
         if any(t.field.startswith("tag.") for t in terms):
             for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
@@ -299,24 +322,31 @@ class Orchestrator:
         if rid is not None:
             busy_q = busy_q.where(MEMBERS.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
-        cols = [
-            DEVICES.c.id,
-            DEVICES.c.name,
-            DEVICES.c.fleet,
-            DEVICES.c.profile,
-            DEVICES.c.fw,
-            DEVICES.c.wf,
-            DEVICES.c.wf_ver,
-            DEVICES.c.online,
-        ]
+        q = sa.select(*self._TARGET_COLS)
+        if rid is not None:
+            q = q.where(
+                ~sa.exists().where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == DEVICES.c.id)
+            )
+        if not_on is not None:
+            q = q.where(
+                sa.or_(
+                    DEVICES.c.wf.is_(None),
+                    DEVICES.c.wf_ver.is_(None),
+                    DEVICES.c.wf != not_on.name,
+                    DEVICES.c.wf_ver != not_on.version,
+                )
+            )
+        rows = conn.execute(q).all()
+        if terms:
+            rows = [d for d in rows if matches(terms, d, tags.get(d.id, {}))]
+        if not busy:
+            return rows, {}
         chosen, excluded = [], defaultdict(list)
-        for d in conn.execute(sa.select(*cols)):
-            if not matches(terms, d, tags.get(d.id, {})):
-                continue
+        for d in rows:
             if d.id in busy:
                 excluded[f"busy in rollout {busy[d.id]}"].append(d.name)
-                continue
-            chosen.append(d)
+            else:
+                chosen.append(d)
         return chosen, dict(excluded)
 
     def create(
@@ -358,11 +388,14 @@ class Orchestrator:
                 wf = registry.get(conn, workflow_ref)
             except registry.RegistryError as exc:
                 raise RolloutError(str(exc)) from None
-            devices, excluded = self._targets(conn, terms, None)
-            already = [d for d in devices if d.wf == wf.name and d.wf_ver == wf.version]
+            found, excluded = self._targets(conn, terms, None)
+            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see _TARGET_COLS;
+            # positional access, as this runs once per device of the fleet
+            devices, already = [], []
+            for d in found:
+                (already if d[5] == wf.name and d[6] == wf.version else devices).append(d)
             if already:
-                excluded["already running this version"] = [d.name for d in already]
-                devices = [d for d in devices if not (d.wf == wf.name and d.wf_ver == wf.version)]
+                excluded["already running this version"] = [d[1] for d in already]
             if not devices:
                 raise RolloutError(
                     f"--target {target!r} selects no device that needs {wf.name}@{wf.version}"
@@ -372,38 +405,47 @@ class Orchestrator:
                         else ""
                     )
                 )
-            seed = f"{wf.name}@{wf.version}:{target}:{self.clock()}"
-            devices.sort(key=lambda d: _order(seed, d.name))
+            # a stable pseudo-random order (sha256 of seed:name), so canaries are spread over
+            # the fleet; the hash state of the seed is computed once
+            h0 = hashlib.sha256(f"{wf.name}@{wf.version}:{target}:{self.clock()}:".encode())
+
+            def order(d) -> bytes:
+                h = h0.copy()
+                h.update(d[1].encode())
+                return h.digest()
+
+            devices.sort(key=order)
             sizes = wave_sizes(wv, len(devices))
-            plan_waves, start = [], 0
-            for i, n in enumerate(sizes):
-                members = devices[start:n]
-                plan_waves.append(
-                    {
-                        "wave": i + 1,
-                        "size": wv[i],
-                        "devices": [d.name for d in members],
-                        "count": len(members),
-                        "offline": sum(1 for d in members if not d.online),
-                    }
-                )
-                start = n
             rid = None
+            now = self.clock()
             if not dry_run:
                 rid = conn.execute(
                     sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
-                    [{"workflow_id": wf.id, "state": "draft", "created_ms": self.clock(), **vals}],
+                    [{"workflow_id": wf.id, "state": "draft", "created_ms": now, **vals}],
                 ).scalar_one()
-                now = self.clock()
-                rows = []
-                for w in plan_waves:
-                    by_name = {d.name: d for d in devices}
-                    for name in w["devices"]:
-                        d = by_name[name]
-                        rows.append({"rollout_id": rid, "device_id": d.id, "wave": w["wave"] - 1, "state": "queued",
-                                     "prev_wf": d.wf, "prev_ver": d.wf_ver, "updated_ms": now})  # fmt: skip
-                for i in range(0, len(rows), 5000):
-                    conn.execute(sa.insert(MEMBERS), rows[i : i + 5000])
+            plan_waves, rows, start = [], [], 0
+            for i, n in enumerate(sizes):
+                names, offline = [], 0
+                for did, name, _fleet, _profile, _fw, pwf, pver, online in devices[start:n]:
+                    names.append(name)
+                    offline += not online
+                    rows.append((rid, did, i, "queued", 0, pwf, pver, now))
+                plan_waves.append(
+                    {"wave": i + 1, "size": wv[i], "devices": names, "count": len(names),
+                     "offline": offline}
+                )  # fmt: skip
+                start = n
+            if not dry_run:
+                # the driver's executemany of plain tuples (no per-row work in SQLAlchemy), in
+                # key order (sequential B-tree inserts)
+                rows.sort(key=lambda x: x[1])
+                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+                sql = (
+                    "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, attempt,"
+                    f" prev_wf, prev_ver, updated_ms) VALUES ({', '.join([mark] * 8)})"
+                )
+                for i in range(0, len(rows), 20_000):
+                    conn.exec_driver_sql(sql, rows[i : i + 20_000])
                 self._log(
                     conn,
                     rid,
@@ -713,38 +755,28 @@ class Orchestrator:
             )
 
     def _join(self, conn: Connection, r, now: int) -> None:
-        """Devices that match the target but joined after creation go into the current wave."""
-        if r.target.startswith("rollback of"):
+        """Devices that match the target but joined after creation go into the current wave.
+
+        The scan reads every device, so it runs at most every ``join_every_ms`` per rollout.
+        """
+        if r.target.startswith("rollback of") or now < self._next_join.get(r.id, 0):
             return
-        devices, _ = self._targets(conn, parse_target(r.target), r.id)
-        have = {
-            d
-            for (d,) in conn.execute(
-                sa.select(MEMBERS.c.device_id).where(MEMBERS.c.rollout_id == r.id)
-            )
-        }
+        self._next_join[r.id] = now + self.join_every_ms
         wf = conn.execute(
             sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
         ).first()
-        new = [
-            d
-            for d in devices
-            if d.id not in have and not (d.wf == wf.name and d.wf_ver == wf.version)
-        ]
+        new, _ = self._targets(conn, parse_target(r.target), r.id, not_on=wf)
         if new:
             conn.execute(
                 sa.insert(MEMBERS),
                 [{"rollout_id": r.id, "device_id": d.id, "wave": r.wave, "state": "queued", "prev_wf": d.wf,
                   "prev_ver": d.wf_ver, "updated_ms": now} for d in new],
             )  # fmt: skip
-            for d in new:
-                self._log(
-                    conn,
-                    r.id,
-                    "joined",
-                    f"{d.name} joined the target; added to wave {r.wave + 1}",
-                    d.id,
-                )
+            conn.execute(
+                sa.insert(LOG),
+                [{"rollout_id": r.id, "device_id": d.id, "at_ms": now, "event": "joined",
+                  "detail": f"{d.name} joined the target; added to wave {r.wave + 1}"} for d in new],
+            )  # fmt: skip
 
     def _dispatch(self, conn: Connection, r, now: int) -> list[C.Outgoing]:
         """Queue and sign the install command of queued devices in waves up to the current one,
@@ -785,22 +817,28 @@ class Orchestrator:
             "health_s": r.health_s,
         }
         ttl = max(60, min(r.timeout_s, P.MAX_LIFETIME))
-        out = []
+        out, updates, logs = [], [], []
         for m in rows:
             attempt = m.attempt + 1
             cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
             o = C.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
                         kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
             state = "sent" if m.online else "offline-pending"
-            conn.execute(
-                sa.update(MEMBERS)
-                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == m.device_id)
-                .values(state=state, attempt=attempt, command_id=cmd_id, sent_ms=now, updated_ms=now,
-                        detail=None if m.online else "offline: the command waits for its pull")
-            )  # fmt: skip
-            self._log(conn, r.id, state, cmd_id, m.device_id)
+            updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,
+                            "m_detail": None if m.online else "offline: the command waits for its pull"})  # fmt: skip
+            logs.append({"rollout_id": r.id, "device_id": m.device_id, "at_ms": now, "event": state,
+                         "detail": cmd_id})  # fmt: skip
             if o is not None and m.online:
                 out.append(o)
+        conn.execute(
+            sa.update(MEMBERS)
+            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == sa.bindparam("m_did"))
+            .values(state=sa.bindparam("m_state"), attempt=sa.bindparam("m_attempt"),
+                    command_id=sa.bindparam("m_cmd"), sent_ms=now, updated_ms=now,
+                    detail=sa.bindparam("m_detail")),
+            updates,
+        )  # fmt: skip
+        conn.execute(sa.insert(LOG), logs)
         return out
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
@@ -878,11 +916,15 @@ class Orchestrator:
             .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
             .where(MEMBERS.c.rollout_id == r.id)
         ).all()
-        for row in rows:
+        if rows:
             conn.execute(
                 sa.update(MEMBERS)
-                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == row.device_id)
-                .values(baseline=json.dumps({k: getattr(row, k) for k in HEALTH}))
+                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == sa.bindparam("m_did"))
+                .values(baseline=sa.bindparam("m_base")),
+                [
+                    {"m_did": row[0], "m_base": json.dumps(dict(zip(HEALTH, row[1:], strict=True)))}
+                    for row in rows
+                ],
             )
 
     def health_gate(self, conn: Connection, r) -> dict:
@@ -901,9 +943,18 @@ class Orchestrator:
         result: dict = {"upgraded": len(up), "control": len(ctl), "metrics": {}, "regressed": []}
         if not up or not ctl:
             return result
+
+        def since_baseline(xs) -> dict[str, int]:
+            tot = dict.fromkeys(HEALTH, 0)
+            for x in xs:
+                base = json.loads(x.baseline)
+                for k in HEALTH:
+                    tot[k] += max(0, getattr(x, k) - base[k])
+            return tot
+
+        d1, d0 = since_baseline(up), since_baseline(ctl)
         for k in HEALTH:
-            c1 = sum(max(0, getattr(x, k) - json.loads(x.baseline)[k]) for x in up)
-            c0 = sum(max(0, getattr(x, k) - json.loads(x.baseline)[k]) for x in ctl)
+            c1, c0 = d1[k], d0[k]
             p = _binomial_tail(c1, c1 + c0, len(up) / (len(up) + len(ctl)))
             result["metrics"][k] = {"upgraded": c1, "control": c0, "p": round(p, 6)}
             if c1 >= 3 and c1 / len(up) > c0 / len(ctl) and p < self.significance:
@@ -949,9 +1000,26 @@ class Orchestrator:
 
 
 def _binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p)."""
+    """P(X >= k) for X ~ Binomial(n, p); in log space, so large counts do not overflow."""
     if k <= 0:
         return 1.0
-    if n <= 0 or k > n:
+    if n <= 0 or k > n or p <= 0:
         return 0.0
-    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+    if p >= 1:
+        return 1.0
+    lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
+
+    def term(i: int) -> float:
+        return math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+
+    # sum away from the mean, where the terms shrink, and stop once they no longer count
+    upper = k > n * p
+    i, step = (k, 1) if upper else (k - 1, -1)
+    total = 0.0
+    while 0 <= i <= n:
+        t = term(i)
+        total += t
+        if t <= total * 1e-17:
+            break
+        i += step
+    return min(1.0, total) if upper else max(0.0, 1.0 - total)
