@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,6 +25,7 @@ from cloud.orrery.rollout import (
     Orchestrator,
     RolloutError,
     Term,
+    _binomial_tail,
     matches,
     parse_duration,
     parse_pct,
@@ -516,6 +519,7 @@ def test_a_device_joining_the_target_is_added_to_the_current_wave(env):
     env.add("late1")  # on v1: joins
     env.add("late2", ver=2)  # already on v2: nothing to do
     env.add("other", fleet="f2")  # not in the target
+    env.advance(5_000)  # the orchestrator looks for joiners every 5 s
     joined = o.tick()
     assert [x.topic for x in joined] == ["orrery/f1/late1/down/cmd"]
     env.board(joined)
@@ -793,6 +797,24 @@ def test_health_gate_ignores_noise(env):
     state, reason, wave = env.rollout(rid)
     assert (state, reason, wave) == ("running", None, 1)
     assert (None, "wave-advanced", "wave 2 of 2 starts") in env.log(rid)
+
+
+def test_binomial_tail_is_exact_and_does_not_overflow():
+    def exact(k, n, p: Fraction) -> float:
+        a, b = p.numerator, p.denominator  # in integers: sum C(n,i) a^i (b-a)^(n-i) / b^n
+        hits = sum(math.comb(n, i) * a**i * (b - a) ** (n - i) for i in range(max(k, 0), n + 1))
+        return float(Fraction(hits, b**n))
+
+    for n in (0, 1, 7, 40):
+        for k in range(-1, n + 2):
+            for p in (Fraction(1, 100), Fraction(1, 4), Fraction(1, 2), Fraction(9, 10)):
+                want = exact(k, n, p)
+                assert _binomial_tail(k, n, float(p)) == pytest.approx(want, rel=1e-9, abs=1e-15)
+    # counts of a large fleet (math.comb(n, i) * p**i overflows a float here)
+    tenth = Fraction(1, 10)
+    assert _binomial_tail(400, 3000, 0.1) == pytest.approx(exact(400, 3000, tenth), rel=1e-9)
+    assert _binomial_tail(300, 3000, 0.1) == pytest.approx(exact(300, 3000, tenth), rel=1e-9)
+    assert _binomial_tail(1_000_000, 2_000_000, 0.5) == pytest.approx(0.5, abs=1e-3)
 
 
 @pytest.fixture
