@@ -844,11 +844,6 @@ def test_two_orchestrators_never_send_a_command_twice(dbenv):
     assert env.rollout(rid)[0] == "finished"
     assert env.rows("SELECT count(*), count(DISTINCT device_id) FROM commands")[0] == (6, 6)
     # the command ids are the idempotency check: queueing one again inserts nothing
-    if env.engine.dialect.name == "postgresql":
-        pytest.xfail(
-            "commands.queue relies on rowcount, which is -1 on PostgreSQL (psycopg 3, "
-            "SQLAlchemy 2.1): a duplicate id is inserted once but reported as new"
-        )
     with env.engine.begin() as c:
         assert C.queue(c, SECRET, device_id=1, device="d00", fleet="f1", cmd_id=f"rollout:{rid}:1:1",
                        kind="install_workflow", args={}, source="x", now_ms=env.now) is None  # fmt: skip

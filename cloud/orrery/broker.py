@@ -62,7 +62,7 @@ broker_app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 COMPANION_USER = "orrery-companion"
 """Default MQTT user name of the companion (ingest, orchestrator)."""

@@ -36,7 +36,7 @@ workflow_app.command("simulate")(rolloutcli.workflow_simulate)
 fleetcli.devices_app.command("tag")(rolloutcli.devices_tag)
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 BOARDS = Path(__file__).resolve().parents[2] / "hw" / "boards"
 

@@ -71,7 +71,8 @@ def queue(
         "envelope": envelope.decode(),
         "created_ms": now_ms,
     }
-    if conn.execute(insert_ignore(conn, COMMANDS), [row]).rowcount == 0:
+    # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
+    if conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), row).first() is None:
         return None
     return Outgoing(cmd_id, P.topic(fleet, device, P.CMD), envelope)
 

@@ -22,7 +22,7 @@ from cloud.orrery.ingest import DEAD, DEVICES, GAPS, LOSSES, READINGS, now_ms
 devices_app = typer.Typer(help="The devices registry.", no_args_is_help=True)
 readings_app = typer.Typer(help="Stored readings, gaps and statistics.", no_args_is_help=True)
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 DbOpt = Annotated[
     str | None,
