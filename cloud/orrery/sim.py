@@ -27,7 +27,9 @@ the board stored, or is covered by a permanent-loss record with its reason.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import heapq
 import json
 import math
 import mmap
@@ -44,7 +46,7 @@ import tempfile
 import threading
 import time
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +69,8 @@ V1 = WORKFLOWS / "greenhouse_v1.json"  # greenhouse@1: what the boards are flash
 V2 = WORKFLOWS / "greenhouse.json"  # greenhouse@2
 FLEET = "sim"
 POWER_CUTS = ("torn_record", "garbage_record", "torn_cursor")
+SMALL_FLASH = (51, 4)  # readings per segment, segments: a board with a tiny flash partition
+UNWIRED = ("adc1", "adc2", "adc3")  # no sensor on these channels of the virtual boards
 
 
 def _now_ms() -> int:
@@ -314,6 +318,8 @@ def climate(hal: SimHal, rng: random.Random) -> dict:
     period of 40 min to 3 h so that a demo of a virtual hour or two shows it, noise of
     0.03–0.1 °C, a slow random-walk drift of up to ±1.5 °C, and rare spikes. Humidity follows
     the temperature inverted. The soil probe (adc0) dries and is watered around its level.
+    Nothing is wired to adc1..adc3: every read there fails (a workflow that needs them fails
+    its health window).
     Spikes and dropouts keep SimHal's per-board rates (set when the HAL is made).
     """
     period = rng.choice((2400, 3600, 5400, 7200, 10800))
@@ -334,6 +340,8 @@ def climate(hal: SimHal, rng: random.Random) -> dict:
         noise=rng.randrange(8, 25),
     )
     hal.configure("adc0", base=rng.randrange(900, 2600), amplitude=rng.randrange(100, 400))
+    for ch in UNWIRED:
+        hal.configure(ch, dropout_ppm=1_000_000)
     return temp
 
 
@@ -371,9 +379,14 @@ class VirtualBoard:
     """One board: the firmware node on the simulation HAL, flash in ``root``, a SimLink.
 
     ``clock`` is the fleet's virtual clock; ``synced`` False makes a board whose clock is never
-    set (``wall_ms`` returns None). ``flash_segments`` sizes the flash log (64 segments of 204
-    readings by default, as on a DevKitC); a small one fills during a long outage. ``record``
-    keeps raw samples and state changes for a plot.
+    set (``wall_ms`` returns None). ``flash`` sizes the flash log as (readings per segment,
+    segments), (204, 64) by default as on a DevKitC; a small one fills during a long outage.
+    ``record`` keeps raw samples and state changes for a plot.
+
+    Sensors (``climate``): noise and drift everywhere, spikes at ``spike_ppm`` on every
+    channel, dropouts at ``dropout_ppm`` on the temperature sensor only. (The rollout health
+    gate compares failed reads per device between upgraded and not-yet-upgraded boards, so
+    dropouts on channels that only the new version reads would look like a regression.)
     """
 
     def __init__(
@@ -388,9 +401,9 @@ class VirtualBoard:
         seed: int = 1,
         fleet: str = FLEET,
         synced: bool = True,
-        flash_segments: int | None = None,
+        flash: tuple[int, int] | None = None,
         spike_ppm: int = 1000,
-        dropout_ppm: int = 3000,
+        dropout_ppm: int = 1000,
         health_window_s: int = 60,
         record: bool = False,
     ) -> None:
@@ -400,7 +413,7 @@ class VirtualBoard:
         self.host = host
         self.port = port
         self.synced = synced
-        self.flash_segments = flash_segments
+        self.flash = flash
         self.rng = random.Random(f"{seed}:{name}")
         self.cfg = {
             "device_id": name,
@@ -413,14 +426,12 @@ class VirtualBoard:
         wall = clock.unix_ms
         if record:
             self.hal: SimHal = RecordingHal(
-                PROFILE, seed, clock.ticks_ms, dropout_ppm=dropout_ppm, spike_ppm=spike_ppm,
-                wall_ms=wall,
+                PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm, wall_ms=wall,
             )  # fmt: skip
         else:
-            self.hal = SimHal(
-                PROFILE, seed, clock.ticks_ms, dropout_ppm=dropout_ppm, spike_ppm=spike_ppm
-            )
+            self.hal = SimHal(PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm)
         self.climate = climate(self.hal, self.rng)
+        self.hal.configure("temp", dropout_ppm=dropout_ppm)
         self.record = record
         self.states: list[tuple[int, str]] = []  # (unix ms, state) while recording
         self.stats = BoardStats()
@@ -451,9 +462,11 @@ class VirtualBoard:
             reset=self._reset,
             rand4=lambda: self.rng.randbytes(4),
         )
-        if self.flash_segments is not None:
+        if self.flash is not None:
             self.node.store.close()
-            self.node.store = Store(str(self.root / "store"), max_segments=self.flash_segments)
+            self.node.store = Store(
+                str(self.root / "store"), seg_records=self.flash[0], max_segments=self.flash[1]
+            )
         self.link.will = self.node.will()
         self.node.wf.boot()
         self._state = None
@@ -590,19 +603,21 @@ class VirtualBoard:
         return self.stats.published + self.link.published
 
     def held(self) -> dict[int, tuple[int, int, int, int]]:
-        """The readings its flash still holds: ``seq -> (boot, up_ms, value, channel)``."""
-        store = self.node.store
-        buf = bytearray(64 * 9)
+        """The valid readings on its flash: ``seq -> (boot, up_ms, value, channel)``.
+
+        Decoded from the segment files directly (magic, CRC-16/CCITT-FALSE via
+        ``binascii.crc_hqx``), independently of the store's own reader.
+        """
         out: dict[int, tuple[int, int, int, int]] = {}
-        s, last = 1, store.last_seq
-        while s <= last:
-            count, boot, first = store.read_range(buf, s, last)
-            if count == 0:
-                break
-            for i in range(count):
-                up_s, up_ms, value, ch = struct.unpack_from("<IHhB", buf, i * 9)
-                out[first + i] = (boot, up_s * 1000 + up_ms, value, ch)
-            s = first + count
+        for seg in sorted((self.root / "store").glob("*.seg")):
+            data = seg.read_bytes()
+            data = data[: len(data) - len(data) % RECORD_SIZE]
+            for i, (magic, seq, boot, up_s, up_ms, value, ch, crc) in enumerate(
+                struct.iter_unpack("<BIIIHhBH", data)
+            ):
+                o = i * RECORD_SIZE
+                if magic == 0xA7 and binascii.crc_hqx(data[o : o + 18], 0xFFFF) == crc:
+                    out[seq] = (boot, up_s * 1000 + up_ms, value, ch)
         return out
 
     def close(self) -> None:
@@ -628,6 +643,19 @@ def companion_command(
     if commits_file is not None:
         cmd += ["--commits", str(commits_file)]
     return cmd
+
+
+def board_messages(msgs: list) -> int:
+    """How many of these MQTT messages a board published itself: not the broker's wills (an
+    offline state) nor retained copies replayed on a subscription."""
+    n = 0
+    for m in msgs:
+        if m.retain:
+            continue
+        if m.topic.endswith("/up/state") and b'"online":false' in m.payload.replace(b" ", b""):
+            continue
+        n += 1
+    return n
 
 
 def build_companion(
@@ -697,7 +725,7 @@ def _companion_main(argv: list[str]) -> int:
 
     def on_stored(msgs: list) -> None:
         nonlocal processed
-        processed += len(msgs)
+        processed += board_messages(msgs)
         shared.processed = processed
         if a.commits:
             t = time.time()
@@ -718,7 +746,14 @@ def _companion_main(argv: list[str]) -> int:
             time.sleep(0.3)  # the SUBACK
             shared.ready = True
 
+    def orphaned() -> None:
+        parent = os.getppid()
+        while not svc.stop_event.wait(1.0):
+            if os.getppid() != parent:  # the fleet is gone: stop rather than linger
+                svc.stop()
+
     threading.Thread(target=ready, daemon=True).start()
+    threading.Thread(target=orphaned, daemon=True).start()
     svc.install_signals()
     svc.run()
     if a.commits:
@@ -764,6 +799,19 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         raise ValueError(f"broker URL {url!r}: port {port!r} is not a number") from None
 
 
+def fmt_ms(ms: int) -> str:
+    """``90_000`` -> ``1m30s``; days, hours, minutes and seconds as needed."""
+    s = int(ms // 1000)
+    parts = []
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            parts.append(f"{s // n}{unit}")
+            s %= n
+    if s or not parts:
+        parts.append(f"{s}s")
+    return "".join(parts)
+
+
 @dataclass
 class Accounting:
     """The end-to-end check of ``VirtualFleet.account``: every accepted reading is stored
@@ -779,6 +827,7 @@ class Accounting:
     lost_but_stored: dict[str, list[int]] = field(default_factory=dict)
     duplicates_dropped: int = 0  # repeats the companion recognised and dropped
     without_time: int = 0  # stored readings without an event time (clock never set)
+    unknown_devices: int = 0  # readings of devices that are not in the fleet (must be 0)
 
     @property
     def ok(self) -> bool:
@@ -788,6 +837,7 @@ class Accounting:
             or self.mismatched
             or self.lost_but_stored
             or self.duplicate_rows
+            or self.unknown_devices
         )
 
     def problems(self) -> list[str]:
@@ -798,6 +848,8 @@ class Accounting:
                 out.append(f"{name}: {what} {items[:8]}")
         if self.duplicate_rows:
             out.append(f"{self.duplicate_rows} seqs stored more than once")
+        if self.unknown_devices:
+            out.append(f"readings of {self.unknown_devices} devices outside the fleet")
         return out
 
 
@@ -822,7 +874,8 @@ class VirtualFleet:
     ``step_ms``: virtual time per main-loop pass; ``uplink_ms``: virtual time between two link
     turns of one board. ``speed``: virtual seconds per real second at most (None: as fast as
     the machine goes). ``clockless``: share of boards whose clock is never set;
-    ``small_flash``: share with a 4-segment flash log (816 readings) that a long outage fills.
+    ``small_flash``: share with a tiny flash log (``SMALL_FLASH``: 204 readings, 4 segments of
+    51) that an outage of a quarter of an hour fills.
     """
 
     def __init__(
@@ -835,12 +888,12 @@ class VirtualFleet:
         seed: int = 1,
         prefix: str = "vb",
         step_ms: int = 1000,
-        uplink_ms: int = 5000,
+        uplink_ms: int = 60_000,
         speed: float | None = None,
         clockless: float = 0.0,
         small_flash: float = 0.0,
         spike_ppm: int = 1000,
-        dropout_ppm: int = 3000,
+        dropout_ppm: int = 1000,
         health_window_s: int = 60,
         record: str | None = None,
         secret: bytes | None = None,
@@ -887,6 +940,8 @@ class VirtualFleet:
         self.faults: Counter = Counter()
         self.events: list[tuple[int, str]] = []  # (virtual ms since start, what happened)
         self.lag_wait_s = 0.0  # real seconds spent waiting for the companion
+        self._agenda: list[tuple[int, int, Callable[[], object]]] = []  # (due ms, n, action)
+        self._agenda_n = 0
         self._base_published = 0
         self.commits_file = self.root / "commits.jsonl"
         blob = workflow.compile(flash_workflow.read_bytes()).blob
@@ -912,7 +967,7 @@ class VirtualFleet:
             b = VirtualBoard(
                 name, self.root / name, self.clock, self.host, self.port,
                 keys.device_key(self.secret, name), seed=seed * 100_003 + i,
-                synced=name not in clockless_set, flash_segments=4 if name in small_set else None,
+                synced=name not in clockless_set, flash=SMALL_FLASH if name in small_set else None,
                 spike_ppm=spike_ppm, dropout_ppm=dropout_ppm, health_window_s=health_window_s,
                 record=name == record,
             )  # fmt: skip
@@ -965,7 +1020,7 @@ class VirtualFleet:
             count = [0]
 
             def on_stored(msgs: list) -> None:
-                count[0] += len(msgs)
+                count[0] += board_messages(msgs)
                 self.shared.processed = count[0]
 
             self.service = build_companion(
@@ -1043,6 +1098,9 @@ class VirtualFleet:
             t = time.process_time()
             self.clock.advance(step)
             self.shared.set(self.now_ms)
+            agenda = self._agenda
+            while agenda and agenda[0][0] <= self.elapsed_ms:
+                heapq.heappop(agenda)[2]()
             p = self.passes
             now = time.time()
             waiting = self._readable()
@@ -1123,17 +1181,56 @@ class VirtualFleet:
 
     # --- faults ------------------------------------------------------------------------------
 
-    def go_away(self, name: str) -> None:
+    def at(self, after_ms: int, action: Callable[[], object]) -> None:
+        """Run ``action`` once ``after_ms`` of virtual time from now has passed (between two
+        passes of the fleet)."""
+        self._agenda_n += 1
+        heapq.heappush(self._agenda, (self.elapsed_ms + after_ms, self._agenda_n, action))
+
+    def pending_actions(self) -> int:
+        """Scheduled actions not run yet."""
+        return len(self._agenda)
+
+    def go_away(self, name: str, for_ms: int | None = None) -> None:
+        """Cut a board's network (for ``for_ms`` of virtual time, else until ``come_back``)."""
         self.boards[name].go_away(self.dead_port)
         self.faults["outages"] += 1
+        self.log(f"{name} offline" + (f" for {fmt_ms(for_ms)}" if for_ms else ""))
+        if for_ms is not None:
+            self.at(for_ms, lambda: self.come_back(name))
 
     def come_back(self, name: str) -> None:
-        self.boards[name].come_back()
+        """Restore a board's network."""
+        if self.boards[name].away:
+            self.boards[name].come_back()
+            self.log(f"{name} back online")
 
     def power_cut(self, name: str, kind: str | None = None) -> str:
+        """Cut a board's power mid-write and boot it again (see ``VirtualBoard.power_cut``)."""
         kind = self.boards[name].power_cut(kind)
         self.faults["power_cuts"] += 1
+        self.faults[f"power_cut:{kind}"] += 1
+        self.log(f"{name} power cut ({kind.replace('_', ' ')}), rebooted")
         return kind
+
+    @staticmethod
+    def quiet(b: VirtualBoard) -> bool:
+        """No health window running and no command or ack held in RAM: a power cut now loses
+        nothing a rollout waits for. (A cut inside a health window is an install failure by
+        design, rolled back by the board; and an OK ack still in RAM would be lost.)"""
+        n = b.node
+        return n.wf.trial is None and not n.outbox and not n.inbox and not n.resends
+
+    def power_cut_later(self, name: str, after_ms: int, kind: str | None = None) -> None:
+        """Schedule a power cut; it waits for the board to be ``quiet``."""
+
+        def cut() -> None:
+            if self.quiet(self.boards[name]):
+                self.power_cut(name, kind)
+            else:
+                self.at(self.step_ms, cut)
+
+        self.at(after_ms, cut)
 
     def restart_broker(self) -> bool:
         """Restart our own Mosquitto (SIGTERM, it saves its sessions, then start); False when the
@@ -1142,7 +1239,56 @@ class VirtualFleet:
             return False
         self.broker_proc.restart()
         self.faults["broker_restarts"] += 1
+        self.log("broker restarted")
         return True
+
+    # --- the operator ------------------------------------------------------------------------
+
+    def operator(self):
+        """An orchestrator for operator actions (create, start, pause …) on the virtual clock."""
+        from cloud.orrery.rollout import Orchestrator
+
+        return Orchestrator(self.engine, self.secret, owner="operator", clock=self.clock.unix_ms)
+
+    def push(self, definition: bytes) -> str:
+        """Push a workflow version to the registry; returns ``name@version``."""
+        with self.engine.begin() as conn:
+            r = registry.push(conn, definition, None, self.now_ms)
+        return f"{r.name}@{r.version}"
+
+    def rollout(self, workflow_ref: str, target: str = f"fleet={FLEET}", **kw) -> int:
+        """Create and start a rollout (``Orchestrator.create`` options); returns its id."""
+        o = self.operator()
+        plan = o.create(workflow_ref, target, **kw)
+        assert plan.rollout_id is not None
+        o.start(plan.rollout_id)
+        self.log(f"rollout {plan.rollout_id} of {workflow_ref} started: "
+                 + ", ".join(f"wave {w['wave']} {w['count']}" for w in plan.waves))  # fmt: skip
+        return plan.rollout_id
+
+    def rollout_state(self, rid: int) -> tuple[str, str | None, int]:
+        """(state, reason, current wave 1-based) of a rollout."""
+        s, r, w = self.rows("SELECT state, reason, wave FROM rollouts WHERE id = :r", r=rid)[0]
+        return s, r, w + 1
+
+    def member_states(self, rid: int) -> dict[str, str]:
+        """Device name -> its state in a rollout."""
+        return dict(self.rows(
+            "SELECT d.name, m.state FROM rollout_devices m JOIN devices d ON d.id = m.device_id"
+            " WHERE m.rollout_id = :r", r=rid))  # fmt: skip
+
+    def summary(self, rid: int) -> dict:
+        """The orchestrator's summary of a rollout (per wave, converged text)."""
+        with self.engine.connect() as c:
+            return self.operator().summary(c, rid)
+
+    def online_count(self) -> int:
+        """Devices the companion sees online."""
+        return int(self.rows("SELECT count(*) FROM devices WHERE online")[0][0])
+
+    def on_version(self, version: int) -> int:
+        """Boards whose running workflow has this version (from the boards themselves)."""
+        return sum(1 for b in self._order if b.version == version)
 
     def online(self) -> list[VirtualBoard]:
         return [b for b in self._order if not b.away]
@@ -1185,51 +1331,68 @@ class VirtualFleet:
     def settled(self) -> bool:
         """Every board that is not away has delivered its backlog and acks, and the companion
         has stored every delivered reading, with no gap still open."""
+        return self.unsettled() is None
+
+    def unsettled(self) -> str | None:
+        """Why the fleet is not ``settled`` yet (None if it is)."""
         for b in self._order:
             if b.away:
                 continue
             n = b.node
-            if n.store.backlog() or n.outbox or n.resends or n.store.losses() or n.ev_count:
-                return False
             if not b.link.connected:
-                return False
+                return f"{b.name}: not connected ({b.link.last_error})"
+            if n.store.backlog():
+                return f"{b.name}: backlog {n.store.backlog()}"
+            if n.outbox or n.resends or n.store.losses() or n.ev_count:
+                return f"{b.name}: acks, resends, loss reports or events to send"
         if self.unprocessed() > 0:
-            return False
-        return self.rows("SELECT count(*) FROM gaps")[0][0] == 0
+            return f"companion: {self.unprocessed()} messages to store"
+        gaps = self.rows(
+            'SELECT d.name, g."first", g."last", g.status FROM gaps g'
+            " JOIN devices d ON d.id = g.device_id LIMIT 3"
+        )
+        if gaps:
+            return "open gaps: " + ", ".join(f"{n} {a}..{z} {s}" for n, a, z, s in gaps)
+        return None
 
     def account(self) -> Accounting:
         """Compare every board's flash with the database (see ``Accounting``)."""
         acc = Accounting()
         ids = dict(self.rows("SELECT name, id FROM devices WHERE fleet = :f", f=FLEET))
+        rows: dict[int, list] = defaultdict(list)
+        with self.engine.connect() as c:
+            for r in c.execute(
+                sa.text(
+                    "SELECT device_id, seq, boot, up_ms, value, channel, event_ms FROM readings"
+                )
+            ):
+                rows[r[0]].append(r)
+        losses: dict[int, list] = defaultdict(list)
+        for r in self.rows('SELECT device_id, "first", "last", reason FROM losses'):
+            losses[r[0]].append(r)
         for b in self._order:
             did = ids[b.name]
             last = b.node.store.last_seq
             acc.accepted += last
-            rows = self.rows(
-                "SELECT seq, boot, up_ms, value, channel, event_ms FROM readings WHERE device_id = :d",
-                d=did,
-            )
-            losses = self.rows(
-                'SELECT "first", "last", reason FROM losses WHERE device_id = :d', d=did
-            )
             seen: dict[int, tuple] = {}
-            for seq, boot, up, value, ch, ev in rows:
+            for _, seq, boot, up, value, ch, ev in rows.pop(did, ()):
                 if seq in seen:
                     acc.duplicate_rows += 1
                 seen[seq] = (boot, up, value, ch)
                 if ev is None:
                     acc.without_time += 1
             lost: dict[int, str] = {}
-            for a, z, why in losses:
+            for _, a, z, why in losses.get(did, ()):
                 for s in range(a, z + 1):
                     lost[s] = why
             held = b.held()
-            missing, invented, mism, both = [], [], [], []
+            missing, mism, both = [], [], []
             for s in range(1, last + 1):
-                if s in seen:
+                got = seen.get(s)
+                if got is not None:
                     if s in lost:
                         both.append(s)
-                    elif s in held and held[s] != seen[s]:
+                    elif got != held.get(s, got):
                         mism.append(s)
                     else:
                         acc.stored += 1
@@ -1246,6 +1409,7 @@ class VirtualFleet:
                 acc.mismatched[b.name] = mism
             if both:
                 acc.lost_but_stored[b.name] = both
+        acc.unknown_devices = len(rows)
         acc.duplicates_dropped = int(
             self.rows("SELECT coalesce(sum(duplicates), 0) FROM devices")[0][0]
         )
