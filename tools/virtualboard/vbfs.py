@@ -19,7 +19,15 @@ def _fix(e):
 
 class Flash:
     def __init__(self, root):
+        self._root = root
         self._v = vfs.VfsPosix(root)
+        self._raw = vfs.VfsPosix()
+
+    def _host(self, path):
+        if not path.startswith("/"):
+            cwd = self._v.getcwd()
+            path = (cwd if cwd.endswith("/") else cwd + "/") + path
+        return self._root + path
 
     def mount(self, readonly, mkfs):
         pass
@@ -68,7 +76,9 @@ class Flash:
 
     def rename(self, old, new):
         try:
-            return self._v.rename(old, new)
+            # VfsPosix(root) builds both paths in one buffer, so the second overwrites the
+            # first: rename through a root-less VfsPosix with host paths instead
+            return self._raw.rename(self._host(old), self._host(new))
         except OSError as e:
             raise _fix(e)
 
