@@ -751,7 +751,8 @@ def test_start_refuses_a_rollout_whose_devices_another_one_is_changing(env):
     assert refused(o.start, b) == f"rollout {b} is running; started needs it draft"
 
 
-def test_health_gate_pauses_on_a_significant_regression(env):
+def test_health_gate_pauses_on_a_significant_regression(db_url):
+    env = Env(db_url, 10)
     env.add(*[f"e{i:02d}" for i in range(30)])
     o = env.orch()
     rid = start(env, o, waves="10,100%", soak="10m")
@@ -777,6 +778,13 @@ def test_health_gate_pauses_on_a_significant_regression(env):
     assert (ev["upgraded"], ev["control"]) == (10, 30)
     assert ev["metrics"]["reboots"]["upgraded"] == 30 and ev["metrics"]["reboots"]["p"] < 0.01
     assert ev["metrics"]["link_drops"] == {"upgraded": 0, "control": 0, "p": 1.0}
+    # the snapshot taken when the wave was met: every member's counters as they were
+    base = env.rows("SELECT baseline FROM rollout_devices")
+    assert len(base) == 40
+    assert all(
+        json.loads(b) == {"reboots": 0, "link_drops": 0, "invalid": 0, "alarms": 0} for (b,) in base
+    )
+    env.engine.dispose()
 
 
 def test_health_gate_ignores_noise(env):

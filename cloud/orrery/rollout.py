@@ -910,22 +910,18 @@ class Orchestrator:
     # --- health gate ---------------------------------------------------------------------------
 
     def _baseline(self, conn: Connection, r) -> None:
-        """Snapshot every member's health counters when the current wave's soak starts."""
-        rows = conn.execute(
-            sa.select(MEMBERS.c.device_id, *(DEVICES.c[k] for k in HEALTH))
-            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
-            .where(MEMBERS.c.rollout_id == r.id)
-        ).all()
-        if rows:
-            conn.execute(
-                sa.update(MEMBERS)
-                .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == sa.bindparam("m_did"))
-                .values(baseline=sa.bindparam("m_base")),
-                [
-                    {"m_did": row[0], "m_base": json.dumps(dict(zip(HEALTH, row[1:], strict=True)))}
-                    for row in rows
-                ],
-            )
+        """Snapshot every member's health counters when the current wave's soak starts: one
+        UPDATE, the JSON object built by the database."""
+        obj = sa.func.json_build_object if self.pg else sa.func.json_object
+        pairs = [x for k in HEALTH for x in (sa.literal_column(f"'{k}'"), DEVICES.c[k])]
+        snapshot = (
+            sa.select(sa.cast(obj(*pairs), sa.Text))
+            .where(DEVICES.c.id == MEMBERS.c.device_id)
+            .scalar_subquery()
+        )
+        conn.execute(
+            sa.update(MEMBERS).where(MEMBERS.c.rollout_id == r.id).values(baseline=snapshot)
+        )
 
     def health_gate(self, conn: Connection, r) -> dict:
         """Compare upgraded boards with not-yet-upgraded ones over the soak: per metric, the
