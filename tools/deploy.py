@@ -43,6 +43,7 @@ from tools import build, profiles, serialport
 
 REPO = build.REPO
 MANIFEST = "/.orrery-deploy.json"
+HOLD = "/crash_count"  # firmware/safemode.py's counter: at 3, the next boot is in safe mode
 #: board modules that are CPython-only or simulation-only
 EXCLUDE = ("firmware/link_paho.py", "firmware/simhal.py")
 #: the app's entry points, copied as source (MicroPython runs /boot.py and /main.py only)
@@ -210,10 +211,15 @@ class Board:
     """An open connection to a board's raw REPL (mpremote's SerialTransport)."""
 
     def __init__(self, port: str, baud: int = 115200):
-        serialport.check(port, baud)
+        if not port.startswith(("socket://", "rfc2217://")):
+            serialport.check(port, baud)  # a clear reason for a missing or busy device
         try:
             self.t = SerialTransport(port, baudrate=baud)
         except TransportError as exc:
+            try:
+                serialport.check(port, baud)
+            except serialport.PortError as why:
+                raise why from None
             raise serialport.PortError(f"{port}: {exc}") from None
         self.port = port
         try:
@@ -383,6 +389,18 @@ class Board:
             self.t.close()
 
 
+def reconnect(port: str, baud: int = 115200, seconds: float = 30) -> Board:
+    """Connect again after a reset, waiting while the port comes back and the board boots."""
+    end = time.monotonic() + seconds
+    while True:
+        time.sleep(0.5)
+        try:
+            return Board(port, baud)
+        except (DeployError, serialport.PortError):
+            if time.monotonic() > end:
+                raise
+
+
 # --- the MQTT library -----------------------------------------------------------------------
 
 
@@ -477,7 +495,18 @@ def deploy(
             progress(what, done, total)
 
     step("connecting")
-    with Board(port, baud) as b:
+    b = Board(port, baud)
+    held = False
+    if dry_run is None and b.eval("'firmware.node' in __import__('sys').modules"):
+        # The app was running: its watchdog stays armed after Ctrl-C and would reset the
+        # board mid-deploy. Restart into safe mode (crash counter at the limit): no app, no
+        # watchdog. The counter is cleared at the end, so the next reset starts the app.
+        step("the app was running: restarting the board in safe mode for the deploy")
+        b.exec(f"f = open({HOLD!r}, 'w')\nf.write('3')\nf.close()")
+        b.reset()
+        b = reconnect(port, baud)
+        held = True
+    with b:
         info = b.info()
         check_compatible(info)
         step(f"MicroPython {info.version_text} ({info.platform}, .mpy v{info.mpy_version})")
@@ -533,7 +562,9 @@ def deploy(
             else:
                 step("hashing the board's files")
                 on_board = b.hashes(sorted(local))
-            plan = make_plan(local, on_board, sorted(previous))
+            # a deploy without --lib-dir leaves the libraries of an earlier one in place
+            kept = {p: h for p, h in previous.items() if lib_dir is None and p.startswith("/lib/")}
+            plan = make_plan(local, on_board, sorted(set(previous) - set(kept)))
             if dry_run is not None:
                 srcs = {
                     p: sources.get(p, Path(f"<generated {p.rsplit('/', 1)[-1]}>"))
@@ -555,13 +586,19 @@ def deploy(
             step("verifying")
             check = b.hashes(sorted(local))
             bad = [p for p in local if check.get(p) != sha256(local[p])]
+            if bad and previous and not force:
+                # a file changed on the board behind the manifest's back: copy those again
+                for path in bad:
+                    b.write(path, local[path])
+                check = b.hashes(sorted(local))
+                bad = [p for p in local if check.get(p) != sha256(local[p])]
             if bad:
                 raise DeployError("hash mismatch on the board after copying: " + ", ".join(bad))
             manifest = {
                 "version": 1,
                 "slot": slot,
                 "deployed_ms": int(time.time() * 1000),
-                "files": {p: sha256(d) for p, d in sorted(local.items())},
+                "files": {**kept, **{p: sha256(d) for p, d in sorted(local.items())}},
             }
             b.write(MANIFEST, json.dumps(manifest, sort_keys=True).encode())
         lib_note = "from --lib-dir" if lib_dir is not None else "skipped"
@@ -573,6 +610,8 @@ def deploy(
                 step(f"mip install {lib}")
                 mip_install(b, lib, mip_index)
                 lib_note = f"{lib} installed with mip"
+        if held:
+            b.remove([HOLD])
         result = Result(
             info,
             sorted(plan.copy),

@@ -88,7 +88,7 @@ class VirtualBoard:
         self.proc = subprocess.Popen(
             [node_binary(), str(HERE / "board.mjs"), "--host", self.host, "--port"]
             + [str(self.port), "--flash", str(self.flash), "--state", str(self.state)],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the board powers off when this pipe closes
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -124,6 +124,8 @@ class VirtualBoard:
         """Power off: the board writes its filesystem back to ``flash`` and exits."""
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+            if self.proc.stdin:
+                self.proc.stdin.close()
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     args = ap.parse_args(argv)
     board = VirtualBoard(args.flash, args.port, args.host).start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop() runs in finally
     print(f"virtual board on {board.url} (flash: {board.flash}); Ctrl-C stops it", flush=True)
     try:
         assert board.proc is not None

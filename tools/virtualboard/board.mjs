@@ -99,6 +99,12 @@ if (isMainThread) {
     };
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
+    // started with a pipe on stdin (tools/virtualboard): power off when the parent goes away
+    if (fs.fstatSync(0).isFIFO()) {
+        process.stdin.on("end", stop);
+        process.stdin.on("error", stop);
+        process.stdin.resume();
+    }
     server.listen(args.port, args.host, () => {
         const a = server.address();
         process.stdout.write(`listening ${a.address}:${a.port}\n`);
@@ -323,7 +329,15 @@ vfs.umount("/")
 vfs.mount(_vbfs.Flash("/flash"), "/")
 import os
 os.chdir("/")
-del vfs, sys, os, machine, _vbfs
+if not hasattr(os, "urandom"):  # an ESP32 has it (hardware RNG); this port does not
+    import random
+    os.urandom = lambda n, _r=random.getrandbits: bytes([_r(8) for _ in range(n)])
+    del random
+import binascii  # this port's is Python and takes bytes only; an ESP32's C one takes str too
+for _n in ("a2b_base64", "unhexlify"):
+    _f = getattr(binascii, _n)
+    setattr(binascii, _n, lambda s, _f=_f: _f(s.encode() if isinstance(s, str) else s))
+del vfs, sys, os, machine, _vbfs, binascii, _n, _f
 `);
             runFile("boot.py");
             if (!hardReset && mode === "friendly") runFile("main.py");
