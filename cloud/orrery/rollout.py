@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import base64
 import fnmatch
-import hashlib
 import json
 import math
+import random
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -405,16 +406,10 @@ class Orchestrator:
                         else ""
                     )
                 )
-            # a stable pseudo-random order (sha256 of seed:name), so canaries are spread over
-            # the fleet; the hash state of the seed is computed once
-            h0 = hashlib.sha256(f"{wf.name}@{wf.version}:{target}:{self.clock()}:".encode())
-
-            def order(d) -> bytes:
-                h = h0.copy()
-                h.update(d[1].encode())
-                return h.digest()
-
-            devices.sort(key=order)
+            # a pseudo-random order seeded by the plan, so canaries are spread over the fleet
+            # (device id order first: the shuffle does not depend on how rows were fetched)
+            devices.sort(key=itemgetter(0))
+            random.Random(f"{wf.name}@{wf.version}:{target}:{self.clock()}").shuffle(devices)
             sizes = wave_sizes(wv, len(devices))
             rid = None
             now = self.clock()
@@ -423,29 +418,29 @@ class Orchestrator:
                     sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
                     [{"workflow_id": wf.id, "state": "draft", "created_ms": now, **vals}],
                 ).scalar_one()
-            plan_waves, rows, start = [], [], 0
+            plan_waves, wave_ids, start = [], [], 0
             for i, n in enumerate(sizes):
-                names, offline = [], 0
-                for did, name, _fleet, _profile, _fw, pwf, pver, online in devices[start:n]:
-                    names.append(name)
-                    offline += not online
-                    rows.append((rid, did, i, "queued", 0, pwf, pver, now))
+                chunk = devices[start:n]
+                names = [d[1] for d in chunk]
+                wave_ids.append(sorted([d[0] for d in chunk]))
                 plan_waves.append(
                     {"wave": i + 1, "size": wv[i], "devices": names, "count": len(names),
-                     "offline": offline}
+                     "offline": sum(not d[7] for d in chunk)}
                 )  # fmt: skip
                 start = n
             if not dry_run:
-                # the driver's executemany of plain tuples (no per-row work in SQLAlchemy), in
-                # key order (sequential B-tree inserts)
-                rows.sort(key=lambda x: x[1])
-                mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-                sql = (
+                # per wave, one INSERT … SELECT over the wave's device ids, passed as one value
+                # (a JSON array on SQLite, an array on PostgreSQL): no per-member round trip
+                ids_in = "= ANY(:ids)" if self.pg else "IN (SELECT value FROM json_each(:ids))"
+                sql = sa.text(
                     "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, attempt,"
-                    f" prev_wf, prev_ver, updated_ms) VALUES ({', '.join([mark] * 8)})"
+                    " prev_wf, prev_ver, updated_ms) SELECT :rid, id, :wave, 'queued', 0, wf,"
+                    f" wf_ver, :now FROM devices WHERE id {ids_in}"
                 )
-                for i in range(0, len(rows), 20_000):
-                    conn.exec_driver_sql(sql, rows[i : i + 20_000])
+                for i, ids in enumerate(wave_ids):
+                    if ids:
+                        conn.execute(sql, {"rid": rid, "wave": i, "now": now,
+                                           "ids": ids if self.pg else json.dumps(ids)})  # fmt: skip
                 self._log(
                     conn,
                     rid,
