@@ -20,9 +20,11 @@ Figures:
   the workflow's blob, stored in the commands table).
 - ``acks_per_s``: the boards' acks (``OK``), from the first published by the simulated boards
   (one MQTT client answering every command, after checking a sample of the signatures) through
-  Mosquitto into ``orrery serve`` (``Ingest.handle``, batched) until the orchestrator's tick has
-  turned each into a succeeded device; ``acks.stored_per_s`` is the ``serve`` part alone.
-- ``tick``: how long a tick takes that has nothing to send (100k members in the rollout).
+  Mosquitto into ``orrery serve`` (``Ingest.handle``, batched) until the orchestrator, ticking
+  every ``TICK_EVERY_S`` like ``serve``, has turned each into a succeeded device, per wave,
+  summed; ``acks.stored_per_s`` is the part up to ``serve`` having stored them.
+- ``ticks``: how long the orchestrator's ticks take with every device a member: while a wave's
+  acks come in, and between waves (a wave met, the next one started).
 """
 
 from __future__ import annotations
