@@ -118,8 +118,14 @@ def test_cancel_mid_wave_never_gets_stuck(fleet):
     f = fleet
     f.companion()
     f.wait(lambda: online_on_v1(f, 10))
-    f.go_away("b03")
-    rid = create(f, waves="5,100%", health="30s", success="100%")
+    o = f.orchestrator()
+    plan = o.create("greenhouse@2", "fleet=f1", waves="5,100%", success="100%", max_failures="20%",
+                    min_devices=3, soak="0s", timeout="1h", rate="1000/min", health="30s")  # fmt: skip
+    rid = plan.rollout_id
+    away = plan.waves[0]["devices"][0]  # a wave-1 board is offline when the rollout starts
+    f.go_away(away)
+    f.wait(lambda: f.rows("SELECT online FROM devices WHERE name = :n", n=away)[0][0] in (False, 0))
+    o.start(rid)
     # wave 1 is in its health window (30 s of virtual time)
     f.wait(
         lambda: (
@@ -128,15 +134,17 @@ def test_cancel_mid_wave_never_gets_stuck(fleet):
         ),
         seconds=60,
     )
-    res = f.orchestrator().cancel(rid)
+    res = o.cancel(rid)
     assert rollout_state(f, rid)[0] == "canceled"
     states = f.states(rid)
     # queued (wave 2) and the offline board are canceled at once; in-flight boards keep going
     assert res["canceled_devices"] == 6 and sum(s == "canceled" for s in states.values()) == 6
+    assert states[away] == "canceled"
     f.wait(lambda: all(s in ("succeeded", "canceled") for s in f.states(rid).values()), seconds=60)
     assert sum(s == "succeeded" for s in f.states(rid).values()) == 4
     assert f.rows(
-        "SELECT status FROM commands WHERE device_id = (SELECT id FROM devices WHERE name = 'b03')"
+        "SELECT status FROM commands WHERE device_id = (SELECT id FROM devices WHERE name = :n)",
+        n=away,
     ) == [("canceled",)]
 
 
