@@ -428,11 +428,16 @@ def reconnect(port: str, baud: int = 115200, seconds: float = 30) -> Board:
 
 
 def lib_files(lib_dir: Path) -> dict[str, bytes]:
-    """``{/lib/...: bytes}`` for every .py/.mpy file under ``lib_dir``."""
+    """``{/lib/...: bytes}`` for every .py/.mpy file under ``lib_dir``.
+
+    For micropython-lib's umqtt, ``lib_dir`` is ``micropython/umqtt.simple`` of a checkout
+    (its ``umqtt/simple.py`` becomes ``/lib/umqtt/simple.py``)."""
     if not lib_dir.is_dir():
         raise DeployError(f"--lib-dir {lib_dir}: no such directory")
     out = {}
     for f in sorted(lib_dir.rglob("*")):
+        if f.name == "manifest.py":  # micropython-lib's packaging file, not a module
+            continue
         if f.is_file() and f.suffix in (".py", ".mpy") and "__pycache__" not in f.parts:
             out["/lib/" + f.relative_to(lib_dir).as_posix()] = f.read_bytes()
     if not out:
