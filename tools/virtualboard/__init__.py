@@ -12,6 +12,7 @@ See board.mjs for what it emulates; ``machine.py`` for the emulated peripherals.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
@@ -47,13 +48,17 @@ def ensure_installed() -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise VirtualBoardError(f"the virtual board needs npm to install {PACKAGE}")
-    proc = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    with open(HERE / ".npm-install.lock", "w") as lock:  # parallel test workers: one installs
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (pkg / "micropython.mjs").exists():
+            return pkg
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     if proc.returncode != 0 or not (pkg / "micropython.mjs").exists():
         raise VirtualBoardError(f"npm ci in {HERE} failed:\n{proc.stdout}\n{proc.stderr}")
     return pkg
