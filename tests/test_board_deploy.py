@@ -201,3 +201,29 @@ def test_a_running_app_is_restarted_in_safe_mode_first(board, secret):
     with deploy.Board(board.url) as b:
         assert b.read(deploy.HOLD) is None  # cleared: the next reset starts the app
         assert b.eval("'firmware.node' in __import__('sys').modules") is False
+
+
+def test_birth_watch_ignores_the_retained_state(own_broker):
+    """After the reset, only a fresh (not retained) online state counts as the birth."""
+    import paho.mqtt.client as mqtt
+
+    from shared import protocol as P
+
+    cfg = {"fleet": "bench", "device_id": "vb-01", "broker": {"host": "127.0.0.1", "port": 1}}
+    topic = P.topic("bench", "vb-01", P.STATE)
+    old = P.encode_state(True, "0.0.9", None, None, None, 1, 0, False, None, None)
+    new = P.encode_state(True, "0.1.0", None, None, None, 2, 0, False, None, None)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    pub.connect("127.0.0.1", own_broker.port)
+    pub.loop_start()
+    pub.publish(topic, old, qos=1, retain=True).wait_for_publish()
+    with deploy.watch_birth(cfg, "127.0.0.1", own_broker.port) as wait:
+        assert wait(0.5) is None  # the previous boot's retained birth is not this one
+        pub.publish(topic, new, qos=1, retain=True).wait_for_publish()
+        state = wait(5)
+    pub.loop_stop()
+    pub.disconnect()
+    assert state is not None and state["boot"] == 2 and state["fw"] == "0.1.0"
+    with pytest.raises(deploy.DeployError, match="cannot reach the broker"):
+        with deploy.watch_birth(cfg, "127.0.0.1", 1):
+            pass
