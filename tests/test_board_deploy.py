@@ -80,7 +80,9 @@ def test_config_errors(secret, monkeypatch):
     with pytest.raises(deploy.DeployError, match="config is for device 'x', not 'y'"):
         deploy.device_config({**CFG, "device_id": "x"}, "y", "esp32-devkitc")
     with pytest.raises(deploy.DeployError, match="broker.port: must be 1..65535"):
-        deploy.device_config({**CFG, "broker": {**CFG["broker"], "port": 0}}, "y", "b")
+        deploy.device_config({**CFG, "broker": {**CFG["broker"], "port": 0}}, "y", "esp32-devkitc")
+    with pytest.raises(deploy.DeployError, match="names board 'esp32-devkitc' but the profile"):
+        deploy.device_config(CFG, "y", "esp32-s3-devkitc-1")
     monkeypatch.delenv("ORRERY_SECRET")
     with pytest.raises(deploy.DeployError, match="no hmac_key and no fleet secret"):
         deploy.device_config(CFG, "y", "esp32-devkitc")

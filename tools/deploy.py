@@ -481,7 +481,11 @@ def device_config(config: dict[str, Any], device_id: str, board: str) -> dict[st
     if cfg.get("device_id", device_id) != device_id:
         raise DeployError(f"the config is for device {cfg['device_id']!r}, not {device_id!r}")
     cfg["device_id"] = device_id
-    cfg.setdefault("board", board)
+    if cfg.setdefault("board", board) != board:
+        raise DeployError(
+            f"the config names board {cfg['board']!r} but the profile is {board!r}: the "
+            "firmware would look for a profile that is not on the board"
+        )
     if "hmac_key" not in cfg:
         from cloud.orrery import keys
 
