@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud.orrery import fleetcli, rolloutcli
+from cloud.orrery.board import board_app
 from cloud.orrery.broker import broker_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(fleetcli.readings_app, name="readings")
 app.command("serve")(fleetcli.serve)
 app.add_typer(rolloutcli.rollout_app, name="rollout")
 app.add_typer(broker_app, name="broker")
+app.add_typer(board_app, name="board")
 workflow_app.command("push")(rolloutcli.workflow_push)
 workflow_app.command("list")(rolloutcli.workflow_list)
 workflow_app.command("show")(rolloutcli.workflow_show)
