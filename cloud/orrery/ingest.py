@@ -203,6 +203,7 @@ class Ingest:
         self._anchors: dict[tuple[int, int], tuple[int, int] | None] = {}
         self.counters: dict[str, int] = defaultdict(int)
         self._upsert_session = None
+        self._cursor = 0  # the device the last reconcile pass ended on
         self._count_stmt = (
             sa.update(DEVICES)
             .where(DEVICES.c.id == sa.bindparam("did"))
@@ -717,8 +718,12 @@ class Ingest:
 
     # --- reconciliation ----------------------------------------------------------------------
 
-    def reconcile(self, now: int | None = None) -> list[C.Outgoing]:
-        """Merge ranges, update gaps and losses, queue resends; return commands to publish."""
+    def reconcile(self, now: int | None = None, budget_s: float | None = None) -> list[C.Outgoing]:
+        """Merge ranges, update gaps and losses, queue resends; return commands to publish.
+
+        With ``budget_s`` a pass stops after that much time and the next pass goes on from
+        the next device, so reconciling a large fleet never stalls the ingest for long.
+        """
         now = self.clock() if now is None else now
         outgoing: list[C.Outgoing] = []
         with self.engine.begin() as conn:
@@ -733,11 +738,18 @@ class Ingest:
                 )
                 .order_by(DEVICES.c.id)
             ).all()
+        # start after the device the last pass ended on
+        k = next((i for i, r in enumerate(due) if r.id > self._cursor), 0)
+        due = due[k:] + due[:k]
+        t0 = time.monotonic()
         for row in due:
             with self.engine.begin() as conn:
                 outgoing.extend(
                     self._reconcile_device(conn, _Dev(row.id, row.name, row.fleet), now)
                 )
+            self._cursor = row.id
+            if budget_s is not None and time.monotonic() - t0 > budget_s:
+                break
         return outgoing
 
     def _reconcile_device(self, conn: Connection, dev: _Dev, now: int) -> list[C.Outgoing]:

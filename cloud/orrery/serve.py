@@ -217,7 +217,7 @@ class Service:
     def _reconcile(self) -> None:
         out: list[C.Outgoing] = []
         try:
-            out = self.ingest.reconcile()
+            out = self.ingest.reconcile(budget_s=0.2)
         except Exception as exc:
             jlog("reconcile_failed", logging.ERROR, error=repr(exc)[:300])
         if self.orchestrator is not None:
