@@ -63,6 +63,7 @@ class Outcome:
     faults: dict = field(default_factory=dict)
     pending_actions: int = 0
     log: str = ""
+    garbage: list = field(default_factory=list)  # per garbage-record cut: what it left
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,11 @@ def run(f: VirtualFleet) -> Outcome:
     rng = random.Random(7)
     f.start_companion()
     names = list(f.boards)
-    assert f.wait(lambda: f.online_count() == N, 3 * MIN), "every board came online"
+    assert f.wait(lambda: f.online_count() == N, 5 * MIN), (
+        "every board came online",
+        f.rows("SELECT name FROM devices WHERE NOT online"),
+        {n: b.link.last_error for n, b in f.boards.items() if not b.link.connected},
+    )
     small = [b.name for b in f.boards.values() if b.flash == SMALL_FLASH]
     away = small + rng.sample([n for n in names if n not in small], round(OFFLINE * N) - len(small))
     rebooted = rng.sample(names, round(REBOOTING * N))
@@ -98,7 +103,7 @@ def run(f: VirtualFleet) -> Outcome:
         "greenhouse@2", waves="10%,40%,100%", success="95%", max_failures="10%",
         min_devices=5, soak="30s", timeout="1h", rate="1000/min", health="30s",
     )  # fmt: skip
-    f.at(100_000, f.restart_broker)
+    f.at(100_000, f.restart_broker)  # the boards wait for the companion to subscribe again
     out.v2_finished = f.wait(lambda: f.rollout_state(rid)[0] == "finished", 30 * MIN)
     out.v2_at_finish = f.member_states(rid)
     out.v2_summary_at_finish = f.summary(rid)
@@ -141,20 +146,26 @@ def run(f: VirtualFleet) -> Outcome:
     out.acc = f.account()
     out.faults = dict(f.faults)
     out.pending_actions = f.pending_actions()
+    ids = dict(f.rows("SELECT name, id FROM devices"))
+    out.garbage = [
+        (n, getattr(b, "cut_info", None), b.node.store.last_seq,
+         f.rows('SELECT "first", "last", reason FROM losses WHERE device_id = :d', d=ids[n]))
+        for n, b in f.boards.items() if b.stats.power_cuts["garbage_record"]
+    ]  # fmt: skip
     out.log = f.companion_tail(4000)
     return out
 
 
 def test_every_accepted_reading_is_stored_once_or_lost_with_its_reason(scenario):
     o = scenario
-    assert o.drained is None, o.drained
+    assert o.drained is None, (o.drained, o.log[-2000:])
     acc = o.acc
     assert acc.ok, acc.problems()
     assert acc.accepted > 200_000
     assert acc.stored + sum(acc.lost.values()) == acc.accepted
     assert acc.duplicate_rows == 0
     # each garbage record a power cut left is one corrupt seq, reported by the board
-    assert acc.lost["corrupt"] == o.faults["power_cut:garbage_record"] > 0
+    assert acc.lost["corrupt"] == o.faults["power_cut:garbage_record"] > 0, o.garbage
     # the small-flash boards overflowed during their outage and reported the exact ranges
     assert acc.lost["store_full"] > 0
     assert set(acc.lost) <= {"corrupt", "store_full", "not_held"}
@@ -174,7 +185,7 @@ def test_faults_happened(scenario):
 
 def test_rollout_finishes_with_the_offline_boards_pending(scenario):
     o = scenario
-    assert o.v2_finished, o.log
+    assert o.v2_finished, (o.v2_summary_at_finish, o.log[-1500:])
     pending = sorted(n for n, s in o.v2_at_finish.items() if s == "offline-pending")
     assert pending == sorted(o.away)
     assert all(s == "succeeded" for n, s in o.v2_at_finish.items() if n not in o.away)

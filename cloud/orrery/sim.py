@@ -261,17 +261,18 @@ class SimLink(UmqttLink):
 class SharedClock:
     """Virtual unix ms in a memory-mapped file: the fleet writes it, a companion process reads it.
 
-    The file also carries the companion's side: how many messages it has stored (so the fleet
-    never runs ahead of it) and whether it is subscribed. Two copies of the time are written;
-    a reader retries until they agree, so it never sees a torn value.
+    The file also carries the companion's side, so the fleet never runs ahead of it: how many
+    board messages it has stored, how many it holds (received, not stored yet) and how many
+    subscriptions the broker has granted it. Two copies of the time are written; a reader
+    retries until they agree, so it never sees a torn value.
     """
 
-    SIZE = 32
+    SIZE = 40
 
     def __init__(self, path: str | Path, create: bool = False, unix_ms: int = 0) -> None:
         self.path = Path(path)
         if create:
-            self.path.write_bytes(struct.pack("<qqqq", unix_ms, unix_ms, 0, 0))
+            self.path.write_bytes(struct.pack("<qqqqq", unix_ms, unix_ms, 0, 0, 0))
         self._f = open(self.path, "r+b")  # noqa: SIM115
         self._m = mmap.mmap(self._f.fileno(), self.SIZE)
 
@@ -284,23 +285,26 @@ class SharedClock:
             if a == b:
                 return a
 
-    @property
-    def processed(self) -> int:
-        """Messages the companion has stored and acked."""
-        return struct.unpack_from("<q", self._m, 16)[0]
+    def _get(self, slot: int) -> int:
+        return struct.unpack_from("<q", self._m, 8 * slot)[0]
 
-    @processed.setter
-    def processed(self, n: int) -> None:
-        struct.pack_into("<q", self._m, 16, n)
+    def _put(self, slot: int, v: int) -> None:
+        struct.pack_into("<q", self._m, 8 * slot, v)
 
-    @property
-    def ready(self) -> bool:
-        """The companion is connected and subscribed."""
-        return struct.unpack_from("<q", self._m, 24)[0] == 1
+    processed = property(
+        lambda self: self._get(2), lambda self, v: self._put(2, v), doc="board messages stored"
+    )
+    subscribed = property(
+        lambda self: self._get(3), lambda self, v: self._put(3, v), doc="SUBACKs received"
+    )
+    holding = property(
+        lambda self: self._get(4), lambda self, v: self._put(4, v), doc="messages held, unstored"
+    )
 
-    @ready.setter
-    def ready(self, flag: bool) -> None:
-        struct.pack_into("<q", self._m, 24, 1 if flag else 0)
+    def reset(self) -> None:
+        """Zero the companion's counters (before a companion starts)."""
+        for slot in (2, 3, 4):
+            self._put(slot, 0)
 
     def close(self) -> None:
         with contextlib.suppress(BufferError, ValueError):
@@ -343,21 +347,6 @@ def climate(hal: SimHal, rng: random.Random) -> dict:
     for ch in UNWIRED:
         hal.configure(ch, dropout_ppm=1_000_000)
     return temp
-
-
-class RecordingHal(SimHal):
-    """SimHal that also keeps every raw sample (before the filters) with its virtual time:
-    ``raw`` is a list of ``(unix_ms, channel index, value or None)`` for the plot."""
-
-    def __init__(self, *args, wall_ms: Callable[[], int | None], **kw) -> None:
-        super().__init__(*args, **kw)
-        self._wall_ms = wall_ms
-        self.raw: list[tuple[int, int, int | None]] = []
-
-    def read(self, index):
-        v = super().read(index)
-        self.raw.append((self._wall_ms() or 0, index, v))
-        return v
 
 
 # --- one board ---------------------------------------------------------------------------------
@@ -423,17 +412,14 @@ class VirtualBoard:
             "board": PROFILE_NAME,
             "health_window_s": health_window_s,
         }
-        wall = clock.unix_ms
-        if record:
-            self.hal: SimHal = RecordingHal(
-                PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm, wall_ms=wall,
-            )  # fmt: skip
-        else:
-            self.hal = SimHal(PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm)
+        self.hal = SimHal(PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm)
         self.climate = climate(self.hal, self.rng)
         self.hal.configure("temp", dropout_ppm=dropout_ppm)
-        self.record = record
+        self.record = False
+        self.raw: list[tuple[int, int, int | None]] = []  # (unix ms, channel, sample) recorded
         self.states: list[tuple[int, str]] = []  # (unix ms, state) while recording
+        if record:
+            self.start_recording()
         self.stats = BoardStats()
         self.away = False
         self.away_since = 0
@@ -473,6 +459,21 @@ class VirtualBoard:
 
     def _reset(self) -> None:
         self.resets += 1
+
+    def start_recording(self) -> None:
+        """Keep every raw sample (before the filters: ``raw``, as ``(unix ms, channel index,
+        value or None)``) and every state change (``states``) from now on, for a plot."""
+        if self.record:
+            return
+        self.record = True
+        read, raw, clock = self.hal.read, self.raw, self.clock
+
+        def recording_read(index):
+            v = read(index)
+            raw.append((clock.unix_ms() or 0, index, v))
+            return v
+
+        self.hal.read = recording_read  # type: ignore[method-assign]
 
     @property
     def boot_id(self) -> int:
@@ -575,6 +576,7 @@ class VirtualBoard:
                 data[i] ^= 1 << self.rng.randrange(8)
             with open(last, "ab") as f:
                 f.write(bytes(data))
+            self.cut_info = (last.name, last.stat().st_size, store.last_seq + 1, store.acked)
         self.stats.power_cuts[kind] += 1
         self.reboot()
         return kind
@@ -663,29 +665,51 @@ def build_companion(
     secret: bytes,
     host: str,
     port: int,
-    clock: Callable[[], int],
+    shared: SharedClock,
     *,
     client_id: str = "orrery-sim",
     reorder_window_ms: int = 120_000,
     reconcile_every_s: float = 1.0,
-    on_stored: Callable[[list], None] | None = None,
+    commits: list | None = None,
 ):
-    """``orrery serve``'s service (ingest + rollout orchestrator) on the virtual clock.
+    """``orrery serve``'s service (ingest + rollout orchestrator) on the fleet's virtual clock.
 
-    ``on_stored(messages)`` is called after each group of messages is committed and acked.
+    It reports its progress in ``shared``: subscriptions granted, board messages stored, and
+    messages held. With ``commits`` a list, each stored readings batch is appended to it as
+    ``(device, first seq, count, unix s of the commit)`` (for the end-to-end lag).
     """
     from cloud.orrery.ingest import Ingest
     from cloud.orrery.rollout import Orchestrator
     from cloud.orrery.serve import BrokerAddress, Service
 
     class SimService(Service):
+        def _client(self):
+            c = super()._client()
+            c.on_subscribe = self._on_subscribe
+            return c
+
+        def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+            shared.subscribed = shared.subscribed + 1
+
+        def _collect(self, drain_only: bool) -> list:
+            out = super()._collect(drain_only)
+            shared.holding = self.inbox.qsize() + len(out)
+            return out
+
         def _store(self, msgs) -> None:
             super()._store(msgs)
-            if on_stored is not None:
-                on_stored(msgs)
+            shared.processed = shared.processed + board_messages(msgs)
+            shared.holding = self.inbox.qsize()
+            if commits is not None:
+                t = time.time()
+                for m in msgs:
+                    p = m.payload
+                    if m.topic.endswith("/up/readings") and len(p) >= 14:
+                        first = struct.unpack_from("<I", p, 8)[0]
+                        commits.append((m.topic.split("/")[2], first, p[12] | p[13] << 8, t))
 
-    ingest = Ingest(engine, secret=secret, reorder_window_ms=reorder_window_ms, clock=clock)
-    orch = Orchestrator(engine, secret, owner=client_id, clock=clock)
+    ingest = Ingest(engine, secret=secret, reorder_window_ms=reorder_window_ms, clock=shared)
+    orch = Orchestrator(engine, secret, owner=client_id, clock=shared)
     return SimService(
         ingest,
         BrokerAddress(host=host, port=port),
@@ -720,31 +744,12 @@ def _companion_main(argv: list[str]) -> int:
     secret = keys.load_secret()
     shared = SharedClock(a.clock)
     engine = db.engine_for(a.db)
-    commits: list[tuple[str, int, int, float]] = []
-    processed = 0
-
-    def on_stored(msgs: list) -> None:
-        nonlocal processed
-        processed += board_messages(msgs)
-        shared.processed = processed
-        if a.commits:
-            t = time.time()
-            for m in msgs:
-                if m.topic.endswith("/up/readings") and len(m.payload) >= 14:
-                    p = m.payload
-                    first = struct.unpack_from("<I", p, 8)[0]
-                    commits.append((m.topic.split("/")[2], first, p[12] | p[13] << 8, t))
-
+    commits: list | None = [] if a.commits else None
     svc = build_companion(
         engine, secret, a.host, a.port, shared, client_id=a.client_id,
         reorder_window_ms=a.reorder_window_ms, reconcile_every_s=a.reconcile_every,
-        on_stored=on_stored,
+        commits=commits,
     )  # fmt: skip
-
-    def ready() -> None:
-        if svc.connected.wait(60):
-            time.sleep(0.3)  # the SUBACK
-            shared.ready = True
 
     def orphaned() -> None:
         parent = os.getppid()
@@ -752,11 +757,10 @@ def _companion_main(argv: list[str]) -> int:
             if os.getppid() != parent:  # the fleet is gone: stop rather than linger
                 svc.stop()
 
-    threading.Thread(target=ready, daemon=True).start()
     threading.Thread(target=orphaned, daemon=True).start()
     svc.install_signals()
     svc.run()
-    if a.commits:
+    if a.commits and commits is not None:
         Path(a.commits).write_text("\n".join(json.dumps(c) for c in commits))
     return 0
 
@@ -815,7 +819,8 @@ def fmt_ms(ms: int) -> str:
 @dataclass
 class Accounting:
     """The end-to-end check of ``VirtualFleet.account``: every accepted reading is stored
-    exactly once, or is covered by a permanent loss with its reason."""
+    exactly once, or is covered by a permanent loss with its reason, or (a board still away)
+    is held on its board, not delivered yet."""
 
     accepted: int = 0  # readings the boards accepted (sum of their last_seq)
     stored: int = 0  # of those, stored exactly once
@@ -825,6 +830,7 @@ class Accounting:
     invented: dict[str, list[int]] = field(default_factory=dict)  # stored, never accepted
     mismatched: dict[str, list[int]] = field(default_factory=dict)  # stored != flash
     lost_but_stored: dict[str, list[int]] = field(default_factory=dict)
+    on_boards: int = 0  # held on a board and not delivered yet (it is away): not missing
     duplicates_dropped: int = 0  # repeats the companion recognised and dropped
     without_time: int = 0  # stored readings without an event time (clock never set)
     unknown_devices: int = 0  # readings of devices that are not in the fleet (must be 0)
@@ -899,7 +905,7 @@ class VirtualFleet:
         secret: bytes | None = None,
         flash_workflow: Path = V1,
         push: Iterable[Path] = (V1, V2),
-        max_unprocessed: int = 400,
+        max_holding: int = 400,
         lag_probe: int = 0,
     ) -> None:
         raise_fd_limit()
@@ -908,7 +914,7 @@ class VirtualFleet:
         self.step_ms = step_ms
         self.uplink_ms = uplink_ms
         self.speed = speed
-        self.max_unprocessed = max_unprocessed
+        self.max_holding = max_holding
         self.secret = secret or f"orrery-sim-fleet-secret-{seed:08d}".encode()
         self.db_url = db_url
         self.engine = db.engine_for(db_url)
@@ -1004,8 +1010,7 @@ class VirtualFleet:
         """Start the companion on the virtual clock: ``orrery serve``'s service (ingest and
         rollout orchestrator) in its own process (default) or in a thread of this one; return
         once it is subscribed, so it misses nothing the boards send."""
-        self.shared.ready = False
-        self.shared.processed = 0
+        self.shared.reset()
         if process:
             env = dict(os.environ, ORRERY_SECRET=self.secret.decode(), PYTHONUNBUFFERED="1")
             self.companion_proc = subprocess.Popen(
@@ -1017,28 +1022,21 @@ class VirtualFleet:
                 cwd=str(REPO),
             )  # fmt: skip
         else:
-            count = [0]
-
-            def on_stored(msgs: list) -> None:
-                count[0] += board_messages(msgs)
-                self.shared.processed = count[0]
-
             self.service = build_companion(
-                self.engine, self.secret, self.host, self.port, self.shared,
-                client_id=client_id, on_stored=on_stored,
-            )  # fmt: skip
+                self.engine, self.secret, self.host, self.port, self.shared, client_id=client_id
+            )
             threading.Thread(target=self.service.run, daemon=True).start()
-            if self.service.connected.wait(timeout_s):
-                time.sleep(0.3)
-                self.shared.ready = True
+        self._wait_subscribed(0, timeout_s)
+        self._base_published = self.published()
+
+    def _wait_subscribed(self, before: int, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.shared.ready:
+        while self.shared.subscribed <= before:
             if self.companion_proc is not None and self.companion_proc.poll() is not None:
                 raise RuntimeError(f"the companion exited: {self.companion_tail()}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the companion did not subscribe: {self.companion_tail()}")
-            time.sleep(0.05)
-        self._base_published = self.published()
+            time.sleep(0.02)
 
     def companion_tail(self, n: int = 2000) -> str:
         """The end of the companion process's log."""
@@ -1148,13 +1146,17 @@ class VirtualFleet:
             ahead = self.elapsed_ms / 1000 / self.speed - (time.monotonic() - self.real_start)
             if ahead > 0:
                 time.sleep(min(ahead, 0.5))
-        if self.max_unprocessed and self.companion_alive():
+        if self.max_holding and self.shared.holding > self.max_holding and self.companion_alive():
             t = time.monotonic()
-            while self.unprocessed() > self.max_unprocessed and self.companion_alive():
+            last, since = self.shared.processed, t
+            while self.shared.holding > self.max_holding and self.companion_alive():
                 time.sleep(0.01)
-                if time.monotonic() - t > 120:
+                now = time.monotonic()
+                if self.shared.processed != last:
+                    last, since = self.shared.processed, now
+                elif now - since > 300:
                     raise RuntimeError(
-                        f"the companion stopped storing messages: {self.companion_tail()}"
+                        f"the companion stored nothing for 5 minutes: {self.companion_tail()}"
                     )
             self.lag_wait_s += time.monotonic() - t
 
@@ -1232,14 +1234,25 @@ class VirtualFleet:
 
         self.at(after_ms, cut)
 
-    def restart_broker(self) -> bool:
-        """Restart our own Mosquitto (SIGTERM, it saves its sessions, then start); False when the
-        broker is someone else's."""
+    def restart_broker(self, wait_for_companion: bool = True) -> bool:
+        """Restart our own Mosquitto (SIGTERM: it saves its sessions; then start it again);
+        False when the broker is someone else's.
+
+        With ``wait_for_companion`` the boards wait (real time) until the companion has
+        subscribed again. Mosquitto 2.0 does not persist shared subscriptions, so until the
+        companion re-subscribes, what boards publish has no subscriber and the broker acks and
+        drops it: readings come back through the reconciler's resends, but a command ack, a
+        loss report or a state would be gone for good (a rollout member then waits for its
+        timeout). Without the wait, that race is simulated as it is.
+        """
         if self.broker_proc is None:
             return False
+        before = self.shared.subscribed
         self.broker_proc.restart()
         self.faults["broker_restarts"] += 1
         self.log("broker restarted")
+        if wait_for_companion and self.companion_alive():
+            self._wait_subscribed(before, 60)
         return True
 
     # --- the operator ------------------------------------------------------------------------
@@ -1299,15 +1312,23 @@ class VirtualFleet:
         with self.engine.connect() as c:
             return list(c.execute(sa.text(sql), kw).all())
 
-    def catch_up(self, timeout_s: float = 60) -> bool:
-        """Wait (real time, the fleet stopped) until the companion has stored every message
-        the boards delivered; False on timeout."""
+    def catch_up(self, timeout_s: float = 60, quiet_s: float = 0.3) -> bool:
+        """Wait (real time, the fleet stopped) until the companion has stored what the boards
+        delivered: it holds nothing and has stored nothing more for ``quiet_s``. (Counting
+        messages is not enough: the broker drops what arrives while no one is subscribed, and
+        redelivers what was in flight when a connection broke.) False on timeout."""
         deadline = time.monotonic() + timeout_s
-        while self.unprocessed() > 0:
-            if time.monotonic() > deadline or not self.companion_alive():
+        last, since = self.shared.processed, time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now > deadline or not self.companion_alive():
                 return False
+            p = self.shared.processed
+            if p != last or self.shared.holding:
+                last, since = p, now
+            elif now - since >= quiet_s:
+                return True
             time.sleep(0.02)
-        return True
 
     def freeze(self) -> None:
         """Take the sensors away (every read is a dropout): the boards keep running, answer
@@ -1345,8 +1366,8 @@ class VirtualFleet:
                 return f"{b.name}: backlog {n.store.backlog()}"
             if n.outbox or n.resends or n.store.losses() or n.ev_count:
                 return f"{b.name}: acks, resends, loss reports or events to send"
-        if self.unprocessed() > 0:
-            return f"companion: {self.unprocessed()} messages to store"
+        if self.shared.holding:
+            return f"companion: {self.shared.holding} messages to store"
         gaps = self.rows(
             'SELECT d.name, g."first", g."last", g.status FROM gaps g'
             " JOIN devices d ON d.id = g.device_id LIMIT 3"
@@ -1398,6 +1419,8 @@ class VirtualFleet:
                         acc.stored += 1
                 elif s in lost:
                     acc.lost[lost[s]] += 1
+                elif s > b.node.store.acked and s in held:
+                    acc.on_boards += 1
                 else:
                     missing.append(s)
             invented = [s for s in seen if s > last or s < 1]

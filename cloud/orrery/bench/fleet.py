@@ -1,0 +1,192 @@
+"""``orrery bench fleet``: many virtual boards for a virtual hour against a real Mosquitto and
+the companion, as fast as the machine allows.
+
+The boards are ``cloud.orrery.sim``'s: the firmware node (sampler, filters, executor, flash
+store, the board's own MQTT link) on simulated sensors, greenhouse@1, in this process; the
+companion (``orrery serve``'s Service, Ingest and Orchestrator) in its own process on SQLite,
+on the fleet's virtual clock. No faults. The fleet never runs ahead of the companion (it waits
+while the companion holds more than a few hundred messages), so the figures are the whole
+system's.
+
+Figures:
+- ``readings_per_s``: readings stored per real second, from the first pass to the last commit;
+- ``companion_cpu_s``: user + system CPU of the companion process (Linux /proc);
+- ``memory_per_board_kb``: this process's resident memory per board, after the run (and just
+  after the boards were made), over the baseline before;
+- ``lag_p50_s``/``lag_p99_s``: real seconds from a reading being accepted into a board's flash
+  to the commit that stored it, over the readings of every tenth board (``lag_probe``). It
+  includes the wait for the board's next uplink turn: a board sends its readings every
+  ``uplink`` of virtual time (commands and acks go at once);
+- ``loss``: readings the boards accepted that are neither stored nor held; must be 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from bisect import bisect_left
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from cloud.orrery.sim import VirtualFleet
+
+
+def lags(fleet: VirtualFleet, commits: Path) -> list[float]:
+    """Per reading of the probe boards: real seconds from accepted to stored (first commit)."""
+    probes = {n: b for n, b in fleet.boards.items() if b.lag_seq is not None}
+    seen: dict[str, set[int]] = {n: set() for n in probes}
+    out: list[float] = []
+    if not commits.exists():
+        return out
+    for line in commits.read_text().splitlines():
+        dev, first, count, t = json.loads(line)
+        b = probes.get(dev)
+        if b is None:
+            continue
+        s_seen = seen[dev]
+        for s in range(first, first + count):
+            if s in s_seen:
+                continue
+            s_seen.add(s)
+            i = bisect_left(b.lag_seq, s)
+            if i < len(b.lag_seq):
+                out.append(t - b.lag_t[i])
+    return out
+
+
+def run(
+    devices: int = 1000,
+    virtual_s: int = 3600,
+    uplink_s: int = 60,
+    seed: int = 1,
+    broker: tuple[str, int] | None = None,
+    progress: Callable[[VirtualFleet, str], None] | None = None,
+) -> dict:
+    """Run the benchmark; see the module docstring for the figures."""
+    from cloud.orrery.sim import VirtualFleet, percentile, rss_bytes
+
+    tmp = Path(tempfile.mkdtemp(prefix="orrery-bench-fleet-"))
+    url = f"sqlite:///{tmp / 'bench.db'}"
+    rss0 = rss_bytes()
+    t_setup = time.monotonic()
+    fleet = VirtualFleet(
+        devices, url, broker=broker, seed=seed, uplink_ms=uplink_s * 1000, lag_probe=10
+    )
+    try:
+        rss_made = rss_bytes()
+        fleet.start_companion()
+        setup_s = time.monotonic() - t_setup
+
+        def tick() -> None:
+            if progress is not None:
+                progress(fleet, "running")
+
+        t0 = time.monotonic()
+        cpu0 = time.process_time()
+        fleet.run(virtual_s * 1000, tick)
+        run_s = time.monotonic() - t0
+        fleet.freeze()
+        drained = fleet.drain(10 * 60_000, tick)
+        wall_s = time.monotonic() - t0
+        sim_cpu = time.process_time() - cpu0
+        rss_end = rss_bytes()
+        companion_cpu = fleet.stop_companion()
+        acc = fleet.account()
+        lag = lags(fleet, fleet.commits_file)
+        published = fleet.published()
+    finally:
+        fleet.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    loss = sum(acc.lost.values()) + sum(b - a + 1 for r in acc.missing.values() for a, b in r)
+    return {
+        "devices": devices,
+        "virtual_s": virtual_s,
+        "uplink_s": uplink_s,
+        "workflow": "greenhouse@1",
+        "setup_s": round(setup_s, 1),
+        "run_s": round(run_s, 1),
+        "wall_s": round(wall_s, 1),
+        "speedup": round(virtual_s / run_s, 1),
+        "readings": acc.accepted,
+        "stored": acc.stored,
+        "readings_per_s": round(acc.stored / wall_s),
+        "messages": published,
+        "companion_cpu_s": None if companion_cpu is None else round(companion_cpu, 1),
+        "fleet_cpu_s": round(sim_cpu, 1),
+        "waited_for_companion_s": round(fleet.lag_wait_s, 1),
+        "memory_per_board_kb": round((rss_end - rss0) / devices / 1024, 1),
+        "memory_per_board_made_kb": round((rss_made - rss0) / devices / 1024, 1),
+        "lag_readings": len(lag),
+        "lag_p50_s": _r(percentile(lag, 0.50)),
+        "lag_p99_s": _r(percentile(lag, 0.99)),
+        "duplicates_dropped": acc.duplicates_dropped,
+        "loss": loss,
+        "drained": drained,
+        "met": loss == 0 and acc.ok and drained,
+    }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+def bench_fleet(
+    devices: Annotated[int, typer.Option(min=1, max=5000, help="Virtual boards.")] = 1000,
+    duration: Annotated[str, typer.Option(help="Virtual time to run: 10m, 1h …")] = "1h",
+    uplink: Annotated[
+        str, typer.Option(help="Virtual time between a board's readings uploads.")
+    ] = "60s",
+    seed: Annotated[int, typer.Option(help="Seed of the simulated sensors.")] = 1,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else its own)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Virtual boards for a virtual hour against a real broker and the companion: readings/s,
+    companion CPU, memory per board, end-to-end lag, loss (must be 0)."""
+    import os
+
+    from rich.console import Console
+
+    from cloud.orrery.fleetcli import fail
+    from cloud.orrery.rollout import RolloutError, parse_duration
+    from cloud.orrery.sim import fmt_ms, parse_broker_url
+
+    try:
+        virtual_s = parse_duration(duration, "--duration")
+        uplink_s = parse_duration(uplink, "--uplink")
+    except RolloutError as exc:
+        fail(str(exc))
+    addr = None
+    url = broker or os.environ.get("ORRERY_BROKER")
+    if url:
+        try:
+            addr = parse_broker_url(url)
+        except ValueError as exc:
+            fail(str(exc))
+    con = Console(stderr=True)
+    last = [0.0]
+
+    def progress(fleet: VirtualFleet, what: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 5:
+            last[0] = now
+            con.print(
+                f"[dim]{what}: virtual {fmt_ms(fleet.elapsed_ms)} of {fmt_ms(virtual_s * 1000)}, "
+                f"{sum(b.node.store.last_seq for b in fleet.boards.values()):,} readings taken[/]"
+            )
+
+    result = run(devices, virtual_s, uplink_s, seed, addr, progress)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        Console().print_json(json.dumps(result))
+    if not result["met"]:
+        raise typer.Exit(2)
