@@ -74,6 +74,7 @@ _MAX_EVENTS = const(32)
 _STATE_EVERY_MS = const(60000)
 _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
 _MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
+_NO_VALUE = const(-536870912)  # shared.executor.NO_VALUE: an input without a value yet
 # shared.codec's constants (tests/test_executor_constants.py checks these copies)
 _OK = const(0)
 _HISTORICAL = const(1)
@@ -565,6 +566,13 @@ class Node:
             o = 5 * self.ev_head
             event, value, up_s, up_ms, state = self.ev[o : o + 5]
         wf = self.wf
+        # events carry S16 values: an input without a value yet is None, a variable is clamped
+        if value == _NO_VALUE:
+            value = None
+        elif value > 32767:
+            value = 32767
+        elif value < -32767:
+            value = -32767
         payload = P.encode_event(
             self.boot_id,
             self.event_seq,
@@ -662,6 +670,7 @@ def run(cfg, hal, feed, root="/data"):
 
     from firmware.link import UmqttLink
 
+    _wifi(cfg.get("wifi"))
     b = cfg["broker"]
     link = UmqttLink(
         cfg["device_id"],
@@ -678,6 +687,26 @@ def run(cfg, hal, feed, root="/data"):
         node.step_main()
         feed()
         time.sleep_ms(node.next_wait_ms())
+
+
+def _wifi(w):
+    """Start joining the configured Wi-Fi without waiting: the link's connects fail (and back
+    off) until it is up, and the station keeps reconnecting by itself after a drop."""
+    if not w:
+        return
+    try:
+        import network
+
+        sta = network.WLAN(network.STA_IF)
+        sta.active(True)
+        try:
+            sta.config(reconnects=-1)  # ESP32: retry forever after a drop
+        except Exception:
+            pass
+        if not sta.isconnected():
+            sta.connect(w["ssid"], w.get("password", ""))
+    except Exception as e:  # no radio, bad credentials: the node still runs offline
+        _log("wifi:", e)
 
 
 def _ntp_ms(cfg):

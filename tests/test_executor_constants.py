@@ -60,3 +60,10 @@ def test_private_copies_match_their_module(path: str, source: str, names: tuple)
         got = re.search(rf"^{name} = const\(([^)]*)\)", mine, re.M)
         want = re.search(rf"^_?{name.lstrip('_')} = const\(([^)]*)\)", theirs, re.M)
         assert got and want and int(got.group(1), 0) == int(want.group(1), 0), (path, name)
+
+
+def test_node_no_value_is_the_executors() -> None:
+    from shared.executor import NO_VALUE
+
+    got = re.search(r"^_NO_VALUE = const\(([^)]*)\)", (REPO / "firmware/node.py").read_text(), re.M)
+    assert got and int(got.group(1), 0) == NO_VALUE
