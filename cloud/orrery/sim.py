@@ -417,7 +417,7 @@ class VirtualBoard:
         self.hal.configure("temp", dropout_ppm=dropout_ppm)
         self.record = False
         self.raw: list[tuple[int, int, int | None]] = []  # (unix ms, channel, sample) recorded
-        self.states: list[tuple[int, str]] = []  # (unix ms, state) while recording
+        self.states: list[tuple[int, str, int | None]] = []  # (unix ms, state, version)
         if record:
             self.start_recording()
         self.stats = BoardStats()
@@ -455,14 +455,16 @@ class VirtualBoard:
             )
         self.link.will = self.node.will()
         self.node.wf.boot()
-        self._state = None
+        self._state: str | None = None
+        self._version: int | None = None
 
     def _reset(self) -> None:
         self.resets += 1
 
     def start_recording(self) -> None:
         """Keep every raw sample (before the filters: ``raw``, as ``(unix ms, channel index,
-        value or None)``) and every state change (``states``) from now on, for a plot."""
+        value or None)``) and every change of workflow state or version (``states``, as
+        ``(unix ms, state, version)``) from now on, for a plot; ``stop_recording`` ends it."""
         if self.record:
             return
         self.record = True
@@ -491,9 +493,16 @@ class VirtualBoard:
         if self.record:
             ex = self.node.wf.ex
             s = ex.state_name() if ex is not None else None
-            if s != self._state:
-                self._state = s
-                self.states.append((self.clock.unix_ms() or 0, s or "-"))
+            v = self.version
+            if s != self._state or v != self._version:
+                self._state, self._version = s, v
+                self.states.append((self.clock.unix_ms() or 0, s or "-", v))
+
+    def stop_recording(self) -> None:
+        """Stop keeping raw samples (what was recorded stays)."""
+        if self.record:
+            self.record = False
+            del self.hal.read  # the class's read again
 
     def link_turn(self, max_ops: int = 64) -> int:
         """Let the link thread run until it has nothing to do (at most ``max_ops`` messages)."""
@@ -548,8 +557,9 @@ class VirtualBoard:
         ``kind``: ``torn_record`` (the next reading's record, cut at a random byte: it was
         never accepted, recovery ignores it), ``garbage_record`` (a full-length record whose
         bytes are wrong: recovery cannot tell it from a sent one, so its seq is reported
-        lost as "corrupt"), or ``torn_cursor`` (an ack-cursor entry cut short: recovery falls
-        back to the previous cursor, and some readings are sent again). Random if None.
+        lost as "corrupt"), or ``torn_cursor`` (the newest ack-cursor entry cut short:
+        recovery falls back to the entry before, and the board sends those readings again,
+        which the companion drops as duplicates). Random if None.
         """
         kind = kind or self.rng.choice(POWER_CUTS)
         store = self.node.store
@@ -557,11 +567,12 @@ class VirtualBoard:
         rec = self._next_record(store)
         store.close()
         if kind == "torn_cursor":
-            entry = bytearray(7)
-            entry[0] = 0xC5
-            entry[1:5] = struct.pack("<I", store.acked + 1)
-            with open(store_dir / "cursor.log", "ab") as f:
-                f.write(entry[: self.rng.randrange(1, 7)])
+            # the cut came while the newest ack entry was being written: it is torn, so the
+            # board falls back to the entry before and sends those readings again
+            path = store_dir / "cursor.log"
+            data = path.read_bytes() if path.exists() else b""
+            if len(data) >= 7:
+                path.write_bytes(data[: len(data) - 7 + self.rng.randrange(1, 7)])
         else:
             segs = sorted(store_dir.glob("*.seg"))
             last = segs[-1] if segs else None

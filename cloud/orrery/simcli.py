@@ -111,59 +111,67 @@ def plot_device(
     def when(ms: int) -> datetime:
         return datetime.fromtimestamp(ms / 1000, UTC)
 
-    fig, axes = plt.subplots(len(chans), 1, figsize=(12, 2.9 * len(chans) + 0.8), sharex=True)
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(len(chans), 1, figsize=(12, 2.9 * len(chans) + 1.0), sharex=True)
     axes = list(axes) if len(chans) > 1 else [axes]
-    states = (raw or {}).get("states") or []
-    states = [s for s in states if _within(s[0], since_ms, until_ms)]
-    palette = ["#e8f1fb", "#fdeede", "#e9f7ec", "#f6e9f7", "#fbf7dc", "#eeeeee"]
+    states = [s for s in (raw or {}).get("states") or [] if _within(s[0], since_ms, until_ms)]
+    palette = ["#dbe9f8", "#fde2c8", "#d5f0db", "#eedaf3", "#f9f3c4", "#e6e6e6", "#f6d5d5"]
     colors: dict[str, str] = {}
     for ax, ch in zip(axes, chans, strict=True):
         name, scale, unit = info.get(ch, (f"channel {ch}", 1.0, ""))
-        rs = [(when(s[0]), s[2] * scale) for s in samples if s[1] == ch and s[2] is not None]
-        if rs:
-            ax.plot(*zip(*rs, strict=True), color="#9aa5b1", lw=0.7, label="raw samples (sim)")
-        drops = [when(s[0]) for s in samples if s[1] == ch and s[2] is None]
         fs = [(when(r.event_ms), r.value * scale) for r in readings if r.channel == ch]
         if fs:
-            ax.plot(*zip(*fs, strict=True), color="#1f5fa8", lw=1.6, label="stored (filtered)")
+            ax.plot(
+                *zip(*fs, strict=True), color="#1f5fa8", lw=1.4, label="stored (after the filters)"
+            )
+        rs = [(when(s[0]), s[2] * scale) for s in samples if s[1] == ch and s[2] is not None]
+        if rs:
+            ax.plot(*zip(*rs, strict=True), ".", color="#4d4d4d", ms=1.6, alpha=0.6,
+                    label="raw samples (simulator)")  # fmt: skip
+        drops = [when(s[0]) for s in samples if s[1] == ch and s[2] is None]
         if drops:
             lo = min((v for _, v in fs + rs), default=0)
             ax.plot(drops, [lo] * len(drops), "x", color="#c0392b", ms=5, label="dropout")
         ax.set_ylabel(f"{name} ({unit})" if unit else name)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
+        ax.legend(loc="upper left", fontsize=8, framealpha=0.85, markerscale=4)
+    handles: list = []
     if states:
-        end = max(
-            [when(r.event_ms) for r in readings] + [when(s[0]) for s in samples], default=None
-        )
-        spans = list(zip(states, states[1:] + [(None, None)], strict=True))
-        for (t0, st), (t1, _) in spans:
-            c = colors.setdefault(st, palette[len(colors) % len(palette)])
-            a, b = when(t0), when(t1) if t1 is not None else end
+        end = max([when(r.event_ms) for r in readings] + [when(s[0]) for s in samples])
+        nxt = [when(s[0]) for s in states[1:]] + [end]
+        version = None
+        for (t0, st, ver, *_), b in zip((tuple(s) + (None,) for s in states), nxt, strict=True):
+            key = f"{st}" if ver is None else f"{st} (v{ver})"
+            c = colors.setdefault(key, palette[len(colors) % len(palette)])
             for ax in axes:
-                ax.axvspan(a, b, color=c, lw=0)
-                ax.axvline(a, color="#555555", lw=0.6, ls="--")
-            axes[0].annotate(
-                st, (a, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
-                textcoords="offset points", fontsize=7, rotation=30, va="bottom",
-            )  # fmt: skip
-    for e in events:
+                ax.axvspan(when(t0), b, color=c, lw=0)
+            if version is not None and ver != version:
+                for ax in axes:
+                    ax.axvline(when(t0), color="#111111", lw=1.6)
+                axes[0].annotate(
+                    f"workflow v{ver} installed", (when(t0), 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(3, 3), textcoords="offset points", fontsize=8, fontweight="bold",
+                )  # fmt: skip
+            version = ver
+        handles = [Patch(color=c, label=k) for k, c in colors.items()]
+    if events:
         for ax in axes:
-            ax.axvline(when(e.event_ms), color="#d35400", lw=0.8, alpha=0.7)
-        axes[-1].annotate(
-            f"{e.event} ({e.state})", (when(e.event_ms), 0.0), xycoords=("data", "axes fraction"),
-            xytext=(2, 2), textcoords="offset points", fontsize=7, color="#d35400", rotation=90,
-        )  # fmt: skip
+            ax.plot([when(e.event_ms) for e in events], [1.0] * len(events), "v",
+                    color="#d35400", ms=6, transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
+        names = sorted({e.event for e in events})
+        handles.append(Line2D([], [], marker="v", ls="", color="#d35400",
+                              label="event: " + ", ".join(names)))  # fmt: skip
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                   title="workflow state (shading)" if states else None, title_fontsize=8,
+                   frameon=False)  # fmt: skip
     axes[-1].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=UTC))
     axes[-1].set_xlabel("event time (UTC)")
-    what = "raw and filtered readings" if samples else "stored (filtered) readings"
-    fig.suptitle(
-        f"{device}: {what}; shading = workflow state"
-        if states
-        else f"{device}: {what}; orange = workflow events",
-        fontsize=11,
-    )
-    fig.tight_layout()
+    what = "raw samples and stored readings" if samples else "stored readings"
+    fig.suptitle(f"{device}: {what}, with the workflow's state changes", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06 if handles else 0, 1, 1))
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output, dpi=110)
     plt.close(fig)
@@ -438,6 +446,7 @@ class Display:
         if self.enabled:
             self.update(force=True)
             self.live.__exit__(*exc)
+            self.con.print()
 
     def set(self, phase: str, rid: int | None = None) -> None:
         self.phase = phase
@@ -523,6 +532,9 @@ def _pick_plotted(fleet, avoid: set[str]) -> str:
 def _finish(fleet, out_dir: Path, rid: int | None, at_finish: dict | None, plotted: str | None,
             t0: float, display: Display) -> Report:  # fmt: skip
     display.set("delivering the last readings")
+    until = fleet.now_ms
+    if plotted:
+        fleet.boards[plotted].stop_recording()
     fleet.freeze()
     drained = fleet.drain(15 * 60_000, on_pass=display.update)
     display.set("counting")
@@ -535,7 +547,9 @@ def _finish(fleet, out_dir: Path, rid: int | None, at_finish: dict | None, plott
         raw_path = out_dir / f"{plotted}-raw.json"
         raw_path.write_text(json.dumps(raw))
         display.set("plotting")
-        rep.plot = plot_device(fleet.engine, plotted, out_dir / f"{plotted}.png", raw=raw)
+        rep.plot = plot_device(
+            fleet.engine, plotted, out_dir / f"{plotted}.png", raw=raw, until_ms=until
+        )
         rep.plot["raw_file"] = str(raw_path)
     return rep
 
