@@ -425,6 +425,8 @@ class VirtualBoard:
         self.away_since = 0
         self.dead_port = 0
         self.resets = 0
+        # the last power cut's write: (segment file, its size after, seq written, acked then)
+        self.cut_info: tuple[str, int, int, int] | None = None
         # with a lag probe: the real time at which each seq was first held (see lag_stats)
         self.lag_seq: array | None = None
         self.lag_t: array | None = None
