@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.orrery import fleetcli, rolloutcli
+from cloud.orrery import fleetcli, rolloutcli, simcli
+from cloud.orrery.bench import fleet as bench_fleet
 from cloud.orrery.board import board_app
 from cloud.orrery.broker import broker_app
 
@@ -30,6 +31,10 @@ app.command("serve")(fleetcli.serve)
 app.add_typer(rolloutcli.rollout_app, name="rollout")
 app.add_typer(broker_app, name="broker")
 app.add_typer(board_app, name="board")
+app.command("demo")(simcli.demo)
+app.command("sim")(simcli.sim)
+fleetcli.readings_app.command("plot")(simcli.readings_plot)
+bench_app.command("fleet")(bench_fleet.bench_fleet)
 workflow_app.command("push")(rolloutcli.workflow_push)
 workflow_app.command("list")(rolloutcli.workflow_list)
 workflow_app.command("show")(rolloutcli.workflow_show)
@@ -176,6 +181,9 @@ def bench_ingest(
             "postgresql://postgres@127.0.0.1:5432/test; 'none' to skip)."
         ),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=8, help="orrery serve processes sharing the subscription.")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Readings through a real broker into SQLite (and PostgreSQL), against raw executemany."""
@@ -190,7 +198,9 @@ def bench_ingest(
         or os.environ.get("ORRERY_TEST_PG_URL")
         or "postgresql://postgres@127.0.0.1:5432/test"
     )
-    result = ingest.run(readings, devices, batch, dup, None if pg == "none" else pg)
+    result = ingest.run(
+        readings, devices, batch, dup, None if pg == "none" else pg, workers=workers
+    )
     if as_json:
         print(json.dumps(result, indent=2))
     else:

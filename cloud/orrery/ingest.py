@@ -583,20 +583,17 @@ class Ingest:
             off = (a[1] - a[0]) if a else None
             hist = b.historical
             did, boot = dev.id, b.boot_id
-            rows = [
-                (
-                    did,
-                    boot,
-                    seq,
-                    ch,
-                    val,
-                    up_s * 1000 + up_ms,
-                    None if off is None else up_s * 1000 + up_ms + off,
-                    hist,
-                    now,
-                )
-                for seq, up_s, up_ms, val, ch in b.records
-            ]
+            if off is None:
+                rows = [
+                    (did, boot, seq, ch, val, up_s * 1000 + up_ms, None, hist, now)
+                    for seq, up_s, up_ms, val, ch in b.records
+                ]
+            else:
+                rows = [
+                    (did, boot, seq, ch, val, u, u + off, hist, now)
+                    for seq, up_s, up_ms, val, ch in b.records
+                    for u in (up_s * 1000 + up_ms,)
+                ]
             per_batch_rows.append(rows)
         inserted = self._insert_readings(conn, per_batch_rows)
         dev_stats: dict[int, list[int]] = {}

@@ -3,7 +3,8 @@
 
 The load: ``devices`` simulated boards, ``readings`` readings in batches of ``batch`` (the
 board's wire format, each with its time anchor), ``dup`` of the batches published twice (a
-QoS 1 redelivery), all shuffled. One ``orrery serve`` worker runs as its own process on its
+QoS 1 redelivery), all shuffled. ``orrery serve`` workers (two by default, on one shared
+subscription, as a fleet would scale out) run as their own processes on their
 own Mosquitto; the figure is unique readings stored per second, from the first publish to the
 last commit. The baseline inserts the same rows, duplicates and order included, with
 ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` in batches of 5,000 into an empty
@@ -171,28 +172,48 @@ def _stored(engine: sa.Engine) -> tuple[int, int]:
 
 
 def end_to_end(
-    url: str, messages: list[tuple[str, bytes]], unique: int, devices: int, timeout: float
+    url: str,
+    messages: list[tuple[str, bytes]],
+    unique: int,
+    devices: int,
+    timeout: float,
+    workers: int = 1,
 ) -> dict:
-    """Run one ``orrery serve`` worker on its own broker and measure the whole path."""
+    """Run ``workers`` ``orrery serve`` processes (one shared subscription) on a broker of
+    their own and measure the whole path."""
     engine = db.engine_for(url)
     register(engine, devices)
     broker = Broker(extra_conf="max_inflight_messages 1000").start()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("ORRERY_SECRET", None)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "cloud.orrery.cli", "serve", "--db", url, "--port", str(broker.port),
-         "--client-id", "bench-ingest", "--reorder-window", "3600", "--log-level", "WARNING"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    logs = [
+        tempfile.NamedTemporaryFile(prefix="orrery-bench-worker-", suffix=".log", delete=False)
+        for _ in range(workers)
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cloud.orrery.cli", "serve", "--db", url, "--port", str(broker.port),
+             "--client-id", f"bench-ingest-{i}", "--group", "bench", "--reorder-window", "3600",
+             "--log-level", "INFO"],
+            env=env, stdout=subprocess.DEVNULL, stderr=logs[i],
+        )
+        for i in range(workers)
+    ]  # fmt: skip
+    elapsed = pub_s = 0.0
     try:
-        # ready when a probe reading has gone through
-        probe = P.encode_batch(1, 10**9, [(0, 0, 0, 0)], 0, None)
+        # ready when every worker has subscribed (its log says so) and a probe has gone through
         deadline = time.monotonic() + 60
-        while _stored(engine)[0] == 0:
-            if worker.poll() is not None:
-                raise RuntimeError(f"orrery serve exited: {worker.stderr.read().decode()[-2000:]}")
+        while not all("broker_connected" in Path(f.name).read_text() for f in logs):
+            for w, f in zip(procs, logs, strict=True):
+                if w.poll() is not None:
+                    raise RuntimeError(f"orrery serve exited: {Path(f.name).read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError("orrery serve did not start within 60 s")
+            time.sleep(0.1)
+        probe = P.encode_batch(1, 10**9, [(0, 0, 0, 0)], 0, None)
+        while _stored(engine)[0] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("orrery serve stored nothing within 60 s")
             publish(broker.port, [(P.topic(FLEET, device_name(0), P.READINGS), probe)])
             time.sleep(0.3)
         base = _stored(engine)
@@ -202,7 +223,11 @@ def end_to_end(
         while True:
             got, dups = _stored(engine)
             got -= base[0]
-            if got >= unique or time.monotonic() > deadline or worker.poll() is not None:
+            if (
+                got >= unique
+                or time.monotonic() > deadline
+                or any(w.poll() is not None for w in procs)
+            ):
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - t
@@ -215,14 +240,20 @@ def end_to_end(
                 - base[0]
             )
     finally:
-        worker.terminate()
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        for w in procs:
+            w.terminate()
+        for w in procs:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                w.kill()
         broker.close()
         engine.dispose()
+        for f in logs:
+            f.close()
+            os.unlink(f.name)
     return {
+        "workers": workers,
         "seconds": round(elapsed, 3),
         "publish_seconds": round(pub_s, 3),
         "readings_per_s": round(unique / elapsed),
@@ -230,7 +261,7 @@ def end_to_end(
         "lost": unique - rows,
         "duplicate_rows": rows - got if rows > got else 0,
         "duplicates_dropped": dups,
-        "worker_exit": worker.returncode,
+        "worker_exit": [w.returncode for w in procs],
     }
 
 
@@ -241,6 +272,7 @@ def run(
     dup: float = 0.10,
     pg_url: str | None = None,
     timeout: float = 900,
+    workers: int = 1,
 ) -> dict:
     """Measure SQLite, and PostgreSQL when ``pg_url`` answers; see the module docstring."""
     messages, unique = make_messages(readings, devices, batch, dup)
@@ -256,9 +288,11 @@ def run(
     with tempfile.TemporaryDirectory(prefix="orrery-bench-") as tmp:
         e2e_url = f"sqlite:///{Path(tmp) / 'e2e.db'}"
         raw_url = f"sqlite:///{Path(tmp) / 'raw.db'}"
-        result["sqlite"] = _compare(e2e_url, raw_url, messages, rows, unique, devices, timeout)
+        result["sqlite"] = _compare(
+            e2e_url, raw_url, messages, rows, unique, devices, timeout, workers
+        )
     if pg_url:
-        result["postgresql"] = _postgres(pg_url, messages, rows, unique, devices, timeout)
+        result["postgresql"] = _postgres(pg_url, messages, rows, unique, devices, timeout, workers)
     parts = [result["sqlite"]] + (
         [result["postgresql"]]
         if isinstance(result.get("postgresql"), dict) and "ratio" in result["postgresql"]
@@ -274,9 +308,16 @@ def run(
 
 
 def _compare(
-    e2e_url: str, raw_url: str, messages, rows, unique: int, devices: int, timeout: float
+    e2e_url: str,
+    raw_url: str,
+    messages,
+    rows,
+    unique: int,
+    devices: int,
+    timeout: float,
+    workers: int = 1,
 ) -> dict:
-    e2e = end_to_end(e2e_url, messages, unique, devices, timeout)
+    e2e = end_to_end(e2e_url, messages, unique, devices, timeout, workers)
     raw_engine = db.engine_for(raw_url)
     register(raw_engine, devices)
     raw_engine.dispose()
@@ -289,7 +330,9 @@ def _compare(
     return {"end_to_end": e2e, "raw_executemany": raw, "ratio": round(raw_s / e2e["seconds"], 3)}
 
 
-def _postgres(pg_url: str, messages, rows, unique: int, devices: int, timeout: float) -> dict:
+def _postgres(
+    pg_url: str, messages, rows, unique: int, devices: int, timeout: float, workers: int = 1
+) -> dict:
     base = sa.engine.make_url(db.url_from(pg_url))
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     names = [f"orrery_bench_{uuid.uuid4().hex[:8]}", f"orrery_bench_{uuid.uuid4().hex[:8]}"]
@@ -305,7 +348,7 @@ def _postgres(pg_url: str, messages, rows, unique: int, devices: int, timeout: f
         return _compare(
             base.set(database=names[0]).render_as_string(hide_password=False),
             base.set(database=names[1]).render_as_string(hide_password=False),
-            messages, rows, unique, devices, timeout,
+            messages, rows, unique, devices, timeout, workers,
         )  # fmt: skip
     finally:
         with admin.connect() as c:
