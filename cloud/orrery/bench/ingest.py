@@ -3,8 +3,8 @@
 
 The load: ``devices`` simulated boards, ``readings`` readings in batches of ``batch`` (the
 board's wire format, each with its time anchor), ``dup`` of the batches published twice (a
-QoS 1 redelivery), all shuffled. ``orrery serve`` workers (two by default, on one shared
-subscription, as a fleet would scale out) run as their own processes on their
+QoS 1 redelivery), all shuffled. One ``orrery serve`` worker (``--workers N``: N of them on one
+shared subscription, as a fleet scales out) runs as its own process on its
 own Mosquitto; the figure is unique readings stored per second, from the first publish to the
 last commit. The baseline inserts the same rows, duplicates and order included, with
 ``executemany`` of ``INSERT ... ON CONFLICT DO NOTHING`` in batches of 5,000 into an empty
