@@ -64,6 +64,20 @@ def jlog(event: str, level: int = logging.INFO, **fields) -> None:
         log.log(level, json.dumps({"event": event, **fields}, default=str, sort_keys=True))
 
 
+def _session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dict:
+    """A device_sessions row; ``anchor`` is (uptime ms, unix ms) or None."""
+    return {
+        "device_id": device_id,
+        "boot": boot,
+        "first_seen_ms": now,
+        "last_seen_ms": now,
+        "first_seq": first,
+        "last_seq": last,
+        "anchor_up_ms": anchor[0] if anchor else None,
+        "anchor_unix_ms": anchor[1] if anchor else None,
+    }
+
+
 # --- ranges ----------------------------------------------------------------------------------
 
 
@@ -510,21 +524,7 @@ class Ingest:
         a = None
         if anchor is not None and self._anchor(conn, dev.id, boot) is None:
             a = (anchor[0] * 1000 + anchor[1], anchor[2] * 1000 + anchor[3])
-        self._sessions(
-            conn,
-            [
-                {
-                    "device_id": dev.id,
-                    "boot": boot,
-                    "first_seen_ms": now,
-                    "last_seen_ms": now,
-                    "first_seq": first,
-                    "last_seq": last,
-                    "anchor_up_ms": a[0] if a else None,
-                    "anchor_unix_ms": a[1] if a else None,
-                }
-            ],
-        )
+        self._sessions(conn, [_session_row(dev.id, boot, now, first, last, a)])
         if a:
             self._anchors[(dev.id, boot)] = a
             # readings and events of this boot stored before the anchor get their event time now
@@ -634,16 +634,7 @@ class Ingest:
         self._sessions(
             conn,
             [
-                {
-                    "device_id": dev.id,
-                    "boot": boot,
-                    "first_seen_ms": now,
-                    "last_seen_ms": now,
-                    "first_seq": first,
-                    "last_seq": last,
-                    "anchor_up_ms": None,
-                    "anchor_unix_ms": None,
-                }
+                _session_row(dev.id, boot, now, first, last, None)
                 for (_, boot), (dev, first, last) in sessions.items()
             ],
         )

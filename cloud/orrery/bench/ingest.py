@@ -28,6 +28,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery import db
+from cloud.orrery.ingest import READING_COLS
 from shared import codec as P
 from tools.mosquitto import Broker
 
@@ -91,19 +92,7 @@ def register(engine: sa.Engine, devices: int) -> None:
 
 def raw_baseline(url: str, rows: list[tuple]) -> float:
     """Seconds to insert ``rows`` with the driver's executemany, 5,000 per transaction."""
-    cols = ",".join(
-        (
-            "device_id",
-            "boot",
-            "seq",
-            "channel",
-            "value",
-            "up_ms",
-            "event_ms",
-            "historical",
-            "received_ms",
-        )
-    )
+    cols = ",".join(READING_COLS)
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         con = sqlite3.connect(path)
