@@ -919,18 +919,25 @@ class Orchestrator:
         )
 
     def health_gate(self, conn: Connection, r) -> dict:
-        """Compare upgraded boards with not-yet-upgraded ones over the soak: per metric, the
-        counts since the soak started, and a one-sided exact test of the rate ratio. A metric
-        regresses when the upgraded rate is higher with p < ``significance``."""
+        """Compare upgraded boards with online not-yet-upgraded ones over the soak: per metric,
+        the counts since the soak started, and a one-sided exact test of the rate ratio. A metric
+        regresses when the upgraded boards have at least 5 events, at least twice the control's
+        rate, and p < ``significance`` / 4 (Bonferroni over the four metrics): a handful of
+        unrelated reboots landing on the canaries must not stop a rollout."""
         rows = conn.execute(
             sa.select(
-                MEMBERS.c.state, MEMBERS.c.wave, MEMBERS.c.baseline, *(DEVICES.c[k] for k in HEALTH)
+                MEMBERS.c.state,
+                MEMBERS.c.wave,
+                MEMBERS.c.baseline,
+                DEVICES.c.online,
+                *(DEVICES.c[k] for k in HEALTH),
             )
             .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
             .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.baseline.is_not(None))
         ).all()
         up = [x for x in rows if x.state == "succeeded"]
-        ctl = [x for x in rows if x.state == "queued" and x.wave > r.wave]
+        # offline boards report nothing: counting them would make the control look healthier
+        ctl = [x for x in rows if x.state == "queued" and x.wave > r.wave and x.online]
         result: dict = {"upgraded": len(up), "control": len(ctl), "metrics": {}, "regressed": []}
         if not up or not ctl:
             return result
@@ -948,7 +955,11 @@ class Orchestrator:
             c1, c0 = d1[k], d0[k]
             p = _binomial_tail(c1, c1 + c0, len(up) / (len(up) + len(ctl)))
             result["metrics"][k] = {"upgraded": c1, "control": c0, "p": round(p, 6)}
-            if c1 >= 3 and c1 / len(up) > c0 / len(ctl) and p < self.significance:
+            if (
+                c1 >= 5
+                and c1 * len(ctl) >= 2 * c0 * len(up)
+                and p < self.significance / len(HEALTH)
+            ):
                 result["regressed"].append(
                     f"{k}: {c1} on {len(up)} upgraded vs {c0} on {len(ctl)} not upgraded (p={p:.2g})"
                 )
