@@ -12,35 +12,20 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner
 
 from cloud.orrery import db, registry
-from cloud.orrery.cli import app, load_profile
+from cloud.orrery.cli import load_profile
 from cloud.orrery.ingest import Ingest, Message
 from firmware.profile import parse_profile
 from shared import codec as P
 from shared import workflow
+from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
 V1 = (WF / "greenhouse_v1.json").read_bytes()
 V2 = (WF / "greenhouse.json").read_bytes()
 LAB = (WF / "lab.json").read_bytes()
 T0 = 1_790_000_000  # unix s of the devices' time anchor
-runner = CliRunner()
-
-
-def run(*args: str, ok: bool = True):
-    r = runner.invoke(app, list(args))
-    if ok:
-        assert r.exit_code == 0, r.output
-    else:
-        assert r.exit_code == 1, r.output
-    return r
-
-
-def flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def reformatted(raw: bytes) -> bytes:

@@ -10,35 +10,19 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from cloud.orrery import db
-from cloud.orrery.cli import app
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import Orchestrator
 from shared import codec as P
 from shared import workflow
+from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
 V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
 V2 = workflow.compile((WF / "greenhouse.json").read_bytes())
 SECRET = "cli-test-fleet-secret-0123456789"
 NAMES = [f"d{i:02d}" for i in range(10)]
-runner = CliRunner()
-
-
-def run(*args: str, ok: bool = True):
-    r = runner.invoke(app, list(args))
-    if ok:
-        assert r.exit_code == 0, r.output
-    else:
-        assert r.exit_code == 1, r.output
-    return r
-
-
-def flat(text: str) -> str:
-    """Output with rich's line wrapping undone."""
-    return " ".join(text.split())
 
 
 def state(name: str, ver: int | None, online: bool = True) -> Message:

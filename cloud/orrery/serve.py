@@ -236,10 +236,11 @@ class Service:
     def _publish(self, out: list[C.Outgoing]) -> None:
         infos = [(o, self.client.publish(o.topic, o.payload, qos=1)) for o in out]
         sent = []
+        deadline = time.monotonic() + 5  # one wait for the whole group, not 5 s per command
         for o, info in infos:
             try:
-                info.wait_for_publish(timeout=5)
-            except (RuntimeError, ValueError):
+                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # not connected: it stays queued for later
                 continue
             if info.is_published():
                 sent.append(o.command_id)
