@@ -438,7 +438,7 @@ class Executor:
         return its length. Timers are saved as remaining ms (0 if already due)."""
         if len(buf) < self._snap_size:
             raise ValueError("snapshot buffer: %d bytes, need %d" % (len(buf), self._snap_size))
-        h = self.program.hash_prefix
+        h = self.program._h  # the sha256 digest: hash_prefix is its first 8 bytes
         i = 0
         while i < 8:
             buf[i] = h[i]

@@ -9,7 +9,7 @@ import struct
 import sys
 from array import array
 
-from shared.filters import filter_class
+from shared.filters.catalog import filter_name, param_names
 
 try:
     from micropython import const
@@ -144,27 +144,18 @@ def load(p, blob):
     var_init, p._migrate, p._migrate_to = sec[7:]
     del w, sec
 
-    strs = _strings(blob, _HEADER_BYTES + 4 * words, nstr, nsb)
-    p.name = strs[0]
-    k = 1
-    p.state_names = _names("state", strs, k, ns)
-    k += ns
-    p.input_names = _names("input", strs, k, ni)
-    k += ni
-    p.input_channels = tuple(strs[k : k + ni])
-    k += ni
-    p.output_names = _names("output", strs, k, no)
-    k += no
-    p.var_names = _names("var", strs, k, nv)
-    k += nv
-    p.timer_names = _names("timer", strs, k, ntm)
-    k += ntm
-    p.event_names = _names("event", strs, k, ne)
-    k += ne
-    p.command_names = _names("command", strs, k, nc)
-    k += nc
-    p._migrate_names = tuple(strs[k:])
+    # The string table stays one bytes object (Program decodes names when asked); ``_k``
+    # holds where each of its sections (program.py's _NAMES) begins, then the string count.
+    pos = _HEADER_BYTES + 4 * words
+    strs = _strings(blob, pos, nstr, nsb)
+    k = [0, 1]
+    for n, what in ((ns, "state"), (ni, "input"), (ni, ""), (no, "output"), (nv, "var")):
+        _names(what, strs, k, n)
+    for n, what in ((ntm, "timer"), (ne, "event"), (nc, "command"), (nme, "")):
+        _names(what, strs, k, n)
     del strs
+    p._s = blob[pos:]
+    p._k = bytes(k)
 
     counts = (ns, nt, ng, na, ni, no, nv, ntm, ne, nc)
     _check_states(p.states, ns, nt, na)
@@ -174,19 +165,17 @@ def load(p, blob):
         _check_guard(p.guards, g, counts)
     for a in range(na):
         _check_action(p.acts, a, counts)
-    periods = []
     for i in range(ni):
         b = i * _IW
-        periods.append(_num(inputs[b], _PERIOD_MIN, _DURATION_MAX, "input %d period_ms", i))
+        _num(inputs[b], _PERIOD_MIN, _DURATION_MAX, "input %d period_ms", i)
         _range(inputs[b + 1], inputs[b + 2], nf, _MAX_FILTERS, "input %d filters", i)
     p._inputs = inputs
-    p.period_ms = tuple(periods)
     _check_filters(p._filters, nf, npar)
     for v in p._params:
         _num(v, -_TICKS_MAX - 1, _TICKS_MAX, "filter param")
     for v in var_init:
         _num(v, -_VAR_MAX, _VAR_MAX, "var init")
-    p.var_init = tuple(var_init)
+    p._vi = var_init
     last = 0
     for m in range(nmv):
         b = m * _MW
@@ -202,12 +191,9 @@ def load(p, blob):
     for s in p._migrate_to:
         _num(s, 0, ns - 1, "migrate target state")
 
-    import binascii
     import hashlib
 
-    digest = hashlib.sha256(blob).digest()
-    p.hash = binascii.hexlify(digest).decode()
-    p.hash_prefix = digest[:8]
+    p._h = hashlib.sha256(blob).digest()
 
 
 def _strings(blob, pos, nstr, nsb):
@@ -297,14 +283,14 @@ def _check_filters(fs, nf, npar):
     for f in range(nf):
         b = f * _FW
         try:
-            cls = filter_class(fs[b])
+            n = len(param_names(fs[b]))
         except ValueError as e:
             raise ValueError("filter %d %s" % (f, e)) from None
         _range(fs[b + 1], fs[b + 2], npar, _MAX_PARAMS, "filter %d params", f)
-        if fs[b + 2] - fs[b + 1] != len(cls.ARGS):
+        if fs[b + 2] - fs[b + 1] != n:
             _bad(
                 "filter %d: %d params, %s takes %d"
-                % (f, fs[b + 2] - fs[b + 1], cls.__name__, len(cls.ARGS))
+                % (f, fs[b + 2] - fs[b + 1], filter_name(fs[b]), n)
             )
 
 
@@ -339,9 +325,11 @@ def _operand(arr, b, ni, nv, most, none_ok, what, i):
 
 
 def _names(what, strs, k, n):
-    t = tuple(strs[k : k + n])
-    for i in range(n):
-        for j in range(i):
-            if t[i] == t[j]:
-                _bad("strings: duplicate %s name %r" % (what, t[i]))
-    return t
+    # Check that the next n strings (from k[-1] on) are distinct if ``what`` names them,
+    # then append where the section after them begins.
+    b = k[-1]
+    for i in range(b, b + n):
+        for j in range(b, i):
+            if what and strs[i] == strs[j]:
+                _bad("strings: duplicate %s name %r" % (what, strs[i]))
+    k.append(b + n)

@@ -54,6 +54,22 @@ _F_FINAL = const(1)
 _IW = const(3)
 _FW = const(3)
 _MW = const(3)
+# The string table's sections, in its order (``_k`` holds where each begins): what
+# ``Program.__getattr__`` decodes for each name.
+_NAMES = const(
+    (
+        "name",
+        "state_names",
+        "input_names",
+        "input_channels",
+        "output_names",
+        "var_names",
+        "timer_names",
+        "event_names",
+        "command_names",
+        "_migrate_names",
+    )
+)
 
 
 class Program:
@@ -67,6 +83,10 @@ class Program:
     ``input_channels``, ``output_names``, ``var_names``, ``timer_names``, ``event_names``,
     ``command_names``; ``period_ms`` and ``var_init`` (tuples of ints); and the record
     arrays ``states``, ``trans``, ``guards``, ``acts`` laid out as the module doc says.
+
+    To keep a board's heap small the names, hashes, ``period_ms`` and ``var_init`` are not
+    stored as such: each access decodes them from the blob's string table (kept as one
+    bytes object), the sha256 digest and the records (``__getattr__``), so it allocates.
     """
 
     def __init__(self, blob):
@@ -74,8 +94,37 @@ class Program:
 
         progload.load(self, blob)
 
+    def __getattr__(self, a):
+        """Decode attribute ``a`` (a name, a hash, ``period_ms`` or ``var_init``); any
+        other name raises AttributeError."""
+        if a == "hash":
+            import binascii
+
+            return binascii.hexlify(self._h).decode()
+        if a == "hash_prefix":
+            return self._h[:8]
+        if a == "var_init":
+            return tuple(self._vi)
+        if a == "period_ms":
+            out = []
+            for b in range(0, len(self._inputs), _IW):
+                out.append(self._inputs[b])
+            return tuple(out)
+        if a not in _NAMES:
+            raise AttributeError(a)
+        i = _NAMES.index(a)
+        s = self._s
+        k = self._k
+        out = []
+        pos = k[-1]  # the strings' bytes follow one length byte per string
+        for j in range(k[i + 1]):
+            if j >= k[i]:
+                out.append(s[pos : pos + s[j]].decode())
+            pos += s[j]
+        return out[0] if i == 0 else tuple(out)
+
     def filters(self, i):
-        """Input ``i``'s filter chain as a list of ``(code, params)`` for filters.build_chain."""
+        """Input ``i``'s filter chain as a list of ``(code, params)`` for catalog.build_chain."""
         out = []
         f = self._filters
         for b in range(_FW * self._inputs[i * _IW + 1], _FW * self._inputs[i * _IW + 2], _FW):
@@ -88,8 +137,9 @@ class Program:
         for b in range(0, len(m), _MW):
             if m[b] == old_version:
                 out = {}
+                names = self._migrate_names
                 for e in range(m[b + 1], m[b + 2]):
-                    out[self._migrate_names[e]] = self._migrate_to[e]
+                    out[names[e]] = self._migrate_to[e]
                 return out
         return None
 
