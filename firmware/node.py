@@ -96,9 +96,11 @@ RARE = (
     "firmware.bundle",
     "firmware.launcher",
     "shared.verifier",
+    "shared.protomsg",
     "shared.hmac256",
     "shared.progload",
     "shared.activate",
+    "shared.filters.catalog",
     "shared.bundle",
 )
 
@@ -113,13 +115,13 @@ def drop_rare():
 
 
 def forget(names):
-    """Remove modules ``names`` ("pkg.mod") from sys.modules and from their package; the next
+    """Remove modules ``names`` ("pkg.mod", "pkg.sub.mod") from sys.modules and from their package; the next
     import loads them again."""
     m = sys.modules
     for name in names:
         if name in m:
             del m[name]
-            pkg, attr = name.split(".")
+            pkg, _, attr = name.rpartition(".")
             try:
                 delattr(m[pkg], attr)
             except AttributeError:

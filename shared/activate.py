@@ -7,8 +7,8 @@ documents the snapshot layout.
 import struct
 from array import array
 
-from shared import filters
 from shared.executor import ticks_add
+from shared.filters import catalog
 
 try:
     from micropython import const
@@ -44,7 +44,7 @@ def init(ex, program, host, clock):
     ni = len(p.input_names)
     chains = []
     for i in range(ni):
-        chains.append(filters.build_chain(p.filters(i)))
+        chains.append(catalog.build_chain(p.filters(i)))
     ex._chains = tuple(chains)
     ex.vars = _zeros(len(p.var_names), 0)
     ex.outputs = _zeros(len(p.output_names), 0)

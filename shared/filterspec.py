@@ -2,7 +2,7 @@
 
 Boards never import this module; the workflow compiler runs it (on CPython and, in tests,
 on MicroPython). Floats appear only here: they are turned into the integer parameters that
-``shared.filters.build`` takes. Every bad spec raises ValueError whose message starts with
+``shared.filters.catalog.build`` takes. Every bad spec raises ValueError whose message starts with
 the offending field (``"alpha: 2.5 is outside (0, 1]"``); nothing else is ever raised.
 
 Specs (``period_ms`` is the channel's sample period; optional keys in brackets)
@@ -29,13 +29,14 @@ Biquad quantization: each designed coefficient c becomes round(c * 2**14) (half 
 zero), so it is within 2**-15 of c; for the four designs b1 is then moved so that the
 quantized DC gain is exactly 1 (lowpass, notch) or 0 (highpass, bandpass), which moves it
 by at most 2**-13 in all. At run time each product also loses its low 3 bits before the
-sum (see ``filters.Biquad``). ``biquad_quantization_error`` reports what quantization does
+sum (see ``shared.filters.biquad``). ``biquad_quantization_error`` reports what quantization does
 to a design; ``compile_spec`` refuses coefficients outside Q14 and unstable quantized poles.
 """
 
 import math
 
-from shared.filters import FILTER_CODES, MAX_COUNT, MAX_WINDOW, SAMPLE_MAX, build, build_chain
+from shared.filters import MAX_COUNT, MAX_WINDOW, SAMPLE_MAX
+from shared.filters.catalog import FILTER_CODES, build, build_chain
 
 _ONE = 16384
 _KEYS = {
@@ -260,7 +261,7 @@ def _count(spec, period_ms):
 
 
 def compile_spec(spec, period_ms):
-    """Compile one authoring spec to ``(code, params)`` for ``filters.build``.
+    """Compile one authoring spec to ``(code, params)`` for ``catalog.build``.
 
     ``period_ms`` is the sample period (used by cutoff_hz and ms). Raises ValueError naming
     the field and the reason for anything that is not a valid spec.
@@ -406,7 +407,7 @@ _ATTRS = {
     5: 6,
     6: 3,
     7: 4,
-    8: 10,
+    8: 8,
     9: 3,
     10: 4,
     11: 5,
@@ -433,7 +434,7 @@ def footprint(code, params):
     """Heap bytes a built filter holds on MicroPython (object and arrays): an upper bound.
 
     Exact on MicroPython 1.2x 32-bit ports, where the dual tests measure it. Raises
-    ValueError as ``filters.build`` does for an invalid ``(code, params)``.
+    ValueError as ``catalog.build`` does for an invalid ``(code, params)``.
     """
     build(code, params)
     n = _object_bytes(_ATTRS[code])
@@ -445,12 +446,15 @@ def footprint(code, params):
 
 
 def chain_footprint(items):
-    """Heap bytes held by ``filters.build_chain(items)``: the Chain, its list, its filters."""
+    """Heap bytes held by ``catalog.build_chain(items)``: the Chain, its list and tuple of bound
+    updates, its filters."""
     build_chain(items)
     cap = 4
     while cap < len(items):
         cap *= 2
     n = _object_bytes(3) + 16 + _blocks(4 * cap)
+    # the list of bound updates (one slot even when empty), and the bound methods
+    n += 16 + _blocks(4 * max(1, len(items))) + 16 * len(items)
     for code, params in items:
         n += footprint(code, params)
     return n

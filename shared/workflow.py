@@ -160,6 +160,14 @@ class Compiled:
         self.version = version
 
 
+def _ascii_digits(s):
+    # str.isdigit() also accepts digits int() refuses, such as "²"
+    for c in s:
+        if c < "0" or c > "9":
+            return False
+    return True
+
+
 def errors(defn, profile=None):
     """Every problem of ``defn`` (dict, or JSON str/bytes) as a list of (path, reason);
     empty if it is valid (for ``profile``'s channels and outputs, when given)."""
@@ -858,7 +866,7 @@ class _Checker:
         for key in sorted(m, key=str):
             p = "migrate." + str(key)
             old = None
-            if isinstance(key, str) and 0 < len(key) <= 8 and key.isdigit():
+            if isinstance(key, str) and 0 < len(key) <= 8 and _ascii_digits(key):
                 old = int(key)
                 if str(old) != key:
                     old = None

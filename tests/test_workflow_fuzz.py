@@ -68,6 +68,13 @@ def test_top_level_objects_only_ever_raise_workflow_error(d):
     _outcome(d)
 
 
+def test_a_unicode_digit_is_not_a_migrate_version():
+    # found by the fuzzer: "²".isdigit() is true, int("²") raises
+    errs = workflow.errors({"migrate": {"²": None, "٣": {}}})
+    assert ("migrate.²", "key '²' is not a version number") in errs
+    assert ("migrate.٣", "key '٣' is not a version number") in errs
+
+
 @FUZZ
 @given(st.binary(max_size=200) | st.text(max_size=200))
 def test_any_source_text_only_ever_raises_workflow_error(text):

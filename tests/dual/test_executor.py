@@ -711,6 +711,10 @@ import gc
 import json
 
 from shared import activate, executor, program, progload  # code, not workflow data
+from shared.filters import catalog
+
+for code in range(1, 16):  # every filter class's module: code too
+    catalog.filter_class(code)
 
 
 class Host:

@@ -37,7 +37,9 @@ def mark(key):
     R[key] = gc.mem_alloc()
 
 
-# The shared modules a board keeps imported (the rest of shared/ is imported on demand).
+# The shared modules a board keeps imported (the rest of shared/ is imported on demand), then
+# the modules of the filters the workflow uses (config "filter_modules", from the host): a
+# board imports those when it builds the workflow's chains, and keeps them.
 ORDER = ("shared.filters", "shared.program", "shared.executor", "shared.protocol")
 
 
@@ -51,9 +53,10 @@ def load_one(name):
 
 def load_modules():
     R["per"] = {}
-    for name in ORDER:
+    names = list(ORDER) + R["cfg"]["filter_modules"]
+    for name in names:
         load_one(name)
-    R["mods"] = [sys.modules[name] for name in ORDER]
+    R["mods"] = [sys.modules[name] for name in names]
 
 
 def drop_rare():
@@ -62,7 +65,7 @@ def drop_rare():
     for name in R["cfg"]["rare"]:
         if name in m:
             del m[name]
-            pkg, attr = name.split(".")
+            pkg, _, attr = name.rpartition(".")
             try:
                 delattr(m[pkg], attr)
             except AttributeError:

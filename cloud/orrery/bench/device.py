@@ -93,6 +93,21 @@ def _romfs(src: Path) -> bytes:
         return make_romfs(str(src), mpy_cross=False)
 
 
+def filter_modules(blob: bytes) -> list[str]:
+    """The ``shared.filters`` modules a board loads to build a compiled workflow's chains."""
+    from shared.filters import catalog
+    from shared.program import Program
+
+    prog = Program(blob)
+    mods: list[str] = []
+    for i in range(len(prog.input_names)):
+        for code, _ in prog.filters(i):
+            mod = catalog._TABLE[code][1]
+            if mod not in mods:
+                mods.append(mod)
+    return mods
+
+
 def _heap_config(blob: bytes) -> dict:
     """What heap_guest.py needs from the host: the workflow, the firmware's list of rare-path
     modules, one signed command for the node to handle, and an SHT31 reading for BoardHal."""
@@ -107,6 +122,7 @@ def _heap_config(blob: bytes) -> dict:
     sht[5] = crc8(sht, 3, 5)
     return {
         "workflow_blob": blob.hex(),
+        "filter_modules": filter_modules(blob),
         "rare": list(RARE),
         "command": cmd.hex(),
         "sht31": list(sht),

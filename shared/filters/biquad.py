@@ -1,0 +1,63 @@
+"""Biquad: a second-order IIR section with Q14 coefficients (filter type ``biquad``)."""
+
+try:
+    from micropython import const
+except ImportError:
+
+    def const(x):
+        return x
+
+
+from shared.filters import check_int, saturate
+
+_SMAX = const(32767)
+
+
+class Biquad:
+    """Second-order IIR section, Q14 coefficients with a0 = 1.
+
+    ``y = b0*x + b1*x1 + b2*x2 - a1*y1 - a2*y2``. Each product (< 2**30) is floored by 3
+    bits (< 2**27) before the five are summed (< 5 * 2**27 < 2**30); the sum is then
+    shifted by the remaining 11 bits, rounded half away from zero. The output is saturated
+    to S16 (``saturated`` counts) and the saturated value is what the history keeps.
+    The sums run in transposed form (each product is added once, as soon as its sample is
+    known), which gives exactly the Direct Form I result with half the state.
+
+    Error against the real-valued filter: quantized coefficients are within 2**-15 of the
+    designed ones (filterspec may move b1 by up to 2**-13 to make the DC gain exact); the
+    product truncation biases each output by less than 5 * 2**-11 LSB before rounding; and
+    the rounding in the feedback loop gives a dead band: at DC the output can settle up to
+    0.5 / |1 + a1 + a2| LSB away from the exact response (about 1 LSB at fc = fs/10, Q=0.707).
+    """
+
+    def __init__(self, b0, b1, b2, a1, a2):
+        self.b0 = check_int("b0", b0, -_SMAX, _SMAX)
+        self.b1 = check_int("b1", b1, -_SMAX, _SMAX)
+        self.b2 = check_int("b2", b2, -_SMAX, _SMAX)
+        self.a1 = check_int("a1", a1, -_SMAX, _SMAX)
+        self.a2 = check_int("a2", a2, -_SMAX, _SMAX)
+        self.saturated = 0
+        self.reset()
+
+    def reset(self):
+        """Zero the input and output history."""
+        # Transposed form: _s1 and _s2 hold the sums of the floored products of past samples
+        # that the next output and the one after it need (integer sums, so the same bits as
+        # summing all five per output).
+        self._s1 = 0
+        self._s2 = 0
+
+    def update(self, x):
+        """Add ``x``; return the filtered sample."""
+        y = ((self.b0 * x) >> 3) + self._s1  # |y| < 5 * 2**27
+        if y >= 0:  # shr_round(y, 11), then saturate on that side
+            y = (y + 1024) >> 11
+            if y > _SMAX:
+                y = saturate(self, y)
+        else:
+            y = -((1024 - y) >> 11)
+            if y < -_SMAX:
+                y = saturate(self, y)
+        self._s1 = ((self.b1 * x) >> 3) - ((self.a1 * y) >> 3) + self._s2  # < 4 * 2**27
+        self._s2 = ((self.b2 * x) >> 3) - ((self.a2 * y) >> 3)
+        return y
