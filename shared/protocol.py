@@ -75,6 +75,34 @@ _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit Mic
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
 _BUSY = const(10)  # the highest ack code
+# Error messages: indexes into shared.protomsg.MSGS, whose text stays out of RAM until needed.
+_E_ID = const(0)
+_E_KIND = const(1)
+_E_RNG = const(2)
+_E_ROOM = const(3)
+_E_ANCHOR = const(4)
+_E_FLAGS = const(5)
+_E_RAND = const(6)
+_E_KEY = const(7)
+_E_TYPE = const(8)
+_E_ONLINE = const(9)
+_E_EXTRA = const(10)
+_E_EXTRA_VALUE = const(11)
+_E_FW = const(12)
+_E_WF = const(13)
+_E_SYNCED = const(14)
+_E_NO_ID = const(15)
+_E_DETAIL = const(16)
+_E_REASON = const(17)
+
+
+def _bad(i, *args):
+    # Raise ValueError with message i; its text is shared.protomsg's, imported only here
+    # (the module itself, not via the package: a concurrent drop_rare cannot break it).
+    from shared.protomsg import text
+
+    raise ValueError(text(i, args))
+
 
 # --- topics ---------------------------------------------------------------------------------
 
@@ -104,11 +132,7 @@ def _isid(v, cmd=False):
 
 def _id(name, v, cmd=False):
     if not _isid(v, cmd):
-        raise ValueError(
-            "{} must be 1..64 chars of [A-Za-z0-9_.{}-], got {!r}".format(
-                name, ":" if cmd else "", v
-            )
-        )
+        _bad(_E_ID, name, cmd, v)
     return v
 
 
@@ -120,7 +144,7 @@ def is_id(v):
 def topic(fleet, device, kind):
     """Return ``orrery/<fleet>/<device>/<kind>``; ``kind`` is one of TOPIC_KINDS."""
     if kind not in TOPIC_KINDS:
-        raise ValueError("unknown topic kind {!r}".format(kind))
+        _bad(_E_KIND, kind)
     return PREFIX + "/" + _id("fleet", fleet) + "/" + _id("device", device) + "/" + kind
 
 
@@ -128,25 +152,26 @@ def topic(fleet, device, kind):
 
 
 def _rng(name, v, lo, hi):
-    # type(), not isinstance(): refuses bools (and floats); allocates nothing unless it raises
+    # type(), not isinstance(): refuses bools (and floats); allocates nothing unless it raises.
+    # ``name`` is a str, or 0..3 for the anchor's fields (shared.protomsg.ANCHOR).
     if type(v) is not int or v < lo or v > hi:
-        raise ValueError("{} must be an int in [{}, {}], got {!r}".format(name, lo, hi, v))
+        _bad(_E_RNG, name, lo, hi, v)
     return v
 
 
 def _room(buf, offset, n):
     if type(offset) is not int or offset < 0 or offset + n > len(buf):
-        raise ValueError("no room for {} bytes at offset {!r}".format(n, offset))
+        _bad(_E_ROOM, n, offset)
 
 
 def _anchor(a):
     # two isinstance calls: isinstance(a, (tuple, list)) allocates a tuple on MicroPython
     if not (isinstance(a, tuple) or isinstance(a, list)) or len(a) != 4:
-        raise ValueError("anchor must be (up_s, up_ms, unix_s, unix_ms)")
-    _rng("anchor up_s", a[0], 0, _SEQ_MAX)
-    _rng("anchor up_ms", a[1], 0, 999)
-    _rng("anchor unix_s", a[2], 0, 0xFFFFFFFF)
-    _rng("anchor unix_ms", a[3], 0, 999)
+        _bad(_E_ANCHOR)
+    _rng(0, a[0], 0, _SEQ_MAX)
+    _rng(1, a[1], 0, 999)
+    _rng(2, a[2], 0, 0xFFFFFFFF)
+    _rng(3, a[3], 0, 999)
     return a
 
 
@@ -159,7 +184,7 @@ def batch_header_into(buf, offset, flags, boot_id, first_seq, count, anchor):
     # No locals and calls of at most three arguments: the seven parameters leave room for
     # four words of stack in a frame of 11 (a larger frame is a heap allocation).
     if type(flags) is not int or flags & ~3 or (flags & _SYNCED and anchor is None):
-        raise ValueError("flags may hold HISTORICAL, and SYNCED only with an anchor")
+        _bad(_E_FLAGS)
     _check_header(boot_id, first_seq, count)
     _header_room(buf, offset, anchor)
     buf[offset] = 0x4F  # "OR"
@@ -209,7 +234,7 @@ def put30(buf, o, v):
 def new_boot_id(rand_bytes):
     """Return a boot id in [1, 2**30) from 4 random bytes (the firmware passes os.urandom(4))."""
     if not isinstance(rand_bytes, (bytes, bytearray)) or len(rand_bytes) != 4:
-        raise ValueError("rand_bytes must be 4 bytes")
+        _bad(_E_RAND)
     b = rand_bytes
     return (b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24) or 1
 
@@ -243,11 +268,9 @@ def _json(v):
     if isinstance(v, dict):
         for k in v:
             if not isinstance(k, str):
-                raise ValueError("dict keys must be str, got {!r}".format(k))
+                _bad(_E_KEY, k)
         return "{" + ",".join([_json(k) + ":" + _json(v[k]) for k in sorted(v)]) + "}"
-    raise ValueError(
-        "cannot encode a {} (only None, bool, int, str, list, dict)".format(type(v).__name__)
-    )
+    _bad(_E_TYPE, v)
 
 
 def _emit(keys, vals):
@@ -289,32 +312,32 @@ _STATE = (
 def _check_state(d):
     s = _pick(_STATE, d)
     if s["online"] is not True and s["online"] is not False:
-        raise ValueError("online must be a bool, got {!r}".format(s["online"]))
+        _bad(_E_ONLINE, s["online"])
     _rng("boot", s["boot"], 1, _SEQ_MAX)
     x = d.get("extra")
     if x is not None:
         if not isinstance(x, dict):
-            raise ValueError("extra must be a dict")
+            _bad(_E_EXTRA)
         for k in x:
             _id("extra key", k)
             if not (x[k] is None or x[k] is True or x[k] is False or type(x[k]) in (int, str)):
-                raise ValueError("extra[{!r}] must be None, bool, int or str".format(k))
+                _bad(_E_EXTRA_VALUE, k)
     s["extra"] = x
     if not s["online"] and "fw" not in d:
         return s
     fw = s["fw"]
     if not isinstance(fw, str) or not 0 < len(fw) <= 64 or min(fw) < " ":
-        raise ValueError("fw must be 1..64 printable chars")
+        _bad(_E_FW)
     if s["wf"] is None:
         if s["wf_ver"] is not None or s["wf_hash"] is not None:
-            raise ValueError("wf_ver and wf_hash need wf")
+            _bad(_E_WF)
     else:
         _id("wf", s["wf"])
         _rng("wf_ver", s["wf_ver"], 0, _SEQ_MAX)
         _id("wf_hash", s["wf_hash"], True)
     _rng("backlog", s["backlog"], 0, _SEQ_MAX)
     if s["synced"] is not (s["anchor"] is not None):
-        raise ValueError("synced must be true exactly when there is an anchor")
+        _bad(_E_SYNCED)
     if s["anchor"] is not None:
         s["anchor"] = tuple(_anchor(s["anchor"]))
     _opt("last_seq", s["last_seq"], 0, _SEQ_MAX)
@@ -374,12 +397,12 @@ _ACK = ("id", "code", "detail")
 
 def _check_ack(d):
     if "id" not in d:
-        raise ValueError("missing id")
+        _bad(_E_NO_ID)
     if d["id"] is not None:
         _id("id", d["id"], True)
     _rng("code", d.get("code"), 0, _BUSY)
     if not isinstance(d.get("detail"), str) or len(d["detail"]) > 200:
-        raise ValueError("detail must be a str of at most 200 chars")
+        _bad(_E_DETAIL)
     return _pick(_ACK, d)
 
 
@@ -395,7 +418,7 @@ def _check_loss(d):
     _rng("boot", d.get("boot"), 1, _SEQ_MAX)
     _rng("last", d.get("last"), _rng("first", d.get("first"), 0, _SEQ_MAX), _SEQ_MAX)
     if d.get("reason") not in ("store_full", "corrupt"):
-        raise ValueError("reason must be store_full or corrupt, got {!r}".format(d.get("reason")))
+        _bad(_E_REASON, d.get("reason"))
     return _pick(_LOSS, d)
 
 

@@ -950,3 +950,18 @@ def test_sign_command_errors():
     assert str(raises(ValueError, P.Verifier, b"k", DEV)) == "key must be at least 16 bytes"
     assert "device" in str(raises(ValueError, P.Verifier, KEY, "a/b"))
     assert "capacity" in str(raises(ValueError, P.Verifier, KEY, DEV, 0))
+
+
+def test_error_texts_come_from_protomsg():
+    # shared.protocol raises with shared.protomsg's texts (imported only to raise)
+    e = raises(ValueError, P.batch_header_into, bytearray(40), 0, 0, 1, 0, 1, (1, 1000, 0, 0))
+    assert str(e) == "anchor up_ms must be an int in [0, 999], got 1000"
+    e = raises(ValueError, P.topic, "f", "a b", P.STATE)
+    assert str(e) == "device must be 1..64 chars of [A-Za-z0-9_.-], got 'a b'"
+    e = raises(ValueError, P.encode_ack, "a b", 0)
+    assert str(e) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got 'a b'"
+    e = raises(ValueError, P.encode_loss, 1, 0, 0, "gone")
+    assert str(e) == "reason must be store_full or corrupt, got 'gone'"
+    assert str(raises(ValueError, P.encode_ack, None, 0, 5)) == (
+        "detail must be a str of at most 200 chars"
+    )
