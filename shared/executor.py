@@ -125,18 +125,13 @@ def ticks_add(t, ms):
     return t + ms
 
 
-def _test(op, x, y):
-    if op == _OP_LT:
-        return x < y
-    if op == _OP_LE:
-        return x <= y
-    if op == _OP_GT:
-        return x > y
-    if op == _OP_GE:
-        return x >= y
-    if op == _OP_EQ:
-        return x == y
-    return x != y
+def _put_all(buf, off, arr):
+    i = 0
+    while i < len(arr):
+        _put(buf, off, arr[i])
+        off += 4
+        i += 1
+    return off
 
 
 def _put(buf, off, v):
@@ -145,16 +140,6 @@ def _put(buf, off, v):
     buf[off + 1] = (v >> 8) & 255
     buf[off + 2] = (v >> 16) & 255
     buf[off + 3] = (v >> 24) & 255
-
-
-def _put_all(buf, off, arr):
-    i = 0
-    n = len(arr)
-    while i < n:
-        _put(buf, off, arr[i])
-        off += 4
-        i += 1
-    return off
 
 
 class Executor:
@@ -226,12 +211,20 @@ class Executor:
         t = 0
         while t < self._ntimers:
             if self._deadline[t] >= 0:
-                best = _sooner(best, elapsed(self._deadline[t], now))
+                ms = elapsed(self._deadline[t], now)
+                if ms < 0:
+                    ms = 0
+                if best < 0 or ms < best:
+                    best = ms
             t += 1
         t = self._st[self.state * _SW]
         while t < self._st[self.state * _SW + 1]:
             if self._hold[t] >= 0:
-                best = _sooner(best, self._tr[t * _TW + _T_FOR] - elapsed(now, self._hold[t]))
+                ms = self._tr[t * _TW + _T_FOR] - elapsed(now, self._hold[t])
+                if ms < 0:
+                    ms = 0
+                if best < 0 or ms < best:
+                    best = ms
             t += 1
         return best
 
@@ -349,7 +342,18 @@ class Executor:
         y = self._operand(gd, b + 3)
         if x == NO_VALUE or y == NO_VALUE:
             return False
-        return _test(gd[b + 2], x, y)
+        b = gd[b + 2]  # the operator
+        if b == _OP_LT:
+            return x < y
+        if b == _OP_LE:
+            return x <= y
+        if b == _OP_GT:
+            return x > y
+        if b == _OP_GE:
+            return x >= y
+        if b == _OP_EQ:
+            return x == y
+        return x != y
 
     def _operand(self, arr, b):
         k = arr[b]
@@ -484,11 +488,3 @@ class Executor:
         from shared import activate
 
         activate.restore(self, snap)
-
-
-def _sooner(best, ms):
-    if ms < 0:
-        ms = 0
-    if best < 0 or ms < best:
-        return ms
-    return best

@@ -54,21 +54,11 @@ _F_FINAL = const(1)
 _IW = const(3)
 _FW = const(3)
 _MW = const(3)
-# The string table's sections, in its order (``_k`` holds where each begins): what
-# ``Program.__getattr__`` decodes for each name.
+# The string table's sections, in its order, between spaces (``_k`` holds where each
+# begins): what ``Program.__getattr__`` decodes for each name. One str, not a tuple of them.
 _NAMES = const(
-    (
-        "name",
-        "state_names",
-        "input_names",
-        "input_channels",
-        "output_names",
-        "var_names",
-        "timer_names",
-        "event_names",
-        "command_names",
-        "_migrate_names",
-    )
+    " name state_names input_names input_channels output_names var_names timer_names"
+    " event_names command_names _migrate_names "
 )
 
 
@@ -110,9 +100,12 @@ class Program:
             for b in range(0, len(self._inputs), _IW):
                 out.append(self._inputs[b])
             return tuple(out)
-        if a not in _NAMES:
+        i = _NAMES.find(a)  # a whole word of _NAMES (found without allocating)
+        while i > 0 and not (_NAMES.startswith(" ", i - 1) and _NAMES.startswith(" ", i + len(a))):
+            i = _NAMES.find(a, i + 1)
+        if i <= 0 or " " in a:
             raise AttributeError(a)
-        i = _NAMES.index(a)
+        i = _NAMES.count(" ", 0, i) - 1  # the section's index
         s = self._s
         k = self._k
         out = []
