@@ -1,14 +1,6 @@
 """Biquad: a second-order IIR section with Q14 coefficients (filter type ``biquad``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import check_int, saturate
+from shared.filters import check_int, const, saturate  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 

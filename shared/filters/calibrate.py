@@ -1,14 +1,6 @@
 """CalibrateLinear: ``round(x * mult / 2**shift) + offset`` (filter type ``calibrate``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import check_int, saturate
+from shared.filters import check_int, const, saturate  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 

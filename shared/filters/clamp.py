@@ -1,14 +1,6 @@
 """Clamp: saturate into [lo, hi], or drop what is outside (filter type ``clamp``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import check_flag, check_int
+from shared.filters import check_flag, check_int, const  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 _CMASK = const(0x1FFFFFFF)

@@ -1,14 +1,6 @@
 """Delta: emit only on a change of at least a threshold (filter type ``delta``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import check_int
+from shared.filters import check_int, const  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 

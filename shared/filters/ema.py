@@ -1,14 +1,6 @@
 """Ema, LowPass and HighPass: first-order recursive filters (types ``ema``, ``lowpass``, ``highpass``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import Q14_ONE, check_int, saturate
+from shared.filters import Q14_ONE, check_int, const, saturate  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 

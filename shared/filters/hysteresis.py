@@ -1,14 +1,6 @@
 """Hysteresis: a two-level output with separate on and off levels (filter type ``hysteresis``)."""
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-from shared.filters import check_int
+from shared.filters import check_int, const  # const: folded by mpy-cross
 
 _SMAX = const(32767)
 
