@@ -97,6 +97,7 @@ RARE = (
     "firmware.launcher",
     "shared.verifier",
     "shared.protomsg",
+    "shared.protostart",
     "shared.hmac256",
     "shared.progload",
     "shared.activate",
@@ -275,7 +276,10 @@ class Node:
         self.key = bytes.fromhex(cfg["hmac_key"])
         self.health_s = cfg.get("health_window_s", 120)
         rand4 = rand4 or (lambda: os.urandom(4))
-        self.boot_id = P.new_boot_id(rand4())
+        # the start-up parts of the protocol: what they make is kept, the module dropped
+        from shared import protostart
+
+        self.boot_id = protostart.new_boot_id(rand4())
         self.up = Uptime(ticks_ms)
         self.wall = WallClock()
         self.lock = _lock()
@@ -285,8 +289,11 @@ class Node:
         self.retry_at = ticks_ms()
         self.state_at = ticks_ms()
         self.topics = {}
-        for k in P.TOPIC_KINDS:
-            self.topics[k] = P.topic(self.fleet, self.device, k)
+        for k in protostart.TOPIC_KINDS:
+            self.topics[k] = protostart.topic(self.fleet, self.device, k)
+        self.will_payload = protostart.encode_will(self.boot_id)
+        self.pull_payload = protostart.encode_pull(self.boot_id)
+        del protostart  # dropped with the other rare paths below
         link.on_message = self._on_message
         self.inbox = []
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
@@ -474,7 +481,7 @@ class Node:
                 self.wall.sync(ms // 1000, ms % 1000, self.up)
                 self._save_anchor(self.boot_id, self.wall.anchor())
         self._send_state(True)
-        link.publish(self.topics[P.PULL], P.encode_pull(self.boot_id), 1)
+        link.publish(self.topics[P.PULL], self.pull_payload, 1)
         self.wf.link_event(True)
 
     def _save_anchor(self, boot_id, anchor):
@@ -630,7 +637,7 @@ class Node:
 
     def will(self):
         """The MQTT last will: (topic, payload, retain, qos)."""
-        return (self.topics[P.STATE], P.encode_will(self.boot_id), True, 1)
+        return (self.topics[P.STATE], self.will_payload, True, 1)
 
     # --- running --------------------------------------------------------------------------
 

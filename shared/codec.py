@@ -1,7 +1,7 @@
 """The cloud's view of the Orrery wire protocol (``shared.protocol`` documents the formats).
 
 Every public name of the protocol is here: the constants and ack codes, the board-side
-encoders re-exported from ``shared.protocol`` and ``shared.verifier``, and what only the cloud
+encoders re-exported from ``shared.protocol``, ``shared.protostart`` and ``shared.verifier``, and what only the cloud
 needs: the decoders (``decode_batch``, ``decode_state``, ``decode_event``, ``decode_ack``,
 ``decode_loss``, ``decode_pull``), ``parse_topic``, ``encode_batch`` and ``record_into``,
 ``event_time_ms``, ``Seq``, ``sign_command`` and ``verify_envelope``. A board never imports this
@@ -17,16 +17,13 @@ from shared.protocol import (
     CMD,
     EVENTS,
     LOSS,
-    PREFIX,
     PULL,
     READINGS,
     STATE,
-    TOPIC_KINDS,
     _anchor,
     _check_ack,
     _check_event,
     _check_loss,
-    _check_pull,
     _check_state,
     _emit,
     _isid,
@@ -37,12 +34,17 @@ from shared.protocol import (
     encode_ack,
     encode_event,
     encode_loss,
-    encode_pull,
     encode_state,
+    put30,
+)
+from shared.protostart import (
+    PREFIX,
+    TOPIC_KINDS,
+    _check_pull,
+    encode_pull,
     encode_will,
     is_id,
     new_boot_id,
-    put30,
     topic,
 )
 from shared.verifier import KINDS, Verifier, _check_body, _key, _load, _open

@@ -1,10 +1,12 @@
 """Orrery wire protocol: MQTT topics, readings batches, JSON messages, sequence numbers and
 HMAC-SHA256 signed command envelopes. Runs unchanged on the board and in the cloud.
 
-This module is what a board keeps in RAM: topics, the batch header, the JSON encoders and their
-checks. The rest is imported only where it is used: ``shared.verifier`` (the board's command
-gate, loaded per command), and ``shared.codec``, the cloud's view: every public name of the
-protocol (constants, ack codes) plus the decoders, ``encode_batch``, ``sign_command``...
+This module is what a board keeps in RAM: the topic kinds, the batch header, the JSON encoders
+and their checks. The rest is imported only where it is used: ``shared.protostart`` (building
+topics, the boot id, the last will and the pull: start-up only, the node keeps what they make
+and drops the module), ``shared.verifier`` (the board's command gate, loaded per command), and
+``shared.codec``, the cloud's view: every public name of the protocol (constants, ack codes)
+plus the decoders, ``encode_batch``, ``sign_command``...
 Constants here are private ``const()``s, folded into the bytecode; ``shared.codec`` defines
 the public ones and a test checks they agree.
 
@@ -106,7 +108,6 @@ def _bad(i, *args):
 
 # --- topics ---------------------------------------------------------------------------------
 
-PREFIX = "orrery"
 STATE = "up/state"
 READINGS = "up/readings"
 EVENTS = "up/events"
@@ -114,7 +115,6 @@ ACKS = "up/acks"
 LOSS = "up/loss"
 PULL = "up/pull"
 CMD = "down/cmd"
-TOPIC_KINDS = (STATE, READINGS, EVENTS, ACKS, LOSS, PULL, CMD)
 
 
 def _isid(v, cmd=False):
@@ -134,18 +134,6 @@ def _id(name, v, cmd=False):
     if not _isid(v, cmd):
         _bad(_E_ID, name, cmd, v)
     return v
-
-
-def is_id(v):
-    """True if ``v`` is a valid fleet, device or name id: 1..64 chars of [A-Za-z0-9_.-]."""
-    return _isid(v)
-
-
-def topic(fleet, device, kind):
-    """Return ``orrery/<fleet>/<device>/<kind>``; ``kind`` is one of TOPIC_KINDS."""
-    if kind not in TOPIC_KINDS:
-        _bad(_E_KIND, kind)
-    return PREFIX + "/" + _id("fleet", fleet) + "/" + _id("device", device) + "/" + kind
 
 
 # --- readings batches -----------------------------------------------------------------------
@@ -229,14 +217,6 @@ def put30(buf, o, v):
     buf[o + 1] = (v >> 8) & 0xFF
     buf[o + 2] = (v >> 16) & 0xFF
     buf[o + 3] = v >> 24
-
-
-def new_boot_id(rand_bytes):
-    """Return a boot id in [1, 2**30) from 4 random bytes (the firmware passes os.urandom(4))."""
-    if not isinstance(rand_bytes, (bytes, bytearray)) or len(rand_bytes) != 4:
-        _bad(_E_RAND)
-    b = rand_bytes
-    return (b[0] | b[1] << 8 | b[2] << 16 | (b[3] & 0x3F) << 24) or 1
 
 
 # --- JSON -----------------------------------------------------------------------------------
@@ -362,11 +342,6 @@ def encode_state(
     return _emit(_STATE if extra is None else _STATE + ("extra",), d)
 
 
-def encode_will(boot_id):
-    """Encode the MQTT last-will payload: an offline state for ``boot_id`` (publish retained)."""
-    return _emit(("online", "boot"), (False, _rng("boot", boot_id, 1, _SEQ_MAX)))
-
-
 _EVENT = ("boot", "seq", "up_s", "up_ms", "state", "event", "value")
 
 
@@ -426,12 +401,3 @@ def encode_loss(boot_id, first_seq, last_seq, reason):
     """Encode a report that readings first_seq..last_seq (inclusive) were lost, and why."""
     d = {"boot": boot_id, "first": first_seq, "last": last_seq, "reason": reason}
     return _emit(_LOSS, _check_loss(d))
-
-
-def _check_pull(d):
-    return {"boot": _rng("boot", d.get("boot"), 1, _SEQ_MAX)}
-
-
-def encode_pull(boot_id):
-    """Encode the board's request for its pending commands (sent on connect)."""
-    return _emit(("boot",), (_rng("boot", boot_id, 1, _SEQ_MAX),))

@@ -209,7 +209,7 @@ def test_birth_watch_ignores_the_retained_state(own_broker):
     """After the reset, only a fresh (not retained) online state counts as the birth."""
     import paho.mqtt.client as mqtt
 
-    from shared import protocol as P
+    from shared import codec as P
 
     cfg = {"fleet": "bench", "device_id": "vb-01", "broker": {"host": "127.0.0.1", "port": 1}}
     topic = P.topic("bench", "vb-01", P.STATE)

@@ -20,6 +20,7 @@ COPIES = [
     ("shared/program.py", compact, 5),
     ("shared/activate.py", compact, 7),
     ("shared/protocol.py", codec, 6),
+    ("shared/protostart.py", codec, 1),
     ("shared/verifier.py", codec, 10),
     ("firmware/node.py", codec, 5),
     ("firmware/commands.py", codec, 6),

@@ -676,12 +676,11 @@ def watch_birth(
 
     import paho.mqtt.client as mqtt
 
-    from shared import protocol as P
-
     try:
-        from shared.codec import decode_state
+        from shared import codec as P
     except ImportError:
-        decode_state = getattr(P, "decode_state", None)
+        from shared import protocol as P  # type: ignore[no-redef]
+    decode_state = getattr(P, "decode_state", None)
 
     topic = P.topic(cfg["fleet"], cfg["device_id"], P.STATE)
     q: queue.Queue[dict[str, Any]] = queue.Queue()

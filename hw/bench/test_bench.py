@@ -195,12 +195,13 @@ def test_mqtt_round_trip(bench):
 
     import paho.mqtt.client as mqtt
 
-    from shared import protocol as P
     from tools.mosquitto import Broker, free_port
 
     try:
+        from shared import codec as P
         from shared.codec import decode_ack, sign_command
     except ImportError:
+        from shared import protocol as P  # type: ignore[no-redef]
         from shared.protocol import decode_ack, sign_command  # type: ignore[attr-defined,no-redef]
 
     lan_port = free_port()
