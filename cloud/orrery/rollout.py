@@ -54,6 +54,19 @@ LOG = db.RolloutLog.__table__
 WORKFLOWS = db.Workflow.__table__
 COMMANDS = db.Command.__table__
 
+# The device columns a rollout plans from: rows are (id, name, fleet, profile, fw, wf, wf_ver,
+# online). ``orrery bench rollout`` times the same SELECT as its baseline.
+TARGET_COLS = (
+    DEVICES.c.id,
+    DEVICES.c.name,
+    DEVICES.c.fleet,
+    DEVICES.c.profile,
+    DEVICES.c.fw,
+    DEVICES.c.wf,
+    DEVICES.c.wf_ver,
+    DEVICES.c.online,
+)
+
 DEVICE_STATES = (
     "queued", "sent", "acked", "installing", "succeeded", "failed", "rejected", "timed-out",
     "canceled", "offline-pending",
@@ -292,17 +305,6 @@ class Orchestrator:
 
     # --- create --------------------------------------------------------------------------------
 
-    _TARGET_COLS = (
-        DEVICES.c.id,
-        DEVICES.c.name,
-        DEVICES.c.fleet,
-        DEVICES.c.profile,
-        DEVICES.c.fw,
-        DEVICES.c.wf,
-        DEVICES.c.wf_ver,
-        DEVICES.c.online,
-    )
-
     def _targets(
         self, conn: Connection, terms: list[Term], rid: int | None, not_on=None
     ) -> tuple[list, dict[str, list[str]]]:
@@ -323,7 +325,7 @@ class Orchestrator:
         if rid is not None:
             busy_q = busy_q.where(MEMBERS.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
-        q = sa.select(*self._TARGET_COLS)
+        q = sa.select(*TARGET_COLS)
         if rid is not None:
             q = q.where(
                 ~sa.exists().where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == DEVICES.c.id)
@@ -390,7 +392,7 @@ class Orchestrator:
             except registry.RegistryError as exc:
                 raise RolloutError(str(exc)) from None
             found, excluded = self._targets(conn, terms, None)
-            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see _TARGET_COLS;
+            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see TARGET_COLS;
             # positional access, as this runs once per device of the fleet
             devices, already = [], []
             for d in found:

@@ -44,7 +44,7 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery import db, keys, registry
-from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, Orchestrator
+from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
 from shared import codec as P
 from shared import workflow
 from tools.mosquitto import Broker
@@ -56,16 +56,6 @@ GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden" / "workflows"
 SECRET = b"orrery-bench-rollout-fleet-secret"
 VERIFY_EVERY = 97  # the simulated boards check one signature in this many
 TICK_EVERY_S = 2.0  # orrery serve's default --reconcile-every: how often it ticks rollouts
-SELECT_COLS = (
-    DEVICES.c.id,
-    DEVICES.c.name,
-    DEVICES.c.fleet,
-    DEVICES.c.profile,
-    DEVICES.c.fw,
-    DEVICES.c.wf,
-    DEVICES.c.wf_ver,
-    DEVICES.c.online,
-)
 
 
 def device_name(i: int) -> str:
@@ -93,7 +83,7 @@ def time_select(engine: sa.Engine) -> tuple[float, int]:
     """Seconds to fetch every device's planning columns, and how many rows."""
     with engine.connect() as conn:
         t = time.perf_counter()
-        rows = conn.execute(sa.select(*SELECT_COLS)).all()
+        rows = conn.execute(sa.select(*TARGET_COLS)).all()
         return time.perf_counter() - t, len(rows)
 
 
