@@ -50,22 +50,21 @@ Interface
 ---------
 Every filter has ``update(x)`` -> int or None (None: nothing to emit; a Chain stops there)
 and ``reset()``. ``update(x)`` expects an int in S16 (``Chain.update`` checks this, once for
-the chain) and allocates nothing on MicroPython: no floats, big ints, containers or slices,
-and each update keeps its locals plus stack depth within 11 words (MicroPython puts larger
-call frames on the heap). Windowed filters (window 1..MAX_WINDOW) emit None until the window
-is full; with ``partial=True`` they emit over the samples seen so far. Constructors check
-their arguments and raise ValueError naming the parameter.
+the chain) and allocates nothing on MicroPython: no floats, big ints, containers or slices.
+Windowed filters (window 1..MAX_WINDOW) emit None until the window is full; with
+``partial=True`` they emit over the samples seen so far. Constructors check their arguments
+and raise ValueError naming the parameter.
 
-Speed: MicroPython interprets every bytecode, attribute lookup and call, so their count is
-the cost. The hot updates read an attribute once into a local when they need it twice, test
-the common case first (a full window, an unsaturated output), and write rings backwards so
-that the wrap test compares with 0. A Chain keeps each filter's bound ``update`` (a bound
-method is the cheapest call MicroPython has for an instance). ``@micropython.native`` would
-speed the updates up further on a board; the benchmark and the tests measure plain
-bytecode, which the WASI runtime runs.
+How a filter keeps its state: in the locals of a generator, started by the constructor, and
+``update`` is that generator's ``send`` (see ``Filter``). MicroPython interprets every
+bytecode, attribute lookup and call, so their count is the cost: a local costs a tenth of an
+attribute, and resuming a generator skips the call frame set-up of a method. The generator
+frame is allocated once, with the filter, so nothing is allocated per sample. The updates
+also test the common case first (a full window, an unsaturated output) and write rings
+backwards so that the wrap test compares with 0. A Chain keeps each filter's ``update``.
+``@micropython.native`` would speed the updates up further on a board; the benchmark and the
+tests measure plain bytecode, which the WASI runtime runs.
 """
-
-from array import array
 
 try:
     from micropython import const
@@ -105,13 +104,28 @@ def check_flag(name, v):
     raise ValueError("%s: %r is not a bool or 0/1" % (name, v))
 
 
-def zeros(typecode, n):
-    """A new ``array(typecode)`` of ``n`` zeros, grown by append: no garbage, unlike
-    ``array(typecode, [0] * n)``."""
-    a = array(typecode)
-    for _ in range(n):
-        a.append(0)
-    return a
+class Reset(Exception):
+    """Thrown into a filter's generator by ``Filter.reset``: it starts over."""
+
+
+class Filter:
+    """The base of every filter: ``start`` runs the filter's generator to its first ``yield``
+    and makes its ``send`` the filter's ``update``.
+
+    A filter's generator sets its state up, yields None, then loops: ``x = yield y`` takes a
+    sample and hands back the previous output. It catches ``Reset`` around that loop and sets
+    its state up again, so ``reset()`` keeps the same ``update`` (a Chain holds it).
+    """
+
+    def start(self, g):
+        """Run ``g`` to its first ``yield``; ``update`` becomes ``g.send``."""
+        next(g)
+        self._g = g
+        self.update = g.send
+
+    def reset(self):
+        """Forget every sample and zero the counters."""
+        self._g.throw(Reset)
 
 
 def shr_round(v, s):

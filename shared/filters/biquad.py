@@ -1,11 +1,11 @@
 """Biquad: a second-order IIR section with Q14 coefficients (filter type ``biquad``)."""
 
-from shared.filters import check_int, const, saturate  # const: folded by mpy-cross
+from shared.filters import Filter, Reset, check_int, const, saturate
 
 _SMAX = const(32767)
 
 
-class Biquad:
+class Biquad(Filter):
     """Second-order IIR section, Q14 coefficients with a0 = 1.
 
     ``y = b0*x + b1*x1 + b2*x2 - a1*y1 - a2*y2``. Each product (< 2**30) is floored by 3
@@ -23,33 +23,40 @@ class Biquad:
     """
 
     def __init__(self, b0, b1, b2, a1, a2):
-        self.b0 = check_int("b0", b0, -_SMAX, _SMAX)
-        self.b1 = check_int("b1", b1, -_SMAX, _SMAX)
-        self.b2 = check_int("b2", b2, -_SMAX, _SMAX)
-        self.a1 = check_int("a1", a1, -_SMAX, _SMAX)
-        self.a2 = check_int("a2", a2, -_SMAX, _SMAX)
-        self.saturated = 0
-        self.reset()
+        self.start(
+            _run(
+                self,
+                check_int("b0", b0, -_SMAX, _SMAX),
+                check_int("b1", b1, -_SMAX, _SMAX),
+                check_int("b2", b2, -_SMAX, _SMAX),
+                check_int("a1", a1, -_SMAX, _SMAX),
+                check_int("a2", a2, -_SMAX, _SMAX),
+            )
+        )
 
-    def reset(self):
-        """Zero the input and output history."""
-        # Transposed form: _s1 and _s2 hold the sums of the floored products of past samples
+
+def _run(f, b0, b1, b2, a1, a2):
+    y = None
+    while True:
+        f.saturated = 0
+        # Transposed form: s1 and s2 hold the sums of the floored products of past samples
         # that the next output and the one after it need (integer sums, so the same bits as
         # summing all five per output).
-        self._s1 = 0
-        self._s2 = 0
-
-    def update(self, x):
-        """Add ``x``; return the filtered sample."""
-        y = ((self.b0 * x) >> 3) + self._s1  # |y| < 5 * 2**27
-        if y >= 0:  # shr_round(y, 11), then saturate on that side
-            y = (y + 1024) >> 11
-            if y > _SMAX:
-                y = saturate(self, y)
-        else:
-            y = -((1024 - y) >> 11)
-            if y < -_SMAX:
-                y = saturate(self, y)
-        self._s1 = ((self.b1 * x) >> 3) - ((self.a1 * y) >> 3) + self._s2  # < 4 * 2**27
-        self._s2 = ((self.b2 * x) >> 3) - ((self.a2 * y) >> 3)
-        return y
+        s1 = 0
+        s2 = 0
+        try:
+            while True:
+                x = yield y
+                y = ((b0 * x) >> 3) + s1  # |y| < 5 * 2**27
+                if y >= 0:  # shr_round(y, 11), then saturate on that side
+                    y = (y + 1024) >> 11
+                    if y > _SMAX:
+                        y = saturate(f, y)
+                else:
+                    y = -((1024 - y) >> 11)
+                    if y < -_SMAX:
+                        y = saturate(f, y)
+                s1 = ((b1 * x) >> 3) - ((a1 * y) >> 3) + s2  # < 4 * 2**27
+                s2 = ((b2 * x) >> 3) - ((a2 * y) >> 3)
+        except Reset:
+            y = None

@@ -1,11 +1,11 @@
 """CalibrateLinear: ``round(x * mult / 2**shift) + offset`` (filter type ``calibrate``)."""
 
-from shared.filters import check_int, const, saturate  # const: folded by mpy-cross
+from shared.filters import Filter, Reset, check_int, const, saturate
 
 _SMAX = const(32767)
 
 
-class CalibrateLinear:
+class CalibrateLinear(Filter):
     """``y = round(x * mult / 2**shift) + offset``, saturated to S16 (``saturated`` counts).
 
     ``mult`` in [-32767, 32767] and ``shift`` in [0, 14] give gains from 2**-14 to 32767
@@ -13,25 +13,32 @@ class CalibrateLinear:
     """
 
     def __init__(self, mult, shift, offset):
-        self.mult = check_int("mult", mult, -_SMAX, _SMAX)
-        self.shift = check_int("shift", shift, 0, 14)
-        self.offset = check_int("offset", offset, -_SMAX, _SMAX)
-        self._half = (1 << shift) >> 1  # 0 for shift 0: the rounding below is then exact
-        self.saturated = 0
+        self.start(
+            _run(
+                self,
+                check_int("mult", mult, -_SMAX, _SMAX),
+                check_int("shift", shift, 0, 14),
+                check_int("offset", offset, -_SMAX, _SMAX),
+            )
+        )
 
-    def reset(self):
-        """Zero the counter (the filter has no other state)."""
-        self.saturated = 0
 
-    def update(self, x):
-        """Return the calibrated sample."""
-        x *= self.mult  # |x * mult| <= 32767**2 < 2**30 - 2**14
-        if x >= 0:  # shr_round(x, shift) + offset: >= -32767, so it can only pass the top
-            x = ((x + self._half) >> self.shift) + self.offset  # < 32767**2 + 32767 < 2**30
-            if x > _SMAX:
-                x = saturate(self, x)
-        else:
-            x = self.offset - ((self._half - x) >> self.shift)
-            if x < -_SMAX:
-                x = saturate(self, x)
-        return x
+def _run(f, mult, shift, offset):
+    h = (1 << shift) >> 1  # 0 for shift 0: the rounding below is then exact
+    y = None
+    while True:
+        f.saturated = 0
+        try:
+            while True:
+                y = yield y
+                y *= mult  # |x * mult| <= 32767**2 < 2**30 - 2**14
+                if y >= 0:  # shr_round(y, shift) + offset: >= -32767, so only the top can pass
+                    y = ((y + h) >> shift) + offset  # < 32767**2 + 32767 < 2**30
+                    if y > _SMAX:
+                        y = saturate(f, y)
+                else:
+                    y = offset - ((h - y) >> shift)
+                    if y < -_SMAX:
+                        y = saturate(f, y)
+        except Reset:
+            y = None

@@ -1,9 +1,9 @@
 """Debounce: pass a value once it has held for n samples (filter type ``debounce``)."""
 
-from shared.filters import MAX_COUNT, check_int
+from shared.filters import MAX_COUNT, Filter, Reset, check_int
 
 
-class Debounce:
+class Debounce(Filter):
     """Pass a value only once it has been the same for ``n`` consecutive samples.
 
     While the value keeps changing the output is None; once stable it is passed on every
@@ -11,22 +11,23 @@ class Debounce:
     """
 
     def __init__(self, n):
-        self.n = check_int("n", n, 1, MAX_COUNT)
-        self.reset()
+        self.start(_run(check_int("n", n, 1, MAX_COUNT)))
 
-    def reset(self):
-        """Forget the run of equal samples."""
-        self._last = 0
-        self._run = 0
 
-    def update(self, x):
-        """Return ``x`` if it is stable, else None."""
-        if x == self._last and self._run:
-            if self._run < self.n:
-                self._run += 1
-        else:
-            self._last = x
-            self._run = 1
-        if self._run < self.n:
-            return None
-        return x
+def _run(n):
+    y = None
+    while True:
+        last = 0
+        k = 0  # the run of samples equal to last, up to n
+        try:
+            while True:
+                x = yield y
+                if x == last and k:
+                    if k < n:
+                        k += 1
+                else:
+                    last = x
+                    k = 1
+                y = None if k < n else x
+        except Reset:
+            y = None

@@ -1,63 +1,60 @@
 """WindowMin and WindowMax: the extremes of a sliding window (filter types ``min``, ``max``)."""
 
-from shared.filters import MAX_WINDOW, check_flag, check_int, zeros
+from shared.filters import MAX_WINDOW, Filter, Reset, check_flag, check_int
+
+_ZERO = [0]  # the ring is made as _ZERO * window: one list, no garbage
 
 
-class WindowMin:
+class WindowMin(Filter):
     """Smallest of the last ``window`` samples.
 
     The minimum is tracked and the ring rescanned only when the outgoing sample was it.
     """
 
-    _sign = 1  # WindowMax stores negated samples and reuses the same code
+    _sign = 1  # WindowMax runs the same code on negated samples
 
     def __init__(self, window, partial=False):
-        self.window = check_int("window", window, 1, MAX_WINDOW)
-        self.partial = check_flag("partial", partial)
-        self._ring = zeros("h", window)
-        self.reset()
-
-    def reset(self):
-        """Forget every sample."""
-        self._i = 0
-        self._n = 0
-        self._m = 0
-
-    def update(self, x):
-        """Add ``x``; return the window extreme, or None while the window is not full."""
-        v = x * self._sign
-        r = self._ring
-        i = self._i
-        old = r[i]
-        r[i] = v
-        i += 1
-        if i == self.window:
-            i = 0
-        self._i = i
-        n = self._n
-        if n < self.window:
-            n += 1
-            self._n = n
-            if n == 1 or v < self._m:
-                self._m = v
-            if n < self.window and not self.partial:
-                return None
-        elif v <= self._m:
-            self._m = v
-        elif old == self._m:
-            self._m = self._scan()
-        return self._m * self._sign
-
-    def _scan(self):
-        r = self._ring
-        m = r[0]
-        for i in range(1, self.window):
-            if r[i] < m:
-                m = r[i]
-        return m
+        check_int("window", window, 1, MAX_WINDOW)
+        self.start(_run(window, check_flag("partial", partial), self._sign))
 
 
 class WindowMax(WindowMin):
     """Largest of the last ``window`` samples."""
 
     _sign = -1
+
+
+def _run(window, partial, sign):
+    r = _ZERO * window
+    y = None
+    while True:
+        i = 0
+        n = 0  # samples in the window; slots past n are not read until it is full
+        m = 0  # the extreme of the window (of the samples times sign)
+        try:
+            while True:
+                x = yield y
+                x *= sign
+                v = r[i]  # the outgoing sample
+                r[i] = x
+                i += 1
+                if i == window:
+                    i = 0
+                if n < window:
+                    n += 1
+                    if n == 1 or x < m:
+                        m = x
+                    if n < window and not partial:
+                        y = None
+                        continue
+                elif x <= m:
+                    m = x
+                elif v == m:  # the extreme left the window: rescan
+                    m = r[0]
+                    for v in range(1, window):
+                        v = r[v]
+                        if v < m:
+                            m = v
+                y = m * sign
+        except Reset:
+            y = None
