@@ -19,7 +19,8 @@ needed and dropped again (``drop_rare``), so their code does not stay in RAM: co
 (``firmware.commands``, with ``shared.verifier``), the workflow's boot, install and rollback
 (``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
 app bundles. Only the main thread imports and drops them (the link thread leaves the bundle
-confirmation to it), so an import never races a drop. See firmware/README.md, "Memory".
+confirmation to it), so an import never races a drop. The link thread likewise loads and
+drops the encoders of its occasional reports (state, acks, loss: ``shared.protoreport``). See firmware/README.md, "Memory".
 """
 
 import gc
@@ -105,6 +106,9 @@ RARE = (
     "shared.bundle",
 )
 
+# The link thread's reports (state, acks, loss): loaded per report and dropped by that thread.
+REPORTS = ("shared.protoreport",)
+
 
 def drop_rare():
     """Forget the rare-path modules, so the next collection frees their code (MicroPython;
@@ -113,6 +117,20 @@ def drop_rare():
     import would only add garbage. tools/bench/heap_guest.py drops the same list."""
     if sys.implementation.name == "micropython" and gc.isenabled():
         forget(RARE)
+
+
+def _reports():
+    # The link thread's encoders for the state, acks and loss reports, loaded per report and
+    # dropped after it (drop_reports): this thread alone imports and drops the module.
+    from shared import protoreport
+
+    return protoreport
+
+
+def drop_reports():
+    """Forget ``shared.protoreport`` as ``drop_rare`` forgets the rare paths (link thread)."""
+    if sys.implementation.name == "micropython" and gc.isenabled():
+        forget(REPORTS)
 
 
 def forget(names):
@@ -499,7 +517,9 @@ class Node:
         if not self.outbox:
             return False
         cmd_id, code, detail = self.outbox[0]
-        if self.link.publish(self.topics[P.ACKS], P.encode_ack(cmd_id, code, detail), 1):
+        payload = _reports().encode_ack(cmd_id, code, detail)
+        drop_reports()
+        if self.link.publish(self.topics[P.ACKS], payload, 1):
             with self.lock:
                 self.outbox.pop(0)
             if code == _OK and self.reboot_requested:
@@ -514,7 +534,8 @@ class Node:
         if not losses:
             return False
         first, last, reason = losses[0]
-        payload = P.encode_loss(self.boot_id, first, last, reason)
+        payload = _reports().encode_loss(self.boot_id, first, last, reason)
+        drop_reports()
         if self.link.publish(self.topics[P.LOSS], payload, 1):
             with self.lock:
                 self.store.losses_reported(1)
@@ -617,7 +638,7 @@ class Node:
             "events_dropped": self.events_dropped,
             "missed": self.stats["missed"],
         }
-        payload = P.encode_state(
+        payload = _reports().encode_state(
             True,
             FW_VERSION,
             p.name if p else None,
@@ -630,6 +651,7 @@ class Node:
             last_seq or None,
             extra,
         )
+        drop_reports()
         if self.link.publish(self.topics[P.STATE], payload, 1, True):
             self.state_at = now
             self.state_dirty = False

@@ -21,21 +21,23 @@ from shared.protocol import (
     READINGS,
     STATE,
     _anchor,
-    _check_ack,
     _check_event,
-    _check_loss,
-    _check_state,
     _emit,
     _isid,
     _json,
     _rng,
     _room,
     batch_header_into,
-    encode_ack,
     encode_event,
+    put30,
+)
+from shared.protoreport import (
+    _check_ack,
+    _check_loss,
+    _check_state,
+    encode_ack,
     encode_loss,
     encode_state,
-    put30,
 )
 from shared.protostart import (
     PREFIX,

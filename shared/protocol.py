@@ -1,10 +1,11 @@
 """Orrery wire protocol: MQTT topics, readings batches, JSON messages, sequence numbers and
 HMAC-SHA256 signed command envelopes. Runs unchanged on the board and in the cloud.
 
-This module is what a board keeps in RAM: the topic kinds, the batch header, the JSON encoders
-and their checks. The rest is imported only where it is used: ``shared.protostart`` (building
-topics, the boot id, the last will and the pull: start-up only, the node keeps what they make
-and drops the module), ``shared.verifier`` (the board's command gate, loaded per command), and
+This module is what a board keeps in RAM: the topic kinds, the batch header, the event encoder
+and their checks. The rest is imported only where it is used: ``shared.protoreport`` (the
+state, ack and loss encoders: the link thread loads it per report), ``shared.protostart``
+(building topics, the boot id, the last will and the pull: start-up only, the node keeps what
+they make and drops the module), ``shared.verifier`` (the board's command gate, loaded per command), and
 ``shared.codec``, the cloud's view: every public name of the protocol (constants, ack codes)
 plus the decoders, ``encode_batch``, ``sign_command``...
 Constants here are private ``const()``s, folded into the bytecode; ``shared.codec`` defines
@@ -76,7 +77,6 @@ _MAX_BATCH = const(512)
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
-_BUSY = const(10)  # the highest ack code
 # Error messages: indexes into shared.protomsg.MSGS, whose text stays out of RAM until needed.
 _E_ID = const(0)
 _E_KIND = const(1)
@@ -273,75 +273,6 @@ def _opt(name, v, lo, hi):
     return None if v is None else _rng(name, v, lo, hi)
 
 
-# state: the will carries only online (false) and boot
-
-_STATE = (
-    "online",
-    "fw",
-    "wf",
-    "wf_ver",
-    "wf_hash",
-    "boot",
-    "backlog",
-    "synced",
-    "anchor",
-    "last_seq",
-)
-
-
-def _check_state(d):
-    s = _pick(_STATE, d)
-    if s["online"] is not True and s["online"] is not False:
-        _bad(_E_ONLINE, s["online"])
-    _rng("boot", s["boot"], 1, _SEQ_MAX)
-    x = d.get("extra")
-    if x is not None:
-        if not isinstance(x, dict):
-            _bad(_E_EXTRA)
-        for k in x:
-            _id("extra key", k)
-            if not (x[k] is None or x[k] is True or x[k] is False or type(x[k]) in (int, str)):
-                _bad(_E_EXTRA_VALUE, k)
-    s["extra"] = x
-    if not s["online"] and "fw" not in d:
-        return s
-    fw = s["fw"]
-    if not isinstance(fw, str) or not 0 < len(fw) <= 64 or min(fw) < " ":
-        _bad(_E_FW)
-    if s["wf"] is None:
-        if s["wf_ver"] is not None or s["wf_hash"] is not None:
-            _bad(_E_WF)
-    else:
-        _id("wf", s["wf"])
-        _rng("wf_ver", s["wf_ver"], 0, _SEQ_MAX)
-        _id("wf_hash", s["wf_hash"], True)
-    _rng("backlog", s["backlog"], 0, _SEQ_MAX)
-    if s["synced"] is not (s["anchor"] is not None):
-        _bad(_E_SYNCED)
-    if s["anchor"] is not None:
-        s["anchor"] = tuple(_anchor(s["anchor"]))
-    _opt("last_seq", s["last_seq"], 0, _SEQ_MAX)
-    return s
-
-
-def encode_state(
-    online, fw, wf_name, wf_version, wf_hash, boot_id, backlog, synced, anchor, last_seq, extra=None
-):
-    """Encode the retained state (birth) message.
-
-    ``wf_*`` are all None when no workflow is installed; ``anchor`` is the time anchor
-    (up_s, up_ms, unix_s, unix_ms) or None, and ``synced`` says whether there is one;
-    ``last_seq`` is the last sequence number issued, or None; ``extra`` is a flat dict of
-    id -> None/bool/int/str, or None.
-    """
-    v = (online, fw, wf_name, wf_version, wf_hash, boot_id, backlog, synced, anchor, last_seq)
-    d = {"extra": extra}
-    for i in range(len(_STATE)):
-        d[_STATE[i]] = v[i]
-    _check_state(d)
-    return _emit(_STATE if extra is None else _STATE + ("extra",), d)
-
-
 _EVENT = ("boot", "seq", "up_s", "up_ms", "state", "event", "value")
 
 
@@ -363,41 +294,3 @@ def encode_event(boot_id, seq, up_s, up_ms, state, event, value):
     for i in range(len(_EVENT)):
         d[_EVENT[i]] = v[i]
     return _emit(_EVENT, _check_event(d))
-
-
-# acks: the board's answer to each command (the codes are shared.codec's OK .. BUSY)
-
-_ACK = ("id", "code", "detail")
-
-
-def _check_ack(d):
-    if "id" not in d:
-        _bad(_E_NO_ID)
-    if d["id"] is not None:
-        _id("id", d["id"], True)
-    _rng("code", d.get("code"), 0, _BUSY)
-    if not isinstance(d.get("detail"), str) or len(d["detail"]) > 200:
-        _bad(_E_DETAIL)
-    return _pick(_ACK, d)
-
-
-def encode_ack(cmd_id, code, detail=""):
-    """Encode a command ack; ``cmd_id`` is None when the command's id cannot be trusted."""
-    return _emit(_ACK, _check_ack({"id": cmd_id, "code": code, "detail": detail}))
-
-
-_LOSS = ("boot", "first", "last", "reason")
-
-
-def _check_loss(d):
-    _rng("boot", d.get("boot"), 1, _SEQ_MAX)
-    _rng("last", d.get("last"), _rng("first", d.get("first"), 0, _SEQ_MAX), _SEQ_MAX)
-    if d.get("reason") not in ("store_full", "corrupt"):
-        _bad(_E_REASON, d.get("reason"))
-    return _pick(_LOSS, d)
-
-
-def encode_loss(boot_id, first_seq, last_seq, reason):
-    """Encode a report that readings first_seq..last_seq (inclusive) were lost, and why."""
-    d = {"boot": boot_id, "first": first_seq, "last": last_seq, "reason": reason}
-    return _emit(_LOSS, _check_loss(d))

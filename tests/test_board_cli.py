@@ -93,7 +93,7 @@ def test_deploy_command_on_the_virtual_board(tmp_path, monkeypatch):
         args += ["esp32-devkitc", "--no-lib", "--no-reset"]  # the app cannot run here
         r = runner.invoke(board_app, args)
         assert r.exit_code == 0, r.output
-        assert "MicroPython 1.27.0 (webassembly): 50 file(s) copied" in flat(r.output)
+        assert "MicroPython 1.27.0 (webassembly): 51 file(s) copied" in flat(r.output)
         r = runner.invoke(board_app, args[:-1] + ["--dry-run"])
         assert r.exit_code == 0 and "0 to copy, 0 to remove" in flat(r.output)
         r = runner.invoke(board_app, ["monitor", "--port", b.url, "--seconds", "0.5"])

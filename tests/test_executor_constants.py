@@ -21,6 +21,7 @@ COPIES = [
     ("shared/activate.py", compact, 7),
     ("shared/protocol.py", codec, 6),
     ("shared/protostart.py", codec, 1),
+    ("shared/protoreport.py", codec, 2),
     ("shared/verifier.py", codec, 10),
     ("firmware/node.py", codec, 5),
     ("firmware/commands.py", codec, 6),
@@ -44,6 +45,12 @@ def test_private_copies_match_public(path: str, public: object, least: int) -> N
 
 # (module with private copies, module they copy, names): copies between board modules
 TWINS = [
+    (
+        "shared/protoreport.py",
+        "shared/protocol.py",
+        ("_SEQ_MAX", "_E_ONLINE", "_E_EXTRA", "_E_EXTRA_VALUE", "_E_FW", "_E_WF", "_E_SYNCED")
+        + ("_E_NO_ID", "_E_DETAIL", "_E_REASON"),
+    ),
     ("shared/activate.py", "shared/executor.py", ("_OFF", "_SNAP_FORMAT", "_SNAP_HEADER")),
     (
         "firmware/recover.py",

@@ -71,7 +71,7 @@ def load_modules():
 
 
 def drop_rare():
-    # firmware.node.drop_rare: forget the modules of the rare paths
+    # firmware.node.drop_rare (and drop_reports): forget the modules of the rare paths
     m = sys.modules
     for name in R["cfg"]["rare"]:
         if name in m:
@@ -120,7 +120,12 @@ def on_demand_one(names):
 
 def on_demand():
     R["rare"] = {}
-    for group in (["shared.progload"], ["shared.activate"], ["shared.verifier"]):
+    for group in (
+        ["shared.progload"],
+        ["shared.activate"],
+        ["shared.verifier"],
+        ["shared.protoreport"],
+    ):
         on_demand_one(group)
 
 
