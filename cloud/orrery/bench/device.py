@@ -112,7 +112,7 @@ def _heap_config(blob: bytes) -> dict:
     """What heap_guest.py needs from the host: the workflow, the firmware's list of rare-path
     modules, one signed command for the node to handle, and an SHT31 reading for BoardHal."""
     from firmware.hal import crc8
-    from firmware.node import RARE
+    from firmware.node import RARE, REPORTS
     from shared import codec
 
     key = bytes(32)  # the guest node's hmac_key, "00" * 32
@@ -123,7 +123,7 @@ def _heap_config(blob: bytes) -> dict:
     return {
         "workflow_blob": blob.hex(),
         "filter_modules": filter_modules(blob),
-        "rare": list(RARE),
+        "rare": list(RARE) + list(REPORTS),
         "command": cmd.hex(),
         "sht31": list(sht),
     }
@@ -215,37 +215,37 @@ def run(samples: int = 1000) -> dict:
                 "target": 0,
                 "measured_heap_lock_failures": allocs,
                 "max_alloc_bytes_per_call": alloc_bytes,
+                "met": allocs == 0 and alloc_bytes == 0,
             },
             "chain_vs_naive_float": {
                 "target": f">= {RATIO_TARGET}x",
-                "ratio_fuel": chain_ratio,
+                "ratio_fuel": chain_ratio,  # judged in fuel: deterministic, unlike time
                 "ratio_us": costs["chain"]["ratio_us"],
-            },
-            "firmware_heap_bytes": {
-                "target": f"<= {FIRMWARE_TARGET}",
-                "measured_mpy": node["firmware_total"],
-                "measured_romfs": node_rom["firmware_total"],
+                "met": chain_ratio >= RATIO_TARGET,
             },
             "shared_core_heap_bytes": {
                 "target": f"<= {HEAP_TARGET}",
                 "measured_mpy": heap_mpy["total"],
                 "measured_romfs": heap_rom["total"],
+                "met_mpy": heap_mpy["total"] <= HEAP_TARGET,
+                "met_romfs": heap_rom["total"] <= HEAP_TARGET,
+            },
+            # the firmware node's own target (its issue), reported here and not part of "met"
+            "firmware_heap_bytes": {
+                "target": f"<= {FIRMWARE_TARGET}",
+                "measured_mpy": node["firmware_total"],
+                "measured_romfs": node_rom["firmware_total"],
+                "met_mpy": node["firmware_total"] <= FIRMWARE_TARGET,
+                "met_romfs": node_rom["firmware_total"] <= FIRMWARE_TARGET,
             },
         },
     }
-    # Heap is judged per deployment: .mpy files copied into RAM (stock firmware), or
-    # executed in place from a ROMFS partition (a ROMFS-enabled firmware build).
-    result["targets"]["heap_met_mpy"] = (
-        heap_mpy["total"] <= HEAP_TARGET and node["firmware_total"] <= FIRMWARE_TARGET
-    )
-    result["targets"]["heap_met_romfs"] = (
-        heap_rom["total"] <= HEAP_TARGET and node_rom["firmware_total"] <= FIRMWARE_TARGET
-    )
-    result["targets"]["met"] = (
-        allocs == 0
-        and alloc_bytes == 0
-        and chain_ratio >= RATIO_TARGET
-        and (result["targets"]["heap_met_mpy"] or result["targets"]["heap_met_romfs"])
+    t = result["targets"]
+    # Heap is judged as stock firmware runs it: .mpy files copied into RAM (no ROMFS partition).
+    t["met"] = (
+        t["allocations_per_call"]["met"]
+        and t["chain_vs_naive_float"]["met"]
+        and t["shared_core_heap_bytes"]["met_mpy"]
     )
     return result
 
