@@ -115,6 +115,9 @@ class Filter:
     A filter's generator sets its state up, yields None, then loops: ``x = yield y`` takes a
     sample and hands back the previous output. It catches ``Reset`` around that loop and sets
     its state up again, so ``reset()`` keeps the same ``update`` (a Chain holds it).
+    An ``update`` outside the interface (not an int) raises and ends the generator: from then
+    on ``update`` raises StopIteration; build a new filter. ``Chain.update`` checks every
+    reading first, so a chain never gets there.
     """
 
     def start(self, g):

@@ -385,6 +385,33 @@ def test_chain_stops_at_the_first_none_and_resets():
     assert Chain([]).update(5) == 5
 
 
+def test_reset_keeps_update_and_matches_a_new_filter():
+    # reset() throws Reset into the filter's generator: the same update (which a Chain
+    # holds) starts over, exactly as a newly built filter, counters included
+    for code, params in KINDS:
+        f = build(code, params)
+        u = f.update
+        first = run(f, SAMPLES)
+        f.reset()
+        assert f.update is u, code
+        assert run(f, SAMPLES) == first == run(build(code, params), SAMPLES), code
+    c = build_chain(CHAIN4)
+    first = run(c, SAMPLES)
+    c.reset()
+    assert run(c, SAMPLES) == first
+    f = Clamp(0, 10)
+    run(f, [20, -5, 3])
+    assert f.out_of_range == 2
+    f.reset()
+    assert f.out_of_range == 0
+
+
+def test_update_outside_the_interface_ends_the_filter():
+    f = Biquad(1105, 2210, 1105, -18727, 6763)
+    assert raises(TypeError, f.update, None) is not None
+    assert raises(StopIteration, f.update, 5) is not None
+
+
 def test_chain_outputs_stay_in_s16_for_extreme_inputs():
     chain = build_chain(
         [(11, (32767, 0, 0)), (7, (16384,)), (8, (13117, -26234, 13117, -25576, 10508))]
