@@ -20,7 +20,8 @@ needed and dropped again (``drop_rare``), so their code does not stay in RAM: co
 (``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
 app bundles. Only the main thread imports and drops them (the link thread leaves the bundle
 confirmation to it), so an import never races a drop. The link thread likewise loads and
-drops the encoders of its occasional reports (state, acks, loss: ``shared.protoreport``). See firmware/README.md, "Memory".
+drops the encoders of its occasional reports (state, acks, loss: ``shared.protoreport``).
+See firmware/README.md, "Memory".
 """
 
 import gc
