@@ -75,7 +75,7 @@ class Service:
         self.stats_every_s = stats_every_s
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
         self.stored = 0
         self.client = self._client()
 
@@ -96,6 +96,7 @@ class Service:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         return c
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
@@ -104,12 +105,19 @@ class Service:
             return
         base = f"$share/{self.group}/orrery/{self.fleet}/+"
         client.subscribe([(base + "/up/#", 1), (base + "/down/cmd", 1)])
-        self.connected.set()
         jlog(
             "broker_connected",
             session_present=bool(flags.session_present),
             client_id=self.client_id,
         )
+
+    def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
+        # connected means subscribed: a message published after it reaches this service
+        bad = [str(r) for r in reasons if r.is_failure]
+        if bad:
+            jlog("broker_refused_subscription", logging.ERROR, reasons=bad)
+            return
+        self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()
