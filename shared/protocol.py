@@ -78,6 +78,8 @@ _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit Mic
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
 # Error messages: indexes into shared.protomsg.MSGS, whose text stays out of RAM until needed.
+# All of them are listed here; 9..17 are raised by shared.protoreport, which keeps checked
+# copies (const() folds them: a copy costs no RAM).
 _E_ID = const(0)
 _E_KIND = const(1)
 _E_RNG = const(2)
