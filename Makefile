@@ -32,6 +32,7 @@ typecheck: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/python -m tools.dev.consts --check
 	$(BIN)/python -m tools.build --check
 	$(BIN)/python -m tools.typecheck
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests

@@ -7,13 +7,7 @@ the same moment, so the boards do not come back in lock step.
 
 import sys
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
 
 # cap_ms + 1 must stay a small int on a 32-bit MicroPython (-2**30 .. 2**30-1).
 MAX_MS = const(0x3FFFFFFE)

@@ -22,20 +22,13 @@ from firmware.launcher import APP, select_slot  # noqa: F401
 from firmware.launcher import load_app as _load
 from firmware.launcher import save_app as _save
 from shared import bundle as B
+from shared import const
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
-_IN_PROGRESS = const(2)
-_REJECTED = const(8)
-_FAILED = const(9)
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
+_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
+_FAILED = const(9)  # ran and failed (e.g. the health window)
 
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024

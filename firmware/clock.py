@@ -3,16 +3,10 @@
 Ticks are MicroPython's ``time.ticks_ms()``: values in [0, 2**30) that wrap to 0. Uptime is
 kept as whole seconds plus milliseconds, so it stays a small int for 34 years; wall time is
 only ever an anchor (the uptime at which the board learned unix time, and that time), which
-the cloud turns into timestamps (``shared.codec.event_time_ms``).
+the cloud turns into timestamps (``shared.wire.codec.event_time_ms``).
 """
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
 
 try:
     from time import sleep_ms, ticks_ms

@@ -1,7 +1,7 @@
 """Command handling: verify each queued envelope, run it, queue its ack (main thread).
 
 The node imports this module only when commands are waiting (``Node.step_main``) and drops
-it, with ``shared.verifier`` and ``shared.hmac256``, once they are handled. The replay table
+it, with ``shared.wire.verifier`` and ``shared.wire.hmac256``, once they are handled. The replay table
 lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved after every
 accepted one, so nothing of it stays in RAM between commands.
 """
@@ -9,24 +9,18 @@ accepted one, so nothing of it stays in RAM between commands.
 import json
 
 from firmware import installer
-from shared.verifier import Verifier
+from shared import const
+from shared.wire.verifier import Verifier
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
-_DUPLICATE = const(1)
-_IN_PROGRESS = const(2)
+_DUPLICATE = const(1)  # already done: the stored ack is sent again
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
 _UNKNOWN_KIND = const(7)
-_REJECTED = const(8)
-_FAILED = const(9)
-_EV_COMMAND = const(4)  # shared.executor's
+_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
+_FAILED = const(9)  # ran and failed (e.g. the health window)
+# Copied from shared/compact.py by python -m tools.dev.consts: edit them there.
+_EV_COMMAND = const(4)
 
 
 def run(node):

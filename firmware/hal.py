@@ -12,14 +12,7 @@ board the real one is imported. Checking a profile and building the hardware fro
 """
 
 from firmware.clock import elapsed_ms, sleep_ms, ticks_ms
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
 
 ADC = const(0)
 I2C = const(1)

@@ -21,23 +21,16 @@ import os
 from array import array
 
 from firmware.node import remove, replace, write_atomic
+from shared import const
 from shared.executor import Executor
 from shared.program import Program
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# shared.codec's ack codes (tests/test_executor_constants.py checks these copies)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
-_IN_PROGRESS = const(2)
-_REJECTED = const(8)
-_FAILED = const(9)
-_BUSY = const(10)
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
+_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
+_FAILED = const(9)  # ran and failed (e.g. the health window)
+_BUSY = const(10)  # the highest ack code
 
 
 def _read(path):

@@ -33,13 +33,7 @@ except the DNS lookup, whose bound is lwip's own.
 
 import select
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
 
 try:
     from time import ticks_diff, ticks_ms

@@ -16,11 +16,11 @@ Nothing here reboots because the cloud is unreachable.
 
 Memory: this module holds what runs all the time. The rare paths are modules imported when
 needed and dropped again (``drop_rare``), so their code does not stay in RAM: commands
-(``firmware.commands``, with ``shared.verifier``), the workflow's boot, install and rollback
+(``firmware.commands``, with ``shared.wire.verifier``), the workflow's boot, install and rollback
 (``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
 app bundles. Only the main thread imports and drops them (the link thread leaves the bundle
 confirmation to it), so an import never races a drop. The link thread likewise loads and
-drops the encoders of its occasional reports (state, acks, loss: ``shared.protoreport``).
+drops the encoders of its occasional reports (state, acks, loss: ``shared.wire.report``).
 See firmware/README.md, "Memory".
 """
 
@@ -33,15 +33,8 @@ from array import array
 from firmware.backoff import Backoff
 from firmware.clock import TICKS_MASK, Uptime, WallClock
 from firmware.store import Store
-from shared import protocol as P
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
+from shared.wire import message
 
 try:
     import _thread  # MicroPython's on the ESP32; CPython has the same module
@@ -76,17 +69,18 @@ _MAX_EVENTS = const(32)
 _STATE_EVERY_MS = const(60000)
 _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
 _MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
-_NO_VALUE = const(-536870912)  # shared.executor.NO_VALUE: an input without a value yet
-# shared.codec's constants (tests/test_executor_constants.py checks these copies)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
-_HISTORICAL = const(1)
+_HISTORICAL = const(1)  # flag: backlog replayed after being offline
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
-_RECORD_SIZE = const(9)
-_OFF = const(26)  # HEADER_SIZE + ANCHOR_SIZE: records start here in the batch buffer
-# shared.executor's event kinds
+_RECORD_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8
+# Copied from shared/compact.py by python -m tools.dev.consts: edit them there.
+_NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside every range
 _EV_LINK_UP = const(1)
 _EV_LINK_DOWN = const(2)
+
+_OFF = const(_HEADER_SIZE + _ANCHOR_SIZE)  # records start here in the batch buffer
 
 # The rare paths, imported on demand (see the module doc). Not firmware.config: main.py
 # keeps it imported on a board, so dropping it would only make set_config load a second copy.
@@ -97,10 +91,10 @@ RARE = (
     "firmware.profile",
     "firmware.bundle",
     "firmware.launcher",
-    "shared.verifier",
-    "shared.protomsg",
-    "shared.protostart",
-    "shared.hmac256",
+    "shared.wire.verifier",
+    "shared.wire.errors",
+    "shared.wire.connect",
+    "shared.wire.hmac256",
     "shared.progload",
     "shared.activate",
     "shared.filters.catalog",
@@ -108,7 +102,7 @@ RARE = (
 )
 
 # The link thread's reports (state, acks, loss): loaded per report and dropped by that thread.
-REPORTS = ("shared.protoreport",)
+REPORTS = ("shared.wire.report",)
 
 
 def drop_rare():
@@ -123,13 +117,13 @@ def drop_rare():
 def _reports():
     # The link thread's encoders for the state, acks and loss reports, loaded per report and
     # dropped after it (drop_reports): this thread alone imports and drops the module.
-    from shared import protoreport
+    from shared.wire import report
 
-    return protoreport
+    return report
 
 
 def drop_reports():
-    """Forget ``shared.protoreport`` as ``drop_rare`` forgets the rare paths (link thread)."""
+    """Forget ``shared.wire.report`` as ``drop_rare`` forgets the rare paths (link thread)."""
     if sys.implementation.name == "micropython" and gc.isenabled():
         forget(REPORTS)
 
@@ -296,9 +290,9 @@ class Node:
         self.health_s = cfg.get("health_window_s", 120)
         rand4 = rand4 or (lambda: os.urandom(4))
         # the start-up parts of the protocol: what they make is kept, the module dropped
-        from shared import protostart
+        from shared.wire import connect
 
-        self.boot_id = protostart.new_boot_id(rand4())
+        self.boot_id = connect.new_boot_id(rand4())
         self.up = Uptime(ticks_ms)
         self.wall = WallClock()
         self.lock = _lock()
@@ -308,11 +302,11 @@ class Node:
         self.retry_at = ticks_ms()
         self.state_at = ticks_ms()
         self.topics = {}
-        for k in protostart.TOPIC_KINDS:
-            self.topics[k] = protostart.topic(self.fleet, self.device, k)
-        self.will_payload = protostart.encode_will(self.boot_id)
-        self.pull_payload = protostart.encode_pull(self.boot_id)
-        del protostart  # dropped with the other rare paths below
+        for k in connect.TOPIC_KINDS:
+            self.topics[k] = connect.topic(self.fleet, self.device, k)
+        self.will_payload = connect.encode_will(self.boot_id)
+        self.pull_payload = connect.encode_pull(self.boot_id)
+        del connect  # dropped with the other rare paths below
         link.on_message = self._on_message
         self.inbox = []
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
@@ -440,7 +434,7 @@ class Node:
 
     def _on_message(self, topic, payload):
         # link thread: only queue; the main thread owns the executor and the store
-        if topic != self.topics[P.CMD]:
+        if topic != self.topics[message.CMD]:
             return
         if len(self.inbox) >= _MAX_INBOX:
             _log("inbox full, dropping a command (it is pulled again on reconnect)")
@@ -493,14 +487,14 @@ class Node:
 
     def _on_connect(self):
         link = self.link
-        link.subscribe(self.topics[P.CMD], 1)
+        link.subscribe(self.topics[message.CMD], 1)
         if not self.wall.synced and self.wall_ms is not None:
             ms = self.wall_ms()
             if ms is not None:
                 self.wall.sync(ms // 1000, ms % 1000, self.up)
                 self._save_anchor(self.boot_id, self.wall.anchor())
         self._send_state(True)
-        link.publish(self.topics[P.PULL], self.pull_payload, 1)
+        link.publish(self.topics[message.PULL], self.pull_payload, 1)
         self.wf.link_event(True)
 
     def _save_anchor(self, boot_id, anchor):
@@ -520,7 +514,7 @@ class Node:
         cmd_id, code, detail = self.outbox[0]
         payload = _reports().encode_ack(cmd_id, code, detail)
         drop_reports()
-        if self.link.publish(self.topics[P.ACKS], payload, 1):
+        if self.link.publish(self.topics[message.ACKS], payload, 1):
             with self.lock:
                 self.outbox.pop(0)
             if code == _OK and self.reboot_requested:
@@ -537,7 +531,7 @@ class Node:
         first, last, reason = losses[0]
         payload = _reports().encode_loss(self.boot_id, first, last, reason)
         drop_reports()
-        if self.link.publish(self.topics[P.LOSS], payload, 1):
+        if self.link.publish(self.topics[message.LOSS], payload, 1):
             with self.lock:
                 self.store.losses_reported(1)
         return True
@@ -586,9 +580,9 @@ class Node:
     def _publish_batch(self, count, boot, first, flags):
         anchor = self.wall.anchor() if boot == self.boot_id else self.anchors.get(boot)
         start = _OFF - _HEADER_SIZE - (_ANCHOR_SIZE if anchor else 0)
-        P.batch_header_into(self.batch, start, flags, boot, first, count, anchor)
+        message.batch_header_into(self.batch, start, flags, boot, first, count, anchor)
         end = _OFF + count * _RECORD_SIZE
-        return self.link.publish(self.topics[P.READINGS], self.batch_mv[start:end], 1)
+        return self.link.publish(self.topics[message.READINGS], self.batch_mv[start:end], 1)
 
     def _send_events(self):
         if not self.ev_count:
@@ -604,7 +598,7 @@ class Node:
             value = 32767
         elif value < -32767:
             value = -32767
-        payload = P.encode_event(
+        payload = message.encode_event(
             self.boot_id,
             self.event_seq,
             up_s,
@@ -613,7 +607,7 @@ class Node:
             wf.prog.event_names[event],
             value,
         )
-        if self.link.publish(self.topics[P.EVENTS], payload, 1):
+        if self.link.publish(self.topics[message.EVENTS], payload, 1):
             with self.lock:
                 self.ev_head = (self.ev_head + 1) % _MAX_EVENTS
                 self.ev_count -= 1
@@ -653,14 +647,14 @@ class Node:
             extra,
         )
         drop_reports()
-        if self.link.publish(self.topics[P.STATE], payload, 1, True):
+        if self.link.publish(self.topics[message.STATE], payload, 1, True):
             self.state_at = now
             self.state_dirty = False
         return True
 
     def will(self):
         """The MQTT last will: (topic, payload, retain, qos)."""
-        return (self.topics[P.STATE], self.will_payload, True, 1)
+        return (self.topics[message.STATE], self.will_payload, True, 1)
 
     # --- running --------------------------------------------------------------------------
 

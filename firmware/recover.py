@@ -18,16 +18,9 @@ from firmware.store import (
     _get30,
     _sealed,
 )
+from shared import const
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# firmware.store's private constants (tests/test_executor_constants.py checks these copies)
+# Copied from firmware/store.py by python -m tools.dev.consts: edit them there.
 _MAGIC = const(0xA7)
 _CMAGIC = const(0xC5)
 _LMAGIC = const(0x4C)

@@ -8,14 +8,7 @@ watchdog, where mpremote can reach it. Safe mode also follows a held safe-mode p
 """
 
 from firmware.clock import elapsed_ms, ticks_ms
-
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
+from shared import const
 
 _MAX_COUNT = const(999)
 

@@ -42,19 +42,14 @@ reused by every call: unpack it straight away.
 import errno
 import os
 
-from shared.protocol import put30
+from shared import const
+from shared.wire.message import put30
 
-try:
-    from micropython import const
-except ImportError:
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
+_WIRE_SIZE = const(9)  # = RECORD_SIZE
 
-    def const(x):
-        return x
-
-
-SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1: seq, boot_id and up_s stay small ints
 RECORD_SIZE = const(20)
-WIRE_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8: shared.protocol's record
 SEG_RECORDS = const(204)
 MAX_SEGMENTS = const(64)
 STORE_FULL = "store_full"
@@ -126,7 +121,7 @@ def _record_ok(c, j, s):
 
 def _copy_wire(buf, o, c, j):
     # buf[o:o + 9] = the wire bytes of the record at c[j:] (c[j + 9:j + 18]), with no slices
-    end = o + WIRE_SIZE
+    end = o + _WIRE_SIZE
     j += 9
     while o < end:
         buf[o] = c[j]
@@ -197,9 +192,9 @@ class Store:
         return self._commit()
 
     def _head(self, boot_id, up_s, up_ms):
-        if not (type(boot_id) is int and 1 <= boot_id <= SEQ_MAX):
+        if not (type(boot_id) is int and 1 <= boot_id <= _SEQ_MAX):
             raise ValueError("boot_id must be an int in [1, 2**30)")
-        if not (type(up_s) is int and 0 <= up_s <= SEQ_MAX):
+        if not (type(up_s) is int and 0 <= up_s <= _SEQ_MAX):
             raise ValueError("up_s must be an int in [0, 2**30)")
         if not (type(up_ms) is int and 0 <= up_ms <= 999):
             raise ValueError("up_ms must be an int in [0, 999]")
@@ -221,7 +216,7 @@ class Store:
 
     def _commit(self):
         s = self.last_seq + 1
-        if s > SEQ_MAX:
+        if s > _SEQ_MAX:
             raise ValueError("sequence numbers exhausted (2**30 - 1 reached)")
         if self._wf is None or self._counts[-1] >= self._segrec:
             self._roll()
@@ -284,11 +279,11 @@ class Store:
         skipped (and reported). With nothing to read, count and boot_id are 0 and first_seq
         is last_seq + 1. The returned list is reused by the next call.
         """
-        if type(max_count) is not int or max_count < 1 or max_count * WIRE_SIZE > len(buf):
+        if type(max_count) is not int or max_count < 1 or max_count * _WIRE_SIZE > len(buf):
             raise ValueError("max_count must be >= 1 and buf must hold max_count * 9 bytes")
         if after_seq is None:
             s = self.acked + 1
-        elif type(after_seq) is int and 0 <= after_seq <= SEQ_MAX:
+        elif type(after_seq) is int and 0 <= after_seq <= _SEQ_MAX:
             s = after_seq + 1
         else:
             raise ValueError("after_seq must be None or an int in [0, 2**30)")
@@ -302,9 +297,9 @@ class Store:
         (dropped or corrupt); with count 0, first_seq is ``last + 1``: nothing of the range
         is held. Call again from ``first_seq + count`` for the rest.
         """
-        if not (type(first) is int and type(last) is int and 1 <= first <= last <= SEQ_MAX):
+        if not (type(first) is int and type(last) is int and 1 <= first <= last <= _SEQ_MAX):
             raise ValueError("need ints with 1 <= first <= last < 2**30")
-        n = len(buf) // WIRE_SIZE  # few locals: a larger frame is a heap allocation
+        n = len(buf) // _WIRE_SIZE  # few locals: a larger frame is a heap allocation
         if n < 1:
             raise ValueError("buf must hold at least one 9-byte record")
         if n > last - first:
@@ -440,7 +435,7 @@ class Store:
             res[2] = s
         elif b != res[1]:
             return False
-        _copy_wire(buf, res[0] * WIRE_SIZE, self._chunk, j)
+        _copy_wire(buf, res[0] * _WIRE_SIZE, self._chunk, j)
         res[0] += 1
         return True
 

@@ -209,12 +209,12 @@ def test_birth_watch_ignores_the_retained_state(own_broker):
     """After the reset, only a fresh (not retained) online state counts as the birth."""
     import paho.mqtt.client as mqtt
 
-    from shared import codec as P
+    from shared.wire import codec
 
     cfg = {"fleet": "bench", "device_id": "vb-01", "broker": {"host": "127.0.0.1", "port": 1}}
-    topic = P.topic("bench", "vb-01", P.STATE)
-    old = P.encode_state(True, "0.0.9", None, None, None, 1, 0, False, None, None)
-    new = P.encode_state(True, "0.1.0", None, None, None, 2, 0, False, None, None)
+    topic = codec.topic("bench", "vb-01", codec.STATE)
+    old = codec.encode_state(True, "0.0.9", None, None, None, 1, 0, False, None, None)
+    new = codec.encode_state(True, "0.1.0", None, None, None, 2, 0, False, None, None)
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.connect("127.0.0.1", own_broker.port)
     pub.loop_start()

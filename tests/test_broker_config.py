@@ -43,7 +43,7 @@ FLEET = "f1"
 SECRET = b"test-fleet-secret-0123456789abcdef"
 COMPANION = B.COMPANION_USER
 NOT_AUTHORIZED = 135
-UP_KINDS = ("state", "readings", "events", "acks", "loss", "pull")  # shared/protocol.py
+UP_KINDS = ("state", "readings", "events", "acks", "loss", "pull")  # shared/wire/message.py
 TIMEOUT = 5.0
 
 

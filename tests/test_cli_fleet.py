@@ -13,7 +13,7 @@ from cloud.orrery import db
 from cloud.orrery.cli import app
 from cloud.orrery.fleetcli import iso
 from cloud.orrery.ingest import Ingest, Message
-from shared import codec as P
+from shared.wire import codec
 
 ANCHOR = (100, 0, 1_790_000_000, 0)
 runner = CliRunner()
@@ -40,18 +40,18 @@ def dbfile(tmp_path):
         [
             Message(
                 t + "state",
-                P.encode_state(True, "1.2.0", "greenhouse", 2, "h:1", 7, 3, True, ANCHOR, 12),
+                codec.encode_state(True, "1.2.0", "greenhouse", 2, "h:1", 7, 3, True, ANCHOR, 12),
             ),
-            Message(t + "readings", P.encode_batch(7, 1, recs, P.SYNCED, ANCHOR)),
-            Message(t + "readings", P.encode_batch(7, 1, recs, P.SYNCED, ANCHOR)),
+            Message(t + "readings", codec.encode_batch(7, 1, recs, codec.SYNCED, ANCHOR)),
+            Message(t + "readings", codec.encode_batch(7, 1, recs, codec.SYNCED, ANCHOR)),
             Message(
                 t + "readings",
-                P.encode_batch(
-                    7, 8, [(107, 0, 5, 0), (108, 0, 6, 0)], P.SYNCED | P.HISTORICAL, ANCHOR
+                codec.encode_batch(
+                    7, 8, [(107, 0, 5, 0), (108, 0, 6, 0)], codec.SYNCED | codec.HISTORICAL, ANCHOR
                 ),
             ),
-            Message(t + "loss", P.encode_loss(7, 6, 6, "store_full")),
-            Message("orrery/f1/ghost/up/readings", P.encode_batch(1, 1, recs)),
+            Message(t + "loss", codec.encode_loss(7, 6, 6, "store_full")),
+            Message("orrery/f1/ghost/up/readings", codec.encode_batch(1, 1, recs)),
         ],
         now=1_790_000_200_000,
     )

@@ -1,6 +1,6 @@
 """Ingest and reconciliation on real databases (SQLite and PostgreSQL, each test on both).
 
-These drive ``Ingest`` with the board's own wire format (``shared.protocol``) on virtual time;
+These drive ``Ingest`` with the board's own wire format (``shared.wire.message``) on virtual time;
 the MQTT path is covered by test_ingest_reliability.py and test_ingest_e2e.py.
 """
 
@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 
 from cloud.orrery import db, keys
 from cloud.orrery.ingest import AlertRule, Ingest, Message, merge, subtract
-from shared import codec as P
+from shared.wire import codec
 
 SECRET = b"fleet-secret-for-tests-0123456789"
 T = "orrery/f1/dev1/up/"
@@ -29,7 +29,7 @@ ANCHOR = (100, 0, 1_790_000_000, 0)  # uptime 100 s was 1_790_000_000 s unix
 def batch(
     first: int, n: int, boot: int = 7, flags: int = 0, anchor=None, value: int = 100
 ) -> bytes:
-    return P.encode_batch(
+    return codec.encode_batch(
         boot, first, [(first + i, 0, value + i, 0) for i in range(n)], flags, anchor
     )
 
@@ -39,7 +39,7 @@ def msg(kind: str, payload: bytes, device: str = "dev1") -> Message:
 
 
 def state(boot=7, backlog=0, last_seq=None, anchor=None, online=True) -> bytes:
-    return P.encode_state(
+    return codec.encode_state(
         online,
         "1.0.0",
         "greenhouse",
@@ -146,9 +146,9 @@ def test_gap_gets_one_signed_resend_for_the_exact_range(ingest):
     assert [o.command_id for o in out] == ["resend:1:11-15:1"]
     assert out[0].topic == "orrery/f1/dev1/down/cmd"
     # the board's own verifier accepts it with the device's key
-    v = P.Verifier(keys.device_key(SECRET, "dev1"), "dev1")
+    v = codec.Verifier(keys.device_key(SECRET, "dev1"), "dev1")
     code, cmd, detail = v.check(out[0].payload, 2)
-    assert code == P.OK, detail
+    assert code == codec.OK, detail
     assert (cmd["kind"], cmd["args"]) == ("resend", {"first": 11, "last": 15})
     # asking again does not send it twice
     assert ingest.reconcile(now=3000) == []
@@ -156,9 +156,9 @@ def test_gap_gets_one_signed_resend_for_the_exact_range(ingest):
         ("requested", "resend:1:11-15:1", 1)
     ]
     # the board resends part of it, then acks
-    ingest.handle([msg("readings", batch(11, 3, flags=P.HISTORICAL))], now=3100)
+    ingest.handle([msg("readings", batch(11, 3, flags=codec.HISTORICAL))], now=3100)
     ingest.handle(
-        [msg("acks", P.encode_ack("resend:1:11-15:1", P.OK, "resent 11..13; 14..15 not held"))],
+        [msg("acks", codec.encode_ack("resend:1:11-15:1", codec.OK, "resent 11..13; 14..15 not held"))],
         now=3200,
     )
     assert ingest.reconcile(now=3300) == []
@@ -182,7 +182,7 @@ def test_gap_up_to_the_boards_ack_cursor(ingest):
 
 def test_reported_loss_is_permanent_and_late_data_still_counts(ingest):
     ingest.handle([msg("readings", batch(1, 5)), msg("readings", batch(21, 5))], now=0)
-    ingest.handle([msg("loss", P.encode_loss(7, 6, 15, "store_full"))], now=10)
+    ingest.handle([msg("loss", codec.encode_loss(7, 6, 15, "store_full"))], now=10)
     assert ingest.reconcile(now=5000) == []  # a hole is a gap once the reorder window has passed
     out = ingest.reconcile(now=6000)
     assert [o.command_id for o in out] == ["resend:1:16-20:1"]  # only what was not reported lost
@@ -190,7 +190,7 @@ def test_reported_loss_is_permanent_and_late_data_still_counts(ingest):
         (6, 15, "store_full", "device")
     ]
     # late data for part of the "lost" range is accepted and the loss shrinks
-    ingest.handle([msg("readings", batch(6, 2, flags=P.HISTORICAL))], now=6000)
+    ingest.handle([msg("readings", batch(6, 2, flags=codec.HISTORICAL))], now=6000)
     ingest.reconcile(now=6001)
     assert q(ingest, "SELECT first, last, reason FROM losses") == [(8, 15, "store_full")]
 
@@ -207,7 +207,7 @@ def test_failed_or_expired_resend_is_asked_again(ingest):
         ("resend:1:6-8:2", "queued"),
     ]
     # a failed resend is asked again too
-    ingest.handle([msg("acks", P.encode_ack("resend:1:6-8:2", P.FAILED, "store error"))], now=13_100)
+    ingest.handle([msg("acks", codec.encode_ack("resend:1:6-8:2", codec.FAILED, "store error"))], now=13_100)
     assert [o.command_id for o in ingest.reconcile(now=13_200)] == ["resend:1:6-8:3"]
 
 
@@ -227,13 +227,13 @@ def test_pull_returns_the_devices_open_commands(ingest):
     ingest.reconcile(now=0)
     sent = ingest.reconcile(now=2000)
     assert len(sent) == 1
-    out = ingest.handle([msg("pull", P.encode_pull(7))], now=2500)
+    out = ingest.handle([msg("pull", codec.encode_pull(7))], now=2500)
     assert [o.command_id for o in out.outgoing] == [sent[0].command_id]
     assert out.outgoing[0].payload == sent[0].payload  # the same signed bytes: idempotent
     ingest.handle(
-        [msg("acks", P.encode_ack(sent[0].command_id, P.IN_PROGRESS, "queued"))], now=2600
+        [msg("acks", codec.encode_ack(sent[0].command_id, codec.IN_PROGRESS, "queued"))], now=2600
     )
-    assert ingest.handle([msg("pull", P.encode_pull(7))], now=2700).outgoing == []
+    assert ingest.handle([msg("pull", codec.encode_pull(7))], now=2700).outgoing == []
 
 
 # --- time ----------------------------------------------------------------------------------
@@ -243,9 +243,9 @@ def test_readings_before_time_sync_get_event_time_from_the_boot_anchor(ingest):
     # taken at uptime 1..10 s, before the board had wall time: no anchor in the batch
     ingest.handle([msg("readings", batch(1, 10))], now=0)
     assert q(ingest, "SELECT count(*) FROM readings WHERE event_ms IS NULL")[0][0] == 10
-    ingest.handle([msg("events", P.encode_event(7, 1, 3, 500, "idle", "boot", None))], now=0)
+    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 500, "idle", "boot", None))], now=0)
     # later the board syncs: uptime 100 s was unix 1_790_000_000 s
-    ingest.handle([msg("readings", batch(11, 1, flags=P.SYNCED, anchor=ANCHOR))], now=1)
+    ingest.handle([msg("readings", batch(11, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=1)
     rows = q(ingest, "SELECT seq, event_ms FROM readings ORDER BY seq")
     assert rows[0] == (1, (1_790_000_000 - 99) * 1000)
     assert rows[10] == (11, (1_790_000_000 - 89) * 1000)
@@ -264,7 +264,7 @@ def test_state_anchor_times_readings_too(ingest):
     ]
     # the anchor is learned once: a later, different one does not move stored times
     ingest.handle(
-        [msg("readings", batch(3, 1, flags=P.SYNCED, anchor=(100, 0, 1_800_000_000, 0)))], now=2
+        [msg("readings", batch(3, 1, flags=codec.SYNCED, anchor=(100, 0, 1_800_000_000, 0)))], now=2
     )
     assert q(ingest, "SELECT event_ms FROM readings WHERE seq = 3") == [
         ((1_790_000_000 - 97) * 1000,)
@@ -276,7 +276,7 @@ def test_state_anchor_times_readings_too(ingest):
 
 def test_backlog_never_trips_live_alerts(ingest):
     ingest.alert_rules = (AlertRule.parse("0>150"),)
-    ingest.handle([msg("readings", batch(1, 5, flags=P.HISTORICAL, value=1000))], now=0)
+    ingest.handle([msg("readings", batch(1, 5, flags=codec.HISTORICAL, value=1000))], now=0)
     assert q(ingest, "SELECT count(*) FROM alerts")[0][0] == 0
     assert q(ingest, "SELECT count(*) FROM readings WHERE historical")[0][0] == 5
     ingest.handle([msg("readings", batch(6, 5, value=1000))], now=1)
@@ -300,9 +300,9 @@ def test_state_and_will_drive_the_registry(ingest):
     d = device(ingest)
     assert (d.online, d.boot, d.fw, d.wf, d.wf_ver, d.backlog, d.last_seq, d.last_seen_ms) == (
         True, 7, "1.0.0", "greenhouse", 2, 42, 100, 5000)  # fmt: skip
-    ingest.handle([msg("state", P.encode_will(6))], now=6000)  # an older boot's will
+    ingest.handle([msg("state", codec.encode_will(6))], now=6000)  # an older boot's will
     assert device(ingest).online is True
-    ingest.handle([msg("state", P.encode_will(7))], now=7000)
+    ingest.handle([msg("state", codec.encode_will(7))], now=7000)
     assert device(ingest).online is False
     # a retained state replayed on subscribe does not count as seen
     ingest.handle([Message(T + "state", state(boot=7), retain=True)], now=8000)
@@ -314,8 +314,8 @@ def test_state_and_will_drive_the_registry(ingest):
 
 def test_bad_input_goes_to_the_dead_letter_table(ingest):
     key = keys.device_key(SECRET, "dev1")
-    forged = P.sign_command(b"k" * 32, "c1", "dev1", "reboot", {}, 1, 100)
-    good = P.sign_command(key, "c2", "dev1", "reboot", {}, 1, 100)
+    forged = codec.sign_command(b"k" * 32, "c1", "dev1", "reboot", {}, 1, 100)
+    good = codec.sign_command(key, "c2", "dev1", "reboot", {}, 1, 100)
     msgs = [
         Message("not/an/orrery/topic", b"x"),
         Message("orrery/f1/dev1/up/nonsense", b"x"),
@@ -325,7 +325,7 @@ def test_bad_input_goes_to_the_dead_letter_table(ingest):
         msg("readings", b"\xff" * 20),
         msg("state", b"{not json"),
         msg("events", json.dumps({"v": 2}).encode()),
-        msg("acks", P.encode_ack("never-sent", P.OK, "")),
+        msg("acks", codec.encode_ack("never-sent", codec.OK, "")),
         Message("orrery/f1/dev1/down/cmd", forged),
         Message("orrery/f1/dev1/down/cmd", good),
         msg("readings", batch(1, 3)),
@@ -352,7 +352,7 @@ def test_bad_input_goes_to_the_dead_letter_table(ingest):
             st.one_of(
                 st.binary(max_size=64),
                 st.builds(lambda f, n, b: batch(f, n, boot=b), st.integers(1, 50), st.integers(1, 8), st.integers(1, 3)),
-                st.builds(lambda b, f, n: P.encode_loss(b, f, f + n, "corrupt"), st.integers(1, 3), st.integers(1, 50), st.integers(0, 5)),
+                st.builds(lambda b, f, n: codec.encode_loss(b, f, f + n, "corrupt"), st.integers(1, 3), st.integers(1, 50), st.integers(0, 5)),
                 st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.sampled_from(["v", "boot", "online", "id", "code", "first"]), st.integers(-3, 3) | st.booleans() | st.none(), max_size=5)),
             ),
         ),

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from cloud.orrery import db, keys
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.serve import BrokerAddress, Service
-from shared import codec as P
+from shared.wire import codec
 from tests.test_node import T0, Board, Cloud, _wait, install_args
 
 SECRET = b"e2e-fleet-secret-0123456789abcdef"
@@ -60,7 +60,7 @@ def test_readings_the_companion_missed_are_resent_by_the_board(tmp_path, own_bro
         board.run(1000)
         key = keys.device_key(SECRET, "dev1")
         now = board.now_s()
-        install = P.sign_command(
+        install = codec.sign_command(
             key,
             "i1",
             "dev1",
@@ -71,11 +71,11 @@ def test_readings_the_companion_missed_are_resent_by_the_board(tmp_path, own_bro
         )
         observer.send("dev1", install)
         _wait(
-            lambda: any(a["id"] == "i1" and a["code"] == P.IN_PROGRESS for a in observer.acks()),
+            lambda: any(a["id"] == "i1" and a["code"] == codec.IN_PROGRESS for a in observer.acks()),
             board,
         )
         board.run(6_000)  # the health window
-        _wait(lambda: any(a["id"] == "i1" and a["code"] == P.OK for a in observer.acks()), board)
+        _wait(lambda: any(a["id"] == "i1" and a["code"] == codec.OK for a in observer.acks()), board)
         board.run(20_000)
         board.drain(observer)
         missed = board.node.store.last_seq

@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from firmware.link_paho import PahoLink
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
-from shared import codec as P
 from shared import workflow
+from shared.wire import codec
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
@@ -63,17 +63,17 @@ class Cloud:
     def readings(self) -> dict[int, tuple]:
         out: dict[int, tuple] = {}
         for payload in self.of("up/readings"):
-            batch, err = P.decode_batch(payload)
+            batch, err = codec.decode_batch(payload)
             assert err is None, err
             for rec in batch.records:
                 out[rec[0]] = (batch.boot_id, batch.historical) + rec[1:]
         return out
 
     def acks(self) -> list[dict]:
-        return [P.decode_ack(p)[0] for p in self.of("up/acks")]
+        return [codec.decode_ack(p)[0] for p in self.of("up/acks")]
 
     def send(self, device: str, envelope: bytes) -> None:
-        self.c.publish(P.topic(self.fleet, device, P.CMD), envelope, qos=1).wait_for_publish(5)
+        self.c.publish(codec.topic(self.fleet, device, codec.CMD), envelope, qos=1).wait_for_publish(5)
 
     def close(self) -> None:
         self.c.loop_stop()
@@ -81,7 +81,7 @@ class Cloud:
 
 
 def sign(device: str, cmd_id: str, kind: str, args: dict, now_s: int, ttl: int = 3600) -> bytes:
-    return P.sign_command(bytes.fromhex(KEY), cmd_id, device, kind, args, now_s, now_s + ttl)
+    return codec.sign_command(bytes.fromhex(KEY), cmd_id, device, kind, args, now_s, now_s + ttl)
 
 
 def install_args(name: str, health_s: int = 5) -> dict:
@@ -180,10 +180,10 @@ def _install(board: Board, cloud: Cloud, name: str, cmd_id: str, health_s: int =
         sign(board.device, cmd_id, "install_workflow", install_args(name, health_s), board.now_s()),
     )
     _wait(
-        lambda: any(a["id"] == cmd_id and a["code"] == P.IN_PROGRESS for a in cloud.acks()), board
+        lambda: any(a["id"] == cmd_id and a["code"] == codec.IN_PROGRESS for a in cloud.acks()), board
     )
     board.run(health_s * 1000 + 1000)
-    _wait(lambda: any(a["id"] == cmd_id and a["code"] == P.OK for a in cloud.acks()), board)
+    _wait(lambda: any(a["id"] == cmd_id and a["code"] == codec.OK for a in cloud.acks()), board)
 
 
 def test_readings_survive_broker_restart_exactly(tmp_path, own_broker, cloud):
@@ -222,7 +222,7 @@ def test_broker_down_for_hours_of_virtual_time(tmp_path, own_broker, cloud):
     assert sorted(got) == list(range(1, b.node.store.last_seq + 1))
     backlog = [got[s] for s in range(before + 1, before + offline - 100)]
     assert all(r[1] for r in backlog), "replayed backlog must be marked historical"
-    states = [P.decode_state(p)[0] for p in cloud.of("up/state")]
+    states = [codec.decode_state(p)[0] for p in cloud.of("up/state")]
     assert any(s and (s.get("backlog") or 0) >= offline - 200 for s in states), (
         "state reports the backlog"
     )
@@ -240,7 +240,7 @@ def test_signed_unsigned_expired_replayed_tampered_commands(tmp_path, own_broker
         {"v": 1, "b": env["b"].replace("manual", "force_cool"), "s": env["s"]}
     ).encode()
     expired = sign("dev1", "c-old", "run_command", {"name": "auto"}, now - 7200, ttl=60)
-    wrong_key = P.sign_command(
+    wrong_key = codec.sign_command(
         b"k" * 32, "c-key", "dev1", "run_command", {"name": "auto"}, now, now + 60
     )
     for e in (good, unsigned, tampered, expired, wrong_key):
@@ -253,12 +253,12 @@ def test_signed_unsigned_expired_replayed_tampered_commands(tmp_path, own_broker
     b.run(1000)
     _wait(lambda: len([a for a in cloud.acks() if a["id"] != "i1"]) >= 7, b)
     codes = [(a["id"], a["code"]) for a in cloud.acks() if a["id"] != "i1"]
-    assert codes[0] == ("c-ok", P.OK)
-    assert codes[1][1] == P.BAD_SIGNATURE and codes[2][1] == P.BAD_SIGNATURE
-    assert codes[3] == ("c-old", P.EXPIRED)
-    assert codes[4][1] == P.BAD_SIGNATURE
-    assert codes[5] == ("c-ok", P.OK), "a duplicate gets the same result again"
-    assert codes[6][1] == P.REPLAYED
+    assert codes[0] == ("c-ok", codec.OK)
+    assert codes[1][1] == codec.BAD_SIGNATURE and codes[2][1] == codec.BAD_SIGNATURE
+    assert codes[3] == ("c-old", codec.EXPIRED)
+    assert codes[4][1] == codec.BAD_SIGNATURE
+    assert codes[5] == ("c-ok", codec.OK), "a duplicate gets the same result again"
+    assert codes[6][1] == codec.REPLAYED
     assert b.node.wf.ex.state_name() == "manual", "only the genuine command ran, once"
 
 
@@ -276,8 +276,8 @@ def test_workflow_install_migrates_running_state(tmp_path, own_broker, cloud):
     assert b.node.wf.ex.state_name() == "cooling", "v1's 'cool' maps to v2's 'cooling'"
     assert b.node.wf.ex.vars[0] == cycles
     acks = [(a["id"], a["code"]) for a in cloud.acks()]
-    assert ("i2", P.IN_PROGRESS) in acks and acks.index(("i2", P.IN_PROGRESS)) < acks.index(
-        ("i2", P.OK)
+    assert ("i2", codec.IN_PROGRESS) in acks and acks.index(("i2", codec.IN_PROGRESS)) < acks.index(
+        ("i2", codec.OK)
     )
 
 
@@ -291,7 +291,7 @@ def test_failing_install_rolls_back(tmp_path, own_broker, cloud):
         "dev1",
         sign("dev1", "i2", "install_workflow", install_args("greenhouse.json", 5), b.now_s()),
     )
-    _wait(lambda: any(a["id"] == "i2" and a["code"] == P.FAILED for a in cloud.acks()), b)
+    _wait(lambda: any(a["id"] == "i2" and a["code"] == codec.FAILED for a in cloud.acks()), b)
     assert b.node.wf.prog.version == 1, "rolled back to the previous version"
     assert b.resets == 0
 
@@ -424,7 +424,7 @@ def test_failing_app_bundle_rolls_back(tmp_path, own_broker, cloud):
     assert slot.endswith("app_a") and rc == 0
     again = Board(tmp_path, own_broker.port)  # the old app, booted again, reports the failure
     again.node.confirm_after_s = 2
-    _wait(lambda: any(a["id"] == "bundle-2" and a["code"] == P.FAILED for a in cloud.acks()), again)
+    _wait(lambda: any(a["id"] == "bundle-2" and a["code"] == codec.FAILED for a in cloud.acks()), again)
     assert json.loads((root / "app.json").read_text())["active"] == "a"
 
 
@@ -439,7 +439,7 @@ def test_good_app_bundle_is_confirmed(tmp_path, own_broker, cloud):
     assert slot.endswith("app_b") and rc == 0
     again = Board(tmp_path, own_broker.port)  # the new app reaches the broker and stays up
     again.node.confirm_after_s = 2
-    _wait(lambda: any(a["id"] == "bundle-3" and a["code"] == P.OK for a in cloud.acks()), again)
+    _wait(lambda: any(a["id"] == "bundle-3" and a["code"] == codec.OK for a in cloud.acks()), again)
     app = json.loads((root / "app.json").read_text())
     assert app["active"] == "b" and not app["trial"]
     assert (root / "app_b" / "firmware" / "main.py").read_bytes() == b"OK = True\n"

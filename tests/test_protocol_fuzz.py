@@ -1,4 +1,4 @@
-"""Property tests of shared/protocol.py and shared/hmac256.py (CPython, hypothesis)."""
+"""Property tests of shared/wire/message.py and shared/wire/hmac256.py (CPython, hypothesis)."""
 
 import hmac
 import json
@@ -6,21 +6,21 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import codec as P
-from shared.hmac256 import compare_digest, hmac_sha256
+from shared.wire import codec
+from shared.wire.hmac256 import compare_digest, hmac_sha256
 from tools import golden_protocol
 
 KEY = bytes(range(1, 33))
 DEV = "dev-01"
 T0 = 1_700_000_000
 
-DECODERS = (P.decode_state, P.decode_event, P.decode_ack, P.decode_loss, P.decode_pull)
-_VERIFIER = P.Verifier(KEY, DEV, capacity=8)
+DECODERS = (codec.decode_state, codec.decode_event, codec.decode_ack, codec.decode_loss, codec.decode_pull)
+_VERIFIER = codec.Verifier(KEY, DEV, capacity=8)
 
 
 def _valid_encodings():
     out = [bytes.fromhex(c["hex"]) for s in ("batches", "messages", "envelopes") for c in golden_protocol.build()[s]]
-    out.append(P.sign_command(KEY, "c1", DEV, "reboot", {"a": [1, "x"]}, T0, T0 + 600))
+    out.append(codec.sign_command(KEY, "c1", DEV, "reboot", {"a": [1, "x"]}, T0, T0 + 600))
     return out
 
 
@@ -37,12 +37,12 @@ def _check_result(result):
 def _decode_everything(data, now=T0):
     for decode in DECODERS:
         _check_result(decode(data))
-    _check_result(P.decode_batch(data))
-    _check_result(P.parse_topic(data))
-    _check_result(P.verify_envelope(KEY, data))
+    _check_result(codec.decode_batch(data))
+    _check_result(codec.parse_topic(data))
+    _check_result(codec.verify_envelope(KEY, data))
     code, cmd, detail = _VERIFIER.check(data, now)
-    assert code in P.ACK_NAMES and isinstance(detail, str)
-    if code in (P.MALFORMED, P.BAD_SIGNATURE):
+    assert code in codec.ACK_NAMES and isinstance(detail, str)
+    if code in (codec.MALFORMED, codec.BAD_SIGNATURE):
         assert cmd is None
 
 
@@ -108,11 +108,11 @@ def test_decoders_never_raise_on_schema_shaped_json(d, v1):
 @st.composite
 def batches(draw):
     count = draw(st.integers(1, 40))
-    first_seq = draw(st.integers(0, P.SEQ_MAX - count + 1))
+    first_seq = draw(st.integers(0, codec.SEQ_MAX - count + 1))
     records = draw(
         st.lists(
             st.tuples(
-                st.integers(0, P.SEQ_MAX),
+                st.integers(0, codec.SEQ_MAX),
                 st.integers(0, 999),
                 st.integers(-32767, 32767),
                 st.integers(0, 255),
@@ -124,29 +124,29 @@ def batches(draw):
     anchor = draw(
         st.none()
         | st.tuples(
-            st.integers(0, P.SEQ_MAX), st.integers(0, 999), st.integers(0, 2**32 - 1), st.integers(0, 999)
+            st.integers(0, codec.SEQ_MAX), st.integers(0, 999), st.integers(0, 2**32 - 1), st.integers(0, 999)
         )
     )
-    flags = draw(st.sampled_from((0, P.HISTORICAL)))
-    return draw(st.integers(1, P.SEQ_MAX)), first_seq, records, flags, anchor
+    flags = draw(st.sampled_from((0, codec.HISTORICAL)))
+    return draw(st.integers(1, codec.SEQ_MAX)), first_seq, records, flags, anchor
 
 
 @settings(max_examples=300, deadline=None)
 @given(batches())
 def test_batch_round_trip(args):
     boot_id, first_seq, records, flags, anchor = args
-    data = P.encode_batch(boot_id, first_seq, records, flags, anchor)
-    b, err = P.decode_batch(data)
+    data = codec.encode_batch(boot_id, first_seq, records, flags, anchor)
+    b, err = codec.decode_batch(data)
     assert err is None
     assert (b.boot_id, b.first_seq, b.count, b.historical) == (boot_id, first_seq, len(records), bool(flags))
     assert b.anchor == anchor
-    assert b.flags == flags | (0 if anchor is None else P.SYNCED)
+    assert b.flags == flags | (0 if anchor is None else codec.SYNCED)
     assert b.records == [(first_seq + i,) + r for i, r in enumerate(records)]
     # a preallocated buffer written record by record holds the same bytes
     buf = bytearray(len(data) + 5)
-    off = P.batch_header_into(buf, 5, flags, boot_id, first_seq, len(records), anchor) + 5
+    off = codec.batch_header_into(buf, 5, flags, boot_id, first_seq, len(records), anchor) + 5
     for r in records:
-        off += P.record_into(buf, off, *r)
+        off += codec.record_into(buf, off, *r)
     assert bytes(buf[5:off]) == data
 
 
@@ -155,36 +155,36 @@ def test_batch_round_trip(args):
 def test_record_into_writes_or_refuses(r):
     buf = bytearray(9)
     try:
-        P.record_into(buf, 0, *r)
+        codec.record_into(buf, 0, *r)
     except ValueError:
         assert not (0 <= r[0] < 2**30 and 0 <= r[1] <= 999 and -32767 <= r[2] <= 32767 and 0 <= r[3] <= 255)
     else:
-        b, err = P.decode_batch(P.encode_batch(1, 0, [r]))
+        b, err = codec.decode_batch(codec.encode_batch(1, 0, [r]))
         assert err is None and b.records[0][1:] == r
 
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.integers(1, P.SEQ_MAX),
-    st.integers(0, P.SEQ_MAX),
+    st.integers(1, codec.SEQ_MAX),
+    st.integers(0, codec.SEQ_MAX),
     st.integers(0, 999),
     st.text(st.sampled_from("abcXYZ09_.-"), min_size=1, max_size=64),
     st.one_of(st.none(), st.integers(-32767, 32767)),
     st.text(max_size=200),
 )
 def test_json_messages_round_trip(boot, seq, ms, name, value, detail):
-    e = P.encode_event(boot, seq, seq, ms, name, name, value)
-    assert P.decode_event(e)[0] == {
+    e = codec.encode_event(boot, seq, seq, ms, name, name, value)
+    assert codec.decode_event(e)[0] == {
         "boot": boot, "seq": seq, "up_s": seq, "up_ms": ms, "state": name, "event": name, "value": value,
     }  # fmt: skip
     try:
-        a = P.encode_ack(name, P.FAILED, detail)
+        a = codec.encode_ack(name, codec.FAILED, detail)
     except ValueError:  # lone surrogates are not valid text
         assert any(0xD800 <= ord(c) <= 0xDFFF for c in detail)
     else:
-        assert P.decode_ack(a) == ({"id": name, "code": P.FAILED, "detail": detail}, None)
+        assert codec.decode_ack(a) == ({"id": name, "code": codec.FAILED, "detail": detail}, None)
         assert json.loads(a)["detail"] == detail  # a standard JSON parser agrees
-    assert P.decode_loss(P.encode_loss(boot, seq, seq, "corrupt"))[0]["last"] == seq
+    assert codec.decode_loss(codec.encode_loss(boot, seq, seq, "corrupt"))[0]["last"] == seq
 
 
 @settings(max_examples=200, deadline=None)
@@ -201,10 +201,10 @@ def test_json_messages_round_trip(boot, seq, ms, name, value, detail):
 )
 def test_signed_args_round_trip(args):
     try:
-        env = P.sign_command(KEY, "c1", DEV, "set_config", args, T0, T0 + 60)
+        env = codec.sign_command(KEY, "c1", DEV, "set_config", args, T0, T0 + 60)
     except ValueError:
         return  # lone surrogates in some string
-    cmd, err = P.verify_envelope(KEY, env)
+    cmd, err = codec.verify_envelope(KEY, env)
     assert err is None and cmd["args"] == args
 
 

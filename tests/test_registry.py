@@ -17,8 +17,8 @@ from cloud.orrery import db, registry
 from cloud.orrery.cli import load_profile
 from cloud.orrery.ingest import Ingest, Message
 from firmware.profile import parse_profile
-from shared import codec as P
 from shared import workflow
+from shared.wire import codec
 from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
@@ -360,10 +360,10 @@ def fleet(url):
     t = "orrery/f1/d1/up/"
     out = ing.handle(
         [
-            Message(t + "state", P.encode_state(True, "1.0", "greenhouse", 1, h1, 3, 0, True, anchor, len(recs))),
-            Message(t + "readings", P.encode_batch(3, 1, recs[:60], P.SYNCED, anchor)),
-            Message(t + "readings", P.encode_batch(3, 61, recs[60:], P.SYNCED, anchor)),
-            Message(t + "events", P.encode_event(3, 1, 17, 0, "idle", "cooling_started", 3400)),
+            Message(t + "state", codec.encode_state(True, "1.0", "greenhouse", 1, h1, 3, 0, True, anchor, len(recs))),
+            Message(t + "readings", codec.encode_batch(3, 1, recs[:60], codec.SYNCED, anchor)),
+            Message(t + "readings", codec.encode_batch(3, 61, recs[60:], codec.SYNCED, anchor)),
+            Message(t + "events", codec.encode_event(3, 1, 17, 0, "idle", "cooling_started", 3400)),
         ],
         now=(T0 + 200) * 1000,
     )  # fmt: skip

@@ -14,8 +14,8 @@ import pytest
 from cloud.orrery import db
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import Orchestrator
-from shared import codec as P
 from shared import workflow
+from shared.wire import codec
 from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
@@ -26,11 +26,11 @@ NAMES = [f"d{i:02d}" for i in range(10)]
 
 
 def state(name: str, ver: int | None, online: bool = True) -> Message:
-    t = P.topic("f1", name, P.STATE)
+    t = codec.topic("f1", name, codec.STATE)
     if not online:
-        return Message(t, P.encode_will(1))
+        return Message(t, codec.encode_will(1))
     wf = {1: ("greenhouse", 1, V1.hash), 2: ("greenhouse", 2, V2.hash)}[ver]
-    return Message(t, P.encode_state(True, "1.2.0", *wf, 1, 0, False, None, None))
+    return Message(t, codec.encode_state(True, "1.2.0", *wf, 1, 0, False, None, None))
 
 
 class Cloud:
@@ -47,7 +47,7 @@ class Cloud:
 
     def ack(self, cmd_id: str, code: int) -> None:
         name = cmd_id_device(self, cmd_id)
-        self.send(Message(P.topic("f1", name, P.ACKS), P.encode_ack(cmd_id, code, "")))
+        self.send(Message(codec.topic("f1", name, codec.ACKS), codec.encode_ack(cmd_id, code, "")))
 
     def cli(self, *args: str, ok: bool = True):
         return run(*args, "--db", self.url, ok=ok)
@@ -124,9 +124,9 @@ def test_the_life_of_a_rollout(cloud):
     out = cloud.orch.tick()
     assert len(out) == 2
     for x in out:
-        cloud.ack(x.command_id, P.IN_PROGRESS)
+        cloud.ack(x.command_id, codec.IN_PROGRESS)
         cloud.send(state(x.topic.split("/")[2], 2))
-        cloud.ack(x.command_id, P.OK)
+        cloud.ack(x.command_id, codec.OK)
     cloud.orch.tick()
     assert "rollout 1 paused" in cloud.cli("rollout", "pause", "1").stdout
     r = cloud.cli("rollout", "pause", "1", ok=False)
@@ -183,9 +183,9 @@ def test_retry_failed_and_rollback(cloud, monkeypatch):
     cloud.cli("rollout", "start", "1")
     out = cloud.orch.tick()
     for i, x in enumerate(out):
-        code = P.FAILED if i < 2 else P.OK
-        cloud.ack(x.command_id, P.IN_PROGRESS)
-        if code == P.OK:
+        code = codec.FAILED if i < 2 else codec.OK
+        cloud.ack(x.command_id, codec.IN_PROGRESS)
+        if code == codec.OK:
             cloud.send(state(x.topic.split("/")[2], 2))
         cloud.ack(x.command_id, code)
     cloud.orch.tick()

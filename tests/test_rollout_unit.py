@@ -34,8 +34,8 @@ from cloud.orrery.rollout import (
     parse_waves,
     wave_sizes,
 )
-from shared import codec as P
 from shared import workflow
+from shared.wire import codec
 
 WF = Path(__file__).parent / "golden" / "workflows"
 V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
@@ -210,15 +210,15 @@ class Env:
         return out
 
     def state_msg(self, name: str, ver: int | None = 1, online: bool = True) -> Message:
-        t = P.topic(self.fleet_of(name), name, P.STATE)
+        t = codec.topic(self.fleet_of(name), name, codec.STATE)
         if not online:
-            return Message(t, P.encode_will(self.boots[name]))
+            return Message(t, codec.encode_will(self.boots[name]))
         wf = {
             None: (None, None, None),
             1: ("greenhouse", 1, V1.hash),
             2: ("greenhouse", 2, V2.hash),
         }[ver]
-        return Message(t, P.encode_state(True, "1.2.0", *wf, self.boots[name], 0, False, None, None))  # fmt: skip
+        return Message(t, codec.encode_state(True, "1.2.0", *wf, self.boots[name], 0, False, None, None))  # fmt: skip
 
     def state(self, *names: str, ver: int | None = 1, online: bool = True) -> None:
         self.send([self.state_msg(n, ver, online) for n in names])
@@ -233,7 +233,7 @@ class Env:
         self.send(
             [
                 Message(
-                    P.topic(self.fleet_of(name), name, P.ACKS), P.encode_ack(cmd_id, code, detail)
+                    codec.topic(self.fleet_of(name), name, codec.ACKS), codec.encode_ack(cmd_id, code, detail)
                 )
             ]
         )
@@ -245,21 +245,21 @@ class Env:
                 {"i": cmd_id},
             ).scalar_one()  # fmt: skip
 
-    def board(self, out: list[C.Outgoing], code: int = P.OK) -> list[str]:
+    def board(self, out: list[C.Outgoing], code: int = codec.OK) -> list[str]:
         """Each addressed board checks its command like a board does, acks IN_PROGRESS, runs
         the new version and acks ``code`` (after a failure it is back on version 1)."""
         done = []
         for o in out:
             name = o.topic.split("/")[2]
-            res, cmd, detail = P.Verifier(keys.device_key(SECRET, name), name).check(
+            res, cmd, detail = codec.Verifier(keys.device_key(SECRET, name), name).check(
                 o.payload, self.now // 1000
             )
-            assert (res, detail) == (P.OK, ""), (name, detail)
+            assert (res, detail) == (codec.OK, ""), (name, detail)
             assert cmd["id"] == o.command_id and cmd["kind"] == "install_workflow"
-            self.ack(o.command_id, P.IN_PROGRESS, "health window")
+            self.ack(o.command_id, codec.IN_PROGRESS, "health window")
             self.state(name, ver=2)
-            self.ack(o.command_id, code, "" if code == P.OK else "health window failed")
-            if code != P.OK:
+            self.ack(o.command_id, code, "" if code == codec.OK else "health window failed")
+            if code != codec.OK:
                 self.state(name, ver=1)
             done.append(name)
         return done
@@ -422,23 +422,23 @@ def test_dispatch_signs_commands_and_respects_the_rate(env):
         assert x.topic == f"orrery/f1/{name}/down/cmd"
         did = env.rows("SELECT id FROM devices WHERE name = :n", n=name)[0][0]
         assert x.command_id == f"rollout:{rid}:{did}:1"
-        code, cmd, _ = P.Verifier(keys.device_key(SECRET, name), name).check(
+        code, cmd, _ = codec.Verifier(keys.device_key(SECRET, name), name).check(
             x.payload, env.now // 1000
         )
-        assert code == P.OK
+        assert code == codec.OK
         assert cmd["args"]["sha256"] == V2.hash and cmd["args"]["health_s"] == 5
         assert base64.b64decode(cmd["args"]["blob"]) == V2.blob
         assert cmd["exp"] - cmd["iat"] == 3600  # the rollout's timeout
         other = "d00" if name != "d00" else "d01"
-        assert P.Verifier(keys.device_key(SECRET, other), other).check(x.payload, env.now // 1000)[0] in (
-            P.BAD_SIGNATURE, P.MALFORMED)  # fmt: skip
+        assert codec.Verifier(keys.device_key(SECRET, other), other).check(x.payload, env.now // 1000)[0] in (
+            codec.BAD_SIGNATURE, codec.MALFORMED)  # fmt: skip
         env_ = json.loads(x.payload)
         body = json.loads(env_["b"])
         body["args"]["health_s"] = 0
         tampered = json.dumps({**env_, "b": json.dumps(body)}).encode()
         assert (
-            P.Verifier(keys.device_key(SECRET, name), name).check(tampered, env.now // 1000)[0]
-            == P.BAD_SIGNATURE
+            codec.Verifier(keys.device_key(SECRET, name), name).check(tampered, env.now // 1000)[0]
+            == codec.BAD_SIGNATURE
         )
     assert set(env.by_state(rid)) == {"sent", "queued"}
     assert len(env.by_state(rid)["sent"]) == 8
@@ -466,7 +466,7 @@ def test_offline_devices_never_block_and_get_their_command_on_pull(env):
     assert (s["converged_pct"], s["offline_pending"]) == (70.0, 3)
     # d08 comes back and pulls its pending command: the same one, signed when it was queued
     env.state("d08")
-    pulled = env.send([Message(P.topic("f1", "d08", P.PULL), P.encode_pull(1))]).outgoing
+    pulled = env.send([Message(codec.topic("f1", "d08", codec.PULL), codec.encode_pull(1))]).outgoing
     assert [x.command_id for x in pulled] == [f"rollout:{rid}:9:1"]
     o.tick()
     assert env.members(rid)["d08"] == "sent"
@@ -492,7 +492,7 @@ def test_an_expired_command_of_an_offline_device_is_queued_again(env):
     ]  # fmt: skip
     assert env.members(rid) == {"d09": "offline-pending"}
     env.state("d09")
-    pulled = env.send([Message(P.topic("f1", "d09", P.PULL), P.encode_pull(1))]).outgoing
+    pulled = env.send([Message(codec.topic("f1", "d09", codec.PULL), codec.encode_pull(1))]).outgoing
     assert [x.command_id for x in pulled] == [f"rollout:{rid}:10:2"]
 
 
@@ -500,7 +500,7 @@ def test_an_online_device_without_a_result_times_out(env):
     o = env.orch()
     rid = start(env, o, target="device=d0[01]", timeout="10m", success="0%")
     out = o.tick()
-    env.ack(out[0].command_id, P.IN_PROGRESS)
+    env.ack(out[0].command_id, codec.IN_PROGRESS)
     env.advance(599_000)
     o.tick()
     assert sorted(env.members(rid).values()) == ["acked", "sent"]
@@ -541,13 +541,13 @@ def test_failure_threshold_waits_for_the_minimum_sample_then_pauses(env):
     rid = start(env, o, max_failures="20%", min_devices=5, success="50%", rate="4/min")
     out = o.tick()
     env.board(out[:2])
-    env.board(out[2:], code=P.FAILED)
+    env.board(out[2:], code=codec.FAILED)
     o.tick()
     # 2 of 4 decided failed (50% > 20%), but 4 is below the minimum sample of 5
     assert env.rollout(rid)[0] == "running"
     env.advance(61_000)
     out = o.tick()  # the next 4
-    env.ack(out[0].command_id, P.BAD_SIGNATURE, "signature mismatch")
+    env.ack(out[0].command_id, codec.BAD_SIGNATURE, "signature mismatch")
     o.tick()
     state, reason, _ = env.rollout(rid)
     assert state == "paused"
@@ -569,7 +569,7 @@ def test_a_wave_ending_below_the_success_threshold_pauses(env):
     out = o.tick()
     assert len(out) == 4
     env.board(out[:3])
-    env.board(out[3:], code=P.FAILED)
+    env.board(out[3:], code=codec.FAILED)
     o.tick()
     assert env.rollout(rid)[:2] == (
         "paused",
@@ -587,9 +587,9 @@ def test_cancel_cancels_queued_at_once_and_lets_in_flight_finish(env):
     rid = start(env, o, rate="4/min")
     out = o.tick()
     a, b, c, d = out
-    env.ack(a.command_id, P.IN_PROGRESS)
+    env.ack(a.command_id, codec.IN_PROGRESS)
     env.state(env.device_of(a.command_id), ver=2)  # installing
-    env.ack(b.command_id, P.IN_PROGRESS)
+    env.ack(b.command_id, codec.IN_PROGRESS)
     o.tick()
     assert o.cancel(rid) == {"canceled_devices": 6}
     assert env.rollout(rid)[:2] == ("canceled", "canceled by operator")
@@ -597,8 +597,8 @@ def test_cancel_cancels_queued_at_once_and_lets_in_flight_finish(env):
         "canceled", "canceled", "canceled", "installing", "sent", "sent"]  # fmt: skip
     env.advance(61_000)
     assert o.tick() == []  # nothing new after a cancel
-    env.ack(a.command_id, P.OK)
-    env.ack(b.command_id, P.FAILED, "health window failed")
+    env.ack(a.command_id, codec.OK)
+    env.ack(b.command_id, codec.FAILED, "health window failed")
     o.tick()
     got = env.members(rid)
     assert got[env.device_of(a.command_id)] == "succeeded"
@@ -619,7 +619,7 @@ def test_cancel_force_cancels_in_flight_devices_and_their_commands(env):
     rid = start(env, o, rate="4/min")
     out = o.tick()
     env.ingest.mark_sent([out[0].command_id])
-    env.ack(out[1].command_id, P.IN_PROGRESS)
+    env.ack(out[1].command_id, codec.IN_PROGRESS)
     o.tick()
     assert o.cancel(rid, force=True) == {"canceled_devices": 10}
     assert set(env.members(rid).values()) == {"canceled"}
@@ -629,8 +629,8 @@ def test_cancel_force_cancels_in_flight_devices_and_their_commands(env):
     assert st == {out[0].command_id: "canceled", out[1].command_id: "acked",
                   out[2].command_id: "canceled", out[3].command_id: "canceled"}  # fmt: skip
     name = env.device_of(out[2].command_id)
-    assert env.send([Message(P.topic("f1", name, P.PULL), P.encode_pull(1))]).outgoing == []
-    env.ack(out[1].command_id, P.OK)
+    assert env.send([Message(codec.topic("f1", name, codec.PULL), codec.encode_pull(1))]).outgoing == []
+    env.ack(out[1].command_id, codec.OK)
     o.tick()
     assert set(env.members(rid).values()) == {"canceled"}
 
@@ -639,9 +639,9 @@ def test_retry_failed_requeues_only_the_failures_with_a_new_command_id(env):
     o = env.orch()
     rid = start(env, o, max_failures="10%", min_devices=3)
     out = o.tick()
-    bad = env.board(out[:3], code=P.FAILED)
+    bad = env.board(out[:3], code=codec.FAILED)
     env.board(out[3:5])
-    env.ack(out[5].command_id, P.REJECTED, "validation failed")
+    env.ack(out[5].command_id, codec.REJECTED, "validation failed")
     o.tick()
     assert env.rollout(rid)[0] == "paused"
     assert sorted(env.by_state(rid)["failed"]) == sorted(bad)
@@ -674,7 +674,7 @@ def test_retry_of_a_finished_rollout_runs_it_again(env):
     rid = start(env, o, target="device=d0[0-3]", success="50%")
     out = o.tick()
     env.board(out[:3])
-    env.board(out[3:], code=P.FAILED)
+    env.board(out[3:], code=codec.FAILED)
     for _ in range(2):
         o.tick()
     assert env.rollout(rid)[0] == "finished"
@@ -725,7 +725,7 @@ def test_rollback_puts_changed_devices_back_on_their_previous_version(env):
     assert sorted(x.topic.split("/")[2] for x in cmds) == ["d00", "d01"]
     for x in cmds:
         name = x.topic.split("/")[2]
-        _, cmd, _ = P.Verifier(keys.device_key(SECRET, name), name).check(
+        _, cmd, _ = codec.Verifier(keys.device_key(SECRET, name), name).check(
             x.payload, env.now // 1000
         )
         assert cmd["args"]["sha256"] == V1.hash and base64.b64decode(cmd["args"]["blob"]) == V1.blob
@@ -866,9 +866,9 @@ def test_audit_log_and_summary(dbenv):
     for _ in range(10):
         # a tick between each step: boards accept and install, then report success
         for x in installing:
-            env.ack(x.command_id, P.OK)
+            env.ack(x.command_id, codec.OK)
         for x in accepted:
-            env.ack(x.command_id, P.IN_PROGRESS, "health window")
+            env.ack(x.command_id, codec.IN_PROGRESS, "health window")
             env.state(x.topic.split("/")[2], ver=2)
         installing, accepted = accepted, o.tick()
         env.advance(1000)

@@ -676,13 +676,11 @@ def watch_birth(
 
     import paho.mqtt.client as mqtt
 
-    try:
-        from shared import codec as P
-    except ImportError:
-        from shared import protocol as P  # type: ignore[no-redef]
-    decode_state = getattr(P, "decode_state", None)
+    from shared.wire import codec
 
-    topic = P.topic(cfg["fleet"], cfg["device_id"], P.STATE)
+    decode_state = getattr(codec, "decode_state", None)
+
+    topic = codec.topic(cfg["fleet"], cfg["device_id"], codec.STATE)
     q: queue.Queue[dict[str, Any]] = queue.Queue()
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=f"orrery-deploy-{time.time_ns()}"

@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared import codec as P
+from shared.wire import codec
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "protocol.json"
 KEY = bytes(range(1, 33))
@@ -19,8 +19,8 @@ ANCHOR = [12, 345, 1_700_000_000, 678]
 
 
 def _batch_case(name, boot_id, first_seq, records, flags=0, anchor=None):
-    data = P.encode_batch(boot_id, first_seq, records, flags, anchor)
-    b, err = P.decode_batch(data)
+    data = codec.encode_batch(boot_id, first_seq, records, flags, anchor)
+    b, err = codec.decode_batch(data)
     assert err is None, err
     return {
         "name": name,
@@ -53,8 +53,8 @@ def _plain(v):
 
 
 def _message_case(name, kind, args):
-    enc = getattr(P, "encode_" + kind)
-    dec = getattr(P, "decode_" + ("state" if kind == "will" else kind))
+    enc = getattr(codec, "encode_" + kind)
+    dec = getattr(codec, "decode_" + ("state" if kind == "will" else kind))
     data = enc(*args)
     obj, err = dec(data)
     assert err is None, err
@@ -62,15 +62,15 @@ def _message_case(name, kind, args):
 
 
 def _envelope_case(name, args):
-    data = P.sign_command(KEY, *args)
-    cmd, err = P.verify_envelope(KEY, data)
+    data = codec.sign_command(KEY, *args)
+    cmd, err = codec.verify_envelope(KEY, data)
     assert err is None, err
     return {"name": name, "key": KEY.hex(), "args": args, "hex": data.hex(), "decoded": cmd}
 
 
 def build() -> dict:
     """Every golden case, as the JSON-able dict written to the file."""
-    ramp = [(i // 4, (i % 4) * 250, (i * 131) % 65535 - 32767, i % 8) for i in range(P.MAX_BATCH)]
+    ramp = [(i // 4, (i % 4) * 250, (i * 131) % 65535 - 32767, i % 8) for i in range(codec.MAX_BATCH)]
     batches = [
         _batch_case("one_record", 1, 0, [(0, 0, 0, 0)]),
         _batch_case(
@@ -78,19 +78,19 @@ def build() -> dict:
             0x2A2A2A2A,
             1000,
             [(10, 0, 123, 0), (10, 250, -123, 1), (11, 999, 32767, 255)],
-            P.HISTORICAL,
+            codec.HISTORICAL,
             ANCHOR,
         ),
         _batch_case("synced_live", 77, 5, [(2, 1, -32767, 3)], 0, [0, 0, 0, 0]),
         _batch_case(
             "limits",
-            P.SEQ_MAX,
-            P.SEQ_MAX - 1,
-            [(P.SEQ_MAX, 999, 32767, 255), (P.SEQ_MAX, 999, -32767, 0)],
+            codec.SEQ_MAX,
+            codec.SEQ_MAX - 1,
+            [(codec.SEQ_MAX, 999, 32767, 255), (codec.SEQ_MAX, 999, -32767, 0)],
             0,
-            [P.SEQ_MAX, 999, 0xFFFFFFFF, 999],
+            [codec.SEQ_MAX, 999, 0xFFFFFFFF, 999],
         ),
-        _batch_case("max_batch", 9, 123456, ramp, P.HISTORICAL),
+        _batch_case("max_batch", 9, 123456, ramp, codec.HISTORICAL),
     ]
     messages = [
         _message_case(
@@ -123,14 +123,14 @@ def build() -> dict:
         _message_case("will", "will", [123456]),
         _message_case("event", "event", [7, 42, 3600, 5, "heating", "temp_high", -1200]),
         _message_case("event_no_value", "event", [7, 43, 3601, 0, "idle", "timer.done", None]),
-        _message_case("ack_ok", "ack", ["cmd-1", P.OK, ""]),
+        _message_case("ack_ok", "ack", ["cmd-1", codec.OK, ""]),
         _message_case(
-            "ack_failed_text", "ack", ["2024:07:1", P.FAILED, 'health "window" failed\n° C']
+            "ack_failed_text", "ack", ["2024:07:1", codec.FAILED, 'health "window" failed\n° C']
         ),
-        _message_case("ack_untrusted", "ack", [None, P.BAD_SIGNATURE, "signature mismatch"]),
+        _message_case("ack_untrusted", "ack", [None, codec.BAD_SIGNATURE, "signature mismatch"]),
         _message_case("loss_full", "loss", [7, 100, 611, "store_full"]),
         _message_case("loss_corrupt", "loss", [7, 9, 9, "corrupt"]),
-        _message_case("pull", "pull", [P.SEQ_MAX]),
+        _message_case("pull", "pull", [codec.SEQ_MAX]),
     ]
     envelopes = [
         _envelope_case("reboot", ["c1", "dev-01", "reboot", {}, 1_700_000_000, 1_700_000_600]),
@@ -153,16 +153,16 @@ def build() -> dict:
         _envelope_case("unknown_kind", ["c9", "dev-01", "launch", {"n": -1}, 5, 6]),
     ]
     topics = [
-        {"args": ["fleet-a", "dev_01", k], "topic": P.topic("fleet-a", "dev_01", k)}
-        for k in P.TOPIC_KINDS
+        {"args": ["fleet-a", "dev_01", k], "topic": codec.topic("fleet-a", "dev_01", k)}
+        for k in codec.TOPIC_KINDS
     ]
     boot_ids = [
-        {"rand": r, "boot_id": P.new_boot_id(bytes.fromhex(r))}
+        {"rand": r, "boot_id": codec.new_boot_id(bytes.fromhex(r))}
         for r in ("00000000", "01000000", "ffffffff", "78563412", "000000c0")
     ]
     event_times = [
-        {"anchor": ANCHOR, "up_s": u, "up_ms": m, "unix_ms": P.event_time_ms(ANCHOR, u, m)}
-        for u, m in ((12, 345), (0, 0), (11, 999), (13, 0), (P.SEQ_MAX, 999))
+        {"anchor": ANCHOR, "up_s": u, "up_ms": m, "unix_ms": codec.event_time_ms(ANCHOR, u, m)}
+        for u, m in ((12, 345), (0, 0), (11, 999), (13, 0), (codec.SEQ_MAX, 999))
     ]
     return {
         "batches": batches,

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery import db, keys
-from shared import codec as P
+from shared.wire import codec
 
 COMMANDS = db.Command.__table__
 DEVICES = db.Device.__table__
@@ -56,7 +56,7 @@ def queue(
 ) -> Outgoing | None:
     """Sign and queue a command; return it to publish, or None if that id already exists."""
     iat = now_ms // 1000
-    envelope = P.sign_command(
+    envelope = codec.sign_command(
         keys.device_key(secret, device), cmd_id, device, kind, args, iat, iat + ttl_s
     )
     row = {
@@ -74,7 +74,7 @@ def queue(
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     if conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), row).first() is None:
         return None
-    return Outgoing(cmd_id, P.topic(fleet, device, P.CMD), envelope)
+    return Outgoing(cmd_id, codec.topic(fleet, device, codec.CMD), envelope)
 
 
 def pending_for(conn: Connection, device_id: int, now_ms: int) -> list[Outgoing]:
@@ -90,7 +90,7 @@ def pending_for(conn: Connection, device_id: int, now_ms: int) -> list[Outgoing]
         .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
     )
     return [
-        Outgoing(r.id, P.topic(r.fleet, r.name, P.CMD), r.envelope.encode())
+        Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), r.envelope.encode())
         for r in conn.execute(q)
     ]
 
@@ -105,7 +105,7 @@ def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
         .limit(limit)
     )
     return [
-        Outgoing(r.id, P.topic(r.fleet, r.name, P.CMD), r.envelope.encode())
+        Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), r.envelope.encode())
         for r in conn.execute(q)
     ]
 
@@ -131,9 +131,9 @@ def expire(conn: Connection, now_ms: int) -> int:
 
 def status_for(code: int) -> str:
     """The command status an ack code leads to."""
-    if code in (P.OK, P.DUPLICATE):
+    if code in (codec.OK, codec.DUPLICATE):
         return "done"
-    if code == P.IN_PROGRESS:
+    if code == codec.IN_PROGRESS:
         return "acked"
     return "failed"
 

@@ -200,7 +200,7 @@ def devices_add(
     db_url: DbOpt = None,
 ) -> None:
     """Register devices (provisioning); the ingest dead-letters devices it does not know."""
-    from shared.codec import is_id
+    from shared.wire.codec import is_id
 
     for n in [fleet, *names]:
         if not is_id(n):

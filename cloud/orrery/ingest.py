@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud.orrery import commands as C
 from cloud.orrery import db
-from shared import codec as P
+from shared.wire import codec
 
 log = logging.getLogger("orrery.ingest")
 
@@ -259,7 +259,7 @@ class Ingest:
     def _handle(
         self, conn: Connection, messages: Sequence[Message], now: int, out: Outcome
     ) -> None:
-        batches: list[tuple[_Dev, P.Batch]] = []
+        batches: list[tuple[_Dev, codec.Batch]] = []
         for m in messages:
             reason, dev, kind = self._route(conn, m, now)
             if reason:
@@ -280,14 +280,14 @@ class Ingest:
             self._store_batches(conn, batches, now, out)
 
     def _route(self, conn: Connection, m: Message, now: int) -> tuple[str | None, _Dev | None, str]:
-        parsed, err = P.parse_topic(m.topic)
+        parsed, err = codec.parse_topic(m.topic)
         if err:
             return f"wrong topic: {err}", None, ""
         fleet, name, kind = parsed
-        if kind == P.CMD:
+        if kind == codec.CMD:
             dev = self._device(conn, name, fleet, now, register=False)
             return (None if dev else "unknown device"), dev, kind
-        limit = P.MAX_BATCH_BYTES if kind == P.READINGS else MAX_JSON
+        limit = codec.MAX_BATCH_BYTES if kind == codec.READINGS else MAX_JSON
         if len(m.payload) > limit:
             return f"oversize: {len(m.payload)} bytes > {limit}", None, kind
         dev = self._device(conn, name, fleet, now, register=self.auto_register)
@@ -349,20 +349,20 @@ class Ingest:
     def _one(
         self, conn, dev: _Dev, kind: str, m: Message, now: int, out: Outcome, batches
     ) -> str | None:
-        if kind == P.READINGS:
-            batch, err = P.decode_batch(m.payload)
+        if kind == codec.READINGS:
+            batch, err = codec.decode_batch(m.payload)
             if err:
                 return f"malformed batch: {err}"
             batches.append((dev, batch))
             return None
-        if kind == P.STATE:
-            s, err = P.decode_state(m.payload)
+        if kind == codec.STATE:
+            s, err = codec.decode_state(m.payload)
             return f"malformed state: {err}" if err else self._state(conn, dev, s, m.retain, now)
-        if kind == P.EVENTS:
-            e, err = P.decode_event(m.payload)
+        if kind == codec.EVENTS:
+            e, err = codec.decode_event(m.payload)
             return f"malformed event: {err}" if err else self._event(conn, dev, e, now)
-        if kind == P.ACKS:
-            a, err = P.decode_ack(m.payload)
+        if kind == codec.ACKS:
+            a, err = codec.decode_ack(m.payload)
             if err:
                 return f"malformed ack: {err}"
             if a["id"] is None:
@@ -372,8 +372,8 @@ class Ingest:
                 return f"ack for unknown command: {a['id']!r}"
             self._touch(conn, dev, now)
             return None
-        if kind == P.LOSS:
-            loss, err = P.decode_loss(m.payload)
+        if kind == codec.LOSS:
+            loss, err = codec.decode_loss(m.payload)
             if err:
                 return f"malformed loss: {err}"
             conn.execute(
@@ -403,19 +403,19 @@ class Ingest:
                 reason=loss["reason"],
             )
             return None
-        if kind == P.PULL:
-            _, err = P.decode_pull(m.payload)
+        if kind == codec.PULL:
+            _, err = codec.decode_pull(m.payload)
             if err:
                 return f"malformed pull: {err}"
             self._touch(conn, dev, now)
             out.outgoing.extend(C.pending_for(conn, dev.id, now))
             return None
-        if kind == P.CMD:
+        if kind == codec.CMD:
             if self.secret is None:
                 return None
             from cloud.orrery import keys
 
-            cmd, err = P.verify_envelope(keys.device_key(self.secret, dev.name), m.payload)
+            cmd, err = codec.verify_envelope(keys.device_key(self.secret, dev.name), m.payload)
             if err:
                 return f"bad signature: {err}"
             if cmd["dev"] != dev.name:

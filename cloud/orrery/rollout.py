@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection, Engine
 from cloud.orrery import commands as C
 from cloud.orrery import db
 from cloud.orrery.ingest import jlog, now_ms
-from shared import codec as P
+from shared.wire import codec
 
 DEVICES = db.Device.__table__
 TAGS = db.DeviceTag.__table__
@@ -76,13 +76,13 @@ FAILED = ("failed", "rejected", "timed-out")
 IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
 ACTIVE_ROLLOUT = ("draft", "running", "paused")
 REJECT_CODES = (
-    P.BAD_SIGNATURE,
-    P.EXPIRED,
-    P.REPLAYED,
-    P.MALFORMED,
-    P.UNKNOWN_KIND,
-    P.REJECTED,
-    P.BUSY,
+    codec.BAD_SIGNATURE,
+    codec.EXPIRED,
+    codec.REPLAYED,
+    codec.MALFORMED,
+    codec.UNKNOWN_KIND,
+    codec.REJECTED,
+    codec.BUSY,
 )
 HEALTH = ("reboots", "link_drops", "invalid", "alarms")
 
@@ -728,7 +728,7 @@ class Orchestrator:
                 new, detail = "succeeded", m.ack_detail or "health window passed"
             elif st == "failed":
                 new = "rejected" if m.ack_code in REJECT_CODES else "failed"
-                detail = f"{P.ACK_NAMES.get(m.ack_code, m.ack_code)}: {m.ack_detail or ''}".strip()
+                detail = f"{codec.ACK_NAMES.get(m.ack_code, m.ack_code)}: {m.ack_detail or ''}".strip()
             elif st == "acked":
                 new = "installing" if m.wf_hash == target_hash else "acked"
             elif st == "expired" or st == "canceled":
@@ -813,7 +813,7 @@ class Orchestrator:
             "sha256": wf.hash,
             "health_s": r.health_s,
         }
-        ttl = max(60, min(r.timeout_s, P.MAX_LIFETIME))
+        ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
         for m in rows:
             attempt = m.attempt + 1

@@ -91,11 +91,8 @@ def test_store_persists_across_reset(bench):
 def test_workflow_install(bench):
     """A signed install_workflow command, handled by the node on the board, runs the
     workflow on the board's inputs and is acknowledged."""
-    try:
-        from shared import codec as P
-    except ImportError:
-        from shared import protocol as P  # type: ignore[no-redef]
     from shared import workflow
+    from shared.wire import codec
 
     defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
     compiled = workflow.compile(defn, bench.profile)
@@ -105,7 +102,7 @@ def test_workflow_install(bench):
         "sha256": compiled.hash,
         "health_s": 2,
     }
-    env = P.sign_command(
+    env = codec.sign_command(
         binascii.unhexlify(bench.key),
         "bench-wf-1",
         bench.device_id,
@@ -119,8 +116,7 @@ def test_workflow_install(bench):
         "from firmware import config\n"
         "from firmware.hal import BoardHal\n"
         "from firmware.node import Node\n"
-        "try:\n    from shared import codec as P\nexcept ImportError:\n"
-        "    from shared import protocol as P\n"
+        "from shared.wire import codec\n"
         "class Link:\n"
         "    connected = True\n"
         "    def __init__(self):\n        self.sent = []\n"
@@ -139,7 +135,7 @@ def test_workflow_install(bench):
         "try:\n    os.mkdir('/bench')\nexcept OSError:\n    pass\n"
         "node = Node(cfg, hal, '/bench/node', link, time.ticks_ms, wall_ms=lambda: None)\n"
         "node.wf.boot()\n"
-        f"node._on_message(node.topics[P.CMD], {env!r})\n"
+        f"node._on_message(node.topics[codec.CMD], {env!r})\n"
         "t0 = time.ticks_ms()\n"
         "while time.ticks_diff(time.ticks_ms(), t0) < 4000:\n"
         "    node.step_main()\n"
@@ -148,7 +144,7 @@ def test_workflow_install(bench):
         "acks = []\n"
         "for topic, payload in link.sent:\n"
         "    if topic.endswith('/up/acks'):\n"
-        "        a = P.decode_ack(payload)[0]\n"
+        "        a = codec.decode_ack(payload)[0]\n"
         "        acks.append([a['id'], a['code'], a.get('detail') or a.get('reason') or a.get('msg')])\n"
         "p = node.wf.prog\n"
         "print(json.dumps({'acks': acks, 'wf': p.name if p else None"
@@ -157,7 +153,7 @@ def test_workflow_install(bench):
     )
     mine = [a for a in got["acks"] if a[0] == "bench-wf-1"]
     assert got["wf"] == "greenhouse", got
-    assert [a[1] for a in mine] == [P.IN_PROGRESS, P.OK], got  # staged, then healthy
+    assert [a[1] for a in mine] == [codec.IN_PROGRESS, codec.OK], got  # staged, then healthy
     reads, failed = (int(n) for n in re.findall(r"\d+", mine[-1][2])[:2])
     assert reads > 0 and failed == 0, got  # the workflow sampled the board's inputs
 
@@ -195,14 +191,9 @@ def test_mqtt_round_trip(bench):
 
     import paho.mqtt.client as mqtt
 
+    from shared.wire import codec
+    from shared.wire.codec import decode_ack, sign_command
     from tools.mosquitto import Broker, free_port
-
-    try:
-        from shared import codec as P
-        from shared.codec import decode_ack, sign_command
-    except ImportError:
-        from shared import protocol as P  # type: ignore[no-redef]
-        from shared.protocol import decode_ack, sign_command  # type: ignore[attr-defined,no-redef]
 
     lan_port = free_port()
     broker = Broker(extra_conf=f"listener {lan_port} 0.0.0.0").start()
@@ -259,7 +250,7 @@ def test_mqtt_round_trip(bench):
             binascii.unhexlify(bench.key), "bench-ping-1", bench.device_id, "resend",
             {"first": 1, "last": 1}, now - 5, now + 600,
         )  # fmt: skip
-        sub.publish(P.topic("bench", bench.device_id, P.CMD), env, qos=1)
+        sub.publish(codec.topic("bench", bench.device_id, codec.CMD), env, qos=1)
         end = time.monotonic() + 15
         while time.monotonic() < end and not any(
             a and a[0] and a[0].get("id") == "bench-ping-1" for a in got["acks"]

@@ -11,7 +11,7 @@ from _util import MICROPYTHON, load_json
 
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
-from shared import codec as P
+from shared.wire import codec
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 T0 = 1790000000000
@@ -94,8 +94,8 @@ def _run(node, clock, ms):
 
 def _cmd(node, clock, cmd_id, kind, args, ttl=3600, age=0):
     now = clock.unix_ms() // 1000 - age
-    env = P.sign_command(binascii.unhexlify(KEY), cmd_id, "dev1", kind, args, now, now + ttl)
-    node._on_message(node.topics[P.CMD], env)
+    env = codec.sign_command(binascii.unhexlify(KEY), cmd_id, "dev1", kind, args, now, now + ttl)
+    node._on_message(node.topics[codec.CMD], env)
     return env
 
 
@@ -103,7 +103,7 @@ def _acks(link):
     out = []
     for topic, payload in link.sent:
         if topic.endswith("/up/acks"):
-            out.append(P.decode_ack(payload)[0])
+            out.append(codec.decode_ack(payload)[0])
     return out
 
 

@@ -2,7 +2,9 @@
 
 import binascii
 
-from _nodekit import GOLDEN, P, _acks, _board, _cmd, _install, _run  # noqa: F401
+from _nodekit import GOLDEN, _acks, _board, _cmd, _install, _run  # noqa: F401
+
+from shared.wire import codec
 
 
 def test_connect_publishes_state_and_pull():
@@ -10,7 +12,7 @@ def test_connect_publishes_state_and_pull():
     topics = [t for t, _ in link.sent]
     assert topics[0] == "orrery/f1/dev1/up/state"
     assert topics[1] == "orrery/f1/dev1/up/pull"
-    state = P.decode_state(link.sent[0][1])[0]
+    state = codec.decode_state(link.sent[0][1])[0]
     assert state["online"] is True and state["synced"] is True and state["boot"] > 0
 
 
@@ -18,9 +20,9 @@ def test_install_runs_health_window_then_migrates_on_upgrade():
     node, clock, link = _board()
     _install(node, clock, "i1", "greenhouse_v1")
     _run(node, clock, 500)
-    assert [(a["id"], a["code"]) for a in _acks(link)] == [("i1", P.IN_PROGRESS)]
+    assert [(a["id"], a["code"]) for a in _acks(link)] == [("i1", codec.IN_PROGRESS)]
     _run(node, clock, 4000)
-    assert _acks(link)[-1]["id"] == "i1" and _acks(link)[-1]["code"] == P.OK
+    assert _acks(link)[-1]["id"] == "i1" and _acks(link)[-1]["code"] == codec.OK
     _cmd(node, clock, "c1", "run_command", {"name": "force_cool"})
     _run(node, clock, 300)
     assert node.wf.ex.state_name() == "cool"
@@ -29,7 +31,7 @@ def test_install_runs_health_window_then_migrates_on_upgrade():
     assert node.wf.prog.version == 2
     assert node.wf.ex.state_name() == "cooling"
     _run(node, clock, 4000)
-    assert (_acks(link)[-1]["id"], _acks(link)[-1]["code"]) == ("i2", P.OK)
+    assert (_acks(link)[-1]["id"], _acks(link)[-1]["code"]) == ("i2", codec.OK)
 
 
 def test_refused_commands_and_duplicates():
@@ -38,17 +40,17 @@ def test_refused_commands_and_duplicates():
     _run(node, clock, 4500)
     env = _cmd(node, clock, "c1", "run_command", {"name": "manual"})
     _run(node, clock, 200)
-    node._on_message(node.topics[P.CMD], env)  # a QoS 1 redelivery
-    node._on_message(node.topics[P.CMD], env.replace(b"manual", b"auto__"))  # tampered
+    node._on_message(node.topics[codec.CMD], env)  # a QoS 1 redelivery
+    node._on_message(node.topics[codec.CMD], env.replace(b"manual", b"auto__"))  # tampered
     _cmd(node, clock, "c-old", "run_command", {"name": "auto"}, ttl=60, age=3600)  # expired
     _cmd(node, clock, "c2", "run_command", {"name": "nope"})  # valid, refused by the workflow
     _run(node, clock, 300)
     got = [(a["id"], a["code"]) for a in _acks(link)][2:]
-    assert got[0] == ("c1", P.OK)
-    assert got[1] == ("c1", P.OK), "a duplicate gets the stored result, and runs nothing"
-    assert got[2][1] == P.BAD_SIGNATURE
-    assert got[3] == ("c-old", P.EXPIRED)
-    assert got[4] == ("c2", P.REJECTED)
+    assert got[0] == ("c1", codec.OK)
+    assert got[1] == ("c1", codec.OK), "a duplicate gets the stored result, and runs nothing"
+    assert got[2][1] == codec.BAD_SIGNATURE
+    assert got[3] == ("c-old", codec.EXPIRED)
+    assert got[4] == ("c2", codec.REJECTED)
     assert node.wf.ex.state_name() == "manual"
 
 
@@ -62,7 +64,7 @@ def test_bad_install_is_rejected_and_nothing_changes():
     _cmd(node, clock, "i2", "install_workflow", bad)
     _run(node, clock, 300)
     last = _acks(link)[-1]
-    assert last["id"] == "i2" and last["code"] == P.REJECTED and "sha256" in last["detail"]
+    assert last["id"] == "i2" and last["code"] == codec.REJECTED and "sha256" in last["detail"]
     assert node.wf.prog.version == 1
 
 
@@ -70,7 +72,7 @@ def test_readings_are_stored_and_sent_in_batches():
     node, clock, link = _board()
     _install(node, clock, "i1", "greenhouse_v1")
     _run(node, clock, 10000)
-    batches = [P.decode_batch(p)[0] for t, p in link.sent if t.endswith("/up/readings")]
+    batches = [codec.decode_batch(p)[0] for t, p in link.sent if t.endswith("/up/readings")]
     seqs = []
     for b in batches:
         for r in b.records:

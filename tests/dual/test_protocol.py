@@ -1,4 +1,4 @@
-"""shared/protocol.py, shared/verifier.py, shared/codec.py and shared/hmac256.py, on CPython and on MicroPython."""
+"""shared/wire/message.py, shared/wire/verifier.py, shared/wire/codec.py and shared/wire/hmac256.py, on CPython and on MicroPython."""
 
 import binascii
 import json
@@ -6,8 +6,8 @@ import struct
 
 from _util import allocates, load_json, raises
 
-from shared import codec as P
-from shared.hmac256 import compare_digest, hmac_sha256
+from shared.wire import codec
+from shared.wire.hmac256 import compare_digest, hmac_sha256
 
 GOLD = load_json("tests/golden/protocol.json")
 KEY = bytes(range(1, 33))
@@ -41,21 +41,21 @@ def _plain(v):
 
 
 def test_topic_golden_and_round_trip():
-    assert len(GOLD["topics"]) == len(P.TOPIC_KINDS)
+    assert len(GOLD["topics"]) == len(codec.TOPIC_KINDS)
     for case in GOLD["topics"]:
         fleet, device, kind = case["args"]
-        t = P.topic(fleet, device, kind)
+        t = codec.topic(fleet, device, kind)
         assert t == case["topic"]
-        assert P.parse_topic(t) == ((fleet, device, kind), None)
-        assert P.parse_topic(t.encode()) == ((fleet, device, kind), None)
-    assert P.topic("f", "d", P.CMD) == "orrery/f/d/down/cmd"
+        assert codec.parse_topic(t) == ((fleet, device, kind), None)
+        assert codec.parse_topic(t.encode()) == ((fleet, device, kind), None)
+    assert codec.topic("f", "d", codec.CMD) == "orrery/f/d/down/cmd"
 
 
 def test_topic_acl_layout():
     # the board writes only under up/ and reads only under down/
-    for kind in P.TOPIC_KINDS:
-        direction = P.topic("f", "d", kind).split("/")[3]
-        assert direction == ("down" if kind == P.CMD else "up")
+    for kind in codec.TOPIC_KINDS:
+        direction = codec.topic("f", "d", kind).split("/")[3]
+        assert direction == ("down" if kind == codec.CMD else "up")
 
 
 def test_parse_topic_refusals():
@@ -85,20 +85,20 @@ def test_parse_topic_refusals():
         (42, "topic must be str or bytes"),
     ]
     for t, reason in cases:
-        assert P.parse_topic(t) == (None, reason), t
-    assert P.parse_topic("orrery/a/" + "b" * 64 + "/up/pull") == (("a", "b" * 64, P.PULL), None)
+        assert codec.parse_topic(t) == (None, reason), t
+    assert codec.parse_topic("orrery/a/" + "b" * 64 + "/up/pull") == (("a", "b" * 64, codec.PULL), None)
 
 
 def test_topic_encoder_errors():
-    assert "fleet" in str(raises(ValueError, P.topic, "", "d", P.STATE))
-    assert "device" in str(raises(ValueError, P.topic, "f", "d/x", P.STATE))
-    assert "device" in str(raises(ValueError, P.topic, "f", "+", P.STATE))
-    assert "fleet" in str(raises(ValueError, P.topic, "#", "d", P.STATE))
-    assert "device" in str(raises(ValueError, P.topic, "f", "a" * 65, P.STATE))
-    assert "device" in str(raises(ValueError, P.topic, "f", 7, P.STATE))
-    assert "unknown topic kind" in str(raises(ValueError, P.topic, "f", "d", "state"))
-    assert "unknown topic kind" in str(raises(ValueError, P.topic, "f", "d", "down/state"))
-    assert P.is_id("a.b-c_9") and not P.is_id("a:b") and not P.is_id("")
+    assert "fleet" in str(raises(ValueError, codec.topic, "", "d", codec.STATE))
+    assert "device" in str(raises(ValueError, codec.topic, "f", "d/x", codec.STATE))
+    assert "device" in str(raises(ValueError, codec.topic, "f", "+", codec.STATE))
+    assert "fleet" in str(raises(ValueError, codec.topic, "#", "d", codec.STATE))
+    assert "device" in str(raises(ValueError, codec.topic, "f", "a" * 65, codec.STATE))
+    assert "device" in str(raises(ValueError, codec.topic, "f", 7, codec.STATE))
+    assert "unknown topic kind" in str(raises(ValueError, codec.topic, "f", "d", "state"))
+    assert "unknown topic kind" in str(raises(ValueError, codec.topic, "f", "d", "down/state"))
+    assert codec.is_id("a.b-c_9") and not codec.is_id("a:b") and not codec.is_id("")
 
 
 # --- readings batches ---------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def test_batch_golden():
     assert len(GOLD["batches"]) >= 5
     for case in GOLD["batches"]:
         a = case["args"]
-        data = P.encode_batch(a["boot_id"], a["first_seq"], a["records"], a["flags"], a["anchor"])
+        data = codec.encode_batch(a["boot_id"], a["first_seq"], a["records"], a["flags"], a["anchor"])
         assert _hex(data) == case["hex"], case["name"]
-        b, err = P.decode_batch(_unhex(case["hex"]))
+        b, err = codec.decode_batch(_unhex(case["hex"]))
         assert err is None, case["name"]
         d = case["decoded"]
         assert b.boot_id == d["boot_id"] and b.first_seq == d["first_seq"], case["name"]
@@ -122,7 +122,7 @@ def test_batch_golden():
 
 def test_batch_bytes_by_hand():
     # the layout written out byte by byte, independently of struct
-    data = P.encode_batch(0x01020304, 0x0A0B0C0D, [(0x11223344, 999, -2, 7)], P.HISTORICAL)
+    data = codec.encode_batch(0x01020304, 0x0A0B0C0D, [(0x11223344, 999, -2, 7)], codec.HISTORICAL)
     expected = (
         b"OR\x01\x01"
         + b"\x04\x03\x02\x01"
@@ -134,31 +134,31 @@ def test_batch_bytes_by_hand():
         + b"\x07"
     )
     assert data == expected
-    data = P.encode_batch(1, 0, [(0, 0, 1, 0)], 0, (5, 6, 0x65000000, 7))
-    assert data[3] == P.SYNCED
+    data = codec.encode_batch(1, 0, [(0, 0, 1, 0)], 0, (5, 6, 0x65000000, 7))
+    assert data[3] == codec.SYNCED
     assert data[14:26] == b"\x05\x00\x00\x00\x06\x00\x00\x00\x00\x65\x07\x00"
-    assert len(data) == P.HEADER_SIZE + P.ANCHOR_SIZE + P.RECORD_SIZE
+    assert len(data) == codec.HEADER_SIZE + codec.ANCHOR_SIZE + codec.RECORD_SIZE
 
 
 def test_batch_into_preallocated_buffer():
     records = [(100, 0, -5, 0), (100, 250, 32767, 1), (101, 999, -32767, 2)]
-    buf = bytearray(P.MAX_BATCH_BYTES)
-    off = P.HEADER_SIZE + P.ANCHOR_SIZE
+    buf = bytearray(codec.MAX_BATCH_BYTES)
+    off = codec.HEADER_SIZE + codec.ANCHOR_SIZE
     for r in records:
-        off += P.record_into(buf, off, r[0], r[1], r[2], r[3])
+        off += codec.record_into(buf, off, r[0], r[1], r[2], r[3])
     # the header goes in last, when the count is known
-    assert P.batch_header_into(buf, 0, P.HISTORICAL, 9, 40, len(records), ANCHOR) == 26
-    assert bytes(buf[:off]) == P.encode_batch(9, 40, records, P.HISTORICAL, ANCHOR)
-    b, err = P.decode_batch(memoryview(buf)[:off])
+    assert codec.batch_header_into(buf, 0, codec.HISTORICAL, 9, 40, len(records), ANCHOR) == 26
+    assert bytes(buf[:off]) == codec.encode_batch(9, 40, records, codec.HISTORICAL, ANCHOR)
+    b, err = codec.decode_batch(memoryview(buf)[:off])
     assert err is None
     assert b.records == [(40, 100, 0, -5, 0), (41, 100, 250, 32767, 1), (42, 101, 999, -32767, 2)]
-    assert b.anchor == ANCHOR and b.historical and b.flags == P.HISTORICAL | P.SYNCED
-    assert P.batch_header_into(buf, 0, 0, 9, 40, 3, None) == 14
+    assert b.anchor == ANCHOR and b.historical and b.flags == codec.HISTORICAL | codec.SYNCED
+    assert codec.batch_header_into(buf, 0, 0, 9, 40, 3, None) == 14
 
 
 def test_batch_round_trip_without_anchor():
     records = [(i, i % 1000, i * 7 - 300, i % 3) for i in range(50)]
-    b, err = P.decode_batch(P.encode_batch(3, 77, records))
+    b, err = codec.decode_batch(codec.encode_batch(3, 77, records))
     assert err is None
     assert b.anchor is None and not b.historical and b.flags == 0 and b.count == 50
     for i in range(50):
@@ -166,7 +166,7 @@ def test_batch_round_trip_without_anchor():
 
 
 def _good_batch():
-    return bytearray(P.encode_batch(5, 10, [(1, 2, 3, 4), (5, 6, 7, 8)], 0, ANCHOR))
+    return bytearray(codec.encode_batch(5, 10, [(1, 2, 3, 4), (5, 6, 7, 8)], 0, ANCHOR))
 
 
 def _patched(fmt, offset, value):
@@ -177,7 +177,7 @@ def _patched(fmt, offset, value):
 
 def test_batch_decode_refusals():
     good = bytes(_good_batch())
-    assert P.decode_batch(good)[1] is None
+    assert codec.decode_batch(good)[1] is None
     cases = [
         (None, "batch must be bytes"),
         ("OR", "batch must be bytes"),
@@ -217,16 +217,16 @@ def test_batch_decode_refusals():
         ),
     ]
     for data, reason in cases:
-        assert P.decode_batch(data) == (None, reason), reason
+        assert codec.decode_batch(data) == (None, reason), reason
     # the last seq may be 2**30-1, not more
-    assert P.decode_batch(_patched("<I", 8, (1 << 30) - 2))[1] is None
+    assert codec.decode_batch(_patched("<I", 8, (1 << 30) - 2))[1] is None
 
 
 def test_batch_encoder_errors():
     r = (0, 0, 0, 0)
 
     def msg(*args):
-        return str(raises(ValueError, P.encode_batch, *args))
+        return str(raises(ValueError, codec.encode_batch, *args))
 
     assert msg(1, 0, []) == "count must be an int in [1, 512], got 0"
     assert msg(1, 0, [r] * 513) == "count must be an int in [1, 512], got 513"
@@ -260,9 +260,9 @@ def test_batch_encoder_errors():
     assert msg(1, 0, "abc") == "records must be a list"
     flags = "flags may hold HISTORICAL, and SYNCED only with an anchor"
     assert msg(1, 0, [r], 4) == flags
-    assert msg(1, 0, [r], P.SYNCED) == flags
+    assert msg(1, 0, [r], codec.SYNCED) == flags
     assert msg(1, 0, [r], None) == flags
-    assert P.encode_batch(1, 0, [r], P.SYNCED, ANCHOR) == P.encode_batch(1, 0, [r], 0, ANCHOR)
+    assert codec.encode_batch(1, 0, [r], codec.SYNCED, ANCHOR) == codec.encode_batch(1, 0, [r], 0, ANCHOR)
     assert msg(1, 0, [r], 0, (1, 2, 3)) == "anchor must be (up_s, up_ms, unix_s, unix_ms)"
     assert msg(1, 0, [r], 0, (1, 1000, 3, 4)) == "anchor up_ms must be an int in [0, 999], got 1000"
     assert (
@@ -275,93 +275,93 @@ def test_batch_encoder_errors():
     )
     buf = bytearray(20)
     assert (
-        str(raises(ValueError, P.record_into, buf, 12, 0, 0, 0, 0))
+        str(raises(ValueError, codec.record_into, buf, 12, 0, 0, 0, 0))
         == "no room for 9 bytes at offset 12"
     )
     assert (
-        str(raises(ValueError, P.record_into, buf, -1, 0, 0, 0, 0))
+        str(raises(ValueError, codec.record_into, buf, -1, 0, 0, 0, 0))
         == "no room for 9 bytes at offset -1"
     )
-    e = raises(ValueError, P.batch_header_into, buf, 0, 0, 1, 0, 1, ANCHOR)
+    e = raises(ValueError, codec.batch_header_into, buf, 0, 0, 1, 0, 1, ANCHOR)
     assert str(e) == "no room for 26 bytes at offset 0"
-    assert P.record_into(buf, 11, 0, 0, 0, 0) == 9
+    assert codec.record_into(buf, 11, 0, 0, 0, 0) == 9
 
 
 def test_event_time_ms():
     for case in GOLD["event_times"]:
-        assert P.event_time_ms(case["anchor"], case["up_s"], case["up_ms"]) == case["unix_ms"]
+        assert codec.event_time_ms(case["anchor"], case["up_s"], case["up_ms"]) == case["unix_ms"]
     # at the anchor: the anchor's wall time; before and after it: offset by the uptime delta
-    assert P.event_time_ms(ANCHOR, 12, 345) == T0 * 1000 + 678
-    assert P.event_time_ms(ANCHOR, 0, 0) == T0 * 1000 + 678 - 12345
-    assert P.event_time_ms(ANCHOR, 12, 346) == T0 * 1000 + 679
-    assert P.event_time_ms(ANCHOR, 13, 0) == T0 * 1000 + 678 + 655
-    assert "up_s" in str(raises(ValueError, P.event_time_ms, ANCHOR, -1, 0))
-    assert "anchor" in str(raises(ValueError, P.event_time_ms, None, 1, 0))
+    assert codec.event_time_ms(ANCHOR, 12, 345) == T0 * 1000 + 678
+    assert codec.event_time_ms(ANCHOR, 0, 0) == T0 * 1000 + 678 - 12345
+    assert codec.event_time_ms(ANCHOR, 12, 346) == T0 * 1000 + 679
+    assert codec.event_time_ms(ANCHOR, 13, 0) == T0 * 1000 + 678 + 655
+    assert "up_s" in str(raises(ValueError, codec.event_time_ms, ANCHOR, -1, 0))
+    assert "anchor" in str(raises(ValueError, codec.event_time_ms, None, 1, 0))
 
 
 # --- sequence numbers and boot ids ---------------------------------------------------------------
 
 
 def test_seq():
-    s = P.Seq(7)
+    s = codec.Seq(7)
     assert s.value == 7
     assert s.next() == 7 and s.next() == 8 and s.value == 9
-    assert P.Seq().next() == 0
-    top = P.Seq(P.SEQ_MAX - 1)
-    assert top.next() == P.SEQ_MAX - 1
-    assert top.value == P.SEQ_MAX
+    assert codec.Seq().next() == 0
+    top = codec.Seq(codec.SEQ_MAX - 1)
+    assert top.next() == codec.SEQ_MAX - 1
+    assert top.value == codec.SEQ_MAX
     assert "exhausted" in str(raises(ValueError, top.next))
-    assert top.value == P.SEQ_MAX
-    assert "start" in str(raises(ValueError, P.Seq, 1 << 30))
-    assert "start" in str(raises(ValueError, P.Seq, -1))
-    assert "start" in str(raises(ValueError, P.Seq, "3"))
+    assert top.value == codec.SEQ_MAX
+    assert "start" in str(raises(ValueError, codec.Seq, 1 << 30))
+    assert "start" in str(raises(ValueError, codec.Seq, -1))
+    assert "start" in str(raises(ValueError, codec.Seq, "3"))
 
 
 def test_new_boot_id():
     for case in GOLD["boot_ids"]:
-        assert P.new_boot_id(_unhex(case["rand"])) == case["boot_id"]
-    assert P.new_boot_id(b"\x78\x56\x34\x12") == 0x12345678
-    assert P.new_boot_id(b"\xff\xff\xff\xff") == P.SEQ_MAX
-    assert P.new_boot_id(bytearray(4)) == 1
-    assert "4 bytes" in str(raises(ValueError, P.new_boot_id, b"abc"))
-    assert "4 bytes" in str(raises(ValueError, P.new_boot_id, 1234))
+        assert codec.new_boot_id(_unhex(case["rand"])) == case["boot_id"]
+    assert codec.new_boot_id(b"\x78\x56\x34\x12") == 0x12345678
+    assert codec.new_boot_id(b"\xff\xff\xff\xff") == codec.SEQ_MAX
+    assert codec.new_boot_id(bytearray(4)) == 1
+    assert "4 bytes" in str(raises(ValueError, codec.new_boot_id, b"abc"))
+    assert "4 bytes" in str(raises(ValueError, codec.new_boot_id, 1234))
 
 
 def mp_test_record_into_allocates_nothing():
-    buf = bytearray(P.MAX_BATCH_BYTES)
-    assert not allocates(lambda: P.record_into(buf, 26, P.SEQ_MAX, 999, -32767, 255))
+    buf = bytearray(codec.MAX_BATCH_BYTES)
+    assert not allocates(lambda: codec.record_into(buf, 26, codec.SEQ_MAX, 999, -32767, 255))
     assert bytes(buf[26:35]) == b"\xff\xff\xff\x3f\xe7\x03\x01\x80\xff"
-    assert not allocates(lambda: P.batch_header_into(buf, 0, P.HISTORICAL, 5, 0, 1, ANCHOR))
-    assert not allocates(lambda: P.batch_header_into(buf, 0, 0, 5, 0, 1, None))
-    assert P.batch_header_into(buf, 0, 0, 5, 0, 1, None) == P.HEADER_SIZE
+    assert not allocates(lambda: codec.batch_header_into(buf, 0, codec.HISTORICAL, 5, 0, 1, ANCHOR))
+    assert not allocates(lambda: codec.batch_header_into(buf, 0, 0, 5, 0, 1, None))
+    assert codec.batch_header_into(buf, 0, 0, 5, 0, 1, None) == codec.HEADER_SIZE
     # the probe can fail: decoding builds a list
-    assert allocates(lambda: P.decode_batch(buf))
+    assert allocates(lambda: codec.decode_batch(buf))
 
 
 def mp_test_seq_next_allocates_nothing():
-    s = P.Seq(P.SEQ_MAX - 3)
+    s = codec.Seq(codec.SEQ_MAX - 3)
     assert not allocates(s.next)
     assert not allocates(s.next)
-    assert s.value == P.SEQ_MAX - 1
+    assert s.value == codec.SEQ_MAX - 1
 
 
 # --- JSON messages ------------------------------------------------------------------------------
 
 _DECODE = {
-    "state": P.decode_state,
-    "will": P.decode_state,
-    "event": P.decode_event,
-    "ack": P.decode_ack,
-    "loss": P.decode_loss,
-    "pull": P.decode_pull,
+    "state": codec.decode_state,
+    "will": codec.decode_state,
+    "event": codec.decode_event,
+    "ack": codec.decode_ack,
+    "loss": codec.decode_loss,
+    "pull": codec.decode_pull,
 }
 _ENCODE = {
-    "state": P.encode_state,
-    "will": P.encode_will,
-    "event": P.encode_event,
-    "ack": P.encode_ack,
-    "loss": P.encode_loss,
-    "pull": P.encode_pull,
+    "state": codec.encode_state,
+    "will": codec.encode_will,
+    "event": codec.encode_event,
+    "ack": codec.encode_ack,
+    "loss": codec.encode_loss,
+    "pull": codec.encode_pull,
 }
 
 
@@ -378,21 +378,21 @@ def test_messages_golden():
 
 
 def test_state_round_trip():
-    data = P.encode_state(True, "1.0", "wf", 2, "ab12", 9, 100, True, ANCHOR, 99, {"rssi": -70})
-    s, err = P.decode_state(data)
+    data = codec.encode_state(True, "1.0", "wf", 2, "ab12", 9, 100, True, ANCHOR, 99, {"rssi": -70})
+    s, err = codec.decode_state(data)
     assert err is None
     assert s["online"] is True and s["anchor"] == ANCHOR and s["extra"] == {"rssi": -70}
     assert s["wf"] == "wf" and s["wf_ver"] == 2 and s["wf_hash"] == "ab12" and s["last_seq"] == 99
-    w, err = P.decode_state(P.encode_will(9))
+    w, err = codec.decode_state(codec.encode_will(9))
     assert err is None
     assert w["online"] is False and w["boot"] == 9 and w["fw"] is None and w["anchor"] is None
     # unknown keys are ignored; the decoded dict holds only known ones
-    s, err = P.decode_state(b'{"v":1,"online":false,"boot":3,"future":[1]}')
+    s, err = codec.decode_state(b'{"v":1,"online":false,"boot":3,"future":[1]}')
     assert err is None and "future" not in s
 
 
 def test_event_ack_loss_pull_round_trip():
-    e, err = P.decode_event(P.encode_event(1, 2, 3, 4, "s", "e", 32767))
+    e, err = codec.decode_event(codec.encode_event(1, 2, 3, 4, "s", "e", 32767))
     assert err is None
     assert e == {
         "boot": 1,
@@ -403,15 +403,15 @@ def test_event_ack_loss_pull_round_trip():
         "event": "e",
         "value": 32767,
     }
-    for code in P.ACK_NAMES:
-        a, err = P.decode_ack(P.encode_ack("c:1", code, P.ACK_NAMES[code]))
-        assert err is None and a == {"id": "c:1", "code": code, "detail": P.ACK_NAMES[code]}
-    assert len(P.ACK_NAMES) == 11 and P.ACK_NAMES[P.BUSY] == "BUSY"
-    assert P.decode_loss(P.encode_loss(4, 0, 0, "corrupt")) == (
+    for code in codec.ACK_NAMES:
+        a, err = codec.decode_ack(codec.encode_ack("c:1", code, codec.ACK_NAMES[code]))
+        assert err is None and a == {"id": "c:1", "code": code, "detail": codec.ACK_NAMES[code]}
+    assert len(codec.ACK_NAMES) == 11 and codec.ACK_NAMES[codec.BUSY] == "BUSY"
+    assert codec.decode_loss(codec.encode_loss(4, 0, 0, "corrupt")) == (
         {"boot": 4, "first": 0, "last": 0, "reason": "corrupt"},
         None,
     )
-    assert P.decode_pull(P.encode_pull(8)) == ({"boot": 8}, None)
+    assert codec.decode_pull(codec.encode_pull(8)) == ({"boot": 8}, None)
 
 
 def test_json_decoder_refusals():
@@ -427,144 +427,144 @@ def test_json_decoder_refusals():
 
     B = "boot must be an int in [1, 1073741823], got "
     cases = [
-        (P.decode_pull, b"\xff\xfe", "payload is not UTF-8"),
-        (P.decode_pull, 12, "payload must be bytes or str"),
-        (P.decode_pull, None, "payload must be bytes or str"),
-        (P.decode_pull, b"", "payload is not JSON"),
-        (P.decode_pull, b'{"v":1,"boot":1', "payload is not JSON"),
-        (P.decode_pull, b"[" * 500, "payload is not JSON"),
-        (P.decode_pull, b"[1]", "payload is not a JSON object"),
-        (P.decode_pull, b"null", "payload is not a JSON object"),
-        (P.decode_pull, b'{"boot":1}', "unsupported version None"),
-        (P.decode_pull, b'{"v":2,"boot":1}', "unsupported version 2"),
-        (P.decode_pull, b'{"v":true,"boot":1}', "unsupported version True"),
-        (P.decode_pull, b'{"v":1.0,"boot":1}', "unsupported version 1.0"),
-        (P.decode_pull, b'{"v":"1","boot":1}', "unsupported version '1'"),
-        (P.decode_pull, b'{"v":1}', B + "None"),
-        (P.decode_pull, b'{"v":1,"boot":true}', B + "True"),
-        (P.decode_pull, b'{"v":1,"boot":0}', B + "0"),
-        (P.decode_pull, b'{"v":1,"boot":1073741824}', B + "1073741824"),
-        (P.decode_pull, b'{"v":1,"boot":"1"}', B + "'1'"),
-        (P.decode_state, b'{"v":1,"boot":1}', "online must be a bool, got None"),
-        (P.decode_state, b'{"v":1,"online":0,"boot":1}', "online must be a bool, got 0"),
-        (P.decode_state, b'{"v":1,"online":false}', B + "None"),
-        (P.decode_state, state("", "", ""), B + "None"),
-        (P.decode_state, state('"fw":"1"', '"fw":""'), "fw must be 1..64 printable chars"),
-        (P.decode_state, state('"fw":"1"', '"fw":"a\\nb"'), "fw must be 1..64 printable chars"),
-        (P.decode_state, state('"fw":"1"', '"fw":7'), "fw must be 1..64 printable chars"),
+        (codec.decode_pull, b"\xff\xfe", "payload is not UTF-8"),
+        (codec.decode_pull, 12, "payload must be bytes or str"),
+        (codec.decode_pull, None, "payload must be bytes or str"),
+        (codec.decode_pull, b"", "payload is not JSON"),
+        (codec.decode_pull, b'{"v":1,"boot":1', "payload is not JSON"),
+        (codec.decode_pull, b"[" * 500, "payload is not JSON"),
+        (codec.decode_pull, b"[1]", "payload is not a JSON object"),
+        (codec.decode_pull, b"null", "payload is not a JSON object"),
+        (codec.decode_pull, b'{"boot":1}', "unsupported version None"),
+        (codec.decode_pull, b'{"v":2,"boot":1}', "unsupported version 2"),
+        (codec.decode_pull, b'{"v":true,"boot":1}', "unsupported version True"),
+        (codec.decode_pull, b'{"v":1.0,"boot":1}', "unsupported version 1.0"),
+        (codec.decode_pull, b'{"v":"1","boot":1}', "unsupported version '1'"),
+        (codec.decode_pull, b'{"v":1}', B + "None"),
+        (codec.decode_pull, b'{"v":1,"boot":true}', B + "True"),
+        (codec.decode_pull, b'{"v":1,"boot":0}', B + "0"),
+        (codec.decode_pull, b'{"v":1,"boot":1073741824}', B + "1073741824"),
+        (codec.decode_pull, b'{"v":1,"boot":"1"}', B + "'1'"),
+        (codec.decode_state, b'{"v":1,"boot":1}', "online must be a bool, got None"),
+        (codec.decode_state, b'{"v":1,"online":0,"boot":1}', "online must be a bool, got 0"),
+        (codec.decode_state, b'{"v":1,"online":false}', B + "None"),
+        (codec.decode_state, state("", "", ""), B + "None"),
+        (codec.decode_state, state('"fw":"1"', '"fw":""'), "fw must be 1..64 printable chars"),
+        (codec.decode_state, state('"fw":"1"', '"fw":"a\\nb"'), "fw must be 1..64 printable chars"),
+        (codec.decode_state, state('"fw":"1"', '"fw":7'), "fw must be 1..64 printable chars"),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"wf":null', '"wf":"x"'),
             "wf_ver must be an int in [0, 1073741823], got None",
         ),
-        (P.decode_state, state('"wf_ver":null', '"wf_ver":1'), "wf_ver and wf_hash need wf"),
+        (codec.decode_state, state('"wf_ver":null', '"wf_ver":1'), "wf_ver and wf_hash need wf"),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"wf":null,"wf_ver":null,"wf_hash":null', '"wf":"x","wf_ver":1,"wf_hash":"a b"'),
             "wf_hash must be 1..64 chars of [A-Za-z0-9_.:-], got 'a b'",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"backlog":0', '"backlog":-1'),
             "backlog must be an int in [0, 1073741823], got -1",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"synced":false', '"synced":true'),
             "synced must be true exactly when there is an anchor",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"anchor":null', '"anchor":[1,2,3,4]'),
             "synced must be true exactly when there is an anchor",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"synced":false,"anchor":null', '"synced":true,"anchor":[1,2,3]'),
             "anchor must be (up_s, up_ms, unix_s, unix_ms)",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"synced":false,"anchor":null', '"synced":true,"anchor":[1,2000,3,4]'),
             "anchor up_ms must be an int in [0, 999], got 2000",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state('"last_seq":null', '"last_seq":1.5'),
             "last_seq must be an int in [0, 1073741823], got 1.5",
         ),
-        (P.decode_state, state("", "", ',"boot":1,"extra":[]'), "extra must be a dict"),
+        (codec.decode_state, state("", "", ',"boot":1,"extra":[]'), "extra must be a dict"),
         (
-            P.decode_state,
+            codec.decode_state,
             state("", "", ',"boot":1,"extra":{"a":[1]}'),
             "extra['a'] must be None, bool, int or str",
         ),
         (
-            P.decode_state,
+            codec.decode_state,
             state("", "", ',"boot":1,"extra":{"a b":1}'),
             "extra key must be 1..64 chars of [A-Za-z0-9_.-], got 'a b'",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event('"up_ms":0', '"up_ms":1000'),
             "up_ms must be an int in [0, 999], got 1000",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event('"seq":0', '"seq":-1'),
             "seq must be an int in [0, 1073741823], got -1",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event('"value":0', '"value":-32768'),
             "value must be an int in [-32767, 32767], got -32768",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event('"value":0', '"value":false'),
             "value must be an int in [-32767, 32767], got False",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event('"state":"s"', '"state":""'),
             "state must be 1..64 chars of [A-Za-z0-9_.-], got ''",
         ),
         (
-            P.decode_event,
+            codec.decode_event,
             event(',"event":"e"', ""),
             "event must be 1..64 chars of [A-Za-z0-9_.-], got None",
         ),
-        (P.decode_ack, b'{"v":1,"code":0,"detail":""}', "missing id"),
+        (codec.decode_ack, b'{"v":1,"code":0,"detail":""}', "missing id"),
         (
-            P.decode_ack,
+            codec.decode_ack,
             b'{"v":1,"id":"a b","code":0,"detail":""}',
             "id must be 1..64 chars of [A-Za-z0-9_.:-], got 'a b'",
         ),
         (
-            P.decode_ack,
+            codec.decode_ack,
             b'{"v":1,"id":"a","code":11,"detail":""}',
             "code must be an int in [0, 10], got 11",
         ),
         (
-            P.decode_ack,
+            codec.decode_ack,
             b'{"v":1,"id":"a","code":false,"detail":""}',
             "code must be an int in [0, 10], got False",
         ),
-        (P.decode_ack, b'{"v":1,"id":"a","code":0}', "detail must be a str of at most 200 chars"),
+        (codec.decode_ack, b'{"v":1,"id":"a","code":0}', "detail must be a str of at most 200 chars"),
         (
-            P.decode_loss,
+            codec.decode_loss,
             b'{"v":1,"boot":1,"first":5,"last":4,"reason":"corrupt"}',
             "last must be an int in [5, 1073741823], got 4",
         ),
         (
-            P.decode_loss,
+            codec.decode_loss,
             b'{"v":1,"boot":1,"first":5,"last":5,"reason":"gone"}',
             "reason must be store_full or corrupt, got 'gone'",
         ),
     ]
     for decode, data, reason in cases:
         assert decode(data) == (None, reason), reason
-    assert P.decode_state(state("", "")) == P.decode_state(state("", "", ',"boot":1,"ignored":{}'))
+    assert codec.decode_state(state("", "")) == codec.decode_state(state("", "", ',"boot":1,"ignored":{}'))
 
 
 def test_decoders_never_raise_on_hostile_input():
@@ -584,16 +584,16 @@ def test_decoders_never_raise_on_hostile_input():
         [],
         3.5,
     ]
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     for data in hostile:
-        for decode in (P.decode_state, P.decode_event, P.decode_ack, P.decode_loss, P.decode_pull):
+        for decode in (codec.decode_state, codec.decode_event, codec.decode_ack, codec.decode_loss, codec.decode_pull):
             obj, err = decode(data)
             assert obj is None and isinstance(err, str) and err
-        assert P.decode_batch(data)[0] is None
-        assert P.parse_topic(data)[0] is None
-        assert P.verify_envelope(KEY, data)[0] is None
+        assert codec.decode_batch(data)[0] is None
+        assert codec.parse_topic(data)[0] is None
+        assert codec.verify_envelope(KEY, data)[0] is None
         code, cmd, detail = v.check(data, T0)
-        assert code == P.MALFORMED and cmd is None and detail
+        assert code == codec.MALFORMED and cmd is None and detail
 
 
 def test_json_encoder_errors():
@@ -605,7 +605,7 @@ def test_json_encoder_errors():
     def state(i, value):
         args = list(ok)
         args[i] = value
-        return msg(P.encode_state, *args)
+        return msg(codec.encode_state, *args)
 
     assert state(0, 1) == "online must be a bool, got 1"
     assert state(1, "") == "fw must be 1..64 printable chars"
@@ -616,28 +616,28 @@ def test_json_encoder_errors():
     assert state(7, True) == "synced must be true exactly when there is an anchor"
     assert state(8, (1, 2, 3, 4)) == "synced must be true exactly when there is an anchor"
     assert state(9, -1) == "last_seq must be an int in [0, 1073741823], got -1"
-    e = raises(ValueError, P.encode_state, *(ok + [{"a": 1.5}]))
+    e = raises(ValueError, codec.encode_state, *(ok + [{"a": 1.5}]))
     assert str(e) == "extra['a'] must be None, bool, int or str"
-    assert msg(P.encode_will, 0) == "boot must be an int in [1, 1073741823], got 0"
+    assert msg(codec.encode_will, 0) == "boot must be an int in [1, 1073741823], got 0"
     assert (
-        msg(P.encode_event, 1, 0, 0, 0, "s", "e", -32768)
+        msg(codec.encode_event, 1, 0, 0, 0, "s", "e", -32768)
         == "value must be an int in [-32767, 32767], got -32768"
     )
     assert (
-        msg(P.encode_event, 1, 0, 0, 0, "s", "e", 1.0)
+        msg(codec.encode_event, 1, 0, 0, 0, "s", "e", 1.0)
         == "value must be an int in [-32767, 32767], got 1.0"
     )
     assert (
-        msg(P.encode_event, 1, 0, 0, 0, "s s", "e", 1)
+        msg(codec.encode_event, 1, 0, 0, 0, "s s", "e", 1)
         == "state must be 1..64 chars of [A-Za-z0-9_.-], got 's s'"
     )
-    assert msg(P.encode_ack, "c", 99) == "code must be an int in [0, 10], got 99"
-    assert msg(P.encode_ack, "c", True) == "code must be an int in [0, 10], got True"
-    assert msg(P.encode_ack, "c", P.OK, "x" * 201) == "detail must be a str of at most 200 chars"
-    assert msg(P.encode_ack, "", P.OK) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got ''"
-    assert msg(P.encode_loss, 1, 5, 4, "corrupt") == "last must be an int in [5, 1073741823], got 4"
-    assert msg(P.encode_loss, 1, 5, 5, "full") == "reason must be store_full or corrupt, got 'full'"
-    assert msg(P.encode_pull, None) == "boot must be an int in [1, 1073741823], got None"
+    assert msg(codec.encode_ack, "c", 99) == "code must be an int in [0, 10], got 99"
+    assert msg(codec.encode_ack, "c", True) == "code must be an int in [0, 10], got True"
+    assert msg(codec.encode_ack, "c", codec.OK, "x" * 201) == "detail must be a str of at most 200 chars"
+    assert msg(codec.encode_ack, "", codec.OK) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got ''"
+    assert msg(codec.encode_loss, 1, 5, 4, "corrupt") == "last must be an int in [5, 1073741823], got 4"
+    assert msg(codec.encode_loss, 1, 5, 5, "full") == "reason must be store_full or corrupt, got 'full'"
+    assert msg(codec.encode_pull, None) == "boot must be an int in [1, 1073741823], got None"
 
 
 # --- HMAC-SHA256 --------------------------------------------------------------------------------
@@ -685,7 +685,7 @@ def test_hmac_errors_and_compare():
 
 
 def _sign(cmd_id="c1", kind="reboot", args=None, iat=T0, exp=T0 + 600, dev=DEV, key=KEY):
-    return P.sign_command(key, cmd_id, dev, kind, {} if args is None else args, iat, exp)
+    return codec.sign_command(key, cmd_id, dev, kind, {} if args is None else args, iat, exp)
 
 
 def _envelope(body, sig):
@@ -703,9 +703,9 @@ def _cd(result):
 
 def test_envelope_golden():
     for case in GOLD["envelopes"]:
-        data = P.sign_command(_unhex(case["key"]), *case["args"])
+        data = codec.sign_command(_unhex(case["key"]), *case["args"])
         assert _hex(data) == case["hex"], case["name"]
-        assert P.verify_envelope(_unhex(case["key"]), _unhex(case["hex"])) == (
+        assert codec.verify_envelope(_unhex(case["key"]), _unhex(case["hex"])) == (
             case["decoded"],
             None,
         ), case["name"]
@@ -722,20 +722,20 @@ def test_envelope_layout():
 
 def test_verify_envelope():
     env = _sign()
-    cmd, err = P.verify_envelope(KEY, env)
+    cmd, err = codec.verify_envelope(KEY, env)
     assert err is None and cmd["kind"] == "reboot" and cmd["iat"] == T0
-    assert P.verify_envelope(OTHER_KEY, env) == (None, "BAD_SIGNATURE: signature mismatch")
+    assert codec.verify_envelope(OTHER_KEY, env) == (None, "BAD_SIGNATURE: signature mismatch")
     tampered = env.replace(b"reboot", b"cancel")
-    assert P.verify_envelope(KEY, tampered) == (None, "BAD_SIGNATURE: signature mismatch")
+    assert codec.verify_envelope(KEY, tampered) == (None, "BAD_SIGNATURE: signature mismatch")
     body = json.loads(env)["b"]
-    assert P.verify_envelope(KEY, _envelope(body, None)) == (None, "BAD_SIGNATURE: unsigned")
-    assert "key" in str(raises(ValueError, P.verify_envelope, b"short", env))
+    assert codec.verify_envelope(KEY, _envelope(body, None)) == (None, "BAD_SIGNATURE: unsigned")
+    assert "key" in str(raises(ValueError, codec.verify_envelope, b"short", env))
 
 
 def test_verifier_accepts_valid_command():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     code, cmd, detail = v.check(_sign(args={"n": 1}), T0 + 10)
-    assert (code, detail) == (P.OK, "")
+    assert (code, detail) == (codec.OK, "")
     assert cmd == {
         "id": "c1",
         "dev": DEV,
@@ -745,30 +745,30 @@ def test_verifier_accepts_valid_command():
         "exp": T0 + 600,
     }
     # exactly at exp and exactly at the skew limit are still fine
-    assert v.check(_sign("c2"), T0 + 600)[0] == P.OK
-    assert v.check(_sign("c3", iat=T0 + 300, exp=T0 + 900), T0)[0] == P.OK
+    assert v.check(_sign("c2"), T0 + 600)[0] == codec.OK
+    assert v.check(_sign("c3", iat=T0 + 300, exp=T0 + 900), T0)[0] == codec.OK
 
 
 def test_verifier_signature_refusals():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     env = _sign()
     body = json.loads(env)["b"]
     sig = json.loads(env)["s"]
-    assert v.check(_envelope(body, None), T0) == (P.BAD_SIGNATURE, None, "unsigned")
+    assert v.check(_envelope(body, None), T0) == (codec.BAD_SIGNATURE, None, "unsigned")
     assert v.check(env.replace(b'"reboot', b'"cancel'), T0) == (
-        P.BAD_SIGNATURE,
+        codec.BAD_SIGNATURE,
         None,
         "signature mismatch",
     )
-    assert v.check(_sign(key=OTHER_KEY), T0) == (P.BAD_SIGNATURE, None, "signature mismatch")
-    assert v.check(_envelope(body, sig[:-1]), T0)[0:2] == (P.BAD_SIGNATURE, None)
-    assert v.check(_envelope(body, "z" * 64), T0) == (P.BAD_SIGNATURE, None, "signature is not hex")
-    assert v.check(_envelope(body, sig.upper()), T0)[0] == P.OK  # hex case does not matter
+    assert v.check(_sign(key=OTHER_KEY), T0) == (codec.BAD_SIGNATURE, None, "signature mismatch")
+    assert v.check(_envelope(body, sig[:-1]), T0)[0:2] == (codec.BAD_SIGNATURE, None)
+    assert v.check(_envelope(body, "z" * 64), T0) == (codec.BAD_SIGNATURE, None, "signature is not hex")
+    assert v.check(_envelope(body, sig.upper()), T0)[0] == codec.OK  # hex case does not matter
     assert v.state()["ids"] == [["c1", sig[:32], T0 + 600]]
 
 
 def test_verifier_malformed():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
 
     def signed(body):
         return _envelope(body, _hex(hmac_sha256(KEY, body.encode())))
@@ -807,86 +807,86 @@ def test_verifier_malformed():
         (_sign(dev="dev-02"), "wrong device"),
     ]
     for env, detail in cases:
-        assert v.check(env, T0) == (P.MALFORMED, None, detail), detail
+        assert v.check(env, T0) == (codec.MALFORMED, None, detail), detail
     code, cmd, detail = v.check(signed("{"), T0)  # the parser's own message follows
-    assert (code, cmd) == (P.MALFORMED, None) and detail.startswith("body: ")
+    assert (code, cmd) == (codec.MALFORMED, None) and detail.startswith("body: ")
     assert v.state()["ids"] == []
 
 
 def test_verifier_time_window():
-    v = P.Verifier(KEY, DEV)
-    assert _cd(v.check(_sign("a", exp=T0 + 600), T0 + 601)) == (P.EXPIRED, "expired")
+    v = codec.Verifier(KEY, DEV)
+    assert _cd(v.check(_sign("a", exp=T0 + 600), T0 + 601)) == (codec.EXPIRED, "expired")
     week = 7 * 24 * 3600
-    assert _cd(v.check(_sign("b", exp=T0 + week + 1), T0)) == (P.EXPIRED, "lifetime over 7 days")
-    assert v.check(_sign("c", exp=T0 + week), T0)[0] == P.OK
+    assert _cd(v.check(_sign("b", exp=T0 + week + 1), T0)) == (codec.EXPIRED, "lifetime over 7 days")
+    assert v.check(_sign("c", exp=T0 + week), T0)[0] == codec.OK
     code, cmd, detail = v.check(_sign("d", iat=T0 + 301, exp=T0 + 900), T0)
-    assert (code, detail) == (P.EXPIRED, "issued in the future") and cmd["id"] == "d"
+    assert (code, detail) == (codec.EXPIRED, "issued in the future") and cmd["id"] == "d"
     assert [e[0] for e in v.state()["ids"]] == ["c"]
 
 
 def test_verifier_duplicate_and_replay():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     env = _sign("x1", args={"a": 1})
-    assert v.check(env, T0)[0] == P.OK
+    assert v.check(env, T0)[0] == codec.OK
     code, cmd, detail = v.check(env, T0 + 5)
-    assert (code, detail) == (P.DUPLICATE, "already accepted") and cmd["args"] == {"a": 1}
+    assert (code, detail) == (codec.DUPLICATE, "already accepted") and cmd["args"] == {"a": 1}
     code, cmd, detail = v.check(_sign("x1", args={"a": 2}), T0 + 5)
-    assert (code, detail) == (P.REPLAYED, "id reused with another body") and cmd["args"] == {"a": 2}
+    assert (code, detail) == (codec.REPLAYED, "id reused with another body") and cmd["args"] == {"a": 2}
     # still recognised after being replayed
-    assert v.check(env, T0 + 6)[0] == P.DUPLICATE
+    assert v.check(env, T0 + 6)[0] == codec.DUPLICATE
 
 
 def test_verifier_unknown_kind_is_not_recorded():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     code, cmd, detail = v.check(_sign("k1", kind="launch"), T0)
-    assert (code, detail) == (P.UNKNOWN_KIND, "unknown kind") and cmd["kind"] == "launch"
-    assert v.check(_sign("k1", kind="launch"), T0)[0] == P.UNKNOWN_KIND
+    assert (code, detail) == (codec.UNKNOWN_KIND, "unknown kind") and cmd["kind"] == "launch"
+    assert v.check(_sign("k1", kind="launch"), T0)[0] == codec.UNKNOWN_KIND
     assert v.state()["ids"] == []
-    for kind in P.KINDS:
-        assert v.check(_sign("k-" + kind, kind=kind), T0)[0] == P.OK
+    for kind in codec.KINDS:
+        assert v.check(_sign("k-" + kind, kind=kind), T0)[0] == codec.OK
 
 
 def test_verifier_busy_and_eviction():
-    v = P.Verifier(KEY, DEV, capacity=2)
-    assert v.check(_sign("a", exp=T0 + 100), T0)[0] == P.OK
-    assert v.check(_sign("b", exp=T0 + 200), T0)[0] == P.OK
-    assert _cd(v.check(_sign("c", exp=T0 + 300), T0 + 50)) == (P.BUSY, "replay table full")
+    v = codec.Verifier(KEY, DEV, capacity=2)
+    assert v.check(_sign("a", exp=T0 + 100), T0)[0] == codec.OK
+    assert v.check(_sign("b", exp=T0 + 200), T0)[0] == codec.OK
+    assert _cd(v.check(_sign("c", exp=T0 + 300), T0 + 50)) == (codec.BUSY, "replay table full")
     # "a" is kept until its exp has passed: at exp it still counts
-    assert v.check(_sign("c", exp=T0 + 300), T0 + 100)[0] == P.BUSY
-    assert v.check(_sign("a", exp=T0 + 100), T0 + 100)[0] == P.DUPLICATE
-    assert v.check(_sign("c", exp=T0 + 300), T0 + 101)[0] == P.OK
+    assert v.check(_sign("c", exp=T0 + 300), T0 + 100)[0] == codec.BUSY
+    assert v.check(_sign("a", exp=T0 + 100), T0 + 100)[0] == codec.DUPLICATE
+    assert v.check(_sign("c", exp=T0 + 300), T0 + 101)[0] == codec.OK
     # once forgotten, a replay of "a" is refused by its expiry instead
-    assert v.check(_sign("a", exp=T0 + 100), T0 + 101)[0] == P.EXPIRED
+    assert v.check(_sign("a", exp=T0 + 100), T0 + 101)[0] == codec.EXPIRED
     assert [e[0] for e in v.state()["ids"]] == ["b", "c"]
 
 
 def test_verifier_without_wall_time():
-    v = P.Verifier(KEY, DEV)
+    v = codec.Verifier(KEY, DEV)
     # no time yet: anything unexpired relative to the highest accepted iat (none yet) passes
-    assert v.check(_sign("a", iat=T0, exp=T0 + 600), None)[0] == P.OK
-    assert _cd(v.check(_sign("old", iat=T0 - 9000, exp=T0 - 1), None)) == (P.EXPIRED, "expired")
+    assert v.check(_sign("a", iat=T0, exp=T0 + 600), None)[0] == codec.OK
+    assert _cd(v.check(_sign("old", iat=T0 - 9000, exp=T0 - 1), None)) == (codec.EXPIRED, "expired")
     # a future iat cannot be refused without a clock; it raises the lower bound
-    assert v.check(_sign("b", iat=T0 + 5000, exp=T0 + 5600), None)[0] == P.OK
+    assert v.check(_sign("b", iat=T0 + 5000, exp=T0 + 5600), None)[0] == codec.OK
     assert v.state()["hi"] == T0 + 5000
-    assert v.check(_sign("c", iat=T0 + 100, exp=T0 + 700), None)[0] == P.EXPIRED
+    assert v.check(_sign("c", iat=T0 + 100, exp=T0 + 700), None)[0] == codec.EXPIRED
     assert [e[0] for e in v.state()["ids"]] == ["b"]  # "a" was evicted: its exp is behind
     # a wall clock behind the lower bound does not move time backwards
-    assert v.check(_sign("d", iat=T0, exp=T0 + 700), T0)[0] == P.EXPIRED
+    assert v.check(_sign("d", iat=T0, exp=T0 + 700), T0)[0] == codec.EXPIRED
     assert "now" in str(raises(ValueError, v.check, _sign("e"), 1.5))
 
 
 def test_verifier_persistence():
-    v = P.Verifier(KEY, DEV, capacity=4)
+    v = codec.Verifier(KEY, DEV, capacity=4)
     env = _sign("p1", exp=T0 + 900)
-    assert v.check(env, T0)[0] == P.OK
-    assert v.check(_sign("p2", iat=T0 + 10, exp=T0 + 100), T0 + 20)[0] == P.OK
+    assert v.check(env, T0)[0] == codec.OK
+    assert v.check(_sign("p2", iat=T0 + 10, exp=T0 + 100), T0 + 20)[0] == codec.OK
     saved = json.loads(json.dumps(v.state()))
-    w = P.Verifier(KEY, DEV, capacity=4)
+    w = codec.Verifier(KEY, DEV, capacity=4)
     w.load(saved)
     assert w.state() == v.state()
-    assert w.check(env, None)[0] == P.DUPLICATE
-    assert w.check(_sign("p1", args={"z": 0}, exp=T0 + 900), None)[0] == P.REPLAYED
-    assert _cd(w.check(_sign("p0", iat=T0 - 100, exp=T0 + 5), None)) == (P.EXPIRED, "expired")
+    assert w.check(env, None)[0] == codec.DUPLICATE
+    assert w.check(_sign("p1", args={"z": 0}, exp=T0 + 900), None)[0] == codec.REPLAYED
+    assert _cd(w.check(_sign("p0", iat=T0 - 100, exp=T0 + 5), None)) == (codec.EXPIRED, "expired")
 
     def bad(state):
         return str(raises(ValueError, w.load, state))
@@ -921,7 +921,7 @@ def test_verifier_persistence():
 
 def test_sign_command_errors():
     def msg(*args):
-        return str(raises(ValueError, P.sign_command, *args))
+        return str(raises(ValueError, codec.sign_command, *args))
 
     assert msg(b"short", "c", DEV, "reboot", {}, 1, 2) == "key must be at least 16 bytes"
     assert msg("k" * 32, "c", DEV, "reboot", {}, 1, 2) == "key must be at least 16 bytes"
@@ -947,21 +947,21 @@ def test_sign_command_errors():
         "cannot encode a float (only None, bool, int, str, list, dict)"
     )
     assert msg(KEY, "c", DEV, "reboot", {1: 2}, 1, 2) == "dict keys must be str, got 1"
-    assert str(raises(ValueError, P.Verifier, b"k", DEV)) == "key must be at least 16 bytes"
-    assert "device" in str(raises(ValueError, P.Verifier, KEY, "a/b"))
-    assert "capacity" in str(raises(ValueError, P.Verifier, KEY, DEV, 0))
+    assert str(raises(ValueError, codec.Verifier, b"k", DEV)) == "key must be at least 16 bytes"
+    assert "device" in str(raises(ValueError, codec.Verifier, KEY, "a/b"))
+    assert "capacity" in str(raises(ValueError, codec.Verifier, KEY, DEV, 0))
 
 
 def test_error_texts_come_from_protomsg():
-    # shared.protocol raises with shared.protomsg's texts (imported only to raise)
-    e = raises(ValueError, P.batch_header_into, bytearray(40), 0, 0, 1, 0, 1, (1, 1000, 0, 0))
+    # shared.wire.message raises with shared.wire.errors's texts (imported only to raise)
+    e = raises(ValueError, codec.batch_header_into, bytearray(40), 0, 0, 1, 0, 1, (1, 1000, 0, 0))
     assert str(e) == "anchor up_ms must be an int in [0, 999], got 1000"
-    e = raises(ValueError, P.topic, "f", "a b", P.STATE)
+    e = raises(ValueError, codec.topic, "f", "a b", codec.STATE)
     assert str(e) == "device must be 1..64 chars of [A-Za-z0-9_.-], got 'a b'"
-    e = raises(ValueError, P.encode_ack, "a b", 0)
+    e = raises(ValueError, codec.encode_ack, "a b", 0)
     assert str(e) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got 'a b'"
-    e = raises(ValueError, P.encode_loss, 1, 0, 0, "gone")
+    e = raises(ValueError, codec.encode_loss, 1, 0, 0, "gone")
     assert str(e) == "reason must be store_full or corrupt, got 'gone'"
-    assert str(raises(ValueError, P.encode_ack, None, 0, 5)) == (
+    assert str(raises(ValueError, codec.encode_ack, None, 0, 5)) == (
         "detail must be a str of at most 200 chars"
     )

@@ -7,7 +7,8 @@ import struct
 from _util import MICROPYTHON, allocates, raises
 
 import firmware.store as store_mod
-from firmware.store import CORRUPT, RECORD_SIZE, SEQ_MAX, STORE_FULL, Store, crc16
+from firmware.store import CORRUPT, RECORD_SIZE, STORE_FULL, Store, crc16
+from shared.wire.constants import SEQ_MAX
 
 if MICROPYTHON:
     _BASE = "/flash"  # fresh, empty and writable for this module

@@ -29,11 +29,7 @@ from paho.mqtt.properties import Properties
 
 from cloud.orrery import db
 from cloud.orrery.bench import ingest as bench
-
-try:  # the cloud's view of the protocol (decoders, encode_batch), where the tree has it
-    from shared import codec as P
-except ImportError:
-    from shared import protocol as P
+from shared.wire import codec
 from tools.mosquitto import Broker
 
 FLEET = bench.FLEET
@@ -193,7 +189,7 @@ def make_load(readings: int, devices: int, batch: int = 100, dup: float = 0.10, 
     messages, unique = bench.make_messages(readings, devices, batch, dup, seed)
     sent: Counter = Counter()
     for topic, payload in messages:
-        b, err = P.decode_batch(payload)
+        b, err = codec.decode_batch(payload)
         assert err is None, err
         sent[topic.split("/")[2]] += b.count
     return Load(messages, devices, readings // devices, batch, unique, sent)
@@ -257,7 +253,7 @@ class Publisher:
         self._stop = threading.Event()
         self._store: dict[str, dict[int, tuple]] = {}  # device -> seq -> (up_s, up_ms, v, ch)
         for topic, payload in load.messages:
-            b, _ = P.decode_batch(payload)
+            b, _ = codec.decode_batch(payload)
             recs = self._store.setdefault(topic.split("/")[2], {})
             for seq, up_s, up_ms, value, ch in b.records:
                 recs[seq] = (up_s, up_ms, value, ch)
@@ -288,8 +284,8 @@ class Publisher:
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish at QoS 1 and track it (a readings batch: which readings it holds)."""
         seqs: list[int] = []
-        if topic.endswith("/" + P.READINGS):
-            b, err = P.decode_batch(payload)
+        if topic.endswith("/" + codec.READINGS):
+            b, err = codec.decode_batch(payload)
             assert err is None, err
             seqs = [r[0] for r in b.records]
         # not under self._lock: paho calls on_publish holding its own lock
@@ -370,14 +366,14 @@ class Publisher:
         for i in range(self.load.devices):
             name = bench.device_name(i)
             self.publish(
-                P.topic(FLEET, name, P.STATE),
-                P.encode_state(True, "test", None, None, None, 1 + i, 0, True,
+                codec.topic(FLEET, name, codec.STATE),
+                codec.encode_state(True, "test", None, None, None, 1 + i, 0, True,
                                (0, 0, bench.T0 + i, 0), self.load.per_device),
             )  # fmt: skip
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if self.secret is not None and not reason.is_failure:
-            client.subscribe(f"orrery/{FLEET}/+/{P.CMD}", 1)
+            client.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
 
     def _on_message(self, client, userdata, msg) -> None:
         from cloud.orrery import keys
@@ -385,7 +381,7 @@ class Publisher:
         dev = msg.topic.split("/")[2]
         if dev not in self._store:
             return
-        cmd, err = P.verify_envelope(keys.device_key(self.secret, dev), msg.payload)
+        cmd, err = codec.verify_envelope(keys.device_key(self.secret, dev), msg.payload)
         assert err is None, f"a command for {dev} that does not verify: {err}"
         if cmd["kind"] != "resend" or cmd["id"] in self.answered:
             return
@@ -395,8 +391,8 @@ class Publisher:
         for a in range(first, last + 1, self.load.batch):
             seqs = range(a, min(last, a + self.load.batch - 1) + 1)
             self.publish(
-                P.topic(FLEET, dev, P.READINGS),
-                P.encode_batch(1 + i, a, [recs[s] for s in seqs], P.SYNCED,
+                codec.topic(FLEET, dev, codec.READINGS),
+                codec.encode_batch(1 + i, a, [recs[s] for s in seqs], codec.SYNCED,
                                (0, 0, bench.T0 + i, 0)),
             )  # fmt: skip
             self.resent += len(seqs)
@@ -417,7 +413,7 @@ def fence(b: Broker, engine: sa.Engine, workers: list[Worker], timeout: float = 
     waits until all of them are stored. A worker gets its session's messages in order and
     stores them in order, so once its fence is committed so is everything queued before it.
     """
-    topic = P.topic(FLEET, FENCE, P.READINGS)
+    topic = codec.topic(FLEET, FENCE, codec.READINGS)
     with engine.connect() as c:
         fid = c.execute(sa.text("SELECT id FROM devices WHERE name = :f"), {"f": FENCE}).scalar()
 
@@ -435,7 +431,7 @@ def fence(b: Broker, engine: sa.Engine, workers: list[Worker], timeout: float = 
     deadline = time.monotonic() + timeout
     while pending:
         sent += 1
-        bench.publish(b.port, [(topic, P.encode_batch(1, sent, [(0, 0, 0, 0)], 0, None))])
+        bench.publish(b.port, [(topic, codec.encode_batch(1, sent, [(0, 0, 0, 0)], 0, None))])
         hits = re.findall(
             r"Sending PUBLISH to (\S+) \(d0, q1, r0, m\d+, '" + re.escape(topic), b.log()
         )
@@ -449,9 +445,9 @@ def redeliveries(b: Broker, worker_ids: list[str], publisher_id: str) -> int:
     """Stream messages delivered more than once, as the broker logged them: PUBLISHes it
     re-sent (DUP) to a worker, and PUBLISHes the publisher re-sent (DUP) to it."""
     n = 0
-    fence_topic = P.topic(FLEET, FENCE, P.READINGS)
+    fence_topic = codec.topic(FLEET, FENCE, codec.READINGS)
     for ln in b.log().splitlines():
-        if fence_topic in ln or "/" + P.READINGS + "'" not in ln:
+        if fence_topic in ln or "/" + codec.READINGS + "'" not in ln:
             continue
         m = re.search(r"Sending PUBLISH to (\S+) \(d1, q1", ln)
         if m and m.group(1) in worker_ids:

@@ -40,7 +40,7 @@ def mark(key):
 # The shared modules a board keeps imported (the rest of shared/ is imported on demand), then
 # the modules of the filters the workflow uses (config "filter_modules", from the host): a
 # board imports those when it builds the workflow's chains, and keeps them.
-ORDER = ("shared.filters", "shared.program", "shared.executor", "shared.protocol")
+ORDER = ("shared.filters", "shared.program", "shared.executor", "shared.wire.message")
 
 
 def load_one(name):
@@ -123,8 +123,8 @@ def on_demand():
     for group in (
         ["shared.progload"],
         ["shared.activate"],
-        ["shared.verifier"],
-        ["shared.protoreport"],
+        ["shared.wire.verifier"],
+        ["shared.wire.report"],
     ):
         on_demand_one(group)
 

@@ -113,7 +113,7 @@ def _heap_config(blob: bytes) -> dict:
     modules, one signed command for the node to handle, and an SHT31 reading for BoardHal."""
     from firmware.hal import crc8
     from firmware.node import RARE, REPORTS
-    from shared import codec
+    from shared.wire import codec
 
     key = bytes(32)  # the guest node's hmac_key, "00" * 32
     cmd = codec.sign_command(key, "c1", "dev1", "run_command", {"name": "status"}, 0, 3600)

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from cloud.orrery import db
 from cloud.orrery.ingest import READING_COLS
-from shared import codec as P
+from shared.wire import codec
 from tools.mosquitto import Broker
 
 FLEET = "bench"
@@ -50,7 +50,7 @@ def make_messages(
     msgs = []
     for d in range(devices):
         name = device_name(d)
-        t = P.topic(FLEET, name, P.READINGS)
+        t = codec.topic(FLEET, name, codec.READINGS)
         boot = 1 + d
         anchor = (0, 0, T0 + d, 0)
         for first in range(1, per + 1, batch):
@@ -59,7 +59,7 @@ def make_messages(
                 ((first + i) // 4, 250 * ((first + i) % 4), rnd.randint(-2000, 2000), 0)
                 for i in range(n)
             ]
-            payload = P.encode_batch(boot, first, recs, P.SYNCED, anchor)
+            payload = codec.encode_batch(boot, first, recs, codec.SYNCED, anchor)
             msgs.append((t, payload))
             if rnd.random() < dup:
                 msgs.append((t, payload))
@@ -71,7 +71,7 @@ def rows_of(messages: list[tuple[str, bytes]], now: int) -> list[tuple]:
     """The readings rows the messages hold, in message order (device ids are 1-based by name)."""
     out = []
     for t, payload in messages:
-        b, err = P.decode_batch(payload)
+        b, err = codec.decode_batch(payload)
         assert err is None, err
         did = int(t.split("/")[2][1:]) + 1
         a_up, a_unix = b.anchor[0] * 1000 + b.anchor[1], b.anchor[2] * 1000 + b.anchor[3]
@@ -199,11 +199,11 @@ def end_to_end(
             if time.monotonic() > deadline:
                 raise RuntimeError("orrery serve did not start within 60 s")
             time.sleep(0.1)
-        probe = P.encode_batch(1, 10**9, [(0, 0, 0, 0)], 0, None)
+        probe = codec.encode_batch(1, 10**9, [(0, 0, 0, 0)], 0, None)
         while _stored(engine)[0] == 0:
             if time.monotonic() > deadline:
                 raise RuntimeError("orrery serve stored nothing within 60 s")
-            publish(broker.port, [(P.topic(FLEET, device_name(0), P.READINGS), probe)])
+            publish(broker.port, [(codec.topic(FLEET, device_name(0), codec.READINGS), probe)])
             time.sleep(0.3)
         base = _stored(engine)
         t = time.perf_counter()

@@ -45,8 +45,8 @@ import sqlalchemy as sa
 
 from cloud.orrery import db, keys, registry
 from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
-from shared import codec as P
 from shared import workflow
+from shared.wire import codec
 from tools.mosquitto import Broker
 
 FLEET = "bench"
@@ -113,7 +113,7 @@ class Boards:
         )
         c.max_inflight_messages_set(1000)
         c.max_queued_messages_set(0)
-        c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{P.CMD}", 1)
+        c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
         c.connect("127.0.0.1", port, keepalive=60)
@@ -129,14 +129,14 @@ class Boards:
             if self.first_ack is None:
                 self.first_ack = time.perf_counter()
         if n % VERIFY_EVERY == 0:
-            code, _, detail = P.Verifier(keys.device_key(SECRET, name), name).check(
+            code, _, detail = codec.Verifier(keys.device_key(SECRET, name), name).check(
                 msg.payload, int(time.time())
             )
-            if code == P.OK:
+            if code == codec.OK:
                 self.verified += 1
             else:
-                self.bad.append(f"{name}: {P.ACK_NAMES.get(code, code)} {detail}")
-        client.publish(P.topic(FLEET, name, P.ACKS), P.encode_ack(cmd_id, P.OK, ""), qos=1)
+                self.bad.append(f"{name}: {codec.ACK_NAMES.get(code, code)} {detail}")
+        client.publish(codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, ""), qos=1)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -202,7 +202,7 @@ def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("orrery serve did not start within 60 s")
             c.client.publish(
-                P.topic(FLEET, device_name(0), P.ACKS), P.encode_ack("probe", P.OK), qos=1
+                codec.topic(FLEET, device_name(0), codec.ACKS), codec.encode_ack("probe", codec.OK), qos=1
             )
             time.sleep(0.2)
     finally:

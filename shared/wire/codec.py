@@ -1,18 +1,57 @@
-"""The cloud's view of the Orrery wire protocol (``shared.protocol`` documents the formats).
+"""The companion's view of the wire protocol (the formats are documented in
+``shared/wire/__init__.py``).
 
-Every public name of the protocol is here: the constants and ack codes, the board-side
-encoders re-exported from ``shared.protocol``, ``shared.protostart`` and ``shared.verifier``, and what only the cloud
-needs: the decoders (``decode_batch``, ``decode_state``, ``decode_event``, ``decode_ack``,
-``decode_loss``, ``decode_pull``), ``parse_topic``, ``encode_batch`` and ``record_into``,
-``event_time_ms``, ``Seq``, ``sign_command`` and ``verify_envelope``. A board never imports this
-module, so none of it costs the board RAM. Runs unchanged on both runtimes (dual-tested).
+Every public name of the protocol is here: the constants and ack codes of
+``shared.wire.constants``, the board-side encoders of ``message``, ``connect``, ``report`` and
+``verifier``, and what only the companion needs: the decoders (``decode_batch``,
+``decode_state``, ``decode_event``, ``decode_ack``, ``decode_loss``, ``decode_pull``),
+``parse_topic``, ``encode_batch`` and ``record_into``, ``event_time_ms``, ``Seq``,
+``sign_command`` and ``verify_envelope``. A board never imports this module, so none of it
+costs the board RAM. Runs unchanged on both runtimes (dual-tested).
 """
 
 import binascii
 import struct
 
-from shared.hmac256 import hmac_sha256
-from shared.protocol import (
+from shared.wire.connect import (
+    PREFIX,
+    TOPIC_KINDS,
+    _check_pull,
+    encode_pull,
+    encode_will,
+    is_id,
+    new_boot_id,
+    topic,
+)
+from shared.wire.constants import (
+    ACK_NAMES,
+    ANCHOR_SIZE,
+    BAD_SIGNATURE,
+    BUSY,
+    CLOCK_SKEW,
+    DUPLICATE,
+    EXPIRED,
+    FAILED,
+    HEADER_SIZE,
+    HISTORICAL,
+    IN_PROGRESS,
+    LOSS_REASONS,
+    MALFORMED,
+    MAX_BATCH,
+    MAX_BATCH_BYTES,
+    MAX_LIFETIME,
+    OK,
+    RECORD_SIZE,
+    REJECTED,
+    REPLAYED,
+    SEQ_MAX,
+    SYNCED,
+    U32_MAX,
+    UNKNOWN_KIND,
+    VERSION,
+)
+from shared.wire.hmac256 import hmac_sha256
+from shared.wire.message import (
     ACKS,
     CMD,
     EVENTS,
@@ -31,7 +70,7 @@ from shared.protocol import (
     encode_event,
     put30,
 )
-from shared.protoreport import (
+from shared.wire.report import (
     _check_ack,
     _check_loss,
     _check_state,
@@ -39,17 +78,7 @@ from shared.protoreport import (
     encode_loss,
     encode_state,
 )
-from shared.protostart import (
-    PREFIX,
-    TOPIC_KINDS,
-    _check_pull,
-    encode_pull,
-    encode_will,
-    is_id,
-    new_boot_id,
-    topic,
-)
-from shared.verifier import KINDS, Verifier, _check_body, _key, _load, _open
+from shared.wire.verifier import KINDS, Verifier, _check_body, _key, _load, _open
 
 __all__ = [
     "ACKS",
@@ -113,53 +142,6 @@ __all__ = [
     "topic",
     "verify_envelope",
 ]
-
-VERSION = 1
-
-# --- readings batches -----------------------------------------------------------------------
-
-HISTORICAL = 1
-SYNCED = 2
-MAX_BATCH = 512
-SEQ_MAX = 0x3FFFFFFF  # 2**30 - 1, the largest small int on a 32-bit MicroPython
-HEADER_SIZE = 14
-ANCHOR_SIZE = 12
-RECORD_SIZE = 9
-MAX_BATCH_BYTES = 4634  # HEADER_SIZE + ANCHOR_SIZE + MAX_BATCH * RECORD_SIZE
-U32_MAX = 0xFFFFFFFF
-
-# --- acks: the board's answer to each command ------------------------------------------------
-
-OK = 0
-DUPLICATE = 1  # already done: the stored ack is sent again
-IN_PROGRESS = 2  # accepted and running (e.g. an install's health window)
-BAD_SIGNATURE = 3
-EXPIRED = 4
-REPLAYED = 5
-MALFORMED = 6
-UNKNOWN_KIND = 7
-REJECTED = 8  # valid but refused (e.g. a workflow failed validation)
-FAILED = 9  # ran and failed (e.g. the health window)
-BUSY = 10
-ACK_NAMES = {
-    OK: "OK",
-    DUPLICATE: "DUPLICATE",
-    IN_PROGRESS: "IN_PROGRESS",
-    BAD_SIGNATURE: "BAD_SIGNATURE",
-    EXPIRED: "EXPIRED",
-    REPLAYED: "REPLAYED",
-    MALFORMED: "MALFORMED",
-    UNKNOWN_KIND: "UNKNOWN_KIND",
-    REJECTED: "REJECTED",
-    FAILED: "FAILED",
-    BUSY: "BUSY",
-}
-LOSS_REASONS = ("store_full", "corrupt")
-
-# --- signed commands -------------------------------------------------------------------------
-
-MAX_LIFETIME = 604800  # 7 days
-CLOCK_SKEW = 300
 
 _HDR = "<2sBBIIH"
 _ANC = "<IHIH"

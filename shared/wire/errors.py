@@ -1,10 +1,31 @@
-"""The error texts of ``shared.protocol``'s checks.
+"""The error texts of the wire protocol's checks, and their indexes.
 
-``shared.protocol`` imports this module only to raise an error (``_bad``), so its strings do
-not stay in a board's RAM; the firmware drops it again with its other rare paths
-(``firmware.node.drop_rare``). The indexes are ``shared.protocol``'s private ``_E_*``
-constants (tests/dual/test_protocol.py checks every message).
+The checks (``shared.wire.message``, ``connect`` and ``report``) raise by index and import this
+module only to raise, so its strings do not stay in a board's RAM; the firmware drops it again
+with its other rare paths (``firmware.node.drop_rare``). The ``_E_*`` indexes below are the
+source of the copies those modules hold (``python -m tools.dev.consts``).
 """
+
+from shared import const
+
+_E_ID = const(0)
+_E_KIND = const(1)
+_E_RNG = const(2)
+_E_ROOM = const(3)
+_E_ANCHOR = const(4)
+_E_FLAGS = const(5)
+_E_RAND = const(6)
+_E_KEY = const(7)
+_E_TYPE = const(8)
+_E_ONLINE = const(9)
+_E_EXTRA = const(10)
+_E_EXTRA_VALUE = const(11)
+_E_FW = const(12)
+_E_WF = const(13)
+_E_SYNCED = const(14)
+_E_NO_ID = const(15)
+_E_DETAIL = const(16)
+_E_REASON = const(17)
 
 MSGS = (
     "{} must be 1..64 chars of [A-Za-z0-9_.{}-], got {!r}",
@@ -27,17 +48,17 @@ MSGS = (
     "reason must be store_full or corrupt, got {!r}",
 )
 
-# The names of the anchor's fields, which shared.protocol's _rng gets as indexes (0..3).
+# The names of the anchor's fields, which shared.wire.message's _rng gets as indexes (0..3).
 ANCHOR = ("anchor up_s", "anchor up_ms", "anchor unix_s", "anchor unix_ms")
 
 
 def text(i, args):
     """Message ``i`` (an index into MSGS) formatted with ``args``."""
     args = list(args)
-    if i == 0:  # _id: the name, whether ":" is allowed, the value
+    if i == _E_ID:  # _id: the name, whether ":" is allowed, the value
         args[1] = ":" if args[1] else ""
-    elif i == 2 and type(args[0]) is int:
+    elif i == _E_RNG and type(args[0]) is int:
         args[0] = ANCHOR[args[0]]
-    elif i == 8:  # the value that cannot be encoded: name its type
+    elif i == _E_TYPE:  # the value that cannot be encoded: name its type
         args[0] = type(args[0]).__name__
     return MSGS[i].format(*args)

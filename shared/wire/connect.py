@@ -1,13 +1,14 @@
-"""The parts of ``shared.protocol`` a board uses only at start-up: the topics, the boot id,
-and the last-will and pull payloads (both fixed for a boot).
+"""What a board builds when it starts: its topics, its boot id, and the last-will and pull
+payloads (both fixed for a boot).
 
 ``firmware.node`` imports this module while it is built, keeps the strings and bytes it makes
 (data is cheaper than code) and drops the module again with its other rare paths
-(``firmware.node.drop_rare``). ``shared.codec`` re-exports the public names for the cloud.
-The formats are ``shared.protocol``'s (its module doc).
+(``firmware.node.drop_rare``). ``shared.wire.codec`` re-exports the public names for the
+companion.
 """
 
-from shared.protocol import (
+from shared import const
+from shared.wire.message import (
     ACKS,
     CMD,
     EVENTS,
@@ -22,16 +23,9 @@ from shared.protocol import (
     _rng,
 )
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# Private copies of shared.protocol's (and codec's) constants.
-_SEQ_MAX = const(0x3FFFFFFF)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
+# Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
 _E_KIND = const(1)
 _E_RAND = const(6)
 

@@ -1,109 +1,36 @@
-"""Orrery wire protocol: MQTT topics, readings batches, JSON messages, sequence numbers and
-HMAC-SHA256 signed command envelopes. Runs unchanged on the board and in the cloud.
+"""What a board keeps of the wire protocol: the checks every message shares, the fixed-layout
+JSON writer, the readings batch header and the workflow event message.
 
-This module is what a board keeps in RAM: the topic kinds, the batch header, the event encoder
-and their checks. The rest is imported only where it is used: ``shared.protoreport`` (the
-state, ack and loss encoders: the link thread loads it per report), ``shared.protostart``
-(building topics, the boot id, the last will and the pull: start-up only, the node keeps what
-they make and drops the module), ``shared.verifier`` (the board's command gate, loaded per command), and
-``shared.codec``, the cloud's view: every public name of the protocol (constants, ack codes)
-plus the decoders, ``encode_batch``, ``sign_command``...
-Constants here are private ``const()``s, folded into the bytecode; ``shared.codec`` defines
-the public ones and a test checks they agree.
-
-Topics
-------
-``orrery/<fleet>/<device>/<dir>/<name>``; ids are 1..64 chars of ``[A-Za-z0-9_.-]``.
-The board publishes under ``up/`` and subscribes under ``down/``, so broker ACLs are two
-patterns: ``pattern write orrery/+/%u/up/#`` and ``pattern read orrery/+/%u/down/#``.
-
-- ``up/state``    retained state (birth) message; the MQTT last will puts an offline state here
-- ``up/readings`` readings batches (binary, below)
-- ``up/events``   workflow events (JSON)
-- ``up/acks``     command acks (JSON)
-- ``up/loss``     dropped-range reports (JSON): the store dropped a segment or a corrupt record
-- ``up/pull``     on connect the board asks for its pending commands (JSON)
-- ``down/cmd``    signed command envelopes (JSON)
-
-Readings batch (little-endian; a contiguous run of sequence numbers from one boot)
-----------------------------------------------------------------------------------
-header, 14 bytes: ``"OR"``, version u8 (=1), flags u8 (bit0 HISTORICAL: backlog replayed after
-being offline; bit1 SYNCED: an anchor follows), boot_id u32 (1 .. 2**30-1), first_seq u32,
-count u16 (1 .. MAX_BATCH).
-anchor, 12 bytes, only if SYNCED: anchor_up_s u32, anchor_up_ms u16, anchor_unix_s u32,
-anchor_unix_ms u16: the uptime at which the device learned wall time, and that wall time.
-then ``count`` records of 9 bytes: up_s u32 (< 2**30), up_ms u16 (0..999), value i16 (S16,
--32767..32767), channel u8. Record i has seq ``first_seq + i``; the last seq is < 2**30.
-Sequence numbers stay below 2**30 so the board never makes a big int: at 4 readings/s that
-lasts about 8.5 years.
-
-JSON messages (``"v": 1``; unknown keys are ignored, any other ``v`` is refused)
---------------------------------------------------------------------------------
-- state: ``online fw wf wf_ver wf_hash boot backlog synced anchor last_seq [extra]``;
-  the last will is ``{"v":1,"online":false,"boot":N}`` (decoded with the other keys None).
-- event: ``boot seq up_s up_ms state event value``
-- ack:   ``id code detail`` (``id`` null when the command's id could not be trusted)
-- loss:  ``boot first last reason`` (reason ``store_full`` or ``corrupt``)
-- pull:  ``boot``
-Names (state, event, wf, extra keys) are ids as above; command ids and wf_hash may also hold
-``:``. Encoders
-write ``v`` and the keys in the order listed, nested dicts sorted, no spaces and non-ASCII
-text as raw UTF-8, so both runtimes write the same bytes (MicroPython's json.dumps orders keys
-by hash and spaces them). Decoders return a dict of the listed keys, the anchor as a tuple.
-
-Command envelope
-----------------
-``{"v":1,"b":BODY,"s":HEX}``: BODY is the JSON text of ``{"args","dev","exp","iat","id","kind"}``
-and HEX the HMAC-SHA256 of BODY's UTF-8 bytes under the device's key. The signature covers those
-exact bytes, so no canonical JSON is needed (but text beyond U+FFFF must stay raw UTF-8 in the
-envelope: MicroPython's json does not join escaped surrogate pairs). iat/exp are unix seconds
-(big ints on the board: command handling is not a per-sample path).
+The other messages are built by modules a board imports only when it needs them
+(``shared.wire.connect``, ``shared.wire.report``, ``shared.wire.verifier``); the formats are
+documented in ``shared/wire/__init__.py``.
 """
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:
+from shared import const
 
-    def const(x):
-        return x
-
-
-# Private copies of codec's public constants (tests/dual/test_protocol.py checks them).
-_VERSION = const(1)
-_SYNCED = const(2)
-_MAX_BATCH = const(512)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_VERSION = const(1)  # of batches and JSON messages
+_SYNCED = const(2)  # flag: a time anchor follows the header
+_MAX_BATCH = const(512)  # records per batch
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
-# Error messages: indexes into shared.protomsg.MSGS, whose text stays out of RAM until needed.
-# All of them are listed here; 9..17 are raised by shared.protoreport, which keeps checked
-# copies (const() folds them: a copy costs no RAM).
+# Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
 _E_ID = const(0)
-_E_KIND = const(1)
 _E_RNG = const(2)
 _E_ROOM = const(3)
 _E_ANCHOR = const(4)
 _E_FLAGS = const(5)
-_E_RAND = const(6)
 _E_KEY = const(7)
 _E_TYPE = const(8)
-_E_ONLINE = const(9)
-_E_EXTRA = const(10)
-_E_EXTRA_VALUE = const(11)
-_E_FW = const(12)
-_E_WF = const(13)
-_E_SYNCED = const(14)
-_E_NO_ID = const(15)
-_E_DETAIL = const(16)
-_E_REASON = const(17)
 
 
 def _bad(i, *args):
-    # Raise ValueError with message i; its text is shared.protomsg's, imported only here
+    # Raise ValueError with message i; its text is shared.wire.errors', imported only here
     # (the module itself, not via the package: a concurrent drop_rare cannot break it).
-    from shared.protomsg import text
+    from shared.wire.errors import text
 
     raise ValueError(text(i, args))
 
@@ -143,7 +70,7 @@ def _id(name, v, cmd=False):
 
 def _rng(name, v, lo, hi):
     # type(), not isinstance(): refuses bools (and floats); allocates nothing unless it raises.
-    # ``name`` is a str, or 0..3 for the anchor's fields (shared.protomsg.ANCHOR).
+    # ``name`` is a str, or 0..3 for the anchor's fields (shared.wire.errors.ANCHOR).
     if type(v) is not int or v < lo or v > hi:
         _bad(_E_RNG, name, lo, hi, v)
     return v

@@ -1,24 +1,19 @@
 """The board's occasional reports: the state (birth) message, command acks and loss reports
-(``shared.protocol``'s module doc has the formats).
+(the formats are documented in ``shared/wire/__init__.py``).
 
-A board keeps ``shared.protocol`` (batches and events) in RAM all the time; its link thread
-imports this module for a report and drops it again (``firmware.node``), the one thread that
-imports or drops it. ``shared.codec`` re-exports the encoders and decodes with the checks.
+A board keeps ``shared.wire.message`` (batches and events) in RAM all the time; its link
+thread imports this module for a report and drops it again (``firmware.node``), the one thread
+that imports or drops it. ``shared.wire.codec`` re-exports the encoders and decodes with the
+checks.
 """
 
-from shared.protocol import _anchor, _bad, _emit, _id, _opt, _pick, _rng
+from shared import const
+from shared.wire.message import _anchor, _bad, _emit, _id, _opt, _pick, _rng
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# Private copies of shared.codec's constants and shared.protocol's message indexes (tests check).
-_SEQ_MAX = const(0x3FFFFFFF)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 _BUSY = const(10)  # the highest ack code
+# Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
 _E_ONLINE = const(9)
 _E_EXTRA = const(10)
 _E_EXTRA_VALUE = const(11)
@@ -99,7 +94,7 @@ def encode_state(
     return _emit(_STATE if extra is None else _STATE + ("extra",), d)
 
 
-# acks: the board's answer to each command (the codes are shared.codec's OK .. BUSY)
+# acks: the board's answer to each command (the codes are shared.wire.constants' OK .. BUSY)
 
 _ACK = ("id", "code", "detail")
 

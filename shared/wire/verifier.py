@@ -1,36 +1,30 @@
-"""The board's gate for signed command envelopes (``shared.protocol``'s "Command envelope").
+"""The board's gate for signed command envelopes (the format is documented in
+``shared/wire/__init__.py``, "Command envelope").
 
-Command handling is rare, so a board imports this module (and ``shared.hmac256``) only while
-it handles commands and drops it afterwards (``firmware.commands``); the replay table lives
-on flash between commands. The cloud reaches the same code through ``shared.codec``
-(``verify_envelope``, ``sign_command``).
+Command handling is rare, so a board imports this module (and ``shared.wire.hmac256``) only
+while it handles commands and drops it afterwards (``firmware.commands``); the replay table
+lives on flash between commands. The companion reaches the same code through
+``shared.wire.codec`` (``verify_envelope``, ``sign_command``).
 """
 
 import binascii
 import json
 
-from shared.hmac256 import compare_digest, hmac_sha256
-from shared.protocol import _id, _rng
+from shared import const
+from shared.wire.hmac256 import compare_digest, hmac_sha256
+from shared.wire.message import _id, _rng
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# Private copies of shared.codec's ack codes and limits (tests/dual/test_protocol.py checks).
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
-_DUPLICATE = const(1)
+_DUPLICATE = const(1)  # already done: the stored ack is sent again
 _BAD_SIGNATURE = const(3)
 _EXPIRED = const(4)
 _REPLAYED = const(5)
 _MALFORMED = const(6)
 _UNKNOWN_KIND = const(7)
-_BUSY = const(10)
+_BUSY = const(10)  # the highest ack code
 _MAX_LIFETIME = const(604800)  # 7 days
-_CLOCK_SKEW = const(300)
+_CLOCK_SKEW = const(300)  # s a command's iat may lie ahead of the board's clock
 
 KINDS = (
     "install_workflow",

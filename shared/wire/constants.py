@@ -1,0 +1,55 @@
+"""Every constant of the wire protocol: versions, flags, sizes, limits, ack codes and loss
+reasons (the formats are documented in ``shared/wire/__init__.py``).
+
+This module is the one source of these values. The companion reads them here (or through
+``shared.wire.codec``); a board never imports it: its modules hold private ``const()``
+copies, which MicroPython folds into the bytecode, written by ``python -m tools.dev.consts``
+and checked by ``make test``.
+"""
+
+VERSION = 1  # of batches and JSON messages
+
+# --- readings batches -----------------------------------------------------------------------
+
+HISTORICAL = 1  # flag: backlog replayed after being offline
+SYNCED = 2  # flag: a time anchor follows the header
+MAX_BATCH = 512  # records per batch
+SEQ_MAX = 0x3FFFFFFF  # 2**30 - 1, the largest small int on a 32-bit MicroPython
+HEADER_SIZE = 14
+ANCHOR_SIZE = 12
+RECORD_SIZE = 9  # up_s u32, up_ms u16, value i16, channel u8
+MAX_BATCH_BYTES = 4634  # HEADER_SIZE + ANCHOR_SIZE + MAX_BATCH * RECORD_SIZE
+U32_MAX = 0xFFFFFFFF
+
+# --- acks: the board's answer to each command ------------------------------------------------
+
+OK = 0
+DUPLICATE = 1  # already done: the stored ack is sent again
+IN_PROGRESS = 2  # accepted and running (e.g. an install's health window)
+BAD_SIGNATURE = 3
+EXPIRED = 4
+REPLAYED = 5
+MALFORMED = 6
+UNKNOWN_KIND = 7
+REJECTED = 8  # valid but refused (e.g. a workflow failed validation)
+FAILED = 9  # ran and failed (e.g. the health window)
+BUSY = 10  # the highest ack code
+ACK_NAMES = {
+    OK: "OK",
+    DUPLICATE: "DUPLICATE",
+    IN_PROGRESS: "IN_PROGRESS",
+    BAD_SIGNATURE: "BAD_SIGNATURE",
+    EXPIRED: "EXPIRED",
+    REPLAYED: "REPLAYED",
+    MALFORMED: "MALFORMED",
+    UNKNOWN_KIND: "UNKNOWN_KIND",
+    REJECTED: "REJECTED",
+    FAILED: "FAILED",
+    BUSY: "BUSY",
+}
+LOSS_REASONS = ("store_full", "corrupt")
+
+# --- signed commands -------------------------------------------------------------------------
+
+MAX_LIFETIME = 604800  # 7 days
+CLOCK_SKEW = 300  # s a command's iat may lie ahead of the board's clock
