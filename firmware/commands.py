@@ -19,7 +19,7 @@ _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window
 _UNKNOWN_KIND = const(7)
 _REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
-# Copied from shared/compact.py by python -m tools.dev.consts: edit them there.
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_COMMAND = const(4)
 
 

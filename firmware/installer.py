@@ -1,8 +1,8 @@
 """The installed workflow's lifecycle: load at boot, install with migration, rollback; and the
 node's small persisted tables (time anchors, the command replay table).
 
-All of it is rare, so the node imports this module (with ``shared.progload`` and
-``shared.activate``) only when needed and drops it again (``firmware.node.drop_rare``).
+All of it is rare, so the node imports this module (with ``shared.workflow.load`` and
+``shared.workflow.start``) only when needed and drops it again (``firmware.node.drop_rare``).
 
 Files under ``<root>/wf/``: ``current.bin`` (the compiled device form that runs),
 ``prev.bin`` (the one before, for rollback), ``state.bin`` (the executor snapshot: state,
@@ -22,8 +22,8 @@ from array import array
 
 from firmware.node import remove, replace, write_atomic
 from shared import const
-from shared.executor import Executor
-from shared.program import Program
+from shared.workflow.executor import Executor
+from shared.workflow.program import Program
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
@@ -138,7 +138,7 @@ def install(wf, cmd_id, args):
         return _REJECTED, str(e)
     snap = None
     if wf.ex is not None:
-        from shared.activate import migrate_snapshot
+        from shared.workflow.snapshot import migrate_snapshot
 
         try:
             snap = migrate_snapshot(wf.prog, wf.ex.snapshot(), prog)

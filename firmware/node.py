@@ -17,7 +17,7 @@ Nothing here reboots because the cloud is unreachable.
 Memory: this module holds what runs all the time. The rare paths are modules imported when
 needed and dropped again (``drop_rare``), so their code does not stay in RAM: commands
 (``firmware.commands``, with ``shared.wire.verifier``), the workflow's boot, install and rollback
-(``firmware.installer``, with ``shared.progload`` and ``shared.activate``), set_config and
+(``firmware.installer``, with ``shared.workflow.load``, ``start`` and ``snapshot``), set_config and
 app bundles. Only the main thread imports and drops them (the link thread leaves the bundle
 confirmation to it), so an import never races a drop. The link thread likewise loads and
 drops the encoders of its occasional reports (state, acks, loss: ``shared.wire.report``).
@@ -75,7 +75,7 @@ _HISTORICAL = const(1)  # flag: backlog replayed after being offline
 _HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
 _RECORD_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8
-# Copied from shared/compact.py by python -m tools.dev.consts: edit them there.
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside every range
 _EV_LINK_UP = const(1)
 _EV_LINK_DOWN = const(2)
@@ -95,8 +95,9 @@ RARE = (
     "shared.wire.errors",
     "shared.wire.connect",
     "shared.wire.hmac256",
-    "shared.progload",
-    "shared.activate",
+    "shared.workflow.load",
+    "shared.workflow.start",
+    "shared.workflow.snapshot",
     "shared.filters.catalog",
     "shared.bundle",
 )

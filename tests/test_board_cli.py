@@ -81,6 +81,7 @@ def test_profiles_command():
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
 def test_deploy_command_on_the_virtual_board(tmp_path, monkeypatch):
+    from tools import deploy
     from tools.virtualboard import VirtualBoard
 
     monkeypatch.setenv("ORRERY_SECRET", "cli-secret-for-tests-0123456789")
@@ -93,7 +94,9 @@ def test_deploy_command_on_the_virtual_board(tmp_path, monkeypatch):
         args += ["esp32-devkitc", "--no-lib", "--no-reset"]  # the app cannot run here
         r = runner.invoke(board_app, args)
         assert r.exit_code == 0, r.output
-        assert "MicroPython 1.27.0 (webassembly): 51 file(s) copied" in flat(r.output)
+        # the app's modules, /boot.py and /main.py, the board profile and the config
+        copied = len(deploy.board_files()) + len(deploy.ENTRY) + 2
+        assert f"MicroPython 1.27.0 (webassembly): {copied} file(s) copied" in flat(r.output)
         r = runner.invoke(board_app, args[:-1] + ["--dry-run"])
         assert r.exit_code == 0 and "0 to copy, 0 to remove" in flat(r.output)
         r = runner.invoke(board_app, ["monitor", "--port", b.url, "--seconds", "0.5"])

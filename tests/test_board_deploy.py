@@ -65,7 +65,7 @@ def test_mpremote_commands():
 def test_the_bundle_leaves_out_cpython_modules(tmp_path):
     files = deploy.build_app(tmp_path, slot="b")
     assert files["/main.py"].name == "launcher.py" and files["/boot.py"].name == "boot.py"
-    assert "/app_b/firmware/node.mpy" in files and "/app_b/shared/workflow.mpy" in files
+    assert "/app_b/firmware/node.mpy" in files and "/app_b/shared/workflow/compiler.mpy" in files
     assert not [p for p in files if "link_paho" in p or "simhal" in p]
 
 
@@ -156,12 +156,14 @@ def test_deploy_then_redeploy(board, secret, tmp_path):
     assert third.deleted == ["/lib/orrery_probe/extra.py"]
 
     with deploy.Board(board.url) as b:  # changed on the board behind the manifest's back
-        b.write("/app_a/shared/workflow.mpy", b"garbage")
+        b.write("/app_a/shared/workflow/compiler.mpy", b"garbage")
     fourth = deploy.deploy(board.url, "vb-01", config=None, lib=None, reset=False)
     assert fourth.copied == []  # the manifest said unchanged; the check after copying caught it
     with deploy.Board(board.url) as b:
-        got = b.hashes(["/app_a/shared/workflow.mpy"])["/app_a/shared/workflow.mpy"]
-    assert got == manifest["files"]["/app_a/shared/workflow.mpy"]
+        got = b.hashes(["/app_a/shared/workflow/compiler.mpy"])[
+            "/app_a/shared/workflow/compiler.mpy"
+        ]
+    assert got == manifest["files"]["/app_a/shared/workflow/compiler.mpy"]
 
 
 def test_dry_run_lists_mpremote_commands(board, secret):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import workflow
+from shared.workflow import compiler
 from tools import profiles
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,8 +111,8 @@ def test_load_errors():
 def test_workflow_validator_checks_against_each_profile(name):
     p = profiles.load(name)
     defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
-    assert workflow.errors(defn, p) == []
+    assert compiler.errors(defn, p) == []
     bad = json.loads(defn)
     bad["inputs"][0]["channel"] = "adc9"
-    errs = workflow.errors(json.dumps(bad).encode(), p)
+    errs = compiler.errors(json.dumps(bad).encode(), p)
     assert any("has no channel 'adc9'" in reason and name in reason for _, reason in errs), errs

@@ -1,4 +1,4 @@
-"""Property tests for shared/filters/ and shared/filterspec.py (CPython, hypothesis)."""
+"""Property tests for shared/filters/ and shared/filters/spec.py (CPython, hypothesis)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import filters as F
-from shared import filterspec as S
+from shared.filters import spec as filter_spec
 from shared.filters.biquad import Biquad
 from shared.filters.calibrate import CalibrateLinear
 from shared.filters.catalog import FILTER_CODES, build, build_chain
@@ -278,7 +278,7 @@ def test_ema_converges_exactly(alpha, start, target):
 
 @st.composite
 def biquad_design(draw):
-    kind = draw(st.sampled_from(S.DESIGNS))
+    kind = draw(st.sampled_from(filter_spec.DESIGNS))
     fs = draw(st.sampled_from([10.0, 50.0, 100.0, 1000.0]))
     fc = draw(st.floats(0.02, 0.45)) * fs
     q = draw(st.floats(0.3, 3.0))
@@ -300,7 +300,7 @@ def test_biquad_follows_the_float_filter_within_its_error_bound(design, xs):
     kind, fc, fs, q = design
     spec = {"type": "biquad", "design": kind, "cutoff_hz": fc, "q": q}
     try:
-        code, params = S.compile_spec(spec, 1000.0 / fs)
+        code, params = filter_spec.compile_spec(spec, 1000.0 / fs)
     except ValueError:
         return  # quantized onto/over the unit circle: refused, which is the point
     f = build(code, params)
@@ -318,12 +318,12 @@ def test_biquad_follows_the_float_filter_within_its_error_bound(design, xs):
 def test_calibrate_gain_precision(gain, offset, x):
     spec = {"type": "calibrate", "gain": gain, "offset": offset}
     try:
-        code, (mult, shift, off) = S.compile_spec(spec, 100)
+        code, (mult, shift, off) = filter_spec.compile_spec(spec, 100)
     except ValueError as e:
         assert str(e).startswith("gain:") and abs(gain) < 2**-15
         return
     assert abs(mult / 2**shift - gain) <= 2 ** -(shift + 1)
-    assert shift == 14 or abs(S._qround(gain * 2 ** (shift + 1))) > SMAX  # no finer shift fits
+    assert shift == 14 or abs(filter_spec._qround(gain * 2 ** (shift + 1))) > SMAX  # no finer shift fits
     y = build(code, (mult, shift, off)).update(x)
     ref = max(-SMAX, min(SMAX, x * gain + offset))
     assert abs(y - ref) <= 0.5 + abs(x) * 2.0 ** -(shift + 1) + 1e-9
@@ -339,7 +339,7 @@ json_scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.floats(-1e4, 1e4),
     st.text(max_size=8),
-    st.sampled_from(list(FILTER_CODES) + list(S.DESIGNS)),
+    st.sampled_from(list(FILTER_CODES) + list(filter_spec.DESIGNS)),
 )
 json_values = st.recursive(
     json_scalars,
@@ -370,7 +370,7 @@ def specs(draw):
 )
 def test_compile_spec_raises_only_value_error(spec, period_ms):
     try:
-        code, params = S.compile_spec(spec, period_ms)
+        code, params = filter_spec.compile_spec(spec, period_ms)
     except ValueError as e:
         text = str(e)
         field = text.split(":", 1)[0].split("[")[0]
@@ -378,7 +378,7 @@ def test_compile_spec_raises_only_value_error(spec, period_ms):
         return
     assert type(code) is int and type(params) is tuple and all(type(p) is int for p in params)
     f = build(code, params)  # whatever compiles also builds
-    assert S.footprint(code, params) >= 32
+    assert filter_spec.footprint(code, params) >= 32
     for x in (SMAX, -SMAX, 0):
         y = f.update(x)
         assert y is None or -SMAX <= y <= SMAX
@@ -388,7 +388,7 @@ def test_compile_spec_raises_only_value_error(spec, period_ms):
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True) | q14, min_size=5, max_size=5))
 def test_quantize_biquad_raises_only_value_error(c):
     try:
-        q = S.quantize_biquad(c)
+        q = filter_spec.quantize_biquad(c)
     except ValueError as e:
         assert str(e).startswith("coeffs[")
         return

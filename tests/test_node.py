@@ -21,8 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from firmware.link_paho import PahoLink
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
-from shared import workflow
 from shared.wire import codec
+from shared.workflow import compiler
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
@@ -85,7 +85,7 @@ def sign(device: str, cmd_id: str, kind: str, args: dict, now_s: int, ttl: int =
 
 
 def install_args(name: str, health_s: int = 5) -> dict:
-    c = workflow.compile((WF / name).read_bytes())
+    c = compiler.compile((WF / name).read_bytes())
     return {"blob": base64.b64encode(c.blob).decode(), "sha256": c.hash, "health_s": health_s}
 
 
@@ -335,7 +335,7 @@ def test_stalled_link_does_not_stall_sampling(tmp_path):
                 {"name": "hold", "on": [{"when": {"command": "y"}, "target": "run"}]},
             ],
         }
-        c = workflow.compile(profile_wf)
+        c = compiler.compile(profile_wf)
         root = tmp_path / "dev1"
         (root / "wf").mkdir(parents=True)
         (root / "wf" / "current.bin").write_bytes(c.blob)

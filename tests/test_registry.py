@@ -17,8 +17,8 @@ from cloud.orrery import db, registry
 from cloud.orrery.cli import load_profile
 from cloud.orrery.ingest import Ingest, Message
 from firmware.profile import parse_profile
-from shared import workflow
 from shared.wire import codec
+from shared.workflow import compiler
 from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
@@ -62,7 +62,7 @@ def test_push_is_idempotent_and_versions_are_immutable(engine):
     with engine.begin() as c:
         first = registry.push(c, V1, None, 1)
         assert (first.name, first.version, first.created) == ("greenhouse", 1, True)
-        assert first.hash == workflow.compile(V1).hash
+        assert first.hash == compiler.compile(V1).hash
         # the same content with other key order and whitespace: a no-op
         again = registry.push(c, reformatted(V1), None, 2)
         assert (again.created, again.hash) == (False, first.hash)
@@ -92,7 +92,7 @@ def test_push_is_idempotent_and_versions_are_immutable(engine):
 def test_push_refuses_invalid_definitions(engine):
     d = json.loads(V2)
     d["states"][0]["on"][0]["target"] = "nowhere"
-    with engine.begin() as c, pytest.raises(workflow.WorkflowError) as exc:
+    with engine.begin() as c, pytest.raises(compiler.WorkflowError) as exc:
         registry.push(c, json.dumps(d).encode(), None, 0)
     assert exc.value.path == "states[0].on[0].target"
     assert "unknown state 'nowhere'" in exc.value.reason
@@ -108,10 +108,10 @@ def test_get_resolves_refs_and_says_what_is_known(engine):
     with engine.connect() as c:
         assert registry.get(c, "greenhouse").version == 2  # no version: the latest
         row = registry.get(c, "greenhouse@1")
-        assert (row.name, row.version, row.hash) == ("greenhouse", 1, workflow.compile(V1).hash)
-        assert bytes(row.blob) == workflow.compile(V1).blob
+        assert (row.name, row.version, row.hash) == ("greenhouse", 1, compiler.compile(V1).hash)
+        assert bytes(row.blob) == compiler.compile(V1).blob
         assert registry.definition(row) == json.loads(V1)
-        assert registry.get(c, "lab@3").heap_bytes == workflow.compile(LAB).heap_bytes
+        assert registry.get(c, "lab@3").heap_bytes == compiler.compile(LAB).heap_bytes
         cases = {
             "greenhouse@9": "no workflow 'greenhouse@9' in the registry (known: greenhouse@1, greenhouse@2)",
             "nope": "no workflow 'nope' in the registry",
@@ -176,7 +176,7 @@ def stream() -> list[tuple[int, int, int]]:
 
 
 def test_replay_runs_the_executor_over_readings():
-    v1, v2 = workflow.compile(V1), workflow.compile(V2)
+    v1, v2 = compiler.compile(V1), compiler.compile(V2)
     names = [c[0] for c in parse_profile(load_profile("esp32-devkitc"))[0]]
     t1 = registry.replay(v1.blob, stream(), names, True)
     assert t1.version == "greenhouse@1" and t1.note is None
@@ -223,7 +223,7 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 def test_cli_push_list_show(tmp_path, url):
     v1 = write(tmp_path, "v1.json", V1)
     r = run("workflow", "push", v1, "--db", url)
-    assert f"pushed greenhouse@1 ({workflow.compile(V1).hash[:12]}…)" in r.stdout
+    assert f"pushed greenhouse@1 ({compiler.compile(V1).hash[:12]}…)" in r.stdout
     r = run("workflow", "push", write(tmp_path, "v1b.json", reformatted(V1)), "--db", url)
     assert "greenhouse@1 is already in the registry with this content: nothing to do" in flat(
         r.stdout
@@ -234,7 +234,7 @@ def test_cli_push_list_show(tmp_path, url):
     assert res == {
         "name": "greenhouse",
         "version": 2,
-        "hash": workflow.compile(V2).hash,
+        "hash": compiler.compile(V2).hash,
         "created": True,
     }
     again = json.loads(
@@ -268,14 +268,14 @@ def test_cli_push_list_show(tmp_path, url):
         ("greenhouse", 2, 0),
         ("lab", 3, 1),
     ]
-    assert rows[2]["heap_bytes"] == workflow.compile(LAB).heap_bytes
+    assert rows[2]["heap_bytes"] == compiler.compile(LAB).heap_bytes
     human = run("workflow", "list", "--db", url).stdout
-    assert "greenhouse@2" in human and workflow.compile(V2).hash[:12] in human
+    assert "greenhouse@2" in human and compiler.compile(V2).hash[:12] in human
     shown = json.loads(run("workflow", "show", "greenhouse@1", "--db", url).stdout)
     assert (shown["name"], shown["version"], shown["hash"]) == (
         "greenhouse",
         1,
-        workflow.compile(V1).hash,
+        compiler.compile(V1).hash,
     )
     assert shown["definition"] == json.loads(V1)
     assert json.loads(run("workflow", "show", "greenhouse", "--db", url).stdout)["version"] == 2
@@ -355,7 +355,7 @@ def fleet(url):
     engine = db.engine_for(url)
     ing = Ingest(engine, reorder_window_ms=0)
     anchor = (0, 0, T0, 0)  # uptime 0 was T0
-    h1 = workflow.compile(V1).hash
+    h1 = compiler.compile(V1).hash
     recs = [(s, 0, v, TEMP) for s, v in PROFILE]
     t = "orrery/f1/d1/up/"
     out = ing.handle(
@@ -400,7 +400,7 @@ def test_cli_simulate_side_by_side(fleet):
     ]
     # it equals the registry's replay of the same readings
     names = [c[0] for c in parse_profile(load_profile("esp32-devkitc"))[0]]
-    want = registry.replay(workflow.compile(V2).blob, stream(), names, False)
+    want = registry.replay(compiler.compile(V2).blob, stream(), names, False)
     assert pre == registry.as_dict(want)
     # the human form: a side-by-side table and the preview's transitions
     out = run("workflow", "simulate", "greenhouse@2", "--device", "d1", "--db", url).stdout

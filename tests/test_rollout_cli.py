@@ -14,13 +14,13 @@ import pytest
 from cloud.orrery import db
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import Orchestrator
-from shared import workflow
 from shared.wire import codec
+from shared.workflow import compiler
 from tests.support.cli import flat, run
 
 WF = Path(__file__).parent / "golden" / "workflows"
-V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
-V2 = workflow.compile((WF / "greenhouse.json").read_bytes())
+V1 = compiler.compile((WF / "greenhouse_v1.json").read_bytes())
+V2 = compiler.compile((WF / "greenhouse.json").read_bytes())
 SECRET = "cli-test-fleet-secret-0123456789"
 NAMES = [f"d{i:02d}" for i in range(10)]
 

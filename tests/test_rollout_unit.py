@@ -34,12 +34,12 @@ from cloud.orrery.rollout import (
     parse_waves,
     wave_sizes,
 )
-from shared import workflow
 from shared.wire import codec
+from shared.workflow import compiler
 
 WF = Path(__file__).parent / "golden" / "workflows"
-V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
-V2 = workflow.compile((WF / "greenhouse.json").read_bytes())
+V1 = compiler.compile((WF / "greenhouse_v1.json").read_bytes())
+V2 = compiler.compile((WF / "greenhouse.json").read_bytes())
 SECRET = b"unit-test-fleet-secret-0123456789"
 T0 = 1_790_000_000_000  # unix ms
 

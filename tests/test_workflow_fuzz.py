@@ -12,16 +12,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import workflow
-from shared.compact import MAX_BLOB
-from shared.executor import EV_BOOT, EV_COMMAND, EV_LINK_UP, EV_TIMER, Executor
-from shared.program import Program
-from shared.workflow import WorkflowError
+from shared.workflow import compiler
+from shared.workflow.compiler import WorkflowError
+from shared.workflow.executor import Executor
+from shared.workflow.form import EV_BOOT, EV_COMMAND, EV_LINK_UP, EV_TIMER, MAX_BLOB
+from shared.workflow.program import Program
 
 REPO = Path(__file__).resolve().parent.parent
 GREENHOUSE = json.loads((REPO / "tests" / "golden" / "workflows" / "greenhouse.json").read_text())
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
-BLOB = workflow.compile(GREENHOUSE).blob
+BLOB = compiler.compile(GREENHOUSE).blob
 
 json_scalars = (
     st.none()
@@ -44,15 +44,15 @@ FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCh
 def _outcome(defn, profile=None):
     """Validate; on success compile and check the blob round-trips through Program."""
     try:
-        workflow.validate(defn, profile)
+        compiler.validate(defn, profile)
     except WorkflowError as e:
         assert e.errors and all(isinstance(p, str) and isinstance(r, str) for p, r in e.errors)
         assert e.path == e.errors[0][0] and e.reason == e.errors[0][1]
         return False
-    c = workflow.compile(defn, profile)
+    c = compiler.compile(defn, profile)
     p = Program(c.blob)
     assert p.hash == c.hash and len(c.blob) <= MAX_BLOB and c.heap_bytes > 0
-    assert workflow.compile(defn, profile).blob == c.blob
+    assert compiler.compile(defn, profile).blob == c.blob
     return True
 
 
@@ -70,7 +70,7 @@ def test_top_level_objects_only_ever_raise_workflow_error(d):
 
 def test_a_unicode_digit_is_not_a_migrate_version():
     # found by the fuzzer: "²".isdigit() is true, int("²") raises
-    errs = workflow.errors({"migrate": {"²": None, "٣": {}}})
+    errs = compiler.errors({"migrate": {"²": None, "٣": {}}})
     assert ("migrate.²", "key '²' is not a version number") in errs
     assert ("migrate.٣", "key '٣' is not a version number") in errs
 
@@ -78,9 +78,9 @@ def test_a_unicode_digit_is_not_a_migrate_version():
 @FUZZ
 @given(st.binary(max_size=200) | st.text(max_size=200))
 def test_any_source_text_only_ever_raises_workflow_error(text):
-    assert isinstance(workflow.errors(text), list)
+    assert isinstance(compiler.errors(text), list)
     with pytest.raises(WorkflowError):
-        workflow.validate(text)
+        compiler.validate(text)
 
 
 _REPLACEMENTS = (
@@ -220,7 +220,7 @@ def test_refuses_duplicate_json_keys_with_their_path():
     text = (REPO / "tests" / "golden" / "workflows" / "greenhouse.json").read_text()
     text = text.replace('"initial": "idle",', '"initial": "idle", "initial": "fault",')
     text = text.replace('{"name": "cycles", "init": 0}', '{"name": "cycles", "init": 0, "init": 1}')
-    assert workflow.errors(text) == [
+    assert compiler.errors(text) == [
         ("initial", "duplicate key 'initial'"),
         ("vars[0].init", "duplicate key 'init'"),
     ]
@@ -246,7 +246,7 @@ def _tiny():
 def test_refuses_over_the_transition_limit():
     d = _tiny()
     d["states"][0]["on"] *= 129
-    assert workflow.errors(d) == [
+    assert compiler.errors(d) == [
         ("states[0].on", "129 transitions, over the limit of 128"),
         ("states[0].on[128]", "transition 129 is over the limit of 128 per workflow"),
     ]
@@ -256,7 +256,7 @@ def test_refuses_over_the_action_limit():
     d = _tiny()
     d["states"][0]["entry"] = [{"set_output": "o", "value": 1}] * 200
     d["states"][0]["on"][0]["actions"] = [{"add_var": "n", "value": 1}] * 57
-    assert workflow.errors(d) == [
+    assert compiler.errors(d) == [
         ("states[0].on[0].actions[56]", "action 257 is over the limit of 256 per workflow"),
     ]
 
@@ -265,10 +265,10 @@ def test_refuses_a_compiled_form_over_the_blob_limit():
     d = _tiny()
     terms = [{"var": "n", "op": "<", "value": 3}] * 8
     d["states"][0]["on"] += [{"when": {"command": "x"}, "guard": terms}] * 60
-    errs = workflow.errors(d)
+    errs = compiler.errors(d)
     assert len(errs) == 1 and errs[0][0] == "$", errs
     assert errs[0][1].startswith("the compiled form is 1")
     assert errs[0][1].endswith(" bytes, over the 8192-byte limit")
     d["states"][0]["on"] = d["states"][0]["on"][:40]
-    c = workflow.compile(d)
+    c = compiler.compile(d)
     assert len(c.blob) <= MAX_BLOB and Program(c.blob).name == "tiny"

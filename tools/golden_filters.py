@@ -8,7 +8,7 @@ MicroPython and compares exactly.
 Inputs come from a small LCG, so the file is reproducible. Before writing, each linear
 filter's integer output is checked against a float reference run on the same valid samples,
 with the filter's own quantized coefficients (coefficient quantization is measured
-separately, by ``filterspec.biquad_quantization_error``). Tolerances, in LSB:
+separately, by ``shared.filters.spec.biquad_quantization_error``). Tolerances, in LSB:
 
 - moving_average: 0.5 (the mean is rounded once, exactly)
 - ema, lowpass, highpass: 1 (0.5 output rounding + at most 2**-15 / alpha from the per-step
@@ -27,8 +27,8 @@ import math
 import sys
 from pathlib import Path
 
-from shared import filterspec
 from shared.filters.catalog import build_chain
+from shared.filters.spec import compile_spec
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "tests" / "golden" / "filters.json"
@@ -262,7 +262,7 @@ def _l1_all_pole(a1: float, a2: float, n: int = 5000) -> float:
 def generate() -> dict:
     vectors = []
     for name, specs, signal, seed in VECTORS:
-        compiled = [filterspec.compile_spec(s, PERIOD_MS) for s in specs]
+        compiled = [compile_spec(s, PERIOD_MS) for s in specs]
         inputs = SIGNALS[signal](seed)
         outputs, chain = run(compiled, inputs)
         assert all(y is None or (type(y) is int and -SMAX <= y <= SMAX) for y in outputs), name

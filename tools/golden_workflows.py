@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-from shared import workflow
-from shared.compact import TICKS_MAX
-from shared.program import Program
+from shared.workflow import compiler
+from shared.workflow.form import TICKS_MAX
+from shared.workflow.program import Program
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = REPO / "tests" / "golden" / "workflows"
@@ -129,7 +129,7 @@ def build() -> dict:
 
     workflows = {}
     for path in sorted(SOURCES.glob("*.json")):
-        c = workflow.compile(path.read_bytes())
+        c = compiler.compile(path.read_bytes())
         workflows[path.stem] = {
             "hash": c.hash,
             "blob_bytes": len(c.blob),

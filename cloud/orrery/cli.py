@@ -89,11 +89,11 @@ def workflow_validate(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Validate a workflow with the board's own validator; errors name the path and the reason."""
-    from shared import workflow
+    from shared.workflow import compiler
 
     if not file.exists():
         fail(f"{file}: no such file")
-    errors = workflow.errors(file.read_bytes(), load_profile(board))
+    errors = compiler.errors(file.read_bytes(), load_profile(board))
     if as_json:
         print(
             json.dumps({"ok": not errors, "errors": [{"path": p, "reason": r} for p, r in errors]})
@@ -117,13 +117,13 @@ def workflow_compile(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Compile a workflow to its compact device form; print its hash and heap footprint."""
-    from shared import workflow
+    from shared.workflow import compiler
 
     if not file.exists():
         fail(f"{file}: no such file")
     try:
-        compiled = workflow.compile(file.read_bytes(), load_profile(board))
-    except workflow.WorkflowError as exc:
+        compiled = compiler.compile(file.read_bytes(), load_profile(board))
+    except compiler.WorkflowError as exc:
         for path, reason in exc.errors:
             err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
         raise typer.Exit(1) from None

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery import db
-from shared import workflow
+from shared.workflow import compiler
 
 WORKFLOWS = db.Workflow.__table__
 
@@ -35,7 +35,7 @@ class Pushed:
 
 def push(conn: Connection, text: bytes, profile: dict | None, now_ms: int) -> Pushed:
     """Validate, compile and store a workflow version; raise RegistryError or WorkflowError."""
-    compiled = workflow.compile(text, profile)
+    compiled = compiler.compile(text, profile)
     row = conn.execute(
         sa.select(WORKFLOWS.c.hash).where(
             WORKFLOWS.c.name == compiled.name, WORKFLOWS.c.version == compiled.version
@@ -196,8 +196,9 @@ def replay(
     same filter chains they go straight to the executor (an exact replay); otherwise they are
     run through this version's filters (an approximation, said in ``note``).
     """
-    from shared.executor import EV_SAMPLE, Executor
-    from shared.program import Program
+    from shared.workflow.executor import Executor
+    from shared.workflow.form import EV_SAMPLE
+    from shared.workflow.program import Program
 
     prog = Program(blob)
     trace = Trace(f"{prog.name}@{prog.version}")
@@ -239,7 +240,7 @@ def replay(
 
 def filters_of(blob: bytes) -> list:
     """Each input's channel and filter chain parameters, to compare two versions."""
-    from shared.program import Program
+    from shared.workflow.program import Program
 
     p = Program(blob)
     return [(p.input_channels[i], list(p.filters(i))) for i in range(len(p.input_names))]

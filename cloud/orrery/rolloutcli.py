@@ -57,7 +57,7 @@ def workflow_push(
     existing version is refused."""
     from cloud.orrery import registry
     from cloud.orrery.cli import load_profile
-    from shared import workflow
+    from shared.workflow import compiler
 
     if not file.exists():
         fail(f"{file}: no such file")
@@ -65,7 +65,7 @@ def workflow_push(
     try:
         with engine.begin() as conn:
             res = registry.push(conn, file.read_bytes(), load_profile(board), now_ms())
-    except workflow.WorkflowError as exc:
+    except compiler.WorkflowError as exc:
         for path, reason in exc.errors:
             err.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
         raise typer.Exit(1) from None

@@ -59,7 +59,7 @@ from firmware.link import UmqttLink
 from firmware.node import Node
 from firmware.simhal import SimHal, VirtualClock
 from firmware.store import RECORD_SIZE, Store, crc16
-from shared import workflow
+from shared.workflow import compiler
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE_NAME = "esp32-devkitc"
@@ -963,7 +963,7 @@ class VirtualFleet:
         self._agenda_n = 0
         self._base_published = 0
         self.commits_file = self.root / "commits.jsonl"
-        blob = workflow.compile(flash_workflow.read_bytes()).blob
+        blob = compiler.compile(flash_workflow.read_bytes()).blob
         with self.engine.begin() as conn:
             for f in push:
                 registry.push(conn, f.read_bytes(), None, self.t0)

@@ -91,11 +91,11 @@ def test_store_persists_across_reset(bench):
 def test_workflow_install(bench):
     """A signed install_workflow command, handled by the node on the board, runs the
     workflow on the board's inputs and is acknowledged."""
-    from shared import workflow
     from shared.wire import codec
+    from shared.workflow import compiler
 
     defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
-    compiled = workflow.compile(defn, bench.profile)
+    compiled = compiler.compile(defn, bench.profile)
     now = int(time.time())
     args = {
         "blob": binascii.b2a_base64(compiled.blob).decode().strip(),

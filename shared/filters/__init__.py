@@ -4,7 +4,7 @@ Everything here runs unchanged on CPython 3.11 and on MicroPython. One small cla
 filter, each in its own module, so that a board loads only the filters its workflow uses:
 
 ==============================  =======================================================
-module                          filter types (``shared.filterspec``) and classes
+module                          filter types (``shared.filters.spec``) and classes
 ==============================  =======================================================
 ``shared.filters``              ``Chain``; the number format; the helpers below
 ``shared.filters.catalog``      codes, ``build``, ``build_chain`` (loaded to build, then

@@ -16,7 +16,7 @@ class Biquad(Filter):
     known), which gives exactly the Direct Form I result with half the state.
 
     Error against the real-valued filter: quantized coefficients are within 2**-15 of the
-    designed ones (filterspec may move b1 by up to 2**-13 to make the DC gain exact); the
+    designed ones (``shared.filters.spec`` may move b1 by up to 2**-13 to make the DC gain exact); the
     product truncation biases each output by less than 5 * 2**-11 LSB before rounding; and
     the rounding in the feedback loop gives a dead band: at DC the output can settle up to
     0.5 / |1 + a1 + a2| LSB away from the exact response (about 1 LSB at fc = fs/10, Q=0.707).

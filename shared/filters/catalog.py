@@ -1,6 +1,6 @@
 """The filter codes of compiled workflows, and building filters and chains from them.
 
-A compiled workflow carries each filter as ``(code, params)`` (``shared.filterspec``
+A compiled workflow carries each filter as ``(code, params)`` (``shared.filters.spec``
 compiles authoring specs to it). ``build`` checks that form and makes the filter; each code's
 class is imported only when it is first built, so a board holds only the filters its
 workflow uses. Boards import this module to build a workflow's chains and drop it again.

@@ -23,7 +23,7 @@ class Ema(Filter):
 class LowPass(Ema):
     """First-order low-pass, ``alpha_q14 = round(16384 * (1 - exp(-2*pi*fc*T)))``.
 
-    The same recurrence as Ema; filterspec derives alpha from a cutoff frequency.
+    The same recurrence as Ema; ``shared.filters.spec`` derives alpha from a cutoff frequency.
     """
 
 

@@ -13,9 +13,8 @@ collection happens.
 
 from _util import MICROPYTHON, REPO, load_json, raises
 
-from shared.activate import migrate_snapshot
-from shared.compact import S16_MAX, TICKS_MAX, VAR_MAX
-from shared.executor import (
+from shared.workflow.executor import Executor, elapsed, ticks_add
+from shared.workflow.form import (
     EV_BOOT,
     EV_COMMAND,
     EV_LINK_DOWN,
@@ -23,11 +22,12 @@ from shared.executor import (
     EV_SAMPLE,
     EV_TIMER,
     NO_VALUE,
-    Executor,
-    elapsed,
-    ticks_add,
+    S16_MAX,
+    TICKS_MAX,
+    VAR_MAX,
 )
-from shared.program import Program
+from shared.workflow.program import Program
+from shared.workflow.snapshot import migrate_snapshot
 
 try:
     GOLDEN = load_json("tests/golden/executor.json")
@@ -329,23 +329,19 @@ def test_elapsed_and_ticks_add_wrap():
     assert elapsed(1000, 400) == 600
 
 
-def test_executor_constants_match_program():
-    from shared import compact as program
-    from shared import executor
+def test_executor_constants_match_the_form():
+    from shared.workflow import executor, form
 
-    for name in ("EV_BOOT", "EV_LINK_UP", "EV_LINK_DOWN", "EV_TIMER", "EV_COMMAND"):
-        assert getattr(executor, name) == getattr(program, name), name
-    assert executor.EV_SAMPLE == program.EV_SAMPLE and executor.NO_VALUE == program.NO_VALUE
     if MICROPYTHON:
         return  # private consts are folded away there; CPython keeps them as globals
     checked = 0
     for name in dir(executor):
         if name[:1] == "_" and name[1:2].isupper():
-            twin = getattr(program, name[1:], getattr(program, name, None))
+            twin = getattr(form, name[1:], getattr(form, name, None))
             if twin is not None:
                 assert getattr(executor, name) == twin, name
                 checked += 1
-    assert checked >= 35, checked
+    assert checked >= 40, checked
 
 
 # Snapshots and migration.
@@ -445,7 +441,7 @@ def test_migrate_refuses_a_state_with_no_place():
     raises(ValueError, migrate_snapshot, GREENHOUSE, snap, GREENHOUSE)  # wrong old program
 
 
-# The loader (shared.program.Program), on the golden lab blob.
+# The loader (shared.workflow.program.Program), on the golden lab blob.
 
 
 def _lab_blob():
@@ -573,11 +569,11 @@ def test_golden_blobs_are_what_the_sources_compile_to():
         # test_workflow compiles the sources on MicroPython and checks the hashes.
         assert GREENHOUSE.hash == GOLDEN["workflows"]["greenhouse"]["hash"]
         return
-    from shared import workflow
+    from shared.workflow import compiler
 
     for name, g in GOLDEN["workflows"].items():
         with open(REPO + "/tests/golden/workflows/" + name + ".json", "rb") as f:
-            c = workflow.compile(f.read())
+            c = compiler.compile(f.read())
         assert c.blob.hex() == g["blob"] and c.hash == g["hash"], name
         assert Program(c.blob).hash == c.hash
 
@@ -710,7 +706,7 @@ _MEASURE = """
 import gc
 import json
 
-from shared import activate, executor, program, progload  # code, not workflow data
+from shared.workflow import executor, load, program, snapshot, start  # code, not workflow data
 from shared.filters import catalog
 
 for code in range(1, 16):  # every filter class's module: code too

@@ -1,4 +1,4 @@
-"""shared/filters/ and shared/filterspec.py, on CPython and on MicroPython.
+"""shared/filters/ and shared/filters/spec.py, on CPython and on MicroPython.
 
 No test here calls gc.collect() or allocates much: in the WASI MicroPython build a garbage
 collection frees the heap-allocated call frames of outer Python functions (the test
@@ -20,8 +20,7 @@ from shared.filters.hysteresis import Hysteresis
 from shared.filters.median import Median
 from shared.filters.minmax import WindowMax, WindowMin
 from shared.filters.moving_average import MovingAverage
-from shared.filters.throttle import Throttle
-from shared.filterspec import (
+from shared.filters.spec import (
     biquad_quantization_error,
     chain_footprint,
     compile_spec,
@@ -29,6 +28,7 @@ from shared.filterspec import (
     footprint,
     quantize_biquad,
 )
+from shared.filters.throttle import Throttle
 
 # One compiled instance of every kind (and the partial/drop variants), as the board gets them.
 KINDS = (
@@ -577,9 +577,9 @@ def test_compile_spec_errors_name_the_field():
 
 
 def test_footprint_model_has_every_filter_code():
-    import shared.filterspec as S
+    from shared.filters import spec as filter_spec
 
-    assert sorted(S._FIXED) == sorted(FILTER_CODES.values())
+    assert sorted(filter_spec._FIXED) == sorted(FILTER_CODES.values())
     for code, params in KINDS:
         f = build(code, params)
         # the instance holds its generator, its update and at most one counter

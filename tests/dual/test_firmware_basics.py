@@ -609,11 +609,11 @@ def test_rare_path_modules_are_forgotten_and_import_again():
 
     import shared
     from firmware.node import RARE, forget
-    from shared import progload
+    from shared.workflow import load
 
-    assert "shared.progload" in RARE and progload.load
-    forget(("shared.progload", "shared.not_loaded"))
-    assert "shared.progload" not in sys.modules and "progload" not in dir(shared)
-    from shared import progload as again
+    assert "shared.workflow.load" in RARE and load.load
+    forget(("shared.workflow.load", "shared.not_loaded"))
+    assert "shared.workflow.load" not in sys.modules and "load" not in dir(shared.workflow)
+    from shared.workflow import load as again
 
-    assert again.load and "shared.progload" in sys.modules
+    assert again.load and "shared.workflow.load" in sys.modules

@@ -1,15 +1,15 @@
 """Workflow validation (one test per refusal kind) and compilation.
 
-The loader (shared.program.Program) is tested in test_executor, on the golden blobs.
+The loader (shared.workflow.program.Program) is tested in test_executor, on the golden blobs.
 
 No gc.collect() here and little allocation: see test_executor's docstring.
 """
 
 from _util import REPO, load_json, raises
 
-from shared.compact import MAX_SOURCE
-from shared.program import Program
-from shared.workflow import WorkflowError, compile, errors, validate
+from shared.workflow.compiler import WorkflowError, compile, errors, validate
+from shared.workflow.form import MAX_SOURCE
+from shared.workflow.program import Program
 
 PROFILE = load_json("hw/boards/esp32-devkitc.json")
 GOLDEN = load_json("tests/golden/executor.json")["workflows"]

@@ -22,7 +22,7 @@ from cloud.orrery.ingest import Ingest
 from cloud.orrery.rollout import Orchestrator
 from cloud.orrery.serve import BrokerAddress, Service
 from firmware.simhal import VirtualClock
-from shared import workflow
+from shared.workflow import compiler
 from tests.test_node import WF, Board
 from tools.mosquitto import free_port
 
@@ -61,7 +61,7 @@ class Fleet:
         # flashed with greenhouse v1
         (self.tmp / name / "wf").mkdir(parents=True, exist_ok=True)
         (self.tmp / name / "wf" / "current.bin").write_bytes(
-            workflow.compile((WF / "greenhouse_v1.json").read_bytes()).blob
+            compiler.compile((WF / "greenhouse_v1.json").read_bytes()).blob
         )
         b = Board(self.tmp, self.port, device=name, seed=len(self.boards) + 1,
                   key=keys.device_key(SECRET, name).hex(), clock=self.clock)  # fmt: skip

@@ -12,8 +12,8 @@ import time
 import host
 import micropython
 
-from shared import executor, program
 from shared.filters import catalog
+from shared.workflow import executor, program
 from tools.bench import naive_filters
 
 gc.disable()

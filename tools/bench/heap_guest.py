@@ -40,7 +40,7 @@ def mark(key):
 # The shared modules a board keeps imported (the rest of shared/ is imported on demand), then
 # the modules of the filters the workflow uses (config "filter_modules", from the host): a
 # board imports those when it builds the workflow's chains, and keeps them.
-ORDER = ("shared.filters", "shared.program", "shared.executor", "shared.wire.message")
+ORDER = ("shared.filters", "shared.workflow.program", "shared.workflow.executor", "shared.wire.message")
 
 
 def load_one(name):
@@ -96,10 +96,10 @@ class Host:
 
 def load_workflow():
     m = sys.modules
-    R["prog"] = m["shared.program"].Program(bytes.fromhex(R["cfg"]["workflow_blob"]))
-    R["ex"] = m["shared.executor"].Executor(R["prog"], Host(), lambda: 0)
+    R["prog"] = m["shared.workflow.program"].Program(bytes.fromhex(R["cfg"]["workflow_blob"]))
+    R["ex"] = m["shared.workflow.executor"].Executor(R["prog"], Host(), lambda: 0)
     R["ex"].start()
-    drop_rare()  # the loader (shared.progload), as the firmware drops it after a boot
+    drop_rare()  # the loader (shared.workflow.load), as the firmware drops it after a boot
 
 
 def release_workflow():
@@ -121,8 +121,8 @@ def on_demand_one(names):
 def on_demand():
     R["rare"] = {}
     for group in (
-        ["shared.progload"],
-        ["shared.activate"],
+        ["shared.workflow.load"],
+        ["shared.workflow.start", "shared.workflow.snapshot"],
         ["shared.wire.verifier"],
         ["shared.wire.report"],
     ):

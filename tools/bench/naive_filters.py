@@ -184,10 +184,10 @@ def make(spec, period_ms):
     if t == "biquad":
         if "coeffs" in spec:
             return Biquad(*spec["coeffs"])
-        from shared import filterspec
+        from shared.filters.spec import design_biquad
 
         return Biquad(
-            *filterspec.design_biquad(
+            *design_biquad(
                 spec["design"], spec["cutoff_hz"], 1000.0 / period_ms, spec.get("q", 0.7071)
             )
         )

@@ -68,11 +68,11 @@ def _signal(n: int, seed: int = 1) -> list[int]:
 
 
 def _compiled_specs(specs: list[dict]) -> list[dict]:
-    from shared import filterspec
+    from shared.filters.spec import compile_spec
 
     out = []
     for spec in specs:
-        code, params = filterspec.compile_spec(spec, PERIOD_MS)
+        code, params = compile_spec(spec, PERIOD_MS)
         out.append(
             {
                 "name": spec["type"],
@@ -96,7 +96,7 @@ def _romfs(src: Path) -> bytes:
 def filter_modules(blob: bytes) -> list[str]:
     """The ``shared.filters`` modules a board loads to build a compiled workflow's chains."""
     from shared.filters import catalog
-    from shared.program import Program
+    from shared.workflow.program import Program
 
     prog = Program(blob)
     mods: list[str] = []
@@ -147,9 +147,9 @@ def _guest(path: Path, config: dict, **kw) -> dict:
 
 def run(samples: int = 1000) -> dict:
     """Measure everything; return the figures as a JSON-able dict."""
-    from shared import workflow
+    from shared.workflow import compiler
 
-    compiled = workflow.compile(WORKFLOW.read_bytes())
+    compiled = compiler.compile(WORKFLOW.read_bytes())
     prog_inputs = _signal(samples, seed=7)
     config = {
         "samples": samples,

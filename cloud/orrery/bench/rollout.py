@@ -45,8 +45,8 @@ import sqlalchemy as sa
 
 from cloud.orrery import db, keys, registry
 from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
-from shared import workflow
 from shared.wire import codec
+from shared.workflow import compiler
 from tools.mosquitto import Broker
 
 FLEET = "bench"
@@ -240,7 +240,7 @@ def run(devices: int = 100_000, timeout: float = 900) -> dict:
             registry.push(conn, v1, None, 0)
             registry.push(conn, v2, None, 0)
         t = time.perf_counter()
-        register(engine, devices, workflow.compile(v1).hash)
+        register(engine, devices, compiler.compile(v1).hash)
         _log(f"{devices} devices registered in {time.perf_counter() - t:.1f} s")
         orch = Orchestrator(engine, SECRET, owner="bench")
         kw = dict(success="100%", max_failures="2%", min_devices=20, soak="0s", timeout="1h",

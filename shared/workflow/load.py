@@ -1,33 +1,27 @@
-"""The loader of the compact device form (``shared.program`` documents it): decode and check.
+"""Loading the compiled device form (``shared.workflow.form`` documents it): decode it and
+check every count, index and value.
 
-``shared.program.Program(blob)`` calls ``load``. A board needs it only while it boots or
-installs a workflow, so the firmware drops this module again afterwards; constants are
-private ``const()`` copies of ``shared.compact``'s, folded into the bytecode.
+``shared.workflow.program.Program(blob)`` calls ``load``. A board needs it only while it boots
+or installs a workflow, so the firmware drops this module again afterwards.
 """
 
 import struct
 import sys
 from array import array
 
+from shared import const
 from shared.filters.catalog import filter_name, param_names
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _FORMAT = const(1)
-_HEADER_BYTES = const(76)
+_HEADER_BYTES = const(76)  # 4 + 4 * HEADER_WORDS
 _MAX_STATES = const(32)
 _MAX_TRANSITIONS = const(128)
-_MAX_ACTIONS = const(256)
-_MAX_GUARD_TERMS = const(8)
+_MAX_ACTIONS = const(256)  # entry, exit and transition actions together
+_MAX_GUARD_TERMS = const(8)  # comparisons ANDed in one guard
 _MAX_INPUTS = const(8)
-_MAX_FILTERS = const(8)
-_MAX_PARAMS = const(8)
+_MAX_FILTERS = const(8)  # per input
+_MAX_PARAMS = const(8)  # per filter
 _MAX_VARS = const(16)
 _MAX_TIMERS = const(8)
 _MAX_EVENTS = const(16)
@@ -37,12 +31,12 @@ _MAX_MIGRATE_VERSIONS = const(16)
 _MAX_MIGRATE_ENTRIES = const(64)
 _MAX_NAME = const(24)
 _MAX_BLOB = const(8192)
-_MAX_VERSION = const(1048576)
+_MAX_VERSION = const(1048576)  # 2**20
 _S16_MAX = const(32767)
-_VAR_MAX = const(536870911)
-_DURATION_MAX = const(536870911)
-_PERIOD_MIN = const(10)
-_TICKS_MAX = const(1073741823)
+_VAR_MAX = const(536870911)  # 2**29 - 1
+_DURATION_MAX = const(536870911)  # ms; half the 2**30 tick range, so tick diffs are exact
+_PERIOD_MIN = const(10)  # ms
+_TICKS_MAX = const(1073741823)  # 2**30 - 1: ticks wrap to 0 after this
 _EV_BOOT = const(0)
 _EV_TIMER = const(3)
 _EV_COMMAND = const(4)

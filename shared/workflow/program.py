@@ -1,54 +1,12 @@
-"""Compiled workflow programs: the compact device form, its limits, and its loader.
-
-Boards install a workflow from this form (``Program(blob)``) instead of parsing authoring
-JSON; ``shared.workflow.compile`` writes it. The constants and limits named below are
-``shared.compact``'s; the loader and its checks are ``shared.progload``, which a board imports
-only while it boots or installs a workflow. This module is the part a board keeps: the
-loaded program.
-
-Device form (all integers little-endian)
-----------------------------------------
-``b"ORWF"`` then a header of 18 int32 words:
-
-    format (=FORMAT), version, initial state, and the counts of states, transitions, guard
-    comparisons, actions, inputs, outputs, vars, timers, events, commands, filters, filter
-    params, migrate versions, migrate entries, and string-data bytes.
-
-Then int32 sections, each ``count * width`` words, each loaded with one slice into an
-``array('i')`` (offsets below are word offsets inside a record):
-
-    states       _SW=7   t_begin t_end  entry_begin entry_end  exit_begin exit_end  flags
-    transitions  _TW=10  event arg cond level for_ms  g_begin g_end  a_begin a_end  target
-    guards       _GW=5   lhs_kind lhs_index op rhs_kind rhs_value
-    actions      _AW=4   kind arg operand_kind operand_value
-    inputs       _IW=3   period_ms f_begin f_end
-    filters      _FW=3   code p_begin p_end
-    params       1      filter parameters, in order
-    var_init     1      initial value of each var
-    migrate      _MW=3   old_version e_begin e_end       (old_version ascending)
-    migrate_to   1      new state index of each migrate entry
-
-``[begin, end)`` are index ranges into the named section. ``target`` is -1 for an internal
-transition. ``event`` is an ``EV_*`` kind; ``arg`` the timer, command or input index (0
-otherwise); ``cond`` a ``C_*`` code for sample triggers (0 otherwise), ``level`` its S16
-level and ``for_ms`` its hold time (0: none). Operands are ``(O_CONST, value)``,
-``(O_INPUT, index)``, ``(O_VAR, index)`` or ``(O_NONE, 0)``. State flags: bit 0 final.
-
-Last, the string table: one length byte per string, then the strings' bytes, in this
-order: workflow name, state names, input names, input channels, output names, var names,
-timer names, event names, command names, then the old state name of each migrate entry.
-Every string is a name: 1..24 chars of ``[a-z0-9_]`` starting with a letter.
+"""The compiled workflow a board keeps: ``Program(blob)`` decodes and checks the device form
+(``shared.workflow.form`` documents it) with ``shared.workflow.load``, which a board imports only
+while it boots or installs a workflow, and keeps the records the executor runs on.
 """
 
-try:
-    from micropython import const
-except ImportError:
+from shared import const
 
-    def const(x):
-        return x
-
-
-_SW = const(7)  # record widths and offsets: shared.compact's (a test checks)
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
+_SW = const(7)
 _S_FLAGS = const(6)
 _F_FINAL = const(1)
 _IW = const(3)
@@ -63,7 +21,7 @@ _NAMES = const(
 
 
 class Program:
-    """A compiled workflow, decoded and checked (by ``shared.progload``).
+    """A compiled workflow, decoded and checked (by ``shared.workflow.load``).
 
     Raises ValueError with the reason for anything malformed: bad magic or format,
     truncated or trailing bytes, counts over the limits, indexes or values out of range.
@@ -80,9 +38,9 @@ class Program:
     """
 
     def __init__(self, blob):
-        from shared import progload
+        from shared.workflow import load
 
-        progload.load(self, blob)
+        load.load(self, blob)
 
     def __getattr__(self, a):
         """Decode attribute ``a`` (a name, a hash, ``period_ms`` or ``var_init``); any

@@ -1,4 +1,4 @@
-"""Run a compiled workflow (``shared.program.Program``): one ``step`` per event.
+"""Run a compiled workflow (``shared.workflow.program.Program``): one ``step`` per event.
 
 Time comes from an injected ``clock()`` returning ms ticks in [0, 2**30) that wrap, like
 MicroPython's ``time.ticks_ms()``. Durations are below 2**29 ms, so a wrapped difference
@@ -8,7 +8,7 @@ is exact as long as ``tick()`` runs at least once every 2**29 ms (about 6 days).
 on MicroPython: no containers, floats, big ints or bound methods, and every function on
 those paths keeps its locals plus stack within 11 words (larger call frames go on the
 heap). State lives in preallocated ``array('i')``: ``vars``, ``outputs`` and ``last`` (the
-last filtered value of each input, NO_VALUE before the first) are public, read-only.
+last filtered value of each input, ``form.NO_VALUE`` before the first) are public, read-only.
 
 Semantics
 ---------
@@ -27,43 +27,21 @@ Semantics
   publish without a value). Outputs are clamped to S16; add_var saturates at +-VAR_MAX.
 - Counters ``transitions`` and ``events`` wrap to 0 after 2**30 - 1.
 
-Snapshot (little-endian): program hash prefix (8 bytes), format u8 (=1), state u8, and
-u8 counts of vars, outputs, timers and inputs, 2 zero bytes; then int32 words: vars,
-outputs, timers' remaining ms (-1: not running), inputs' current period_ms.
+The snapshot layout is ``shared.workflow.form``'s; building an executor, starting it and
+restoring or migrating a snapshot are ``shared.workflow.start`` and ``shared.workflow.snapshot``,
+which a board imports only then.
 """
 
-try:
-    from micropython import const
-except ImportError:
+from shared import const
 
-    def const(x):
-        return x
-
-
-__all__ = [
-    "EV_BOOT",
-    "EV_COMMAND",
-    "EV_LINK_DOWN",
-    "EV_LINK_UP",
-    "EV_SAMPLE",
-    "EV_TIMER",
-    "NO_VALUE",
-    "Executor",
-    "elapsed",
-    "ticks_add",
-]
-
-# Event kinds for step(): the values of shared.program's EV_*.
-EV_BOOT = const(0)
-EV_LINK_UP = const(1)
-EV_LINK_DOWN = const(2)
-EV_TIMER = const(3)
-EV_COMMAND = const(4)
-EV_SAMPLE = const(5)
-NO_VALUE = const(-536870912)  # -2**29: an input with no value yet
-
-# Copies of shared.program's constants, private so that MicroPython folds them into
-# the bytecode: no global lookups on the hot paths (test_executor checks the values).
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
+_EV_BOOT = const(0)
+_EV_LINK_UP = const(1)
+_EV_LINK_DOWN = const(2)
+_EV_TIMER = const(3)
+_EV_COMMAND = const(4)
+_EV_SAMPLE = const(5)
+_NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside every range
 _ACT_ADD_VAR = const(5)
 _ACT_CANCEL_TIMER = const(3)
 _ACT_PUBLISH = const(6)
@@ -75,7 +53,7 @@ _C_ABOVE = const(1)
 _C_BELOW = const(2)
 _C_DOWN = const(4)
 _C_UP = const(3)
-_DURATION_MAX = const(536870911)
+_DURATION_MAX = const(536870911)  # ms; half the 2**30 tick range, so tick diffs are exact
 _GW = const(5)
 _O_CONST = const(0)
 _O_INPUT = const(1)
@@ -85,7 +63,7 @@ _OP_GE = const(3)
 _OP_GT = const(2)
 _OP_LE = const(1)
 _OP_LT = const(0)
-_PERIOD_MIN = const(10)
+_PERIOD_MIN = const(10)  # ms
 _S16_MAX = const(32767)
 _S_ENTRY = const(2)
 _S_EXIT = const(4)
@@ -97,14 +75,15 @@ _T_FOR = const(4)
 _T_GUARD = const(5)
 _T_LEVEL = const(3)
 _T_TARGET = const(9)
-_TICKS_MAX = const(1073741823)
+_TICKS_MAX = const(1073741823)  # 2**30 - 1: ticks wrap to 0 after this
 _TW = const(10)
-_VAR_MAX = const(536870911)
+_VAR_MAX = const(536870911)  # 2**29 - 1
+_SNAP_FORMAT = const(1)
+_SNAP_HEADER = const(16)  # bytes before the int32 words
+
 _HALF = const(536870912)  # 2**29
 _OFF = const(-1)  # a timer that is not running; a for_ms hold not started
 _MET = const(-2)  # a for_ms hold that has lasted long enough
-_SNAP_FORMAT = const(1)
-_SNAP_HEADER = const(16)
 
 
 def elapsed(now, then):
@@ -147,18 +126,18 @@ class Executor:
     ``host.set_period(i, ms)``; reads time from ``clock()`` (wrapping ms ticks)."""
 
     def __init__(self, program, host, clock):
-        from shared import activate  # once per activation: its code is not kept in RAM
+        from shared.workflow import start  # once per activation: its code is not kept in RAM
 
-        activate.init(self, program, host, clock)
+        start.init(self, program, host, clock)
 
     # Board-facing API.
 
     def start(self):
         """Enter the initial state (or, after ``restore``, re-apply the saved outputs and
         periods through the host), then deliver the boot event."""
-        from shared import activate
+        from shared.workflow import start
 
-        activate.start(self)
+        start.start(self)
 
     def feed(self, i, raw):
         """Run raw sample ``raw`` (int or None) of input ``i`` through its filters; if a
@@ -166,7 +145,7 @@ class Executor:
         or None."""
         v = self._chains[i].update(raw)
         if v is not None:
-            self.step(EV_SAMPLE, i, v)
+            self.step(_EV_SAMPLE, i, v)
         return v
 
     def step(self, kind, arg, value=0):
@@ -175,7 +154,7 @@ class Executor:
         n = self.events
         self.events = n + 1 if n < _TICKS_MAX else 0
         self._now = self._clock()
-        if kind == EV_SAMPLE:
+        if kind == _EV_SAMPLE:
             self._prev = self.last[arg]
             self.last[arg] = value
             n = self._scan_samples(arg)
@@ -196,7 +175,7 @@ class Executor:
             d = self._deadline[t]
             if d >= 0 and elapsed(self._now, d) >= 0:
                 self._deadline[t] = _OFF
-                fired += self.step(EV_TIMER, t)
+                fired += self.step(_EV_TIMER, t)
             t += 1
         t = self._first(self._st[self.state * _SW])
         if t >= 0:
@@ -275,7 +254,7 @@ class Executor:
     def _cond(self, t, i):
         # Does transition t react to input i's sample, and is its condition met now?
         k = t * _TW
-        if self._tr[k + _T_EVENT] != EV_SAMPLE or self._tr[k + 1] != i:
+        if self._tr[k + _T_EVENT] != _EV_SAMPLE or self._tr[k + 1] != i:
             return False
         v = self.last[i]
         if self._tr[k + _T_COND] > _C_BELOW:
@@ -291,7 +270,7 @@ class Executor:
 
     def _crossed(self, k, v):
         p = self._prev
-        if p == NO_VALUE:
+        if p == _NO_VALUE:
             return False
         level = self._tr[k + _T_LEVEL]
         c = self._tr[k + _T_COND]
@@ -340,7 +319,7 @@ class Executor:
         gd = self._gd
         x = self._operand(gd, b)
         y = self._operand(gd, b + 3)
-        if x == NO_VALUE or y == NO_VALUE:
+        if x == _NO_VALUE or y == _NO_VALUE:
             return False
         b = gd[b + 2]  # the operator
         if b == _OP_LT:
@@ -363,7 +342,7 @@ class Executor:
             return self.vars[arr[b + 1]]
         if k == _O_INPUT:
             return self.last[arr[b + 1]]
-        return NO_VALUE
+        return _NO_VALUE
 
     def _fire(self, t):
         n = self.transitions
@@ -401,7 +380,7 @@ class Executor:
         x = ac[b + 1]
         v = ac[b + 3]
         if k == _ACT_START_TIMER:
-            self._deadline[x] = ticks_add(self._now, v)
+            self._arm(x, v)
         elif k == _ACT_CANCEL_TIMER:
             self._deadline[x] = _OFF
         elif k == _ACT_SET_PERIOD:
@@ -411,8 +390,12 @@ class Executor:
             v = self._operand(ac, b + 2)
             if k == _ACT_PUBLISH:
                 self._host.publish(x, v)
-            elif v != NO_VALUE:
+            elif v != _NO_VALUE:
                 self._apply(k, x, v)
+
+    def _arm(self, t, ms):
+        # Start timer t to fire ms from now, or stop it if ms < 0.
+        self._deadline[t] = _OFF if ms < 0 else ticks_add(self._now, ms)
 
     def _apply(self, k, x, v):
         if k == _ACT_SET_OUTPUT:
@@ -485,6 +468,6 @@ class Executor:
         their remaining time), periods. ``start()`` then re-applies outputs and periods.
         Raises ValueError, changing nothing, for a malformed snapshot or another
         program's."""
-        from shared import activate
+        from shared.workflow import snapshot
 
-        activate.restore(self, snap)
+        snapshot.restore(self, snap)

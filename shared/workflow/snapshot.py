@@ -1,99 +1,22 @@
-"""Activating a program in an Executor: building one, restoring or migrating a snapshot,
-starting it. Once per activation, so a board imports this module only then and drops it
-again (``firmware.node.drop_rare``); ``shared.executor`` keeps what runs per event, and
-documents the snapshot layout.
+"""Executor snapshots (the layout is ``shared.workflow.form``'s): decode and check one,
+restore it into an executor, or carry it over to another version of the program. Once per
+activation or install, so a board imports this module only then and drops it again
+(``firmware.node.drop_rare``).
 """
 
 import struct
-from array import array
 
-from shared.executor import ticks_add
-from shared.filters import catalog
+from shared import const
 
-try:
-    from micropython import const
-except ImportError:
-
-    def const(x):
-        return x
-
-
-# shared.executor's private constants (tests/test_executor_constants.py checks the copies)
-_EV_BOOT = const(0)
-_NO_VALUE = const(-536870912)
-_TW = const(10)
-_OFF = const(-1)
+# Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _SNAP_FORMAT = const(1)
-_SNAP_HEADER = const(16)
+_SNAP_HEADER = const(16)  # bytes before the int32 words
 _S16_MAX = const(32767)
-_VAR_MAX = const(536870911)
-_DURATION_MAX = const(536870911)
-_PERIOD_MIN = const(10)
-
-
-def init(ex, program, host, clock):
-    """``Executor(program, host, clock)``: set up ``ex``."""
-    p = program
-    ex.program = p
-    ex._host = host
-    ex._clock = clock
-    ex._st = p.states
-    ex._tr = p.trans
-    ex._gd = p.guards
-    ex._ac = p.acts
-    ni = len(p.input_names)
-    chains = []
-    for i in range(ni):
-        chains.append(catalog.build_chain(p.filters(i)))
-    ex._chains = tuple(chains)
-    ex.vars = _zeros(len(p.var_names), 0)
-    ex.outputs = _zeros(len(p.output_names), 0)
-    ex.last = _zeros(ni, _NO_VALUE)
-    ex._deadline = _zeros(len(p.timer_names), _OFF)
-    ex._hold = _zeros(len(p.trans) // _TW, _OFF)
-    ex._period = _zeros(ni, 0)
-    ex._ntimers = len(p.timer_names)
-    ex._snap_size = _SNAP_HEADER + 4 * (ni + len(p.var_names) + len(p.output_names) + ex._ntimers)
-    ex.state = p.initial
-    ex._now = 0
-    ex._prev = _NO_VALUE
-    ex._restored = False
-    ex.transitions = 0
-    ex.events = 0
-    _reset(ex)
-
-
-def _reset(ex):
-    p = ex.program
-    for i in range(len(p.var_init)):
-        ex.vars[i] = p.var_init[i]
-    for i in range(len(p.period_ms)):
-        ex._period[i] = p.period_ms[i]
-
-
-def start(ex):
-    """``Executor.start()``: enter the initial state (or, after ``restore``, re-apply the
-    saved outputs and periods through the host), then deliver the boot event."""
-    ex._now = ex._clock()
-    if ex._restored:
-        for o in range(len(ex.outputs)):
-            ex._host.output(o, ex.outputs[o])
-        for i in range(len(ex._period)):
-            if ex._period[i] != ex.program.period_ms[i]:
-                ex._host.set_period(i, ex._period[i])
-    else:
-        _reset(ex)
-        for o in range(len(ex.outputs)):
-            ex.outputs[o] = 0
-        ex._enter(ex.program.initial)
-    ex.step(_EV_BOOT, 0)
-
-
-def _zeros(n, fill):
-    a = array("i", bytes(4 * n))
-    for i in range(n):
-        a[i] = fill
-    return a
+_VAR_MAX = const(536870911)  # 2**29 - 1
+_DURATION_MAX = const(536870911)  # ms; half the 2**30 tick range, so tick diffs are exact
+_PERIOD_MIN = const(10)  # ms
+# Copied from shared/workflow/executor.py by python -m tools.dev.consts: edit them there.
+_OFF = const(-1)  # a timer that is not running; a for_ms hold not started
 
 
 def restore(ex, snap):
@@ -101,12 +24,13 @@ def restore(ex, snap):
     state, vs, outs, timers, periods = _parse(ex.program, snap)
     now = ex._clock()
     ex.state = state
+    ex._now = now
     for i in range(len(vs)):
         ex.vars[i] = vs[i]
     for i in range(len(outs)):
         ex.outputs[i] = outs[i]
     for i in range(len(timers)):
-        ex._deadline[i] = _OFF if timers[i] < 0 else ticks_add(now, timers[i])
+        ex._arm(i, timers[i])
     for i in range(len(periods)):
         ex._period[i] = periods[i]
     for t in range(len(ex._hold)):
