@@ -8,7 +8,7 @@ active. An update:
    chunk is acknowledged and ignored; a gap is refused, naming the chunk expected next).
 3. After the last chunk the file's size and sha256 are checked, the bundle is unpacked into
    the inactive slot, ``app.json`` gets ``trial`` and the board reboots.
-4. The launcher (``select_slot``) boots the trial slot once. The new app must reach the
+4. ``firmware.slots.select_slot`` boots the trial slot once. The new app must reach the
    broker and pass its health check, then ``confirm`` makes it active and acks OK. If the
    trial boot crashes or never confirms, the next boot returns to the previous slot and the
    node acks the install FAILED once it is connected again.
@@ -18,11 +18,10 @@ import binascii
 import hashlib
 import os
 
-from firmware.launcher import APP, select_slot  # noqa: F401
-from firmware.launcher import load_app as _load
-from firmware.launcher import save_app as _save
-from shared import bundle as B
+from firmware.files import mkdir
+from firmware.slots import load_app, save_app
 from shared import const
+from shared.bundle import unpack
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
@@ -32,6 +31,16 @@ _FAILED = const(9)  # ran and failed (e.g. the health window)
 
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024
+
+
+def _makedirs(path):
+    cur = ""
+    for part in path.split("/"):
+        if not part:
+            cur = "/" if not cur else cur
+            continue
+        cur = cur + part if cur.endswith("/") or not cur else cur + "/" + part
+        mkdir(cur)
 
 
 def _rmtree(path):
@@ -48,37 +57,24 @@ def _rmtree(path):
     os.rmdir(path)
 
 
-def _makedirs(path):
-    cur = ""
-    for part in path.split("/"):
-        if not part:
-            cur = "/" if not cur else cur
-            continue
-        cur = cur + part if cur.endswith("/") or not cur else cur + "/" + part
-        try:
-            os.mkdir(cur)
-        except OSError:
-            pass
-
-
 def confirm(node):
     """The running app reached the broker and is healthy: make a trial slot permanent.
 
     Also reports a rollback that happened at boot. Returns an ack tuple or None.
     """
     root = node.root
-    app = _load(root)
+    app = load_app(root)
     if app.get("trial") and app.get("trial_booted"):
         app["active"] = app["trial"]
         app["trial"] = None
         app["trial_booted"] = False
-        _save(root, app)
+        save_app(root, app)
         node.ack_later(app.get("cmd"), _OK, "running bundle " + str(app.get("version")))
         return True
     failed = app.get("failed")
     if failed:
         app["failed"] = None
-        _save(root, app)
+        save_app(root, app)
         node.ack_later(failed.get("id"), _FAILED, "rolled back: " + failed["why"])
         return True
     return False
@@ -161,7 +157,7 @@ def _finish(node, st):
             st["cmd"], _FAILED, "bundle size {} sha256 {} do not match".format(size, got)
         )
         return _FAILED, "bundle does not match its sha256"
-    app = _load(root)
+    app = load_app(root)
     slot = "b" if app.get("active", "a") == "a" else "a"
     target = root + "/app_" + slot
     _rmtree(target)
@@ -180,7 +176,7 @@ def _finish(node, st):
 
     try:
         with open(part, "rb") as f:
-            B.unpack(f, write)
+            unpack(f, write)
     except ValueError as e:
         _rmtree(target)
         node.ack_later(st["cmd"], _FAILED, "bad bundle: {}".format(e))
@@ -190,6 +186,6 @@ def _finish(node, st):
             state["f"].close()
     os.remove(part)
     app.update({"trial": slot, "trial_booted": False, "version": st["version"], "cmd": st["cmd"]})
-    _save(root, app)
+    save_app(root, app)
     node.reboot_requested = True
     return _OK, "bundle {} stored in slot {}; rebooting into it".format(st["version"], slot)

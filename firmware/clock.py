@@ -23,7 +23,9 @@ except ImportError:  # CPython: a monotonic stand-in with the board's tick range
 
 
 TICKS_MASK = const(0x3FFFFFFF)  # ticks wrap at 2**30
-_U32_MAX = 0xFFFFFFFF
+_HALF = const(0x20000000)
+# Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_U32_MAX = const(0xFFFFFFFF)
 
 
 def elapsed_ms(now, then):
@@ -33,6 +35,12 @@ def elapsed_ms(now, then):
     (about 12.4 days) between the two ticks. Allocates nothing.
     """
     return (now - then) & TICKS_MASK
+
+
+def is_due(now, then):
+    """True when tick ``then`` is not in the future of tick ``now`` (within half the tick range,
+    across a wrap). Allocates nothing."""
+    return ((now - then) & TICKS_MASK) < _HALF
 
 
 class Uptime:

@@ -9,6 +9,7 @@ accepted one, so nothing of it stays in RAM between commands.
 import json
 
 from firmware import installer
+from firmware.files import read, write_atomic
 from shared import const
 from shared.wire.verifier import Verifier
 
@@ -26,7 +27,7 @@ _EV_COMMAND = const(4)
 def run(node):
     """Handle every command in ``node.inbox``."""
     v = Verifier(node.key, node.device)
-    installer.load_verifier(node.root, v)
+    _load_table(node.root, v)
     while node.inbox:
         env = node.inbox.pop(0)
         node.stats["commands"] += 1
@@ -40,7 +41,7 @@ def run(node):
             print("orrery: command refused:", code, detail)
             node.ack_later(cmd_id, code, detail, False)
             continue
-        installer.save_verifier(node.root, v)
+        _save_table(node.root, v)
         node.current_cmd = cmd_id
         try:
             code, detail = _dispatch(node, cmd)
@@ -112,3 +113,17 @@ def _peek_id(env):
         return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
     except Exception:
         return None
+
+
+def _load_table(root, verifier):
+    # Restore the command replay table (saved on flash between commands and reboots).
+    raw = read(root + "/cmds.json")
+    if raw:
+        try:
+            verifier.load(json.loads(raw))
+        except Exception as e:
+            print("orrery: command table not restored:", e)
+
+
+def _save_table(root, verifier):
+    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))

@@ -1,8 +1,8 @@
-"""The installed workflow's lifecycle: load at boot, install with migration, rollback; and the
-node's small persisted tables (time anchors, the command replay table).
+"""The installed workflow's lifecycle: load it at boot, install a new version with migration,
+roll back, cancel.
 
-All of it is rare, so the node imports this module (with ``shared.workflow.load`` and
-``shared.workflow.start``) only when needed and drops it again (``firmware.node.drop_rare``).
+All of it is rare, so the node imports this module (with ``shared.workflow.load``, ``start``
+and ``snapshot``) only when needed and drops it again (``firmware.drop``).
 
 Files under ``<root>/wf/``: ``current.bin`` (the compiled device form that runs),
 ``prev.bin`` (the one before, for rollback), ``state.bin`` (the executor snapshot: state,
@@ -20,7 +20,7 @@ import json
 import os
 from array import array
 
-from firmware.node import remove, replace, write_atomic
+from firmware.files import read, remove, replace, write_atomic
 from shared import const
 from shared.workflow.executor import Executor
 from shared.workflow.program import Program
@@ -31,14 +31,6 @@ _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window
 _REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
 _BUSY = const(10)  # the highest ack code
-
-
-def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def _exists(path):
@@ -59,18 +51,18 @@ def boot(wf):
     cur = d + "current.bin"
     if not _exists(cur) and _exists(d + "staged.bin"):
         replace(d + "staged.bin", cur)  # power cut between the two renames of a switch
-    trial = _read(d + "trial.json")
+    trial = read(d + "trial.json")
     if trial is not None:
         try:
             cmd_id = json.loads(trial)["id"]
         except Exception:
             cmd_id = None
         rollback(wf, cmd_id, "rebooted during the health window")
-    blob = _read(cur)
+    blob = read(cur)
     if blob is None:
         return False
     try:
-        _activate(wf, Program(blob), _read(d + "state.bin"))
+        _activate(wf, Program(blob), read(d + "state.bin"))
     except Exception as e:
         print("orrery: installed workflow unusable:", e)
         wf.prog = wf.ex = None
@@ -188,7 +180,7 @@ def rollback(wf, cmd_id, why):
             remove(d + "state.bin")
         remove(d + "trial.json")
         try:
-            _activate(wf, Program(_read(d + "current.bin")), _read(d + "state.bin"))
+            _activate(wf, Program(read(d + "current.bin")), read(d + "state.bin"))
         except Exception as e:
             print("orrery: previous workflow unusable:", e)
             wf.prog = wf.ex = None
@@ -207,31 +199,3 @@ def cancel(wf, cmd_id):
         rollback(wf, wf.trial["id"], "canceled")
         return _OK, "canceled"
     return _REJECTED, "nothing to cancel"
-
-
-# --- small persisted tables ---------------------------------------------------------------
-
-
-def load_anchors(root):
-    """Time anchors of recent boots: {boot_id: (up_s, up_ms, unix_s, unix_ms)} (the node
-    saves them: ``Node._save_anchor``)."""
-    try:
-        raw = json.loads(_read(root + "/anchors.json"))
-        return {int(k): tuple(v) for k, v in raw.items()}
-    except Exception:
-        return {}
-
-
-def load_verifier(root, verifier):
-    """Restore the command replay table (saved on flash between commands and reboots)."""
-    raw = _read(root + "/cmds.json")
-    if raw:
-        try:
-            verifier.load(json.loads(raw))
-        except Exception as e:
-            print("orrery: command table not restored:", e)
-
-
-def save_verifier(root, verifier):
-    """Persist the command replay table."""
-    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))

@@ -1,10 +1,17 @@
 """Board profiles (``hw/boards/*.json``): check one, and build a BoardHal's hardware from it.
 
 Needed once per boot: ``BoardHal()`` imports this module and the node drops it again
-(``firmware.node.drop_rare``); ``firmware/hal.py`` documents channels and outputs.
+(``firmware.drop``); ``firmware/hal.py`` documents channels and outputs.
 """
 
-from firmware.hal import ADC, GPIO, I2C, PWM, Sht31
+from firmware.sht31 import Sht31
+from shared import const
+
+# Channel and output kinds (firmware.hal keeps copies).
+ADC = const(0)
+I2C = const(1)
+GPIO = const(0)
+PWM = const(1)
 
 _ATTEN = {"0db": "ATTN_0DB", "2_5db": "ATTN_2_5DB", "6db": "ATTN_6DB", "11db": "ATTN_11DB"}
 _QUANTITIES = ("temperature", "humidity")

@@ -1,44 +1,28 @@
-"""Opening a store: rebuild its state from flash after a reboot or a power cut.
+"""What a board rebuilds from flash when it starts: the reading store's state after a reboot
+or a power cut (``recover``, which ``Store()`` runs), and the time anchors of recent boots
+(``load_anchors``).
 
-``Store()`` imports this module once per boot; the node drops it again afterwards
-(``firmware.node.drop_rare``). ``firmware/store.py`` documents the files and the guarantees.
-File operations use the store module's ``os`` (``S.os``), as the store does.
+Needed once per boot, so the node imports this module then and drops it again
+(``firmware.drop``). ``firmware.records`` documents the store's files and
+``firmware.store`` its guarantees.
 """
 
 import errno
+import json
+import os
 
-from firmware import store as S
-from firmware.store import (
-    _CURSOR,
-    _CURSOR_TMP,
-    _LOSS,
-    _LOSS_TMP,
-    CORRUPT,
-    STORE_FULL,
-    _get30,
-    _sealed,
-)
+from firmware.files import read
+from firmware.records import CORRUPT, CURSOR, CURSOR_TMP, LOSS, LOSS_TMP, STORE_FULL, get30, sealed
 from shared import const
 
-# Copied from firmware/store.py by python -m tools.dev.consts: edit them there.
-_MAGIC = const(0xA7)
-_CMAGIC = const(0xC5)
-_LMAGIC = const(0x4C)
-_CSIZE = const(7)
-_LSIZE = const(12)
-_CROTATE = const(32)
-_RECORD_SIZE = const(20)
-
-
-def _load(st, name):
-    try:
-        f = open(st._path(name), "rb")
-    except OSError:
-        return None
-    try:
-        return f.read()
-    finally:
-        f.close()
+# Copied from firmware/records.py by python -m tools.dev.consts: edit them there.
+_MAGIC = const(0xA7)  # a reading record
+_CMAGIC = const(0xC5)  # a cursor entry
+_LMAGIC = const(0x4C)  # a loss entry
+_CSIZE = const(7)  # a cursor entry
+_LSIZE = const(12)  # a loss entry
+_CROTATE = const(32)  # cursor entries before cursor.log is rewritten as one
+_RECORD_SIZE = const(20)  # a reading record
 
 
 def _cursor_max(data):
@@ -48,8 +32,8 @@ def _cursor_max(data):
     best = 0
     clean = len(data) % _CSIZE == 0
     for o in range(0, len(data) - _CSIZE + 1, _CSIZE):
-        s = _get30(data, o + 1)
-        if data[o] == _CMAGIC and s >= 0 and _sealed(data, o, 5):
+        s = get30(data, o + 1)
+        if data[o] == _CMAGIC and s >= 0 and sealed(data, o, 5):
             if s > best:
                 best = s
         else:
@@ -62,10 +46,10 @@ def _parse_losses(data):
     if data is None:
         return out
     for o in range(0, len(data) - _LSIZE + 1, _LSIZE):
-        a = _get30(data, o + 2)
-        z = _get30(data, o + 6)
+        a = get30(data, o + 2)
+        z = get30(data, o + 6)
         r = data[o + 1]
-        if data[o] == _LMAGIC and 1 <= r <= 2 and 0 < a <= z and _sealed(data, o, 10):
+        if data[o] == _LMAGIC and 1 <= r <= 2 and 0 < a <= z and sealed(data, o, 10):
             out.append((a, z, STORE_FULL if r == 1 else CORRUPT))
     return out
 
@@ -73,35 +57,35 @@ def _parse_losses(data):
 def recover(st):
     """Rebuild Store ``st``'s state from its files (``Store.__init__`` calls this)."""
     try:
-        S.os.mkdir(st._root)
+        os.mkdir(st._root)
     except OSError as e:
         if e.errno != errno.EEXIST:
             raise
 
-    acked, n = _cursor_max(_load(st, _CURSOR))
-    tmp = _load(st, _CURSOR_TMP)
+    acked, n = _cursor_max(read(st._path(CURSOR)))
+    tmp = read(st._path(CURSOR_TMP))
     if tmp is not None:
         t = _cursor_max(tmp)[0]
         if t > acked:  # the cut came between writing cursor.tmp and the rename
-            st._replace(_CURSOR_TMP, _CURSOR)
+            st._replace(CURSOR_TMP, CURSOR)
             acked = t
             n = 1
         else:
-            st._remove(_CURSOR_TMP)
+            st._remove(CURSOR_TMP)
     st.acked = acked
     st._cn = n if n >= 0 else _CROTATE
 
-    data = _load(st, _LOSS)
-    tmp = _load(st, _LOSS_TMP)
+    data = read(st._path(LOSS))
+    tmp = read(st._path(LOSS_TMP))
     if data is None and tmp is not None:  # cut after FAT's remove, before the rename
-        st._replace(_LOSS_TMP, _LOSS)
+        st._replace(LOSS_TMP, LOSS)
         data = tmp
     elif tmp is not None:
-        st._remove(_LOSS_TMP)
+        st._remove(LOSS_TMP)
     st._losses = _parse_losses(data)
 
     nums = []
-    for name in S.os.listdir(st._root):
+    for name in os.listdir(st._root):
         if len(name) == 12 and name[8:] == ".seg" and name[:8].isdigit():
             nums.append(int(name[:8]))
     nums.sort()
@@ -112,7 +96,7 @@ def recover(st):
     for num in nums:
         n, base, newest = _scan(st, num, prev, bad, len(st._nums))
         if n == 0:  # empty, or just a torn record
-            S.os.remove(st._seg_path(num))
+            os.remove(st._seg_path(num))
             continue
         st._nums.append(num)
         st._bases.append(base)
@@ -155,7 +139,7 @@ def recover(st):
 def _scan(st, num, prev, bad, k):
     # -> (slots, base or -1, newest valid seq or -1); appends (k, slot) of bad slots
     path = st._seg_path(num)
-    n = S.os.stat(path)[6] // _RECORD_SIZE
+    n = os.stat(path)[6] // _RECORD_SIZE
     base = newest = -1
     if n == 0:
         return 0, -1, -1
@@ -169,8 +153,8 @@ def _scan(st, num, prev, bad, k):
                 break
             j = 0
             while j + _RECORD_SIZE <= got and i < n:
-                s = _get30(c, j + 1)
-                if c[j] != _MAGIC or not _sealed(c, j, 18):
+                s = get30(c, j + 1)
+                if c[j] != _MAGIC or not sealed(c, j, 18):
                     s = -1
                 if s >= 0 and base < 0 and s - i > prev:
                     base = s - i
@@ -183,3 +167,13 @@ def _scan(st, num, prev, bad, k):
     finally:
         f.close()
     return i, base, newest
+
+
+def load_anchors(root):
+    """Time anchors of recent boots: {boot_id: (up_s, up_ms, unix_s, unix_ms)} (the uplink
+    saves them: ``Uplink._save_anchor``)."""
+    try:
+        raw = json.loads(read(root + "/anchors.json"))
+        return {int(k): tuple(v) for k, v in raw.items()}
+    except Exception:
+        return {}

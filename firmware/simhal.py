@@ -7,8 +7,8 @@ give the same samples on both runtimes, and ``read`` allocates nothing.
 """
 
 from firmware.clock import TICKS_MASK, Uptime
-from firmware.hal import ADC, index_of, output_value
-from firmware.profile import parse_profile
+from firmware.hal import index_of, output_value
+from firmware.profile import ADC, parse_profile
 
 try:
     from micropython import const

@@ -1,19 +1,7 @@
 """Flash-backed log of accepted readings. A reading counts as taken only once ``append`` has
 returned its sequence number; the uplink reads batches and acks them after the broker's PUBACK.
 
-Files under ``root`` (all integers little-endian, CRC = CRC-16/CCITT-FALSE)
----------------------------------------------------------------------------
-``NNNNNNNN.seg``  segments (decimal file number, rising). Up to ``seg_records`` records of
-    20 bytes: magic u8 (0xA7), seq u32, boot_id u32, up_s u32, up_ms u16, value i16,
-    channel u8, CRC u16 of the 18 bytes before it. Bytes 9..17 are exactly one record of the
-    readings-batch wire format (``<IHhB``). A segment is written by one boot only, so slot i
-    of a segment holds seq ``base + i``, and each segment starts where the previous one ended.
-``cursor.log``    ack cursor, 7-byte entries appended per ack: magic u8 (0xC5), seq u32,
-    CRC u16. The largest valid entry wins. Every 32 acks (or after a torn entry) it is
-    replaced by one entry (``cursor.tmp`` + rename), so it stays under 240 bytes.
-``loss.dat``      pending loss reports, 12-byte entries: magic u8 (0x4C), reason u8
-    (1 store_full, 2 corrupt), first u32, last u32, CRC u16. Rewritten whole on every change
-    (``loss.tmp`` + rename); absent when nothing is pending.
+The files and their byte layouts are ``firmware.records``'.
 
 Defaults: 204 records per segment (4080 bytes, one 4 KiB LittleFS block) and 64 segments:
 about 255 KiB of the DevKitC's 2 MiB filesystem, holding 13056 readings.
@@ -42,6 +30,17 @@ reused by every call: unpack it straight away.
 import errno
 import os
 
+from firmware.records import (
+    CORRUPT,
+    CURSOR,
+    CURSOR_TMP,
+    LOSS,
+    LOSS_TMP,
+    STORE_FULL,
+    get30,
+    seal,
+    sealed,
+)
 from shared import const
 from shared.wire.message import put30
 
@@ -49,62 +48,20 @@ from shared.wire.message import put30
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 _WIRE_SIZE = const(9)  # = RECORD_SIZE
 
-RECORD_SIZE = const(20)
-SEG_RECORDS = const(204)
-MAX_SEGMENTS = const(64)
-STORE_FULL = "store_full"
-CORRUPT = "corrupt"
+# Copied from firmware/records.py by python -m tools.dev.consts: edit them there.
+_RECORD_SIZE = const(20)  # a reading record
+_MAGIC = const(0xA7)  # a reading record
+_CMAGIC = const(0xC5)  # a cursor entry
+_LMAGIC = const(0x4C)  # a loss entry
+_CSIZE = const(7)  # a cursor entry
+_LSIZE = const(12)  # a loss entry
+_CROTATE = const(32)  # cursor entries before cursor.log is rewritten as one
 
-_MAGIC = const(0xA7)
-_CMAGIC = const(0xC5)
-_LMAGIC = const(0x4C)
-_CSIZE = const(7)
-_LSIZE = const(12)
-_CROTATE = const(32)
+_SEG_RECORDS = const(204)
+_MAX_SEGMENTS = const(64)
 _MAX_LOSSES = const(32)
 _MAX_BAD = const(64)
 _CHUNK = const(16)  # records per read
-
-_CURSOR = "cursor.log"
-_CURSOR_TMP = "cursor.tmp"
-_LOSS = "loss.dat"
-_LOSS_TMP = "loss.tmp"
-
-
-# CRC-16/CCITT-FALSE four bits at a time: _T4[n] is the CRC register's update for nibble n
-# (a 16-entry table instead of 256: 80 bytes of RAM instead of 528).
-_T4 = (
-    0x0000, 0x1021, 0x2042, 0x3063, 0x4084, 0x50A5, 0x60C6, 0x70E7,
-    0x8108, 0x9129, 0xA14A, 0xB16B, 0xC18C, 0xD1AD, 0xE1CE, 0xF1EF,
-)  # fmt: skip
-
-
-def crc16(buf, start, end):
-    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of ``buf[start:end]``. Allocates nothing."""
-    c = 0xFFFF
-    while start < end:  # few locals: a larger frame would be a heap allocation per call
-        c ^= buf[start] << 8
-        c = ((c << 4) & 0xFFFF) ^ _T4[c >> 12]
-        c = ((c << 4) & 0xFFFF) ^ _T4[c >> 12]
-        start += 1
-    return c
-
-
-def _get30(b, o):
-    # -1 for values >= 2**30, which only a damaged entry can hold (and would be a big int)
-    if b[o + 3] >= 0x40:
-        return -1
-    return b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 24)
-
-
-def _seal(b, o, n):
-    c = crc16(b, o, o + n)
-    b[o + n] = c & 0xFF
-    b[o + n + 1] = c >> 8
-
-
-def _sealed(b, o, n):
-    return crc16(b, o, o + n) == b[o + n] | (b[o + n + 1] << 8)
 
 
 def _record_ok(c, j, s):
@@ -115,7 +72,7 @@ def _record_ok(c, j, s):
         and c[j + 2] == (s >> 8) & 0xFF
         and c[j + 3] == (s >> 16) & 0xFF
         and c[j + 4] == s >> 24
-        and _sealed(c, j, 18)
+        and sealed(c, j, 18)
     )
 
 
@@ -139,7 +96,7 @@ class Store:
     none, and both are read-only.
     """
 
-    def __init__(self, root, seg_records=SEG_RECORDS, max_segments=MAX_SEGMENTS):
+    def __init__(self, root, seg_records=_SEG_RECORDS, max_segments=_MAX_SEGMENTS):
         if not isinstance(root, str) or not root.rstrip("/"):
             raise ValueError("root must be a directory path such as '/store'")
         if type(seg_records) is not int or not 1 <= seg_records <= 65535:
@@ -167,9 +124,9 @@ class Store:
         self._handed = 0  # losses given out by losses(): never merge into those
         self._bad = []  # known corrupt seqs (at most _MAX_BAD), so each is reported once
         self.corrupt = 0  # corrupt records found since open (recovery and reads)
-        self._rec = bytearray(RECORD_SIZE)
+        self._rec = bytearray(_RECORD_SIZE)
         self._centry = bytearray(_CSIZE)
-        self._chunk = bytearray(_CHUNK * RECORD_SIZE)
+        self._chunk = bytearray(_CHUNK * _RECORD_SIZE)
         self._res = [0, 0, 0]
         from firmware import recover
 
@@ -223,7 +180,7 @@ class Store:
         r = self._rec
         r[0] = _MAGIC
         put30(r, 1, s)
-        _seal(r, 0, 18)
+        seal(r, 0, 18)
         self._write(r)
         self.last_seq = s
         self._counts[-1] += 1
@@ -231,7 +188,7 @@ class Store:
 
     def _write(self, r):
         try:
-            if self._wf.write(r) != RECORD_SIZE:
+            if self._wf.write(r) != _RECORD_SIZE:
                 raise OSError(errno.EIO, "short write")
             self._wf.flush()
         except Exception:
@@ -249,16 +206,16 @@ class Store:
         e = self._centry
         e[0] = _CMAGIC
         put30(e, 1, seq)
-        _seal(e, 0, 5)
+        seal(e, 0, 5)
         if self._cn >= _CROTATE:
             self._close_cursor()
-            self._write_file(_CURSOR_TMP, e)
-            self._replace(_CURSOR_TMP, _CURSOR)
+            self._write_file(CURSOR_TMP, e)
+            self._replace(CURSOR_TMP, CURSOR)
             self._cn = 1
         else:
             try:
                 if self._cf is None:
-                    self._cf = open(self._path(_CURSOR), "ab", 0)
+                    self._cf = open(self._path(CURSOR), "ab", 0)
                 if self._cf.write(e) != _CSIZE:
                     raise OSError(errno.EIO, "short write")
                 self._cf.flush()
@@ -316,17 +273,6 @@ class Store:
             if b >= 0 and e > a:
                 t += e - (b if b > a else a)
         return t
-
-    def held_range(self):
-        """``(oldest seq held, newest seq held)``, acked or not, or None if nothing is held."""
-        lo = hi = -1
-        for k in range(len(self._nums)):
-            b = self._bases[k]
-            if b >= 0 and self._counts[k]:
-                if lo < 0:
-                    lo = b
-                hi = b + self._counts[k] - 1
-        return None if lo < 0 else (lo, hi)
 
     def losses(self):
         """Loss reports not yet reported: a list of ``(first_seq, last_seq, reason)``, reason
@@ -394,7 +340,7 @@ class Store:
         # read segment k from seq _rs on; False if the batch ended at a record in it
         s = self._rs
         i = s - self._bases[k]
-        self._reader(k).seek(i * RECORD_SIZE)
+        self._reader(k).seek(i * _RECORD_SIZE)
         self._rgot = self._rj = 0
         while i < self._counts[k] and s <= self._rlast and self._res[0] < self._rmax:
             if not self._read_one(buf, s):
@@ -420,16 +366,16 @@ class Store:
         # offset in _chunk of the reader's next record (reading on as needed), or -1 if the
         # file ends before it
         j = self._rj
-        if j + RECORD_SIZE > self._rgot:
+        if j + _RECORD_SIZE > self._rgot:
             self._rgot = self._rf.readinto(self._chunk) or 0
             j = 0
-        self._rj = j + RECORD_SIZE
-        return j if j + RECORD_SIZE <= self._rgot else -1
+        self._rj = j + _RECORD_SIZE
+        return j if j + _RECORD_SIZE <= self._rgot else -1
 
     def _add_record(self, buf, j, s):
         # the valid record s at _chunk[j:] joins the batch, unless it is another boot's
         res = self._res
-        b = _get30(self._chunk, j + 5)
+        b = get30(self._chunk, j + 5)
         if res[0] == 0:
             res[1] = b
             res[2] = s
@@ -550,8 +496,8 @@ class Store:
     def _save_losses(self):
         L = self._losses
         if not L:
-            self._remove(_LOSS)
-            self._remove(_LOSS_TMP)
+            self._remove(LOSS)
+            self._remove(LOSS_TMP)
             return
         b = bytearray(_LSIZE * len(L))
         o = 0
@@ -560,10 +506,10 @@ class Store:
             b[o + 1] = 1 if r == STORE_FULL else 2
             put30(b, o + 2, a)
             put30(b, o + 6, z)
-            _seal(b, o, 10)
+            seal(b, o, 10)
             o += _LSIZE
-        self._write_file(_LOSS_TMP, b)
-        self._replace(_LOSS_TMP, _LOSS)
+        self._write_file(LOSS_TMP, b)
+        self._replace(LOSS_TMP, LOSS)
 
     # --- files -------------------------------------------------------------------------------
 

@@ -64,7 +64,7 @@ def test_mpremote_commands():
 
 def test_the_bundle_leaves_out_cpython_modules(tmp_path):
     files = deploy.build_app(tmp_path, slot="b")
-    assert files["/main.py"].name == "launcher.py" and files["/boot.py"].name == "boot.py"
+    assert files["/main.py"].name == "entry.py" and files["/boot.py"].name == "slots.py"
     assert "/app_b/firmware/node.mpy" in files and "/app_b/shared/workflow/compiler.mpy" in files
     assert not [p for p in files if "link_paho" in p or "simhal" in p]
 

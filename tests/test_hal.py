@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware import config, hal, safemode
+from firmware import config, hal, safemode, sht31
 from firmware import main as board_main
 from firmware.profile import parse_profile
 from firmware.simhal import VirtualClock
@@ -101,8 +101,8 @@ class FakeMachine:
 
 def frame(raw_t: int, raw_rh: int, bad_t: bool = False, bad_rh: bool = False) -> bytes:
     b = bytearray([raw_t >> 8, raw_t & 0xFF, 0, raw_rh >> 8, raw_rh & 0xFF, 0])
-    b[2] = hal.crc8(b, 0, 2) ^ (1 if bad_t else 0)
-    b[5] = hal.crc8(b, 3, 5) ^ (1 if bad_rh else 0)
+    b[2] = sht31.crc8(b, 0, 2) ^ (1 if bad_t else 0)
+    b[5] = sht31.crc8(b, 3, 5) ^ (1 if bad_rh else 0)
     return bytes(b)
 
 
@@ -113,14 +113,14 @@ def m() -> FakeMachine:
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(hal, "sleep_ms", lambda ms: None)
+    monkeypatch.setattr(sht31, "sleep_ms", lambda ms: None)
     monkeypatch.setattr(board_main, "sleep_ms", lambda ms: None)
 
 
 @pytest.fixture
 def ticks(monkeypatch) -> VirtualClock:
     clk = VirtualClock(ticks=(1 << 30) - 100)
-    monkeypatch.setattr(hal, "ticks_ms", clk.ticks_ms)
+    monkeypatch.setattr(sht31, "ticks_ms", clk.ticks_ms)
     return clk
 
 

@@ -394,13 +394,30 @@ def _boot_slot(root: Path) -> tuple[str, int]:
     import subprocess
     import sys
 
-    from firmware.launcher import select_slot
+    from firmware.slots import select_slot
 
     slot = select_slot(str(root))
     code = f"import sys; sys.path.insert(0, {slot!r}); import firmware.main"
     return slot, subprocess.run(
         [sys.executable, "-c", code], capture_output=True, cwd="/"
     ).returncode
+
+
+def test_boot_puts_the_slot_on_the_path_and_entry_starts_its_app(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from firmware import main as app_main
+    from firmware import slots
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    slots.boot(str(tmp_path))  # no slot table yet: slot a
+    assert sys.path[0] == str(tmp_path) + "/app_a"
+    started = []
+    monkeypatch.setattr(app_main, "main", lambda: started.append(True))
+    monkeypatch.delitem(sys.modules, "firmware.entry", raising=False)
+    importlib.import_module("firmware.entry")  # /main.py
+    assert started == [True]
 
 
 def test_failing_app_bundle_rolls_back(tmp_path, own_broker, cloud):

@@ -16,8 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import firmware.recover as recover_mod
 import firmware.store as store_mod
-from firmware.store import CORRUPT, RECORD_SIZE, STORE_FULL, Store
+from firmware.records import CORRUPT, RECORD_SIZE, STORE_FULL, crc16
+from firmware.store import Store
+from tests.dual._storekit import held, held_range
 
 
 def args(s: int, boot: int = 7) -> tuple[int, int, int, int, int]:
@@ -33,20 +36,6 @@ def fill(store: Store, n: int, boot: int = 7) -> None:
     for _ in range(n):
         s = store.last_seq + 1
         assert store.append(*args(s, boot)) == s
-
-
-def held(store: Store) -> dict[int, tuple[int, bytes]]:
-    out = {}
-    buf = bytearray(9 * 7)
-    s = 1
-    while s <= store.last_seq:
-        n, boot, first = store.read_range(buf, s, store.last_seq)
-        if n == 0:
-            break
-        for i in range(n):
-            out[first + i] = (boot, bytes(buf[i * 9 : i * 9 + 9]))
-        s = first + n
-    return out
 
 
 def expect(seqs) -> dict[int, tuple[int, bytes]]:
@@ -237,7 +226,7 @@ def _cursor_entry(seq: int) -> bytes:
     e = bytearray(7)
     e[0] = 0xC5
     e[1:5] = seq.to_bytes(4, "little")
-    c = store_mod.crc16(e, 0, 5)
+    c = crc16(e, 0, 5)
     e[5:7] = c.to_bytes(2, "little")
     return bytes(e)
 
@@ -377,14 +366,14 @@ def _cut_run(root: Path, budget: int | None) -> tuple[Workload, Power, bool]:
     work = Workload()
     real_open = store_mod.open if hasattr(store_mod, "open") else None
     store_mod.open = lambda p, m="r", *a: _open(p, m, power, *a)
-    store_mod.os = CutOs(power)
+    store_mod.os = recover_mod.os = CutOs(power)
     try:
         work.run(root)
         done = True
     except Cut:
         done = False
     finally:
-        store_mod.os = os
+        store_mod.os = recover_mod.os = os
         if real_open is None:
             del store_mod.open
         else:
@@ -437,7 +426,7 @@ def test_power_cut_at_every_byte_of_every_write(tmp_path):
         store.ack(n)
         store.close()
         again = Store(str(root), seg_records=4, max_segments=3)
-        lo = again.held_range()[0]  # the append may have dropped the oldest segment
+        lo = held_range(again)[0]  # the append may have dropped the oldest segment
         assert again.acked == n, budget
         assert held(again) == {**{s: v for s, v in got.items() if s >= lo}, n: (7, wire(n))}
         again.close()
@@ -526,6 +515,6 @@ def test_random_operations_match_a_model(tmp_path_factory, ops, seg, maxseg):
         pending = {s for f, z, _ in store.losses() for s in range(f, z + 1)}
         assert pending | reported == model.lost and not pending & reported
         want_held = [s for seg_ in model.segments for s, _ in seg_]
-        assert store.held_range() == ((want_held[0], want_held[-1]) if want_held else None)
+        assert held_range(store) == ((want_held[0], want_held[-1]) if want_held else None)
         assert store.backlog() == sum(1 for s in want_held if s > model.acked)
     store.close()

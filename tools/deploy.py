@@ -1,9 +1,9 @@
 """Deploy the app to a board over its serial port, with mpremote's transport underneath.
 
-What goes where on the board (``firmware/launcher.py`` and ``firmware/main.py`` explain why)::
+What goes where on the board (``firmware/slots.py`` and ``firmware/main.py`` explain why)::
 
-    /boot.py                      firmware/boot.py (source)
-    /main.py                      firmware/launcher.py (source: it picks the A/B slot)
+    /boot.py                      firmware/slots.py (source: it picks the A/B slot)
+    /main.py                      firmware/entry.py (source: it starts the app from that slot)
     /app_<slot>/firmware/*.mpy    firmware/ compiled with mpy-cross, less the CPython-only
     /app_<slot>/shared/*.mpy      shared/     link_paho.py and simhal.py
     /boards/<board>.json          the board profile (the keys the firmware reads)
@@ -49,7 +49,7 @@ HOLD = "/crash_count"  # firmware/safemode.py's counter: at 3, the next boot is 
 #: board modules that are CPython-only or simulation-only
 EXCLUDE = ("firmware/link_paho.py", "firmware/simhal.py")
 #: the app's entry points, copied as source (MicroPython runs /boot.py and /main.py only)
-ENTRY = {"/boot.py": "firmware/boot.py", "/main.py": "firmware/launcher.py"}
+ENTRY = {"/boot.py": "firmware/slots.py", "/main.py": "firmware/entry.py"}
 DEFAULT_LIB = "umqtt.simple"
 CHUNK = 3072  # raw bytes per exec when writing a file (4 KiB of base64)
 ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp")

@@ -57,8 +57,9 @@ from cloud.orrery import db, keys, registry
 from firmware import link as _fwlink
 from firmware.link import UmqttLink
 from firmware.node import Node
+from firmware.records import RECORD_SIZE, crc16
 from firmware.simhal import SimHal, VirtualClock
-from firmware.store import RECORD_SIZE, Store, crc16
+from firmware.store import Store
 from shared.workflow import compiler
 
 REPO = Path(__file__).resolve().parents[2]

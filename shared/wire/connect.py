@@ -3,7 +3,7 @@ payloads (both fixed for a boot).
 
 ``firmware.node`` imports this module while it is built, keeps the strings and bytes it makes
 (data is cheaper than code) and drops the module again with its other rare paths
-(``firmware.node.drop_rare``). ``shared.wire.codec`` re-exports the public names for the
+(``firmware.drop``). ``shared.wire.codec`` re-exports the public names for the
 companion.
 """
 

@@ -2,7 +2,7 @@
 
 The checks (``shared.wire.message``, ``connect`` and ``report``) raise by index and import this
 module only to raise, so its strings do not stay in a board's RAM; the firmware drops it again
-with its other rare paths (``firmware.node.drop_rare``). The ``_E_*`` indexes below are the
+with its other rare paths (``firmware.drop``). The ``_E_*`` indexes below are the
 source of the copies those modules hold (``python -m tools.dev.consts``).
 """
 

@@ -29,7 +29,7 @@ _E_TYPE = const(8)
 
 def _bad(i, *args):
     # Raise ValueError with message i; its text is shared.wire.errors', imported only here
-    # (the module itself, not via the package: a concurrent drop_rare cannot break it).
+    # (the module itself, not via the package: a concurrent drop cannot break it).
     from shared.wire.errors import text
 
     raise ValueError(text(i, args))

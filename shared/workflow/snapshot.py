@@ -1,7 +1,7 @@
 """Executor snapshots (the layout is ``shared.workflow.form``'s): decode and check one,
 restore it into an executor, or carry it over to another version of the program. Once per
 activation or install, so a board imports this module only then and drops it again
-(``firmware.node.drop_rare``).
+(``firmware.drop``).
 """
 
 import struct

@@ -1,6 +1,6 @@
 """Starting an executor: building its state arrays and filter chains, and entering the
 initial state (or re-applying a restored snapshot's outputs). Once per activation, so a board
-imports this module only then and drops it again (``firmware.node.drop_rare``);
+imports this module only then and drops it again (``firmware.drop``);
 ``shared.workflow.executor`` keeps what runs per event.
 """
 

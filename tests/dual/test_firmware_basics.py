@@ -4,7 +4,7 @@ import json
 
 from _util import MICROPYTHON, REPO, allocates, raises
 
-from firmware import config, hal, safemode
+from firmware import config, hal, safemode, sht31
 from firmware.clock import TICKS_MASK, Uptime, WallClock, elapsed_ms
 from firmware.simhal import SimHal, VirtualClock
 
@@ -491,14 +491,14 @@ class _Machine:
 def _sht31_frame(raw_t, raw_rh):
     b = bytearray(6)
     b[0], b[1], b[3], b[4] = raw_t >> 8, raw_t & 0xFF, raw_rh >> 8, raw_rh & 0xFF
-    b[2] = hal.crc8(b, 0, 2)
-    b[5] = hal.crc8(b, 3, 5)
+    b[2] = sht31.crc8(b, 0, 2)
+    b[5] = sht31.crc8(b, 3, 5)
     return b
 
 
 def test_sht31_crc8_datasheet_vector():
-    assert hal.crc8(b"\xbe\xef", 0, 2) == 0x92
-    assert hal.crc8(b"\x00\x00", 0, 2) == 0x81
+    assert sht31.crc8(b"\xbe\xef", 0, 2) == 0x92
+    assert sht31.crc8(b"\x00\x00", 0, 2) == 0x81
 
 
 def test_boardhal_reads_on_a_fake_machine():
@@ -604,11 +604,11 @@ def mp_test_feeder_feed_allocates_nothing():
 
 
 def test_rare_path_modules_are_forgotten_and_import_again():
-    # what drop_rare does on a board after a rare path (it skips it while collection is off)
+    # what firmware.drop does on a board after a rare path (it skips it while collection is off)
     import sys
 
     import shared
-    from firmware.node import RARE, forget
+    from firmware import RARE, forget
     from shared.workflow import load
 
     assert "shared.workflow.load" in RARE and load.load

@@ -1,6 +1,7 @@
 """A power cycle: the node resumes its state, outputs and sequence (both runtimes)."""
 
 from _nodekit import PROFILE, RecorderLink, _board, _cmd, _install, _run
+from _storekit import held_range
 
 from firmware.node import Node
 from firmware.simhal import SimHal
@@ -35,4 +36,4 @@ def test_reboot_resumes_state_outputs_and_sequence():
     assert again.boot_id != node.boot_id
     _run(again, clock, 8000)  # the median window refills first
     assert again.store.last_seq > last
-    assert again.store.held_range()[0] == 1, "readings of the earlier boot are still held"
+    assert held_range(again.store)[0] == 1, "readings of the earlier boot are still held"

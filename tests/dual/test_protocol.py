@@ -86,7 +86,10 @@ def test_parse_topic_refusals():
     ]
     for t, reason in cases:
         assert codec.parse_topic(t) == (None, reason), t
-    assert codec.parse_topic("orrery/a/" + "b" * 64 + "/up/pull") == (("a", "b" * 64, codec.PULL), None)
+    assert codec.parse_topic("orrery/a/" + "b" * 64 + "/up/pull") == (
+        ("a", "b" * 64, codec.PULL),
+        None,
+    )
 
 
 def test_topic_encoder_errors():
@@ -108,7 +111,9 @@ def test_batch_golden():
     assert len(GOLD["batches"]) >= 5
     for case in GOLD["batches"]:
         a = case["args"]
-        data = codec.encode_batch(a["boot_id"], a["first_seq"], a["records"], a["flags"], a["anchor"])
+        data = codec.encode_batch(
+            a["boot_id"], a["first_seq"], a["records"], a["flags"], a["anchor"]
+        )
         assert _hex(data) == case["hex"], case["name"]
         b, err = codec.decode_batch(_unhex(case["hex"]))
         assert err is None, case["name"]
@@ -262,7 +267,9 @@ def test_batch_encoder_errors():
     assert msg(1, 0, [r], 4) == flags
     assert msg(1, 0, [r], codec.SYNCED) == flags
     assert msg(1, 0, [r], None) == flags
-    assert codec.encode_batch(1, 0, [r], codec.SYNCED, ANCHOR) == codec.encode_batch(1, 0, [r], 0, ANCHOR)
+    assert codec.encode_batch(1, 0, [r], codec.SYNCED, ANCHOR) == codec.encode_batch(
+        1, 0, [r], 0, ANCHOR
+    )
     assert msg(1, 0, [r], 0, (1, 2, 3)) == "anchor must be (up_s, up_ms, unix_s, unix_ms)"
     assert msg(1, 0, [r], 0, (1, 1000, 3, 4)) == "anchor up_ms must be an int in [0, 999], got 1000"
     assert (
@@ -550,7 +557,11 @@ def test_json_decoder_refusals():
             b'{"v":1,"id":"a","code":false,"detail":""}',
             "code must be an int in [0, 10], got False",
         ),
-        (codec.decode_ack, b'{"v":1,"id":"a","code":0}', "detail must be a str of at most 200 chars"),
+        (
+            codec.decode_ack,
+            b'{"v":1,"id":"a","code":0}',
+            "detail must be a str of at most 200 chars",
+        ),
         (
             codec.decode_loss,
             b'{"v":1,"boot":1,"first":5,"last":4,"reason":"corrupt"}',
@@ -564,7 +575,9 @@ def test_json_decoder_refusals():
     ]
     for decode, data, reason in cases:
         assert decode(data) == (None, reason), reason
-    assert codec.decode_state(state("", "")) == codec.decode_state(state("", "", ',"boot":1,"ignored":{}'))
+    assert codec.decode_state(state("", "")) == codec.decode_state(
+        state("", "", ',"boot":1,"ignored":{}')
+    )
 
 
 def test_decoders_never_raise_on_hostile_input():
@@ -586,7 +599,13 @@ def test_decoders_never_raise_on_hostile_input():
     ]
     v = codec.Verifier(KEY, DEV)
     for data in hostile:
-        for decode in (codec.decode_state, codec.decode_event, codec.decode_ack, codec.decode_loss, codec.decode_pull):
+        for decode in (
+            codec.decode_state,
+            codec.decode_event,
+            codec.decode_ack,
+            codec.decode_loss,
+            codec.decode_pull,
+        ):
             obj, err = decode(data)
             assert obj is None and isinstance(err, str) and err
         assert codec.decode_batch(data)[0] is None
@@ -633,10 +652,21 @@ def test_json_encoder_errors():
     )
     assert msg(codec.encode_ack, "c", 99) == "code must be an int in [0, 10], got 99"
     assert msg(codec.encode_ack, "c", True) == "code must be an int in [0, 10], got True"
-    assert msg(codec.encode_ack, "c", codec.OK, "x" * 201) == "detail must be a str of at most 200 chars"
-    assert msg(codec.encode_ack, "", codec.OK) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got ''"
-    assert msg(codec.encode_loss, 1, 5, 4, "corrupt") == "last must be an int in [5, 1073741823], got 4"
-    assert msg(codec.encode_loss, 1, 5, 5, "full") == "reason must be store_full or corrupt, got 'full'"
+    assert (
+        msg(codec.encode_ack, "c", codec.OK, "x" * 201)
+        == "detail must be a str of at most 200 chars"
+    )
+    assert (
+        msg(codec.encode_ack, "", codec.OK) == "id must be 1..64 chars of [A-Za-z0-9_.:-], got ''"
+    )
+    assert (
+        msg(codec.encode_loss, 1, 5, 4, "corrupt")
+        == "last must be an int in [5, 1073741823], got 4"
+    )
+    assert (
+        msg(codec.encode_loss, 1, 5, 5, "full")
+        == "reason must be store_full or corrupt, got 'full'"
+    )
     assert msg(codec.encode_pull, None) == "boot must be an int in [1, 1073741823], got None"
 
 
@@ -762,7 +792,11 @@ def test_verifier_signature_refusals():
     )
     assert v.check(_sign(key=OTHER_KEY), T0) == (codec.BAD_SIGNATURE, None, "signature mismatch")
     assert v.check(_envelope(body, sig[:-1]), T0)[0:2] == (codec.BAD_SIGNATURE, None)
-    assert v.check(_envelope(body, "z" * 64), T0) == (codec.BAD_SIGNATURE, None, "signature is not hex")
+    assert v.check(_envelope(body, "z" * 64), T0) == (
+        codec.BAD_SIGNATURE,
+        None,
+        "signature is not hex",
+    )
     assert v.check(_envelope(body, sig.upper()), T0)[0] == codec.OK  # hex case does not matter
     assert v.state()["ids"] == [["c1", sig[:32], T0 + 600]]
 
@@ -817,7 +851,10 @@ def test_verifier_time_window():
     v = codec.Verifier(KEY, DEV)
     assert _cd(v.check(_sign("a", exp=T0 + 600), T0 + 601)) == (codec.EXPIRED, "expired")
     week = 7 * 24 * 3600
-    assert _cd(v.check(_sign("b", exp=T0 + week + 1), T0)) == (codec.EXPIRED, "lifetime over 7 days")
+    assert _cd(v.check(_sign("b", exp=T0 + week + 1), T0)) == (
+        codec.EXPIRED,
+        "lifetime over 7 days",
+    )
     assert v.check(_sign("c", exp=T0 + week), T0)[0] == codec.OK
     code, cmd, detail = v.check(_sign("d", iat=T0 + 301, exp=T0 + 900), T0)
     assert (code, detail) == (codec.EXPIRED, "issued in the future") and cmd["id"] == "d"
@@ -831,7 +868,9 @@ def test_verifier_duplicate_and_replay():
     code, cmd, detail = v.check(env, T0 + 5)
     assert (code, detail) == (codec.DUPLICATE, "already accepted") and cmd["args"] == {"a": 1}
     code, cmd, detail = v.check(_sign("x1", args={"a": 2}), T0 + 5)
-    assert (code, detail) == (codec.REPLAYED, "id reused with another body") and cmd["args"] == {"a": 2}
+    assert (code, detail) == (codec.REPLAYED, "id reused with another body") and cmd["args"] == {
+        "a": 2
+    }
     # still recognised after being replayed
     assert v.check(env, T0 + 6)[0] == codec.DUPLICATE
 

@@ -4,10 +4,12 @@ import errno
 import os
 import struct
 
+from _storekit import held, held_range
 from _util import MICROPYTHON, allocates, raises
 
 import firmware.store as store_mod
-from firmware.store import CORRUPT, RECORD_SIZE, STORE_FULL, Store, crc16
+from firmware.records import CORRUPT, RECORD_SIZE, STORE_FULL, crc16
+from firmware.store import Store
 from shared.wire.constants import SEQ_MAX
 
 if MICROPYTHON:
@@ -43,21 +45,6 @@ def _fill(st, n, boot=7):
     for _ in range(n):
         s = st.last_seq + 1
         assert st.append(*_args(s, boot)) == s
-
-
-def _held(st):
-    """{seq: (boot_id, wire bytes)} for every record the store can read back."""
-    out = {}
-    buf = bytearray(9 * 5)
-    s = 1
-    while s <= st.last_seq:
-        n, boot, first = st.read_range(buf, s, st.last_seq)
-        if n == 0:
-            break
-        for i in range(n):
-            out[first + i] = (boot, bytes(buf[i * 9 : i * 9 + 9]))
-        s = first + n
-    return out
 
 
 def _expect(seqs, boot=7):
@@ -97,11 +84,11 @@ def test_crc16_is_ccitt_false():
 
 def test_append_read_ack_round_trip():
     st = Store(_root(), seg_records=4, max_segments=4)
-    assert (st.last_seq, st.acked, st.backlog(), st.held_range()) == (0, 0, 0, None)
+    assert (st.last_seq, st.acked, st.backlog(), held_range(st)) == (0, 0, 0, None)
     buf = bytearray(9 * 16)
     assert list(st.read_batch(buf, 16)) == [0, 0, 1]
     _fill(st, 6)
-    assert st.backlog() == 6 and st.held_range() == (1, 6)
+    assert st.backlog() == 6 and held_range(st) == (1, 6)
     n, boot, first = st.read_batch(buf, 16)  # crosses from segment 1 into segment 2
     assert (n, boot, first) == (6, 7, 1)
     assert bytes(buf[: 6 * 9]) == b"".join(_wire(s) for s in range(1, 7))
@@ -115,7 +102,7 @@ def test_append_read_ack_round_trip():
     assert st.backlog() == 0 and list(st.read_batch(buf, 16)) == [0, 0, 7]
     st.ack(2)  # never backwards
     assert st.acked == 6
-    assert st.held_range() == (1, 6)  # acked data is kept for resends
+    assert held_range(st) == (1, 6)  # acked data is kept for resends
     raises(ValueError, st.ack, 7)
     raises(ValueError, st.ack, -1)
     raises(ValueError, st.read_batch, buf, 17)
@@ -145,7 +132,7 @@ def test_full_store_drops_oldest_unacked_segment_and_reports_exact_range():
     _fill(st, 1)  # needs a 4th segment: 1..4 goes, 3..4 were not acked
     assert len(_segs(root)) == 3
     assert st.losses() == [(3, 4, STORE_FULL)]  # hands the entry out
-    assert st.held_range() == (5, 13) and st.backlog() == 9
+    assert held_range(st) == (5, 13) and st.backlog() == 9
     buf = bytearray(9 * 4)
     assert list(st.read_batch(buf, 4)) == [4, 7, 5]
     _fill(st, 4)  # drops 5..8: a new entry, the handed-out one is not extended
@@ -171,9 +158,9 @@ def test_acked_segments_are_kept_then_dropped_silently():
     st = Store(root, seg_records=4, max_segments=2)
     _fill(st, 8)
     st.ack(8)
-    assert st.held_range() == (1, 8) and len(_segs(root)) == 2
+    assert held_range(st) == (1, 8) and len(_segs(root)) == 2
     _fill(st, 4)
-    assert st.losses() == [] and st.held_range() == (5, 12) and st.backlog() == 4
+    assert st.losses() == [] and held_range(st) == (5, 12) and st.backlog() == 4
     st.close()
 
 
@@ -246,11 +233,11 @@ def test_reopen_continues_seq_in_a_new_segment():
     _fill(st, 5)
     st.close()
     st = Store(root, seg_records=4, max_segments=8)
-    assert st.last_seq == 5 and st.held_range() == (1, 5) and len(_segs(root)) == 2
+    assert st.last_seq == 5 and held_range(st) == (1, 5) and len(_segs(root)) == 2
     assert st.append(*_args(6)) == 6
     assert len(_segs(root)) == 3  # never appends to the previous boot's segment
     st = Store(root, seg_records=4, max_segments=8)  # the last one not closed: a power cut
-    assert _held(st) == _expect(range(1, 7))
+    assert held(st) == _expect(range(1, 7))
     assert Store(root, seg_records=4, max_segments=8).last_seq == 6  # opening adds no files
     assert len(_segs(root)) == 3
     st.close()
@@ -367,13 +354,13 @@ def test_full_filesystem_refuses_the_record_then_recovers():
         _FullFs.state[:] = ["ok"]
         _fill(st, 3)
         assert st.last_seq == 8
-        assert _held(st) == _expect(range(1, 9))
+        assert held(st) == _expect(range(1, 9))
         st.ack(8)
     finally:
         _FullFs.state[:] = ["ok"]
         store_mod.open = _real_open
     st = Store(root, seg_records=4, max_segments=8)  # segment 2 ends in a torn record
-    assert _held(st) == _expect(range(1, 9))
+    assert held(st) == _expect(range(1, 9))
     assert st.losses() == [] and st.corrupt == 0 and st.acked == 8 and st.last_seq == 8
     st.close()
 
@@ -397,10 +384,10 @@ def test_power_loss_at_every_byte_of_the_last_segment():
         st = Store(root, seg_records=3, max_segments=4)
         whole = 6 + cut // RECORD_SIZE
         assert st.last_seq == whole, cut
-        assert _held(st) == _expect(range(1, whole + 1)), cut
+        assert held(st) == _expect(range(1, whole + 1)), cut
         assert st.losses() == [] and st.corrupt == 0 and st.acked == 2
         assert st.append(*_args(whole + 1)) == whole + 1
-        assert _held(st) == _expect(range(1, whole + 2)), cut
+        assert held(st) == _expect(range(1, whole + 2)), cut
         st.close()
 
 
@@ -416,7 +403,7 @@ def test_a_flipped_byte_loses_only_that_record():
         st = Store(root, seg_records=3, max_segments=4)
         assert st.corrupt == 1, off
         assert st.losses() == [(5, 5, CORRUPT)], off
-        assert _held(st) == _expect([1, 2, 3, 4, 6, 7, 8]), off
+        assert held(st) == _expect([1, 2, 3, 4, 6, 7, 8]), off
         assert st.last_seq == 8 and st.append(*_args(9)) == 9
         buf = bytearray(9 * 8)
         assert list(st.read_batch(buf, 8)) == [2, 7, 3]  # stops at the gap

@@ -4,7 +4,7 @@
 # What is counted is what a board holds: the modules it keeps imported, the workflow, and
 # (firmware) the node, its store and buffers, its board HAL and the interned names of every
 # rare path it has run. Rare paths (loading a workflow, handling a command) import their
-# modules on demand and the firmware drops them again (firmware.node.drop_rare); this guest
+# modules on demand and the firmware drops them again (firmware.drop); this guest
 # drops the same list (RARE, from the host) where the firmware would.
 #
 # Collections happen only from tiny functions called from a tiny top level: on the WASI build
@@ -71,7 +71,7 @@ def load_modules():
 
 
 def drop_rare():
-    # firmware.node.drop_rare (and drop_reports): forget the modules of the rare paths
+    # firmware.drop (and drop_reports): forget the modules of the rare paths
     m = sys.modules
     for name in R["cfg"]["rare"]:
         if name in m:

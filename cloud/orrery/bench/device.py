@@ -111,8 +111,8 @@ def filter_modules(blob: bytes) -> list[str]:
 def _heap_config(blob: bytes) -> dict:
     """What heap_guest.py needs from the host: the workflow, the firmware's list of rare-path
     modules, one signed command for the node to handle, and an SHT31 reading for BoardHal."""
-    from firmware.hal import crc8
-    from firmware.node import RARE, REPORTS
+    from firmware import RARE, REPORTS
+    from firmware.sht31 import crc8
     from shared.wire import codec
 
     key = bytes(32)  # the guest node's hmac_key, "00" * 32

@@ -1,9 +1,12 @@
-"""The board's /main.py: pick the app slot, then start the app from it.
+"""The A/B app slots: the slot table (``/app.json``) and the choice of the slot at boot.
 
-The deploy tool copies this file to /main.py. It imports nothing from the app, because the
-app is what it chooses: ``/app_a`` or ``/app_b``, as ``/app.json`` says. A new bundle boots
-once on trial (``trial``); if that boot never confirmed itself (see firmware/bundle.py), the
-next boot goes back to the active slot and records the failure for the app to report.
+The app lives in ``/app_a`` or ``/app_b``; the table says which is active, which one boots
+on trial after an update, and a trial that failed. The deploy tool copies this file to
+``/boot.py`` too, which MicroPython runs first: there it puts the chosen slot first on
+``sys.path``, and ``/main.py`` (``firmware/entry.py``) starts the app from it. So this module
+imports nothing of the app: it runs before any slot is on the path. A new bundle boots once on
+trial; if that boot never confirmed itself (``firmware/bundle.py``), the next boot goes back to
+the active slot and records the failure for the app to report.
 """
 
 import json
@@ -58,13 +61,10 @@ def select_slot(root):
     return root + "/app_" + app.get("active", "a")
 
 
-def main(root=""):
-    """Boot: put the chosen slot first on sys.path and run the app's main."""
+def boot(root=""):
+    """What ``/boot.py`` does: put the slot to boot from first on ``sys.path``."""
     sys.path.insert(0, select_slot(root))
-    import firmware.main
-
-    firmware.main.main()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # /boot.py
+    boot()
