@@ -28,13 +28,13 @@ lint: setup
 	$(BIN)/ruff format --check shared firmware
 
 typecheck: setup
-	$(BIN)/python -m tools.typecheck
+	$(BIN)/python -m tools.dev.typecheck
 
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m tools.dev.consts --check
-	$(BIN)/python -m tools.build --check
-	$(BIN)/python -m tools.typecheck
+	$(BIN)/python -m tools.board.build --check
+	$(BIN)/python -m tools.dev.typecheck
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile tests
 
 bench: setup

@@ -41,7 +41,7 @@ _results_cache: dict[str, dict[str, dict]] = {}
 def _module_results(path: Path) -> dict[str, dict]:
     key = str(path)
     if key not in _results_cache:
-        from tools import mpwasm
+        from tools.dev import mpwasm
 
         code = (
             "import sys\nsys.path.insert(0, '/repo/tests/dual')\n"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud.orrery.board import board_app
-from tools import espimage, image, profiles
+from tools.board import espimage, image, profiles
 
 runner = CliRunner()
 
@@ -81,8 +81,8 @@ def test_profiles_command():
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js")
 def test_deploy_command_on_the_virtual_board(tmp_path, monkeypatch):
-    from tools import deploy
-    from tools.virtualboard import VirtualBoard
+    from tools.board import deploy
+    from tools.dev.virtualboard import VirtualBoard
 
     monkeypatch.setenv("ORRERY_SECRET", "cli-secret-for-tests-0123456789")
     cfg = tmp_path / "cfg.json"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cloud.orrery import db, keys
 from cloud.orrery.board import board_app
-from tools import espimage, image, profiles, provision
+from tools.board import espimage, image, profiles, provision
 
 SECRET = b"provisioning-secret-for-tests-0123456789"
 BROKER = {"host": "10.0.0.2", "port": 1883, "tls": False}

@@ -17,7 +17,7 @@ from cloud.orrery import db, keys
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.serve import BrokerAddress, Service
 from shared.wire import codec
-from tests.test_node import T0, Board, Cloud, _wait, install_args
+from tests.support.boards import T0, Board, Cloud, install_args, wait_for
 
 SECRET = b"e2e-fleet-secret-0123456789abcdef"
 
@@ -70,12 +70,12 @@ def test_readings_the_companion_missed_are_resent_by_the_board(tmp_path, own_bro
             now + 3600,
         )
         observer.send("dev1", install)
-        _wait(
+        wait_for(
             lambda: any(a["id"] == "i1" and a["code"] == codec.IN_PROGRESS for a in observer.acks()),
             board,
         )
         board.run(6_000)  # the health window
-        _wait(lambda: any(a["id"] == "i1" and a["code"] == codec.OK for a in observer.acks()), board)
+        wait_for(lambda: any(a["id"] == "i1" and a["code"] == codec.OK for a in observer.acks()), board)
         board.run(20_000)
         board.drain(observer)
         missed = board.node.store.last_seq
@@ -90,7 +90,7 @@ def test_readings_the_companion_missed_are_resent_by_the_board(tmp_path, own_bro
             got = rows(engine, "SELECT count(*), min(seq), max(seq) FROM readings")[0]
             return got == (last, 1, last) and not rows(engine, "SELECT 1 FROM gaps")
 
-        _wait(reconciled, board, seconds=60)
+        wait_for(reconciled, board, seconds=60)
         last = board.node.store.last_seq
         assert sorted(s for (s,) in rows(engine, "SELECT seq FROM readings")) == list(
             range(1, last + 1)

@@ -37,7 +37,7 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def _profile(board: str | None) -> dict[str, Any] | None:
-    from tools import profiles
+    from tools.board import profiles
 
     if board is None:
         return None
@@ -74,8 +74,8 @@ def flash(
     ] = False,
 ) -> None:
     """Flash MicroPython with esptool: the image is checked against the chip before writing."""
-    from tools import flash as F
-    from tools import serialport
+    from tools.board import flash as F
+    from tools.board import serialport
 
     try:
         plan = F.plan(port, firmware, chip, erase, baud)
@@ -136,8 +136,8 @@ def deploy(
 ) -> None:
     """Compile and copy the app (only changed files), the MQTT library and the config; reset;
     wait for the board's birth message when a broker is configured."""
-    from tools import deploy as D
-    from tools import serialport
+    from tools.board import deploy as D
+    from tools.board import serialport
 
     cfg = _read_json(config, "config") if config else None
     profile = _profile(board)
@@ -223,9 +223,9 @@ def image(
 ) -> None:
     """Build one flashable image: firmware + LittleFS with the app and this board's config,
     merged with esptool, then verified by reading it back."""
-    from tools import deploy as D
-    from tools import espimage
-    from tools import image as I
+    from tools.board import deploy as D
+    from tools.board import espimage
+    from tools.board import image as I
 
     profile = _profile(board)
     assert profile is not None
@@ -287,7 +287,7 @@ def provision(
     """Generate device ids, keys and broker credentials; register the boards; write a config
     (and optionally a factory image) per board."""
     from cloud.orrery import fleetcli, keys
-    from tools import provision as P
+    from tools.board import provision as P
 
     profile = _profile(board)
     assert profile is not None
@@ -351,8 +351,8 @@ def monitor(
     ] = None,
 ) -> None:
     """Serial console: the node's log lines, safe-mode banners and tracebacks highlighted."""
-    from tools import monitor as M
-    from tools import serialport
+    from tools.board import monitor as M
+    from tools.board import serialport
 
     def show(line: str, style: str | None) -> None:
         if line.endswith(M.PARTIAL):
@@ -377,6 +377,6 @@ def check_profiles(
     ] = None,
 ) -> None:
     """Check board profiles: pins, ADC1, conflicts, partition layout."""
-    from tools import profiles
+    from tools.board import profiles
 
     raise typer.Exit(profiles.main([str(f) for f in files or []]))

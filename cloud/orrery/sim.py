@@ -936,7 +936,7 @@ class VirtualFleet:
         self.root = root or flash_dir()
         self.broker_proc = None
         if broker is None:
-            from tools.mosquitto import Broker
+            from tools.dev.mosquitto import Broker
 
             self.broker_proc = Broker(
                 extra_conf="max_inflight_messages 1000\nmax_queued_messages 100000"
@@ -944,7 +944,7 @@ class VirtualFleet:
             self.host, self.port = "127.0.0.1", self.broker_proc.port
         else:
             self.host, self.port = broker
-        from tools.mosquitto import free_port
+        from tools.dev.mosquitto import free_port
 
         self.dead_port = free_port()
         self.clock = VirtualClock(ticks=5, unix_ms=_now_ms())

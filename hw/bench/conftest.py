@@ -1,7 +1,7 @@
 """The bench suite: ``pytest hw/bench --port /dev/ttyUSB0`` runs it against a real board.
 
 Without ``--port`` every test skips, saying why. ``--port socket://HOST:PORT`` reaches a
-virtual board (``python -m tools.virtualboard``); ``tests/test_board_bench_virtual.py``
+virtual board (``python -m tools.dev.virtualboard``); ``tests/test_board_bench_virtual.py``
 starts one and runs this suite against it in ``make test``.
 
 The suite deploys the app once (the real ``orrery board deploy`` code path), then keeps the
@@ -43,7 +43,7 @@ class Bench:
     """The board under test and the options it was deployed with."""
 
     def __init__(self, config: pytest.Config):
-        from tools import profiles
+        from tools.board import profiles
 
         self.port: str = config.getoption("--port")
         self.opts = config
@@ -68,8 +68,8 @@ class Bench:
             self.config["wifi"] = {"ssid": ssid, "password": config.getoption("--wifi-password")}
 
     def board(self):
-        """A fresh raw-REPL connection (tools.deploy.Board); retried while the board boots."""
-        from tools import deploy
+        """A fresh raw-REPL connection (tools.board.deploy.Board); retried while the board boots."""
+        from tools.board import deploy
 
         last: Exception | None = None
         for _ in range(40):
@@ -101,7 +101,7 @@ class Bench:
     def reset_and_read(self, seconds: float, until: bytes | None = None) -> str:
         """Hard-reset from the friendly REPL and return the console output that follows,
         up to the first REPL prompt after ``until`` (or ``seconds``)."""
-        from tools import serialport
+        from tools.board import serialport
 
         ser = serialport.open_port(self.port, timeout=0.1)
         try:
@@ -126,9 +126,9 @@ def bench(request: pytest.FixtureRequest) -> Bench:
     if not request.config.getoption("--port"):
         pytest.skip(
             "no board: pass --port /dev/ttyUSB0 (a board with MicroPython flashed) or "
-            "--port socket://127.0.0.1:PORT (python -m tools.virtualboard)"
+            "--port socket://127.0.0.1:PORT (python -m tools.dev.virtualboard)"
         )
-    from tools import deploy
+    from tools.board import deploy
 
     b = Bench(request.config)
     lib_dir = request.config.getoption("--lib-dir")

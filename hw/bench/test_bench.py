@@ -22,7 +22,7 @@ APP = "import sys\nsys.path.insert(0, '/app_a')\n"
 
 def test_deploy_is_incremental(bench):
     """A second deploy of the same code and config copies nothing."""
-    from tools import deploy
+    from tools.board import deploy
 
     first = bench.first_deploy
     assert first.copied or first.unchanged  # the first one wrote (or found) the whole app
@@ -193,7 +193,7 @@ def test_mqtt_round_trip(bench):
 
     from shared.wire import codec
     from shared.wire.codec import decode_ack, sign_command
-    from tools.mosquitto import Broker, free_port
+    from tools.dev.mosquitto import Broker, free_port
 
     lan_port = free_port()
     broker = Broker(extra_conf=f"listener {lan_port} 0.0.0.0").start()

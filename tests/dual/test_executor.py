@@ -31,7 +31,7 @@ from shared.workflow.snapshot import migrate_snapshot
 
 try:
     GOLDEN = load_json("tests/golden/executor.json")
-except OSError:  # not generated yet (python -m tools.golden_workflows imports play from here)
+except OSError:  # not generated yet (python -m tools.dev.golden.workflows imports play from here)
     GOLDEN = None
 
 
@@ -780,7 +780,7 @@ def test_heap_footprint():
     import tempfile
     from pathlib import Path
 
-    from tools import mpwasm
+    from tools.dev import mpwasm
 
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "measure.py").write_text(_MEASURE)

@@ -1,5 +1,5 @@
-"""The tests' Mosquitto: see tools/mosquitto.py (the benchmarks start theirs the same way)."""
+"""The tests' Mosquitto: see tools/dev/mosquitto.py (the benchmarks start theirs the same way)."""
 
-from tools.mosquitto import Broker, free_port, mosquitto_binary
+from tools.dev.mosquitto import Broker, free_port, mosquitto_binary
 
 __all__ = ["Broker", "free_port", "mosquitto_binary"]

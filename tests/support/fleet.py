@@ -1,6 +1,6 @@
 """A small fleet for scenario tests: real firmware boards and the real companion on a real broker.
 
-Boards are ``firmware.node`` on the simulation HAL (``tests.test_node.Board``), sharing one
+Boards are ``firmware.node`` on the simulation HAL (``tests.support.boards.Board``), sharing one
 virtual clock that starts at the real time and runs ahead of it, so the companion (real time)
 never signs a command "in the future" for a board. The companion is ``orrery serve``'s
 ``Service`` (ingest + rollout orchestrator), in a thread or as its own process.
@@ -23,8 +23,8 @@ from cloud.orrery.rollout import Orchestrator
 from cloud.orrery.serve import BrokerAddress, Service
 from firmware.simhal import VirtualClock
 from shared.workflow import compiler
-from tests.test_node import WF, Board
-from tools.mosquitto import free_port
+from tests.support.boards import WF, Board
+from tools.dev.mosquitto import free_port
 
 SECRET = b"scenario-fleet-secret-0123456789"
 

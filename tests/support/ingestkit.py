@@ -30,7 +30,7 @@ from paho.mqtt.properties import Properties
 from cloud.orrery import db
 from cloud.orrery.bench import ingest as bench
 from shared.wire import codec
-from tools.mosquitto import Broker
+from tools.dev.mosquitto import Broker
 
 FLEET = bench.FLEET
 FENCE = "fence"  # a registered device of its own: fences never mix with the stream's readings

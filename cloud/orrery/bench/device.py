@@ -18,7 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tools import build, mpwasm
+from tools.board import build
+from tools.dev import mpwasm
 
 REPO = Path(__file__).resolve().parents[3]
 WORKFLOW = REPO / "tests" / "golden" / "workflows" / "greenhouse.json"
@@ -131,7 +132,7 @@ def _heap_config(blob: bytes) -> dict:
 
 def _heap(cfg: dict, mounts: dict) -> tuple[dict, dict]:
     """Heap of the shared core with the workflow, then of the whole firmware node at work."""
-    guest = REPO / "tools" / "bench" / "heap_guest.py"
+    guest = REPO / "tools" / "dev" / "bench" / "heap_guest.py"
     shared = _guest(guest, cfg, mounts=mounts)
     with tempfile.TemporaryDirectory(prefix="orrery-flash-") as flash:
         firmware = _guest(guest, {**cfg, "firmware": True}, mounts=mounts, rw_dir=flash)
@@ -159,7 +160,7 @@ def run(samples: int = 1000) -> dict:
         "workflow_blob": compiled.blob.hex(),
         "workflow_inputs": prog_inputs,
     }
-    guest = REPO / "tools" / "bench" / "device_guest.py"
+    guest = REPO / "tools" / "dev" / "bench" / "device_guest.py"
     costs: dict = {"filters": []}
     for item in config["filters"]:
         r = _guest(guest, {**config, "task": "filter", "filter": item})

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from cloud.orrery import db
 from cloud.orrery.ingest import READING_COLS
 from shared.wire import codec
-from tools.mosquitto import Broker
+from tools.dev.mosquitto import Broker
 
 FLEET = "bench"
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, the boards' time anchor

@@ -47,7 +47,7 @@ from cloud.orrery import db, keys, registry
 from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
 from shared.wire import codec
 from shared.workflow import compiler
-from tools.mosquitto import Broker
+from tools.dev.mosquitto import Broker
 
 FLEET = "bench"
 WAVES = "1%,10%,50%,100%"
