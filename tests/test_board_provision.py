@@ -9,8 +9,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from cloud.orrery import db, keys
+from cloud.orrery import keys
 from cloud.orrery.board import board_app
+from cloud.orrery.db.engine import engine_for
 from tools import espimage, image, profiles, provision
 
 SECRET = b"provisioning-secret-for-tests-0123456789"
@@ -19,7 +20,7 @@ BROKER = {"host": "10.0.0.2", "port": 1883, "tls": False}
 
 @pytest.fixture
 def engine(tmp_path):
-    return db.engine_for(f"sqlite:///{tmp_path / 'orrery.db'}")
+    return engine_for(f"sqlite:///{tmp_path / 'orrery.db'}")
 
 
 def test_ids_continue_after_the_highest():

@@ -9,8 +9,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cloud.orrery import db
 from cloud.orrery.cli import app
+from cloud.orrery.db.engine import engine_for
 from cloud.orrery.fleetcli import iso
 from cloud.orrery.ingest import Ingest, Message
 from shared import codec as P
@@ -32,7 +32,7 @@ def dbfile(tmp_path):
     run(
         "devices", "add", "dev1", "dev2", "--fleet", "f1", "--profile", "esp32-devkitc", "--db", url
     )
-    engine = db.engine_for(url)
+    engine = engine_for(url)
     ing = Ingest(engine, reorder_window_ms=0)
     t = "orrery/f1/dev1/up/"
     recs = [(100 + i, 0, i * 10, 0) for i in range(5)]

@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import SQLModel
 
-from cloud.orrery import db, keys
+from cloud.orrery import keys
+from cloud.orrery.db.engine import alembic_config, engine_for, upgrade
+from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.ingest import AlertRule, Ingest, Message, merge, subtract
 from shared import codec as P
 
@@ -55,11 +57,11 @@ def state(boot=7, backlog=0, last_seq=None, anchor=None, online=True) -> bytes:
 
 @pytest.fixture
 def ingest(db_url):
-    engine = db.engine_for(db_url)
+    engine = engine_for(db_url)
     ing = Ingest(engine, secret=SECRET, reorder_window_ms=1000)
     with engine.begin() as c:
         c.execute(
-            sa.insert(db.Device.__table__), [{"name": "dev1", "fleet": "f1", "created_ms": 0}]
+            sa.insert(DEVICES), [{"name": "dev1", "fleet": "f1", "created_ms": 0}]
         )
     yield ing
     engine.dispose()
@@ -73,7 +75,7 @@ def q(ing: Ingest, sql: str, **kw):
 def device(ing: Ingest):
     with ing.engine.connect() as c:
         return c.execute(
-            sa.select(db.Device.__table__).where(db.Device.__table__.c.name == "dev1")
+            sa.select(DEVICES).where(DEVICES.c.name == "dev1")
         ).first()
 
 
@@ -103,11 +105,11 @@ def test_subtract_is_set_difference(a, b):
 
 
 def test_migrations_build_exactly_the_models(db_url):
-    engine = db.engine_for(db_url)
-    db.upgrade(engine)  # idempotent
+    engine = engine_for(db_url)
+    upgrade(engine)  # idempotent
     with engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), SQLModel.metadata) == []
-        head = ScriptDirectory.from_config(db.alembic_config(engine)).get_current_head()
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
         assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == head
     engine.dispose()
 
@@ -212,7 +214,7 @@ def test_failed_or_expired_resend_is_asked_again(ingest):
 
 
 def test_no_secret_reports_gaps_without_commands(db_url):
-    engine = db.engine_for(db_url)
+    engine = engine_for(db_url)
     ing = Ingest(engine, secret=None, auto_register=True, reorder_window_ms=0)
     ing.handle([msg("readings", batch(1, 2)), msg("readings", batch(5, 2))], now=0)
     assert ing.reconcile(now=1) == []
@@ -361,7 +363,7 @@ def test_bad_input_goes_to_the_dead_letter_table(ingest):
 )  # fmt: skip
 def test_fuzz_every_message_is_stored_or_dead_lettered(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("fz") / "f.db"
-    engine = db.engine_for(f"sqlite:///{path}")
+    engine = engine_for(f"sqlite:///{path}")
     ing = Ingest(engine, secret=SECRET, auto_register=True, reorder_window_ms=0)
     out = ing.handle([msg(kind, payload) for kind, payload in data], now=1)
     ing.reconcile(now=2)

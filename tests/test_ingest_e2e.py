@@ -13,7 +13,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import db, keys
+from cloud.orrery import keys
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.serve import BrokerAddress, Service
 from shared import codec as P
@@ -24,10 +26,10 @@ SECRET = b"e2e-fleet-secret-0123456789abcdef"
 
 @pytest.fixture
 def companion(tmp_path, own_broker):
-    engine = db.engine_for(f"sqlite:///{tmp_path / 'cloud.db'}")
+    engine = engine_for(f"sqlite:///{tmp_path / 'cloud.db'}")
     with engine.begin() as c:
         c.execute(
-            sa.insert(db.Device.__table__), [{"name": "dev1", "fleet": "f1", "created_ms": 0}]
+            sa.insert(DEVICES), [{"name": "dev1", "fleet": "f1", "created_ms": 0}]
         )
     started: list[Service] = []
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import db, registry
+from cloud.orrery import registry
 from cloud.orrery.cli import load_profile
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.ingest import Ingest, Message
 from firmware.profile import parse_profile
 from shared import codec as P
@@ -53,7 +55,7 @@ def changed_level(raw: bytes, level: int) -> bytes:
 
 @pytest.fixture
 def engine(db_url):
-    e = db.engine_for(db_url)
+    e = engine_for(db_url)
     yield e
     e.dispose()
 
@@ -256,8 +258,8 @@ def test_cli_push_list_show(tmp_path, url):
     r = run("workflow", "push", str(WF / "lab.json"), "--board", "esp32-devkitc", "--db", url)
     assert "pushed lab@3" in r.stdout
     # devices running a version are counted
-    with db.engine_for(url).begin() as c:
-        c.execute(sa.insert(db.Device.__table__), [
+    with engine_for(url).begin() as c:
+        c.execute(sa.insert(DEVICES), [
             {"name": "d1", "fleet": "f1", "created_ms": 0, "wf": "greenhouse", "wf_ver": 1},
             {"name": "d2", "fleet": "f1", "created_ms": 0, "wf": "greenhouse", "wf_ver": 1},
             {"name": "d3", "fleet": "f1", "created_ms": 0, "wf": "lab", "wf_ver": 3},
@@ -352,7 +354,7 @@ def fleet(url):
     run("workflow", "push", str(WF / "greenhouse_v1.json"), "--db", url)
     run("workflow", "push", str(WF / "greenhouse.json"), "--db", url)
     run("devices", "add", "d1", "d2", "--fleet", "f1", "--profile", "esp32-devkitc", "--db", url)
-    engine = db.engine_for(url)
+    engine = engine_for(url)
     ing = Ingest(engine, reorder_window_ms=0)
     anchor = (0, 0, T0, 0)  # uptime 0 was T0
     h1 = workflow.compile(V1).hash

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.orrery import db
+from cloud.orrery.db.engine import engine_for
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import Orchestrator
 from shared import codec as P
@@ -38,7 +38,7 @@ class Cloud:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = db.engine_for(url)
+        self.engine = engine_for(url)
         self.ingest = Ingest(self.engine, reorder_window_ms=0)
         self.orch = Orchestrator(self.engine, SECRET.encode(), owner="serve")
 

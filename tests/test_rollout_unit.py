@@ -19,7 +19,9 @@ import pytest
 import sqlalchemy as sa
 
 from cloud.orrery import commands as C
-from cloud.orrery import db, keys, registry
+from cloud.orrery import keys, registry
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES, ROLLOUTS, TAGS
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import (
     Orchestrator,
@@ -169,7 +171,7 @@ class Env:
     fed through the real ingest on a virtual clock."""
 
     def __init__(self, url: str, n: int) -> None:
-        self.engine = db.engine_for(url)
+        self.engine = engine_for(url)
         self.now = T0
         self.ingest = Ingest(self.engine, secret=SECRET, reorder_window_ms=0, clock=self.clock)
         self.boots: dict[str, int] = {}
@@ -190,7 +192,7 @@ class Env:
     def add(self, *names: str, fleet: str = "f1", ver: int | None = 1, online: bool = True):
         with self.engine.begin() as c:
             c.execute(
-                sa.insert(db.Device.__table__),
+                sa.insert(DEVICES),
                 [{"name": n, "fleet": fleet, "profile": "esp32-devkitc", "created_ms": 0} for n in names],
             )  # fmt: skip
         for n in names:
@@ -201,7 +203,7 @@ class Env:
     def fleet_of(self, name: str) -> str:
         with self.engine.connect() as c:
             return c.execute(
-                sa.select(db.Device.__table__.c.fleet).where(db.Device.__table__.c.name == name)
+                sa.select(DEVICES.c.fleet).where(DEVICES.c.name == name)
             ).scalar_one()
 
     def send(self, msgs: list[Message]):
@@ -392,7 +394,7 @@ def test_create_refuses_bad_requests(env):
 
 def test_tags_select_devices(env):
     with env.engine.begin() as c:
-        c.execute(sa.insert(db.DeviceTag.__table__), [
+        c.execute(sa.insert(TAGS), [
             {"device_id": 1, "key": "site", "value": "north"},
             {"device_id": 2, "key": "site", "value": "north"},
             {"device_id": 3, "key": "site", "value": "south"},
@@ -774,7 +776,7 @@ def test_health_gate_pauses_on_a_significant_regression(db_url):
     assert (state, wave) == ("paused", 0)
     assert reason.startswith("health gate: reboots: 30 on 10 upgraded vs 1 on 30 not upgraded (p=")
     with env.engine.connect() as c:
-        ev = o.health_gate(c, c.execute(sa.select(db.Rollout.__table__)).first())
+        ev = o.health_gate(c, c.execute(sa.select(ROLLOUTS)).first())
     assert (ev["upgraded"], ev["control"]) == (10, 30)
     assert ev["metrics"]["reboots"]["upgraded"] == 30 and ev["metrics"]["reboots"]["p"] < 0.01
     assert ev["metrics"]["link_drops"] == {"upgraded": 0, "control": 0, "p": 1.0}

@@ -88,10 +88,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 def register(engine: sa.Engine, fleet: str, profile: str, ids: list[str]) -> list[str]:
     """Insert the devices (insert-or-ignore); return the ids that were new."""
-    from cloud.orrery.commands import insert_ignore
-    from cloud.orrery.db import Device
+    from cloud.orrery.db.tables import DEVICES as table
+    from cloud.orrery.db.tables import insert_ignore
 
-    table = Device.__table__  # type: ignore[attr-defined]
     now = int(time.time() * 1000)
     new = []
     with engine.begin() as conn:
@@ -104,9 +103,8 @@ def register(engine: sa.Engine, fleet: str, profile: str, ids: list[str]) -> lis
 
 def existing_ids(engine: sa.Engine, prefix: str) -> list[str]:
     """Device names in the database that start with ``prefix-``."""
-    from cloud.orrery.db import Device
+    from cloud.orrery.db.tables import DEVICES as table
 
-    table = Device.__table__  # type: ignore[attr-defined]
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.name).where(table.c.name.like(prefix + "-%")))
         return [r[0] for r in rows]

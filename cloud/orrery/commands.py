@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery import db, keys
+from cloud.orrery import keys
+from cloud.orrery.db.tables import COMMANDS, DEVICES, insert_ignore
 from shared import codec as P
 
-COMMANDS = db.Command.__table__
-DEVICES = db.Device.__table__
 OPEN = ("queued", "sent")
 
 
@@ -29,15 +28,6 @@ class Outgoing:
     command_id: str
     topic: str
     payload: bytes
-
-
-def insert_ignore(conn: Connection, table: sa.Table):
-    """``INSERT ... ON CONFLICT DO NOTHING`` for this connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table).on_conflict_do_nothing()
 
 
 def queue(

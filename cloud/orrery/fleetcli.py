@@ -16,8 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cloud.orrery import db
-from cloud.orrery.ingest import DEAD, DEVICES, GAPS, LOSSES, READINGS, now_ms
+from cloud.orrery.db.engine import describe, engine_for, url_from
+from cloud.orrery.db.tables import SESSIONS, insert_ignore
+from cloud.orrery.ingest import DEAD_LETTERS, DEVICES, GAPS, LOSSES, READINGS, now_ms
 
 devices_app = typer.Typer(help="The devices registry.", no_args_is_help=True)
 readings_app = typer.Typer(help="Stored readings, gaps and statistics.", no_args_is_help=True)
@@ -40,11 +41,11 @@ def fail(message: str, code: int = 1) -> None:
 def open_db(url: str | None) -> sa.Engine:
     """The engine for ``--db``, migrated; a clear error if it can't be opened."""
     try:
-        return db.engine_for(url)
+        return engine_for(url)
     except ValueError as exc:
         fail(str(exc))
     except sa.exc.OperationalError as exc:
-        fail(f"cannot open database {db.describe(db.url_from(url))}: {exc.orig}")
+        fail(f"cannot open database {describe(url_from(url))}: {exc.orig}")
     raise AssertionError
 
 
@@ -206,7 +207,6 @@ def devices_add(
         if not is_id(n):
             fail(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
     engine = open_db(db_url)
-    from cloud.orrery.commands import insert_ignore
 
     with engine.begin() as conn:
         added = conn.execute(
@@ -295,7 +295,7 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
         if not rows:
             fail(f"unknown device {name!r} (see `orrery devices list`)")
         did = _device_id(conn, name)
-        S = db.Session.__table__
+        S = SESSIONS
         sessions = [
             {
                 "boot": s.boot,
@@ -470,7 +470,7 @@ def readings_stats(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
         ]
         dead: dict[str, int] = {}
         for reason, n in conn.execute(
-            sa.select(DEAD.c.reason, sa.func.count()).group_by(DEAD.c.reason)
+            sa.select(DEAD_LETTERS.c.reason, sa.func.count()).group_by(DEAD_LETTERS.c.reason)
         ):
             kind = reason.split(":")[0]  # "oversize: 5000 bytes > 4634" counts as "oversize"
             dead[kind] = dead.get(kind, 0) + n

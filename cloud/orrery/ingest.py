@@ -23,34 +23,26 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud.orrery import commands as C
-from cloud.orrery import db
+from cloud.orrery.db.tables import (
+    ALERTS,
+    DEAD_LETTERS,
+    DEVICES,
+    EVENTS,
+    GAPS,
+    LOSSES,
+    RANGES,
+    READING_COLS,
+    READINGS,
+    SESSIONS,
+    insert_ignore,
+)
 from shared import codec as P
 
 log = logging.getLogger("orrery.ingest")
 
-READINGS = db.Reading.__table__
-DEVICES = db.Device.__table__
-SESSIONS = db.Session.__table__
-RANGES = db.ReceivedRange.__table__
-GAPS = db.Gap.__table__
-LOSSES = db.Loss.__table__
-DEAD = db.DeadLetter.__table__
-EVENTS = db.Event.__table__
-ALERTS = db.Alert.__table__
 
 MAX_JSON = 16384
 DEAD_PAYLOAD = 4096
-READING_COLS = (
-    "device_id",
-    "boot",
-    "seq",
-    "channel",
-    "value",
-    "up_ms",
-    "event_ms",
-    "historical",
-    "received_ms",
-)
 
 
 def now_ms() -> int:
@@ -310,7 +302,7 @@ class Ingest:
             if not register:
                 return None
             conn.execute(
-                C.insert_ignore(conn, DEVICES), [{"name": name, "fleet": fleet, "created_ms": now}]
+                insert_ignore(conn, DEVICES), [{"name": name, "fleet": fleet, "created_ms": now}]
             )
             row = conn.execute(
                 sa.select(DEVICES.c.id, DEVICES.c.fleet).where(DEVICES.c.name == name)
@@ -325,7 +317,7 @@ class Ingest:
         out.dead += 1
         self.counters["dead:" + reason.split(":")[0]] += 1
         conn.execute(
-            sa.insert(DEAD),
+            sa.insert(DEAD_LETTERS),
             [
                 {
                     "received_ms": now,
@@ -551,7 +543,7 @@ class Ingest:
         up = e["up_s"] * 1000 + e["up_ms"]
         a = self._anchor(conn, dev.id, e["boot"])
         n = conn.execute(
-            C.insert_ignore(conn, EVENTS),
+            insert_ignore(conn, EVENTS),
             [
                 {
                     "device_id": dev.id,

@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery import db
+from cloud.orrery.db.tables import WORKFLOWS
 from shared import workflow
-
-WORKFLOWS = db.Workflow.__table__
 
 
 class RegistryError(ValueError):

@@ -42,17 +42,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from cloud.orrery import commands as C
-from cloud.orrery import db
+from cloud.orrery.db.tables import (
+    COMMANDS,
+    DEVICES,
+    ROLLOUT_DEVICES,
+    ROLLOUT_LOG,
+    ROLLOUTS,
+    TAGS,
+    WORKFLOWS,
+)
 from cloud.orrery.ingest import jlog, now_ms
 from shared import codec as P
-
-DEVICES = db.Device.__table__
-TAGS = db.DeviceTag.__table__
-ROLLOUTS = db.Rollout.__table__
-MEMBERS = db.RolloutDevice.__table__
-LOG = db.RolloutLog.__table__
-WORKFLOWS = db.Workflow.__table__
-COMMANDS = db.Command.__table__
 
 # The device columns a rollout plans from: rows are (id, name, fleet, profile, fw, wf, wf_ver,
 # online). ``orrery bench rollout`` times the same SELECT as its baseline.
@@ -255,7 +255,7 @@ class Orchestrator:
         device_id: int | None = None,
     ) -> None:
         conn.execute(
-            sa.insert(LOG),
+            sa.insert(ROLLOUT_LOG),
             [
                 {
                     "rollout_id": rid,
@@ -276,8 +276,11 @@ class Orchestrator:
         now = self.clock()
         # one statement, executed for every change (executemany)
         conn.execute(
-            sa.update(MEMBERS)
-            .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == sa.bindparam("m_did"))
+            sa.update(ROLLOUT_DEVICES)
+            .where(
+                ROLLOUT_DEVICES.c.rollout_id == rid,
+                ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"),
+            )
             .values(
                 state=sa.bindparam("m_state"),
                 updated_ms=now,
@@ -290,7 +293,7 @@ class Orchestrator:
             ],
         )
         conn.execute(
-            sa.insert(LOG),
+            sa.insert(ROLLOUT_LOG),
             [
                 {
                     "rollout_id": rid,
@@ -318,17 +321,21 @@ class Orchestrator:
             for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
                 tags[did][k] = v
         busy_q = (
-            sa.select(MEMBERS.c.device_id, MEMBERS.c.rollout_id)
-            .join(ROLLOUTS, ROLLOUTS.c.id == MEMBERS.c.rollout_id)
-            .where(ROLLOUTS.c.state.in_(("running", "paused")), MEMBERS.c.state.notin_(FINAL))
+            sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.rollout_id)
+            .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
+            .where(
+                ROLLOUTS.c.state.in_(("running", "paused")), ROLLOUT_DEVICES.c.state.notin_(FINAL)
+            )
         )
         if rid is not None:
-            busy_q = busy_q.where(MEMBERS.c.rollout_id != rid)
+            busy_q = busy_q.where(ROLLOUT_DEVICES.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
         q = sa.select(*TARGET_COLS)
         if rid is not None:
             q = q.where(
-                ~sa.exists().where(MEMBERS.c.rollout_id == rid, MEMBERS.c.device_id == DEVICES.c.id)
+                ~sa.exists().where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id
+                )
             )
         if not_on is not None:
             q = q.where(
@@ -487,14 +494,14 @@ class Orchestrator:
             r = self._rollout(conn, rid, lock=True)
             if r.state != "draft":
                 raise RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
-            other = MEMBERS.alias("other")
+            other = ROLLOUT_DEVICES.alias("other")
             clash = conn.execute(
                 sa.select(other.c.rollout_id, DEVICES.c.name)
-                .select_from(MEMBERS)
-                .join(other, other.c.device_id == MEMBERS.c.device_id)
+                .select_from(ROLLOUT_DEVICES)
+                .join(other, other.c.device_id == ROLLOUT_DEVICES.c.device_id)
                 .join(ROLLOUTS, ROLLOUTS.c.id == other.c.rollout_id)
-                .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
-                .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.state.notin_(FINAL),
+                .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+                .where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.notin_(FINAL),
                        other.c.rollout_id != rid, other.c.state.notin_(FINAL),
                        ROLLOUTS.c.state.in_(("running", "paused")))
                 .order_by(other.c.rollout_id, DEVICES.c.name)
@@ -531,8 +538,8 @@ class Orchestrator:
                 raise RolloutError(f"rollout {rid} is already {r.state}")
             states = ("queued",) + (IN_FLIGHT if force else ("offline-pending",))
             rows = conn.execute(
-                sa.select(MEMBERS.c.device_id, MEMBERS.c.command_id).where(
-                    MEMBERS.c.rollout_id == rid, MEMBERS.c.state.in_(states)
+                sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.command_id).where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.in_(states)
                 )
             ).all()
             ids = [x.command_id for x in rows if x.command_id]
@@ -562,8 +569,8 @@ class Orchestrator:
             if r.state == "canceled":
                 raise RolloutError(f"rollout {rid} is canceled; create a new one")
             rows = conn.execute(
-                sa.select(MEMBERS.c.device_id).where(
-                    MEMBERS.c.rollout_id == rid, MEMBERS.c.state.in_(FAILED)
+                sa.select(ROLLOUT_DEVICES.c.device_id).where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.in_(FAILED)
                 )
             ).all()
             self._set_members(
@@ -584,12 +591,12 @@ class Orchestrator:
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid)
             prev = conn.execute(
-                sa.select(MEMBERS.c.prev_wf, MEMBERS.c.prev_ver, sa.func.count())
+                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, sa.func.count())
                 .where(
-                    MEMBERS.c.rollout_id == rid,
-                    MEMBERS.c.state.in_(("succeeded", "installing", "acked")),
+                    ROLLOUT_DEVICES.c.rollout_id == rid,
+                    ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")),
                 )
-                .group_by(MEMBERS.c.prev_wf, MEMBERS.c.prev_ver)
+                .group_by(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver)
             ).all()
         if r.state in ("running", "paused"):
             self.cancel(rid)
@@ -600,9 +607,9 @@ class Orchestrator:
             with self.engine.connect() as conn:
                 names = [
                     n for (n,) in conn.execute(
-                        sa.select(DEVICES.c.name).join(MEMBERS, MEMBERS.c.device_id == DEVICES.c.id).where(
-                            MEMBERS.c.rollout_id == rid, MEMBERS.c.prev_wf == wf, MEMBERS.c.prev_ver == ver,
-                            MEMBERS.c.state.in_(("succeeded", "installing", "acked")))
+                        sa.select(DEVICES.c.name).join(ROLLOUT_DEVICES, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id).where(
+                            ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.prev_wf == wf, ROLLOUT_DEVICES.c.prev_ver == ver,
+                            ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")))
                     )
                 ]  # fmt: skip
             made.append(self._rollback_one(rid, wf, ver, names, r))
@@ -627,7 +634,7 @@ class Orchestrator:
             )
             now = self.clock()
             conn.execute(
-                sa.insert(MEMBERS),
+                sa.insert(ROLLOUT_DEVICES),
                 [
                     {
                         "rollout_id": new,
@@ -706,13 +713,13 @@ class Orchestrator:
         """Derive device states from their commands' acks, the registry and the clock."""
         rows = conn.execute(
             sa.select(
-                MEMBERS.c.device_id, MEMBERS.c.state, MEMBERS.c.sent_ms, MEMBERS.c.attempt,
+                ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.state, ROLLOUT_DEVICES.c.sent_ms, ROLLOUT_DEVICES.c.attempt,
                 COMMANDS.c.status, COMMANDS.c.ack_code, COMMANDS.c.ack_detail, COMMANDS.c.exp,
                 DEVICES.c.online, DEVICES.c.wf_hash,
             )
-            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
-            .outerjoin(COMMANDS, COMMANDS.c.id == MEMBERS.c.command_id)
-            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.state.in_(IN_FLIGHT))
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .outerjoin(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT))
         ).all()  # fmt: skip
         if not rows:
             return
@@ -765,12 +772,12 @@ class Orchestrator:
         new, _ = self._targets(conn, parse_target(r.target), r.id, not_on=wf)
         if new:
             conn.execute(
-                sa.insert(MEMBERS),
+                sa.insert(ROLLOUT_DEVICES),
                 [{"rollout_id": r.id, "device_id": d.id, "wave": r.wave, "state": "queued", "prev_wf": d.wf,
                   "prev_ver": d.wf_ver, "updated_ms": now} for d in new],
             )  # fmt: skip
             conn.execute(
-                sa.insert(LOG),
+                sa.insert(ROLLOUT_LOG),
                 [{"rollout_id": r.id, "device_id": d.id, "at_ms": now, "event": "joined",
                   "detail": f"{d.name} joined the target; added to wave {r.wave + 1}"} for d in new],
             )  # fmt: skip
@@ -782,7 +789,7 @@ class Orchestrator:
             return []
         sent_last_minute = conn.execute(
             sa.select(sa.func.count()).where(
-                MEMBERS.c.rollout_id == r.id, MEMBERS.c.sent_ms > now - 60_000
+                ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.sent_ms > now - 60_000
             )
         ).scalar()
         budget = r.rate_per_min - sent_last_minute
@@ -790,17 +797,19 @@ class Orchestrator:
             return []
         rows = conn.execute(
             sa.select(
-                MEMBERS.c.device_id,
-                MEMBERS.c.attempt,
+                ROLLOUT_DEVICES.c.device_id,
+                ROLLOUT_DEVICES.c.attempt,
                 DEVICES.c.name,
                 DEVICES.c.fleet,
                 DEVICES.c.online,
             )
-            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
             .where(
-                MEMBERS.c.rollout_id == r.id, MEMBERS.c.state == "queued", MEMBERS.c.wave <= r.wave
+                ROLLOUT_DEVICES.c.rollout_id == r.id,
+                ROLLOUT_DEVICES.c.state == "queued",
+                ROLLOUT_DEVICES.c.wave <= r.wave,
             )
-            .order_by(MEMBERS.c.wave, DEVICES.c.online.desc(), MEMBERS.c.device_id)
+            .order_by(ROLLOUT_DEVICES.c.wave, DEVICES.c.online.desc(), ROLLOUT_DEVICES.c.device_id)
             .limit(budget)
         ).all()
         if not rows:
@@ -828,22 +837,24 @@ class Orchestrator:
             if o is not None and m.online:
                 out.append(o)
         conn.execute(
-            sa.update(MEMBERS)
-            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.device_id == sa.bindparam("m_did"))
+            sa.update(ROLLOUT_DEVICES)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"))
             .values(state=sa.bindparam("m_state"), attempt=sa.bindparam("m_attempt"),
                     command_id=sa.bindparam("m_cmd"), sent_ms=now, updated_ms=now,
                     detail=sa.bindparam("m_detail")),
             updates,
         )  # fmt: skip
-        conn.execute(sa.insert(LOG), logs)
+        conn.execute(sa.insert(ROLLOUT_LOG), logs)
         return out
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
         """Device states of a rollout (waves up to ``upto_wave`` if given)."""
-        q = sa.select(MEMBERS.c.state, sa.func.count()).where(MEMBERS.c.rollout_id == rid)
+        q = sa.select(ROLLOUT_DEVICES.c.state, sa.func.count()).where(
+            ROLLOUT_DEVICES.c.rollout_id == rid
+        )
         if upto_wave is not None:
-            q = q.where(MEMBERS.c.wave <= upto_wave)
-        return Counter(dict(conn.execute(q.group_by(MEMBERS.c.state)).all()))
+            q = q.where(ROLLOUT_DEVICES.c.wave <= upto_wave)
+        return Counter(dict(conn.execute(q.group_by(ROLLOUT_DEVICES.c.state)).all()))
 
     def _evaluate(self, conn: Connection, r, now: int) -> None:
         waves = json.loads(r.waves)
@@ -913,11 +924,13 @@ class Orchestrator:
         pairs = [x for k in HEALTH for x in (sa.literal_column(f"'{k}'"), DEVICES.c[k])]
         snapshot = (
             sa.select(sa.cast(obj(*pairs), sa.Text))
-            .where(DEVICES.c.id == MEMBERS.c.device_id)
+            .where(DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
             .scalar_subquery()
         )
         conn.execute(
-            sa.update(MEMBERS).where(MEMBERS.c.rollout_id == r.id).values(baseline=snapshot)
+            sa.update(ROLLOUT_DEVICES)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id)
+            .values(baseline=snapshot)
         )
 
     def health_gate(self, conn: Connection, r) -> dict:
@@ -928,14 +941,14 @@ class Orchestrator:
         unrelated reboots landing on the canaries must not stop a rollout."""
         rows = conn.execute(
             sa.select(
-                MEMBERS.c.state,
-                MEMBERS.c.wave,
-                MEMBERS.c.baseline,
+                ROLLOUT_DEVICES.c.state,
+                ROLLOUT_DEVICES.c.wave,
+                ROLLOUT_DEVICES.c.baseline,
                 DEVICES.c.online,
                 *(DEVICES.c[k] for k in HEALTH),
             )
-            .join(DEVICES, DEVICES.c.id == MEMBERS.c.device_id)
-            .where(MEMBERS.c.rollout_id == r.id, MEMBERS.c.baseline.is_not(None))
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.baseline.is_not(None))
         ).all()
         up = [x for x in rows if x.state == "succeeded"]
         # offline boards report nothing: counting them would make the control look healthier
@@ -976,7 +989,7 @@ class Orchestrator:
         per_wave = []
         for w in range(len(waves)):
             c = Counter(dict(conn.execute(
-                sa.select(MEMBERS.c.state, sa.func.count()).where(MEMBERS.c.rollout_id == rid, MEMBERS.c.wave == w).group_by(MEMBERS.c.state)
+                sa.select(ROLLOUT_DEVICES.c.state, sa.func.count()).where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.wave == w).group_by(ROLLOUT_DEVICES.c.state)
             ).all()))  # fmt: skip
             per_wave.append(
                 {"wave": w + 1, "size": waves[w], "total": sum(c.values()), "states": dict(c)}

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cloud.orrery import db
+from cloud.orrery.db.tables import EVENTS, ROLLOUT_LOG, ROLLOUTS, TAGS, WORKFLOWS
 from cloud.orrery.fleetcli import DbOpt, JsonOpt, console, err, fail, iso, open_db, parse_time
 from cloud.orrery.ingest import DEVICES, READINGS, now_ms
 
@@ -83,7 +83,7 @@ def workflow_push(
 
 def workflow_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Every version in the registry, with how many devices run it."""
-    W = db.Workflow.__table__
+    W = WORKFLOWS
     with open_db(db_url).connect() as conn:
         running = {(n, v): c for n, v, c in conn.execute(
             sa.select(DEVICES.c.wf, DEVICES.c.wf_ver, sa.func.count()).group_by(DEVICES.c.wf, DEVICES.c.wf_ver))}  # fmt: skip
@@ -186,7 +186,7 @@ def workflow_simulate(
         if hi is not None:
             q = q.where(READINGS.c.event_ms < hi)
         rows = conn.execute(q.order_by(READINGS.c.seq)).all()
-        E = db.Event.__table__
+        E = EVENTS
         actual = [{"t": e.event_ms, "state": e.state, "event": e.event, "value": e.value}
                   for e in conn.execute(sa.select(E).where(E.c.device_id == d.id).order_by(E.c.boot, E.c.seq))]  # fmt: skip
     try:
@@ -237,7 +237,7 @@ def devices_tag(
     """Set or remove tags (rollout targets select on ``tag.KEY=VALUE``)."""
     import re
 
-    T = db.DeviceTag.__table__
+    T = TAGS
     parsed = []
     for t in tags:
         m = re.fullmatch(r"([A-Za-z0-9_.-]{1,64})=(.{0,128})", t)
@@ -412,7 +412,7 @@ def rollout_rollback(rollout_id: int, db_url: DbOpt = None) -> None:
 def rollout_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Every rollout, newest first."""
     o = _orch(db_url)
-    R = db.Rollout.__table__
+    R = ROLLOUTS
     with o.engine.connect() as conn:
         rows = [
             o.summary(conn, r.id) for r in conn.execute(sa.select(R.c.id).order_by(R.c.id.desc()))
@@ -485,8 +485,8 @@ def rollout_status(
 @rollout_app.command("log")
 def rollout_log(rollout_id: int, db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     """The audit log: every rollout and device state change."""
-    L = db.RolloutLog.__table__
-    R = db.Rollout.__table__
+    L = ROLLOUT_LOG
+    R = ROLLOUTS
     with open_db(db_url).connect() as conn:
         if conn.execute(sa.select(R.c.id).where(R.c.id == rollout_id)).first() is None:
             fail(f"no rollout {rollout_id} (see `orrery rollout list`)")

@@ -53,7 +53,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery import db, keys, registry
+from cloud.orrery import keys, registry
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
 from firmware import link as _fwlink
 from firmware.link import UmqttLink
 from firmware.node import Node
@@ -756,7 +758,7 @@ def _companion_main(argv: list[str]) -> int:
     logging.getLogger("orrery.ingest").setLevel(a.log_level)
     secret = keys.load_secret()
     shared = SharedClock(a.clock)
-    engine = db.engine_for(a.db)
+    engine = engine_for(a.db)
     commits: list | None = [] if a.commits else None
     svc = build_companion(
         engine, secret, a.host, a.port, shared, client_id=a.client_id,
@@ -930,7 +932,7 @@ class VirtualFleet:
         self.max_holding = max_holding
         self.secret = secret or f"orrery-sim-fleet-secret-{seed:08d}".encode()
         self.db_url = db_url
-        self.engine = db.engine_for(db_url)
+        self.engine = engine_for(db_url)
         self.own_root = root is None
         self.root = root or flash_dir()
         self.broker_proc = None
@@ -976,7 +978,7 @@ class VirtualFleet:
         small_set = set(order[k_clockless : k_clockless + k_small])
         with self.engine.begin() as conn:
             conn.execute(
-                sa.insert(db.Device.__table__),
+                sa.insert(DEVICES),
                 [{"name": nm, "fleet": FLEET, "profile": PROFILE_NAME, "created_ms": self.t0}
                  for nm in names],
             )  # fmt: skip

@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.orrery import db
 from cloud.orrery.bench import ingest as bench
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
 
 try:  # the cloud's view of the protocol (decoders, encode_batch), where the tree has it
     from shared import codec as P
@@ -201,11 +202,11 @@ def make_load(readings: int, devices: int, batch: int = 100, dup: float = 0.10, 
 
 def setup_db(url: str, load: Load) -> sa.Engine:
     """Migrate, register the stream's devices (ids 1..devices) and the fence device."""
-    engine = db.engine_for(url)
+    engine = engine_for(url)
     bench.register(engine, load.devices)
     with engine.begin() as c:
         c.execute(
-            sa.insert(db.Device.__table__), [{"name": FENCE, "fleet": FLEET, "created_ms": 0}]
+            sa.insert(DEVICES), [{"name": FENCE, "fleet": FLEET, "created_ms": 0}]
         )
     return engine
 

@@ -43,8 +43,10 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
-from cloud.orrery import db, keys, registry
-from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
+from cloud.orrery import keys, registry
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import COMMANDS, DEAD_LETTERS, ROLLOUT_LOG
+from cloud.orrery.rollout import DEVICES, ROLLOUT_DEVICES, ROLLOUTS, TARGET_COLS, Orchestrator
 from shared import codec as P
 from shared import workflow
 from tools.mosquitto import Broker
@@ -89,9 +91,9 @@ def time_select(engine: sa.Engine) -> tuple[float, int]:
 
 def _drop_rollout(engine: sa.Engine, rid: int) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.delete(MEMBERS).where(MEMBERS.c.rollout_id == rid))
+        conn.execute(sa.delete(ROLLOUT_DEVICES).where(ROLLOUT_DEVICES.c.rollout_id == rid))
         conn.execute(
-            sa.delete(db.RolloutLog.__table__).where(db.RolloutLog.__table__.c.rollout_id == rid)
+            sa.delete(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid)
         )
         conn.execute(sa.delete(ROLLOUTS).where(ROLLOUTS.c.id == rid))
 
@@ -187,7 +189,7 @@ def _serve(url: str, port: int, log: Path) -> subprocess.Popen:
 
 def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
     """Wait until serve stores what it receives: an ack for no command is a dead letter."""
-    D = db.DeadLetter.__table__
+    D = DEAD_LETTERS
 
     def dead() -> int:
         with engine.connect() as conn:
@@ -210,7 +212,7 @@ def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
 
 
 def _count_done(engine: sa.Engine) -> int:
-    C = db.Command.__table__
+    C = COMMANDS
     with engine.connect() as conn:
         return conn.execute(
             sa.select(sa.func.count()).select_from(C).where(C.c.status == "done")
@@ -235,7 +237,7 @@ def run(devices: int = 100_000, timeout: float = 900) -> dict:
     v2 = (GOLDEN / "greenhouse.json").read_bytes()
     with tempfile.TemporaryDirectory(prefix="orrery-bench-rollout-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'rollout.db'}"
-        engine = db.engine_for(url)
+        engine = engine_for(url)
         with engine.begin() as conn:
             registry.push(conn, v1, None, 0)
             registry.push(conn, v2, None, 0)
@@ -282,13 +284,13 @@ def _succeeded(engine: sa.Engine, rid: int) -> int:
     with engine.connect() as conn:
         return conn.execute(
             sa.select(sa.func.count())
-            .select_from(MEMBERS)
-            .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.state == "succeeded")
+            .select_from(ROLLOUT_DEVICES)
+            .where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state == "succeeded")
         ).scalar()
 
 
 def _mark_sent(engine: sa.Engine, ids: list[str]) -> None:
-    C = db.Command.__table__
+    C = COMMANDS
     with engine.begin() as conn:
         for i in range(0, len(ids), 10_000):
             conn.execute(
