@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.orrery import keys
+from cloud.orrery.fleet import keys
 from tools import deploy, serialport
 from tools.virtualboard import VirtualBoard
 

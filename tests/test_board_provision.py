@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from cloud.orrery import keys
 from cloud.orrery.board import board_app
 from cloud.orrery.db.engine import engine_for
+from cloud.orrery.fleet import keys
 from tools import espimage, image, profiles, provision
 
 SECRET = b"provisioning-secret-for-tests-0123456789"

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cloud.orrery.cli import app
+from cloud.orrery.clock import iso
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.fleetcli import iso
 from cloud.orrery.ingest import Ingest, Message
 from shared import codec as P
 

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import SQLModel
 
-from cloud.orrery import keys
 from cloud.orrery.db.engine import alembic_config, engine_for, upgrade
 from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import keys
 from cloud.orrery.ingest import AlertRule, Ingest, Message, merge, subtract
 from shared import codec as P
 

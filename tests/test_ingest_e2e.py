@@ -13,9 +13,9 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import keys
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import keys
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.serve import BrokerAddress, Service
 from shared import codec as P

@@ -18,10 +18,10 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import commands as C
-from cloud.orrery import keys, registry
+from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES, ROLLOUTS, TAGS
+from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import (
     Orchestrator,
@@ -247,7 +247,7 @@ class Env:
                 {"i": cmd_id},
             ).scalar_one()  # fmt: skip
 
-    def board(self, out: list[C.Outgoing], code: int = P.OK) -> list[str]:
+    def board(self, out: list[commands.Outgoing], code: int = P.OK) -> list[str]:
         """Each addressed board checks its command like a board does, acks IN_PROGRESS, runs
         the new version and acks ``code`` (after a failure it is back on version 1)."""
         done = []
@@ -855,7 +855,7 @@ def test_two_orchestrators_never_send_a_command_twice(dbenv):
     assert env.rows("SELECT count(*), count(DISTINCT device_id) FROM commands")[0] == (6, 6)
     # the command ids are the idempotency check: queueing one again inserts nothing
     with env.engine.begin() as c:
-        assert C.queue(c, SECRET, device_id=1, device="d00", fleet="f1", cmd_id=f"rollout:{rid}:1:1",
+        assert commands.queue(c, SECRET, device_id=1, device="d00", fleet="f1", cmd_id=f"rollout:{rid}:1:1",
                        kind="install_workflow", args={}, source="x", now_ms=env.now) is None  # fmt: skip
 
 
@@ -863,8 +863,8 @@ def test_audit_log_and_summary(dbenv):
     env = dbenv
     o = env.orch()
     rid = start(env, o, waves="2,100%")
-    accepted: list[C.Outgoing] = []
-    installing: list[C.Outgoing] = []
+    accepted: list[commands.Outgoing] = []
+    installing: list[commands.Outgoing] = []
     for _ in range(10):
         # a tick between each step: boards accept and install, then report success
         for x in installing:

@@ -487,7 +487,7 @@ def device_config(config: dict[str, Any], device_id: str, board: str) -> dict[st
             "firmware would look for a profile that is not on the board"
         )
     if "hmac_key" not in cfg:
-        from cloud.orrery import keys
+        from cloud.orrery.fleet import keys
 
         try:
             secret = keys.load_secret()

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud.orrery import keys
+from cloud.orrery.fleet import keys
 from firmware import config as fwconfig
 
 

@@ -286,7 +286,8 @@ def provision(
 ) -> None:
     """Generate device ids, keys and broker credentials; register the boards; write a config
     (and optionally a factory image) per board."""
-    from cloud.orrery import fleetcli, keys
+    from cloud.orrery import fleetcli
+    from cloud.orrery.fleet import keys
     from tools import provision as P
 
     profile = _profile(board)

@@ -55,7 +55,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cloud.orrery import keys
+from cloud.orrery.fleet import keys
 
 broker_app = typer.Typer(
     help="Mosquitto for the fleet: per-device passwords, topic ACLs, TLS.",

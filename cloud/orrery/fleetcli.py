@@ -16,9 +16,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.engine import describe, engine_for, url_from
-from cloud.orrery.db.tables import SESSIONS, insert_ignore
-from cloud.orrery.ingest import DEAD_LETTERS, DEVICES, GAPS, LOSSES, READINGS, now_ms
+from cloud.orrery.db.tables import (
+    DEAD_LETTERS,
+    DEVICES,
+    GAPS,
+    LOSSES,
+    READINGS,
+    SESSIONS,
+    insert_ignore,
+)
 
 devices_app = typer.Typer(help="The devices registry.", no_args_is_help=True)
 readings_app = typer.Typer(help="Stored readings, gaps and statistics.", no_args_is_help=True)
@@ -64,17 +72,6 @@ def parse_time(text: str | None, name: str) -> int | None:
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1000)
-
-
-def iso(ms: int | None) -> str | None:
-    """unix ms -> ISO 8601 UTC with ms, or None."""
-    if ms is None:
-        return None
-    return (
-        datetime.fromtimestamp(ms / 1000, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 def _device_id(conn, name: str) -> int:
@@ -130,9 +127,10 @@ def serve(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the ingest service: store readings exactly once, reconcile gaps, answer pulls."""
-    from cloud.orrery import keys
-    from cloud.orrery.ingest import AlertRule, Ingest, jlog
-    from cloud.orrery.serve import BrokerAddress, Service, configure_logging
+    from cloud.orrery.fleet import keys
+    from cloud.orrery.ingest import AlertRule, Ingest
+    from cloud.orrery.jsonlog import configure_logging, jlog
+    from cloud.orrery.serve import BrokerAddress, Service
 
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level {log_level!r}: expected DEBUG, INFO, WARNING or ERROR")

@@ -12,7 +12,6 @@ Nothing a board sends can crash it: every message is stored, or dead-lettered wi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from cloud.orrery import commands as C
+from cloud.orrery.clock import now_ms
 from cloud.orrery.db.tables import (
     ALERTS,
     DEAD_LETTERS,
@@ -36,24 +35,12 @@ from cloud.orrery.db.tables import (
     SESSIONS,
     insert_ignore,
 )
+from cloud.orrery.fleet import commands, keys
+from cloud.orrery.jsonlog import jlog
 from shared import codec as P
-
-log = logging.getLogger("orrery.ingest")
-
 
 MAX_JSON = 16384
 DEAD_PAYLOAD = 4096
-
-
-def now_ms() -> int:
-    """Wall-clock unix time in ms."""
-    return int(time.time() * 1000)
-
-
-def jlog(event: str, level: int = logging.INFO, **fields) -> None:
-    """Log one structured (JSON) line."""
-    if log.isEnabledFor(level):
-        log.log(level, json.dumps({"event": event, **fields}, default=str, sort_keys=True))
 
 
 def _session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dict:
@@ -168,7 +155,7 @@ class Outcome:
     inserted: int = 0
     duplicates: int = 0
     dead: int = 0
-    outgoing: list[C.Outgoing] = field(default_factory=list)
+    outgoing: list[commands.Outgoing] = field(default_factory=list)
 
 
 @dataclass
@@ -360,7 +347,7 @@ class Ingest:
             if a["id"] is None:
                 jlog("ack_untrusted", device=dev.name, code=a["code"], detail=a["detail"])
                 return None
-            if not C.apply_ack(conn, dev.id, a["id"], a["code"], a["detail"], now):
+            if not commands.apply_ack(conn, dev.id, a["id"], a["code"], a["detail"], now):
                 return f"ack for unknown command: {a['id']!r}"
             self._touch(conn, dev, now)
             return None
@@ -400,13 +387,11 @@ class Ingest:
             if err:
                 return f"malformed pull: {err}"
             self._touch(conn, dev, now)
-            out.outgoing.extend(C.pending_for(conn, dev.id, now))
+            out.outgoing.extend(commands.pending_for(conn, dev.id, now))
             return None
         if kind == P.CMD:
             if self.secret is None:
                 return None
-            from cloud.orrery import keys
-
             cmd, err = P.verify_envelope(keys.device_key(self.secret, dev.name), m.payload)
             if err:
                 return f"bad signature: {err}"
@@ -698,16 +683,18 @@ class Ingest:
 
     # --- reconciliation ----------------------------------------------------------------------
 
-    def reconcile(self, now: int | None = None, budget_s: float | None = None) -> list[C.Outgoing]:
+    def reconcile(
+        self, now: int | None = None, budget_s: float | None = None
+    ) -> list[commands.Outgoing]:
         """Merge ranges, update gaps and losses, queue resends; return commands to publish.
 
         With ``budget_s`` a pass stops after that much time and the next pass goes on from
         the next device, so reconciling a large fleet never stalls the ingest for long.
         """
         now = self.clock() if now is None else now
-        outgoing: list[C.Outgoing] = []
+        outgoing: list[commands.Outgoing] = []
         with self.engine.begin() as conn:
-            C.expire(conn, now)
+            commands.expire(conn, now)
             due = conn.execute(
                 sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet)
                 .where(
@@ -732,7 +719,7 @@ class Ingest:
                 break
         return outgoing
 
-    def _reconcile_device(self, conn: Connection, dev: _Dev, now: int) -> list[C.Outgoing]:
+    def _reconcile_device(self, conn: Connection, dev: _Dev, now: int) -> list[commands.Outgoing]:
         if self.pg:
             # one reconciler per device at a time, whatever the number of companions
             got = conn.execute(
@@ -811,9 +798,11 @@ class Ingest:
             cmd_status = {
                 r.id: r
                 for r in conn.execute(
-                    sa.select(C.COMMANDS.c.id, C.COMMANDS.c.status, C.COMMANDS.c.acked_ms).where(
-                        C.COMMANDS.c.id.in_(ids)
-                    )
+                    sa.select(
+                        commands.COMMANDS.c.id,
+                        commands.COMMANDS.c.status,
+                        commands.COMMANDS.c.acked_ms,
+                    ).where(commands.COMMANDS.c.id.in_(ids))
                 )
             }
         new_gaps = []
@@ -854,7 +843,7 @@ class Ingest:
                 else:
                     attempt = gap["attempts"] + 1
                     cmd_id = f"resend:{dev.id}:{a}-{b}:{attempt}"
-                    o = C.queue(
+                    o = commands.queue(
                         conn,
                         self.secret,
                         device_id=dev.id,
@@ -907,14 +896,14 @@ class Ingest:
 
     # --- dispatch ----------------------------------------------------------------------------
 
-    def queued_commands(self, now: int | None = None) -> list[C.Outgoing]:
+    def queued_commands(self, now: int | None = None) -> list[commands.Outgoing]:
         """Queued commands to publish (resends, and later rollouts)."""
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
-            return C.queued(conn, now)
+            return commands.queued(conn, now)
 
     def mark_sent(self, ids: list[str], now: int | None = None) -> None:
         """Record that these commands were accepted by the broker."""
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
-            C.mark_sent(conn, ids, now)
+            commands.mark_sent(conn, ids, now)

@@ -41,7 +41,7 @@ from operator import itemgetter
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from cloud.orrery import commands as C
+from cloud.orrery.clock import now_ms
 from cloud.orrery.db.tables import (
     COMMANDS,
     DEVICES,
@@ -51,7 +51,8 @@ from cloud.orrery.db.tables import (
     TAGS,
     WORKFLOWS,
 )
-from cloud.orrery.ingest import jlog, now_ms
+from cloud.orrery.fleet import commands
+from cloud.orrery.jsonlog import jlog
 from shared import codec as P
 
 # The device columns a rollout plans from: rows are (id, name, fleet, profile, fw, wf, wf_ver,
@@ -546,7 +547,7 @@ class Orchestrator:
             if ids:
                 conn.execute(
                     sa.update(COMMANDS)
-                    .where(COMMANDS.c.id.in_(ids), COMMANDS.c.status.in_(C.OPEN))
+                    .where(COMMANDS.c.id.in_(ids), COMMANDS.c.status.in_(commands.OPEN))
                     .values(status="canceled")
                 )
             self._set_members(
@@ -662,10 +663,10 @@ class Orchestrator:
 
     # --- driving -----------------------------------------------------------------------------
 
-    def tick(self) -> list[C.Outgoing]:
+    def tick(self) -> list[commands.Outgoing]:
         """One step of every running (or finished but not converged) rollout; returns the
         commands to publish now."""
-        out: list[C.Outgoing] = []
+        out: list[commands.Outgoing] = []
         with self.engine.connect() as conn:
             ids = [
                 r.id
@@ -695,9 +696,9 @@ class Orchestrator:
         )
         return True
 
-    def _tick_one(self, rid: int) -> list[C.Outgoing]:
+    def _tick_one(self, rid: int) -> list[commands.Outgoing]:
         now = self.clock()
-        out: list[C.Outgoing] = []
+        out: list[commands.Outgoing] = []
         with self.engine.begin() as conn:
             if not self._lease(conn, rid, now):
                 return []
@@ -782,7 +783,7 @@ class Orchestrator:
                   "detail": f"{d.name} joined the target; added to wave {r.wave + 1}"} for d in new],
             )  # fmt: skip
 
-    def _dispatch(self, conn: Connection, r, now: int) -> list[C.Outgoing]:
+    def _dispatch(self, conn: Connection, r, now: int) -> list[commands.Outgoing]:
         """Queue and sign the install command of queued devices in waves up to the current one,
         within the rate limit."""
         if self.secret is None:
@@ -827,7 +828,7 @@ class Orchestrator:
         for m in rows:
             attempt = m.attempt + 1
             cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
-            o = C.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
+            o = commands.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
                         kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
             state = "sent" if m.online else "offline-pending"
             updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,

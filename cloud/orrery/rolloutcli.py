@@ -14,15 +14,15 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cloud.orrery.db.tables import EVENTS, ROLLOUT_LOG, ROLLOUTS, TAGS, WORKFLOWS
-from cloud.orrery.fleetcli import DbOpt, JsonOpt, console, err, fail, iso, open_db, parse_time
-from cloud.orrery.ingest import DEVICES, READINGS, now_ms
+from cloud.orrery.clock import iso, now_ms
+from cloud.orrery.db.tables import DEVICES, EVENTS, READINGS, ROLLOUT_LOG, ROLLOUTS, TAGS, WORKFLOWS
+from cloud.orrery.fleetcli import DbOpt, JsonOpt, console, err, fail, open_db, parse_time
 
 rollout_app = typer.Typer(help="Staged fleet rollouts of workflow versions.", no_args_is_help=True)
 
 
 def _orch(db_url: str | None, need_secret: bool = False):
-    from cloud.orrery import keys
+    from cloud.orrery.fleet import keys
     from cloud.orrery.rollout import Orchestrator
 
     engine = open_db(db_url)

@@ -28,8 +28,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.orrery import commands as C
-from cloud.orrery.ingest import Ingest, Message, jlog, log
+from cloud.orrery.fleet import commands
+from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.jsonlog import jlog
 
 SESSION_EXPIRY_S = 7 * 86400
 RECEIVE_MAXIMUM = 2000
@@ -223,7 +224,7 @@ class Service:
             self._publish(result.outgoing)
 
     def _reconcile(self) -> None:
-        out: list[C.Outgoing] = []
+        out: list[commands.Outgoing] = []
         try:
             out = self.ingest.reconcile(budget_s=0.2)
         except Exception as exc:
@@ -241,7 +242,7 @@ class Service:
         if out:
             self._publish(out)
 
-    def _publish(self, out: list[C.Outgoing]) -> None:
+    def _publish(self, out: list[commands.Outgoing]) -> None:
         infos = [(o, self.client.publish(o.topic, o.payload, qos=1)) for o in out]
         sent = []
         deadline = time.monotonic() + 5  # one wait for the whole group, not 5 s per command
@@ -258,14 +259,3 @@ class Service:
             jlog("mark_sent_failed", logging.ERROR, error=repr(exc)[:300])
         if sent:
             jlog("commands_sent", count=len(sent), ids=sent[:10])
-
-
-def configure_logging(level: str = "INFO") -> None:
-    """Structured lines on stderr: one JSON object per line."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter('{"t":"%(asctime)s","level":"%(levelname)s","msg":%(message)s}')
-    )
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False

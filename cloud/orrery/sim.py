@@ -53,9 +53,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery import keys, registry
+from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import keys
 from firmware import link as _fwlink
 from firmware.link import UmqttLink
 from firmware.node import Node
@@ -741,7 +742,7 @@ def _companion_main(argv: list[str]) -> int:
     import argparse
     import logging
 
-    from cloud.orrery.serve import configure_logging
+    from cloud.orrery.jsonlog import configure_logging
 
     ap = argparse.ArgumentParser(prog="python -m cloud.orrery.sim companion")
     ap.add_argument("--db", required=True)

@@ -79,7 +79,7 @@ def plot_device(
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    from cloud.orrery.ingest import DEVICES, EVENTS, READINGS
+    from cloud.orrery.db.tables import DEVICES, EVENTS, READINGS
 
     with engine.connect() as conn:
         dev = conn.execute(

@@ -381,7 +381,7 @@ class Publisher:
             client.subscribe(f"orrery/{FLEET}/+/{P.CMD}", 1)
 
     def _on_message(self, client, userdata, msg) -> None:
-        from cloud.orrery import keys
+        from cloud.orrery.fleet import keys
 
         dev = msg.topic.split("/")[2]
         if dev not in self._store:

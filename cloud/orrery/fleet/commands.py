@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery import keys
 from cloud.orrery.db.tables import COMMANDS, DEVICES, insert_ignore
+from cloud.orrery.fleet import keys
 from shared import codec as P
 
 OPEN = ("queued", "sent")
