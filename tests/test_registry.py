@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import registry
 from cloud.orrery.cli import load_profile
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import registry, replay
 from cloud.orrery.ingest import Ingest, Message
 from firmware.profile import parse_profile
 from shared import codec as P
@@ -180,7 +180,7 @@ def stream() -> list[tuple[int, int, int]]:
 def test_replay_runs_the_executor_over_readings():
     v1, v2 = workflow.compile(V1), workflow.compile(V2)
     names = [c[0] for c in parse_profile(load_profile("esp32-devkitc"))[0]]
-    t1 = registry.replay(v1.blob, stream(), names, True)
+    t1 = replay.replay(v1.blob, stream(), names, True)
     assert t1.version == "greenhouse@1" and t1.note is None
     moves = [(x["from"], x["to"]) for x in t1.transitions]
     assert moves == [("idle", "cool"), ("cool", "idle")]  # back on the 60 s cooldown timer
@@ -191,9 +191,9 @@ def test_replay_runs_the_executor_over_readings():
     assert {(o["output"], o["value"]) for o in t1.outputs} >= {("fan", 1), ("relay1", 1)}
     assert t1.final_state == "idle"
     # v2 with v1's readings: other filter chains, so they are re-filtered (and it says so)
-    same = registry.filters_of(v1.blob) == registry.filters_of(v2.blob)
+    same = replay.filters_of(v1.blob) == replay.filters_of(v2.blob)
     assert not same
-    t2 = registry.replay(v2.blob, stream(), names, same)
+    t2 = replay.replay(v2.blob, stream(), names, same)
     assert "re-filtered" in t2.note
     assert [(x["from"], x["to"]) for x in t2.transitions] == [
         ("idle", "cooling"),
@@ -202,9 +202,9 @@ def test_replay_runs_the_executor_over_readings():
     # v2 leaves cooling as soon as it is below 2500, well before the cooldown
     assert t2.transitions[1]["t"] - t2.transitions[0]["t"] < 60_000
     assert {(o["output"], o["value"]) for o in t2.outputs} >= {("fan", 600), ("fan", 0)}
-    assert registry.as_dict(t2)["final_state"] == "idle"
+    assert replay.as_dict(t2)["final_state"] == "idle"
     # no readings: the initial state and nothing else
-    empty = registry.replay(v2.blob, [], names, True)
+    empty = replay.replay(v2.blob, [], names, True)
     assert (empty.transitions, empty.events, empty.final_state) == ([], [], "idle")
 
 
@@ -402,8 +402,8 @@ def test_cli_simulate_side_by_side(fleet):
     ]
     # it equals the registry's replay of the same readings
     names = [c[0] for c in parse_profile(load_profile("esp32-devkitc"))[0]]
-    want = registry.replay(workflow.compile(V2).blob, stream(), names, False)
-    assert pre == registry.as_dict(want)
+    want = replay.replay(workflow.compile(V2).blob, stream(), names, False)
+    assert pre == replay.as_dict(want)
     # the human form: a side-by-side table and the preview's transitions
     out = run("workflow", "simulate", "greenhouse@2", "--device", "d1", "--db", url).stdout
     assert f"replayed {len(PROFILE)} reading(s) of d1" in out

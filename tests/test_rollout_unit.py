@@ -18,10 +18,9 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES, ROLLOUTS, TAGS
-from cloud.orrery.fleet import commands, keys
+from cloud.orrery.fleet import commands, keys, registry
 from cloud.orrery.ingest import Ingest, Message
 from cloud.orrery.rollout import (
     Orchestrator,

@@ -375,7 +375,7 @@ class Orchestrator:
         dry_run: bool = False,
     ) -> Plan:
         """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
-        from cloud.orrery import registry
+        from cloud.orrery.fleet import registry
 
         wv = parse_waves(waves)
         terms = parse_target(target)
@@ -617,7 +617,7 @@ class Orchestrator:
         return made
 
     def _rollback_one(self, rid: int, wf: str, ver: int, names: list[str], r) -> int:
-        from cloud.orrery import registry
+        from cloud.orrery.fleet import registry
 
         with self.engine.begin() as conn:
             w = registry.get(conn, f"{wf}@{ver}")

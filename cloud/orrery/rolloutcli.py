@@ -36,7 +36,7 @@ def _orch(db_url: str | None, need_secret: bool = False):
 
 
 def _rollout_errors():
-    from cloud.orrery.registry import RegistryError
+    from cloud.orrery.fleet.registry import RegistryError
     from cloud.orrery.rollout import RolloutError
 
     return (RolloutError, RegistryError)
@@ -55,8 +55,8 @@ def workflow_push(
 ) -> None:
     """Store an immutable version: identical content is a no-op, other content under an
     existing version is refused."""
-    from cloud.orrery import registry
     from cloud.orrery.cli import load_profile
+    from cloud.orrery.fleet import registry
     from shared import workflow
 
     if not file.exists():
@@ -111,7 +111,7 @@ def workflow_show(
     ref: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")], db_url: DbOpt = None
 ) -> None:
     """Print a version's definition (JSON) and its hash."""
-    from cloud.orrery import registry
+    from cloud.orrery.fleet import registry
 
     with open_db(db_url).connect() as conn:
         try:
@@ -129,7 +129,7 @@ def workflow_diff(
     as_json: JsonOpt = False,
 ) -> None:
     """What changed between two versions: states, transitions, parameters."""
-    from cloud.orrery import registry
+    from cloud.orrery.fleet import registry
 
     with open_db(db_url).connect() as conn:
         try:
@@ -164,8 +164,8 @@ def workflow_simulate(
 ) -> None:
     """Replay a device's stored readings through the shared executor: what this version would
     have done, side by side with what the running version did."""
-    from cloud.orrery import registry
     from cloud.orrery.cli import load_profile
+    from cloud.orrery.fleet import registry, replay
     from firmware.profile import parse_profile
 
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
@@ -194,10 +194,10 @@ def workflow_simulate(
     except ValueError as exc:
         fail(f"device {device}: board profile {d.profile!r}: {exc}")
     stream = [(r.up_ms if r.event_ms is None else r.event_ms, r.channel, r.value) for r in rows]
-    same = cur is not None and registry.filters_of(cur.blob) == registry.filters_of(new.blob)
-    preview = registry.as_dict(registry.replay(new.blob, stream, channel_names, same))
+    same = cur is not None and replay.filters_of(cur.blob) == replay.filters_of(new.blob)
+    preview = replay.as_dict(replay.replay(new.blob, stream, channel_names, same))
     running = (
-        registry.as_dict(registry.replay(cur.blob, stream, channel_names, True)) if cur else None
+        replay.as_dict(replay.replay(cur.blob, stream, channel_names, True)) if cur else None
     )
     result = {
         "device": device,

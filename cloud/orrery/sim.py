@@ -53,10 +53,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
-from cloud.orrery.fleet import keys
+from cloud.orrery.fleet import keys, registry
 from firmware import link as _fwlink
 from firmware.link import UmqttLink
 from firmware.node import Node

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
-from cloud.orrery.fleet import keys
+from cloud.orrery.fleet import keys, registry
 from cloud.orrery.ingest import Ingest
 from cloud.orrery.rollout import Orchestrator
 from cloud.orrery.serve import BrokerAddress, Service

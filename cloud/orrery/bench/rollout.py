@@ -43,10 +43,9 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
-from cloud.orrery import registry
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import COMMANDS, DEAD_LETTERS, ROLLOUT_LOG
-from cloud.orrery.fleet import keys
+from cloud.orrery.fleet import keys, registry
 from cloud.orrery.rollout import DEVICES, ROLLOUT_DEVICES, ROLLOUTS, TARGET_COLS, Orchestrator
 from shared import codec as P
 from shared import workflow
