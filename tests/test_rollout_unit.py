@@ -21,12 +21,11 @@ import sqlalchemy as sa
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES, ROLLOUTS, TAGS
 from cloud.orrery.fleet import commands, keys, registry
-from cloud.orrery.ingest import Ingest, Message
-from cloud.orrery.rollout import (
-    Orchestrator,
+from cloud.orrery.fleet.rollout.health import binomial_tail
+from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
+from cloud.orrery.fleet.rollout.plan import (
     RolloutError,
     Term,
-    _binomial_tail,
     matches,
     parse_duration,
     parse_pct,
@@ -35,6 +34,7 @@ from cloud.orrery.rollout import (
     parse_waves,
     wave_sizes,
 )
+from cloud.orrery.ingest import Ingest, Message
 from shared import codec as P
 from shared import workflow
 
@@ -201,9 +201,7 @@ class Env:
 
     def fleet_of(self, name: str) -> str:
         with self.engine.connect() as c:
-            return c.execute(
-                sa.select(DEVICES.c.fleet).where(DEVICES.c.name == name)
-            ).scalar_one()
+            return c.execute(sa.select(DEVICES.c.fleet).where(DEVICES.c.name == name)).scalar_one()
 
     def send(self, msgs: list[Message]):
         out = self.ingest.handle(msgs)
@@ -818,12 +816,12 @@ def test_binomial_tail_is_exact_and_does_not_overflow():
         for k in range(-1, n + 2):
             for p in (Fraction(1, 100), Fraction(1, 4), Fraction(1, 2), Fraction(9, 10)):
                 want = exact(k, n, p)
-                assert _binomial_tail(k, n, float(p)) == pytest.approx(want, rel=1e-9, abs=1e-15)
+                assert binomial_tail(k, n, float(p)) == pytest.approx(want, rel=1e-9, abs=1e-15)
     # counts of a large fleet (math.comb(n, i) * p**i overflows a float here)
     tenth = Fraction(1, 10)
-    assert _binomial_tail(400, 3000, 0.1) == pytest.approx(exact(400, 3000, tenth), rel=1e-9)
-    assert _binomial_tail(300, 3000, 0.1) == pytest.approx(exact(300, 3000, tenth), rel=1e-9)
-    assert _binomial_tail(1_000_000, 2_000_000, 0.5) == pytest.approx(0.5, abs=1e-3)
+    assert binomial_tail(400, 3000, 0.1) == pytest.approx(exact(400, 3000, tenth), rel=1e-9)
+    assert binomial_tail(300, 3000, 0.1) == pytest.approx(exact(300, 3000, tenth), rel=1e-9)
+    assert binomial_tail(1_000_000, 2_000_000, 0.5) == pytest.approx(0.5, abs=1e-3)
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def serve(
         alert_rules=rules,
         reorder_window_ms=int(reorder_window * 1000),
     )
-    from cloud.orrery.rollout import Orchestrator
+    from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 
     cid = client_id or f"orrery-ingest-{socket.gethostname()}"
     if group is None:

@@ -23,7 +23,7 @@ rollout_app = typer.Typer(help="Staged fleet rollouts of workflow versions.", no
 
 def _orch(db_url: str | None, need_secret: bool = False):
     from cloud.orrery.fleet import keys
-    from cloud.orrery.rollout import Orchestrator
+    from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 
     engine = open_db(db_url)
     secret = None
@@ -37,7 +37,7 @@ def _orch(db_url: str | None, need_secret: bool = False):
 
 def _rollout_errors():
     from cloud.orrery.fleet.registry import RegistryError
-    from cloud.orrery.rollout import RolloutError
+    from cloud.orrery.fleet.rollout.plan import RolloutError
 
     return (RolloutError, RegistryError)
 

@@ -693,8 +693,8 @@ def build_companion(
     messages held. With ``commits`` a list, each stored readings batch is appended to it as
     ``(device, first seq, count, unix s of the commit)`` (for the end-to-end lag).
     """
+    from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
     from cloud.orrery.ingest import Ingest
-    from cloud.orrery.rollout import Orchestrator
     from cloud.orrery.serve import BrokerAddress, Service
 
     class SimService(Service):
@@ -1274,7 +1274,7 @@ class VirtualFleet:
 
     def operator(self):
         """An orchestrator for operator actions (create, start, pause …) on the virtual clock."""
-        from cloud.orrery.rollout import Orchestrator
+        from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 
         return Orchestrator(self.engine, self.secret, owner="operator", clock=self.clock.unix_ms)
 

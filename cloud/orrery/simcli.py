@@ -720,7 +720,7 @@ def sim(
     """Run N virtual boards (the firmware on simulated sensors) against a real broker and the
     companion, on accelerated virtual time, with outages, power cuts, unset clocks and broker
     restarts; report what was taken, stored and lost."""
-    from cloud.orrery.rollout import RolloutError, parse_duration
+    from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
     from cloud.orrery.sim import VirtualFleet
 
     try:

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import keys, registry
+from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest import Ingest
-from cloud.orrery.rollout import Orchestrator
 from cloud.orrery.serve import BrokerAddress, Service
 from firmware.simhal import VirtualClock
 from shared import workflow

@@ -155,8 +155,8 @@ def bench_fleet(
 
     from rich.console import Console
 
+    from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
     from cloud.orrery.fleetcli import fail
-    from cloud.orrery.rollout import RolloutError, parse_duration
     from cloud.orrery.sim import fmt_ms, parse_broker_url
 
     try:

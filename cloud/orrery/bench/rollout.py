@@ -44,9 +44,17 @@ import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.db.tables import COMMANDS, DEAD_LETTERS, ROLLOUT_LOG
+from cloud.orrery.db.tables import (
+    COMMANDS,
+    DEAD_LETTERS,
+    DEVICES,
+    ROLLOUT_DEVICES,
+    ROLLOUT_LOG,
+    ROLLOUTS,
+)
 from cloud.orrery.fleet import keys, registry
-from cloud.orrery.rollout import DEVICES, ROLLOUT_DEVICES, ROLLOUTS, TARGET_COLS, Orchestrator
+from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
+from cloud.orrery.fleet.rollout.plan import TARGET_COLS
 from shared import codec as P
 from shared import workflow
 from tools.mosquitto import Broker
@@ -92,9 +100,7 @@ def time_select(engine: sa.Engine) -> tuple[float, int]:
 def _drop_rollout(engine: sa.Engine, rid: int) -> None:
     with engine.begin() as conn:
         conn.execute(sa.delete(ROLLOUT_DEVICES).where(ROLLOUT_DEVICES.c.rollout_id == rid))
-        conn.execute(
-            sa.delete(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid)
-        )
+        conn.execute(sa.delete(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid))
         conn.execute(sa.delete(ROLLOUTS).where(ROLLOUTS.c.id == rid))
 
 

@@ -28,14 +28,10 @@ database take a per-rollout lease under ``SELECT … FOR UPDATE SKIP LOCKED``; o
 from __future__ import annotations
 
 import base64
-import fnmatch
 import json
-import math
 import random
-import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from operator import itemgetter
 
 import sqlalchemy as sa
@@ -52,21 +48,22 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
+from cloud.orrery.fleet.rollout import health
+from cloud.orrery.fleet.rollout.plan import (
+    TARGET_COLS,
+    Plan,
+    RolloutError,
+    Term,
+    matches,
+    parse_duration,
+    parse_pct,
+    parse_rate,
+    parse_target,
+    parse_waves,
+    wave_sizes,
+)
 from cloud.orrery.jsonlog import jlog
 from shared import codec as P
-
-# The device columns a rollout plans from: rows are (id, name, fleet, profile, fw, wf, wf_ver,
-# online). ``orrery bench rollout`` times the same SELECT as its baseline.
-TARGET_COLS = (
-    DEVICES.c.id,
-    DEVICES.c.name,
-    DEVICES.c.fleet,
-    DEVICES.c.profile,
-    DEVICES.c.fw,
-    DEVICES.c.wf,
-    DEVICES.c.wf_ver,
-    DEVICES.c.online,
-)
 
 DEVICE_STATES = (
     "queued", "sent", "acked", "installing", "succeeded", "failed", "rejected", "timed-out",
@@ -85,140 +82,9 @@ REJECT_CODES = (
     P.REJECTED,
     P.BUSY,
 )
-HEALTH = ("reboots", "link_drops", "invalid", "alarms")
-
-
-class RolloutError(ValueError):
-    """A rollout request was refused; the message says why."""
-
-
-# --- parsing -------------------------------------------------------------------------------
-
-
-def parse_waves(text: str) -> list[str]:
-    """``5,10%,50%,100%``: cumulative wave sizes, counts or percentages of the target."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise RolloutError("--waves: give at least one wave, e.g. 5,10%,50%,100%")
-    for p in parts:
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)(%?)", p)
-        if (
-            not m
-            or float(m.group(1)) <= 0
-            or (m.group(2) and float(m.group(1)) > 100)
-            or (not m.group(2) and "." in p)
-        ):
-            raise RolloutError(
-                f"--waves: {p!r} is neither a device count nor a percentage in (0, 100]"
-            )
-    if parts[-1] != "100%":
-        raise RolloutError("--waves: the last wave must be 100% so every target device is covered")
-    return parts
-
-
-def wave_sizes(waves: list[str], total: int) -> list[int]:
-    """Cumulative device counts per wave for a target of ``total`` devices (non-decreasing)."""
-    out, prev = [], 0
-    for w in waves:
-        n = math.ceil(total * float(w[:-1]) / 100) if w.endswith("%") else int(w)
-        n = max(prev, min(total, n))
-        out.append(n)
-        prev = n
-    return out
-
-
-def parse_pct(text: str, name: str) -> float:
-    """``95%`` or ``95`` -> 95.0."""
-    try:
-        v = float(text.rstrip("%"))
-    except ValueError:
-        raise RolloutError(f"{name}: {text!r} is not a percentage") from None
-    if not 0 <= v <= 100:
-        raise RolloutError(f"{name}: {text!r} is outside 0..100%")
-    return v
-
-
-def parse_duration(text: str, name: str) -> int:
-    """``90s``, ``10m``, ``24h``, ``7d`` or plain seconds -> seconds."""
-    m = re.fullmatch(r"(\d+)([smhd]?)", text.strip())
-    if not m:
-        raise RolloutError(f"{name}: {text!r} is not a duration like 90s, 10m, 24h or 7d")
-    return int(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-
-
-def parse_rate(text: str) -> int:
-    """``100/min``, ``5/s`` or ``1000/h`` -> commands per minute."""
-    m = re.fullmatch(r"(\d+)\s*/\s*(s|sec|min|m|h|hour)", text.strip())
-    if not m or int(m.group(1)) == 0:
-        raise RolloutError(f"--rate: {text!r} is not a rate like 100/min, 5/s or 1000/h")
-    n, unit = int(m.group(1)), m.group(2)
-    return n * 60 if unit in ("s", "sec") else n if unit in ("min", "m") else max(1, n // 60)
-
-
-@dataclass(frozen=True)
-class Term:
-    """One condition of a target expression."""
-
-    field: str
-    op: str
-    value: str
-
-
-_FIELDS = ("fleet", "profile", "fw", "wf", "device")
-
-
-def parse_target(text: str) -> list[Term]:
-    """A target: ``all``, or terms joined by ``,`` (AND): ``FIELD=VALUE`` / ``FIELD!=VALUE``
-    with FIELD one of fleet, profile, fw, wf (``name`` or ``name@ver``; ``none``), device
-    (glob), or ``tag.KEY``; VALUE may be a glob (``site-*``)."""
-    if text.strip() in ("all", "*"):
-        return []
-    terms = []
-    for part in [p.strip() for p in text.split(",")]:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*(!=|=)\s*(.+)", part)
-        if not m:
-            raise RolloutError(f"--target: {part!r} is not FIELD=VALUE or FIELD!=VALUE")
-        f, op, v = m.group(1), m.group(2), m.group(3).strip()
-        if f not in _FIELDS and not (f.startswith("tag.") and len(f) > 4):
-            raise RolloutError(
-                f"--target: unknown field {f!r} (use {', '.join(_FIELDS)} or tag.KEY)"
-            )
-        terms.append(Term(f, op, v))
-    return terms
-
-
-def matches(terms: list[Term], dev, tags: dict[str, str]) -> bool:
-    """Does a device row (with its tags) satisfy every term?"""
-    for t in terms:
-        if t.field.startswith("tag."):
-            have = tags.get(t.field[4:])
-        elif t.field == "wf":
-            have = (
-                "none"
-                if dev.wf is None
-                else (f"{dev.wf}@{dev.wf_ver}" if "@" in t.value else dev.wf)
-            )
-        elif t.field == "device":
-            have = dev.name
-        else:
-            have = getattr(dev, t.field)
-        ok = have is not None and fnmatch.fnmatchcase(str(have), t.value)
-        if ok == (t.op == "!="):
-            return False
-    return True
 
 
 # --- the orchestrator ------------------------------------------------------------------------
-
-
-@dataclass
-class Plan:
-    """What ``create`` decided (or would, with ``--dry-run``)."""
-
-    rollout_id: int | None
-    workflow: str
-    waves: list[dict]
-    excluded: dict[str, list[str]]
 
 
 class Orchestrator:
@@ -919,67 +785,11 @@ class Orchestrator:
     # --- health gate ---------------------------------------------------------------------------
 
     def _baseline(self, conn: Connection, r) -> None:
-        """Snapshot every member's health counters when the current wave's soak starts: one
-        UPDATE, the JSON object built by the database."""
-        obj = sa.func.json_build_object if self.pg else sa.func.json_object
-        pairs = [x for k in HEALTH for x in (sa.literal_column(f"'{k}'"), DEVICES.c[k])]
-        snapshot = (
-            sa.select(sa.cast(obj(*pairs), sa.Text))
-            .where(DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
-            .scalar_subquery()
-        )
-        conn.execute(
-            sa.update(ROLLOUT_DEVICES)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id)
-            .values(baseline=snapshot)
-        )
+        health.snapshot_baseline(conn, r.id, self.pg)
 
     def health_gate(self, conn: Connection, r) -> dict:
-        """Compare upgraded boards with online not-yet-upgraded ones over the soak: per metric,
-        the counts since the soak started, and a one-sided exact test of the rate ratio. A metric
-        regresses when the upgraded boards have at least 5 events, at least twice the control's
-        rate, and p < ``significance`` / 4 (Bonferroni over the four metrics): a handful of
-        unrelated reboots landing on the canaries must not stop a rollout."""
-        rows = conn.execute(
-            sa.select(
-                ROLLOUT_DEVICES.c.state,
-                ROLLOUT_DEVICES.c.wave,
-                ROLLOUT_DEVICES.c.baseline,
-                DEVICES.c.online,
-                *(DEVICES.c[k] for k in HEALTH),
-            )
-            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.baseline.is_not(None))
-        ).all()
-        up = [x for x in rows if x.state == "succeeded"]
-        # offline boards report nothing: counting them would make the control look healthier
-        ctl = [x for x in rows if x.state == "queued" and x.wave > r.wave and x.online]
-        result: dict = {"upgraded": len(up), "control": len(ctl), "metrics": {}, "regressed": []}
-        if not up or not ctl:
-            return result
-
-        def since_baseline(xs) -> dict[str, int]:
-            tot = dict.fromkeys(HEALTH, 0)
-            for x in xs:
-                base = json.loads(x.baseline)
-                for k in HEALTH:
-                    tot[k] += max(0, getattr(x, k) - base[k])
-            return tot
-
-        d1, d0 = since_baseline(up), since_baseline(ctl)
-        for k in HEALTH:
-            c1, c0 = d1[k], d0[k]
-            p = _binomial_tail(c1, c1 + c0, len(up) / (len(up) + len(ctl)))
-            result["metrics"][k] = {"upgraded": c1, "control": c0, "p": round(p, 6)}
-            if (
-                c1 >= 5
-                and c1 * len(ctl) >= 2 * c0 * len(up)
-                and p < self.significance / len(HEALTH)
-            ):
-                result["regressed"].append(
-                    f"{k}: {c1} on {len(up)} upgraded vs {c0} on {len(ctl)} not upgraded (p={p:.2g})"
-                )
-        return result
+        """The health gate's evidence for rollout row ``r`` (see ``health.gate``)."""
+        return health.gate(conn, r, self.significance)
 
     # --- reporting -----------------------------------------------------------------------------
 
@@ -1015,29 +825,3 @@ class Orchestrator:
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
         }
-
-
-def _binomial_tail(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p); in log space, so large counts do not overflow."""
-    if k <= 0:
-        return 1.0
-    if n <= 0 or k > n or p <= 0:
-        return 0.0
-    if p >= 1:
-        return 1.0
-    lp, lq, ln = math.log(p), math.log1p(-p), math.lgamma(n + 1)
-
-    def term(i: int) -> float:
-        return math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
-
-    # sum away from the mean, where the terms shrink, and stop once they no longer count
-    upper = k > n * p
-    i, step = (k, 1) if upper else (k - 1, -1)
-    total = 0.0
-    while 0 <= i <= n:
-        t = term(i)
-        total += t
-        if t <= total * 1e-17:
-            break
-        i += step
-    return min(1.0, total) if upper else max(0.0, 1.0 - total)
