@@ -35,7 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
-from cloud.orrery import broker as B
+from cloud.orrery.fleet import broker as B
 from cloud.orrery.fleet import keys
 from tests.support.broker import free_port, mosquitto_binary
 

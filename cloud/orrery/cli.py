@@ -14,7 +14,7 @@ from rich.table import Table
 from cloud.orrery import fleetcli, rolloutcli, simcli
 from cloud.orrery.bench import fleet as bench_fleet
 from cloud.orrery.board import board_app
-from cloud.orrery.broker import broker_app
+from cloud.orrery.fleet.broker import broker_app
 
 app = typer.Typer(
     help="Orrery: MicroPython sensor boards and the companion that runs their fleet.",
