@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from cloud.orrery.board import board_app
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.fleet import keys
-from tools import espimage, image, profiles, provision
+from cloud.orrery.fleet import keys, provision
+from tools import espimage, image, profiles
+from tools import provision as board_files
 
 SECRET = b"provisioning-secret-for-tests-0123456789"
 BROKER = {"host": "10.0.0.2", "port": 1883, "tls": False}
@@ -24,16 +25,16 @@ def engine(tmp_path):
 
 
 def test_ids_continue_after_the_highest():
-    assert provision.device_ids("gh", 3, []) == ["gh-001", "gh-002", "gh-003"]
-    assert provision.device_ids("gh", 2, ["gh-009", "gh-010", "other-500"]) == [
+    assert board_files.device_ids("gh", 3, []) == ["gh-001", "gh-002", "gh-003"]
+    assert board_files.device_ids("gh", 2, ["gh-009", "gh-010", "other-500"]) == [
         "gh-011",
         "gh-012",
     ]
-    assert provision.device_ids("gh", 1, ["gh-999"]) == ["gh-1000"]
-    with pytest.raises(provision.ProvisionError, match="--prefix"):
-        provision.device_ids("g h", 1, [])
-    with pytest.raises(provision.ProvisionError, match="--count"):
-        provision.device_ids("gh", 0, [])
+    assert board_files.device_ids("gh", 1, ["gh-999"]) == ["gh-1000"]
+    with pytest.raises(board_files.ProvisionError, match="--prefix"):
+        board_files.device_ids("g h", 1, [])
+    with pytest.raises(board_files.ProvisionError, match="--count"):
+        board_files.device_ids("gh", 0, [])
 
 
 def test_provision_registers_and_writes_configs(engine, tmp_path):
@@ -74,7 +75,7 @@ def test_registering_twice_is_harmless(engine):
 
 def test_invalid_broker_is_refused_before_anything_is_written(engine, tmp_path):
     p = profiles.load("esp32-devkitc")
-    with pytest.raises(provision.ProvisionError, match="broker.port: must be 1..65535"):
+    with pytest.raises(board_files.ProvisionError, match="broker.port: must be 1..65535"):
         provision.provision(
             engine, SECRET, count=1, prefix="x", fleet="f", profile=p,
             broker={**BROKER, "port": 70000}, out_dir=tmp_path / "o",

@@ -136,6 +136,7 @@ def deploy(
 ) -> None:
     """Compile and copy the app (only changed files), the MQTT library and the config; reset;
     wait for the board's birth message when a broker is configured."""
+    from cloud.orrery.fleet import keys
     from tools import deploy as D
     from tools import serialport
 
@@ -168,6 +169,7 @@ def deploy(
                 baud=baud,
                 progress=progress,
                 dry_run=lines,
+                credentials=keys.credentials_from_env,
             )
         except (D.DeployError, serialport.PortError) as exc:
             fail(str(exc))
@@ -223,6 +225,7 @@ def image(
 ) -> None:
     """Build one flashable image: firmware + LittleFS with the app and this board's config,
     merged with esptool, then verified by reading it back."""
+    from cloud.orrery.fleet import keys
     from tools import deploy as D
     from tools import espimage
     from tools import image as I
@@ -233,7 +236,7 @@ def image(
     if cfg_in is None:
         fail("--config FILE is required (orrery board provision writes one per board)")
     try:
-        cfg = D.device_config(cfg_in, device_id, profile["name"])
+        cfg = D.device_config(cfg_in, device_id, profile["name"], keys.credentials_from_env)
         fw, _info = espimage.read_firmware(firmware)
         files = I.bundle_files(profile, cfg)
         img = I.build(fw, profile, files)
@@ -288,7 +291,8 @@ def provision(
     (and optionally a factory image) per board."""
     from cloud.orrery import fleetcli
     from cloud.orrery.fleet import keys
-    from tools import provision as P
+    from cloud.orrery.fleet.provision import provision as provision_boards
+    from tools import provision as board_files
 
     profile = _profile(board)
     assert profile is not None
@@ -304,7 +308,7 @@ def provision(
             wifi["password"] = wifi_password
     engine = fleetcli.open_db(db_url)
     try:
-        items = P.provision(
+        items = provision_boards(
             engine,
             secret,
             count=count,
@@ -316,7 +320,7 @@ def provision(
             wifi=wifi,
             firmware=firmware,
         )
-    except P.ProvisionError as exc:
+    except board_files.ProvisionError as exc:
         fail(str(exc))
     if as_json:
         print(

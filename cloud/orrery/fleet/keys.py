@@ -2,7 +2,8 @@
 
 A board holds two secrets: the HMAC key that signs its commands and its MQTT password. Both are
 derived from the fleet secret with HMAC-SHA256 and the device id, so the companion stores no
-per-device secret, the deploy tool computes the same values when it writes a board's config, and
+per-device secret, ``orrery board deploy`` and ``orrery board provision`` hand the same values to
+the tools that write a board's config, and
 one leaked board reveals nothing about another.
 
 The fleet secret comes from ``ORRERY_SECRET`` (text, at least 16 bytes) or from the file named
@@ -60,3 +61,17 @@ def mqtt_password(secret: bytes, device: str) -> str:
     """``device``'s MQTT password (32 URL-safe characters)."""
     digest = hmac.new(secret, b"orrery/mqtt/" + device.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest[:24]).decode()
+
+
+def credentials(secret: bytes, device: str) -> dict[str, str]:
+    """``device``'s entries in its board config: its command key (hex), MQTT user and password."""
+    return {
+        "hmac_key": device_key(secret, device).hex(),
+        "username": device,
+        "password": mqtt_password(secret, device),
+    }
+
+
+def credentials_from_env(device: str) -> dict[str, str]:
+    """``credentials`` under the fleet secret of ``load_secret()``; SecretError without one."""
+    return credentials(load_secret(), device)

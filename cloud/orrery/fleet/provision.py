@@ -1,0 +1,70 @@
+"""Provisioning a batch of boards: new device ids after those registered, their credentials
+derived from the fleet secret, their registration, and their files (written by
+``tools.provision``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from cloud.orrery.clock import now_ms
+from cloud.orrery.db.tables import DEVICES, insert_ignore
+from cloud.orrery.fleet import keys
+from tools import provision as board_files
+
+
+def register(engine: sa.Engine, fleet: str, profile: str, ids: list[str]) -> list[str]:
+    """Insert the devices (insert-or-ignore); return the ids that were new."""
+    now = now_ms()
+    new = []
+    with engine.begin() as conn:
+        for name in ids:
+            row = {"name": name, "fleet": fleet, "profile": profile, "created_ms": now}
+            if conn.execute(insert_ignore(conn, DEVICES), [row]).rowcount:
+                new.append(name)
+    return new
+
+
+def existing_ids(engine: sa.Engine, prefix: str) -> list[str]:
+    """Device names in the database that start with ``prefix-``."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(DEVICES.c.name).where(DEVICES.c.name.like(prefix + "-%")))
+        return [r[0] for r in rows]
+
+
+def provision(
+    engine: sa.Engine,
+    secret: bytes,
+    *,
+    count: int,
+    prefix: str,
+    fleet: str,
+    profile: dict[str, Any],
+    broker: dict[str, Any],
+    out_dir: Path,
+    wifi: dict[str, str] | None = None,
+    firmware: Path | None = None,
+) -> list[board_files.Provisioned]:
+    """Provision ``count`` boards: register them, write ``out_dir/<id>/config.json`` and,
+    with ``firmware``, ``out_dir/<id>/factory.bin`` (verified by reading it back).
+
+    Every config is built and checked, and the firmware read, before anything is registered
+    or written; raises ``tools.provision.ProvisionError``.
+    """
+    ids = board_files.device_ids(prefix, count, existing_ids(engine, prefix))
+    configs = [
+        board_files.board_config(
+            keys.credentials(secret, d), d, fleet, profile["name"], broker, wifi
+        )
+        for d in ids
+    ]
+    fw_bytes = None if firmware is None else board_files.read_firmware(firmware, profile)
+    new = set(register(engine, fleet, profile["name"], ids))
+    return [
+        board_files.write_board(
+            board_files.Provisioned(d, cfg, new=d in new), profile, out_dir, fw_bytes
+        )
+        for d, cfg in zip(ids, configs, strict=True)
+    ]
