@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from cloud.orrery.cli import app
 from cloud.orrery.clock import iso
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.ingest.handler import Ingest, Message
 from shared import codec as P
 
 ANCHOR = (100, 0, 1_790_000_000, 0)

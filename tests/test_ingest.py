@@ -20,7 +20,9 @@ from sqlmodel import SQLModel
 from cloud.orrery.db.engine import alembic_config, engine_for, upgrade
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import keys
-from cloud.orrery.ingest import AlertRule, Ingest, Message, merge, subtract
+from cloud.orrery.ingest.alerts import AlertRule
+from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.ingest.ranges import merge, subtract
 from shared import codec as P
 
 SECRET = b"fleet-secret-for-tests-0123456789"

@@ -1,7 +1,7 @@
 """The companion and real firmware boards through a real Mosquitto.
 
 Boards run the real firmware node (``firmware.node``) on the simulation HAL and a virtual
-clock; the companion is the real ``orrery serve`` service (``cloud.orrery.serve.Service``) on
+clock; the companion is the real ``orrery serve`` service (``cloud.orrery.ingest.service.Service``) on
 SQLite. Nothing in between is simulated.
 """
 
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import keys
-from cloud.orrery.ingest import Ingest
-from cloud.orrery.serve import BrokerAddress, Service
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
 from shared import codec as P
 from tests.test_node import T0, Board, Cloud, _wait, install_args
 

@@ -17,7 +17,7 @@ from cloud.orrery.cli import load_profile
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import registry, replay
-from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.ingest.handler import Ingest, Message
 from firmware.profile import parse_profile
 from shared import codec as P
 from shared import workflow

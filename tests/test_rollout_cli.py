@@ -13,7 +13,7 @@ import pytest
 
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
-from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.ingest.handler import Ingest, Message
 from shared import codec as P
 from shared import workflow
 from tests.support.cli import flat, run

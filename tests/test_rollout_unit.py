@@ -34,7 +34,7 @@ from cloud.orrery.fleet.rollout.plan import (
     parse_waves,
     wave_sizes,
 )
-from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.ingest.handler import Ingest, Message
 from shared import codec as P
 from shared import workflow
 

@@ -128,9 +128,10 @@ def serve(
 ) -> None:
     """Run the ingest service: store readings exactly once, reconcile gaps, answer pulls."""
     from cloud.orrery.fleet import keys
-    from cloud.orrery.ingest import AlertRule, Ingest
+    from cloud.orrery.ingest.alerts import AlertRule
+    from cloud.orrery.ingest.handler import Ingest
+    from cloud.orrery.ingest.service import BrokerAddress, Service
     from cloud.orrery.jsonlog import configure_logging, jlog
-    from cloud.orrery.serve import BrokerAddress, Service
 
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level {log_level!r}: expected DEBUG, INFO, WARNING or ERROR")

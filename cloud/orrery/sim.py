@@ -694,8 +694,8 @@ def build_companion(
     ``(device, first seq, count, unix s of the commit)`` (for the end-to-end lag).
     """
     from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
-    from cloud.orrery.ingest import Ingest
-    from cloud.orrery.serve import BrokerAddress, Service
+    from cloud.orrery.ingest.handler import Ingest
+    from cloud.orrery.ingest.service import BrokerAddress, Service
 
     class SimService(Service):
         def _client(self):

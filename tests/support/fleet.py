@@ -21,8 +21,8 @@ from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
-from cloud.orrery.ingest import Ingest
-from cloud.orrery.serve import BrokerAddress, Service
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
 from firmware.simhal import VirtualClock
 from shared import workflow
 from tests.test_node import WF, Board

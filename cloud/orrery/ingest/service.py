@@ -29,7 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from cloud.orrery.fleet import commands
-from cloud.orrery.ingest import Ingest, Message
+from cloud.orrery.ingest.handler import Ingest, Message
 from cloud.orrery.jsonlog import jlog
 
 SESSION_EXPIRY_S = 7 * 86400

@@ -1,11 +1,9 @@
-"""Ingest and reconciliation: board messages in, exactly one correctly timed row per reading out.
+"""Message handling: board messages in, exactly one correctly timed row per reading out.
 
 ``Ingest.handle`` takes a group of MQTT messages and stores them in ONE transaction; the service
 acks the messages to the broker only after that commit, so a crash at any point redelivers them
 and the (device, boot, seq) key drops the repeats. ``Ingest.reconcile`` runs periodically: it
-merges received ranges, finds gaps once the reorder window has passed, asks the board to resend
-exactly those ranges (signed ``resend`` commands), and turns what the board reported dropped,
-or no longer holds, into permanent-loss records with their reason.
+reconciles the devices with news, a bounded pass at a time (``ingest.reconcile`` says how).
 
 Nothing a board sends can crash it: every message is stored, or dead-lettered with a reason.
 """
@@ -15,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -27,116 +25,21 @@ from cloud.orrery.db.tables import (
     DEAD_LETTERS,
     DEVICES,
     EVENTS,
-    GAPS,
     LOSSES,
     RANGES,
     READING_COLS,
-    READINGS,
-    SESSIONS,
     insert_ignore,
 )
 from cloud.orrery.fleet import commands, keys
+from cloud.orrery.ingest import reconcile
+from cloud.orrery.ingest.alerts import AlertRule
+from cloud.orrery.ingest.anchors import Sessions, session_row
+from cloud.orrery.ingest.ranges import merge
 from cloud.orrery.jsonlog import jlog
 from shared import codec as P
 
 MAX_JSON = 16384
 DEAD_PAYLOAD = 4096
-
-
-def _session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dict:
-    """A device_sessions row; ``anchor`` is (uptime ms, unix ms) or None."""
-    return {
-        "device_id": device_id,
-        "boot": boot,
-        "first_seen_ms": now,
-        "last_seen_ms": now,
-        "first_seq": first,
-        "last_seq": last,
-        "anchor_up_ms": anchor[0] if anchor else None,
-        "anchor_unix_ms": anchor[1] if anchor else None,
-    }
-
-
-# --- ranges ----------------------------------------------------------------------------------
-
-
-def merge(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sort and merge inclusive ranges, joining adjacent ones."""
-    out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1] + 1:
-            if b > out[-1][1]:
-                out[-1][1] = b
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
-
-
-def subtract(
-    ranges: Iterable[tuple[int, int]], minus: Sequence[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """Inclusive ``ranges`` minus the merged ranges ``minus``."""
-    out = []
-    for a, b in merge(ranges):
-        for c, d in minus:
-            if d < a:
-                continue
-            if c > b:
-                break
-            if c > a:
-                out.append((a, c - 1))
-            a = d + 1
-            if a > b:
-                break
-        if a <= b:
-            out.append((a, b))
-    return out
-
-
-def count(ranges: Iterable[tuple[int, int]]) -> int:
-    """How many numbers the inclusive ranges hold."""
-    return sum(b - a + 1 for a, b in ranges)
-
-
-# --- alerts ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AlertRule:
-    """A live alert: channel ``channel`` reads above (``>``) or below (``<``) ``level``."""
-
-    channel: int
-    op: str
-    level: int
-
-    @classmethod
-    def parse(cls, text: str) -> AlertRule:
-        """Parse ``CHANNEL>LEVEL`` or ``CHANNEL<LEVEL`` (raw S16 values), e.g. ``0>3000``."""
-        for op in (">", "<"):
-            if op in text:
-                ch, _, lv = text.partition(op)
-                try:
-                    rule = cls(int(ch), op, int(lv))
-                except ValueError:
-                    break
-                if not 0 <= rule.channel <= 255 or not -32767 <= rule.level <= 32767:
-                    break
-                return rule
-        raise ValueError(
-            f"alert rule {text!r}: expected CHANNEL>LEVEL or CHANNEL<LEVEL, e.g. 0>3000"
-        )
-
-    @property
-    def name(self) -> str:
-        return f"{self.channel}{self.op}{self.level}"
-
-    def trips(self, channel: int, value: int) -> bool:
-        return channel == self.channel and (
-            value > self.level if self.op == ">" else value < self.level
-        )
-
-
-# --- ingest ----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -193,9 +96,8 @@ class Ingest:
         self.resend_ttl_s = resend_ttl_s
         self.pg = engine.dialect.name == "postgresql"
         self._devices: dict[str, _Dev] = {}
-        self._anchors: dict[tuple[int, int], tuple[int, int] | None] = {}
+        self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
-        self._upsert_session = None
         self._cursor = 0  # the device the last reconcile pass ended on
         self._count_stmt = (
             sa.update(DEVICES)
@@ -228,7 +130,7 @@ class Ingest:
             except Exception:
                 # the transaction rolls back, so the caches may be ahead of the database
                 self._devices.clear()
-                self._anchors.clear()
+                self.sessions.clear()
                 raise
         self.counters["inserted"] += out.inserted
         self.counters["duplicates"] += out.duplicates
@@ -447,86 +349,14 @@ class Ingest:
             values["invalid"] = DEVICES.c.invalid + max(0, invalid - before)
             values["invalid_boot"] = invalid
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
-        self._session(conn, dev, s["boot"], now, s["anchor"])
+        self.sessions.learn(conn, dev.id, dev.name, s["boot"], now, s["anchor"])
         if cur.online is not True and s["online"] and not retained:
             jlog("device_online", device=dev.name, boot=s["boot"], fw=s["fw"], backlog=s["backlog"])
         return None
 
-    def _anchor(self, conn: Connection, device_id: int, boot: int) -> tuple[int, int] | None:
-        key = (device_id, boot)
-        if key not in self._anchors:
-            row = conn.execute(
-                sa.select(SESSIONS.c.anchor_up_ms, SESSIONS.c.anchor_unix_ms).where(
-                    SESSIONS.c.device_id == device_id, SESSIONS.c.boot == boot
-                )
-            ).first()
-            self._anchors[key] = (row[0], row[1]) if row and row[0] is not None else None
-        return self._anchors[key]
-
-    def _session_stmt(self):
-        if self._upsert_session is None:
-            if self.pg:
-                from sqlalchemy.dialects.postgresql import insert
-
-                lo, hi = sa.func.least, sa.func.greatest
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-
-                lo, hi = sa.func.min, sa.func.max
-            stmt = insert(SESSIONS)
-            ex, t = stmt.excluded, SESSIONS.c
-            self._upsert_session = stmt.on_conflict_do_update(
-                index_elements=["device_id", "boot"],
-                set_={
-                    "last_seen_ms": ex.last_seen_ms,
-                    "first_seq": sa.func.coalesce(
-                        lo(t.first_seq, ex.first_seq), t.first_seq, ex.first_seq
-                    ),
-                    "last_seq": sa.func.coalesce(
-                        hi(t.last_seq, ex.last_seq), t.last_seq, ex.last_seq
-                    ),
-                    "anchor_up_ms": sa.func.coalesce(t.anchor_up_ms, ex.anchor_up_ms),
-                    "anchor_unix_ms": sa.func.coalesce(t.anchor_unix_ms, ex.anchor_unix_ms),
-                },
-            )
-        return self._upsert_session
-
-    def _sessions(self, conn: Connection, rows: list[dict]) -> None:
-        """Create or update (device, boot) sessions: seen times, seq span, and the time anchor,
-        which is learned once and never changed."""
-        conn.execute(self._session_stmt(), rows)
-
-    def _session(self, conn, dev: _Dev, boot: int, now: int, anchor, first=None, last=None) -> None:
-        """Create or update one session; learn its time anchor if it is new."""
-        a = None
-        if anchor is not None and self._anchor(conn, dev.id, boot) is None:
-            a = (anchor[0] * 1000 + anchor[1], anchor[2] * 1000 + anchor[3])
-        self._sessions(conn, [_session_row(dev.id, boot, now, first, last, a)])
-        if a:
-            self._anchors[(dev.id, boot)] = a
-            # readings and events of this boot stored before the anchor get their event time now
-            for table in (READINGS, EVENTS):
-                n = conn.execute(
-                    sa.update(table)
-                    .where(
-                        table.c.device_id == dev.id,
-                        table.c.boot == boot,
-                        table.c.event_ms.is_(None),
-                    )
-                    .values(event_ms=table.c.up_ms + (a[1] - a[0]))
-                ).rowcount
-                if n:
-                    jlog(
-                        "event_time_backfilled",
-                        device=dev.name,
-                        boot=boot,
-                        table=table.name,
-                        rows=n,
-                    )
-
     def _event(self, conn: Connection, dev: _Dev, e: dict, now: int) -> None:
         up = e["up_s"] * 1000 + e["up_ms"]
-        a = self._anchor(conn, dev.id, e["boot"])
+        a = self.sessions.anchor(conn, dev.id, e["boot"])
         n = conn.execute(
             insert_ignore(conn, EVENTS),
             [
@@ -553,10 +383,10 @@ class Ingest:
     def _store_batches(self, conn: Connection, batches, now: int, out: Outcome) -> None:
         per_batch_rows = []
         for dev, b in batches:
-            if b.anchor is not None and self._anchor(conn, dev.id, b.boot_id) is None:
-                self._session(conn, dev, b.boot_id, now, b.anchor)
+            if b.anchor is not None and self.sessions.anchor(conn, dev.id, b.boot_id) is None:
+                self.sessions.learn(conn, dev.id, dev.name, b.boot_id, now, b.anchor)
         for dev, b in batches:
-            a = self._anchor(conn, dev.id, b.boot_id)
+            a = self.sessions.anchor(conn, dev.id, b.boot_id)
             off = (a[1] - a[0]) if a else None
             hist = b.historical
             did, boot = dev.id, b.boot_id
@@ -608,10 +438,10 @@ class Ingest:
                             )
                             jlog("alert", device=dev.name, rule=rule.name, seq=r[2], value=r[4])
                             break
-        self._sessions(
+        self.sessions.upsert(
             conn,
             [
-                _session_row(dev.id, boot, now, first, last, None)
+                session_row(dev.id, boot, now, first, last, None)
                 for (_, boot), (dev, first, last) in sessions.items()
             ],
         )
@@ -695,16 +525,7 @@ class Ingest:
         outgoing: list[commands.Outgoing] = []
         with self.engine.begin() as conn:
             commands.expire(conn, now)
-            due = conn.execute(
-                sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet)
-                .where(
-                    sa.or_(
-                        DEVICES.c.dirty.is_(True),
-                        DEVICES.c.id.in_(sa.select(GAPS.c.device_id).distinct()),
-                    )
-                )
-                .order_by(DEVICES.c.id)
-            ).all()
+            due = reconcile.due_devices(conn)
         # start after the device the last pass ended on
         k = next((i for i, r in enumerate(due) if r.id > self._cursor), 0)
         due = due[k:] + due[:k]
@@ -712,186 +533,19 @@ class Ingest:
         for row in due:
             with self.engine.begin() as conn:
                 outgoing.extend(
-                    self._reconcile_device(conn, _Dev(row.id, row.name, row.fleet), now)
+                    reconcile.reconcile_device(
+                        conn,
+                        row,
+                        now,
+                        secret=self.secret,
+                        reorder_window_ms=self.reorder_window_ms,
+                        resend_ttl_s=self.resend_ttl_s,
+                        pg=self.pg,
+                    )
                 )
             self._cursor = row.id
             if budget_s is not None and time.monotonic() - t0 > budget_s:
                 break
-        return outgoing
-
-    def _reconcile_device(self, conn: Connection, dev: _Dev, now: int) -> list[commands.Outgoing]:
-        if self.pg:
-            # one reconciler per device at a time, whatever the number of companions
-            got = conn.execute(
-                sa.text("SELECT pg_try_advisory_xact_lock(7316002, :d)"), {"d": dev.id}
-            ).scalar()
-            if not got:
-                return []
-        d = conn.execute(
-            sa.select(DEVICES.c.last_seq, DEVICES.c.backlog, DEVICES.c.dirty).where(
-                DEVICES.c.id == dev.id
-            )
-        ).first()
-        conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(dirty=False))
-        rows = conn.execute(
-            sa.select(RANGES.c.id, RANGES.c.first, RANGES.c.last).where(
-                RANGES.c.device_id == dev.id
-            )
-        ).all()
-        received = merge((r.first, r.last) for r in rows)
-        if len(received) != len(rows):
-            conn.execute(sa.delete(RANGES).where(RANGES.c.id.in_([r.id for r in rows])))
-            conn.execute(
-                sa.insert(RANGES),
-                [{"device_id": dev.id, "first": a, "last": b} for a, b in received],
-            )
-        # the board counts everything up to its ack cursor (last_seq - backlog) as delivered
-        frontier = received[-1][1] if received else 0
-        if d.last_seq is not None and d.backlog is not None:
-            frontier = max(frontier, d.last_seq - d.backlog)
-        holes = subtract([(1, frontier)], received) if frontier else []
-
-        # permanent loss: what the board reported dropped, minus anything that arrived after all
-        lrows = conn.execute(
-            sa.select(
-                LOSSES.c.id,
-                LOSSES.c.first,
-                LOSSES.c.last,
-                LOSSES.c.reason,
-                LOSSES.c.source,
-                LOSSES.c.boot,
-                LOSSES.c.reported_ms,
-            ).where(LOSSES.c.device_id == dev.id)
-        ).all()
-        kept = []
-        for r in lrows:
-            for a, b in subtract([(r.first, r.last)], received):
-                kept.append((a, b, r.reason, r.source, r.boot, r.reported_ms))
-        if kept != [(r.first, r.last, r.reason, r.source, r.boot, r.reported_ms) for r in lrows]:
-            conn.execute(sa.delete(LOSSES).where(LOSSES.c.device_id == dev.id))
-            if kept:
-                conn.execute(
-                    sa.insert(LOSSES),
-                    [
-                        {
-                            "device_id": dev.id,
-                            "first": a,
-                            "last": b,
-                            "reason": why,
-                            "source": src,
-                            "boot": boot,
-                            "reported_ms": t,
-                        }
-                        for a, b, why, src, boot, t in kept
-                    ],
-                )
-        lost = merge((k[0], k[1]) for k in kept)
-        want = subtract(holes, lost)
-
-        grows = conn.execute(
-            sa.select(GAPS).where(GAPS.c.device_id == dev.id).order_by(GAPS.c.first)
-        ).all()
-        old = {(g.first, g.last): g for g in grows}
-        cmd_status = {}
-        ids = [g.command_id for g in grows if g.command_id]
-        if ids:
-            cmd_status = {
-                r.id: r
-                for r in conn.execute(
-                    sa.select(
-                        commands.COMMANDS.c.id,
-                        commands.COMMANDS.c.status,
-                        commands.COMMANDS.c.acked_ms,
-                    ).where(commands.COMMANDS.c.id.in_(ids))
-                )
-            }
-        new_gaps = []
-        new_losses = []
-        outgoing = []
-        for a, b in want:
-            g = old.get((a, b))
-            if g is None:
-                # a hole that shrank keeps the request of the gap it came from
-                g = next((x for x in grows if x.first <= a and b <= x.last), None)
-            gap = {
-                "device_id": dev.id,
-                "first": a,
-                "last": b,
-                "status": g.status if g else "pending",
-                "reason": g.reason if g else "missing: waiting for the reorder window",
-                "detected_ms": g.detected_ms if g else now,
-                "updated_ms": g.updated_ms if g else now,
-                "command_id": g.command_id if g else None,
-                "attempts": g.attempts if g else 0,
-            }
-            cmd = cmd_status.get(gap["command_id"]) if gap["command_id"] else None
-            if gap["status"] == "requested" and cmd is not None:
-                if (
-                    cmd.status == "done"
-                    and cmd.acked_ms is not None
-                    and now - cmd.acked_ms >= self.reorder_window_ms
-                ):
-                    # the board resent everything it holds and this is still missing
-                    new_losses.append((a, b))
-                    continue
-                if cmd.status in ("failed", "expired", "canceled"):
-                    gap["status"] = "pending"
-                    gap["reason"] = f"resend {cmd.status}; will ask again"
-            if gap["status"] == "pending" and now - gap["detected_ms"] >= self.reorder_window_ms:
-                if self.secret is None:
-                    gap["reason"] = "missing: no fleet secret to sign a resend"
-                else:
-                    attempt = gap["attempts"] + 1
-                    cmd_id = f"resend:{dev.id}:{a}-{b}:{attempt}"
-                    o = commands.queue(
-                        conn,
-                        self.secret,
-                        device_id=dev.id,
-                        device=dev.name,
-                        fleet=dev.fleet,
-                        cmd_id=cmd_id,
-                        kind="resend",
-                        args={"first": a, "last": b},
-                        source="reconcile",
-                        now_ms=now,
-                        ttl_s=self.resend_ttl_s,
-                    )
-                    if o:
-                        outgoing.append(o)
-                    gap.update(
-                        status="requested",
-                        command_id=cmd_id,
-                        attempts=attempt,
-                        updated_ms=now,
-                        reason=f"missing: resend {a}..{b} requested",
-                    )
-                    jlog("resend_requested", device=dev.name, first=a, last=b, attempt=attempt)
-            new_gaps.append(gap)
-        current = [(g.first, g.last, g.status, g.command_id, g.reason) for g in grows]
-        if current != [
-            (g["first"], g["last"], g["status"], g["command_id"], g["reason"]) for g in new_gaps
-        ]:
-            conn.execute(sa.delete(GAPS).where(GAPS.c.device_id == dev.id))
-            if new_gaps:
-                conn.execute(sa.insert(GAPS), new_gaps)
-        if new_losses:
-            conn.execute(
-                sa.insert(LOSSES),
-                [
-                    {
-                        "device_id": dev.id,
-                        "first": a,
-                        "last": b,
-                        "reason": "not_held",
-                        "source": "cloud",
-                        "boot": None,
-                        "reported_ms": now,
-                    }
-                    for a, b in new_losses
-                ],
-            )
-            for a, b in new_losses:
-                jlog("loss_not_held", device=dev.name, first=a, last=b)
         return outgoing
 
     # --- dispatch ----------------------------------------------------------------------------
