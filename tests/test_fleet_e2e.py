@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from cloud.orrery.sim import SMALL_FLASH, V2, Accounting, VirtualFleet
+from cloud.orrery.sim.board import SMALL_FLASH
+from cloud.orrery.sim.fleet import Accounting, VirtualFleet
+from cloud.orrery.sim.workflows import GREENHOUSE
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +34,7 @@ MIN = 60_000
 def failing_v3() -> bytes:
     """greenhouse@3: v2 plus CO2, light and leaf probes on adc1..adc3, which the virtual boards
     do not have (every read fails, so every board fails its health window)."""
-    d = json.loads(V2.read_text())
+    d = json.loads(GREENHOUSE.read_text())
     d["version"] = 3
     d["description"] = "v2 with CO2, light and leaf-wetness probes on adc1..adc3"
     for name, ch in (("co2", "adc1"), ("light", "adc2"), ("leaf", "adc3")):

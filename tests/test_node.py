@@ -18,15 +18,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware.link_paho import PahoLink
+from cloud.orrery.sim import workflows
+from cloud.orrery.sim.hal import SimHal, VirtualClock
+from cloud.orrery.sim.paho_link import PahoLink
 from firmware.node import Node
-from firmware.simhal import SimHal, VirtualClock
 from shared import codec as P
 from shared import workflow
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
-WF = REPO / "tests" / "golden" / "workflows"
+WF = workflows.DIR
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 T0 = 1_790_000_000_000  # virtual wall clock, unix ms
 

@@ -18,12 +18,13 @@ from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import registry, replay
 from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.sim import workflows
 from firmware.profile import parse_profile
 from shared import codec as P
 from shared import workflow
 from tests.support.cli import flat, run
 
-WF = Path(__file__).parent / "golden" / "workflows"
+WF = workflows.DIR
 V1 = (WF / "greenhouse_v1.json").read_bytes()
 V2 = (WF / "greenhouse.json").read_bytes()
 LAB = (WF / "lab.json").read_bytes()

@@ -7,18 +7,18 @@ what ``orrery serve`` would do (drive the rollouts) is an Orchestrator ``tick``.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.sim import workflows
 from shared import codec as P
 from shared import workflow
 from tests.support.cli import flat, run
 
-WF = Path(__file__).parent / "golden" / "workflows"
+WF = workflows.DIR
 V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
 V2 = workflow.compile((WF / "greenhouse.json").read_bytes())
 SECRET = "cli-test-fleet-secret-0123456789"

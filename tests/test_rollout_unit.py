@@ -12,7 +12,6 @@ import base64
 import json
 import math
 from fractions import Fraction
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -35,10 +34,11 @@ from cloud.orrery.fleet.rollout.plan import (
     wave_sizes,
 )
 from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.sim import workflows
 from shared import codec as P
 from shared import workflow
 
-WF = Path(__file__).parent / "golden" / "workflows"
+WF = workflows.DIR
 V1 = workflow.compile((WF / "greenhouse_v1.json").read_bytes())
 V2 = workflow.compile((WF / "greenhouse.json").read_bytes())
 SECRET = b"unit-test-fleet-secret-0123456789"

@@ -4,8 +4,8 @@ What goes where on the board (``firmware/launcher.py`` and ``firmware/main.py`` 
 
     /boot.py                      firmware/boot.py (source)
     /main.py                      firmware/launcher.py (source: it picks the A/B slot)
-    /app_<slot>/firmware/*.mpy    firmware/ compiled with mpy-cross, less the CPython-only
-    /app_<slot>/shared/*.mpy      shared/     link_paho.py and simhal.py
+    /app_<slot>/firmware/*.mpy    firmware/ compiled with mpy-cross
+    /app_<slot>/shared/*.mpy      shared/
     /boards/<board>.json          the board profile (the keys the firmware reads)
     /config.json                  the device config, with its key
     /lib/umqtt/simple.py          the MQTT client (mip, or a local directory)
@@ -46,8 +46,6 @@ from tools import build, profiles, serialport
 REPO = build.REPO
 MANIFEST = "/.orrery-deploy.json"
 HOLD = "/crash_count"  # firmware/safemode.py's counter: at 3, the next boot is in safe mode
-#: board modules that are CPython-only or simulation-only
-EXCLUDE = ("firmware/link_paho.py", "firmware/simhal.py")
 #: the app's entry points, copied as source (MicroPython runs /boot.py and /main.py only)
 ENTRY = {"/boot.py": "firmware/boot.py", "/main.py": "firmware/launcher.py"}
 DEFAULT_LIB = "umqtt.simple"
@@ -152,8 +150,8 @@ def _compiler_id() -> str:
 
 
 def board_files(repo: Path = REPO) -> list[Path]:
-    """The source files of the app bundle (every board module less EXCLUDE)."""
-    return [p for p in build.board_sources(repo) if p.relative_to(repo).as_posix() not in EXCLUDE]
+    """The source files of the app bundle: every board module."""
+    return build.board_sources(repo)
 
 
 def build_app(out_dir: Path, slot: str = "a", repo: Path = REPO) -> dict[str, Path]:

@@ -260,7 +260,7 @@ class Report:
 
 def collect_report(fleet, wall_s: float, rid: int | None, at_finish: dict | None) -> Report:
     """Count everything once the fleet has drained: readings, losses, rollout, versions."""
-    from cloud.orrery.sim import FLEET
+    from cloud.orrery.sim.board import FLEET
 
     acc = fleet.account()
     sent = Counter()
@@ -335,7 +335,7 @@ def _states_text(states: dict) -> str:
 
 def render(rep: Report, con: Console) -> None:
     """Print a report."""
-    from cloud.orrery.sim import fmt_ms
+    from cloud.orrery.sim.fleet import fmt_ms
 
     con.rule("[bold]Orrery fleet report")
     con.print(
@@ -464,7 +464,7 @@ class Display:
         self.live.update(self._view())
 
     def _view(self):
-        from cloud.orrery.sim import fmt_ms
+        from cloud.orrery.sim.fleet import fmt_ms
 
         f = self.fleet
         el = f.elapsed_ms
@@ -511,7 +511,7 @@ def _board_output(path: Path):
 
 
 def _broker_from_env(broker: str | None) -> tuple[str, int] | None:
-    from cloud.orrery.sim import parse_broker_url
+    from cloud.orrery.sim.fleet import parse_broker_url
 
     url = broker or os.environ.get("ORRERY_BROKER")
     if not url:
@@ -580,7 +580,7 @@ def demo(
     """The one-command demo: a broker, the companion, 50 virtual boards running the firmware,
     workflow v1 and v2, a staged rollout of v2 while a third of the fleet is offline, then the
     offline boards come back; ends with a report and a PNG plot."""
-    from cloud.orrery.sim import V2, VirtualFleet
+    from cloud.orrery.sim.fleet import VirtualFleet
 
     t0 = time.monotonic()
     con = Console(stderr=True) if as_json else console
@@ -662,7 +662,6 @@ def demo(
         print(json.dumps(rep.as_dict(), default=str))
     else:
         render(rep, con)
-    del V2
     if not rep.ok:
         raise typer.Exit(1)
 
@@ -721,7 +720,7 @@ def sim(
     companion, on accelerated virtual time, with outages, power cuts, unset clocks and broker
     restarts; report what was taken, stored and lost."""
     from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
-    from cloud.orrery.sim import VirtualFleet
+    from cloud.orrery.sim.fleet import VirtualFleet
 
     try:
         total = parse_duration(duration, "--duration") * 1000

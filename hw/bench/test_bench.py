@@ -97,7 +97,7 @@ def test_workflow_install(bench):
         from shared import protocol as P  # type: ignore[no-redef]
     from shared import workflow
 
-    defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
+    defn = (REPO / "cloud/orrery/sim/workflows/greenhouse.json").read_bytes()
     compiled = workflow.compile(defn, bench.profile)
     now = int(time.time())
     args = {

@@ -9,8 +9,8 @@ import binascii
 
 from _util import MICROPYTHON, load_json
 
+from cloud.orrery.sim.hal import SimHal, VirtualClock
 from firmware.node import Node
-from firmware.simhal import SimHal, VirtualClock
 from shared import codec as P
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"

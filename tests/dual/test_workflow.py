@@ -462,7 +462,7 @@ def test_compile_matches_golden_hashes_on_both_runtimes():
 
 
 def workflow_path(name):
-    return REPO + "/tests/golden/workflows/" + name + ".json"
+    return REPO + "/cloud/orrery/sim/workflows/" + name + ".json"
 
 
 def test_compile_is_deterministic_and_round_trips():

@@ -23,7 +23,7 @@ from cloud.orrery.fleet import keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest.handler import Ingest
 from cloud.orrery.ingest.service import BrokerAddress, Service
-from firmware.simhal import VirtualClock
+from cloud.orrery.sim.hal import VirtualClock
 from shared import workflow
 from tests.test_node import WF, Board
 from tools.mosquitto import free_port

@@ -23,6 +23,9 @@ Figures:
 from __future__ import annotations
 
 import json
+import math
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from cloud.orrery.sim import VirtualFleet
+    from cloud.orrery.sim.fleet import VirtualFleet
 
 
 def lags(fleet: VirtualFleet, commits: Path) -> list[float]:
@@ -69,7 +72,7 @@ def run(
     progress: Callable[[VirtualFleet, str], None] | None = None,
 ) -> dict:
     """Run the benchmark; see the module docstring for the figures."""
-    from cloud.orrery.sim import VirtualFleet, percentile, rss_bytes
+    from cloud.orrery.sim.fleet import VirtualFleet
 
     tmp = Path(tempfile.mkdtemp(prefix="orrery-bench-fleet-"))
     url = f"sqlite:///{tmp / 'bench.db'}"
@@ -157,7 +160,7 @@ def bench_fleet(
 
     from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
     from cloud.orrery.fleetcli import fail
-    from cloud.orrery.sim import fmt_ms, parse_broker_url
+    from cloud.orrery.sim.fleet import fmt_ms, parse_broker_url
 
     try:
         virtual_s = parse_duration(duration, "--duration")
@@ -190,3 +193,20 @@ def bench_fleet(
         Console().print_json(json.dumps(result))
     if not result["met"]:
         raise typer.Exit(2)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; else the peak from getrusage)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` (0..1) quantile by nearest rank, or None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]

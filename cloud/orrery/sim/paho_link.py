@@ -1,7 +1,7 @@
-"""``PahoLink``: the link interface of link.py on CPython, built on paho-mqtt 2.x.
+"""``PahoLink``: the board's link interface (firmware/link.py) on CPython, built on paho-mqtt 2.x.
 
-It stands in for ``UmqttLink`` in the simulator and the tests, with the same arguments,
-methods and guarantees (see link.py). Boards never use it; it imports paho, ``socket`` and
+It stands in for ``firmware.link.UmqttLink`` in the simulator and the tests, with the same arguments,
+methods and guarantees (see firmware/link.py). Boards never use it; it imports paho, ``socket`` and
 ``threading`` lazily so that it still compiles with mpy-cross and loads on MicroPython.
 
 paho's network thread (``loop_start``) does the I/O and keepalive; messages it receives are
