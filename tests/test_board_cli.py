@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from cloud.orrery.board import board_app
+from cloud.orrery.cli.board import app as board_app
 from tools import espimage, image, profiles
 
 runner = CliRunner()

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from cloud.orrery.board import board_app
+from cloud.orrery.cli.board import app as board_app
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.fleet import keys, provision
+from cloud.orrery.fleet import devices, keys, provision
 from tools import espimage, image, profiles
 from tools import provision as board_files
 
@@ -69,8 +69,8 @@ def test_provision_registers_and_writes_configs(engine, tmp_path):
 
 
 def test_registering_twice_is_harmless(engine):
-    assert provision.register(engine, "f", "esp32-devkitc", ["a-001"]) == ["a-001"]
-    assert provision.register(engine, "f", "esp32-devkitc", ["a-001", "a-002"]) == ["a-002"]
+    assert devices.register(engine, "f", "esp32-devkitc", ["a-001"]) == ["a-001"]
+    assert devices.register(engine, "f", "esp32-devkitc", ["a-001", "a-002"]) == ["a-002"]
 
 
 def test_invalid_broker_is_refused_before_anything_is_written(engine, tmp_path):

@@ -35,13 +35,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from typer.testing import CliRunner
 
-from cloud.orrery.fleet import broker as B
+from cloud.orrery.cli import broker as broker_cli
+from cloud.orrery.fleet import broker as mosquitto_config
 from cloud.orrery.fleet import keys
 from tests.support.broker import free_port, mosquitto_binary
 
 FLEET = "f1"
 SECRET = b"test-fleet-secret-0123456789abcdef"
-COMPANION = B.COMPANION_USER
+COMPANION = mosquitto_config.COMPANION_USER
 NOT_AUTHORIZED = 135
 UP_KINDS = ("state", "readings", "events", "acks", "loss", "pull")  # shared/protocol.py
 TIMEOUT = 5.0
@@ -117,8 +118,8 @@ def start(workdir: Path) -> Iterator:
     def _start(devices: list[str], **options) -> Running:
         options.setdefault("port", free_port())
         options.setdefault("bind", "127.0.0.1")
-        options.setdefault("owner", B.default_owner())
-        paths = B.write_config(workdir / "mosquitto", FLEET, devices, SECRET, **options)
+        options.setdefault("owner", mosquitto_config.default_owner())
+        paths = mosquitto_config.write_config(workdir / "mosquitto", FLEET, devices, SECRET, **options)
         ports = [options["port"]] + (
             [options["companion_port"]] if "companion_port" in options else []
         )
@@ -273,14 +274,14 @@ def test_password_hash_is_what_mosquitto_passwd_writes(workdir: Path) -> None:
     user, line = pwfile.read_text().strip().split(":", 1)
     _, alg, rounds, salt, _ = line.split("$")
     assert (user, alg) == ("someone", "7")
-    assert B.password_hash("s3cret!", base64.b64decode(salt), int(rounds)) == line
+    assert mosquitto_config.password_hash("s3cret!", base64.b64decode(salt), int(rounds)) == line
 
 
 def test_config_files_modes_and_reproducibility(workdir: Path) -> None:
     out = workdir / "conf"
-    paths = B.write_config(out, FLEET, ["A", "B"], SECRET, owner=None)
+    paths = mosquitto_config.write_config(out, FLEET, ["A", "B"], SECRET, owner=None)
     first = {name: p.read_bytes() for name, p in paths.items() if p.is_file()}
-    assert B.write_config(out, FLEET, ["A", "B"], SECRET, owner=None) == paths
+    assert mosquitto_config.write_config(out, FLEET, ["A", "B"], SECRET, owner=None) == paths
     assert {name: p.read_bytes() for name, p in paths.items() if p.is_file()} == first
     assert paths["password_file"].stat().st_mode & 0o777 == 0o640
     assert paths["acl_file"].stat().st_mode & 0o777 == 0o640
@@ -434,14 +435,14 @@ def test_reload_admits_a_new_device(start, peers) -> None:
     comp = peers(port, COMPANION, password(COMPANION), "ingest-1")
     comp.subscribe(f"orrery/{FLEET}/+/up/#")
     assert refused(peers(port, "C", password("C"), "C").reason)
-    B.write_config(
+    mosquitto_config.write_config(
         broker.paths["config"].parent,
         FLEET,
         ["A", "B", "C"],
         SECRET,
         port=port,
         bind="127.0.0.1",
-        owner=B.default_owner(),
+        owner=mosquitto_config.default_owner(),
     )
     broker.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + TIMEOUT
@@ -479,7 +480,7 @@ def make_pki(d: Path, name: str = "ca") -> tuple[Path, Path, Path]:
 def test_tls_listener(start, peers, workdir: Path) -> None:
     ca, cert, key = make_pki(workdir / "pki")
     other_ca, _, _ = make_pki(workdir / "other", "other")
-    broker = start(["A", "B"], tls=B.TLSFiles(ca, cert, key))
+    broker = start(["A", "B"], tls=mosquitto_config.TLSFiles(ca, cert, key))
     port = broker.ports[0]
     assert broker.paths["tls_keyfile"].stat().st_mode & 0o777 == 0o600
     comp = peers(port, COMPANION, password(COMPANION), "ingest-1", ca=ca, host="localhost")
@@ -507,12 +508,12 @@ def test_tls_inputs_are_checked(workdir: Path) -> None:
     ca, cert, key = make_pki(workdir / "pki")
     other_ca, other_cert, other_key = make_pki(workdir / "other", "other")
     out = workdir / "conf"
-    with pytest.raises(B.BrokerConfigError, match="not signed by"):
-        B.write_config(out, FLEET, ["A"], SECRET, tls=B.TLSFiles(other_ca, cert, key))
-    with pytest.raises(B.BrokerConfigError, match="not a matching"):
-        B.write_config(out, FLEET, ["A"], SECRET, tls=B.TLSFiles(ca, cert, other_key))
-    with pytest.raises(B.BrokerConfigError, match="--cafile .*no such file"):
-        B.write_config(out, FLEET, ["A"], SECRET, tls=B.TLSFiles(workdir / "nope", cert, key))
+    with pytest.raises(mosquitto_config.BrokerConfigError, match="not signed by"):
+        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(other_ca, cert, key))
+    with pytest.raises(mosquitto_config.BrokerConfigError, match="not a matching"):
+        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(ca, cert, other_key))
+    with pytest.raises(mosquitto_config.BrokerConfigError, match="--cafile .*no such file"):
+        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(workdir / "nope", cert, key))
     assert not out.exists()  # nothing written
 
 
@@ -522,7 +523,7 @@ def test_tls_inputs_are_checked(workdir: Path) -> None:
 @pytest.fixture
 def cli() -> Iterator:
     app = typer.Typer()
-    app.add_typer(B.broker_app, name="broker")
+    app.add_typer(broker_cli.app, name="broker")
     runner = CliRunner()
 
     def _run(*args: str, secret: str | None = SECRET.decode()):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery.cli import load_profile
+from cloud.orrery.cli.common import load_profile
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import registry, replay

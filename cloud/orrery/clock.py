@@ -1,4 +1,4 @@
-"""The companion's wall clock: unix ms now, and unix ms as ISO 8601 text."""
+"""Time in the companion: unix ms now, unix ms as ISO 8601 text, and durations as text."""
 
 from __future__ import annotations
 
@@ -20,3 +20,16 @@ def iso(ms: int | None) -> str | None:
         .isoformat(timespec="milliseconds")
         .replace("+00:00", "Z")
     )
+
+
+def fmt_ms(ms: int) -> str:
+    """``90_000`` -> ``1m30s``; days, hours, minutes and seconds as needed."""
+    s = int(ms // 1000)
+    parts = []
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            parts.append(f"{s // n}{unit}")
+            s %= n
+    if s or not parts:
+        parts.append(f"{s}s")
+    return "".join(parts)

@@ -1,7 +1,7 @@
-"""``orrery bench fleet``: many virtual boards for a virtual hour against a real Mosquitto and
+"""The fleet benchmark (``orrery bench fleet``): many virtual boards for a virtual hour against a real Mosquitto and
 the companion, as fast as the machine allows.
 
-The boards are ``cloud.orrery.sim``'s: the firmware node (sampler, filters, executor, flash
+The boards are ``cloud.orrery.sim.fleet``'s: the firmware node (sampler, filters, executor, flash
 store, the board's own MQTT link) on simulated sensors, greenhouse@1, in this process; the
 companion (``orrery serve``'s Service, Ingest and Orchestrator) in its own process on SQLite,
 on the fleet's virtual clock. No faults. The fleet never runs ahead of the companion (it waits
@@ -32,9 +32,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cloud.orrery.sim.fleet import VirtualFleet
@@ -137,62 +135,6 @@ def run(
 
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
-
-
-def bench_fleet(
-    devices: Annotated[int, typer.Option(min=1, max=5000, help="Virtual boards.")] = 1000,
-    duration: Annotated[str, typer.Option(help="Virtual time to run: 10m, 1h …")] = "1h",
-    uplink: Annotated[
-        str, typer.Option(help="Virtual time between a board's readings uploads.")
-    ] = "60s",
-    seed: Annotated[int, typer.Option(help="Seed of the simulated sensors.")] = 1,
-    broker: Annotated[
-        str | None,
-        typer.Option(help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else its own)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-) -> None:
-    """Virtual boards for a virtual hour against a real broker and the companion: readings/s,
-    companion CPU, memory per board, end-to-end lag, loss (must be 0)."""
-    import os
-
-    from rich.console import Console
-
-    from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
-    from cloud.orrery.fleetcli import fail
-    from cloud.orrery.sim.fleet import fmt_ms, parse_broker_url
-
-    try:
-        virtual_s = parse_duration(duration, "--duration")
-        uplink_s = parse_duration(uplink, "--uplink")
-    except RolloutError as exc:
-        fail(str(exc))
-    addr = None
-    url = broker or os.environ.get("ORRERY_BROKER")
-    if url:
-        try:
-            addr = parse_broker_url(url)
-        except ValueError as exc:
-            fail(str(exc))
-    con = Console(stderr=True)
-    last = [0.0]
-
-    def progress(fleet: VirtualFleet, what: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 5:
-            last[0] = now
-            con.print(
-                f"[dim]{what}: virtual {fmt_ms(fleet.elapsed_ms)} of {fmt_ms(virtual_s * 1000)}, "
-                f"{sum(b.node.store.last_seq for b in fleet.boards.values()):,} readings taken[/]"
-            )
-
-    result = run(devices, virtual_s, uplink_s, seed, addr, progress)
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        Console().print_json(json.dumps(result))
-    if not result["met"]:
-        raise typer.Exit(2)
 
 
 def rss_bytes() -> int:

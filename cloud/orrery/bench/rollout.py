@@ -55,6 +55,7 @@ from cloud.orrery.db.tables import (
 from cloud.orrery.fleet import keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.fleet.rollout.plan import TARGET_COLS
+from cloud.orrery.sim import workflows
 from shared import codec as P
 from shared import workflow
 from tools.mosquitto import Broker
@@ -62,7 +63,6 @@ from tools.mosquitto import Broker
 FLEET = "bench"
 WAVES = "1%,10%,50%,100%"
 RATE = "100000/s"
-GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden" / "workflows"
 SECRET = b"orrery-bench-rollout-fleet-secret"
 VERIFY_EVERY = 97  # the simulated boards check one signature in this many
 TICK_EVERY_S = 2.0  # orrery serve's default --reconcile-every: how often it ticks rollouts
@@ -239,8 +239,8 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None)
 
 def run(devices: int = 100_000, timeout: float = 900) -> dict:
     """Measure planning against a plain SELECT, then run the rollout; see the module docstring."""
-    v1 = (GOLDEN / "greenhouse_v1.json").read_bytes()
-    v2 = (GOLDEN / "greenhouse.json").read_bytes()
+    v1 = workflows.GREENHOUSE_V1.read_bytes()
+    v2 = workflows.GREENHOUSE.read_bytes()
     with tempfile.TemporaryDirectory(prefix="orrery-bench-rollout-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'rollout.db'}"
         engine = engine_for(url)

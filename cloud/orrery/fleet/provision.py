@@ -9,22 +9,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from cloud.orrery.clock import now_ms
-from cloud.orrery.db.tables import DEVICES, insert_ignore
-from cloud.orrery.fleet import keys
+from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import devices, keys
 from tools import provision as board_files
-
-
-def register(engine: sa.Engine, fleet: str, profile: str, ids: list[str]) -> list[str]:
-    """Insert the devices (insert-or-ignore); return the ids that were new."""
-    now = now_ms()
-    new = []
-    with engine.begin() as conn:
-        for name in ids:
-            row = {"name": name, "fleet": fleet, "profile": profile, "created_ms": now}
-            if conn.execute(insert_ignore(conn, DEVICES), [row]).rowcount:
-                new.append(name)
-    return new
 
 
 def existing_ids(engine: sa.Engine, prefix: str) -> list[str]:
@@ -61,7 +48,7 @@ def provision(
         for d in ids
     ]
     fw_bytes = None if firmware is None else board_files.read_firmware(firmware, profile)
-    new = set(register(engine, fleet, profile["name"], ids))
+    new = set(devices.register(engine, fleet, profile["name"], ids))
     return [
         board_files.write_board(
             board_files.Provisioned(d, cfg, new=d in new), profile, out_dir, fw_bytes

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import WORKFLOWS
+from cloud.orrery.clock import iso
+from cloud.orrery.db.tables import DEVICES, WORKFLOWS
 from shared import workflow
 
 
@@ -110,6 +111,29 @@ def get(conn: Connection, ref: str):
             + (f" (known: {', '.join(known)})" if known else "")
         )
     return row
+
+
+def versions(conn: Connection) -> list[dict]:
+    """Every version in the registry by name and version, with how many devices run it."""
+    running = {
+        (n, v): c
+        for n, v, c in conn.execute(
+            sa.select(DEVICES.c.wf, DEVICES.c.wf_ver, sa.func.count()).group_by(
+                DEVICES.c.wf, DEVICES.c.wf_ver
+            )
+        )
+    }
+    return [
+        {
+            "name": r.name,
+            "version": r.version,
+            "hash": r.hash,
+            "heap_bytes": r.heap_bytes,
+            "created": iso(r.created_ms),
+            "devices": running.get((r.name, r.version), 0),
+        }
+        for r in conn.execute(sa.select(WORKFLOWS).order_by(WORKFLOWS.c.name, WORKFLOWS.c.version))
+    ]
 
 
 # --- diff ------------------------------------------------------------------------------------

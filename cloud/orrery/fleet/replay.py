@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cloud.orrery.db.tables import EVENTS, READINGS
+
 
 @dataclass
 class Trace:
@@ -102,3 +107,33 @@ def as_dict(t: Trace) -> dict:
         "events": t.events,
         "outputs": t.outputs,
     }
+
+
+def stored_stream(
+    conn: Connection, device: int, since_ms: int | None = None, until_ms: int | None = None
+) -> list[tuple[int, int, int]]:
+    """A device's stored readings as ``replay`` takes them: (t_ms, channel, value) by seq, t
+    being the event time, or the uptime for readings without a time anchor."""
+    q = sa.select(
+        READINGS.c.event_ms, READINGS.c.up_ms, READINGS.c.channel, READINGS.c.value
+    ).where(READINGS.c.device_id == device)
+    if since_ms is not None:
+        q = q.where(READINGS.c.event_ms >= since_ms)
+    if until_ms is not None:
+        q = q.where(READINGS.c.event_ms < until_ms)
+    return [
+        (r.up_ms if r.event_ms is None else r.event_ms, r.channel, r.value)
+        for r in conn.execute(q.order_by(READINGS.c.seq))
+    ]
+
+
+def board_events(conn: Connection, device: int) -> list[dict]:
+    """The workflow events a device published, in order."""
+    return [
+        {"t": e.event_ms, "state": e.state, "event": e.event, "value": e.value}
+        for e in conn.execute(
+            sa.select(EVENTS)
+            .where(EVENTS.c.device_id == device)
+            .order_by(EVENTS.c.boot, EVENTS.c.seq)
+        )
+    ]

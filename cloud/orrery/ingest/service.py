@@ -28,12 +28,22 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.orrery.fleet import commands
+from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest.handler import Ingest, Message
 from cloud.orrery.jsonlog import jlog
 
 SESSION_EXPIRY_S = 7 * 86400
 RECEIVE_MAXIMUM = 2000
+
+
+def default_group(secret: bytes | None) -> str:
+    """The shared-subscription group when none is given: derived from the fleet secret, so a
+    board cannot join it and take a share of other boards' messages."""
+    if secret is None:
+        return "orrery-ingest"
+    return "orrery-" + keys.mqtt_password(secret, "$share-group")[:16].replace("-", "x").replace(
+        "_", "y"
+    )
 
 
 @dataclass

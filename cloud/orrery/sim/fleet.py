@@ -46,7 +46,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery.clock import now_ms
+from cloud.orrery.clock import fmt_ms, now_ms
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
 from cloud.orrery.fleet import keys, registry
@@ -80,32 +80,6 @@ def raise_fd_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://HOST:PORT`` (or ``HOST:PORT``) -> (host, port); the port defaults to 1883."""
-    rest = url.split("://", 1)[1] if "://" in url else url
-    rest = rest.split("/", 1)[0]
-    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "1883")
-    if not host:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST:PORT")
-    try:
-        return host, int(port)
-    except ValueError:
-        raise ValueError(f"broker URL {url!r}: port {port!r} is not a number") from None
-
-
-def fmt_ms(ms: int) -> str:
-    """``90_000`` -> ``1m30s``; days, hours, minutes and seconds as needed."""
-    s = int(ms // 1000)
-    parts = []
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            parts.append(f"{s // n}{unit}")
-            s %= n
-    if s or not parts:
-        parts.append(f"{s}s")
-    return "".join(parts)
 
 
 @dataclass

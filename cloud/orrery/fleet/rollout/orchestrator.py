@@ -37,7 +37,7 @@ from operator import itemgetter
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from cloud.orrery.clock import now_ms
+from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.tables import (
     COMMANDS,
     DEVICES,
@@ -825,3 +825,21 @@ class Orchestrator:
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
         }
+
+
+def rollout_ids(conn: Connection) -> list[int]:
+    """Every rollout's id, newest first."""
+    return list(conn.execute(sa.select(ROLLOUTS.c.id).order_by(ROLLOUTS.c.id.desc())).scalars())
+
+
+def audit_log(conn: Connection, rid: int) -> list[dict] | None:
+    """Rollout ``rid``'s audit log, oldest first; None if there is no such rollout."""
+    if conn.execute(sa.select(ROLLOUTS.c.id).where(ROLLOUTS.c.id == rid)).first() is None:
+        return None
+    names = dict(conn.execute(sa.select(DEVICES.c.id, DEVICES.c.name)).all())
+    return [
+        {"at": iso(r.at_ms), "device": names.get(r.device_id), "event": r.event, "detail": r.detail}
+        for r in conn.execute(
+            sa.select(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid).order_by(ROLLOUT_LOG.c.id)
+        )
+    ]

@@ -11,41 +11,30 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
-board_app = typer.Typer(
+from cloud.orrery.cli.common import (
+    DbOpt,
+    JsonOpt,
+    console,
+    err_console,
+    fail,
+    load_profile,
+    open_db,
+)
+from cloud.orrery.fleet import keys
+
+app = typer.Typer(
     help="Physical boards: flash MicroPython, deploy the app, factory images, provisioning.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 PortOpt = Annotated[
     str,
     typer.Option("--port", "-p", help="Serial port (/dev/ttyUSB0, COM3) or socket://HOST:PORT."),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def fail(message: str, code: int = 1) -> None:
-    """Print an error for a person and exit non-zero."""
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
-
-
-def _profile(board: str | None) -> dict[str, Any] | None:
-    from tools import profiles
-
-    if board is None:
-        return None
-    try:
-        return profiles.load(board)
-    except profiles.ProfileError as exc:
-        fail(str(exc))
-    raise AssertionError
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -60,7 +49,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-@board_app.command("flash")
+@app.command("flash")
 def flash(
     port: PortOpt,
     firmware: Annotated[
@@ -93,7 +82,7 @@ def flash(
     console.print(f"[green]flashed {name} on {escape(port)}[/]")
 
 
-@board_app.command("deploy")
+@app.command("deploy")
 def deploy(
     port: PortOpt,
     device_id: Annotated[str, typer.Option("--device-id", "-d", help="The board's device id.")],
@@ -136,12 +125,11 @@ def deploy(
 ) -> None:
     """Compile and copy the app (only changed files), the MQTT library and the config; reset;
     wait for the board's birth message when a broker is configured."""
-    from cloud.orrery.fleet import keys
     from tools import deploy as D
     from tools import serialport
 
     cfg = _read_json(config, "config") if config else None
-    profile = _profile(board)
+    profile = load_profile(board)
     lines: list[str] | None = [] if dry_run else None
     with Progress(
         TextColumn("{task.description}"),
@@ -209,7 +197,7 @@ def deploy(
     console.print(f"[green]online: fw {escape(str(state.get('fw')))}, boot {state.get('boot')}[/]")
 
 
-@board_app.command("image")
+@app.command("image")
 def image(
     firmware: Annotated[
         Path, typer.Option("--firmware", "-f", help="MicroPython firmware.bin (full).")
@@ -225,12 +213,11 @@ def image(
 ) -> None:
     """Build one flashable image: firmware + LittleFS with the app and this board's config,
     merged with esptool, then verified by reading it back."""
-    from cloud.orrery.fleet import keys
     from tools import deploy as D
     from tools import espimage
     from tools import image as I
 
-    profile = _profile(board)
+    profile = load_profile(board)
     assert profile is not None
     cfg_in = _read_json(config, "config") if config else None
     if cfg_in is None:
@@ -262,7 +249,7 @@ def image(
     console.print(f"flash it with: {escape(info['flash'])}")
 
 
-@board_app.command("provision")
+@app.command("provision")
 def provision(
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=10000, help="Boards.")],
     prefix: Annotated[str, typer.Option(help="Device id prefix: ids are PREFIX-001...")],
@@ -279,22 +266,15 @@ def provision(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
         "provisioned"
     ),
-    db_url: Annotated[
-        str | None,
-        typer.Option(
-            "--db", help="Database URL (default: $ORRERY_DB_URL, else sqlite:///orrery.db)."
-        ),
-    ] = None,
+    db_url: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate device ids, keys and broker credentials; register the boards; write a config
     (and optionally a factory image) per board."""
-    from cloud.orrery import fleetcli
-    from cloud.orrery.fleet import keys
     from cloud.orrery.fleet.provision import provision as provision_boards
     from tools import provision as board_files
 
-    profile = _profile(board)
+    profile = load_profile(board)
     assert profile is not None
     try:
         secret = keys.load_secret()
@@ -306,7 +286,7 @@ def provision(
         wifi = {"ssid": wifi_ssid}
         if wifi_password is not None:
             wifi["password"] = wifi_password
-    engine = fleetcli.open_db(db_url)
+    engine = open_db(db_url)
     try:
         items = provision_boards(
             engine,
@@ -347,7 +327,7 @@ def provision(
     )
 
 
-@board_app.command("monitor")
+@app.command("monitor")
 def monitor(
     port: PortOpt,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
@@ -369,13 +349,13 @@ def monitor(
 
     try:
         if seconds is None:
-            err.print(f"[dim]{escape(port)} at {baud} baud; Ctrl-] leaves[/]")
+            err_console.print(f"[dim]{escape(port)} at {baud} baud; Ctrl-] leaves[/]")
         M.monitor(port, baud, seconds, show)
     except serialport.PortError as exc:
         fail(str(exc))
 
 
-@board_app.command("profiles")
+@app.command("profiles")
 def check_profiles(
     files: Annotated[
         list[Path] | None, typer.Argument(help="Profiles (default: hw/boards).")
