@@ -31,7 +31,7 @@ import re
 
 import pytest
 
-from tests.support import ingestkit as K
+from tests.support import ingestkit
 from tests.support.ingestkit import Publisher, Worker, start_ready, stored, wait_for
 
 READINGS = 30_000  # 50 boards x 600 readings: 300 batches of 100, ~330 messages with the repeats
@@ -42,7 +42,7 @@ STREAM_S = 3.0  # the publisher's pace: the whole stream over this many seconds
 @pytest.fixture
 def mosq():
     """A Mosquitto of this test's own, logging everything (the tests read its log)."""
-    b = K.broker()
+    b = ingestkit.broker()
     yield b
     b.close()
 
@@ -70,7 +70,7 @@ def workers(tmp_path, mosq, db_url):
 
 @pytest.fixture
 def load():
-    return K.make_load(READINGS, DEVICES)
+    return ingestkit.make_load(READINGS, DEVICES)
 
 
 def _midway(engine, load, pub: Publisher) -> int:
@@ -105,7 +105,7 @@ def test_kill_9_of_the_worker_mid_stream_then_restart(db_url, mosq, workers, loa
     """SIGKILL the only worker while readings flow; the broker keeps its session's messages
     (queued and in flight) and hands them to the restarted worker (same client id): nothing
     lost, and what it had committed but not acked comes back and is dropped as a duplicate."""
-    engine = K.setup_db(db_url, load)
+    engine = ingestkit.setup_db(db_url, load)
     w = workers("ingest-a")
     start_ready(w, mosq)
     pub = Publisher(mosq.port, load, STREAM_S).start()
@@ -124,11 +124,11 @@ def test_kill_9_of_the_worker_mid_stream_then_restart(db_url, mosq, workers, loa
         start_ready(w, mosq)
         assert w.connects() == [False, True], "the restarted worker must find its session"
         pub.wait(60)
-        K.fence(mosq, engine, [w])
+        ingestkit.fence(mosq, engine, [w])
         assert stored(engine)[0] > at_kill
         _all_delivered(pub, load)
-        report = K.check_exactly_once(
-            engine, load, pub.accepted(), K.redeliveries(mosq, [w.client_id], pub.client_id)
+        report = ingestkit.check_exactly_once(
+            engine, load, pub.accepted(), ingestkit.redeliveries(mosq, [w.client_id], pub.client_id)
         )
         print(report, f"stored before the kill: {at_kill}")
         assert w.stop() == 0
@@ -147,7 +147,7 @@ def test_two_workers_on_a_shared_subscription_one_killed(db_url, mosq, workers, 
     reconnects; so the killed worker is restarted with the SAME client id, as a supervisor
     (systemd ``Restart=always``) does, and then nothing is lost or stored twice.
     """
-    engine = K.setup_db(db_url, load)
+    engine = ingestkit.setup_db(db_url, load)
     a, b = workers("ingest-a"), workers("ingest-b")
     start_ready(a, mosq)
     start_ready(b, mosq)
@@ -173,15 +173,15 @@ def test_two_workers_on_a_shared_subscription_one_killed(db_url, mosq, workers, 
         start_ready(a, mosq)
         assert a.connects() == [False, True], "the restarted worker must find its session"
         pub.wait(60)
-        K.fence(mosq, engine, [a, b])
+        ingestkit.fence(mosq, engine, [a, b])
         # what the broker kept for the dead member went to it once it was back (mosquitto#2662)
         assert _deliveries(mosq, a.client_id) > before_restart
         _all_delivered(pub, load)
-        report = K.check_exactly_once(
+        report = ingestkit.check_exactly_once(
             engine,
             load,
             pub.accepted(),
-            K.redeliveries(mosq, [a.client_id, b.client_id], pub.client_id),
+            ingestkit.redeliveries(mosq, [a.client_id, b.client_id], pub.client_id),
         )
         print(report, f"stored before the kill: {at_kill}")
         assert a.stop() == 0 and b.stop() == 0
@@ -195,7 +195,7 @@ SECRET = b"reliability-test-fleet-secret-0123456789"
 
 def _broker_restart(db_url, mosq, workers, load, tmp_path, *, resends: bool) -> None:
     (tmp_path / "secret").write_bytes(SECRET)
-    engine = K.setup_db(db_url, load)
+    engine = ingestkit.setup_db(db_url, load)
     w = workers("ingest-a", "--secret-file", str(tmp_path / "secret"),
                 "--reorder-window", "2" if resends else "3600", "--reconcile-every", "0.3")  # fmt: skip
     start_ready(w, mosq)
@@ -218,40 +218,40 @@ def _broker_restart(db_url, mosq, workers, load, tmp_path, *, resends: bool) -> 
         assert w.connects() == [False, True], "the worker must find its session after the restart"
         pub.wait(60)
         dropped = pub.dropped()  # everything accepted before the fence is stored after it
-        K.fence(mosq, engine, [w])
+        ingestkit.fence(mosq, engine, [w])
         assert stored(engine)[0] > at_restart
-        redelivered = K.redeliveries(mosq, [w.client_id], pub.client_id)
+        redelivered = ingestkit.redeliveries(mosq, [w.client_id], pub.client_id)
 
         # the only readings missing are ones the broker dropped for want of a subscriber
-        lost = K.missing(engine, load)
+        lost = ingestkit.missing(engine, load)
         assert lost <= dropped, f"lost but not dropped by the broker: {sorted(lost - dropped)[:20]}"
         print(f"after the restart: {len(lost)} readings missing, {len(dropped)} dropped by the "
               f"broker ({pub.dropped_messages()} messages acked with reason 0x10)")  # fmt: skip
         if not resends:
-            K.check_accepted_exactly_once(engine, load, pub.accepted(), lost, redelivered)
+            ingestkit.check_accepted_exactly_once(engine, load, pub.accepted(), lost, redelivered)
         else:
             # the boards' state, the reconciler's resend commands, the boards' resends
             pub.send_states()
             wait_for(
-                lambda: not K.missing(engine, load) or K.misdirected_gaps(engine),
+                lambda: not ingestkit.missing(engine, load) or ingestkit.misdirected_gaps(engine),
                 60,
                 "the resent readings to be stored",
                 lambda: (
-                    f"missing {sorted(K.missing(engine, load))[:20]}...; "
+                    f"missing {sorted(ingestkit.missing(engine, load))[:20]}...; "
                     f"resend commands answered {sorted(pub.answered)}"
                 ),
             )
-            wrong = K.misdirected_gaps(engine)
+            wrong = ingestkit.misdirected_gaps(engine)
             if wrong:
-                raise K.MisdirectedResend(
+                raise ingestkit.MisdirectedResend(
                     "gaps (device_id, first, last, command_id, owner) waiting on another "
                     f"device's resend command: {wrong[:10]}"
                 )
-            wait_for(lambda: K.commands_answered(engine, pub.answered), 30, "commands to settle")
+            wait_for(lambda: ingestkit.commands_answered(engine, pub.answered), 30, "commands to settle")
             pub.wait(60)
-            K.fence(mosq, engine, [w])
-            report = K.check_exactly_once(
-                engine, load, pub.accepted(), K.redeliveries(mosq, [w.client_id], pub.client_id)
+            ingestkit.fence(mosq, engine, [w])
+            report = ingestkit.check_exactly_once(
+                engine, load, pub.accepted(), ingestkit.redeliveries(mosq, [w.client_id], pub.client_id)
             )
             print(report, f"resent: {pub.resent} readings, {len(pub.answered)} resend commands")
         assert w.alive(), "the worker must ride out the broker restart"
