@@ -3,7 +3,7 @@
 The boards' side is the wire: their state messages (online, offline, the version they run,
 reboots) and their acks go through the real ingest (``Ingest.handle``) in the board's own
 format, exactly as ``orrery serve`` stores them; time is the orchestrator's and the ingest's
-injectable clock. Scenarios with real firmware boards are in test_rollout.py.
+injectable clock. Scenarios with real firmware boards are in test_rollout_e2e.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ingest and reconciliation on real databases (SQLite and PostgreSQL, each test on both).
 
 These drive ``Ingest`` with the board's own wire format (``shared.protocol``) on virtual time;
-the MQTT path is covered by test_ingest_reliability.py and test_ingest_e2e.py.
+the MQTT path is covered by test_reliability.py and test_ingest_e2e.py.
 """
 
 from __future__ import annotations

@@ -48,20 +48,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
-from cloud.orrery.fleet.rollout import health
-from cloud.orrery.fleet.rollout.plan import (
-    TARGET_COLS,
-    Plan,
-    RolloutError,
-    Term,
-    matches,
-    parse_duration,
-    parse_pct,
-    parse_rate,
-    parse_target,
-    parse_waves,
-    wave_sizes,
-)
+from cloud.orrery.fleet.rollout import health, plan
 from cloud.orrery.jsonlog import jlog
 from shared import codec as P
 
@@ -176,7 +163,7 @@ class Orchestrator:
     # --- create --------------------------------------------------------------------------------
 
     def _targets(
-        self, conn: Connection, terms: list[Term], rid: int | None, not_on=None
+        self, conn: Connection, terms: list[plan.Term], rid: int | None, not_on=None
     ) -> tuple[list, dict[str, list[str]]]:
         """The devices ``terms`` select that no other running or paused rollout is changing.
 
@@ -197,7 +184,7 @@ class Orchestrator:
         if rid is not None:
             busy_q = busy_q.where(ROLLOUT_DEVICES.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
-        q = sa.select(*TARGET_COLS)
+        q = sa.select(*plan.TARGET_COLS)
         if rid is not None:
             q = q.where(
                 ~sa.exists().where(
@@ -215,7 +202,7 @@ class Orchestrator:
             )
         rows = conn.execute(q).all()
         if terms:
-            rows = [d for d in rows if matches(terms, d, tags.get(d.id, {}))]
+            rows = [d for d in rows if plan.matches(terms, d, tags.get(d.id, {}))]
         if not busy:
             return rows, {}
         chosen, excluded = [], defaultdict(list)
@@ -239,34 +226,34 @@ class Orchestrator:
         rate: str = "100/min",
         health: str = "60s",
         dry_run: bool = False,
-    ) -> Plan:
+    ) -> plan.Plan:
         """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
         from cloud.orrery.fleet import registry
 
-        wv = parse_waves(waves)
-        terms = parse_target(target)
+        wv = plan.parse_waves(waves)
+        terms = plan.parse_target(target)
         vals = {
             "target": target,
             "waves": json.dumps(wv),
-            "success_pct": parse_pct(success, "--success"),
-            "max_fail_pct": parse_pct(max_failures, "--max-failures"),
+            "success_pct": plan.parse_pct(success, "--success"),
+            "max_fail_pct": plan.parse_pct(max_failures, "--max-failures"),
             "min_devices": min_devices,
-            "soak_s": parse_duration(soak, "--soak"),
-            "timeout_s": parse_duration(timeout, "--timeout"),
-            "rate_per_min": parse_rate(rate),
-            "health_s": parse_duration(health, "--health"),
+            "soak_s": plan.parse_duration(soak, "--soak"),
+            "timeout_s": plan.parse_duration(timeout, "--timeout"),
+            "rate_per_min": plan.parse_rate(rate),
+            "health_s": plan.parse_duration(health, "--health"),
         }
         if min_devices < 1:
-            raise RolloutError("--min-devices must be at least 1")
+            raise plan.RolloutError("--min-devices must be at least 1")
         if not 1 <= vals["health_s"] <= 86400:
-            raise RolloutError("--health must be between 1s and 1d")
+            raise plan.RolloutError("--health must be between 1s and 1d")
         with self.engine.begin() as conn:
             try:
                 wf = registry.get(conn, workflow_ref)
             except registry.RegistryError as exc:
-                raise RolloutError(str(exc)) from None
+                raise plan.RolloutError(str(exc)) from None
             found, excluded = self._targets(conn, terms, None)
-            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see TARGET_COLS;
+            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see plan.TARGET_COLS;
             # positional access, as this runs once per device of the fleet
             devices, already = [], []
             for d in found:
@@ -274,7 +261,7 @@ class Orchestrator:
             if already:
                 excluded["already running this version"] = [d[1] for d in already]
             if not devices:
-                raise RolloutError(
+                raise plan.RolloutError(
                     f"--target {target!r} selects no device that needs {wf.name}@{wf.version}"
                     + (
                         f" (excluded: {', '.join(f'{k}: {len(v)}' for k, v in excluded.items())})"
@@ -286,7 +273,7 @@ class Orchestrator:
             # (device id order first: the shuffle does not depend on how rows were fetched)
             devices.sort(key=itemgetter(0))
             random.Random(f"{wf.name}@{wf.version}:{target}:{self.clock()}").shuffle(devices)
-            sizes = wave_sizes(wv, len(devices))
+            sizes = plan.wave_sizes(wv, len(devices))
             rid = None
             now = self.clock()
             if not dry_run:
@@ -323,7 +310,7 @@ class Orchestrator:
                     "created",
                     f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
                 )
-        return Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
 
     # --- operator actions ------------------------------------------------------------------
 
@@ -333,7 +320,7 @@ class Orchestrator:
             q = q.with_for_update()
         r = conn.execute(q).first()
         if r is None:
-            raise RolloutError(f"no rollout {rid} (see `orrery rollout list`)")
+            raise plan.RolloutError(f"no rollout {rid} (see `orrery rollout list`)")
         return r
 
     def _transition(
@@ -348,7 +335,7 @@ class Orchestrator:
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
             if r.state not in allowed:
-                raise RolloutError(
+                raise plan.RolloutError(
                     f"rollout {rid} is {r.state}; {event} needs it {' or '.join(allowed)}"
                 )
             conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == rid).values(state=to, **values))
@@ -360,7 +347,7 @@ class Orchestrator:
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
             if r.state != "draft":
-                raise RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
+                raise plan.RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
             other = ROLLOUT_DEVICES.alias("other")
             clash = conn.execute(
                 sa.select(other.c.rollout_id, DEVICES.c.name)
@@ -376,7 +363,7 @@ class Orchestrator:
             if clash:
                 busy = clash[0].rollout_id
                 names = [x.name for x in clash if x.rollout_id == busy]
-                raise RolloutError(
+                raise plan.RolloutError(
                     f"rollout {rid} cannot start: {len(names)} of its devices are being changed "
                     f"by rollout {busy} ({', '.join(names[:8])}{' …' if len(names) > 8 else ''}); "
                     f"start it once rollout {busy} is done, or cancel one of them"
@@ -402,7 +389,7 @@ class Orchestrator:
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
             if r.state not in ACTIVE_ROLLOUT:
-                raise RolloutError(f"rollout {rid} is already {r.state}")
+                raise plan.RolloutError(f"rollout {rid} is already {r.state}")
             states = ("queued",) + (IN_FLIGHT if force else ("offline-pending",))
             rows = conn.execute(
                 sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.command_id).where(
@@ -434,7 +421,7 @@ class Orchestrator:
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
             if r.state == "canceled":
-                raise RolloutError(f"rollout {rid} is canceled; create a new one")
+                raise plan.RolloutError(f"rollout {rid} is canceled; create a new one")
             rows = conn.execute(
                 sa.select(ROLLOUT_DEVICES.c.device_id).where(
                     ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.in_(FAILED)
@@ -636,7 +623,7 @@ class Orchestrator:
         wf = conn.execute(
             sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
         ).first()
-        new, _ = self._targets(conn, parse_target(r.target), r.id, not_on=wf)
+        new, _ = self._targets(conn, plan.parse_target(r.target), r.id, not_on=wf)
         if new:
             conn.execute(
                 sa.insert(ROLLOUT_DEVICES),
