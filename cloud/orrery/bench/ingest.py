@@ -124,15 +124,22 @@ def raw_baseline(url: str, rows: list[tuple]) -> float:
     return elapsed
 
 
-def publish(port: int, messages: list[tuple[str, bytes]], done_timeout: float = 600) -> float:
-    """Publish at QoS 1 and wait for every PUBACK; return the seconds it took."""
+def mqtt_client(prefix: str) -> mqtt.Client:
+    """An MQTT v5 client for a benchmark, id ``PREFIX-<random>``: up to 1000 QoS 1 messages in
+    flight and an unbounded queue."""
     c = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
+        client_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
+    return c
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], done_timeout: float = 600) -> float:
+    """Publish at QoS 1 and wait for every PUBACK; return the seconds it took."""
+    c = mqtt_client("bench-pub")
     acked = threading.Semaphore(0)
     c.on_publish = lambda *a: acked.release()
     c.connect("127.0.0.1", port)
@@ -224,10 +231,7 @@ def end_to_end(
         got, dups = _stored(engine)
         got, dups = got - base[0], dups - base[1]
         with engine.connect() as conn:
-            rows = (
-                conn.execute(sa.select(sa.func.count()).select_from(READINGS)).scalar()
-                - base[0]
-            )
+            rows = conn.execute(sa.select(sa.func.count()).select_from(READINGS)).scalar() - base[0]
     finally:
         for w in procs:
             w.terminate()

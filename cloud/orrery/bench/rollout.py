@@ -37,12 +37,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
+from cloud.orrery.bench.ingest import mqtt_client
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import (
     COMMANDS,
@@ -114,13 +113,7 @@ class Boards:
         self.bad: list[str] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bench-boards-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = mqtt_client("bench-boards")
         c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{P.CMD}", 1)
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
@@ -155,13 +148,7 @@ class Publisher:
     """The companion's side of the wire: QoS 1 publishes, waiting for every PUBACK."""
 
     def __init__(self, port: int) -> None:
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bench-companion-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = mqtt_client("bench-companion")
         self.acked = threading.Semaphore(0)
         c.on_publish = lambda *a: self.acked.release()
         c.connect("127.0.0.1", port, keepalive=60)

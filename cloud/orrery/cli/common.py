@@ -20,6 +20,12 @@ from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
+
+def output_console(as_json: bool) -> Console:
+    """Where a command talks to people: stderr when stdout carries its JSON."""
+    return err_console if as_json else console
+
+
 DbOpt = Annotated[
     str | None,
     typer.Option("--db", help="Database URL (default: $ORRERY_DB_URL, else sqlite:///orrery.db)."),

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from cloud.orrery.cli.common import JsonOpt, broker_address, console, err_console, fail
+from cloud.orrery.cli.common import JsonOpt, broker_address, fail, output_console
 from cloud.orrery.cli.fleet_view import Display, show_report
 
 
@@ -47,7 +47,7 @@ def demo(
     from cloud.orrery.sim.fleet import VirtualFleet
 
     t0 = time.monotonic()
-    con = err_console if as_json else console
+    con = output_console(as_json)
     addr = broker_address(broker)
     out_dir = out or Path(tempfile.mkdtemp(prefix="orrery-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)

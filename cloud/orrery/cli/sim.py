@@ -16,9 +16,8 @@ from cloud.orrery.cli.common import (
     DbOpt,
     JsonOpt,
     broker_address,
-    console,
-    err_console,
     fail,
+    output_console,
     parse_seconds,
 )
 from cloud.orrery.cli.fleet_view import Display, show_report
@@ -81,7 +80,7 @@ def sim(
     if total < 60_000:
         fail("--duration must be at least 60s")
     t0 = time.monotonic()
-    con = err_console if as_json else console
+    con = output_console(as_json)
     addr = broker_address(broker)
     out_dir = out or Path(tempfile.mkdtemp(prefix="orrery-sim-"))
     out_dir.mkdir(parents=True, exist_ok=True)
