@@ -42,6 +42,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from cloud.orrery.bench.ingest import mqtt_client
+from cloud.orrery.clock import now_ms
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import (
     COMMANDS,
@@ -182,11 +183,10 @@ def _serve(url: str, port: int, log: Path) -> subprocess.Popen:
 
 def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
     """Wait until serve stores what it receives: an ack for no command is a dead letter."""
-    D = DEAD_LETTERS
 
     def dead() -> int:
         with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(D)).scalar()
+            return conn.execute(sa.select(sa.func.count()).select_from(DEAD_LETTERS)).scalar()
 
     c = Publisher(port)
     try:
@@ -205,10 +205,9 @@ def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
 
 
 def _count_done(engine: sa.Engine) -> int:
-    C = COMMANDS
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(sa.func.count()).select_from(C).where(C.c.status == "done")
+            sa.select(sa.func.count()).select_from(COMMANDS).where(COMMANDS.c.status == "done")
         ).scalar()
 
 
@@ -283,13 +282,12 @@ def _succeeded(engine: sa.Engine, rid: int) -> int:
 
 
 def _mark_sent(engine: sa.Engine, ids: list[str]) -> None:
-    C = COMMANDS
     with engine.begin() as conn:
         for i in range(0, len(ids), 10_000):
             conn.execute(
-                sa.update(C)
-                .where(C.c.id.in_(ids[i : i + 10_000]), C.c.status == "queued")
-                .values(status="sent", sent_ms=int(time.time() * 1000))
+                sa.update(COMMANDS)
+                .where(COMMANDS.c.id.in_(ids[i : i + 10_000]), COMMANDS.c.status == "queued")
+                .values(status="sent", sent_ms=now_ms())
             )
 
 
