@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cloud.orrery.sim.board import FLEET
+
+if TYPE_CHECKING:
+    from cloud.orrery.sim.fleet import VirtualFleet
 
 
 @dataclass
@@ -32,7 +36,9 @@ class Report:
         return dict(self.__dict__)
 
 
-def collect_report(fleet, wall_s: float, rid: int | None, at_finish: dict | None) -> Report:
+def collect_report(
+    fleet: VirtualFleet, wall_s: float, rid: int | None, at_finish: dict | None
+) -> Report:
     """Count everything once the fleet has drained: readings, losses, rollout, versions."""
     acc = fleet.account()
     sent = Counter()
