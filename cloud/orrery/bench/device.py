@@ -1,4 +1,5 @@
-"""``orrery bench device``: the shared core's cost on a real MicroPython runtime.
+"""The device benchmark (``orrery bench device``): the shared core's cost on a real MicroPython
+runtime.
 
 Every figure comes from one run on this machine: fuel (wasmtime's deterministic instruction
 budget) and microseconds per sample or step, bytes allocated per call, calls that fail under

@@ -1,5 +1,5 @@
-"""The fleet benchmark (``orrery bench fleet``): many virtual boards for a virtual hour against a real Mosquitto and
-the companion, as fast as the machine allows.
+"""The fleet benchmark (``orrery bench fleet``): many virtual boards for a virtual hour against a
+real Mosquitto and the companion, as fast as the machine allows.
 
 The boards are ``cloud.orrery.sim.fleet``'s: the firmware node (sampler, filters, executor, flash
 store, the board's own MQTT link) on simulated sensors, greenhouse@1, in this process; the

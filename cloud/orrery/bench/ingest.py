@@ -1,5 +1,5 @@
-"""``orrery bench ingest``: readings through a real broker into the database, against the raw
-``executemany`` rate of the same rows measured in the same run.
+"""The ingest benchmark (``orrery bench ingest``): readings through a real broker into the
+database, against the raw ``executemany`` rate of the same rows measured in the same run.
 
 The load: ``devices`` simulated boards, ``readings`` readings in batches of ``batch`` (the
 board's wire format, each with its time anchor), ``dup`` of the batches published twice (a

@@ -1,4 +1,5 @@
-"""``orrery bench rollout``: plan and run a rollout over many registered devices.
+"""The rollout benchmark (``orrery bench rollout``): plan and run a rollout over many registered
+devices.
 
 A fresh SQLite database (a temporary file) gets ``devices`` devices, online on greenhouse@1;
 greenhouse@2 is rolled out to all of them (``--target all``) in the waves ``1%,10%,50%,100%``
