@@ -1,0 +1,1 @@
+"""Orrery's cloud side: the companion package ``cloud.orrery``."""

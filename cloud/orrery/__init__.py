@@ -1,0 +1,1 @@
+"""Orrery's companion: the CPython side that runs the fleet."""

@@ -94,7 +94,7 @@ def test_workflow_install(bench):
     from shared.wire import codec
     from shared.workflow import compiler
 
-    defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
+    defn = (REPO / "cloud/orrery/sim/workflows/greenhouse.json").read_bytes()
     compiled = compiler.compile(defn, bench.profile)
     now = int(time.time())
     args = {

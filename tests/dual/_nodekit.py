@@ -2,15 +2,15 @@
 clock, and a link that records what would be published.
 
 MicroPython's WASI build has no sockets, so the link here only records; the same flows run
-against a real Mosquitto in tests/test_node.py on CPython.
+against a real Mosquitto in tests/firmware/test_node.py on CPython.
 """
 
 import binascii
 
 from _util import MICROPYTHON, load_json
 
+from cloud.orrery.sim.hal import SimHal, VirtualClock
 from firmware.node import Node
-from firmware.simhal import SimHal, VirtualClock
 from shared.wire import codec
 
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"

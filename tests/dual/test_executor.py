@@ -572,7 +572,7 @@ def test_golden_blobs_are_what_the_sources_compile_to():
     from shared.workflow import compiler
 
     for name, g in GOLDEN["workflows"].items():
-        with open(REPO + "/tests/golden/workflows/" + name + ".json", "rb") as f:
+        with open(REPO + "/cloud/orrery/sim/workflows/" + name + ".json", "rb") as f:
             c = compiler.compile(f.read())
         assert c.blob.hex() == g["blob"] and c.hash == g["hash"], name
         assert Program(c.blob).hash == c.hash

@@ -4,9 +4,9 @@ import json
 
 from _util import MICROPYTHON, REPO, allocates, raises
 
+from cloud.orrery.sim.hal import SimHal, VirtualClock
 from firmware import config, hal, safemode, sht31
 from firmware.clock import TICKS_MASK, Uptime, WallClock, elapsed_ms
-from firmware.simhal import SimHal, VirtualClock
 
 WRAP = TICKS_MASK + 1  # 2**30
 

@@ -1,7 +1,7 @@
 """UmqttLink's own wire code on CPython and on MicroPython, over a scripted fake socket.
 
 Unit level only: the MicroPython test runtime has no sockets. The behaviour against a real
-Mosquitto is tested in tests/test_link.py; this proves the same code runs on a 32-bit
+Mosquitto is tested in tests/firmware/test_link.py; this proves the same code runs on a 32-bit
 MicroPython and puts the exact bytes of MQTT 3.1.1 on the wire.
 """
 

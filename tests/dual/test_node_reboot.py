@@ -3,8 +3,8 @@
 from _nodekit import PROFILE, RecorderLink, _board, _cmd, _install, _run
 from _storekit import held_range
 
+from cloud.orrery.sim.hal import SimHal
 from firmware.node import Node
-from firmware.simhal import SimHal
 
 
 def test_reboot_resumes_state_outputs_and_sequence():

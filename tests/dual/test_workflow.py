@@ -411,7 +411,7 @@ def test_refuses_bad_names_and_size_limits():
 
 def test_refuses_over_the_command_limit():
     # The transition, action and blob-size limits need definitions too large for the
-    # MicroPython test heap; tests/test_workflow_fuzz.py checks them on CPython.
+    # MicroPython test heap; tests/shared/test_workflow_fuzz.py checks them on CPython.
     d = base()
     d["states"][0]["on"] += [{"when": {"command": "c%d" % i}, "target": "b"} for i in range(16)]
     check(d, [("states[1].on[1].when.command", "command 17 is over the limit of 16")])
@@ -462,7 +462,7 @@ def test_compile_matches_golden_hashes_on_both_runtimes():
 
 
 def workflow_path(name):
-    return REPO + "/tests/golden/workflows/" + name + ".json"
+    return REPO + "/cloud/orrery/sim/workflows/" + name + ".json"
 
 
 def test_compile_is_deterministic_and_round_trips():

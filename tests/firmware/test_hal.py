@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from cloud.orrery.sim.hal import VirtualClock
 from firmware import config, hal, safemode, sht31
 from firmware import main as board_main
 from firmware.profile import parse_profile
-from firmware.simhal import VirtualClock
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = json.loads((REPO / "hw/boards/esp32-devkitc.json").read_text())

@@ -1,4 +1,4 @@
-"""The board's MQTT link (firmware/link.py, firmware/link_paho.py) against a real Mosquitto.
+"""The board's MQTT link (firmware/link.py, cloud/orrery/sim/paho_link.py) against a real Mosquitto.
 
 Every behaviour test runs on both implementations: ``paho`` (PahoLink) and ``umqtt``
 (UmqttLink over tests/support/umqtt_standin.py, because the real umqtt.simple is not
@@ -21,9 +21,9 @@ from contextlib import contextmanager
 import paho.mqtt.client as mqtt
 import pytest
 
+from cloud.orrery.sim.paho_link import PahoLink
 from firmware.backoff import Backoff
 from firmware.link import UmqttLink
-from firmware.link_paho import PahoLink
 from tests.support import umqtt_standin
 from tests.support.broker import free_port
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware.link_paho import PahoLink
+from cloud.orrery.sim.hal import SimHal
+from cloud.orrery.sim.paho_link import PahoLink
 from firmware.node import Node
-from firmware.simhal import SimHal
 from shared.wire import codec
 from shared.workflow import compiler
 from tests.support.boards import KEY, PROFILE, Board, Cloud, install_args, sign, wait_for

@@ -19,7 +19,7 @@ from shared.workflow.form import EV_BOOT, EV_COMMAND, EV_LINK_UP, EV_TIMER, MAX_
 from shared.workflow.program import Program
 
 REPO = Path(__file__).resolve().parents[2]
-GREENHOUSE = json.loads((REPO / "tests" / "golden" / "workflows" / "greenhouse.json").read_text())
+GREENHOUSE = json.loads((REPO / "cloud" / "orrery" / "sim" / "workflows" / "greenhouse.json").read_text())
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
 BLOB = compiler.compile(GREENHOUSE).blob
 
@@ -217,7 +217,7 @@ def test_header_word_mutations_are_all_refused_or_run():
 
 
 def test_refuses_duplicate_json_keys_with_their_path():
-    text = (REPO / "tests" / "golden" / "workflows" / "greenhouse.json").read_text()
+    text = (REPO / "cloud" / "orrery" / "sim" / "workflows" / "greenhouse.json").read_text()
     text = text.replace('"initial": "idle",', '"initial": "idle", "initial": "fault",')
     text = text.replace('{"name": "cycles", "init": 0}', '{"name": "cycles", "init": 0, "init": 1}')
     assert compiler.errors(text) == [

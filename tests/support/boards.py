@@ -16,15 +16,16 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware.link_paho import PahoLink
+from cloud.orrery.sim import workflows
+from cloud.orrery.sim.hal import SimHal, VirtualClock
+from cloud.orrery.sim.paho_link import PahoLink
 from firmware.node import Node
-from firmware.simhal import SimHal, VirtualClock
 from shared.wire import codec
 from shared.workflow import compiler
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = json.loads((REPO / "hw" / "boards" / "esp32-devkitc.json").read_text())
-WF = REPO / "tests" / "golden" / "workflows"
+WF = workflows.DIR
 KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 T0 = 1_790_000_000_000  # virtual wall clock, unix ms
 

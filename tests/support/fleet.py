@@ -17,11 +17,13 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from cloud.orrery import db, keys, registry
-from cloud.orrery.ingest import Ingest
-from cloud.orrery.rollout import Orchestrator
-from cloud.orrery.serve import BrokerAddress, Service
-from firmware.simhal import VirtualClock
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import keys, registry
+from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
+from cloud.orrery.sim.hal import VirtualClock
 from shared.workflow import compiler
 from tests.support.boards import WF, Board
 from tools.dev.mosquitto import free_port
@@ -38,7 +40,7 @@ class Fleet:
         self.tmp = tmp_path
         self.port = port
         self.db_url = db_url
-        self.engine = db.engine_for(db_url)
+        self.engine = engine_for(db_url)
         self.clock = VirtualClock(ticks=5, unix_ms=int(time.time() * 1000))
         self.dead_port = free_port()
         self.boards: dict[str, Board] = {}
@@ -55,7 +57,7 @@ class Fleet:
         """Register a board and power it on."""
         with self.engine.begin() as conn:
             conn.execute(
-                sa.insert(db.Device.__table__),
+                sa.insert(DEVICES),
                 [{"name": name, "fleet": "f1", "profile": "esp32-devkitc", "created_ms": 0}],
             )
         # flashed with greenhouse v1

@@ -27,8 +27,9 @@ import sqlalchemy as sa
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from cloud.orrery import db
 from cloud.orrery.bench import ingest as bench
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import DEVICES
 from shared.wire import codec
 from tools.dev.mosquitto import Broker
 
@@ -197,11 +198,11 @@ def make_load(readings: int, devices: int, batch: int = 100, dup: float = 0.10, 
 
 def setup_db(url: str, load: Load) -> sa.Engine:
     """Migrate, register the stream's devices (ids 1..devices) and the fence device."""
-    engine = db.engine_for(url)
+    engine = engine_for(url)
     bench.register(engine, load.devices)
     with engine.begin() as c:
         c.execute(
-            sa.insert(db.Device.__table__), [{"name": FENCE, "fleet": FLEET, "created_ms": 0}]
+            sa.insert(DEVICES), [{"name": FENCE, "fleet": FLEET, "created_ms": 0}]
         )
     return engine
 
@@ -376,7 +377,7 @@ class Publisher:
             client.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
 
     def _on_message(self, client, userdata, msg) -> None:
-        from cloud.orrery import keys
+        from cloud.orrery.fleet import keys
 
         dev = msg.topic.split("/")[2]
         if dev not in self._store:

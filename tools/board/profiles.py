@@ -24,10 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-try:
-    from firmware.profile import parse_profile
-except ImportError:  # older layout: the checks lived in the HAL
-    from firmware.hal import parse_profile  # type: ignore[attr-defined,no-redef]
+from firmware.profile import parse_profile
 
 REPO = Path(__file__).resolve().parents[2]
 BOARDS = REPO / "hw" / "boards"

@@ -1,10 +1,10 @@
-"""Provisioning: device ids, keys and broker credentials for a batch of boards.
+"""Provisioning's board files: device ids, each board's config and its optional factory image.
 
 Device ids are ``<prefix>-<NNN>`` (zero-padded to the batch's width), continuing after the
-highest number the database already has for that prefix, so two batches never collide.
-Each board's HMAC command key and MQTT password are derived from the fleet secret
-(``cloud/orrery/keys.py``), exactly as the companion derives them, so no per-board secret
-is stored anywhere but on the board and in the files written here (mode 0600).
+highest number already taken for that prefix, so two batches never collide. Each board's HMAC
+command key and MQTT password come from the caller (``orrery board provision`` derives them
+from the fleet secret), so no per-board secret is stored anywhere but on the board and in the
+files written here (mode 0600).
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from cloud.orrery import keys
 from firmware import config as fwconfig
 
 
@@ -51,7 +47,7 @@ def device_ids(prefix: str, count: int, existing: list[str]) -> list[str]:
 
 
 def board_config(
-    secret: bytes,
+    credentials: dict[str, str],
     device_id: str,
     fleet: str,
     board: str,
@@ -59,15 +55,18 @@ def board_config(
     wifi: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The device config of one board, validated with the firmware's own checks."""
+    """The device config of one board, validated with the firmware's own checks.
+
+    ``credentials`` holds the board's ``hmac_key`` (hex), MQTT ``username`` and ``password``.
+    """
     cfg: dict[str, Any] = {
         "device_id": device_id,
         "fleet": fleet,
         "board": board,
         "broker": dict(broker),
-        "username": device_id,
-        "password": keys.mqtt_password(secret, device_id),
-        "hmac_key": keys.device_key(secret, device_id).hex(),
+        "username": credentials["username"],
+        "password": credentials["password"],
+        "hmac_key": credentials["hmac_key"],
     }
     if wifi:
         cfg["wifi"] = dict(wifi)
@@ -86,70 +85,31 @@ def write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
-def register(engine: sa.Engine, fleet: str, profile: str, ids: list[str]) -> list[str]:
-    """Insert the devices (insert-or-ignore); return the ids that were new."""
-    from cloud.orrery.commands import insert_ignore
-    from cloud.orrery.db import Device
+def read_firmware(firmware: Path, profile: dict[str, Any]) -> bytes:
+    """The MicroPython firmware for factory images, checked against the profile's chip."""
+    from tools.board import espimage
 
-    table = Device.__table__  # type: ignore[attr-defined]
-    now = int(time.time() * 1000)
-    new = []
-    with engine.begin() as conn:
-        for name in ids:
-            row = {"name": name, "fleet": fleet, "profile": profile, "created_ms": now}
-            if conn.execute(insert_ignore(conn, table), [row]).rowcount:
-                new.append(name)
-    return new
+    try:
+        fw_bytes, info = espimage.read_firmware(firmware)
+        espimage.check_for(info, profile["chip"], f"board {profile['name']}")
+    except espimage.ImageError as exc:
+        raise ProvisionError(str(exc)) from None
+    return fw_bytes
 
 
-def existing_ids(engine: sa.Engine, prefix: str) -> list[str]:
-    """Device names in the database that start with ``prefix-``."""
-    from cloud.orrery.db import Device
+def write_board(
+    item: Provisioned, profile: dict[str, Any], out_dir: Path, fw_bytes: bytes | None = None
+) -> Provisioned:
+    """Write ``out_dir/<id>/config.json`` and, with ``fw_bytes``, ``out_dir/<id>/factory.bin``
+    (verified by reading it back); return ``item`` with their paths."""
+    item.path = out_dir / item.device_id / "config.json"
+    write_private(item.path, json.dumps(item.config, indent=2, sort_keys=True).encode())
+    if fw_bytes is not None:
+        from tools.board import image
 
-    table = Device.__table__  # type: ignore[attr-defined]
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(table.c.name).where(table.c.name.like(prefix + "-%")))
-        return [r[0] for r in rows]
-
-
-def provision(
-    engine: sa.Engine,
-    secret: bytes,
-    *,
-    count: int,
-    prefix: str,
-    fleet: str,
-    profile: dict[str, Any],
-    broker: dict[str, Any],
-    out_dir: Path,
-    wifi: dict[str, str] | None = None,
-    firmware: Path | None = None,
-) -> list[Provisioned]:
-    """Provision ``count`` boards: register them, write ``out_dir/<id>/config.json`` and,
-    with ``firmware``, ``out_dir/<id>/factory.bin`` (verified by reading it back)."""
-    ids = device_ids(prefix, count, existing_ids(engine, prefix))
-    configs = [board_config(secret, d, fleet, profile["name"], broker, wifi) for d in ids]
-    fw_bytes = None
-    if firmware is not None:
-        from tools.board import espimage
-
-        try:
-            fw_bytes, info = espimage.read_firmware(firmware)
-            espimage.check_for(info, profile["chip"], f"board {profile['name']}")
-        except espimage.ImageError as exc:
-            raise ProvisionError(str(exc)) from None
-    new = set(register(engine, fleet, profile["name"], ids))
-    out: list[Provisioned] = []
-    for d, cfg in zip(ids, configs, strict=True):
-        item = Provisioned(d, cfg, out_dir / d / "config.json", new=d in new)
-        write_private(item.path, json.dumps(cfg, indent=2, sort_keys=True).encode())  # type: ignore[arg-type]
-        if fw_bytes is not None:
-            from tools.board import image
-
-            files = image.bundle_files(profile, cfg)
-            img = image.build(fw_bytes, profile, files)
-            image.verify(img, profile, files)
-            item.image = out_dir / d / "factory.bin"
-            write_private(item.image, img)
-        out.append(item)
-    return out
+        files = image.bundle_files(profile, item.config)
+        img = image.build(fw_bytes, profile, files)
+        image.verify(img, profile, files)
+        item.image = out_dir / item.device_id / "factory.bin"
+        write_private(item.image, img)
+    return item

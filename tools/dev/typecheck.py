@@ -3,7 +3,7 @@
 mypy gets a typeshed made of micropython-stdlib-stubs with the ESP32 port's modules laid over
 it (``machine``, ``time`` with ``ticks_ms``, ``micropython``, ``_thread``, ``umqtt`` ...), so
 ``firmware/`` and ``shared/`` are checked against what a board really has, not CPython.
-``firmware/link_paho.py`` is the CPython-only adapter and is checked as CPython code instead.
+The simulation HAL (``cloud/orrery/sim/hal.py``) runs on both runtimes and is checked here too.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CPYTHON_ONLY = ("firmware/link_paho.py",)
+#: companion modules that also run on MicroPython (the dual tests run the simulation HAL there)
+ALSO_MICROPYTHON = ("cloud/orrery/sim/hal.py",)
 
 
 def build_typeshed(dest: Path) -> Path:
@@ -56,8 +57,7 @@ def main() -> int:
         str(p.relative_to(REPO))
         for pkg in ("shared", "firmware")
         for p in sorted((REPO / pkg).rglob("*.py"))
-        if str(p.relative_to(REPO)) not in CPYTHON_ONLY
-    ]
+    ] + list(ALSO_MICROPYTHON)
     with tempfile.TemporaryDirectory(prefix="orrery-typeshed-") as tmp:
         typeshed = build_typeshed(Path(tmp))
         ini = Path(tmp) / "mypy.ini"

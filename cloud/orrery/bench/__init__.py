@@ -1,0 +1,1 @@
+"""Benchmarks of the companion and the shared core: device, ingest, rollout, fleet."""

@@ -1,4 +1,5 @@
-"""``orrery bench device``: the shared core's cost on a real MicroPython runtime.
+"""The device benchmark (``orrery bench device``): the shared core's cost on a real MicroPython
+runtime.
 
 Every figure comes from one run on this machine: fuel (wasmtime's deterministic instruction
 budget) and microseconds per sample or step, bytes allocated per call, calls that fail under
@@ -15,14 +16,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
+from cloud.orrery.sim import workflows
 from tools.board import build
 from tools.dev import mpwasm
 
 REPO = Path(__file__).resolve().parents[3]
-WORKFLOW = REPO / "tests" / "golden" / "workflows" / "greenhouse.json"
+WORKFLOW = workflows.GREENHOUSE
 
 HEAP_TARGET = 24 * 1024
 FIRMWARE_TARGET = 48 * 1024
@@ -249,63 +248,3 @@ def run(samples: int = 1000) -> dict:
         and t["shared_core_heap_bytes"]["met_mpy"]
     )
     return result
-
-
-def print_report(result: dict, console: Console) -> None:
-    """The same figures as a table for people."""
-    console.print(f"[bold]orrery bench device[/] on {result['runtime']}")
-    t = Table(
-        "filter",
-        "fuel/sample",
-        "µs/sample",
-        "alloc B",
-        "naive fuel",
-        "naive µs",
-        "ratio (fuel)",
-        "ratio (µs)",
-    )
-    rows = [(f["name"], f) for f in result["filters"]] + [
-        ("chain: " + "+".join(result["chain"]["filters"]), result["chain"])
-    ]
-    for name, f in rows:
-        t.add_row(
-            name,
-            f"{f['int']['fuel']:.0f}",
-            f"{f['int']['us']:.1f}",
-            f"{f['int']['alloc_bytes']:.0f}",
-            f"{f['naive_float']['fuel']:.0f}",
-            f"{f['naive_float']['us']:.1f}",
-            f"{f['ratio_fuel']:.2f}x",
-            f"{f['ratio_us']:.2f}x" if f["ratio_us"] else "-",
-        )
-    console.print(t)
-    w = result["workflow_step"]
-    console.print(
-        f"workflow step ({result['workflow']['name']} v{result['workflow']['version']}): "
-        f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
-        f"{w['heap_lock_allocations']} heap-locked failures"
-    )
-    h = result["heap"]["from_mpy"]
-    console.print(
-        f"heap held by the shared core + workflow (loaded from .mpy): {h['total']} B = "
-        f"code {h['modules']} B + workflow {h['workflow']} B "
-        f"(computed {result['workflow']['computed_heap_bytes']} B)"
-    )
-    console.print("  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()))
-    console.print(
-        "  imported only while used (rare paths, dropped again): "
-        + ", ".join(f"{k} {v} B" for k, v in h["on_demand"].items())
-    )
-    r = result["heap"]["from_romfs"]
-    console.print(
-        f"  executed in place from ROMFS: {r['total']} B = code {r['modules']} B + "
-        f"workflow {r['workflow']} B"
-    )
-    fw = result["firmware_heap"]
-    console.print(
-        f"firmware node at work with the workflow and its batch buffers: {fw['total']} B from "
-        f".mpy ({fw['after_boot']} B right after boot), {fw['total_romfs']} B from ROMFS "
-        f"(target {fw['target']} B)"
-    )
-    ok = result["targets"]["met"]
-    console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")

@@ -1,7 +1,7 @@
-"""``orrery bench fleet``: many virtual boards for a virtual hour against a real Mosquitto and
-the companion, as fast as the machine allows.
+"""The fleet benchmark (``orrery bench fleet``): many virtual boards for a virtual hour against a
+real Mosquitto and the companion, as fast as the machine allows.
 
-The boards are ``cloud.orrery.sim``'s: the firmware node (sampler, filters, executor, flash
+The boards are ``cloud.orrery.sim.fleet``'s: the firmware node (sampler, filters, executor, flash
 store, the board's own MQTT link) on simulated sensors, greenhouse@1, in this process; the
 companion (``orrery serve``'s Service, Ingest and Orchestrator) in its own process on SQLite,
 on the fleet's virtual clock. No faults. The fleet never runs ahead of the companion (it waits
@@ -23,18 +23,19 @@ Figures:
 from __future__ import annotations
 
 import json
+import math
+import os
+import resource
 import shutil
 import tempfile
 import time
 from bisect import bisect_left
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cloud.orrery.sim import VirtualFleet
+    from cloud.orrery.sim.fleet import VirtualFleet
 
 
 def lags(fleet: VirtualFleet, commits: Path) -> list[float]:
@@ -69,7 +70,7 @@ def run(
     progress: Callable[[VirtualFleet, str], None] | None = None,
 ) -> dict:
     """Run the benchmark; see the module docstring for the figures."""
-    from cloud.orrery.sim import VirtualFleet, percentile, rss_bytes
+    from cloud.orrery.sim.fleet import VirtualFleet
 
     tmp = Path(tempfile.mkdtemp(prefix="orrery-bench-fleet-"))
     url = f"sqlite:///{tmp / 'bench.db'}"
@@ -136,57 +137,18 @@ def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 2)
 
 
-def bench_fleet(
-    devices: Annotated[int, typer.Option(min=1, max=5000, help="Virtual boards.")] = 1000,
-    duration: Annotated[str, typer.Option(help="Virtual time to run: 10m, 1h …")] = "1h",
-    uplink: Annotated[
-        str, typer.Option(help="Virtual time between a board's readings uploads.")
-    ] = "60s",
-    seed: Annotated[int, typer.Option(help="Seed of the simulated sensors.")] = 1,
-    broker: Annotated[
-        str | None,
-        typer.Option(help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else its own)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
-) -> None:
-    """Virtual boards for a virtual hour against a real broker and the companion: readings/s,
-    companion CPU, memory per board, end-to-end lag, loss (must be 0)."""
-    import os
-
-    from rich.console import Console
-
-    from cloud.orrery.fleetcli import fail
-    from cloud.orrery.rollout import RolloutError, parse_duration
-    from cloud.orrery.sim import fmt_ms, parse_broker_url
-
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; else the peak from getrusage)."""
     try:
-        virtual_s = parse_duration(duration, "--duration")
-        uplink_s = parse_duration(uplink, "--uplink")
-    except RolloutError as exc:
-        fail(str(exc))
-    addr = None
-    url = broker or os.environ.get("ORRERY_BROKER")
-    if url:
-        try:
-            addr = parse_broker_url(url)
-        except ValueError as exc:
-            fail(str(exc))
-    con = Console(stderr=True)
-    last = [0.0]
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    def progress(fleet: VirtualFleet, what: str) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 5:
-            last[0] = now
-            con.print(
-                f"[dim]{what}: virtual {fmt_ms(fleet.elapsed_ms)} of {fmt_ms(virtual_s * 1000)}, "
-                f"{sum(b.node.store.last_seq for b in fleet.boards.values()):,} readings taken[/]"
-            )
 
-    result = run(devices, virtual_s, uplink_s, seed, addr, progress)
-    if as_json:
-        print(json.dumps(result, indent=2))
-    else:
-        Console().print_json(json.dumps(result))
-    if not result["met"]:
-        raise typer.Exit(2)
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` (0..1) quantile by nearest rank, or None for no values."""
+    if not values:
+        return None
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]

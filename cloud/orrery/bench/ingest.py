@@ -1,5 +1,5 @@
-"""``orrery bench ingest``: readings through a real broker into the database, against the raw
-``executemany`` rate of the same rows measured in the same run.
+"""The ingest benchmark (``orrery bench ingest``): readings through a real broker into the
+database, against the raw ``executemany`` rate of the same rows measured in the same run.
 
 The load: ``devices`` simulated boards, ``readings`` readings in batches of ``batch`` (the
 board's wire format, each with its time anchor), ``dup`` of the batches published twice (a
@@ -27,8 +27,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
-from cloud.orrery import db
-from cloud.orrery.ingest import READING_COLS
+from cloud.orrery.db.engine import describe, engine_for, url_from
+from cloud.orrery.db.tables import DEVICES, READING_COLS, READINGS
 from shared.wire import codec
 from tools.dev.mosquitto import Broker
 
@@ -85,7 +85,7 @@ def register(engine: sa.Engine, devices: int) -> None:
     """Register the simulated boards, ids 1..devices in name order."""
     with engine.begin() as conn:
         conn.execute(
-            sa.insert(db.Device.__table__),
+            sa.insert(DEVICES),
             [{"name": device_name(i), "fleet": FLEET, "created_ms": 0} for i in range(devices)],
         )
 
@@ -124,15 +124,22 @@ def raw_baseline(url: str, rows: list[tuple]) -> float:
     return elapsed
 
 
-def publish(port: int, messages: list[tuple[str, bytes]], done_timeout: float = 600) -> float:
-    """Publish at QoS 1 and wait for every PUBACK; return the seconds it took."""
+def mqtt_client(prefix: str) -> mqtt.Client:
+    """An MQTT v5 client for a benchmark, id ``PREFIX-<random>``: up to 1000 QoS 1 messages in
+    flight and an unbounded queue."""
     c = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
+        client_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
     c.max_inflight_messages_set(1000)
     c.max_queued_messages_set(0)
+    return c
+
+
+def publish(port: int, messages: list[tuple[str, bytes]], done_timeout: float = 600) -> float:
+    """Publish at QoS 1 and wait for every PUBACK; return the seconds it took."""
+    c = mqtt_client("bench-pub")
     acked = threading.Semaphore(0)
     c.on_publish = lambda *a: acked.release()
     c.connect("127.0.0.1", port)
@@ -153,8 +160,8 @@ def _stored(engine: sa.Engine) -> tuple[int, int]:
     with engine.connect() as conn:
         r = conn.execute(
             sa.select(
-                sa.func.sum(db.Device.__table__.c.received),
-                sa.func.sum(db.Device.__table__.c.duplicates),
+                sa.func.sum(DEVICES.c.received),
+                sa.func.sum(DEVICES.c.duplicates),
             )
         ).first()
     return int(r[0] or 0), int(r[1] or 0)
@@ -170,7 +177,7 @@ def end_to_end(
 ) -> dict:
     """Run ``workers`` ``orrery serve`` processes (one shared subscription) on a broker of
     their own and measure the whole path."""
-    engine = db.engine_for(url)
+    engine = engine_for(url)
     register(engine, devices)
     broker = Broker(extra_conf="max_inflight_messages 1000").start()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -224,10 +231,7 @@ def end_to_end(
         got, dups = _stored(engine)
         got, dups = got - base[0], dups - base[1]
         with engine.connect() as conn:
-            rows = (
-                conn.execute(sa.select(sa.func.count()).select_from(db.Reading.__table__)).scalar()
-                - base[0]
-            )
+            rows = conn.execute(sa.select(sa.func.count()).select_from(READINGS)).scalar() - base[0]
     finally:
         for w in procs:
             w.terminate()
@@ -307,7 +311,7 @@ def _compare(
     workers: int = 1,
 ) -> dict:
     e2e = end_to_end(e2e_url, messages, unique, devices, timeout, workers)
-    raw_engine = db.engine_for(raw_url)
+    raw_engine = engine_for(raw_url)
     register(raw_engine, devices)
     raw_engine.dispose()
     raw_s = raw_baseline(raw_url, rows)
@@ -322,7 +326,7 @@ def _compare(
 def _postgres(
     pg_url: str, messages, rows, unique: int, devices: int, timeout: float, workers: int = 1
 ) -> dict:
-    base = sa.engine.make_url(db.url_from(pg_url))
+    base = sa.engine.make_url(url_from(pg_url))
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
     names = [f"orrery_bench_{uuid.uuid4().hex[:8]}", f"orrery_bench_{uuid.uuid4().hex[:8]}"]
     try:
@@ -331,7 +335,7 @@ def _postgres(
                 c.execute(sa.text(f'CREATE DATABASE "{n}"'))
     except sa.exc.OperationalError as exc:
         return {
-            "skipped": f"PostgreSQL not reachable at {db.describe(str(base))}: {str(exc.orig).strip()[:200]}"
+            "skipped": f"PostgreSQL not reachable at {describe(str(base))}: {str(exc.orig).strip()[:200]}"
         }
     try:
         return _compare(

@@ -1,4 +1,5 @@
-"""``orrery bench rollout``: plan and run a rollout over many registered devices.
+"""The rollout benchmark (``orrery bench rollout``): plan and run a rollout over many registered
+devices.
 
 A fresh SQLite database (a temporary file) gets ``devices`` devices, online on greenhouse@1;
 greenhouse@2 is rolled out to all of them (``--target all``) in the waves ``1%,10%,50%,100%``
@@ -37,14 +38,25 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
-from cloud.orrery import db, keys, registry
-from cloud.orrery.rollout import DEVICES, MEMBERS, ROLLOUTS, TARGET_COLS, Orchestrator
+from cloud.orrery.bench.ingest import mqtt_client
+from cloud.orrery.clock import now_ms
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.db.tables import (
+    COMMANDS,
+    DEAD_LETTERS,
+    DEVICES,
+    ROLLOUT_DEVICES,
+    ROLLOUT_LOG,
+    ROLLOUTS,
+)
+from cloud.orrery.fleet import keys, registry
+from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
+from cloud.orrery.fleet.rollout.plan import TARGET_COLS
+from cloud.orrery.sim import workflows
 from shared.wire import codec
 from shared.workflow import compiler
 from tools.dev.mosquitto import Broker
@@ -52,7 +64,6 @@ from tools.dev.mosquitto import Broker
 FLEET = "bench"
 WAVES = "1%,10%,50%,100%"
 RATE = "100000/s"
-GOLDEN = Path(__file__).resolve().parents[3] / "tests" / "golden" / "workflows"
 SECRET = b"orrery-bench-rollout-fleet-secret"
 VERIFY_EVERY = 97  # the simulated boards check one signature in this many
 TICK_EVERY_S = 2.0  # orrery serve's default --reconcile-every: how often it ticks rollouts
@@ -89,10 +100,8 @@ def time_select(engine: sa.Engine) -> tuple[float, int]:
 
 def _drop_rollout(engine: sa.Engine, rid: int) -> None:
     with engine.begin() as conn:
-        conn.execute(sa.delete(MEMBERS).where(MEMBERS.c.rollout_id == rid))
-        conn.execute(
-            sa.delete(db.RolloutLog.__table__).where(db.RolloutLog.__table__.c.rollout_id == rid)
-        )
+        conn.execute(sa.delete(ROLLOUT_DEVICES).where(ROLLOUT_DEVICES.c.rollout_id == rid))
+        conn.execute(sa.delete(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid))
         conn.execute(sa.delete(ROLLOUTS).where(ROLLOUTS.c.id == rid))
 
 
@@ -106,13 +115,7 @@ class Boards:
         self.bad: list[str] = []
         self._lock = threading.Lock()
         self.subscribed = threading.Event()
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bench-boards-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = mqtt_client("bench-boards")
         c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
         c.on_subscribe = lambda *a: self.subscribed.set()
         c.on_message = self._on_message
@@ -147,13 +150,7 @@ class Publisher:
     """The companion's side of the wire: QoS 1 publishes, waiting for every PUBACK."""
 
     def __init__(self, port: int) -> None:
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"bench-companion-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        c.max_inflight_messages_set(1000)
-        c.max_queued_messages_set(0)
+        c = mqtt_client("bench-companion")
         self.acked = threading.Semaphore(0)
         c.on_publish = lambda *a: self.acked.release()
         c.connect("127.0.0.1", port, keepalive=60)
@@ -187,11 +184,10 @@ def _serve(url: str, port: int, log: Path) -> subprocess.Popen:
 
 def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
     """Wait until serve stores what it receives: an ack for no command is a dead letter."""
-    D = db.DeadLetter.__table__
 
     def dead() -> int:
         with engine.connect() as conn:
-            return conn.execute(sa.select(sa.func.count()).select_from(D)).scalar()
+            return conn.execute(sa.select(sa.func.count()).select_from(DEAD_LETTERS)).scalar()
 
     c = Publisher(port)
     try:
@@ -210,10 +206,9 @@ def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
 
 
 def _count_done(engine: sa.Engine) -> int:
-    C = db.Command.__table__
     with engine.connect() as conn:
         return conn.execute(
-            sa.select(sa.func.count()).select_from(C).where(C.c.status == "done")
+            sa.select(sa.func.count()).select_from(COMMANDS).where(COMMANDS.c.status == "done")
         ).scalar()
 
 
@@ -231,11 +226,11 @@ def _wait(cond, timeout: float, what: str, proc: subprocess.Popen | None = None)
 
 def run(devices: int = 100_000, timeout: float = 900) -> dict:
     """Measure planning against a plain SELECT, then run the rollout; see the module docstring."""
-    v1 = (GOLDEN / "greenhouse_v1.json").read_bytes()
-    v2 = (GOLDEN / "greenhouse.json").read_bytes()
+    v1 = workflows.GREENHOUSE_V1.read_bytes()
+    v2 = workflows.GREENHOUSE.read_bytes()
     with tempfile.TemporaryDirectory(prefix="orrery-bench-rollout-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'rollout.db'}"
-        engine = db.engine_for(url)
+        engine = engine_for(url)
         with engine.begin() as conn:
             registry.push(conn, v1, None, 0)
             registry.push(conn, v2, None, 0)
@@ -282,19 +277,18 @@ def _succeeded(engine: sa.Engine, rid: int) -> int:
     with engine.connect() as conn:
         return conn.execute(
             sa.select(sa.func.count())
-            .select_from(MEMBERS)
-            .where(MEMBERS.c.rollout_id == rid, MEMBERS.c.state == "succeeded")
+            .select_from(ROLLOUT_DEVICES)
+            .where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state == "succeeded")
         ).scalar()
 
 
 def _mark_sent(engine: sa.Engine, ids: list[str]) -> None:
-    C = db.Command.__table__
     with engine.begin() as conn:
         for i in range(0, len(ids), 10_000):
             conn.execute(
-                sa.update(C)
-                .where(C.c.id.in_(ids[i : i + 10_000]), C.c.status == "queued")
-                .values(status="sent", sent_ms=int(time.time() * 1000))
+                sa.update(COMMANDS)
+                .where(COMMANDS.c.id.in_(ids[i : i + 10_000]), COMMANDS.c.status == "queued")
+                .values(status="sent", sent_ms=now_ms())
             )
 
 

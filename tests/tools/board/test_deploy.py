@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.orrery import keys
+from cloud.orrery.fleet import keys
 from tools.board import deploy, serialport
 from tools.dev.virtualboard import VirtualBoard
 
@@ -23,6 +23,7 @@ CFG = {
     "board": "esp32-devkitc",
 }
 SECRET = "a-fleet-secret-for-tests-only-0123456789"
+CREDENTIALS = keys.credentials_from_env  # as `orrery board deploy` hands them over
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_the_bundle_leaves_out_cpython_modules(tmp_path):
 
 
 def test_config_keys_come_from_the_fleet_secret(secret):
-    cfg = deploy.device_config(CFG, "gh-01", "esp32-devkitc")
+    cfg = deploy.device_config(CFG, "gh-01", "esp32-devkitc", CREDENTIALS)
     assert cfg["hmac_key"] == keys.device_key(secret, "gh-01").hex()
     assert cfg["username"] == "gh-01"
     assert cfg["password"] == keys.mqtt_password(secret, "gh-01")
@@ -78,14 +79,18 @@ def test_config_keys_come_from_the_fleet_secret(secret):
 
 def test_config_errors(secret, monkeypatch):
     with pytest.raises(deploy.DeployError, match="config is for device 'x', not 'y'"):
-        deploy.device_config({**CFG, "device_id": "x"}, "y", "esp32-devkitc")
+        deploy.device_config({**CFG, "device_id": "x"}, "y", "esp32-devkitc", CREDENTIALS)
     with pytest.raises(deploy.DeployError, match="broker.port: must be 1..65535"):
-        deploy.device_config({**CFG, "broker": {**CFG["broker"], "port": 0}}, "y", "esp32-devkitc")
+        deploy.device_config(
+            {**CFG, "broker": {**CFG["broker"], "port": 0}}, "y", "esp32-devkitc", CREDENTIALS
+        )
     with pytest.raises(deploy.DeployError, match="names board 'esp32-devkitc' but the profile"):
-        deploy.device_config(CFG, "y", "esp32-s3-devkitc-1")
+        deploy.device_config(CFG, "y", "esp32-s3-devkitc-1", CREDENTIALS)
+    with pytest.raises(deploy.DeployError, match="no hmac_key and no credentials were given"):
+        deploy.device_config(CFG, "y", "esp32-devkitc")
     monkeypatch.delenv("ORRERY_SECRET")
     with pytest.raises(deploy.DeployError, match="no hmac_key and no fleet secret"):
-        deploy.device_config(CFG, "y", "esp32-devkitc")
+        deploy.device_config(CFG, "y", "esp32-devkitc", CREDENTIALS)
 
 
 def test_board_with_an_old_mpy_version_is_refused():
@@ -129,7 +134,7 @@ def test_deploy_then_redeploy(board, secret, tmp_path):
     (lib / "orrery_probe" / "extra.py").write_text("Y = 2\n")
     steps: list[str] = []
     first = deploy.deploy(
-        board.url, "vb-01", config=CFG, lib_dir=lib, reset=False,
+        board.url, "vb-01", config=CFG, lib_dir=lib, reset=False, credentials=CREDENTIALS,
         progress=lambda what, done, total: steps.append(what),
     )  # fmt: skip
     assert first.board.version == (1, 27, 0) and first.board.mpy_version == 6
@@ -146,12 +151,16 @@ def test_deploy_then_redeploy(board, secret, tmp_path):
         assert deploy.sha256(on_flash[path]) == digest, path
     board.start()
 
-    again = deploy.deploy(board.url, "vb-01", config=CFG, lib_dir=lib, reset=False)
+    again = deploy.deploy(
+        board.url, "vb-01", config=CFG, lib_dir=lib, reset=False, credentials=CREDENTIALS
+    )
     assert again.copied == [] and again.deleted == []
 
     (lib / "orrery_probe" / "extra.py").unlink()  # a file leaves the bundle: it is removed
     (lib / "orrery_probe" / "__init__.py").write_text("X = 3\n")
-    third = deploy.deploy(board.url, "vb-01", config=CFG, lib_dir=lib, reset=False)
+    third = deploy.deploy(
+        board.url, "vb-01", config=CFG, lib_dir=lib, reset=False, credentials=CREDENTIALS
+    )
     assert third.copied == ["/lib/orrery_probe/__init__.py"]
     assert third.deleted == ["/lib/orrery_probe/extra.py"]
 
@@ -168,7 +177,10 @@ def test_deploy_then_redeploy(board, secret, tmp_path):
 
 def test_dry_run_lists_mpremote_commands(board, secret):
     lines: list[str] = []
-    deploy.deploy(board.url, "vb-01", config={**CFG, "log_level": "debug"}, dry_run=lines)
+    deploy.deploy(
+        board.url, "vb-01", config={**CFG, "log_level": "debug"}, dry_run=lines,
+        credentials=CREDENTIALS,
+    )  # fmt: skip
     assert lines == [f"mpremote connect {board.url} fs cp '<generated config.json>' :/config.json"]
 
 
@@ -193,12 +205,12 @@ def test_mip_install_from_a_local_index(board, tmp_path):
 
 def test_a_running_app_is_restarted_in_safe_mode_first(board, secret):
     """The app's watchdog stays armed after Ctrl-C: deploy resets into safe mode first."""
-    deploy.deploy(board.url, "vb-01", config=CFG, lib=None, reset=False)
+    deploy.deploy(board.url, "vb-01", config=CFG, lib=None, reset=False, credentials=CREDENTIALS)
     with deploy.Board(board.url) as b:  # as if the node had been running
         b.exec("import sys\nsys.modules['firmware.node'] = sys")
     steps: list[str] = []
     deploy.deploy(
-        board.url, "vb-01", config=CFG, lib=None, reset=False,
+        board.url, "vb-01", config=CFG, lib=None, reset=False, credentials=CREDENTIALS,
         progress=lambda what, done, total: steps.append(what),
     )  # fmt: skip
     assert "the app was running: restarting the board in safe mode for the deploy" in steps

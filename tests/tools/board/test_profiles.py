@@ -110,7 +110,7 @@ def test_load_errors():
 @pytest.mark.parametrize("name", BOARDS)
 def test_workflow_validator_checks_against_each_profile(name):
     p = profiles.load(name)
-    defn = (REPO / "tests/golden/workflows/greenhouse.json").read_bytes()
+    defn = (REPO / "cloud/orrery/sim/workflows/greenhouse.json").read_bytes()
     assert compiler.errors(defn, p) == []
     bad = json.loads(defn)
     bad["inputs"][0]["channel"] = "adc9"

@@ -1,7 +1,7 @@
 """Write ``tests/golden/executor.json``: compiled workflows and golden executor traces.
 
 ``python -m tools.dev.golden.workflows`` rewrites the file; ``--check`` exits 1 if it is out of
-date. For every ``tests/golden/workflows/*.json`` it records the blob, its hash, size and
+date. For every ``cloud/orrery/sim/workflows/*.json`` it records the blob, its hash, size and
 computed heap footprint; for each scripted trace (virtual time, samples, commands, link
 events, a reboot) the state, outputs and host calls after every step. The dual tests
 compile the sources and replay the traces on CPython and on MicroPython and compare.
@@ -19,7 +19,7 @@ from shared.workflow.form import TICKS_MAX
 from shared.workflow.program import Program
 
 REPO = Path(__file__).resolve().parents[3]
-SOURCES = REPO / "tests" / "golden" / "workflows"
+SOURCES = REPO / "cloud" / "orrery" / "sim" / "workflows"
 OUT = REPO / "tests" / "golden" / "executor.json"
 
 

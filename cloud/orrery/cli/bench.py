@@ -1,0 +1,207 @@
+"""``orrery bench device|ingest|rollout|fleet``: benchmarks (commands, not timed tests). Each
+prints its figures and exits 2 when a target is not met."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cloud.orrery.cli.common import (
+    JsonOpt,
+    broker_address,
+    console,
+    err_console,
+    fail,
+    parse_seconds,
+)
+from cloud.orrery.clock import fmt_ms
+
+if TYPE_CHECKING:
+    from cloud.orrery.sim.fleet import VirtualFleet
+
+app = typer.Typer(help="Benchmarks (commands, not timed tests).", no_args_is_help=True)
+
+
+def show_figures(result: dict, as_json: bool) -> None:
+    """Print a benchmark's figures (indented JSON for scripts, highlighted for people); exit 2
+    when it did not meet its targets."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print_json(json.dumps(result))
+    if not result["met"]:
+        raise typer.Exit(2)
+
+
+@app.command("fleet")
+def bench_fleet(
+    devices: Annotated[int, typer.Option(min=1, max=5000, help="Virtual boards.")] = 1000,
+    duration: Annotated[str, typer.Option(help="Virtual time to run: 10m, 1h …")] = "1h",
+    uplink: Annotated[
+        str, typer.Option(help="Virtual time between a board's readings uploads.")
+    ] = "60s",
+    seed: Annotated[int, typer.Option(help="Seed of the simulated sensors.")] = 1,
+    broker: Annotated[
+        str | None,
+        typer.Option(help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else its own)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Virtual boards for a virtual hour against a real broker and the companion: readings/s,
+    companion CPU, memory per board, end-to-end lag, loss (must be 0)."""
+    from cloud.orrery.bench import fleet as fleet_bench
+
+    virtual_s = parse_seconds(duration, "--duration")
+    uplink_s = parse_seconds(uplink, "--uplink")
+    addr = broker_address(broker)
+    last = [0.0]
+
+    def progress(fleet: VirtualFleet, what: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 5:
+            last[0] = now
+            err_console.print(
+                f"[dim]{what}: virtual {fmt_ms(fleet.elapsed_ms)} of {fmt_ms(virtual_s * 1000)}, "
+                f"{sum(b.node.store.last_seq for b in fleet.boards.values()):,} readings taken[/]"
+            )
+
+    result = fleet_bench.run(devices, virtual_s, uplink_s, seed, addr, progress)
+    show_figures(result, as_json)
+
+
+@app.command("device")
+def bench_device(
+    as_json: JsonOpt = False,
+    samples: Annotated[
+        int, typer.Option(min=100, max=2000, help="Samples per measurement.")
+    ] = 1000,
+) -> None:
+    """Cost per sample/step, allocations and heap of the shared core, on real MicroPython."""
+    from cloud.orrery.bench import device as device_bench
+
+    result = device_bench.run(samples=samples)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_device_report(result)
+    if not result["targets"]["met"]:
+        raise typer.Exit(2)
+
+
+@app.command("ingest")
+def bench_ingest(
+    readings: Annotated[
+        int, typer.Option(min=1000, help="Unique readings to publish.")
+    ] = 1_000_000,
+    devices: Annotated[int, typer.Option(min=1, max=99999, help="Simulated boards.")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, max=512, help="Readings per message.")] = 100,
+    dup: Annotated[
+        float, typer.Option(min=0, max=1, help="Share of batches published twice.")
+    ] = 0.10,
+    pg_url: Annotated[
+        str | None,
+        typer.Option(
+            help="PostgreSQL server to measure too (default $ORRERY_TEST_PG_URL, else "
+            "postgresql://postgres@127.0.0.1:5432/test; 'none' to skip)."
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=8, help="orrery serve processes sharing the subscription.")
+    ] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Readings through a real broker into SQLite (and PostgreSQL), against raw executemany."""
+    import os
+
+    from cloud.orrery.bench import ingest
+
+    if devices > readings:
+        fail(f"--devices {devices} is more than --readings {readings}")
+    pg = (
+        pg_url
+        or os.environ.get("ORRERY_TEST_PG_URL")
+        or "postgresql://postgres@127.0.0.1:5432/test"
+    )
+    result = ingest.run(
+        readings, devices, batch, dup, None if pg == "none" else pg, workers=workers
+    )
+    show_figures(result, as_json)
+
+
+@app.command("rollout")
+def bench_rollout(
+    devices: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Registered devices to roll out to.")
+    ] = 100_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Plan a rollout over many devices (against a plain SELECT of them), then run it: signed
+    commands to a real broker, acks through `orrery serve`."""
+    from cloud.orrery.bench import rollout
+
+    result = rollout.run(devices)
+    show_figures(result, as_json)
+
+
+def print_device_report(result: dict) -> None:
+    """The same figures as a table for people."""
+    console.print(f"[bold]orrery bench device[/] on {result['runtime']}")
+    t = Table(
+        "filter",
+        "fuel/sample",
+        "µs/sample",
+        "alloc B",
+        "naive fuel",
+        "naive µs",
+        "ratio (fuel)",
+        "ratio (µs)",
+    )
+    rows = [(f["name"], f) for f in result["filters"]] + [
+        ("chain: " + "+".join(result["chain"]["filters"]), result["chain"])
+    ]
+    for name, f in rows:
+        t.add_row(
+            name,
+            f"{f['int']['fuel']:.0f}",
+            f"{f['int']['us']:.1f}",
+            f"{f['int']['alloc_bytes']:.0f}",
+            f"{f['naive_float']['fuel']:.0f}",
+            f"{f['naive_float']['us']:.1f}",
+            f"{f['ratio_fuel']:.2f}x",
+            f"{f['ratio_us']:.2f}x" if f["ratio_us"] else "-",
+        )
+    console.print(t)
+    w = result["workflow_step"]
+    console.print(
+        f"workflow step ({result['workflow']['name']} v{result['workflow']['version']}): "
+        f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
+        f"{w['heap_lock_allocations']} heap-locked failures"
+    )
+    h = result["heap"]["from_mpy"]
+    console.print(
+        f"heap held by the shared core + workflow (loaded from .mpy): {h['total']} B = "
+        f"code {h['modules']} B + workflow {h['workflow']} B "
+        f"(computed {result['workflow']['computed_heap_bytes']} B)"
+    )
+    console.print("  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()))
+    console.print(
+        "  imported only while used (rare paths, dropped again): "
+        + ", ".join(f"{k} {v} B" for k, v in h["on_demand"].items())
+    )
+    r = result["heap"]["from_romfs"]
+    console.print(
+        f"  executed in place from ROMFS: {r['total']} B = code {r['modules']} B + "
+        f"workflow {r['workflow']} B"
+    )
+    fw = result["firmware_heap"]
+    console.print(
+        f"firmware node at work with the workflow and its batch buffers: {fw['total']} B from "
+        f".mpy ({fw['after_boot']} B right after boot), {fw['total_romfs']} B from ROMFS "
+        f"(target {fw['target']} B)"
+    )
+    ok = result["targets"]["met"]
+    console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")

@@ -1,0 +1,109 @@
+"""``orrery devices add|list|show|tag``: the devices registry."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, known_device, open_db
+from cloud.orrery.fleet import devices
+
+app = typer.Typer(help="The devices registry.", no_args_is_help=True)
+
+
+@app.command("add")
+def devices_add(
+    names: Annotated[list[str], typer.Argument(help="Device ids.")],
+    fleet: Annotated[str, typer.Option(help="Fleet id.")] = "default",
+    profile: Annotated[str | None, typer.Option(help="Board profile name.")] = None,
+    db_url: DbOpt = None,
+) -> None:
+    """Register devices (provisioning); the ingest dead-letters devices it does not know."""
+    from shared.wire.codec import is_id
+
+    for n in [fleet, *names]:
+        if not is_id(n):
+            fail(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
+    added = len(devices.register(open_db(db_url), fleet, profile, names))
+    console.print(f"registered {added} new device(s); {len(set(names)) - added} already known")
+
+
+@app.command("list")
+def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Every device: online state, last seen, versions, backlog."""
+    with open_db(db_url).connect() as conn:
+        rows = devices.device_rows(conn)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table("device", "fleet", "online", "last seen", "fw", "workflow", "backlog", "received")
+    for r in rows:
+        t.add_row(
+            r["device"],
+            r["fleet"],
+            "[green]yes[/]" if r["online"] else "[red]no[/]",
+            r["last_seen"] or "never",
+            r["fw"] or "-",
+            r["workflow"] or "-",
+            "-" if r["backlog"] is None else str(r["backlog"]),
+            str(r["received"]),
+        )
+    console.print(t)
+    console.print(f"{len(rows)} device(s), {sum(r['online'] for r in rows)} online")
+
+
+@app.command("show")
+def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """One device in full, with its boots (sessions) and time anchors."""
+    with open_db(db_url).connect() as conn:
+        rows = devices.device_rows(conn, name)
+        if not rows:
+            fail(f"unknown device {name!r} (see `orrery devices list`)")
+        sessions = devices.sessions(conn, known_device(conn, name))
+    info = {**rows[0], "sessions": sessions}
+    if as_json:
+        print(json.dumps(info))
+        return
+    t = Table(show_header=False)
+    for k, v in info.items():
+        if k != "sessions":
+            t.add_row(k, "-" if v is None else str(v))
+    console.print(t)
+    st = Table("boot", "first seen", "last seen", "seqs", "time anchor")
+    for s in sessions:
+        st.add_row(
+            str(s["boot"]),
+            s["first_seen"],
+            s["last_seen"],
+            "-" if s["seqs"] is None else f"{s['seqs'][0]}..{s['seqs'][1]}",
+            "not synced"
+            if s["anchor"] is None
+            else f"up {s['anchor']['up_ms']} ms = {s['anchor']['unix']}",
+        )
+    console.print(st)
+
+
+@app.command("tag")
+def devices_tag(
+    name: Annotated[str, typer.Argument(help="Device id.")],
+    tags: Annotated[list[str], typer.Argument(help="key=value to set, key= to remove.")],
+    db_url: DbOpt = None,
+) -> None:
+    """Set or remove tags (rollout targets select on ``tag.KEY=VALUE``)."""
+    parsed = []
+    for t in tags:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]{1,64})=(.{0,128})", t)
+        if not m:
+            fail(
+                f"tag {t!r}: expected key=value (key: 1..64 of [A-Za-z0-9_.-], value up to 128 chars)"
+            )
+        parsed.append((m.group(1), m.group(2)))
+    with open_db(db_url).begin() as conn:
+        now = devices.set_tags(conn, known_device(conn, name), parsed)
+    console.print(
+        f"{name}: " + (", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "no tags")
+    )

@@ -1,0 +1,260 @@
+"""The companion's tables (SQLModel): devices, readings and their reconciliation, commands,
+the workflow registry and rollouts.
+
+Sequence numbers, uptimes and times are BIGINT: a reading's seq is per device (the board's store
+numbers readings 1, 2, ... across boots), ``up_ms`` is the device uptime in ms, ``event_ms`` is
+unix time in ms (NULL until the boot's time anchor is known).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy import BigInteger, Column, Index, LargeBinary
+from sqlmodel import Field, SQLModel
+
+
+def _big(**kw) -> Column:
+    return Column(BigInteger, **kw)
+
+
+class Device(SQLModel, table=True):
+    """A board: registered by provisioning (or auto-registered), fed by state messages."""
+
+    __tablename__ = "devices"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    fleet: str = Field(max_length=64)
+    profile: str | None = Field(default=None, max_length=64)
+    online: bool = False
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    last_seen_ms: int | None = Field(default=None, sa_column=_big())
+    boot: int | None = Field(default=None, sa_column=_big())
+    fw: str | None = Field(default=None, max_length=64)
+    wf: str | None = Field(default=None, max_length=64)
+    wf_ver: int | None = None
+    wf_hash: str | None = Field(default=None, max_length=80)
+    backlog: int | None = Field(default=None, sa_column=_big())
+    last_seq: int | None = Field(default=None, sa_column=_big())
+    synced: bool | None = None
+    received: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    duplicates: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    historical: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    dirty: bool = Field(default=False, index=True)
+    # health counters, compared across a rollout's upgraded and not-yet-upgraded boards
+    reboots: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    link_drops: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    invalid: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    invalid_boot: int | None = Field(default=None, sa_column=_big())  # the board's count this boot
+    alarms: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+
+
+class DeviceTag(SQLModel, table=True):
+    """A key=value tag on a device (rollout targets select on them)."""
+
+    __tablename__ = "device_tags"
+    device_id: int = Field(foreign_key="devices.id", primary_key=True)
+    key: str = Field(max_length=64, primary_key=True)
+    value: str = Field(max_length=128)
+
+
+class Reading(SQLModel, table=True):
+    """One reading, exactly once: keyed by (device, boot, seq)."""
+
+    __tablename__ = "readings"
+    __table_args__ = (Index("ix_readings_device_event", "device_id", "event_ms"),)
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    channel: int
+    value: int
+    up_ms: int = Field(sa_column=_big(nullable=False))
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    historical: bool = False
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Session(SQLModel, table=True):
+    """One boot of a device and its time anchor (uptime ms <-> unix ms)."""
+
+    __tablename__ = "device_sessions"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    anchor_up_ms: int | None = Field(default=None, sa_column=_big())
+    anchor_unix_ms: int | None = Field(default=None, sa_column=_big())
+    first_seen_ms: int = Field(sa_column=_big(nullable=False))
+    last_seen_ms: int = Field(sa_column=_big(nullable=False))
+    first_seq: int | None = Field(default=None, sa_column=_big())
+    last_seq: int | None = Field(default=None, sa_column=_big())
+
+
+class ReceivedRange(SQLModel, table=True):
+    """Sequence numbers received from a device (merged by the reconciler)."""
+
+    __tablename__ = "received_ranges"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+
+
+class Gap(SQLModel, table=True):
+    """Missing sequence numbers that may still arrive: pending, then requested by a resend."""
+
+    __tablename__ = "gaps"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+    status: str = Field(max_length=16)  # pending | requested
+    reason: str = Field(max_length=200)
+    detected_ms: int = Field(sa_column=_big(nullable=False))
+    updated_ms: int = Field(sa_column=_big(nullable=False))
+    command_id: str | None = Field(default=None, max_length=100)
+    attempts: int = 0
+
+
+class Loss(SQLModel, table=True):
+    """Sequence numbers that will never arrive, and why."""
+
+    __tablename__ = "losses"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    first: int = Field(sa_column=_big(nullable=False))
+    last: int = Field(sa_column=_big(nullable=False))
+    reason: str = Field(max_length=64)  # store_full | corrupt (from the board) | not_held
+    source: str = Field(max_length=16)  # device | cloud
+    boot: int | None = Field(default=None, sa_column=_big())
+    reported_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class DeadLetter(SQLModel, table=True):
+    """A message the ingest could not accept, kept with its reason."""
+
+    __tablename__ = "dead_letters"
+    id: int | None = Field(default=None, primary_key=True)
+    received_ms: int = Field(sa_column=_big(nullable=False))
+    topic: str = Field(max_length=512)
+    device: str | None = Field(default=None, max_length=64)
+    reason: str = Field(max_length=300, index=True)
+    size: int
+    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class Command(SQLModel, table=True):
+    """A signed command for a device: queued, sent, acked, then done or failed."""
+
+    __tablename__ = "commands"
+    id: str = Field(primary_key=True, max_length=100)
+    device_id: int = Field(index=True)
+    kind: str = Field(max_length=32)
+    args: str  # JSON
+    iat: int = Field(sa_column=_big(nullable=False))
+    exp: int = Field(sa_column=_big(nullable=False))
+    status: str = Field(max_length=16, index=True)  # queued|sent|acked|done|failed|expired
+    source: str = Field(max_length=64)
+    envelope: str
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    sent_ms: int | None = Field(default=None, sa_column=_big())
+    acked_ms: int | None = Field(default=None, sa_column=_big())
+    ack_code: int | None = None
+    ack_detail: str | None = Field(default=None, max_length=300)
+
+
+class Event(SQLModel, table=True):
+    """A workflow event a board published."""
+
+    __tablename__ = "events"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    up_ms: int = Field(sa_column=_big(nullable=False))
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    state: str = Field(max_length=64)
+    event: str = Field(max_length=64)
+    value: int | None = None
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Alert(SQLModel, table=True):
+    """A live alert: a live (not backlog) reading crossed an alert rule."""
+
+    __tablename__ = "alerts"
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: int = Field(index=True)
+    rule: str = Field(max_length=64)
+    boot: int = Field(sa_column=_big(nullable=False))
+    seq: int = Field(sa_column=_big(nullable=False))
+    value: int
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    created_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Workflow(SQLModel, table=True):
+    """An immutable workflow version in the registry."""
+
+    __tablename__ = "workflows"
+    __table_args__ = (sa.UniqueConstraint("name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    version: int
+    hash: str = Field(max_length=80)
+    definition: str  # the JSON as pushed
+    blob: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    heap_bytes: int
+    created_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of one workflow version: a durable state machine."""
+
+    __tablename__ = "rollouts"
+    id: int | None = Field(default=None, primary_key=True)
+    workflow_id: int = Field(foreign_key="workflows.id")
+    target: str
+    waves: str  # JSON list of wave sizes as given: "5", "10%"
+    success_pct: float
+    max_fail_pct: float
+    min_devices: int
+    soak_s: int
+    timeout_s: int
+    rate_per_min: int
+    health_s: int
+    state: str = Field(max_length=16, index=True)  # draft|running|paused|finished|canceled
+    wave: int = 0  # the current wave, 0-based
+    wave_met_ms: int | None = Field(default=None, sa_column=_big())
+    reason: str | None = None
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    started_ms: int | None = Field(default=None, sa_column=_big())
+    finished_ms: int | None = Field(default=None, sa_column=_big())
+    lease_owner: str | None = Field(default=None, max_length=100)
+    lease_until_ms: int | None = Field(default=None, sa_column=_big())
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One device in one rollout: its wave and its state."""
+
+    __tablename__ = "rollout_devices"
+    rollout_id: int = Field(foreign_key="rollouts.id", primary_key=True)
+    device_id: int = Field(foreign_key="devices.id", primary_key=True, index=True)
+    wave: int
+    state: str = Field(max_length=16, index=True)
+    attempt: int = 0
+    command_id: str | None = Field(default=None, max_length=100)
+    prev_wf: str | None = Field(default=None, max_length=64)
+    prev_ver: int | None = None
+    updated_ms: int = Field(sa_column=_big(nullable=False))
+    sent_ms: int | None = Field(default=None, sa_column=_big())
+    detail: str | None = None
+    baseline: str | None = None  # JSON health counters when its wave started
+
+
+class RolloutLog(SQLModel, table=True):
+    """The audit log: every rollout and device state change."""
+
+    __tablename__ = "rollout_log"
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(index=True)
+    device_id: int | None = None
+    at_ms: int = Field(sa_column=_big(nullable=False))
+    event: str = Field(max_length=32)
+    detail: str | None = None

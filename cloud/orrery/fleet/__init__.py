@@ -1,0 +1,1 @@
+"""The fleet: its boards' keys and registry entries, commands, workflows and rollouts."""

@@ -1,0 +1,1 @@
+"""Staged rollouts of workflow versions: planning, the orchestrator, the health gate."""

@@ -1,0 +1,832 @@
+"""Staged rollouts of workflow versions: a durable state machine in the database.
+
+Per device: queued -> sent -> acked -> installing -> succeeded | failed | rejected | timed-out,
+or offline-pending while the board is away (its command waits for the board's pull), or
+canceled. Per rollout: draft -> running <-> paused -> finished | canceled.
+
+Rules (and the hawkBit complaints they answer):
+- a device succeeds only on its final OK ack, which a board sends after the new version ran its
+  health window (hawkBit #3185);
+- offline devices never block a wave: they are offline-pending, get the command when they
+  reconnect (the board pulls its pending commands), and status says "converged X%, Y offline
+  pending" (hawkBit #693);
+- devices that join the target later are picked up in the current wave (#1529);
+- ``retry --failed`` re-queues just the failures (#3251);
+- cancel takes effect at once for queued devices; in-progress devices finish and report
+  (``--force`` cancels them too); it never waits on a device (#952);
+- a failure threshold with a minimum sample auto-pauses and says why; a health gate compares
+  upgraded with not-yet-upgraded boards over the soak and pauses on a significant regression;
+- only one rollout at a time may change a given device;
+- every state change goes to the audit log.
+
+Durability: every decision is a database transaction, and command ids are
+``rollout:<id>:<device>:<attempt>``, inserted once; a restarted orchestrator re-derives
+everything from the database and sends nothing twice. Several orchestrators on one PostgreSQL
+database take a per-rollout lease under ``SELECT … FOR UPDATE SKIP LOCKED``; on SQLite run one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from operator import itemgetter
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from cloud.orrery.clock import iso, now_ms
+from cloud.orrery.db.tables import (
+    COMMANDS,
+    DEVICES,
+    ROLLOUT_DEVICES,
+    ROLLOUT_LOG,
+    ROLLOUTS,
+    TAGS,
+    WORKFLOWS,
+)
+from cloud.orrery.fleet import commands
+from cloud.orrery.fleet.rollout import health, plan
+from cloud.orrery.jsonlog import jlog
+from shared.wire import codec
+
+DEVICE_STATES = (
+    "queued", "sent", "acked", "installing", "succeeded", "failed", "rejected", "timed-out",
+    "canceled", "offline-pending",
+)  # fmt: skip
+FINAL = ("succeeded", "failed", "rejected", "timed-out", "canceled")
+FAILED = ("failed", "rejected", "timed-out")
+IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
+ACTIVE_ROLLOUT = ("draft", "running", "paused")
+REJECT_CODES = (
+    codec.BAD_SIGNATURE,
+    codec.EXPIRED,
+    codec.REPLAYED,
+    codec.MALFORMED,
+    codec.UNKNOWN_KIND,
+    codec.REJECTED,
+    codec.BUSY,
+)
+
+
+# --- the orchestrator ------------------------------------------------------------------------
+
+
+class Orchestrator:
+    """Creates and drives rollouts. ``tick`` advances every running rollout by one step."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        secret: bytes | None,
+        *,
+        owner: str = "orrery",
+        clock: Callable[[], int] = now_ms,
+        lease_ms: int = 30_000,
+        significance: float = 0.01,
+        join_every_ms: int = 5_000,
+    ) -> None:
+        self.engine = engine
+        self.secret = secret
+        self.owner = owner
+        self.clock = clock
+        self.lease_ms = lease_ms
+        self.significance = significance
+        self.join_every_ms = join_every_ms
+        self._next_join: dict[int, int] = {}  # rollout id -> when its next join scan may run
+        self.pg = engine.dialect.name == "postgresql"
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def _log(
+        self,
+        conn: Connection,
+        rid: int,
+        event: str,
+        detail: str | None = None,
+        device_id: int | None = None,
+    ) -> None:
+        conn.execute(
+            sa.insert(ROLLOUT_LOG),
+            [
+                {
+                    "rollout_id": rid,
+                    "device_id": device_id,
+                    "at_ms": self.clock(),
+                    "event": event,
+                    "detail": detail,
+                }
+            ],
+        )
+
+    def _set_members(
+        self, conn: Connection, rid: int, changes: list[tuple[int, str, str | None]], **extra
+    ) -> None:
+        """Move devices to new states, logging each change."""
+        if not changes:
+            return
+        now = self.clock()
+        # one statement, executed for every change (executemany)
+        conn.execute(
+            sa.update(ROLLOUT_DEVICES)
+            .where(
+                ROLLOUT_DEVICES.c.rollout_id == rid,
+                ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"),
+            )
+            .values(
+                state=sa.bindparam("m_state"),
+                updated_ms=now,
+                detail=sa.bindparam("m_detail"),
+                **extra,
+            ),
+            [
+                {"m_did": did, "m_state": state, "m_detail": detail}
+                for did, state, detail in changes
+            ],
+        )
+        conn.execute(
+            sa.insert(ROLLOUT_LOG),
+            [
+                {
+                    "rollout_id": rid,
+                    "device_id": did,
+                    "at_ms": now,
+                    "event": state,
+                    "detail": detail,
+                }
+                for did, state, detail in changes
+            ],
+        )
+
+    # --- create --------------------------------------------------------------------------------
+
+    def _targets(
+        self, conn: Connection, terms: list[plan.Term], rid: int | None, not_on=None
+    ) -> tuple[list, dict[str, list[str]]]:
+        """The devices ``terms`` select that no other running or paused rollout is changing.
+
+        With ``rid``, only devices not yet in that rollout; with ``not_on`` (a workflow row),
+        only devices not already running that version (both filtered in SQL).
+        """
+        tags: dict[int, dict[str, str]] = defaultdict(dict)
+        if any(t.field.startswith("tag.") for t in terms):
+            for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
+                tags[did][k] = v
+        busy_q = (
+            sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.rollout_id)
+            .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
+            .where(
+                ROLLOUTS.c.state.in_(("running", "paused")), ROLLOUT_DEVICES.c.state.notin_(FINAL)
+            )
+        )
+        if rid is not None:
+            busy_q = busy_q.where(ROLLOUT_DEVICES.c.rollout_id != rid)
+        busy = dict(conn.execute(busy_q).all())
+        q = sa.select(*plan.TARGET_COLS)
+        if rid is not None:
+            q = q.where(
+                ~sa.exists().where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id
+                )
+            )
+        if not_on is not None:
+            q = q.where(
+                sa.or_(
+                    DEVICES.c.wf.is_(None),
+                    DEVICES.c.wf_ver.is_(None),
+                    DEVICES.c.wf != not_on.name,
+                    DEVICES.c.wf_ver != not_on.version,
+                )
+            )
+        rows = conn.execute(q).all()
+        if terms:
+            rows = [d for d in rows if plan.matches(terms, d, tags.get(d.id, {}))]
+        if not busy:
+            return rows, {}
+        chosen, excluded = [], defaultdict(list)
+        for d in rows:
+            if d.id in busy:
+                excluded[f"busy in rollout {busy[d.id]}"].append(d.name)
+            else:
+                chosen.append(d)
+        return chosen, dict(excluded)
+
+    def create(
+        self,
+        workflow_ref: str,
+        target: str,
+        waves: str = "5,10%,50%,100%",
+        success: str = "95%",
+        max_failures: str = "2%",
+        min_devices: int = 20,
+        soak: str = "10m",
+        timeout: str = "24h",
+        rate: str = "100/min",
+        health: str = "60s",
+        dry_run: bool = False,
+    ) -> plan.Plan:
+        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
+        from cloud.orrery.fleet import registry
+
+        wv = plan.parse_waves(waves)
+        terms = plan.parse_target(target)
+        vals = {
+            "target": target,
+            "waves": json.dumps(wv),
+            "success_pct": plan.parse_pct(success, "--success"),
+            "max_fail_pct": plan.parse_pct(max_failures, "--max-failures"),
+            "min_devices": min_devices,
+            "soak_s": plan.parse_duration(soak, "--soak"),
+            "timeout_s": plan.parse_duration(timeout, "--timeout"),
+            "rate_per_min": plan.parse_rate(rate),
+            "health_s": plan.parse_duration(health, "--health"),
+        }
+        if min_devices < 1:
+            raise plan.RolloutError("--min-devices must be at least 1")
+        if not 1 <= vals["health_s"] <= 86400:
+            raise plan.RolloutError("--health must be between 1s and 1d")
+        with self.engine.begin() as conn:
+            try:
+                wf = registry.get(conn, workflow_ref)
+            except registry.RegistryError as exc:
+                raise plan.RolloutError(str(exc)) from None
+            found, excluded = self._targets(conn, terms, None)
+            # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see plan.TARGET_COLS;
+            # positional access, as this runs once per device of the fleet
+            devices, already = [], []
+            for d in found:
+                (already if d[5] == wf.name and d[6] == wf.version else devices).append(d)
+            if already:
+                excluded["already running this version"] = [d[1] for d in already]
+            if not devices:
+                raise plan.RolloutError(
+                    f"--target {target!r} selects no device that needs {wf.name}@{wf.version}"
+                    + (
+                        f" (excluded: {', '.join(f'{k}: {len(v)}' for k, v in excluded.items())})"
+                        if excluded
+                        else ""
+                    )
+                )
+            # a pseudo-random order seeded by the plan, so canaries are spread over the fleet
+            # (device id order first: the shuffle does not depend on how rows were fetched)
+            devices.sort(key=itemgetter(0))
+            random.Random(f"{wf.name}@{wf.version}:{target}:{self.clock()}").shuffle(devices)
+            sizes = plan.wave_sizes(wv, len(devices))
+            rid = None
+            now = self.clock()
+            if not dry_run:
+                rid = conn.execute(
+                    sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
+                    [{"workflow_id": wf.id, "state": "draft", "created_ms": now, **vals}],
+                ).scalar_one()
+            plan_waves, wave_ids, start = [], [], 0
+            for i, n in enumerate(sizes):
+                chunk = devices[start:n]
+                names = [d[1] for d in chunk]
+                wave_ids.append(sorted([d[0] for d in chunk]))
+                plan_waves.append(
+                    {"wave": i + 1, "size": wv[i], "devices": names, "count": len(names),
+                     "offline": sum(not d[7] for d in chunk)}
+                )  # fmt: skip
+                start = n
+            if not dry_run:
+                # per wave, one INSERT … SELECT over the wave's device ids, passed as one value
+                # (a JSON array on SQLite, an array on PostgreSQL): no per-member round trip
+                ids_in = "= ANY(:ids)" if self.pg else "IN (SELECT value FROM json_each(:ids))"
+                sql = sa.text(
+                    "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, attempt,"
+                    " prev_wf, prev_ver, updated_ms) SELECT :rid, id, :wave, 'queued', 0, wf,"
+                    f" wf_ver, :now FROM devices WHERE id {ids_in}"
+                )
+                for i, ids in enumerate(wave_ids):
+                    if ids:
+                        conn.execute(sql, {"rid": rid, "wave": i, "now": now,
+                                           "ids": ids if self.pg else json.dumps(ids)})  # fmt: skip
+                self._log(
+                    conn,
+                    rid,
+                    "created",
+                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
+                )
+        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+
+    # --- operator actions ------------------------------------------------------------------
+
+    def _rollout(self, conn: Connection, rid: int, lock: bool = False):
+        q = sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rid)
+        if lock and self.pg:
+            q = q.with_for_update()
+        r = conn.execute(q).first()
+        if r is None:
+            raise plan.RolloutError(f"no rollout {rid} (see `orrery rollout list`)")
+        return r
+
+    def _transition(
+        self,
+        rid: int,
+        allowed: tuple[str, ...],
+        to: str,
+        event: str,
+        detail: str | None = None,
+        **values,
+    ) -> None:
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state not in allowed:
+                raise plan.RolloutError(
+                    f"rollout {rid} is {r.state}; {event} needs it {' or '.join(allowed)}"
+                )
+            conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == rid).values(state=to, **values))
+            self._log(conn, rid, event, detail)
+
+    def start(self, rid: int) -> None:
+        """Start a draft rollout; refused while another running or paused rollout is changing
+        any of its devices (drafts may overlap; only one rollout at a time changes a device)."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state != "draft":
+                raise plan.RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
+            other = ROLLOUT_DEVICES.alias("other")
+            clash = conn.execute(
+                sa.select(other.c.rollout_id, DEVICES.c.name)
+                .select_from(ROLLOUT_DEVICES)
+                .join(other, other.c.device_id == ROLLOUT_DEVICES.c.device_id)
+                .join(ROLLOUTS, ROLLOUTS.c.id == other.c.rollout_id)
+                .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+                .where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.notin_(FINAL),
+                       other.c.rollout_id != rid, other.c.state.notin_(FINAL),
+                       ROLLOUTS.c.state.in_(("running", "paused")))
+                .order_by(other.c.rollout_id, DEVICES.c.name)
+            ).all()  # fmt: skip
+            if clash:
+                busy = clash[0].rollout_id
+                names = [x.name for x in clash if x.rollout_id == busy]
+                raise plan.RolloutError(
+                    f"rollout {rid} cannot start: {len(names)} of its devices are being changed "
+                    f"by rollout {busy} ({', '.join(names[:8])}{' …' if len(names) > 8 else ''}); "
+                    f"start it once rollout {busy} is done, or cancel one of them"
+                )
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == rid)
+                .values(state="running", started_ms=self.clock())
+            )
+            self._log(conn, rid, "started")
+
+    def pause(self, rid: int, reason: str = "paused by operator") -> None:
+        """Pause: nothing new is sent; what is in flight still reports."""
+        self._transition(rid, ("running",), "paused", "paused", reason, reason=reason)
+
+    def resume(self, rid: int) -> None:
+        """Resume a paused rollout (after a failure pause the operator has looked at why)."""
+        self._transition(rid, ("paused",), "running", "resumed", reason=None, wave_met_ms=None)
+
+    def cancel(self, rid: int, force: bool = False) -> dict:
+        """Cancel: queued devices at once; in-flight ones finish and report unless ``force``."""
+        now = self.clock()
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state not in ACTIVE_ROLLOUT:
+                raise plan.RolloutError(f"rollout {rid} is already {r.state}")
+            states = ("queued",) + (IN_FLIGHT if force else ("offline-pending",))
+            rows = conn.execute(
+                sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.command_id).where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.in_(states)
+                )
+            ).all()
+            ids = [x.command_id for x in rows if x.command_id]
+            if ids:
+                conn.execute(
+                    sa.update(COMMANDS)
+                    .where(COMMANDS.c.id.in_(ids), COMMANDS.c.status.in_(commands.OPEN))
+                    .values(status="canceled")
+                )
+            self._set_members(
+                conn, rid, [(x.device_id, "canceled", "rollout canceled") for x in rows]
+            )
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == rid)
+                .values(state="canceled", finished_ms=now, reason="canceled by operator")
+            )
+            self._log(
+                conn, rid, "canceled", "force" if force else "in-flight devices finish and report"
+            )
+        return {"canceled_devices": len(rows)}
+
+    def retry_failed(self, rid: int) -> int:
+        """Re-queue only the devices that failed, were rejected or timed out."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid, lock=True)
+            if r.state == "canceled":
+                raise plan.RolloutError(f"rollout {rid} is canceled; create a new one")
+            rows = conn.execute(
+                sa.select(ROLLOUT_DEVICES.c.device_id).where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.state.in_(FAILED)
+                )
+            ).all()
+            self._set_members(
+                conn, rid, [(x.device_id, "queued", "retry") for x in rows], command_id=None
+            )
+            if r.state == "finished" and rows:
+                conn.execute(
+                    sa.update(ROLLOUTS)
+                    .where(ROLLOUTS.c.id == rid)
+                    .values(state="running", finished_ms=None)
+                )
+            self._log(conn, rid, "retry", f"{len(rows)} failed device(s) re-queued")
+        return len(rows)
+
+    def rollback(self, rid: int) -> list[int]:
+        """Cancel the rollout and start, per previous version, a one-wave rollout that puts
+        every device it changed back on that version; returns the new rollouts' ids."""
+        with self.engine.begin() as conn:
+            r = self._rollout(conn, rid)
+            prev = conn.execute(
+                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, sa.func.count())
+                .where(
+                    ROLLOUT_DEVICES.c.rollout_id == rid,
+                    ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")),
+                )
+                .group_by(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver)
+            ).all()
+        if r.state in ("running", "paused"):
+            self.cancel(rid)
+        made = []
+        for wf, ver, _ in prev:
+            if wf is None:
+                continue
+            with self.engine.connect() as conn:
+                names = [
+                    n for (n,) in conn.execute(
+                        sa.select(DEVICES.c.name).join(ROLLOUT_DEVICES, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id).where(
+                            ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.prev_wf == wf, ROLLOUT_DEVICES.c.prev_ver == ver,
+                            ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")))
+                    )
+                ]  # fmt: skip
+            made.append(self._rollback_one(rid, wf, ver, names, r))
+        return made
+
+    def _rollback_one(self, rid: int, wf: str, ver: int, names: list[str], r) -> int:
+        from cloud.orrery.fleet import registry
+
+        with self.engine.begin() as conn:
+            w = registry.get(conn, f"{wf}@{ver}")
+            new = conn.execute(
+                sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
+                [{"workflow_id": w.id, "target": f"rollback of rollout {rid}", "waves": json.dumps(["100%"]),
+                  "success_pct": 0.0, "max_fail_pct": 100.0, "min_devices": 1, "soak_s": 0, "timeout_s": r.timeout_s,
+                  "rate_per_min": r.rate_per_min, "health_s": r.health_s, "state": "running", "created_ms": self.clock(),
+                  "started_ms": self.clock()}],
+            ).scalar_one()  # fmt: skip
+            ids = dict(
+                conn.execute(
+                    sa.select(DEVICES.c.name, DEVICES.c.id).where(DEVICES.c.name.in_(names))
+                ).all()
+            )
+            now = self.clock()
+            conn.execute(
+                sa.insert(ROLLOUT_DEVICES),
+                [
+                    {
+                        "rollout_id": new,
+                        "device_id": ids[n],
+                        "wave": 0,
+                        "state": "queued",
+                        "updated_ms": now,
+                    }
+                    for n in names
+                ],
+            )
+            self._log(
+                conn,
+                new,
+                "created",
+                f"rollback of rollout {rid}: {wf}@{ver} to {len(names)} device(s)",
+            )
+            self._log(
+                conn,
+                rid,
+                "rolled-back",
+                f"rollout {new} puts {len(names)} device(s) back on {wf}@{ver}",
+            )
+        return new
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def tick(self) -> list[commands.Outgoing]:
+        """One step of every running (or finished but not converged) rollout; returns the
+        commands to publish now."""
+        out: list[commands.Outgoing] = []
+        with self.engine.connect() as conn:
+            ids = [
+                r.id
+                for r in conn.execute(
+                    sa.select(ROLLOUTS.c.id)
+                    .where(ROLLOUTS.c.state.in_(("running", "paused", "finished", "canceled")))
+                    .order_by(ROLLOUTS.c.id)
+                )
+            ]
+        for rid in ids:
+            out.extend(self._tick_one(rid))
+        return out
+
+    def _lease(self, conn: Connection, rid: int, now: int) -> bool:
+        q = sa.select(ROLLOUTS.c.lease_owner, ROLLOUTS.c.lease_until_ms).where(ROLLOUTS.c.id == rid)
+        if self.pg:
+            q = q.with_for_update(skip_locked=True)
+        row = conn.execute(q).first()
+        if row is None:
+            return False
+        if row.lease_owner not in (None, self.owner) and (row.lease_until_ms or 0) > now:
+            return False
+        conn.execute(
+            sa.update(ROLLOUTS)
+            .where(ROLLOUTS.c.id == rid)
+            .values(lease_owner=self.owner, lease_until_ms=now + self.lease_ms)
+        )
+        return True
+
+    def _tick_one(self, rid: int) -> list[commands.Outgoing]:
+        now = self.clock()
+        out: list[commands.Outgoing] = []
+        with self.engine.begin() as conn:
+            if not self._lease(conn, rid, now):
+                return []
+            r = self._rollout(conn, rid)
+            self._sync(conn, r, now)
+            if r.state == "running":
+                self._join(conn, r, now)
+                out = self._dispatch(conn, r, now)
+                self._evaluate(conn, r, now)
+        return out
+
+    def _sync(self, conn: Connection, r, now: int) -> None:
+        """Derive device states from their commands' acks, the registry and the clock."""
+        rows = conn.execute(
+            sa.select(
+                ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.state, ROLLOUT_DEVICES.c.sent_ms, ROLLOUT_DEVICES.c.attempt,
+                COMMANDS.c.status, COMMANDS.c.ack_code, COMMANDS.c.ack_detail, COMMANDS.c.exp,
+                DEVICES.c.online, DEVICES.c.wf_hash,
+            )
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .outerjoin(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT))
+        ).all()  # fmt: skip
+        if not rows:
+            return
+        target_hash = conn.execute(
+            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).scalar()
+        changes: list[tuple[int, str, str | None]] = []
+        requeue = []
+        for m in rows:
+            new, detail = m.state, None
+            st = m.status
+            if st == "done":
+                new, detail = "succeeded", m.ack_detail or "health window passed"
+            elif st == "failed":
+                new = "rejected" if m.ack_code in REJECT_CODES else "failed"
+                detail = f"{codec.ACK_NAMES.get(m.ack_code, m.ack_code)}: {m.ack_detail or ''}".strip()
+            elif st == "acked":
+                new = "installing" if m.wf_hash == target_hash else "acked"
+            elif st == "expired" or st == "canceled":
+                if not m.online:
+                    requeue.append(m.device_id)  # still away: a fresh command waits for its pull
+                    continue
+                new, detail = "timed-out", f"command {st} without an answer"
+            elif st in ("queued", "sent"):
+                new = "sent" if m.online else "offline-pending"
+                if m.online and m.sent_ms is not None and now - m.sent_ms > r.timeout_s * 1000:
+                    new, detail = "timed-out", f"no result within {r.timeout_s}s"
+            if new != m.state:
+                changes.append((m.device_id, new, detail))
+        self._set_members(conn, r.id, changes)
+        if requeue:
+            self._set_members(
+                conn,
+                r.id,
+                [(d, "queued", "command expired while offline; sending again") for d in requeue],
+                command_id=None,
+            )
+
+    def _join(self, conn: Connection, r, now: int) -> None:
+        """Devices that match the target but joined after creation go into the current wave.
+
+        The scan reads every device, so it runs at most every ``join_every_ms`` per rollout.
+        """
+        if r.target.startswith("rollback of") or now < self._next_join.get(r.id, 0):
+            return
+        self._next_join[r.id] = now + self.join_every_ms
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        new, _ = self._targets(conn, plan.parse_target(r.target), r.id, not_on=wf)
+        if new:
+            conn.execute(
+                sa.insert(ROLLOUT_DEVICES),
+                [{"rollout_id": r.id, "device_id": d.id, "wave": r.wave, "state": "queued", "prev_wf": d.wf,
+                  "prev_ver": d.wf_ver, "updated_ms": now} for d in new],
+            )  # fmt: skip
+            conn.execute(
+                sa.insert(ROLLOUT_LOG),
+                [{"rollout_id": r.id, "device_id": d.id, "at_ms": now, "event": "joined",
+                  "detail": f"{d.name} joined the target; added to wave {r.wave + 1}"} for d in new],
+            )  # fmt: skip
+
+    def _dispatch(self, conn: Connection, r, now: int) -> list[commands.Outgoing]:
+        """Queue and sign the install command of queued devices in waves up to the current one,
+        within the rate limit."""
+        if self.secret is None:
+            return []
+        sent_last_minute = conn.execute(
+            sa.select(sa.func.count()).where(
+                ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.sent_ms > now - 60_000
+            )
+        ).scalar()
+        budget = r.rate_per_min - sent_last_minute
+        if budget <= 0:
+            return []
+        rows = conn.execute(
+            sa.select(
+                ROLLOUT_DEVICES.c.device_id,
+                ROLLOUT_DEVICES.c.attempt,
+                DEVICES.c.name,
+                DEVICES.c.fleet,
+                DEVICES.c.online,
+            )
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .where(
+                ROLLOUT_DEVICES.c.rollout_id == r.id,
+                ROLLOUT_DEVICES.c.state == "queued",
+                ROLLOUT_DEVICES.c.wave <= r.wave,
+            )
+            .order_by(ROLLOUT_DEVICES.c.wave, DEVICES.c.online.desc(), ROLLOUT_DEVICES.c.device_id)
+            .limit(budget)
+        ).all()
+        if not rows:
+            return []
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.blob, WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        args = {
+            "blob": base64.b64encode(wf.blob).decode(),
+            "sha256": wf.hash,
+            "health_s": r.health_s,
+        }
+        ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
+        out, updates, logs = [], [], []
+        for m in rows:
+            attempt = m.attempt + 1
+            cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
+            o = commands.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
+                        kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+            state = "sent" if m.online else "offline-pending"
+            updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,
+                            "m_detail": None if m.online else "offline: the command waits for its pull"})  # fmt: skip
+            logs.append({"rollout_id": r.id, "device_id": m.device_id, "at_ms": now, "event": state,
+                         "detail": cmd_id})  # fmt: skip
+            if o is not None and m.online:
+                out.append(o)
+        conn.execute(
+            sa.update(ROLLOUT_DEVICES)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"))
+            .values(state=sa.bindparam("m_state"), attempt=sa.bindparam("m_attempt"),
+                    command_id=sa.bindparam("m_cmd"), sent_ms=now, updated_ms=now,
+                    detail=sa.bindparam("m_detail")),
+            updates,
+        )  # fmt: skip
+        conn.execute(sa.insert(ROLLOUT_LOG), logs)
+        return out
+
+    def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
+        """Device states of a rollout (waves up to ``upto_wave`` if given)."""
+        q = sa.select(ROLLOUT_DEVICES.c.state, sa.func.count()).where(
+            ROLLOUT_DEVICES.c.rollout_id == rid
+        )
+        if upto_wave is not None:
+            q = q.where(ROLLOUT_DEVICES.c.wave <= upto_wave)
+        return Counter(dict(conn.execute(q.group_by(ROLLOUT_DEVICES.c.state)).all()))
+
+    def _evaluate(self, conn: Connection, r, now: int) -> None:
+        waves = json.loads(r.waves)
+        c = self.counts(conn, r.id, r.wave)
+        failed = sum(c[s] for s in FAILED)
+        done = c["succeeded"] + failed
+        online_members = sum(c.values()) - c["offline-pending"] - c["canceled"]
+        if failed and done >= r.min_devices and 100 * failed / done > r.max_fail_pct:
+            why = f"failure threshold: {failed} of {done} decided devices failed ({100 * failed / done:.1f}% > {r.max_fail_pct:g}%)"
+            self._pause(conn, r, why)
+            return
+        pending = c["queued"] + c["sent"] + c["acked"] + c["installing"]
+        rate = 100 * c["succeeded"] / online_members if online_members else 100.0
+        if rate < r.success_pct:
+            if pending == 0 and online_members:
+                self._pause(
+                    conn,
+                    r,
+                    f"wave {r.wave + 1} ended below the success threshold: {c['succeeded']} of {online_members} ({rate:.1f}% < {r.success_pct:g}%)",
+                )
+            return
+        if r.wave_met_ms is None:
+            conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == r.id).values(wave_met_ms=now))
+            self._log(
+                conn,
+                r.id,
+                "wave-met",
+                f"wave {r.wave + 1}: {c['succeeded']} of {online_members} succeeded ({rate:.1f}%); soaking {r.soak_s}s",
+            )
+            self._baseline(conn, r)
+            return
+        if now - r.wave_met_ms < r.soak_s * 1000:
+            return
+        evidence = self.health_gate(conn, r)
+        if evidence.get("regressed"):
+            self._pause(conn, r, "health gate: " + "; ".join(evidence["regressed"]))
+            return
+        if r.wave + 1 >= len(waves):
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == r.id)
+                .values(state="finished", finished_ms=now)
+            )
+            self._log(conn, r.id, "finished", self.summary(conn, r.id)["converged_text"])
+            jlog("rollout_finished", rollout=r.id)
+        else:
+            conn.execute(
+                sa.update(ROLLOUTS)
+                .where(ROLLOUTS.c.id == r.id)
+                .values(wave=r.wave + 1, wave_met_ms=None)
+            )
+            self._log(conn, r.id, "wave-advanced", f"wave {r.wave + 2} of {len(waves)} starts")
+
+    def _pause(self, conn: Connection, r, why: str) -> None:
+        conn.execute(
+            sa.update(ROLLOUTS).where(ROLLOUTS.c.id == r.id).values(state="paused", reason=why)
+        )
+        self._log(conn, r.id, "auto-paused", why)
+        jlog("rollout_paused", rollout=r.id, reason=why)
+
+    # --- health gate ---------------------------------------------------------------------------
+
+    def _baseline(self, conn: Connection, r) -> None:
+        health.snapshot_baseline(conn, r.id, self.pg)
+
+    def health_gate(self, conn: Connection, r) -> dict:
+        """The health gate's evidence for rollout row ``r`` (see ``health.gate``)."""
+        return health.gate(conn, r, self.significance)
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def summary(self, conn: Connection, rid: int) -> dict:
+        """Counts, per-wave progress and the converged/offline-pending line."""
+        r = self._rollout(conn, rid)
+        waves = json.loads(r.waves)
+        per_wave = []
+        for w in range(len(waves)):
+            c = Counter(dict(conn.execute(
+                sa.select(ROLLOUT_DEVICES.c.state, sa.func.count()).where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.wave == w).group_by(ROLLOUT_DEVICES.c.state)
+            ).all()))  # fmt: skip
+            per_wave.append(
+                {"wave": w + 1, "size": waves[w], "total": sum(c.values()), "states": dict(c)}
+            )
+        total = self.counts(conn, rid)
+        n = sum(total.values())
+        conv = total["succeeded"]
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        return {
+            "id": rid,
+            "workflow": f"{wf.name}@{wf.version}",
+            "target": r.target,
+            "state": r.state,
+            "reason": r.reason,
+            "wave": r.wave + 1,
+            "waves": per_wave,
+            "states": dict(total),
+            "devices": n,
+            "converged_pct": round(100 * conv / n, 1) if n else 0.0,
+            "offline_pending": total["offline-pending"],
+            "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
+        }
+
+
+def rollout_ids(conn: Connection) -> list[int]:
+    """Every rollout's id, newest first."""
+    return list(conn.execute(sa.select(ROLLOUTS.c.id).order_by(ROLLOUTS.c.id.desc())).scalars())
+
+
+def audit_log(conn: Connection, rid: int) -> list[dict] | None:
+    """Rollout ``rid``'s audit log, oldest first; None if there is no such rollout."""
+    if conn.execute(sa.select(ROLLOUTS.c.id).where(ROLLOUTS.c.id == rid)).first() is None:
+        return None
+    names = dict(conn.execute(sa.select(DEVICES.c.id, DEVICES.c.name)).all())
+    return [
+        {"at": iso(r.at_ms), "device": names.get(r.device_id), "event": r.event, "detail": r.detail}
+        for r in conn.execute(
+            sa.select(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid).order_by(ROLLOUT_LOG.c.id)
+        )
+    ]

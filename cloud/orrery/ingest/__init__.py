@@ -1,0 +1,1 @@
+"""The ingest: the MQTT service, message handling, reconciliation, and what it stored."""

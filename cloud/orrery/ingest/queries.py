@@ -1,0 +1,92 @@
+"""What the ingest stored, as the CLI shows it: a device's readings to export, open gaps and
+permanent losses, and per-device statistics with the dead letters by reason."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cloud.orrery.clock import iso
+from cloud.orrery.db.tables import DEAD_LETTERS, DEVICES, GAPS, LOSSES, READINGS
+from cloud.orrery.fleet.devices import device_rows
+
+EXPORT_COLUMNS = (
+    "seq", "boot", "channel", "value", "event_time", "event_ms", "up_ms", "historical",
+)  # fmt: skip
+STAT_COLUMNS = ("received", "duplicates", "historical", "pending_gap", "permanent_loss")
+
+
+def export_rows(
+    conn: Connection, device: int, since_ms: int | None = None, until_ms: int | None = None
+) -> Iterator[tuple]:
+    """One device's readings (``EXPORT_COLUMNS``) in event-time order, those without a time
+    anchor last; ``since_ms``/``until_ms`` bound the event time. Streamed."""
+    q = sa.select(READINGS).where(READINGS.c.device_id == device)
+    if since_ms is not None:
+        q = q.where(READINGS.c.event_ms >= since_ms)
+    if until_ms is not None:
+        q = q.where(READINGS.c.event_ms < until_ms)
+    q = q.order_by(READINGS.c.event_ms.is_(None), READINGS.c.event_ms, READINGS.c.seq)
+    for r in conn.execution_options(stream_results=True, yield_per=5000).execute(q):
+        yield (
+            r.seq,
+            r.boot,
+            r.channel,
+            r.value,
+            iso(r.event_ms),
+            r.event_ms,
+            r.up_ms,
+            bool(r.historical),
+        )
+
+
+def gaps_and_losses(conn: Connection, device: int | None = None) -> list[dict]:
+    """Open gaps (may still arrive), then permanent losses, each with its reason; every
+    device's, or one device's."""
+    names = dict(conn.execute(sa.select(DEVICES.c.id, DEVICES.c.name)).all())
+    cond_g = [] if device is None else [GAPS.c.device_id == device]
+    cond_l = [] if device is None else [LOSSES.c.device_id == device]
+    return [
+        {
+            "device": names.get(g.device_id),
+            "first": g.first,
+            "last": g.last,
+            "count": g.last - g.first + 1,
+            "kind": "gap",
+            "status": g.status,
+            "reason": g.reason,
+            "since": iso(g.detected_ms),
+        }
+        for g in conn.execute(
+            sa.select(GAPS).where(*cond_g).order_by(GAPS.c.device_id, GAPS.c.first)
+        )
+    ] + [
+        {
+            "device": names.get(x.device_id),
+            "first": x.first,
+            "last": x.last,
+            "count": x.last - x.first + 1,
+            "kind": "lost",
+            "status": "permanent",
+            "reason": x.reason,
+            "since": iso(x.reported_ms),
+        }
+        for x in conn.execute(
+            sa.select(LOSSES).where(*cond_l).order_by(LOSSES.c.device_id, LOSSES.c.first)
+        )
+    ]
+
+
+def stats(conn: Connection) -> dict:
+    """Per device ``STAT_COLUMNS``, their totals, and dead letters counted by reason."""
+    rows = [{k: r[k] for k in ("device", *STAT_COLUMNS)} for r in device_rows(conn)]
+    dead: dict[str, int] = {}
+    for reason, n in conn.execute(
+        sa.select(DEAD_LETTERS.c.reason, sa.func.count()).group_by(DEAD_LETTERS.c.reason)
+    ):
+        kind = reason.split(":")[0]  # "oversize: 5000 bytes > 4634" counts as "oversize"
+        dead[kind] = dead.get(kind, 0) + n
+    totals = {k: sum(r[k] for r in rows) for k in STAT_COLUMNS}
+    return {"devices": rows, "totals": totals, "dead_letters": dead}

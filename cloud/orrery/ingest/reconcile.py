@@ -1,0 +1,226 @@
+"""Reconciliation: a device's received ranges merged, holes turned into gaps once the reorder
+window has passed, exactly those ranges asked for again (signed ``resend`` commands), and what
+the board reported dropped, or no longer holds, kept as permanent losses with their reason."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cloud.orrery.db.tables import DEVICES, GAPS, LOSSES, RANGES
+from cloud.orrery.fleet import commands
+from cloud.orrery.ingest.ranges import merge, subtract
+from cloud.orrery.jsonlog import jlog
+
+
+class DeviceRef(Protocol):
+    """A device as reconciliation needs it."""
+
+    id: int
+    name: str
+    fleet: str
+
+
+def due_devices(conn: Connection) -> list:
+    """Devices to reconcile (changed since their last pass, or with open gaps), by id."""
+    return conn.execute(
+        sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet)
+        .where(
+            sa.or_(
+                DEVICES.c.dirty.is_(True),
+                DEVICES.c.id.in_(sa.select(GAPS.c.device_id).distinct()),
+            )
+        )
+        .order_by(DEVICES.c.id)
+    ).all()
+
+
+def reconcile_device(
+    conn: Connection,
+    dev: DeviceRef,
+    now: int,
+    *,
+    secret: bytes | None,
+    reorder_window_ms: int,
+    resend_ttl_s: int,
+    pg: bool,
+) -> list[commands.Outgoing]:
+    """Reconcile one device in ``conn``'s transaction; return the resend commands to publish.
+
+    Merges its received ranges; turns holes older than ``reorder_window_ms`` into requested
+    resends (signed with ``secret``), a resend the board answered without the readings into a
+    ``not_held`` loss, and drops what arrived after all from its gaps and losses.
+    """
+    if pg:
+        # one reconciler per device at a time, whatever the number of companions
+        got = conn.execute(
+            sa.text("SELECT pg_try_advisory_xact_lock(7316002, :d)"), {"d": dev.id}
+        ).scalar()
+        if not got:
+            return []
+    d = conn.execute(
+        sa.select(DEVICES.c.last_seq, DEVICES.c.backlog, DEVICES.c.dirty).where(
+            DEVICES.c.id == dev.id
+        )
+    ).first()
+    conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(dirty=False))
+    rows = conn.execute(
+        sa.select(RANGES.c.id, RANGES.c.first, RANGES.c.last).where(RANGES.c.device_id == dev.id)
+    ).all()
+    received = merge((r.first, r.last) for r in rows)
+    if len(received) != len(rows):
+        conn.execute(sa.delete(RANGES).where(RANGES.c.id.in_([r.id for r in rows])))
+        conn.execute(
+            sa.insert(RANGES),
+            [{"device_id": dev.id, "first": a, "last": b} for a, b in received],
+        )
+    # the board counts everything up to its ack cursor (last_seq - backlog) as delivered
+    frontier = received[-1][1] if received else 0
+    if d.last_seq is not None and d.backlog is not None:
+        frontier = max(frontier, d.last_seq - d.backlog)
+    holes = subtract([(1, frontier)], received) if frontier else []
+
+    # permanent loss: what the board reported dropped, minus anything that arrived after all
+    lrows = conn.execute(
+        sa.select(
+            LOSSES.c.id,
+            LOSSES.c.first,
+            LOSSES.c.last,
+            LOSSES.c.reason,
+            LOSSES.c.source,
+            LOSSES.c.boot,
+            LOSSES.c.reported_ms,
+        ).where(LOSSES.c.device_id == dev.id)
+    ).all()
+    kept = []
+    for r in lrows:
+        for a, b in subtract([(r.first, r.last)], received):
+            kept.append((a, b, r.reason, r.source, r.boot, r.reported_ms))
+    if kept != [(r.first, r.last, r.reason, r.source, r.boot, r.reported_ms) for r in lrows]:
+        conn.execute(sa.delete(LOSSES).where(LOSSES.c.device_id == dev.id))
+        if kept:
+            conn.execute(
+                sa.insert(LOSSES),
+                [
+                    {
+                        "device_id": dev.id,
+                        "first": a,
+                        "last": b,
+                        "reason": why,
+                        "source": src,
+                        "boot": boot,
+                        "reported_ms": t,
+                    }
+                    for a, b, why, src, boot, t in kept
+                ],
+            )
+    lost = merge((k[0], k[1]) for k in kept)
+    want = subtract(holes, lost)
+
+    grows = conn.execute(
+        sa.select(GAPS).where(GAPS.c.device_id == dev.id).order_by(GAPS.c.first)
+    ).all()
+    old = {(g.first, g.last): g for g in grows}
+    cmd_status = {}
+    ids = [g.command_id for g in grows if g.command_id]
+    if ids:
+        cmd_status = {
+            r.id: r
+            for r in conn.execute(
+                sa.select(
+                    commands.COMMANDS.c.id,
+                    commands.COMMANDS.c.status,
+                    commands.COMMANDS.c.acked_ms,
+                ).where(commands.COMMANDS.c.id.in_(ids))
+            )
+        }
+    new_gaps = []
+    new_losses = []
+    outgoing = []
+    for a, b in want:
+        g = old.get((a, b))
+        if g is None:
+            # a hole that shrank keeps the request of the gap it came from
+            g = next((x for x in grows if x.first <= a and b <= x.last), None)
+        gap = {
+            "device_id": dev.id,
+            "first": a,
+            "last": b,
+            "status": g.status if g else "pending",
+            "reason": g.reason if g else "missing: waiting for the reorder window",
+            "detected_ms": g.detected_ms if g else now,
+            "updated_ms": g.updated_ms if g else now,
+            "command_id": g.command_id if g else None,
+            "attempts": g.attempts if g else 0,
+        }
+        cmd = cmd_status.get(gap["command_id"]) if gap["command_id"] else None
+        if gap["status"] == "requested" and cmd is not None:
+            if (
+                cmd.status == "done"
+                and cmd.acked_ms is not None
+                and now - cmd.acked_ms >= reorder_window_ms
+            ):
+                # the board resent everything it holds and this is still missing
+                new_losses.append((a, b))
+                continue
+            if cmd.status in ("failed", "expired", "canceled"):
+                gap["status"] = "pending"
+                gap["reason"] = f"resend {cmd.status}; will ask again"
+        if gap["status"] == "pending" and now - gap["detected_ms"] >= reorder_window_ms:
+            if secret is None:
+                gap["reason"] = "missing: no fleet secret to sign a resend"
+            else:
+                attempt = gap["attempts"] + 1
+                cmd_id = f"resend:{dev.id}:{a}-{b}:{attempt}"
+                o = commands.queue(
+                    conn,
+                    secret,
+                    device_id=dev.id,
+                    device=dev.name,
+                    fleet=dev.fleet,
+                    cmd_id=cmd_id,
+                    kind="resend",
+                    args={"first": a, "last": b},
+                    source="reconcile",
+                    now_ms=now,
+                    ttl_s=resend_ttl_s,
+                )
+                if o:
+                    outgoing.append(o)
+                gap.update(
+                    status="requested",
+                    command_id=cmd_id,
+                    attempts=attempt,
+                    updated_ms=now,
+                    reason=f"missing: resend {a}..{b} requested",
+                )
+                jlog("resend_requested", device=dev.name, first=a, last=b, attempt=attempt)
+        new_gaps.append(gap)
+    current = [(g.first, g.last, g.status, g.command_id, g.reason) for g in grows]
+    if current != [
+        (g["first"], g["last"], g["status"], g["command_id"], g["reason"]) for g in new_gaps
+    ]:
+        conn.execute(sa.delete(GAPS).where(GAPS.c.device_id == dev.id))
+        if new_gaps:
+            conn.execute(sa.insert(GAPS), new_gaps)
+    if new_losses:
+        conn.execute(
+            sa.insert(LOSSES),
+            [
+                {
+                    "device_id": dev.id,
+                    "first": a,
+                    "last": b,
+                    "reason": "not_held",
+                    "source": "cloud",
+                    "boot": None,
+                    "reported_ms": now,
+                }
+                for a, b in new_losses
+            ],
+        )
+        for a, b in new_losses:
+            jlog("loss_not_held", device=dev.name, first=a, last=b)
+    return outgoing

@@ -1,0 +1,271 @@
+"""``orrery serve``: the ingest service on MQTT.
+
+- paho-mqtt, MQTT v5, QoS 1, a persistent session (clean_start off, a long session expiry), so
+  a restarted worker gets what arrived while it was away;
+- a shared subscription ``$share/<group>/orrery/<fleet>/+/up/#``: several workers split the
+  load on one broker or a clustered one;
+- manual acks: a message is acked only after the transaction that stored it has committed, so
+  ``kill -9`` at any moment loses nothing, and what was stored but not acked comes back once and
+  is dropped as a duplicate;
+- one structured (JSON) log line per notable event and a periodic stats line;
+- SIGTERM/SIGINT: stop taking messages, store and ack what is in hand, disconnect, exit 0.
+
+The worker's client id must be stable across restarts (the broker keeps its session, and the
+messages in flight to it, under that id): give each worker its own ``--client-id``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from cloud.orrery.fleet import commands, keys
+from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.jsonlog import jlog
+
+SESSION_EXPIRY_S = 7 * 86400
+RECEIVE_MAXIMUM = 2000
+
+
+def default_group(secret: bytes | None) -> str:
+    """The shared-subscription group when none is given: derived from the fleet secret, so a
+    board cannot join it and take a share of other boards' messages."""
+    if secret is None:
+        return "orrery-ingest"
+    return "orrery-" + keys.mqtt_password(secret, "$share-group")[:16].replace("-", "x").replace(
+        "_", "y"
+    )
+
+
+@dataclass
+class BrokerAddress:
+    """Where and how to connect."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+
+
+class Service:
+    """One ingest worker: MQTT in, ``Ingest`` in the middle, acks and commands out."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        broker: BrokerAddress,
+        *,
+        client_id: str,
+        group: str = "orrery-ingest",
+        fleet: str = "+",
+        flush_ms: int = 100,
+        max_rows: int = 20000,
+        reconcile_every_s: float = 2.0,
+        stats_every_s: float = 10.0,
+        orchestrator=None,
+    ) -> None:
+        self.ingest = ingest
+        self.orchestrator = orchestrator
+        self.broker = broker
+        self.client_id = client_id
+        self.group = group
+        self.fleet = fleet
+        self.flush_s = flush_ms / 1000
+        self.max_rows = max_rows
+        self.reconcile_every_s = reconcile_every_s
+        self.stats_every_s = stats_every_s
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
+        self.stored = 0
+        self.client = self._client()
+
+    def _client(self) -> mqtt.Client:
+        c = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if self.broker.username:
+            c.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.ca_file:
+            c.tls_set(ca_certs=self.broker.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        c.max_inflight_messages_set(1000)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        return c
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            jlog("broker_refused", logging.ERROR, reason=str(reason))
+            return
+        base = f"$share/{self.group}/orrery/{self.fleet}/+"
+        client.subscribe([(base + "/up/#", 1), (base + "/down/cmd", 1)])
+        jlog(
+            "broker_connected",
+            session_present=bool(flags.session_present),
+            client_id=self.client_id,
+        )
+
+    def _on_subscribe(self, client, userdata, mid, reasons, properties) -> None:
+        # connected means subscribed: a message published after it reaches this service
+        bad = [str(r) for r in reasons if r.is_failure]
+        if bad:
+            jlog("broker_refused_subscription", logging.ERROR, reasons=bad)
+            return
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        self.connected.clear()
+        if not self.stop_event.is_set():
+            jlog("broker_disconnected", logging.WARNING, reason=str(reason))
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        self.inbox.put(msg)
+
+    # --- running -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect (retrying in the background until the broker answers) and start the loop."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = RECEIVE_MAXIMUM
+        self.client.connect_async(
+            self.broker.host, self.broker.port, keepalive=30, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+
+    def run(self) -> None:
+        """Serve until ``stop()`` (or SIGTERM via ``install_signals``), then drain and disconnect."""
+        self.start()
+        jlog(
+            "serve_started",
+            client_id=self.client_id,
+            group=self.group,
+            broker=f"{self.broker.host}:{self.broker.port}",
+        )
+        next_reconcile = time.monotonic() + self.reconcile_every_s
+        next_stats = time.monotonic() + self.stats_every_s
+        pending: list[mqtt.MQTTMessage] = []
+        backoff = 0.5
+        while True:
+            stopping = self.stop_event.is_set()
+            if not pending:
+                pending = self._collect(drain_only=stopping)
+            if pending:
+                try:
+                    self._store(pending)
+                    pending = []
+                    backoff = 0.5
+                except Exception as exc:  # the database: keep the messages, unacked, and retry
+                    jlog(
+                        "store_failed",
+                        logging.ERROR,
+                        error=repr(exc)[:300],
+                        messages=len(pending),
+                        retry_s=backoff,
+                    )
+                    if stopping:
+                        break
+                    self.stop_event.wait(backoff)
+                    backoff = min(backoff * 2, 30)
+                    continue
+            if stopping and self.inbox.empty():
+                break
+            now = time.monotonic()
+            if now >= next_reconcile and not stopping:
+                next_reconcile = now + self.reconcile_every_s
+                self._reconcile()
+            if now >= next_stats:
+                next_stats = now + self.stats_every_s
+                jlog("stats", stored=self.stored, **dict(self.ingest.counters))
+        self.client.disconnect()
+        self.client.loop_stop()
+        jlog("serve_stopped", stored=self.stored)
+
+    def stop(self) -> None:
+        """Ask the loop to finish: what is in hand is stored and acked first."""
+        self.stop_event.set()
+
+    def install_signals(self) -> None:
+        """SIGTERM and SIGINT stop the service cleanly."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def _collect(self, drain_only: bool) -> list[mqtt.MQTTMessage]:
+        out: list[mqtt.MQTTMessage] = []
+        rows = 0
+        deadline = time.monotonic() + self.flush_s
+        while rows < self.max_rows:
+            timeout = deadline - time.monotonic()
+            try:
+                if drain_only or timeout <= 0:
+                    m = self.inbox.get_nowait()
+                else:
+                    m = self.inbox.get(timeout=timeout)
+            except queue.Empty:
+                break
+            out.append(m)
+            rows += max(1, len(m.payload) // 9)
+        return out
+
+    def _store(self, msgs: list[mqtt.MQTTMessage]) -> None:
+        result = self.ingest.handle([Message(m.topic, m.payload, bool(m.retain)) for m in msgs])
+        for m in msgs:  # committed: now the broker may forget them
+            if m.qos:
+                self.client.ack(m.mid, m.qos)
+        self.stored += len(msgs)
+        if result.outgoing:
+            self._publish(result.outgoing)
+
+    def _reconcile(self) -> None:
+        out: list[commands.Outgoing] = []
+        try:
+            out = self.ingest.reconcile(budget_s=0.2)
+        except Exception as exc:
+            jlog("reconcile_failed", logging.ERROR, error=repr(exc)[:300])
+        if self.orchestrator is not None:
+            try:
+                out += self.orchestrator.tick()
+            except Exception as exc:
+                jlog("rollouts_failed", logging.ERROR, error=repr(exc)[:300])
+        try:
+            seen = {x.command_id for x in out}
+            out += [o for o in self.ingest.queued_commands() if o.command_id not in seen]
+        except Exception as exc:
+            jlog("dispatch_failed", logging.ERROR, error=repr(exc)[:300])
+        if out:
+            self._publish(out)
+
+    def _publish(self, out: list[commands.Outgoing]) -> None:
+        infos = [(o, self.client.publish(o.topic, o.payload, qos=1)) for o in out]
+        sent = []
+        deadline = time.monotonic() + 5  # one wait for the whole group, not 5 s per command
+        for o, info in infos:
+            try:
+                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # not connected: it stays queued for later
+                continue
+            if info.is_published():
+                sent.append(o.command_id)
+        try:
+            self.ingest.mark_sent(sent)
+        except Exception as exc:
+            jlog("mark_sent_failed", logging.ERROR, error=repr(exc)[:300])
+        if sent:
+            jlog("commands_sent", count=len(sent), ids=sent[:10])

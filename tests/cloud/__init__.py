@@ -1,0 +1,1 @@
+"""The companion's tests, laid out as cloud/orrery is."""

@@ -1,0 +1,1 @@
+"""Tests of the orrery command line (cloud/orrery/cli)."""

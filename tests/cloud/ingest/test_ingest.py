@@ -1,0 +1,380 @@
+"""Ingest and reconciliation on real databases (SQLite and PostgreSQL, each test on both).
+
+These drive ``Ingest`` with the board's own wire format (``shared.wire.message``) on virtual time;
+the MQTT path is covered by test_reliability.py and test_ingest_e2e.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import SQLModel
+
+from cloud.orrery.db.engine import alembic_config, engine_for, upgrade
+from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.fleet import keys
+from cloud.orrery.ingest.alerts import AlertRule
+from cloud.orrery.ingest.handler import Ingest, Message
+from cloud.orrery.ingest.ranges import merge, subtract
+from shared.wire import codec
+
+SECRET = b"fleet-secret-for-tests-0123456789"
+T = "orrery/f1/dev1/up/"
+ANCHOR = (100, 0, 1_790_000_000, 0)  # uptime 100 s was 1_790_000_000 s unix
+
+
+def batch(
+    first: int, n: int, boot: int = 7, flags: int = 0, anchor=None, value: int = 100
+) -> bytes:
+    return codec.encode_batch(
+        boot, first, [(first + i, 0, value + i, 0) for i in range(n)], flags, anchor
+    )
+
+
+def msg(kind: str, payload: bytes, device: str = "dev1") -> Message:
+    return Message(f"orrery/f1/{device}/up/{kind}", payload)
+
+
+def state(boot=7, backlog=0, last_seq=None, anchor=None, online=True) -> bytes:
+    return codec.encode_state(
+        online,
+        "1.0.0",
+        "greenhouse",
+        2,
+        "h:abc",
+        boot,
+        backlog,
+        anchor is not None,
+        anchor,
+        last_seq,
+    )
+
+
+@pytest.fixture
+def ingest(db_url):
+    engine = engine_for(db_url)
+    ing = Ingest(engine, secret=SECRET, reorder_window_ms=1000)
+    with engine.begin() as c:
+        c.execute(
+            sa.insert(DEVICES), [{"name": "dev1", "fleet": "f1", "created_ms": 0}]
+        )
+    yield ing
+    engine.dispose()
+
+
+def q(ing: Ingest, sql: str, **kw):
+    with ing.engine.connect() as c:
+        return c.execute(sa.text(sql), kw).all()
+
+
+def device(ing: Ingest):
+    with ing.engine.connect() as c:
+        return c.execute(
+            sa.select(DEVICES).where(DEVICES.c.name == "dev1")
+        ).first()
+
+
+# --- ranges --------------------------------------------------------------------------------
+
+
+def test_range_helpers():
+    assert merge([(5, 6), (1, 2), (3, 3), (9, 9)]) == [(1, 3), (5, 6), (9, 9)]
+    assert merge([(3, 4), (1, 2), (2, 3)]) == [(1, 4)]
+    assert subtract([(1, 10)], [(3, 4), (8, 20)]) == [(1, 2), (5, 7)]
+    assert subtract([(1, 10)], []) == [(1, 10)]
+    assert subtract([(5, 6)], [(1, 10)]) == []
+
+
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 5)), max_size=12),
+       st.lists(st.tuples(st.integers(1, 60), st.integers(0, 5)), max_size=12))  # fmt: skip
+def test_subtract_is_set_difference(a, b):
+    ra = [(x, x + n) for x, n in a]
+    rb = merge((x, x + n) for x, n in b)
+    want = {i for x, y in ra for i in range(x, y + 1)} - {i for x, y in rb for i in range(x, y + 1)}
+    got = subtract(ra, rb)
+    assert {i for x, y in got for i in range(x, y + 1)} == want
+    assert merge(got) == got
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def test_migrations_build_exactly_the_models(db_url):
+    engine = engine_for(db_url)
+    upgrade(engine)  # idempotent
+    with engine.connect() as c:
+        assert compare_metadata(MigrationContext.configure(c), SQLModel.metadata) == []
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+        assert c.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == head
+    engine.dispose()
+
+
+# --- exactly once --------------------------------------------------------------------------
+
+
+def test_duplicates_are_dropped_and_counted(ingest):
+    out = ingest.handle([msg("readings", batch(1, 10)), msg("readings", batch(1, 10))], now=1000)
+    assert (out.inserted, out.duplicates, out.dead) == (10, 10, 0)
+    out = ingest.handle([msg("readings", batch(5, 10))], now=2000)  # overlaps 5..10
+    assert (out.inserted, out.duplicates) == (4, 6)
+    assert q(ingest, "SELECT count(*) FROM readings")[0][0] == 14
+    d = device(ingest)
+    assert (d.received, d.duplicates) == (14, 16)
+    assert sorted(s for (s,) in q(ingest, "SELECT seq FROM readings")) == list(range(1, 15))
+
+
+def test_out_of_order_batches_leave_no_gap(ingest):
+    ingest.handle([msg("readings", batch(21, 10)), msg("readings", batch(1, 10))], now=0)
+    ingest.reconcile(now=100)
+    assert q(ingest, "SELECT first, last, status FROM gaps") == [(11, 20, "pending")]
+    ingest.handle([msg("readings", batch(11, 10))], now=500)  # within the reorder window
+    assert ingest.reconcile(now=5000) == []
+    assert q(ingest, "SELECT count(*) FROM gaps")[0][0] == 0
+    assert q(ingest, "SELECT first, last FROM received_ranges") == [(1, 30)]
+
+
+# --- gaps, resends, losses -----------------------------------------------------------------
+
+
+def test_gap_gets_one_signed_resend_for_the_exact_range(ingest):
+    ingest.handle([msg("readings", batch(1, 10)), msg("readings", batch(16, 5))], now=0)
+    assert ingest.reconcile(now=500) == []  # reorder window not over yet
+    out = ingest.reconcile(now=1500)
+    assert [o.command_id for o in out] == ["resend:1:11-15:1"]
+    assert out[0].topic == "orrery/f1/dev1/down/cmd"
+    # the board's own verifier accepts it with the device's key
+    v = codec.Verifier(keys.device_key(SECRET, "dev1"), "dev1")
+    code, cmd, detail = v.check(out[0].payload, 2)
+    assert code == codec.OK, detail
+    assert (cmd["kind"], cmd["args"]) == ("resend", {"first": 11, "last": 15})
+    # asking again does not send it twice
+    assert ingest.reconcile(now=3000) == []
+    assert q(ingest, "SELECT status, command_id, attempts FROM gaps") == [
+        ("requested", "resend:1:11-15:1", 1)
+    ]
+    # the board resends part of it, then acks
+    ingest.handle([msg("readings", batch(11, 3, flags=codec.HISTORICAL))], now=3100)
+    ingest.handle(
+        [msg("acks", codec.encode_ack("resend:1:11-15:1", codec.OK, "resent 11..13; 14..15 not held"))],
+        now=3200,
+    )
+    assert ingest.reconcile(now=3300) == []
+    assert q(ingest, "SELECT first, last, status FROM gaps") == [(14, 15, "requested")]
+    ingest.reconcile(now=4300)  # a reorder window after the ack: what is missing is lost
+    assert q(ingest, "SELECT count(*) FROM gaps")[0][0] == 0
+    assert q(ingest, "SELECT first, last, reason, source FROM losses") == [
+        (14, 15, "not_held", "cloud")
+    ]
+    assert q(ingest, "SELECT status FROM commands") == [("done",)]
+
+
+def test_gap_up_to_the_boards_ack_cursor(ingest):
+    # the board says it has issued 50 and 10 are unsent: 1..40 were delivered to the broker
+    ingest.handle(
+        [msg("state", state(last_seq=50, backlog=10)), msg("readings", batch(1, 30))], now=0
+    )
+    ingest.reconcile(now=0)
+    assert q(ingest, "SELECT first, last FROM gaps") == [(31, 40)]
+
+
+def test_reported_loss_is_permanent_and_late_data_still_counts(ingest):
+    ingest.handle([msg("readings", batch(1, 5)), msg("readings", batch(21, 5))], now=0)
+    ingest.handle([msg("loss", codec.encode_loss(7, 6, 15, "store_full"))], now=10)
+    assert ingest.reconcile(now=5000) == []  # a hole is a gap once the reorder window has passed
+    out = ingest.reconcile(now=6000)
+    assert [o.command_id for o in out] == ["resend:1:16-20:1"]  # only what was not reported lost
+    assert q(ingest, "SELECT first, last, reason, source FROM losses") == [
+        (6, 15, "store_full", "device")
+    ]
+    # late data for part of the "lost" range is accepted and the loss shrinks
+    ingest.handle([msg("readings", batch(6, 2, flags=codec.HISTORICAL))], now=6000)
+    ingest.reconcile(now=6001)
+    assert q(ingest, "SELECT first, last, reason FROM losses") == [(8, 15, "store_full")]
+
+
+def test_failed_or_expired_resend_is_asked_again(ingest):
+    ingest.resend_ttl_s = 10
+    ingest.handle([msg("readings", batch(1, 5)), msg("readings", batch(9, 2))], now=0)
+    ingest.reconcile(now=0)
+    assert [o.command_id for o in ingest.reconcile(now=2000)] == ["resend:1:6-8:1"]
+    out = ingest.reconcile(now=13_000)  # the command expired unanswered: ask again
+    assert [o.command_id for o in out] == ["resend:1:6-8:2"]
+    assert q(ingest, "SELECT id, status FROM commands ORDER BY id") == [
+        ("resend:1:6-8:1", "expired"),
+        ("resend:1:6-8:2", "queued"),
+    ]
+    # a failed resend is asked again too
+    ingest.handle([msg("acks", codec.encode_ack("resend:1:6-8:2", codec.FAILED, "store error"))], now=13_100)
+    assert [o.command_id for o in ingest.reconcile(now=13_200)] == ["resend:1:6-8:3"]
+
+
+def test_no_secret_reports_gaps_without_commands(db_url):
+    engine = engine_for(db_url)
+    ing = Ingest(engine, secret=None, auto_register=True, reorder_window_ms=0)
+    ing.handle([msg("readings", batch(1, 2)), msg("readings", batch(5, 2))], now=0)
+    assert ing.reconcile(now=1) == []
+    assert q(ing, "SELECT first, last, status, reason FROM gaps") == [
+        (3, 4, "pending", "missing: no fleet secret to sign a resend")
+    ]
+    engine.dispose()
+
+
+def test_pull_returns_the_devices_open_commands(ingest):
+    ingest.handle([msg("readings", batch(1, 1)), msg("readings", batch(3, 1))], now=0)
+    ingest.reconcile(now=0)
+    sent = ingest.reconcile(now=2000)
+    assert len(sent) == 1
+    out = ingest.handle([msg("pull", codec.encode_pull(7))], now=2500)
+    assert [o.command_id for o in out.outgoing] == [sent[0].command_id]
+    assert out.outgoing[0].payload == sent[0].payload  # the same signed bytes: idempotent
+    ingest.handle(
+        [msg("acks", codec.encode_ack(sent[0].command_id, codec.IN_PROGRESS, "queued"))], now=2600
+    )
+    assert ingest.handle([msg("pull", codec.encode_pull(7))], now=2700).outgoing == []
+
+
+# --- time ----------------------------------------------------------------------------------
+
+
+def test_readings_before_time_sync_get_event_time_from_the_boot_anchor(ingest):
+    # taken at uptime 1..10 s, before the board had wall time: no anchor in the batch
+    ingest.handle([msg("readings", batch(1, 10))], now=0)
+    assert q(ingest, "SELECT count(*) FROM readings WHERE event_ms IS NULL")[0][0] == 10
+    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 500, "idle", "boot", None))], now=0)
+    # later the board syncs: uptime 100 s was unix 1_790_000_000 s
+    ingest.handle([msg("readings", batch(11, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=1)
+    rows = q(ingest, "SELECT seq, event_ms FROM readings ORDER BY seq")
+    assert rows[0] == (1, (1_790_000_000 - 99) * 1000)
+    assert rows[10] == (11, (1_790_000_000 - 89) * 1000)
+    assert q(ingest, "SELECT event_ms FROM events") == [((1_790_000_000 - 97) * 1000 + 500,)]
+    # another boot's readings are untouched
+    ingest.handle([msg("readings", batch(12, 1, boot=8))], now=2)
+    assert q(ingest, "SELECT event_ms FROM readings WHERE boot = 8") == [(None,)]
+
+
+def test_state_anchor_times_readings_too(ingest):
+    ingest.handle([msg("readings", batch(1, 2))], now=0)
+    ingest.handle([msg("state", state(anchor=ANCHOR, last_seq=2))], now=1)
+    assert [r[0] for r in q(ingest, "SELECT event_ms FROM readings ORDER BY seq")] == [
+        (1_790_000_000 - 99) * 1000,
+        (1_790_000_000 - 98) * 1000,
+    ]
+    # the anchor is learned once: a later, different one does not move stored times
+    ingest.handle(
+        [msg("readings", batch(3, 1, flags=codec.SYNCED, anchor=(100, 0, 1_800_000_000, 0)))], now=2
+    )
+    assert q(ingest, "SELECT event_ms FROM readings WHERE seq = 3") == [
+        ((1_790_000_000 - 97) * 1000,)
+    ]
+
+
+# --- historical and alerts -----------------------------------------------------------------
+
+
+def test_backlog_never_trips_live_alerts(ingest):
+    ingest.alert_rules = (AlertRule.parse("0>150"),)
+    ingest.handle([msg("readings", batch(1, 5, flags=codec.HISTORICAL, value=1000))], now=0)
+    assert q(ingest, "SELECT count(*) FROM alerts")[0][0] == 0
+    assert q(ingest, "SELECT count(*) FROM readings WHERE historical")[0][0] == 5
+    ingest.handle([msg("readings", batch(6, 5, value=1000))], now=1)
+    ingest.handle([msg("readings", batch(6, 5, value=1000))], now=2)  # redelivery: no second alert
+    assert q(ingest, "SELECT rule, seq, value FROM alerts") == [("0>150", 6, 1000)]
+    assert device(ingest).historical == 5
+
+
+def test_alert_rule_parsing():
+    assert AlertRule.parse("2<-100") == AlertRule(2, "<", -100)
+    for bad in ("x>1", "0=5", "0>40000", "300>1", ""):
+        with pytest.raises(ValueError, match="alert rule"):
+            AlertRule.parse(bad)
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def test_state_and_will_drive_the_registry(ingest):
+    ingest.handle([msg("state", state(boot=7, backlog=42, last_seq=100))], now=5000)
+    d = device(ingest)
+    assert (d.online, d.boot, d.fw, d.wf, d.wf_ver, d.backlog, d.last_seq, d.last_seen_ms) == (
+        True, 7, "1.0.0", "greenhouse", 2, 42, 100, 5000)  # fmt: skip
+    ingest.handle([msg("state", codec.encode_will(6))], now=6000)  # an older boot's will
+    assert device(ingest).online is True
+    ingest.handle([msg("state", codec.encode_will(7))], now=7000)
+    assert device(ingest).online is False
+    # a retained state replayed on subscribe does not count as seen
+    ingest.handle([Message(T + "state", state(boot=7), retain=True)], now=8000)
+    assert device(ingest).last_seen_ms == 5000
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_bad_input_goes_to_the_dead_letter_table(ingest):
+    key = keys.device_key(SECRET, "dev1")
+    forged = codec.sign_command(b"k" * 32, "c1", "dev1", "reboot", {}, 1, 100)
+    good = codec.sign_command(key, "c2", "dev1", "reboot", {}, 1, 100)
+    msgs = [
+        Message("not/an/orrery/topic", b"x"),
+        Message("orrery/f1/dev1/up/nonsense", b"x"),
+        msg("readings", batch(1, 1), device="stranger"),
+        Message("orrery/f2/dev1/up/readings", batch(1, 1)),
+        msg("readings", b"OR" + b"\x00" * 5000),
+        msg("readings", b"\xff" * 20),
+        msg("state", b"{not json"),
+        msg("events", json.dumps({"v": 2}).encode()),
+        msg("acks", codec.encode_ack("never-sent", codec.OK, "")),
+        Message("orrery/f1/dev1/down/cmd", forged),
+        Message("orrery/f1/dev1/down/cmd", good),
+        msg("readings", batch(1, 3)),
+    ]
+    out = ingest.handle(msgs, now=0)
+    assert (out.inserted, out.dead) == (3, 10)
+    reasons = [r for (r,) in q(ingest, "SELECT reason FROM dead_letters ORDER BY id")]
+    assert [r.split(":")[0] for r in reasons] == [
+        "wrong topic", "wrong topic", "unknown device", "fleet mismatch", "oversize",
+        "malformed batch", "malformed state", "malformed event", "ack for unknown command", "bad signature",
+    ]  # fmt: skip
+    assert q(ingest, "SELECT topic, size FROM dead_letters WHERE reason LIKE 'oversize%'") == [
+        ("orrery/f1/dev1/up/readings", 5002)
+    ]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["readings", "state", "events", "acks", "loss", "pull", "bogus"]),
+            st.one_of(
+                st.binary(max_size=64),
+                st.builds(lambda f, n, b: batch(f, n, boot=b), st.integers(1, 50), st.integers(1, 8), st.integers(1, 3)),
+                st.builds(lambda b, f, n: codec.encode_loss(b, f, f + n, "corrupt"), st.integers(1, 3), st.integers(1, 50), st.integers(0, 5)),
+                st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.sampled_from(["v", "boot", "online", "id", "code", "first"]), st.integers(-3, 3) | st.booleans() | st.none(), max_size=5)),
+            ),
+        ),
+        max_size=8,
+    )
+)  # fmt: skip
+def test_fuzz_every_message_is_stored_or_dead_lettered(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fz") / "f.db"
+    engine = engine_for(f"sqlite:///{path}")
+    ing = Ingest(engine, secret=SECRET, auto_register=True, reorder_window_ms=0)
+    out = ing.handle([msg(kind, payload) for kind, payload in data], now=1)
+    ing.reconcile(now=2)
+    ing.reconcile(now=3)
+    with engine.connect() as c:
+        n = c.execute(sa.text("SELECT count(*) FROM readings")).scalar()
+        dead = c.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar()
+        gaps = c.execute(sa.text("SELECT first, last FROM gaps")).all()
+        received = c.execute(sa.text("SELECT first, last FROM received_ranges")).all()
+    assert n == out.inserted and dead == out.dead
+    assert not [g for g in gaps if any(a <= g[1] and g[0] <= b for a, b in received)]
+    engine.dispose()
