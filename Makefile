@@ -32,6 +32,7 @@ typecheck: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m tools.dev.consts --check
 	$(BIN)/python -m tools.board.build --check
 	$(BIN)/python -m tools.dev.typecheck

@@ -51,10 +51,7 @@ def forget(names):
     package; the next import loads them again."""
     m = sys.modules
     for name in names:
-        if name in m:
-            del m[name]
+        if m.pop(name, None) is not None:
             pkg, _, attr = name.rpartition(".")
-            try:
+            if hasattr(m[pkg], attr):
                 delattr(m[pkg], attr)
-            except AttributeError:
-                pass

@@ -24,10 +24,10 @@ from shared import const
 from shared.bundle import unpack
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_OK = const(0)
-_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
-_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
+_OK = const(0)
+_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024

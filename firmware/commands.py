@@ -14,12 +14,12 @@ from shared import const
 from shared.wire.verifier import Verifier
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_OK = const(0)
 _DUPLICATE = const(1)  # already done: the stored ack is sent again
-_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
-_UNKNOWN_KIND = const(7)
-_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
+_OK = const(0)
+_REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
+_UNKNOWN_KIND = const(7)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_COMMAND = const(4)
 

@@ -1,8 +1,9 @@
 """The board's MQTT link: one interface, two implementations.
 
 ``UmqttLink`` (here) runs on the board on top of micropython-lib's ``umqtt.simple``;
-``PahoLink`` (link_paho.py) runs on CPython on paho-mqtt. Both take the same arguments and
-behave the same way; firmware/README.md says why the board side looks like this.
+``PahoLink`` (``cloud/orrery/sim/paho_link.py``) runs on CPython on paho-mqtt for the simulator
+and the tests. Both are a ``Link``: they take the same arguments and behave the same way;
+firmware/README.md says why the board side looks like this.
 
 ``Link(client_id, host, port, user=None, password=None, keepalive=30, ssl=None,
 timeout_ms=5000, will=None)``; ``will`` is ``(topic, payload, retain, qos)`` or None and
@@ -61,8 +62,8 @@ def _b(s):
     return s.encode() if isinstance(s, str) else s
 
 
-def _err(e):
-    """A short text for last_error: the exception's type and first argument."""
+def error_text(e):
+    """A short text for ``last_error``: the exception's type and first argument."""
     a = e.args
     return type(e).__name__ + (" " + str(a[0]) if a else "")
 
@@ -87,8 +88,8 @@ def _head(buf, op, n):
     return i + 1
 
 
-class UmqttLink:
-    """The link on umqtt.simple: umqtt opens the session, this class owns the socket after."""
+class Link:
+    """What every link holds: its arguments (see the module doc) and its state."""
 
     def __init__(
         self,
@@ -115,6 +116,30 @@ class UmqttLink:
         self.connected = False
         self.session_present = False
         self.last_error = None
+        self._subs = []  # (topic, qos) given to subscribe(), for a broker that lost the session
+
+    def _resume(self):
+        # After a CONNACK: a broker that lost the session is given the subscriptions again.
+        self.last_error = None
+        if not self.session_present:
+            for topic, qos in self._subs:
+                if not self._subscribe(topic, qos):
+                    self.close()  # keeps last_error
+                    return False
+        return True
+
+
+def check_qos(qos):
+    """ValueError unless ``qos`` is 0 or 1 (the only levels a link speaks)."""
+    if qos != 0 and qos != 1:
+        raise ValueError("qos must be 0 or 1")
+
+
+class UmqttLink(Link):
+    """The link on umqtt.simple: umqtt opens the session, this class owns the socket after."""
+
+    def __init__(self, *args, **kw):
+        Link.__init__(self, *args, **kw)
         self._sock = None
         self._poller = None
         self._buf = bytearray(_BUF)
@@ -125,7 +150,6 @@ class UmqttLink:
         self._tx = 0  # ticks_ms of the last packet sent
         self._ping = None  # ticks_ms of an unanswered PINGREQ
         self._inbox = []
-        self._subs = []
 
     def connect(self):
         """Open a new connection (closing any old one); True once the broker accepted it."""
@@ -148,7 +172,7 @@ class UmqttLink:
         # short or garbled CONNACK.
         except Exception as e:
             _close(c.sock)
-            self.last_error = _err(e)
+            self.last_error = error_text(e)
             return False
         self._sock = sock
         self._poller = select.poll()
@@ -157,18 +181,11 @@ class UmqttLink:
         self._ping = None
         self.connected = True
         self.session_present = bool(present)
-        self.last_error = None
-        if not present:
-            for topic, qos in self._subs:
-                if not self._subscribe(topic, qos):
-                    self.close()  # keeps last_error
-                    return False
-        return True
+        return self._resume()
 
     def publish(self, topic, payload, qos=1, retain=False):
         """Send one message; True once written (QoS 0) or acknowledged (QoS 1) in time."""
-        if qos != 0 and qos != 1:
-            raise ValueError("qos must be 0 or 1")
+        check_qos(qos)
         if not self.connected:
             return False
         start = ticks_ms()
@@ -196,7 +213,7 @@ class UmqttLink:
                 return True
             self._drop("puback timeout")
         except OSError as e:
-            self._drop(_err(e))
+            self._drop(error_text(e))
         return False
 
     def subscribe(self, topic, qos=1):
@@ -222,7 +239,7 @@ class UmqttLink:
                 while len(self._inbox) < MAX_INBOX and self._read(0):
                     pass
             except OSError as e:
-                self._drop(_err(e))
+                self._drop(error_text(e))
         inbox = self._inbox
         while inbox:
             topic, payload = inbox.pop(0)
@@ -282,7 +299,7 @@ class UmqttLink:
                 return False
             self._drop("suback timeout")
         except OSError as e:
-            self._drop(_err(e))
+            self._drop(error_text(e))
         return False
 
     def _wait(self, kind, pid, start):

@@ -16,12 +16,12 @@ from firmware.records import CORRUPT, CURSOR, CURSOR_TMP, LOSS, LOSS_TMP, STORE_
 from shared import const
 
 # Copied from firmware/records.py by python -m tools.dev.consts: edit them there.
-_MAGIC = const(0xA7)  # a reading record
 _CMAGIC = const(0xC5)  # a cursor entry
-_LMAGIC = const(0x4C)  # a loss entry
-_CSIZE = const(7)  # a cursor entry
-_LSIZE = const(12)  # a loss entry
 _CROTATE = const(32)  # cursor entries before cursor.log is rewritten as one
+_CSIZE = const(7)  # a cursor entry
+_LMAGIC = const(0x4C)  # a loss entry
+_LSIZE = const(12)  # a loss entry
+_MAGIC = const(0xA7)  # a reading record
 _RECORD_SIZE = const(20)  # a reading record
 
 

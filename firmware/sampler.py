@@ -24,8 +24,8 @@ _HALF = const(0x20000000)
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _OK = const(0)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
-_EV_LINK_UP = const(1)
 _EV_LINK_DOWN = const(2)
+_EV_LINK_UP = const(1)
 
 _MAX_OUTBOX = const(16)
 _MAX_EVENTS = const(32)  # workflow events waiting for the uplink (the oldest is dropped)

@@ -49,13 +49,13 @@ _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit Mic
 _WIRE_SIZE = const(9)  # = RECORD_SIZE
 
 # Copied from firmware/records.py by python -m tools.dev.consts: edit them there.
-_RECORD_SIZE = const(20)  # a reading record
-_MAGIC = const(0xA7)  # a reading record
 _CMAGIC = const(0xC5)  # a cursor entry
-_LMAGIC = const(0x4C)  # a loss entry
-_CSIZE = const(7)  # a cursor entry
-_LSIZE = const(12)  # a loss entry
 _CROTATE = const(32)  # cursor entries before cursor.log is rewritten as one
+_CSIZE = const(7)  # a cursor entry
+_LMAGIC = const(0x4C)  # a loss entry
+_LSIZE = const(12)  # a loss entry
+_MAGIC = const(0xA7)  # a reading record
+_RECORD_SIZE = const(20)  # a reading record
 
 _SEG_RECORDS = const(204)
 _MAX_SEGMENTS = const(64)

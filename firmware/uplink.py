@@ -24,10 +24,10 @@ _MAX_INBOX = const(8)
 _STATE_EVERY_MS = const(60000)
 _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_OK = const(0)
-_HISTORICAL = const(1)  # flag: backlog replayed after being offline
-_HEADER_SIZE = const(14)
 _ANCHOR_SIZE = const(12)
+_HEADER_SIZE = const(14)
+_HISTORICAL = const(1)  # flag: backlog replayed after being offline
+_OK = const(0)
 _RECORD_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside every range

@@ -8,20 +8,8 @@ companion.
 """
 
 from shared import const
-from shared.wire.message import (
-    ACKS,
-    CMD,
-    EVENTS,
-    LOSS,
-    PULL,
-    READINGS,
-    STATE,
-    _bad,
-    _emit,
-    _id,
-    _isid,
-    _rng,
-)
+from shared.wire import message
+from shared.wire.message import _bad, _emit, _id, _isid, _rng
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
@@ -30,7 +18,15 @@ _E_KIND = const(1)
 _E_RAND = const(6)
 
 PREFIX = "orrery"
-TOPIC_KINDS = (STATE, READINGS, EVENTS, ACKS, LOSS, PULL, CMD)
+TOPIC_KINDS = (
+    message.STATE,
+    message.READINGS,
+    message.EVENTS,
+    message.ACKS,
+    message.LOSS,
+    message.PULL,
+    message.CMD,
+)
 
 
 def is_id(v):

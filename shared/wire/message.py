@@ -11,19 +11,19 @@ import struct
 from shared import const
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_VERSION = const(1)  # of batches and JSON messages
-_SYNCED = const(2)  # flag: a time anchor follows the header
+_ANCHOR_SIZE = const(12)
+_HEADER_SIZE = const(14)
 _MAX_BATCH = const(512)  # records per batch
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
-_HEADER_SIZE = const(14)
-_ANCHOR_SIZE = const(12)
+_SYNCED = const(2)  # flag: a time anchor follows the header
+_VERSION = const(1)  # of batches and JSON messages
 # Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
-_E_ID = const(0)
-_E_RNG = const(2)
-_E_ROOM = const(3)
 _E_ANCHOR = const(4)
 _E_FLAGS = const(5)
+_E_ID = const(0)
 _E_KEY = const(7)
+_E_RNG = const(2)
+_E_ROOM = const(3)
 _E_TYPE = const(8)
 
 

@@ -11,18 +11,18 @@ from shared import const
 from shared.wire.message import _anchor, _bad, _emit, _id, _opt, _pick, _rng
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 _BUSY = const(10)  # the highest ack code
+_SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
 # Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
-_E_ONLINE = const(9)
+_E_DETAIL = const(16)
 _E_EXTRA = const(10)
 _E_EXTRA_VALUE = const(11)
 _E_FW = const(12)
-_E_WF = const(13)
-_E_SYNCED = const(14)
 _E_NO_ID = const(15)
-_E_DETAIL = const(16)
+_E_ONLINE = const(9)
 _E_REASON = const(17)
+_E_SYNCED = const(14)
+_E_WF = const(13)
 
 
 # state: the will carries only online (false) and boot

@@ -15,16 +15,16 @@ from shared.wire.hmac256 import compare_digest, hmac_sha256
 from shared.wire.message import _id, _rng
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_OK = const(0)
-_DUPLICATE = const(1)  # already done: the stored ack is sent again
 _BAD_SIGNATURE = const(3)
-_EXPIRED = const(4)
-_REPLAYED = const(5)
-_MALFORMED = const(6)
-_UNKNOWN_KIND = const(7)
 _BUSY = const(10)  # the highest ack code
-_MAX_LIFETIME = const(604800)  # 7 days
 _CLOCK_SKEW = const(300)  # s a command's iat may lie ahead of the board's clock
+_DUPLICATE = const(1)  # already done: the stored ack is sent again
+_EXPIRED = const(4)
+_MALFORMED = const(6)
+_MAX_LIFETIME = const(604800)  # 7 days
+_OK = const(0)
+_REPLAYED = const(5)
+_UNKNOWN_KIND = const(7)
 
 KINDS = (
     "install_workflow",

@@ -214,3 +214,11 @@ class Checks:
         else:
             self.err(p, "no %s: expected one of %s" % (what, ", ".join(kinds)))
         return None
+
+    def tagged(self, path, x, kinds, what):
+        """The one key of object ``x`` that says which of ``kinds`` it is (a trigger's or an
+        action's), or None after an error."""
+        if not isinstance(x, dict):
+            self.err(path, "expected an object, got " + kind_of(x))
+            return None
+        return self.one_of(path, x, kinds, what)

@@ -6,12 +6,12 @@ while it boots or installs a workflow, and keeps the records the executor runs o
 from shared import const
 
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
-_SW = const(7)
-_S_FLAGS = const(6)
+_FW = const(3)
 _F_FINAL = const(1)
 _IW = const(3)
-_FW = const(3)
 _MW = const(3)
+_SW = const(7)
+_S_FLAGS = const(6)
 # The string table's sections, in its order, between spaces (``_k`` holds where each
 # begins): what ``Program.__getattr__`` decodes for each name. One str, not a tuple of them.
 _NAMES = const(

@@ -4,51 +4,8 @@ the records of the device form.
 """
 
 from shared.filters.spec import compile_spec
+from shared.workflow import form
 from shared.workflow.checks import Checks, is_int, kind_of, parse, quote
-from shared.workflow.form import (
-    ACT_ADD_VAR,
-    ACT_CANCEL_TIMER,
-    ACT_PUBLISH,
-    ACT_SET_OUTPUT,
-    ACT_SET_PERIOD,
-    ACT_SET_VAR,
-    ACT_START_TIMER,
-    C_ABOVE,
-    C_ANY,
-    C_BELOW,
-    C_DOWN,
-    C_UP,
-    DURATION_MAX,
-    EV_BOOT,
-    EV_COMMAND,
-    EV_LINK_DOWN,
-    EV_LINK_UP,
-    EV_SAMPLE,
-    EV_TIMER,
-    F_FINAL,
-    MAX_ACTIONS,
-    MAX_COMMANDS,
-    MAX_EVENTS,
-    MAX_FILTERS,
-    MAX_GUARD_TERMS,
-    MAX_INPUTS,
-    MAX_MIGRATE_ENTRIES,
-    MAX_MIGRATE_VERSIONS,
-    MAX_OUTPUTS,
-    MAX_STATES,
-    MAX_TIMERS,
-    MAX_TRANSITIONS,
-    MAX_VARS,
-    MAX_VERSION,
-    O_CONST,
-    O_INPUT,
-    O_NONE,
-    O_VAR,
-    OPS,
-    PERIOD_MIN,
-    S16_MAX,
-    VAR_MAX,
-)
 
 MAX_DESCRIPTION = 512  # chars
 
@@ -82,15 +39,15 @@ _ACTION_KEYS = {
     "set_period": (("set_period", "ms"), ()),
 }
 _ACTION_CODES = {
-    "set_output": ACT_SET_OUTPUT,
-    "start_timer": ACT_START_TIMER,
-    "cancel_timer": ACT_CANCEL_TIMER,
-    "set_var": ACT_SET_VAR,
-    "add_var": ACT_ADD_VAR,
-    "publish": ACT_PUBLISH,
-    "set_period": ACT_SET_PERIOD,
+    "set_output": form.ACT_SET_OUTPUT,
+    "start_timer": form.ACT_START_TIMER,
+    "cancel_timer": form.ACT_CANCEL_TIMER,
+    "set_var": form.ACT_SET_VAR,
+    "add_var": form.ACT_ADD_VAR,
+    "publish": form.ACT_PUBLISH,
+    "set_period": form.ACT_SET_PERIOD,
 }
-_DIRECTIONS = {"up": C_UP, "down": C_DOWN, "any": C_ANY}
+_DIRECTIONS = {"up": form.C_UP, "down": form.C_DOWN, "any": form.C_ANY}
 _S16 = "the S16 range"
 _VARS = "the var range"
 _MS = "the duration range (ms)"
@@ -154,7 +111,7 @@ class Checker(Checks):
         self.check_profile()
         self.name("name", d.get("name", "x"))
         self.version = self.integer(
-            "version", d.get("version", 1), 1, MAX_VERSION, "the version range"
+            "version", d.get("version", 1), 1, form.MAX_VERSION, "the version range"
         )
         desc = d.get("description", "")
         if not isinstance(desc, str):
@@ -164,11 +121,11 @@ class Checker(Checks):
                 "description", "%d characters, over the limit of %d" % (len(desc), MAX_DESCRIPTION)
             )
         seen = {}
-        inputs = self.items("inputs", d.get("inputs", []), MAX_INPUTS, "inputs")
+        inputs = self.items("inputs", d.get("inputs", []), form.MAX_INPUTS, "inputs")
         for i in range(len(inputs)):
             x = inputs[i]
             self.check_input("inputs[%d]" % i, x, seen)
-        self.names("outputs", d.get("outputs", []), self.outputs, "output", MAX_OUTPUTS)
+        self.names("outputs", d.get("outputs", []), self.outputs, "output", form.MAX_OUTPUTS)
         if self.board_outputs is not None:
             outs = d.get("outputs", [])
             outs = outs if isinstance(outs, list) else []
@@ -181,16 +138,16 @@ class Checker(Checks):
                         % (self.board, o, ", ".join(sorted(self.board_outputs))),
                     )
         seen = {}
-        vs = self.items("vars", d.get("vars", []), MAX_VARS, "vars")
+        vs = self.items("vars", d.get("vars", []), form.MAX_VARS, "vars")
         for i in range(len(vs)):
             x = vs[i]
             p = "vars[%d]" % i
             if self.obj(p, x, ("name",), ("init",)) and "name" in x:
                 self.declare(p + ".name", x["name"], self.vars, "var", seen)
-                v = self.integer(p + ".init", x.get("init", 0), -VAR_MAX, VAR_MAX, _VARS)
+                v = self.integer(p + ".init", x.get("init", 0), -form.VAR_MAX, form.VAR_MAX, _VARS)
                 self.var_init.append(v or 0)
-        self.names("timers", d.get("timers", []), self.timers, "timer", MAX_TIMERS)
-        self.names("events", d.get("events", []), self.events, "event", MAX_EVENTS)
+        self.names("timers", d.get("timers", []), self.timers, "timer", form.MAX_TIMERS)
+        self.names("events", d.get("events", []), self.events, "event", form.MAX_EVENTS)
         self.check_states(d)
         self.check_migrate(d.get("migrate", {}))
 
@@ -228,12 +185,14 @@ class Checker(Checks):
             )
         period = None
         if "period_ms" in x:
-            period = self.integer(p + ".period_ms", x["period_ms"], PERIOD_MIN, DURATION_MAX, _MS)
+            period = self.integer(
+                p + ".period_ms", x["period_ms"], form.PERIOD_MIN, form.DURATION_MAX, _MS
+            )
         self.channels.append(ch or "x")
-        self.periods.append(period or PERIOD_MIN)
+        self.periods.append(period or form.PERIOD_MIN)
         chain = []
         self.filters.append(chain)
-        fs = self.items(p + ".filters", x.get("filters", []), MAX_FILTERS, "filters")
+        fs = self.items(p + ".filters", x.get("filters", []), form.MAX_FILTERS, "filters")
         for j in range(len(fs)):
             spec = fs[j]
             fp = "%s.filters[%d]" % (p, j)
@@ -257,7 +216,7 @@ class Checker(Checks):
             self.err(fp, msg)
 
     def check_states(self, d):
-        states = self.items("states", d.get("states", []), MAX_STATES, "states")
+        states = self.items("states", d.get("states", []), form.MAX_STATES, "states")
         if isinstance(d.get("states"), list) and not states:
             self.err("states", "a workflow needs at least one state")
         seen = {}
@@ -297,14 +256,14 @@ class Checker(Checks):
         final = s.get("final", False)
         if final is not True and final is not False:
             self.err(p + ".final", "expected true or false, got " + kind_of(final))
-        rec[6] = F_FINAL if final is True else 0
+        rec[6] = form.F_FINAL if final is True else 0
         rec[2] = len(self.ac)
-        entry = self.items(p + ".entry", s.get("entry", []), MAX_ACTIONS, "actions")
+        entry = self.items(p + ".entry", s.get("entry", []), form.MAX_ACTIONS, "actions")
         for j in range(len(entry)):
             a = entry[j]
             self.check_action("%s.entry[%d]" % (p, j), a)
         rec[3] = rec[4] = len(self.ac)
-        exits = self.items(p + ".exit", s.get("exit", []), MAX_ACTIONS, "actions")
+        exits = self.items(p + ".exit", s.get("exit", []), form.MAX_ACTIONS, "actions")
         if final is True and exits:
             self.err(p + ".exit", "a final state is never left, so exit actions never run")
         for j in range(len(exits)):
@@ -312,7 +271,7 @@ class Checker(Checks):
             self.check_action("%s.exit[%d]" % (p, j), a)
         rec[5] = len(self.ac)
         rec[0] = len(self.tr)
-        on = self.items(p + ".on", s.get("on", []), MAX_TRANSITIONS, "transitions")
+        on = self.items(p + ".on", s.get("on", []), form.MAX_TRANSITIONS, "transitions")
         if final is True and on:
             self.err(p + ".on", "a final state has no transitions")
         way_out = False
@@ -334,11 +293,11 @@ class Checker(Checks):
 
     def check_transition(self, p, t, state):
         rec = [0] * 10
-        if len(self.tr) == MAX_TRANSITIONS:
+        if len(self.tr) == form.MAX_TRANSITIONS:
             self.err(
                 p,
                 "transition %d is over the limit of %d per workflow"
-                % (MAX_TRANSITIONS + 1, MAX_TRANSITIONS),
+                % (form.MAX_TRANSITIONS + 1, form.MAX_TRANSITIONS),
             )
         self.tr.append(rec)
         if not self.obj(p, t, ("when",), ("target", "guard", "actions")):
@@ -354,7 +313,7 @@ class Checker(Checks):
         if "guard" in t:
             g = t["guard"]
             if isinstance(g, list):
-                terms = self.items(p + ".guard", g, MAX_GUARD_TERMS, "comparisons")
+                terms = self.items(p + ".guard", g, form.MAX_GUARD_TERMS, "comparisons")
                 for k in range(len(terms)):
                     c = terms[k]
                     self.check_comparison("%s.guard[%d]" % (p, k), c)
@@ -362,7 +321,7 @@ class Checker(Checks):
                 self.check_comparison(p + ".guard", g)
         rec[6] = len(self.gd)
         rec[7] = len(self.ac)
-        acts = self.items(p + ".actions", t.get("actions", []), MAX_ACTIONS, "actions")
+        acts = self.items(p + ".actions", t.get("actions", []), form.MAX_ACTIONS, "actions")
         for k in range(len(acts)):
             a = acts[k]
             self.check_action("%s.actions[%d]" % (p, k), a)
@@ -370,10 +329,7 @@ class Checker(Checks):
         return None if target is None or target < 0 else target
 
     def check_trigger(self, p, w, rec):
-        if not isinstance(w, dict):
-            self.err(p, "expected an object, got " + kind_of(w))
-            return
-        kind = self.one_of(p, w, TRIGGERS, "trigger")
+        kind = self.tagged(p, w, TRIGGERS, "trigger")
         if kind is None:
             return
         req, opt = _TRIGGER_KEYS[kind]  # req includes the kind's own key
@@ -387,38 +343,44 @@ class Checker(Checks):
         v = w.get(kind)
         kp = p + "." + kind
         if kind in ("above", "below", "crosses"):
-            rec[0] = EV_SAMPLE
+            rec[0] = form.EV_SAMPLE
             rec[1] = self.ref(kp, v, self.inputs, "input") or 0
-            rec[3] = self.integer(p + ".level", w.get("level", 0), -S16_MAX, S16_MAX, _S16) or 0
+            rec[3] = (
+                self.integer(p + ".level", w.get("level", 0), -form.S16_MAX, form.S16_MAX, _S16)
+                or 0
+            )
             if kind == "crosses":
                 d = w.get("direction", "any")
                 if not isinstance(d, str) or d not in _DIRECTIONS:
                     self.err(p + ".direction", "expected 'up', 'down' or 'any', got " + quote(d))
-                rec[2] = _DIRECTIONS.get(d, C_ANY) if isinstance(d, str) else C_ANY
+                rec[2] = _DIRECTIONS.get(d, form.C_ANY) if isinstance(d, str) else form.C_ANY
             else:
-                rec[2] = C_ABOVE if kind == "above" else C_BELOW
+                rec[2] = form.C_ABOVE if kind == "above" else form.C_BELOW
                 if "for_ms" in w:
-                    rec[4] = self.integer(p + ".for_ms", w["for_ms"], 1, DURATION_MAX, _MS) or 0
+                    rec[4] = (
+                        self.integer(p + ".for_ms", w["for_ms"], 1, form.DURATION_MAX, _MS) or 0
+                    )
         elif kind == "timer":
-            rec[0] = EV_TIMER
+            rec[0] = form.EV_TIMER
             rec[1] = self.ref(kp, v, self.timers, "timer") or 0
         elif kind == "command":
-            rec[0] = EV_COMMAND
+            rec[0] = form.EV_COMMAND
             if self.name(kp, v) is not None:
                 if v not in self.commands:
-                    if len(self.commands) == MAX_COMMANDS:
+                    if len(self.commands) == form.MAX_COMMANDS:
                         self.err(
                             kp,
-                            "command %d is over the limit of %d" % (MAX_COMMANDS + 1, MAX_COMMANDS),
+                            "command %d is over the limit of %d"
+                            % (form.MAX_COMMANDS + 1, form.MAX_COMMANDS),
                         )
                     self.commands[v] = len(self.commands)
                 rec[1] = self.commands[v]
         elif kind == "boot":
-            rec[0] = EV_BOOT
+            rec[0] = form.EV_BOOT
             if v is not True:
                 self.err(kp, "expected true, got " + kind_of(v))
         else:
-            rec[0] = EV_LINK_UP if v == "up" else EV_LINK_DOWN
+            rec[0] = form.EV_LINK_UP if v == "up" else form.EV_LINK_DOWN
             if not isinstance(v, str) or v not in ("up", "down"):
                 self.err(
                     kp,
@@ -427,7 +389,7 @@ class Checker(Checks):
                 )
 
     def check_comparison(self, p, c):
-        rec = [O_INPUT, 0, 0, O_CONST, 0]
+        rec = [form.O_INPUT, 0, 0, form.O_CONST, 0]
         self.gd.append(rec)
         if not self.obj(p, c, ("op", "value"), ("input", "var")):
             return
@@ -435,48 +397,47 @@ class Checker(Checks):
         if side == "input":
             rec[1] = self.ref(p + ".input", c["input"], self.inputs, "input") or 0
         elif side == "var":
-            rec[0] = O_VAR
+            rec[0] = form.O_VAR
             rec[1] = self.ref(p + ".var", c["var"], self.vars, "var") or 0
         op = c.get("op", "<")
-        if op in OPS and isinstance(op, str):
-            rec[2] = OPS.index(op)
+        if op in form.OPS and isinstance(op, str):
+            rec[2] = form.OPS.index(op)
         else:
             self.err(
                 p + ".op",
                 "expected one of %s, got %s"
-                % (" ".join(OPS), quote(op) if isinstance(op, str) else kind_of(op)),
+                % (" ".join(form.OPS), quote(op) if isinstance(op, str) else kind_of(op)),
             )
         if side == "input":
-            rec[3], rec[4] = self.operand(p + ".value", c.get("value", 0), S16_MAX, _S16)
+            rec[3], rec[4] = self.operand(p + ".value", c.get("value", 0), form.S16_MAX, _S16)
         else:
-            rec[3], rec[4] = self.operand(p + ".value", c.get("value", 0), VAR_MAX, _VARS)
+            rec[3], rec[4] = self.operand(p + ".value", c.get("value", 0), form.VAR_MAX, _VARS)
 
     def operand(self, p, x, most, what):
         if isinstance(x, dict):
             if not self.obj(p, x, (), ("input", "var")):
-                return O_CONST, 0
+                return form.O_CONST, 0
             side = self.one_of(p, x, ("input", "var"), "operand (input or var)")
             if side == "input":
-                return O_INPUT, self.ref(p + ".input", x["input"], self.inputs, "input") or 0
+                return form.O_INPUT, self.ref(p + ".input", x["input"], self.inputs, "input") or 0
             if side == "var":
-                return O_VAR, self.ref(p + ".var", x["var"], self.vars, "var") or 0
-            return O_CONST, 0
+                return form.O_VAR, self.ref(p + ".var", x["var"], self.vars, "var") or 0
+            return form.O_CONST, 0
         if is_int(x):
-            return O_CONST, self.integer(p, x, -most, most, what) or 0
+            return form.O_CONST, self.integer(p, x, -most, most, what) or 0
         self.err(p, 'expected an integer, {"input": name} or {"var": name}, got ' + kind_of(x))
-        return O_CONST, 0
+        return form.O_CONST, 0
 
     def check_action(self, p, a):
-        rec = [ACT_SET_OUTPUT, 0, O_NONE, 0]
-        if len(self.ac) == MAX_ACTIONS:
+        rec = [form.ACT_SET_OUTPUT, 0, form.O_NONE, 0]
+        if len(self.ac) == form.MAX_ACTIONS:
             self.err(
-                p, "action %d is over the limit of %d per workflow" % (MAX_ACTIONS + 1, MAX_ACTIONS)
+                p,
+                "action %d is over the limit of %d per workflow"
+                % (form.MAX_ACTIONS + 1, form.MAX_ACTIONS),
             )
         self.ac.append(rec)
-        if not isinstance(a, dict):
-            self.err(p, "expected an object, got " + kind_of(a))
-            return
-        kind = self.one_of(p, a, ACTIONS, "action")
+        kind = self.tagged(p, a, ACTIONS, "action")
         if kind is None:
             return
         req, opt = _ACTION_KEYS[kind]  # req includes the kind's own key
@@ -486,31 +447,31 @@ class Checker(Checks):
         kp = p + "." + kind
         if kind == "set_output":
             rec[1] = self.ref(kp, v, self.outputs, "output") or 0
-            rec[2], rec[3] = self.operand(p + ".value", a.get("value", 0), S16_MAX, _S16)
+            rec[2], rec[3] = self.operand(p + ".value", a.get("value", 0), form.S16_MAX, _S16)
         elif kind in ("start_timer", "cancel_timer"):
             rec[1] = self.ref(kp, v, self.timers, "timer") or 0
             if kind == "start_timer":
-                rec[2] = O_CONST
-                rec[3] = self.integer(p + ".ms", a.get("ms", 1), 1, DURATION_MAX, _MS) or 1
+                rec[2] = form.O_CONST
+                rec[3] = self.integer(p + ".ms", a.get("ms", 1), 1, form.DURATION_MAX, _MS) or 1
         elif kind in ("set_var", "add_var"):
             rec[1] = self.ref(kp, v, self.vars, "var") or 0
-            rec[2], rec[3] = self.operand(p + ".value", a.get("value", 0), VAR_MAX, _VARS)
+            rec[2], rec[3] = self.operand(p + ".value", a.get("value", 0), form.VAR_MAX, _VARS)
         elif kind == "publish":
             rec[1] = self.ref(kp, v, self.events, "event") or 0
             if "value" in a:
-                rec[2], rec[3] = self.operand(p + ".value", a["value"], VAR_MAX, _VARS)
+                rec[2], rec[3] = self.operand(p + ".value", a["value"], form.VAR_MAX, _VARS)
         else:
             rec[1] = self.ref(kp, v, self.inputs, "input") or 0
-            rec[2] = O_CONST
+            rec[2] = form.O_CONST
             rec[3] = (
                 self.integer(
                     p + ".ms",
-                    a.get("ms", PERIOD_MIN),
-                    PERIOD_MIN,
-                    DURATION_MAX,
+                    a.get("ms", form.PERIOD_MIN),
+                    form.PERIOD_MIN,
+                    form.DURATION_MAX,
                     "the period range (ms)",
                 )
-                or PERIOD_MIN
+                or form.PERIOD_MIN
             )
 
     def check_migrate(self, m):
@@ -519,9 +480,9 @@ class Checker(Checks):
             return
         for k in getattr(m, "dups", ()):
             self.err("migrate." + k, "duplicate key %r" % k)
-        if len(m) > MAX_MIGRATE_VERSIONS:
+        if len(m) > form.MAX_MIGRATE_VERSIONS:
             self.err(
-                "migrate", "%d versions, over the limit of %d" % (len(m), MAX_MIGRATE_VERSIONS)
+                "migrate", "%d versions, over the limit of %d" % (len(m), form.MAX_MIGRATE_VERSIONS)
             )
         total = 0
         for key in sorted(m, key=str):
@@ -542,8 +503,8 @@ class Checker(Checks):
                 continue
             for k in getattr(mapping, "dups", ()):
                 self.err(p + "." + k, "duplicate key %r" % k)
-            if len(mapping) > MAX_STATES:
-                self.err(p, "%d entries, over the limit of %d" % (len(mapping), MAX_STATES))
+            if len(mapping) > form.MAX_STATES:
+                self.err(p, "%d entries, over the limit of %d" % (len(mapping), form.MAX_STATES))
             total += len(mapping)
             entries = []
             for name in sorted(mapping, key=str):
@@ -554,8 +515,10 @@ class Checker(Checks):
                     entries.append((name, new))
             if old is not None:
                 self.mig.append((old, entries))
-        if total > MAX_MIGRATE_ENTRIES:
-            self.err("migrate", "%d entries, over the limit of %d" % (total, MAX_MIGRATE_ENTRIES))
+        if total > form.MAX_MIGRATE_ENTRIES:
+            self.err(
+                "migrate", "%d entries, over the limit of %d" % (total, form.MAX_MIGRATE_ENTRIES)
+            )
         self.mig.sort(key=lambda e: e[0])
 
 

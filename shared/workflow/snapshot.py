@@ -9,12 +9,12 @@ import struct
 from shared import const
 
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
-_SNAP_FORMAT = const(1)
-_SNAP_HEADER = const(16)  # bytes before the int32 words
-_S16_MAX = const(32767)
-_VAR_MAX = const(536870911)  # 2**29 - 1
 _DURATION_MAX = const(536870911)  # ms; half the 2**30 tick range, so tick diffs are exact
 _PERIOD_MIN = const(10)  # ms
+_S16_MAX = const(32767)
+_SNAP_FORMAT = const(1)
+_SNAP_HEADER = const(16)  # bytes before the int32 words
+_VAR_MAX = const(536870911)  # 2**29 - 1
 # Copied from shared/workflow/executor.py by python -m tools.dev.consts: edit them there.
 _OFF = const(-1)  # a timer that is not running; a for_ms hold not started
 

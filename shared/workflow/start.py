@@ -12,8 +12,8 @@ from shared.filters import catalog
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_BOOT = const(0)
 _NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside every range
-_TW = const(10)
 _SNAP_HEADER = const(16)  # bytes before the int32 words
+_TW = const(10)
 # Copied from shared/workflow/executor.py by python -m tools.dev.consts: edit them there.
 _OFF = const(-1)  # a timer that is not running; a for_ms hold not started
 

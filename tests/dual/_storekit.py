@@ -1,4 +1,7 @@
-"""What a test reads back from a firmware Store, on CPython and on MicroPython."""
+"""What the store tests share, on CPython and on MicroPython: what a Store reads back, and
+the store's files cut short at every byte."""
+
+import os
 
 
 def held(st):
@@ -26,3 +29,32 @@ def held_range(st):
                 lo = b
             hi = b + st._counts[k] - 1
     return None if lo < 0 else (lo, hi)
+
+
+def snapshot(root):
+    """{file name: bytes} of every file in directory ``root``."""
+    out = {}
+    for n in os.listdir(root):
+        with open(root + "/" + n, "rb") as f:
+            out[n] = f.read()
+    return out
+
+
+def restore(root, snap):
+    """Put directory ``root`` back as ``snapshot`` found it."""
+    for n in os.listdir(root):
+        os.remove(root + "/" + n)
+    for n in snap:
+        with open(root + "/" + n, "wb") as f:
+            f.write(snap[n])
+
+
+def cuts(root, snap, name):
+    """Every power cut while file ``name`` was written: for each length from 0 to the whole
+    file, put ``root`` back as ``snap`` with ``name`` cut to that length, and yield the length."""
+    data = snap[name]
+    for cut in range(len(data) + 1):
+        restore(root, snap)
+        with open(root + "/" + name, "wb") as f:
+            f.write(data[:cut])
+        yield cut

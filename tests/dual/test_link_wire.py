@@ -7,7 +7,7 @@ MicroPython and puts the exact bytes of MQTT 3.1.1 on the wire.
 
 from _util import raises
 
-from firmware import link as L
+import firmware.link
 
 
 class FakeSock:
@@ -44,17 +44,17 @@ def ago(ms):
     try:
         from time import ticks_add
     except ImportError:  # CPython: firmware.link's ticks are plain ms
-        return L.ticks_ms() - ms
-    return ticks_add(L.ticks_ms(), -ms)
+        return firmware.link.ticks_ms() - ms
+    return ticks_add(firmware.link.ticks_ms(), -ms)
 
 
 def wired(rx=b"", timeout_ms=50, keepalive=30):
     """A link that is 'connected' to a FakeSock (connect() needs umqtt and a network)."""
-    link = L.UmqttLink("dev-01", "127.0.0.1", 1883, keepalive=keepalive, timeout_ms=timeout_ms)
+    link = firmware.link.UmqttLink("dev-01", "127.0.0.1", 1883, keepalive=keepalive, timeout_ms=timeout_ms)
     sock = FakeSock(rx)
     link._sock = sock
     link._poller = FakePoller(sock)
-    link._tx = L.ticks_ms()
+    link._tx = firmware.link.ticks_ms()
     link.connected = True
     return link, sock
 
@@ -158,16 +158,16 @@ def test_oversized_packet_drops_before_reading_it():
 
 def test_full_inbox_leaves_message_unacked_and_drops():
     one = b"\x32\x06\x00\x01q\x00\x05p"  # QoS 1, packet id 5
-    link, sock = wired(one * (L.MAX_INBOX + 1), timeout_ms=30)
+    link, sock = wired(one * (firmware.link.MAX_INBOX + 1), timeout_ms=30)
     # a publish waiting for its PUBACK reads (and queues) everything that arrives meanwhile
     assert link.publish("a", b"") is False
     assert link.last_error == "OSError inbox full"
     acks = bytes(sock.tx).count(b"\x40\x02\x00\x05")
-    assert acks == L.MAX_INBOX  # the one that did not fit was not acknowledged
+    assert acks == firmware.link.MAX_INBOX  # the one that did not fit was not acknowledged
     got = []
     link.on_message = lambda t, p: got.append(p)
     link.poll()  # what was queued is still delivered
-    assert got == [b"p"] * L.MAX_INBOX
+    assert got == [b"p"] * firmware.link.MAX_INBOX
 
 
 def test_disconnect_sends_disconnect_close_does_not():

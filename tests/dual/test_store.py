@@ -4,7 +4,7 @@ import errno
 import os
 import struct
 
-from _storekit import held, held_range
+from _storekit import cuts, held, held_range
 from _util import MICROPYTHON, allocates, raises
 
 import firmware.store as store_mod
@@ -378,9 +378,7 @@ def test_power_loss_at_every_byte_of_the_last_segment():
     root = _powerloss_store()
     snap = _snapshot(root)
     last = _segs(root)[-1]
-    for cut in range(len(snap[last]) + 1):
-        _restore(root, snap)
-        _write(root + "/" + last, snap[last][:cut])
+    for cut in cuts(root, snap, last):
         st = Store(root, seg_records=3, max_segments=4)
         whole = 6 + cut // RECORD_SIZE
         assert st.last_seq == whole, cut
@@ -423,9 +421,7 @@ def test_torn_cursor_log_and_loss_file():
     snap = _snapshot(root)
     cur = snap["cursor.log"]
     assert len(cur) == 21
-    for cut in range(len(cur) + 1):
-        _restore(root, snap)
-        _write(root + "/cursor.log", cur[:cut])
+    for cut in cuts(root, snap, "cursor.log"):
         st = Store(root, seg_records=2, max_segments=2)
         assert st.acked == (0, 5, 6, 7)[cut // 7], cut
         if st.acked < 6:
@@ -435,9 +431,7 @@ def test_torn_cursor_log_and_loss_file():
         st.close()
     loss = snap["loss.dat"]
     assert len(loss) == 12  # the adjacent drops merged into one entry
-    for cut in range(len(loss) + 1):
-        _restore(root, snap)
-        _write(root + "/loss.dat", loss[:cut])
+    for cut in cuts(root, snap, "loss.dat"):
         st = Store(root, seg_records=2, max_segments=2)
         want = [(1, 4, STORE_FULL)] if cut == 12 else []
         assert st.losses() == want, cut

@@ -227,9 +227,9 @@ def test_stalled_link_does_not_stall_sampling(tmp_path):
 def _send_bundle(b: Board, cloud: Cloud, files: list, cmd_id: str, version: str) -> None:
     import hashlib
 
-    from shared import bundle as B
+    from shared import bundle
 
-    blob = B.pack(files)
+    blob = bundle.pack(files)
     size = 300
     chunks = [blob[i : i + size] for i in range(0, len(blob), size)]
     now = b.now_s()

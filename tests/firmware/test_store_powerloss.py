@@ -20,7 +20,7 @@ import firmware.recover as recover_mod
 import firmware.store as store_mod
 from firmware.records import CORRUPT, RECORD_SIZE, STORE_FULL, crc16
 from firmware.store import Store
-from tests.dual._storekit import held, held_range
+from tests.dual._storekit import cuts, held, held_range
 
 
 def args(s: int, boot: int = 7) -> tuple[int, int, int, int, int]:
@@ -80,9 +80,7 @@ def test_power_loss_at_every_byte_of_the_last_segment(five_segments):
     root, snap = five_segments
     last = segs(root)[-1]
     assert len(snap[last]) == SEG * RECORD_SIZE
-    for cut in range(len(snap[last]) + 1):
-        restore(root, snap)
-        (root / last).write_bytes(snap[last][:cut])
+    for cut in cuts(str(root), snap, last):
         store = open_store(root)
         whole = 40 + cut // RECORD_SIZE
         assert store.last_seq == whole, cut
@@ -187,9 +185,7 @@ def test_torn_cursor_log_at_every_byte(tmp_path):
     snap = snapshot(root)
     log = snap["cursor.log"]
     assert len(log) == 7 * len(acks)
-    for cut in range(len(log) + 1):
-        restore(root, snap)
-        (root / "cursor.log").write_bytes(log[:cut])
+    for cut in cuts(str(root), snap, "cursor.log"):
         store = open_store(root)
         want = acks[cut // 7 - 1] if cut >= 7 else 0
         assert store.acked == want, cut
@@ -246,9 +242,7 @@ def test_torn_loss_file_at_every_byte(tmp_path):
     snap = snapshot(root)
     data = snap["loss.dat"]
     assert len(data) == 36
-    for cut in range(len(data) + 1):
-        restore(root, snap)
-        (root / "loss.dat").write_bytes(data[:cut])
+    for cut in cuts(str(root), snap, "loss.dat"):
         store = Store(str(root), seg_records=2, max_segments=2)
         assert store.losses() == want[: cut // 12], cut
         assert store.last_seq == 9 and store.acked == 3

@@ -10,7 +10,7 @@ from fractions import Fraction
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import filters as F
+from shared import filters
 from shared.filters import spec as filter_spec
 from shared.filters.biquad import Biquad
 from shared.filters.calibrate import CalibrateLinear
@@ -27,9 +27,9 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 samples = st.integers(-SMAX, SMAX)
 readings = st.one_of(samples, st.none(), st.sampled_from([32768, -32768, 10**12, 1.5, True, "7"]))
 q14 = st.sampled_from([-SMAX, SMAX, -16384, 16384, 0]) | st.integers(-SMAX, SMAX)
-windows = st.integers(1, F.MAX_WINDOW)
+windows = st.integers(1, filters.MAX_WINDOW)
 flags = st.integers(0, 1)
-counts = st.integers(1, F.MAX_COUNT)
+counts = st.integers(1, filters.MAX_COUNT)
 
 
 @st.composite
@@ -106,7 +106,7 @@ def test_linear_filters_under_full_scale_square_waves(kind, c, shift, period):
 
 def test_worst_case_intermediates_fit_small_ints():
     """Each intermediate expression of each update, at its extreme operands."""
-    s, q, w = SMAX, SMAX, F.MAX_WINDOW
+    s, q, w = SMAX, SMAX, filters.MAX_WINDOW
     worst = {
         # MovingAverage: running sum; _div_round(v, d) forms v + v + d
         "ma_sum": w * s,
@@ -124,8 +124,8 @@ def test_worst_case_intermediates_fit_small_ints():
         "cal_offset": s * q + s,
         "delta": 2 * s,
         "median_pair": 2 * s + 1,
-        "counter": F._CMASK + 1,
-        "throttle": F.MAX_COUNT + 1,
+        "counter": filters._CMASK + 1,
+        "throttle": filters.MAX_COUNT + 1,
     }
     for name, v in worst.items():
         assert LO <= -v and v <= HI, name
@@ -136,7 +136,7 @@ def test_worst_case_intermediates_fit_small_ints():
 def _small_int_tracer(bad):
     """A sys.settrace hook: every int local, and every int attribute of ``self``, of every
     line executed in shared/filters/ must be a small int."""
-    path = os.path.dirname(F.__file__) + os.sep
+    path = os.path.dirname(filters.__file__) + os.sep
 
     def check(frame):
         for k, v in frame.f_locals.items():
@@ -198,9 +198,9 @@ EXTREMES = (
     (11, (SMAX, 0, SMAX)),
     (11, (-SMAX, 14, -SMAX)),
     (12, (-SMAX, SMAX)),
-    (13, (F.MAX_COUNT,)),
+    (13, (filters.MAX_COUNT,)),
     (14, (2,)),
-    (15, (F.MAX_COUNT,)),
+    (15, (filters.MAX_COUNT,)),
 )
 
 

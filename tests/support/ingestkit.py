@@ -258,13 +258,8 @@ class Publisher:
             recs = self._store.setdefault(topic.split("/")[2], {})
             for seq, up_s, up_ms, value, ch in b.records:
                 recs[seq] = (up_s, up_ms, value, ch)
-        c = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-        )
+        c = bench.mqtt_client("", client_id=self.client_id)
         c.max_inflight_messages_set(100)
-        c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 2)
         c.on_publish = self._on_publish
         c.on_connect = self._on_connect
@@ -506,13 +501,7 @@ def check_exactly_once(engine: sa.Engine, load: Load, accepted: Counter, redeliv
             sa.text("SELECT count(*) FROM readings r JOIN devices d ON d.id = r.device_id"
                     " WHERE d.name <> :f"), {"f": FENCE}
         ).scalar()  # fmt: skip
-        counters = {
-            r.name: (r.received, r.duplicates)
-            for r in c.execute(
-                sa.text("SELECT name, received, duplicates FROM devices WHERE name <> :f"),
-                {"f": FENCE},
-            )
-        }
+        counters = _counters(c)
         dead = c.execute(sa.text("SELECT count(*) FROM dead_letters")).scalar()
     names = [bench.device_name(i) for i in range(load.devices)]
     assert rows == load.unique, f"{rows} rows for {load.unique} unique readings"
@@ -549,6 +538,14 @@ def check_exactly_once(engine: sa.Engine, load: Load, accepted: Counter, redeliv
     }
 
 
+def _counters(c) -> dict[str, tuple[int, int]]:
+    # device name -> (received, duplicates), the fence device left out
+    rows = c.execute(
+        sa.text("SELECT name, received, duplicates FROM devices WHERE name <> :f"), {"f": FENCE}
+    )
+    return {r.name: (r.received, r.duplicates) for r in rows}
+
+
 def check_accepted_exactly_once(
     engine: sa.Engine, load: Load, accepted: Counter, lost: set, redelivered: int
 ) -> None:
@@ -560,13 +557,7 @@ def check_accepted_exactly_once(
                     " JOIN devices d ON d.id = r.device_id WHERE d.name <> :f"
                     " GROUP BY d.name, r.boot"), {"f": FENCE}
         ).all()  # fmt: skip
-        counters = {
-            r.name: (r.received, r.duplicates)
-            for r in c.execute(
-                sa.text("SELECT name, received, duplicates FROM devices WHERE name <> :f"),
-                {"f": FENCE},
-            )
-        }
+        counters = _counters(c)
     lost_per = Counter(dev for dev, _ in lost)
     for r in rows:
         assert r.boot == 1 + int(r.name[1:])

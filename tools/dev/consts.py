@@ -10,7 +10,8 @@ constant still has one source: a board module that needs copies holds a block li
 
 and this tool writes every line of the block from the source file: ``_NAME`` is the source's
 ``NAME`` (or its private ``_NAME``), with the source's literal text and comment; a line that
-ends in ``# = OTHER`` copies the source's ``OTHER`` under its own name. Add a name to
+ends in ``# = OTHER`` copies the source's ``OTHER`` under its own name. The lines of a block are
+kept in name order. Add a name to
 a block with any value and run the tool; ``--check`` (part of ``make test``) fails when a block
 differs from its source or names a constant its source does not define.
 
@@ -123,11 +124,16 @@ def rewrite(path: Path, repo: Path | None = None) -> tuple[str, int]:
     repo = repo or REPO
     lines = path.read_text().splitlines(keepends=True)
     out: list[str] = []
+    block: list[str] = []  # the block being written, sorted by name when it ends
     src: dict[str, Source] | None = None
     src_name = ""
     copies = 0
     for n, line in enumerate(lines, 1):
         header = _HEADER.match(line.rstrip("\n"))
+        m = _LINE.match(line.rstrip("\n")) if src is not None and not header else None
+        if m is None:
+            out.extend(sorted(block))
+            block = []
         if header:
             src_name = header.group(1)
             src_path = repo / src_name
@@ -136,7 +142,6 @@ def rewrite(path: Path, repo: Path | None = None) -> tuple[str, int]:
             src = sources(src_path)
             out.append(line)
             continue
-        m = _LINE.match(line.rstrip("\n")) if src is not None else None
         if src is None or m is None:
             src = None
             out.append(line)
@@ -150,8 +155,9 @@ def rewrite(path: Path, repo: Path | None = None) -> tuple[str, int]:
                 f"{path.relative_to(repo)}:{n}: {src_name} defines no {' or '.join(wanted)}"
             )
         comment = f"  # = {wanted[0]}" if alias else (f"  {s.comment}" if s.comment else "")
-        out.append(f"{name} = const({s.text}){comment}\n")
+        block.append(f"{name} = const({s.text}){comment}\n")
         copies += 1
+    out.extend(sorted(block))
     return "".join(out), copies
 
 

@@ -52,6 +52,32 @@ def build_typeshed(dest: Path) -> Path:
     return dest
 
 
+def mypy_command(typeshed: Path, files: list[str]) -> list[str]:
+    """The mypy command line that checks ``files`` against ``typeshed`` (``build_typeshed``)
+    and nothing of CPython's site-packages."""
+    ini = typeshed.parent / "mypy.ini"
+    ini.write_text("[mypy]\nignore_missing_imports = False\n")
+    return [
+        sys.executable,
+        "-m",
+        "mypy",
+        "--config-file",
+        str(ini),
+        "--custom-typeshed-dir",
+        str(typeshed),
+        "--no-site-packages",
+        "--python-version",
+        "3.11",
+        "--pretty",
+        # the CPython fallbacks (`def const`, `ticks_ms` on CPython) redefine MicroPython names
+        "--disable-error-code",
+        "misc",
+        "--disable-error-code",
+        "no-redef",
+        *files,
+    ]
+
+
 def main() -> int:
     files = [
         str(p.relative_to(REPO))
@@ -59,29 +85,8 @@ def main() -> int:
         for p in sorted((REPO / pkg).rglob("*.py"))
     ] + list(ALSO_MICROPYTHON)
     with tempfile.TemporaryDirectory(prefix="orrery-typeshed-") as tmp:
-        typeshed = build_typeshed(Path(tmp))
-        ini = Path(tmp) / "mypy.ini"
-        ini.write_text("[mypy]\nignore_missing_imports = False\n")
-        cmd = [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--config-file",
-            str(ini),
-            "--custom-typeshed-dir",
-            str(typeshed),
-            "--no-site-packages",
-            "--python-version",
-            "3.11",
-            "--pretty",
-            # the CPython fallbacks (`def const`, `ticks_ms` on CPython) redefine MicroPython names
-            "--disable-error-code",
-            "misc",
-            "--disable-error-code",
-            "no-redef",
-            *files,
-        ]
-        return subprocess.call(cmd, cwd=REPO)
+        typeshed = build_typeshed(Path(tmp) / "typeshed")
+        return subprocess.call(mypy_command(typeshed, files), cwd=REPO)
 
 
 if __name__ == "__main__":

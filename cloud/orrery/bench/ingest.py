@@ -90,6 +90,17 @@ def register(engine: sa.Engine, devices: int) -> None:
         )
 
 
+def _insert_in_batches(con, cur, sql: str, rows: list[tuple]) -> float:
+    # executemany 5,000 rows per transaction; the seconds it took (the connection is closed)
+    t = time.perf_counter()
+    for i in range(0, len(rows), 5000):
+        cur.executemany(sql, rows[i : i + 5000])
+        con.commit()
+    elapsed = time.perf_counter() - t
+    con.close()
+    return elapsed
+
+
 def raw_baseline(url: str, rows: list[tuple]) -> float:
     """Seconds to insert ``rows`` with the driver's executemany, 5,000 per transaction."""
     cols = ",".join(READING_COLS)
@@ -99,13 +110,7 @@ def raw_baseline(url: str, rows: list[tuple]) -> float:
         con.execute("PRAGMA journal_mode=WAL")
         con.execute("PRAGMA synchronous=NORMAL")
         sql = f"INSERT INTO readings ({cols}) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
-        t = time.perf_counter()
-        for i in range(0, len(rows), 5000):
-            con.executemany(sql, rows[i : i + 5000])
-            con.commit()
-        elapsed = time.perf_counter() - t
-        con.close()
-        return elapsed
+        return _insert_in_batches(con, con, sql, rows)
     import psycopg
 
     con = psycopg.connect(
@@ -114,22 +119,16 @@ def raw_baseline(url: str, rows: list[tuple]) -> float:
     sql = (
         f"INSERT INTO readings ({cols}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING"
     )
-    t = time.perf_counter()
     with con.cursor() as cur:
-        for i in range(0, len(rows), 5000):
-            cur.executemany(sql, rows[i : i + 5000])
-            con.commit()
-    elapsed = time.perf_counter() - t
-    con.close()
-    return elapsed
+        return _insert_in_batches(con, cur, sql, rows)
 
 
-def mqtt_client(prefix: str) -> mqtt.Client:
-    """An MQTT v5 client for a benchmark, id ``PREFIX-<random>``: up to 1000 QoS 1 messages in
-    flight and an unbounded queue."""
+def mqtt_client(prefix: str, client_id: str | None = None) -> mqtt.Client:
+    """An MQTT v5 client for a benchmark, id ``client_id`` or ``PREFIX-<random>``: up to 1000
+    QoS 1 messages in flight and an unbounded queue."""
     c = mqtt.Client(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-        client_id=f"{prefix}-{uuid.uuid4().hex[:8]}",
+        client_id=client_id or f"{prefix}-{uuid.uuid4().hex[:8]}",
         protocol=mqtt.MQTTv5,
     )
     c.max_inflight_messages_set(1000)

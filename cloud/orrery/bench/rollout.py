@@ -139,7 +139,9 @@ class Boards:
                 self.verified += 1
             else:
                 self.bad.append(f"{name}: {codec.ACK_NAMES.get(code, code)} {detail}")
-        client.publish(codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, ""), qos=1)
+        client.publish(
+            codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, ""), qos=1
+        )
 
     def close(self) -> None:
         self.client.disconnect()
@@ -198,7 +200,9 @@ def _probe(engine: sa.Engine, port: int, serve: subprocess.Popen) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError("orrery serve did not start within 60 s")
             c.client.publish(
-                codec.topic(FLEET, device_name(0), codec.ACKS), codec.encode_ack("probe", codec.OK), qos=1
+                codec.topic(FLEET, device_name(0), codec.ACKS),
+                codec.encode_ack("probe", codec.OK),
+                qos=1,
             )
             time.sleep(0.2)
     finally:

@@ -176,32 +176,26 @@ def print_device_report(result: dict) -> None:
         )
     console.print(t)
     w = result["workflow_step"]
-    console.print(
+    h = result["heap"]["from_mpy"]
+    r = result["heap"]["from_romfs"]
+    fw = result["firmware_heap"]
+    lines = [
         f"workflow step ({result['workflow']['name']} v{result['workflow']['version']}): "
         f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
-        f"{w['heap_lock_allocations']} heap-locked failures"
-    )
-    h = result["heap"]["from_mpy"]
-    console.print(
+        f"{w['heap_lock_allocations']} heap-locked failures",
         f"heap held by the shared core + workflow (loaded from .mpy): {h['total']} B = "
         f"code {h['modules']} B + workflow {h['workflow']} B "
-        f"(computed {result['workflow']['computed_heap_bytes']} B)"
-    )
-    console.print("  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()))
-    console.print(
+        f"(computed {result['workflow']['computed_heap_bytes']} B)",
+        "  per module: " + ", ".join(f"{k} {v} B" for k, v in h["per_module"].items()),
         "  imported only while used (rare paths, dropped again): "
-        + ", ".join(f"{k} {v} B" for k, v in h["on_demand"].items())
-    )
-    r = result["heap"]["from_romfs"]
-    console.print(
+        + ", ".join(f"{k} {v} B" for k, v in h["on_demand"].items()),
         f"  executed in place from ROMFS: {r['total']} B = code {r['modules']} B + "
-        f"workflow {r['workflow']} B"
-    )
-    fw = result["firmware_heap"]
-    console.print(
+        f"workflow {r['workflow']} B",
         f"firmware node at work with the workflow and its batch buffers: {fw['total']} B from "
         f".mpy ({fw['after_boot']} B right after boot), {fw['total_romfs']} B from ROMFS "
-        f"(target {fw['target']} B)"
-    )
+        f"(target {fw['target']} B)",
+    ]
+    for line in lines:
+        console.print(line)
     ok = result["targets"]["met"]
     console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")

@@ -50,7 +50,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 @app.command("flash")
-def flash(
+def board_flash(
     port: PortOpt,
     firmware: Annotated[
         Path, typer.Option("--firmware", "-f", help="MicroPython firmware (.bin) for the chip.")
@@ -63,11 +63,10 @@ def flash(
     ] = False,
 ) -> None:
     """Flash MicroPython with esptool: the image is checked against the chip before writing."""
-    from tools.board import flash as F
-    from tools.board import serialport
+    from tools.board import flash, serialport
 
     try:
-        plan = F.plan(port, firmware, chip, erase, baud)
+        plan = flash.plan(port, firmware, chip, erase, baud)
         desc = f"{plan.info.project or 'firmware'} {plan.info.version or ''}".strip()
         console.print(
             f"{escape(str(firmware))}: {desc} for {plan.info.chip_name} "
@@ -76,14 +75,14 @@ def flash(
         if dry_run:
             console.print("esptool " + " ".join(plan.esptool_args()))
             return
-        name = F.flash(plan, progress=lambda s: console.print(f"  {escape(s)}"))
-    except (F.FlashError, serialport.PortError) as exc:
+        name = flash.flash(plan, progress=lambda s: console.print(f"  {escape(s)}"))
+    except (flash.FlashError, serialport.PortError) as exc:
         fail(str(exc))
     console.print(f"[green]flashed {name} on {escape(port)}[/]")
 
 
 @app.command("deploy")
-def deploy(
+def board_deploy(
     port: PortOpt,
     device_id: Annotated[str, typer.Option("--device-id", "-d", help="The board's device id.")],
     config: Annotated[
@@ -125,8 +124,7 @@ def deploy(
 ) -> None:
     """Compile and copy the app (only changed files), the MQTT library and the config; reset;
     wait for the board's birth message when a broker is configured."""
-    from tools.board import deploy as D
-    from tools.board import serialport
+    from tools.board import deploy, serialport
 
     cfg = _read_json(config, "config") if config else None
     profile = load_profile(board)
@@ -144,14 +142,14 @@ def deploy(
             bar.update(task, description=escape(what), completed=done, total=total or None)
 
         try:
-            result = D.deploy(
+            result = deploy.deploy(
                 port,
                 device_id,
                 config=cfg,
                 profile=profile,
                 lib_dir=lib_dir,
                 mip_index=mip_index,
-                lib=None if no_lib else D.DEFAULT_LIB,
+                lib=None if no_lib else deploy.DEFAULT_LIB,
                 force=force,
                 reset=False,
                 baud=baud,
@@ -159,7 +157,7 @@ def deploy(
                 dry_run=lines,
                 credentials=keys.credentials_from_env,
             )
-        except (D.DeployError, serialport.PortError) as exc:
+        except (deploy.DeployError, serialport.PortError) as exc:
             fail(str(exc))
     if lines is not None:
         for line in lines:
@@ -177,16 +175,16 @@ def deploy(
     watch = wait > 0 and final.get("broker")
     password = mqtt_password_file.read_text().strip() if mqtt_password_file else None
     if not watch:
-        D.Board(port, baud).reset()
+        deploy.Board(port, baud).reset()
         console.print("[green]deployed; board reset[/]")
         return
     full = {**final, "device_id": device_id}
     try:
-        with D.watch_birth(full, mqtt_host, None, mqtt_user, password) as birth:
-            D.Board(port, baud).reset()
+        with deploy.watch_birth(full, mqtt_host, None, mqtt_user, password) as birth:
+            deploy.Board(port, baud).reset()
             console.print(f"board reset; waiting up to {wait:.0f} s for its birth message")
             state = birth(wait)
-    except D.DeployError as exc:
+    except deploy.DeployError as exc:
         fail(f"deployed and reset, but {exc}")
     if state is None:
         fail(
@@ -198,7 +196,7 @@ def deploy(
 
 
 @app.command("image")
-def image(
+def board_image(
     firmware: Annotated[
         Path, typer.Option("--firmware", "-f", help="MicroPython firmware.bin (full).")
     ],
@@ -213,9 +211,7 @@ def image(
 ) -> None:
     """Build one flashable image: firmware + LittleFS with the app and this board's config,
     merged with esptool, then verified by reading it back."""
-    from tools.board import deploy as D
-    from tools.board import espimage
-    from tools.board import image as I
+    from tools.board import deploy, espimage, image
 
     profile = load_profile(board)
     assert profile is not None
@@ -223,12 +219,12 @@ def image(
     if cfg_in is None:
         fail("--config FILE is required (orrery board provision writes one per board)")
     try:
-        cfg = D.device_config(cfg_in, device_id, profile["name"], keys.credentials_from_env)
+        cfg = deploy.device_config(cfg_in, device_id, profile["name"], keys.credentials_from_env)
         fw, _info = espimage.read_firmware(firmware)
-        files = I.bundle_files(profile, cfg)
-        img = I.build(fw, profile, files)
-        checked = I.verify(img, profile, files)
-    except (D.DeployError, espimage.ImageError, I.FactoryImageError) as exc:
+        files = image.bundle_files(profile, cfg)
+        img = image.build(fw, profile, files)
+        checked = image.verify(img, profile, files)
+    except (deploy.DeployError, espimage.ImageError, image.FactoryImageError) as exc:
         fail(str(exc))
     output.write_bytes(img)
     info = {
@@ -250,7 +246,7 @@ def image(
 
 
 @app.command("provision")
-def provision(
+def board_provision(
     count: Annotated[int, typer.Option("--count", "-n", min=1, max=10000, help="Boards.")],
     prefix: Annotated[str, typer.Option(help="Device id prefix: ids are PREFIX-001...")],
     fleet: Annotated[str, typer.Option(help="Fleet id.")],
@@ -328,7 +324,7 @@ def provision(
 
 
 @app.command("monitor")
-def monitor(
+def board_monitor(
     port: PortOpt,
     baud: Annotated[int, typer.Option(help="Baud rate.")] = 115200,
     seconds: Annotated[
@@ -336,11 +332,10 @@ def monitor(
     ] = None,
 ) -> None:
     """Serial console: the node's log lines, safe-mode banners and tracebacks highlighted."""
-    from tools.board import monitor as M
-    from tools.board import serialport
+    from tools.board import monitor, serialport
 
     def show(line: str, style: str | None) -> None:
-        if line.endswith(M.PARTIAL):
+        if line.endswith(monitor.PARTIAL):
             console.print(escape(line[:-1]), end="", highlight=False)
         elif style:
             console.print(f"[{style}]{escape(line)}[/]", highlight=False)
@@ -350,7 +345,7 @@ def monitor(
     try:
         if seconds is None:
             err_console.print(f"[dim]{escape(port)} at {baud} baud; Ctrl-] leaves[/]")
-        M.monitor(port, baud, seconds, show)
+        monitor.monitor(port, baud, seconds, show)
     except serialport.PortError as exc:
         fail(str(exc))
 

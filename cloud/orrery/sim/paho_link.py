@@ -13,49 +13,22 @@ an old connection is sent again behind the caller's back.
 
 import time
 
-
-def _err(e):
-    a = e.args
-    return type(e).__name__ + (" " + str(a[0]) if a else "")
+from firmware.link import Link, check_qos, error_text
 
 
-class PahoLink:
+class PahoLink(Link):
     """The link on paho-mqtt (MQTT 3.1.1, persistent session)."""
 
-    def __init__(
-        self,
-        client_id,
-        host,
-        port,
-        user=None,
-        password=None,
-        keepalive=30,
-        ssl=None,
-        timeout_ms=5000,
-        will=None,
-    ):
+    def __init__(self, *args, **kw):
         import collections
         import threading
 
-        self.client_id = client_id
-        self.host = host
-        self.port = port
-        self.user = user
-        self.password = password
-        self.keepalive = keepalive
-        self.ssl = ssl
-        self.timeout_ms = timeout_ms
-        self.will = will
-        self.on_message = None
-        self.connected = False
-        self.session_present = False
-        self.last_error = None
+        Link.__init__(self, *args, **kw)
         self._client = None
         self._cv = threading.Condition()
         self._state = None  # None while waiting for CONNACK, then "up" or why it failed
         self._subacks = {}  # mid -> reason codes
         self._inbox = collections.deque()
-        self._subs = []
 
     # paho's thread: callbacks about a client that is no longer ours change nothing, but a
     # message is always kept (paho acknowledges it when the callback returns).
@@ -124,7 +97,7 @@ class PahoLink:
         try:
             c.connect(self.host, self.port, self.keepalive)
         except Exception as e:  # OSError, ssl.SSLError, ValueError (bad host)
-            self._fail(_err(e))
+            self._fail(error_text(e))
             return False
         c.loop_start()
         with self._cv:
@@ -133,18 +106,11 @@ class PahoLink:
         if state != "up":
             self._fail(state or "connack timeout")
             return False
-        self.last_error = None
-        if not self.session_present:
-            for topic, qos in self._subs:
-                if not self._subscribe(c, topic, qos):
-                    self.close()  # keeps last_error
-                    return False
-        return True
+        return self._resume()
 
     def publish(self, topic, payload, qos=1, retain=False):
         """Send one message; True once written (QoS 0) or acknowledged (QoS 1) in time."""
-        if qos != 0 and qos != 1:
-            raise ValueError("qos must be 0 or 1")
+        check_qos(qos)
         c = self._client
         if not self.connected or c is None:
             return False
@@ -163,7 +129,7 @@ class PahoLink:
             else:
                 return True
         except (ValueError, RuntimeError) as e:  # paho: queue full, or the connection was lost
-            self._fail(_err(e))
+            self._fail(error_text(e))
             return False
         if self.connected:
             self._fail("puback timeout")
@@ -174,7 +140,7 @@ class PahoLink:
         if (topic, qos) not in self._subs:
             self._subs.append((topic, qos))
         c = self._client
-        return self.connected and c is not None and self._subscribe(c, topic, qos)
+        return self.connected and c is not None and self._subscribe(topic, qos)
 
     def poll(self):
         """Hand each message received so far to on_message, in the caller's thread."""
@@ -218,7 +184,10 @@ class PahoLink:
         self.last_error = reason
         self.close()
 
-    def _subscribe(self, c, topic, qos):
+    def _subscribe(self, topic, qos):
+        c = self._client
+        if c is None:
+            return False
         rc, mid = c.subscribe(topic, qos)
         if rc:
             self.last_error = "subscribe " + str(rc)

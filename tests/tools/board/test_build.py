@@ -79,7 +79,6 @@ def test_fuel_is_deterministic() -> None:
 def test_typecheck_uses_micropython_stubs(tmp_path: Path) -> None:
     """The firmware type check knows MicroPython's API, not CPython's."""
     import subprocess
-    import sys
 
     from tools.dev import typecheck
 
@@ -88,22 +87,8 @@ def test_typecheck_uses_micropython_stubs(tmp_path: Path) -> None:
     src.write_text(
         "import time\nimport machine\nt = time.ticks_ms()\nx = time.monotonic()\nmachine.Pin(2, machine.Pin.OUT)\n"
     )
-    ini = tmp_path / "mypy.ini"
-    ini.write_text("[mypy]\nignore_missing_imports = False\n")
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--config-file",
-            str(ini),
-            "--custom-typeshed-dir",
-            str(ts),
-            "--no-site-packages",
-            str(src),
-        ],
-        capture_output=True,
-        text=True,
+        typecheck.mypy_command(ts, [str(src)]), capture_output=True, text=True
     ).stdout
     assert 'Module has no attribute "monotonic"' in out, out
     assert "ticks_ms" not in out and "machine" not in out.replace(str(src), ""), out

@@ -43,9 +43,9 @@ def test_a_block_is_written_from_the_source_with_its_text_and_comment(tmp_path: 
     path = _tree(tmp_path, values, user)
     new, copies = consts.rewrite(path, repo=tmp_path)
     assert copies == 4
-    assert new == (
-        "x = 1\n" + HEADER + "_SEQ_MAX = const(0x3FFFFFFF)  # the largest small int\n"
-        "_BOTH = const(26)\n_PRIVATE = const(-7)\n_WIRE = const(14)  # = HEADER\n\n"
+    assert new == (  # in name order
+        "x = 1\n" + HEADER + "_BOTH = const(26)\n_PRIVATE = const(-7)\n"
+        "_SEQ_MAX = const(0x3FFFFFFF)  # the largest small int\n_WIRE = const(14)  # = HEADER\n\n"
         "_LOCAL = const(3)\n"
     )
 

@@ -40,7 +40,12 @@ def mark(key):
 # The shared modules a board keeps imported (the rest of shared/ is imported on demand), then
 # the modules of the filters the workflow uses (config "filter_modules", from the host): a
 # board imports those when it builds the workflow's chains, and keeps them.
-ORDER = ("shared.filters", "shared.workflow.program", "shared.workflow.executor", "shared.wire.message")
+ORDER = (
+    "shared.filters",
+    "shared.workflow.program",
+    "shared.workflow.executor",
+    "shared.wire.message",
+)
 
 
 def load_one(name):

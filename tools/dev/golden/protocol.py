@@ -70,7 +70,9 @@ def _envelope_case(name, args):
 
 def build() -> dict:
     """Every golden case, as the JSON-able dict written to the file."""
-    ramp = [(i // 4, (i % 4) * 250, (i * 131) % 65535 - 32767, i % 8) for i in range(codec.MAX_BATCH)]
+    ramp = [
+        (i // 4, (i % 4) * 250, (i * 131) % 65535 - 32767, i % 8) for i in range(codec.MAX_BATCH)
+    ]
     batches = [
         _batch_case("one_record", 1, 0, [(0, 0, 0, 0)]),
         _batch_case(
