@@ -31,6 +31,14 @@ DbOpt = Annotated[
     typer.Option("--db", help="Database URL (default: $ORRERY_DB_URL, else sqlite:///orrery.db)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# The virtual fleet's (orrery demo, orrery sim)
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else a local Mosquitto of its own)."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of sensors, faults and timing.")]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

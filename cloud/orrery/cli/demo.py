@@ -16,25 +16,27 @@ from typing import Annotated
 
 import typer
 
-from cloud.orrery.cli.common import JsonOpt, broker_address, fail, output_console
+from cloud.orrery.cli.common import (
+    BrokerOpt,
+    JsonOpt,
+    SeedOpt,
+    broker_address,
+    fail,
+    output_console,
+)
 from cloud.orrery.cli.fleet_view import Display, show_report
 
 
 def demo(
     devices: Annotated[int, typer.Option(min=6, max=500, help="Virtual boards.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of sensors, faults and timing.")] = 1,
+    seed: SeedOpt = 1,
     out: Annotated[
         Path | None,
         typer.Option(
             help="Directory for the database, plot and logs (default: a new temporary one)."
         ),
     ] = None,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            help="Use this broker (mqtt://HOST:PORT) instead of starting one; default $ORRERY_BROKER."
-        ),
-    ] = None,
+    broker: BrokerOpt = None,
     speed: Annotated[
         float, typer.Option(min=1, help="Virtual seconds per real second, at most.")
     ] = 40.0,

@@ -13,8 +13,10 @@ import sqlalchemy as sa
 import typer
 
 from cloud.orrery.cli.common import (
+    BrokerOpt,
     DbOpt,
     JsonOpt,
+    SeedOpt,
     broker_address,
     fail,
     output_console,
@@ -27,17 +29,9 @@ def sim(
     devices: Annotated[
         int, typer.Option("--devices", min=1, max=5000, help="Virtual boards.")
     ] = 50,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            help="Broker mqtt://HOST:PORT (default $ORRERY_BROKER, else a local Mosquitto of its own)."
-        ),
-    ] = None,
+    broker: BrokerOpt = None,
     speed: Annotated[
-        float,
-        typer.Option(
-            min=0, help="Virtual seconds per real second at most (0: as fast as it goes)."
-        ),
+        float, typer.Option(min=0, help="Virtual seconds per real second, at most (0: no limit).")
     ] = 60.0,
     offline_rate: Annotated[
         float,
@@ -47,10 +41,7 @@ def sim(
         ),
     ] = 0.2,
     reboot_rate: Annotated[
-        float,
-        typer.Option(
-            min=0, help="Power cuts mid-write (then a reboot) per board per virtual hour."
-        ),
+        float, typer.Option(min=0, help="Power cuts mid-write (and reboots) per board per hour.")
     ] = 0.05,
     clockless: Annotated[
         float, typer.Option(min=0, max=1, help="Share of boards whose clock is never set.")
@@ -59,7 +50,7 @@ def sim(
         int, typer.Option(min=0, help="Restarts of our own broker, spread over the run.")
     ] = 1,
     duration: Annotated[str, typer.Option(help="Virtual time to run: 90s, 30m, 2h, 1d.")] = "30m",
-    seed: Annotated[int, typer.Option(help="Seed of sensors, faults and timing.")] = 1,
+    seed: SeedOpt = 1,
     db_url: DbOpt = None,
     plot: Annotated[
         str | None, typer.Option(help="Record this board's raw samples and plot it at the end.")

@@ -13,18 +13,13 @@ class MovingAverage:
         self.partial = partial
         self.buf = []
 
-    def _window(self, x):
-        # the window after sample x, or None while it is not full (and partial is off)
+    def update(self, x):
         self.buf.append(float(x))
         if len(self.buf) > self.window:
             self.buf.pop(0)
         if len(self.buf) < self.window and not self.partial:
             return None
-        return self.buf
-
-    def update(self, x):
-        w = self._window(x)
-        return None if w is None else sum(w) / len(w)
+        return sum(self.buf) / len(self.buf)
 
 
 class Ema:
@@ -39,20 +34,23 @@ class Ema:
 
 class Median(MovingAverage):
     def update(self, x):
-        w = self._window(x)
-        return None if w is None else sorted(w)[len(w) // 2]
+        self.buf.append(float(x))
+        if len(self.buf) > self.window:
+            self.buf.pop(0)
+        if len(self.buf) < self.window and not self.partial:
+            return None
+        s = sorted(self.buf)
+        return s[len(s) // 2]
 
 
 class WindowMin(MovingAverage):
     def update(self, x):
-        w = self._window(x)
-        return None if w is None else min(w)
+        return None if MovingAverage.update(self, x) is None else min(self.buf)
 
 
 class WindowMax(MovingAverage):
     def update(self, x):
-        w = self._window(x)
-        return None if w is None else max(w)
+        return None if MovingAverage.update(self, x) is None else max(self.buf)
 
 
 class HighPass(Ema):
