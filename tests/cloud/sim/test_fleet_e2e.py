@@ -49,6 +49,7 @@ class Outcome:
     rebooted: list[str]
     v2: int = 0
     v2_finished: bool = False
+    v2_state: tuple = ()  # (state, reason, wave) when the wait for "finished" ended
     v2_at_finish: dict = field(default_factory=dict)
     v2_summary_at_finish: dict = field(default_factory=dict)
     v2_converged: bool = False
@@ -107,6 +108,7 @@ def run(f: VirtualFleet) -> Outcome:
     )  # fmt: skip
     f.at(100_000, f.restart_broker)  # the boards wait for the companion to subscribe again
     out.v2_finished = f.wait(lambda: f.rollout_state(rid)[0] == "finished", 30 * MIN)
+    out.v2_state = f.rollout_state(rid)
     out.v2_at_finish = f.member_states(rid)
     out.v2_summary_at_finish = f.summary(rid)
 
@@ -187,7 +189,7 @@ def test_faults_happened(scenario):
 
 def test_rollout_finishes_with_the_offline_boards_pending(scenario):
     o = scenario
-    assert o.v2_finished, (o.v2_summary_at_finish, o.log[-1500:])
+    assert o.v2_finished, (o.v2_state, o.v2_at_finish, o.log[-1500:])
     pending = sorted(n for n, s in o.v2_at_finish.items() if s == "offline-pending")
     assert pending == sorted(o.away)
     assert all(s == "succeeded" for n, s in o.v2_at_finish.items() if n not in o.away)
