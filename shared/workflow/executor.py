@@ -379,8 +379,8 @@ class Executor:
         k = ac[b]
         x = ac[b + 1]
         v = ac[b + 3]
-        if k == _ACT_START_TIMER:
-            self._arm(x, v)
+        if k == _ACT_START_TIMER:  # _arm inlined: this is the per-event path
+            self._deadline[x] = ticks_add(self._now, v)
         elif k == _ACT_CANCEL_TIMER:
             self._deadline[x] = _OFF
         elif k == _ACT_SET_PERIOD:
@@ -394,7 +394,7 @@ class Executor:
                 self._apply(k, x, v)
 
     def _arm(self, t, ms):
-        # Start timer t to fire ms from now, or stop it if ms < 0.
+        # Start timer t to fire ms from now, or stop it if ms < 0 (a restored snapshot's).
         self._deadline[t] = _OFF if ms < 0 else ticks_add(self._now, ms)
 
     def _apply(self, k, x, v):
