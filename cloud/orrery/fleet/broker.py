@@ -12,6 +12,7 @@
   ``orrery/<fleet>/<itself>/down/``; the companion user reads and writes all of
   ``orrery/<fleet>/``;
 - ``companion.password``: the companion's password, for ``orrery serve --password-file``;
+- with a companion listener, ``passwd.companion``: the only account that listener accepts;
 - ``data/``: Mosquitto's persistence directory; ``tls/``: copies of the TLS files.
 
 What Mosquitto 2.0 (checked on 2.0.11) does with this, which the tests pin down:
@@ -68,6 +69,7 @@ CONF = "mosquitto.conf"
 PASSWD = "passwd"
 ACL = "acl"
 COMPANION_PASSWORD = "companion.password"
+COMPANION_PASSWD = "passwd.companion"
 DATA = "data"
 TLS_DIR = "tls"
 
@@ -266,8 +268,14 @@ def mosquitto_conf_text(
     max_queued: int,
     companion_port: int | None = None,
     companion_bind: str = "127.0.0.1",
+    companion_password_file: Path | None = None,
 ) -> str:
-    """The broker configuration (absolute paths; one listener, or two with ``companion_port``)."""
+    """The broker configuration (absolute paths; one listener, or two with ``companion_port``:
+    then each listener checks logins against its own password file, and only the companion's
+    account is in the companion listener's)."""
+    auth = f"""allow_anonymous false
+password_file {password_file}
+acl_file {acl_file}"""
     listener = f"listener {port} {bind}".rstrip()
     if tls:
         listener += f"""
@@ -286,23 +294,30 @@ require_certificate false"""
 # tie every board's client id to its user name."""
     else:
         listener += f"""
-# A board's client id is its user name, whatever it asks for: no board can take over another
-# board's session (and drop the commands queued there) or kick it off.
+# The boards' accounts only. A board's client id is its user name, whatever it asks for: no
+# board can take over another board's session (and drop the commands queued there) or kick it
+# off.
+{auth}
 use_username_as_clientid true
 
-# The companion's listener: its workers keep their own client ids (each one its persistent
-# session). Plain MQTT: keep it on loopback or a private network.
-listener {companion_port} {companion_bind}""".rstrip()
+# The companion's listener: only the companion's account logs in here (its own password file:
+# a board's password is refused), and its workers keep their own client ids (each one its
+# persistent session). Plain MQTT: keep it on loopback or a private network.
+listener {companion_port} {companion_bind}
+allow_anonymous false
+password_file {companion_password_file}
+acl_file {acl_file}""".rstrip()
     queued = "no limit" if max_queued == 0 else f"at most {max_queued}"
+    if companion_port is None:
+        settings = "per_listener_settings false\n" + auth
+    else:  # logins and topic access are set per listener, below
+        settings = "per_listener_settings true"
     return f"""\
 # Mosquitto for the Orrery fleet {fleet!r}, written by `orrery broker config`.
 # Write it again when devices change, then `kill -HUP <mosquitto pid>`: Mosquitto reloads
 # the password file and the ACL without dropping anyone. Listener changes need a restart.
 
-per_listener_settings false
-allow_anonymous false
-password_file {password_file}
-acl_file {acl_file}
+{settings}
 
 {listener}
 
@@ -374,8 +389,9 @@ def write_config(
 
     ``port`` defaults to 8883 with ``tls``, else 1883; ``bind`` empty means all interfaces.
     With ``companion_port`` the companion gets a listener of its own (plain MQTT on
-    ``companion_bind``) and the boards' listener ties each client id to its user name, so no
-    board can take over another client's session. ``persistence_dir`` defaults to
+    ``companion_bind``) where only its account can log in (``passwd.companion``; a board's
+    password is refused there), and the boards' listener ties each client id to its user name,
+    so no board can take over another client's session. ``persistence_dir`` defaults to
     ``out_dir/data``. ``owner`` (a user name) gets the password file, the ACL and the
     persistence directory: Mosquitto started as root drops to that account before it reads
     them, and Mosquitto 2.0.17+ warns (future versions refuse) when they are not its own or are
@@ -435,6 +451,8 @@ def write_config(
         "companion_password_file": out_dir / COMPANION_PASSWORD,
         "persistence_dir": data,
     }
+    if companion_port is not None:
+        paths["companion_passwd_file"] = out_dir / COMPANION_PASSWD
     copies = None
     if tls:
         copies = TLSFiles(
@@ -458,12 +476,16 @@ def write_config(
             _write(copies.cafile, tls.cafile.read_bytes(), 0o644, ids)
             _write(copies.certfile, tls.certfile.read_bytes(), 0o644, ids)
             _write(copies.keyfile, tls.keyfile.read_bytes(), 0o600, ids)
-        _write(
-            paths["password_file"],
-            password_file_text(secret, [*devices, companion_user]),
-            0o640,
-            ids,
-        )
+        # with a listener of its own, the companion's account is only in its own password file
+        boards_users = devices if companion_port is not None else [*devices, companion_user]
+        _write(paths["password_file"], password_file_text(secret, boards_users), 0o640, ids)
+        if companion_port is not None:
+            _write(
+                paths["companion_passwd_file"],
+                password_file_text(secret, [companion_user]),
+                0o640,
+                ids,
+            )
         _write(paths["acl_file"], acl_text(fleet, companion_user), 0o640, ids)
         _write(
             paths["companion_password_file"],
@@ -481,6 +503,7 @@ def write_config(
             max_queued=max_queued,
             companion_port=companion_port,
             companion_bind=companion_bind,
+            companion_password_file=paths.get("companion_passwd_file"),
         )
         _write(paths["config"], text, 0o644)
     except OSError as exc:

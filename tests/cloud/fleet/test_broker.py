@@ -119,7 +119,9 @@ def start(workdir: Path) -> Iterator:
         options.setdefault("port", free_port())
         options.setdefault("bind", "127.0.0.1")
         options.setdefault("owner", mosquitto_config.default_owner())
-        paths = mosquitto_config.write_config(workdir / "mosquitto", FLEET, devices, SECRET, **options)
+        paths = mosquitto_config.write_config(
+            workdir / "mosquitto", FLEET, devices, SECRET, **options
+        )
         ports = [options["port"]] + (
             [options["companion_port"]] if "companion_port" in options else []
         )
@@ -429,6 +431,32 @@ def test_companion_port_ties_board_client_ids_to_users(start, peers) -> None:
     assert sorted(got) == [b"r0", b"r1", b"r2", b"r3"]
 
 
+def test_only_the_companion_logs_in_on_its_listener(start, peers) -> None:
+    """A board's account must not reach the companion's listener: there it could take over a
+    worker's persistent session (client ids are free on that listener) and the readings queued
+    for the companion would go to the board, which may not read them."""
+    port, cport = free_port(), free_port()
+    start(["A", "ingest-1"], port=port, companion_port=cport)
+    v311 = {"protocol": mqtt.MQTTv311, "clean": False}  # a persistent session, as serve keeps
+    w = peers(cport, COMPANION, password(COMPANION), "ingest-1", **v311)
+    assert not w.reason.is_failure
+    group = f"$share/ingest/orrery/{FLEET}/+/up/#"
+    assert w.subscribe(group)[0].value == 1
+    w.close()  # offline: readings queue in its session
+    a = peers(port, "A", password("A"), "A")
+    for n in range(3):
+        assert accepted(a.publish(topic("A", "up/readings"), f"r{n}".encode()))
+    # board A, and a board named like the worker, try the companion's listener and client id
+    for user in ("A", "ingest-1"):
+        thief = peers(cport, user, password(user), "ingest-1", **v311)
+        assert refused(thief.reason), (user, thief.reason)
+    # the companion's account is not on the boards' listener either
+    assert refused(peers(port, COMPANION, password(COMPANION), "x").reason)
+    w = peers(cport, COMPANION, password(COMPANION), "ingest-1", **v311)
+    assert w.session_present
+    assert sorted(w.next().payload for _ in range(3)) == [b"r0", b"r1", b"r2"]
+
+
 def test_reload_admits_a_new_device(start, peers) -> None:
     broker = start(["A", "B"])
     port = broker.ports[0]
@@ -509,11 +537,17 @@ def test_tls_inputs_are_checked(workdir: Path) -> None:
     other_ca, other_cert, other_key = make_pki(workdir / "other", "other")
     out = workdir / "conf"
     with pytest.raises(mosquitto_config.BrokerConfigError, match="not signed by"):
-        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(other_ca, cert, key))
+        mosquitto_config.write_config(
+            out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(other_ca, cert, key)
+        )
     with pytest.raises(mosquitto_config.BrokerConfigError, match="not a matching"):
-        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(ca, cert, other_key))
+        mosquitto_config.write_config(
+            out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(ca, cert, other_key)
+        )
     with pytest.raises(mosquitto_config.BrokerConfigError, match="--cafile .*no such file"):
-        mosquitto_config.write_config(out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(workdir / "nope", cert, key))
+        mosquitto_config.write_config(
+            out, FLEET, ["A"], SECRET, tls=mosquitto_config.TLSFiles(workdir / "nope", cert, key)
+        )
     assert not out.exists()  # nothing written
 
 
