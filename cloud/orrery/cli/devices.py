@@ -42,9 +42,8 @@ def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows))
         return
-    t = Table(
-        "device", "fleet", "online", "last seen", "fw", "workflow", "backlog", "received", "clock"
-    )
+    t = Table("device", "fleet", "online", "last seen", "fw", "workflow", "backlog", "received")
+    t.add_column("clock", no_wrap=True, min_width=8)
     for r in rows:
         t.add_row(
             r["device"],

@@ -217,8 +217,9 @@ def expire(conn: Connection, now_ms: int) -> int:
 
 def clock_refusal(code: int | None, detail: str | None) -> bool:
     """Whether an ack is a refusal by the board's clock: the board did not record the command,
-    so a copy signed with a better estimate of its clock may run."""
-    return code == codec.EXPIRED and detail in CLOCK_REFUSALS
+    so a copy signed with a better estimate of its clock may run. (``resign`` keeps the
+    board's detail last when it gives up: "refused by the board's clock …: expired".)"""
+    return code == codec.EXPIRED and (detail or "").rsplit(": ", 1)[-1] in CLOCK_REFUSALS
 
 
 def status_for(code: int, detail: str = "") -> str:
@@ -287,16 +288,17 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
     for r in rows:
         if same_clock(conn, r.device_id, r.skew_s, r.skew_boot):
             continue  # it would be refused the same way: wait for a new estimate
+        skew, boot = board_clock(conn, r.device_id)
         if r.resigns >= MAX_RESIGNS:
+            # given up at this estimate: a producer asking again waits for the next one
             detail = f"refused by the board's clock after {r.resigns + 1} signings: {r.ack_detail}"
             conn.execute(
                 sa.update(COMMANDS)
                 .where(COMMANDS.c.id == r.id)
-                .values(status="failed", ack_detail=detail[:300])
+                .values(status="failed", ack_detail=detail[:300], skew_s=skew, skew_boot=boot)
             )
             jlog("command_given_up", 30, device=r.name, id=r.id, detail=detail)
             continue
-        skew, boot = board_clock(conn, r.device_id)
         iat = now_ms // 1000
         ttl = r.exp - r.iat
         envelope = _sign(secret, r.name, r.id, r.kind, json.loads(r.args), iat, ttl, skew)

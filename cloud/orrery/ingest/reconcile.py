@@ -190,10 +190,10 @@ def reconcile_device(
                 if commands.clock_refusal(cmd.ack_code, cmd.ack_detail) and commands.same_clock(
                     conn, dev.id, cmd.skew_s, cmd.skew_boot
                 ):
+                    why = (cmd.ack_detail or "").rsplit(": ", 1)[-1]
                     gap["reason"] = (
-                        f"missing: resend refused by the board's clock ({cmd.ack_detail}, "
-                        f"signed with skew {cmd.skew_s} s); not asked again until its clock "
-                        "is estimated anew"
+                        f"missing: resend refused by the board's clock ({why}, skew "
+                        f"{cmd.skew_s} s); not asked again until its clock is estimated anew"
                     )
                 else:
                     again = f"resend {cmd.status}"
