@@ -30,15 +30,23 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
 from cloud.orrery.bench import ingest as bench
-from cloud.orrery.fleet import commands, devices
+from cloud.orrery.clock import now_ms
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.fleet import commands, devices, keys
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
 from cloud.orrery.sim.fleet import YEAR_MS, VirtualFleet
+from cloud.orrery.sim.hal import VirtualClock
 from shared.wire import codec
-from tests.support import ingestkit
+from tests.support import boards, ingestkit
+from tests.support.broker import Broker
 from tests.support.ingestkit import Publisher, Worker, start_ready, stored, wait_for
 
 READINGS = 30_000  # 50 boards x 600 readings: 300 batches of 100, ~330 messages with the repeats
@@ -487,3 +495,41 @@ def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
         _settle(fleet, 10 * MIN)
     finally:
         fleet.close()
+
+
+def test_commands_whose_pull_found_no_subscriber_are_sent_once_the_companion_subscribes(tmp_path):
+    """A board connects and pulls while the companion is not subscribed (its pull is dropped);
+    its command had been published before and lost. As soon as the companion subscribes, it
+    publishes every open command again: the board gets it without waiting for a retry."""
+    broker = Broker().start()
+    engine = engine_for(f"sqlite:///{tmp_path / 'cloud.db'}")
+    never = commands.RetryPolicy(3600, 3600)  # no timed retry within this test
+    svc = None
+    devices.register(engine, "f1", None, ["dev1"])
+    with engine.begin() as c:
+        did = devices.device_id(c, "dev1")
+        commands.queue(c, SECRET, device_id=did, device="dev1", fleet="f1", cmd_id="lost-1",
+                       kind="resend", args={"first": 1, "last": 1}, source="test",
+                       now_ms=now_ms())  # fmt: skip
+        commands.mark_sent(c, ["lost-1"], now_ms(), never)  # published, then lost with a broker
+    board = boards.Board(tmp_path, broker.port, key=keys.device_key(SECRET, "dev1").hex(),
+                  clock=VirtualClock(ticks=5, unix_ms=now_ms()))  # fmt: skip
+    try:
+        boards.wait_for(lambda: board.link.connected, board)
+        board.run(2000)  # state and pull published: nobody is subscribed, the broker drops them
+        svc = Service(Ingest(engine, secret=SECRET, retry=never), BrokerAddress(port=broker.port),
+                      client_id="companion", group="g", reconcile_every_s=0.2)  # fmt: skip
+        threading.Thread(target=svc.run, daemon=True).start()
+        assert svc.connected.wait(10)
+
+        def status():
+            with engine.connect() as c:
+                return c.execute(sa.text("SELECT status FROM commands")).scalar()
+
+        boards.wait_for(lambda: status() in ("acked", "done"), board, 20)
+    finally:
+        if svc is not None:
+            svc.stop()
+        board.close()
+        broker.close()
+        engine.dispose()
