@@ -10,7 +10,7 @@ expired; canceled by its producer.
 Delivery never waits on one message: a sent command without an ack is published again, with
 the same id and envelope, ``RetryPolicy`` after its last publish (doubling each time, while its
 device is online); a board's pull brings back every queued or sent command; and after the
-companion (re)subscribes, every sent one is published again at once, for the boards whose pull
+companion (re)subscribes, every open one is published again at once, for the boards whose pull
 reached the broker while no one was subscribed.
 
 Clock: ``iat``/``exp`` are the companion's unix seconds, and the envelope carries ``skew``, the
@@ -52,7 +52,7 @@ class RetryPolicy:
 
     def delay_ms(self, sends: int) -> int:
         """The wait after publish number ``sends`` (1-based)."""
-        return int(min(self.first_s * 2 ** max(0, sends - 1), self.max_s) * 1000)
+        return int(min(self.first_s * 2 ** min(max(0, sends - 1), 30), self.max_s) * 1000)
 
 
 DEFAULT_RETRY = RetryPolicy()
