@@ -119,15 +119,16 @@ class Verifier:
     signed for it, and refuses what was signed for a boot whose clock was off another way.
 
     Replays: an accepted id is remembered with a digest of its body and its exp until the
-    newest issue time seen (``hi``, the highest iat of any authentic command for this device,
-    refused or not) has passed that exp; a command whose exp is below ``hi`` is refused, since
-    it may have been forgotten. Only issue times decide what is forgotten, never the board's
-    wall clock, so a clock that was fast and is corrected later cannot bring back a command
-    that already ran. A command whose id is remembered is a DUPLICATE (same body) or REPLAYED
-    (another body) whatever its time. When the table is full of remembered ids a new command
-    gets BUSY (``hi`` still moves, so the table empties as newer commands arrive). Without wall
-    time (``now`` None) only ``hi`` bounds the time. Persist ``state()`` whenever ``dirty`` is
-    set (after an OK, before running the command) and ``load()`` it at boot.
+    newest issue time seen (``hi``: the highest iat of an authentic command for this device
+    that was in its window, accepted or refused for its kind or a full table) has passed that
+    exp; a command whose exp is below ``hi`` is refused, since it may have been forgotten. Only
+    issue times decide what is forgotten, never the board's wall clock, so a clock that was fast
+    and is corrected later cannot bring back a command that already ran. A command whose id is
+    remembered is a DUPLICATE (same body) or REPLAYED (another body) whatever its time. When
+    the table is full of remembered ids a new command gets BUSY (``hi`` still moves, so the
+    table empties as newer commands arrive). Without wall time (``now`` None) only ``hi``
+    bounds the time. Persist ``state()`` whenever ``dirty`` is set (after an OK, before running
+    the command) and ``load()`` it at boot.
     """
 
     def __init__(self, key, device, capacity=64):
@@ -161,11 +162,6 @@ class Verifier:
         if exp - iat > _MAX_LIFETIME:
             return _EXPIRED, c, "lifetime over 7 days"
         seen = self._seen
-        if iat > self._hi:
-            self._hi = iat
-            for k in [k for k in seen if seen[k][1] < iat]:
-                del seen[k]
-            self.dirty = True
         digest = binascii.hexlify(mac[:16]).decode()
         s = seen.get(c["id"])
         if s:
@@ -180,6 +176,11 @@ class Verifier:
                 return _EXPIRED, c, "issued in the future"
             if t > exp:
                 return _EXPIRED, c, "expired"
+        if iat > self._hi:  # the newest issue time seen in time: forget what expired before it
+            self._hi = iat
+            for k in [k for k in seen if seen[k][1] < iat]:
+                del seen[k]
+            self.dirty = True
         if c["kind"] not in KINDS:
             return _UNKNOWN_KIND, c, "unknown kind"
         if len(seen) >= self.capacity:

@@ -68,7 +68,7 @@ def test_verifier_forgets_by_issue_time_so_a_clock_correction_brings_nothing_bac
         assert _cd(w.check(x, now)) == (codec.EXPIRED, "older than the newest command seen")
 
 
-def test_verifier_newest_issue_time_moves_on_refused_authentic_commands():
+def test_verifier_newest_issue_time_moves_with_every_authentic_command_in_its_window():
     v = codec.Verifier(KEY, DEV, capacity=1)
     assert v.check(_sign("a", iat=T0, exp=T0 + 600), None)[0] == codec.OK
     v.state()
@@ -76,17 +76,27 @@ def test_verifier_newest_issue_time_moves_on_refused_authentic_commands():
     # a newer issue time frees the table, even without wall time
     assert v.check(_sign("b", iat=T0 + 700, exp=T0 + 1300), None)[0] == codec.OK
     assert [e[0] for e in v.state()["ids"]] == ["b"] and v.state()["hi"] == T0 + 700
-    # refused commands move it too when they are authentic: here an unknown kind ...
-    assert v.check(_sign("k", kind="launch", iat=T0 + 1400, exp=T0 + 2000), None)[0] == (
+    # refused commands in their window move it too: an unknown kind, or a full table
+    assert v.check(_sign("k", kind="launch", iat=T0 + 800, exp=T0 + 2000), T0 + 800)[0] == (
         codec.UNKNOWN_KIND
     )
-    assert v.dirty and v.state() == {"v": 1, "hi": T0 + 1400, "ids": []}
-    # ... and one issued in the future of a board clock that is behind
-    assert v.check(_sign("f", iat=T0 + 5000, exp=T0 + 5600), T0 + 1400)[1]["id"] == "f"
-    assert v.dirty and v.state()["hi"] == T0 + 5000
-    # but not an unauthentic one, nor one for another device, nor one with too long a life
-    for env in (_sign("g", iat=T0 + 9000, exp=T0 + 9600, key=OTHER_KEY),
+    assert v.dirty and v.state() == {
+        "v": 1,
+        "hi": T0 + 800,
+        "ids": [["b", v.state()["ids"][0][1], T0 + 1300]],
+    }
+    assert v.check(_sign("c", iat=T0 + 900, exp=T0 + 1500), T0 + 900)[0] == codec.BUSY
+    assert v.dirty and v.state()["hi"] == T0 + 900
+    assert v.check(_sign("c", iat=T0 + 1301, exp=T0 + 1900), T0 + 1301)[0] == codec.OK  # b gone
+    v.state()
+    # but not one outside the board's window: a companion clock gone wrong (a year ahead) must
+    # not make the board refuse every right command for a year; nor an unauthentic one, one for
+    # another device, or one with too long a life
+    year = 365 * 86400
+    for env in (_sign("f", iat=T0 + year, exp=T0 + year + 600),
+                _sign("g", iat=T0 + 9000, exp=T0 + 9600, key=OTHER_KEY),
                 _sign("h", iat=T0 + 9000, exp=T0 + 9600, dev="dev-02"),
                 _sign("i", iat=T0 + 9000, exp=T0 + 9000 + 7 * 86400 + 1)):  # fmt: skip
-        assert v.check(env, None)[0] != codec.OK
-        assert not v.dirty and v.state()["hi"] == T0 + 5000
+        assert v.check(env, T0 + 1400)[0] != codec.OK
+        assert not v.dirty and v.state()["hi"] == T0 + 1301
+    assert v.check(_sign("d", iat=T0 + 1400, exp=T0 + 2000), T0 + 1400)[0] == codec.BUSY
