@@ -384,17 +384,20 @@ def test_broker_kill_9_while_resends_are_in_flight_leaves_nothing_unaccounted(tm
         fleet.run(30_000)
         fleet.kill_broker()  # and loses it (the boards had their PUBACKs)
         fleet.start_companion()
-        # the boards are back on the new broker: their newer readings show the holes
+        # the boards come back to the new broker; their states show the holes (gaps once the
+        # reorder window, 2 minutes, has passed): they go away again before that, so that the
+        # resends wait for them in the broker
+        back = lambda: all(b.link.connected for b in fleet.boards.values())  # noqa: E731
+        assert fleet.wait(back, MIN, 1000)
+        fleet.run(15_000)
+        for name in fleet.boards:
+            fleet.go_away(name)
         n = len(fleet.boards)
         with_gaps = lambda: fleet.rows("SELECT count(DISTINCT device_id) FROM gaps")[0][0]  # noqa: E731
-        assert fleet.wait(lambda: with_gaps() == n, 5 * MIN, 2000), _gaps(fleet)
-        assert {g[3] for g in _gaps(fleet)} == {"pending"}, _gaps(fleet)
-        for name in fleet.boards:  # away before the reorder window ends: resends wait for them
-            fleet.go_away(name)
         unsent = lambda: fleet.rows(  # noqa: E731
             "SELECT count(*) FROM gaps g LEFT JOIN commands c ON c.id = g.command_id"
             " WHERE c.status IS NULL OR c.status <> 'sent'")[0][0]  # fmt: skip
-        assert fleet.wait(lambda: unsent() == 0, 5 * MIN, 2000), _gaps(fleet)
+        assert fleet.wait(lambda: with_gaps() == n and unsent() == 0, 10 * MIN, 2000), _gaps(fleet)
         in_flight = fleet.rows("SELECT count(*) FROM commands WHERE status = 'sent'")[0][0]
         assert in_flight >= n
         with _Paused(fleet):
@@ -402,7 +405,6 @@ def test_broker_kill_9_while_resends_are_in_flight_leaves_nothing_unaccounted(tm
             for name in fleet.boards:
                 fleet.come_back(name)
             # they reconnect and pull while nobody is subscribed
-            back = lambda: all(b.link.connected for b in fleet.boards.values())  # noqa: E731
             assert fleet.wait(back, 5 * MIN, 1000)
             fleet.run(5000)
             assert fleet.rows("SELECT count(*) FROM commands WHERE status = 'sent'")[0][0] == in_flight
@@ -422,6 +424,10 @@ def _lose_readings(fleet) -> None:
 
 
 SKEWED = (3_600_000, -3_600_000, YEAR_MS, -YEAR_MS, -400_000, 0)
+# How far below the true offset an estimate may be here: a live batch's delay (its newest
+# reading's age and its way to the companion), in virtual time, where a real second of a busy
+# machine counts a hundred.
+SLACK_S = 180
 
 
 @pytest.mark.slow
@@ -436,7 +442,7 @@ def test_boards_with_clocks_off_by_an_hour_or_a_year_get_every_gap_filled(tmp_pa
             shown = {r["device"]: r["clock_offset_s"] for r in devices.device_rows(c)}
         for b, skew in zip(fleet.boards.values(), SKEWED, strict=True):
             # never above the truth, and below it by a live batch's delay at most
-            assert skew / 1000 - 60 <= shown[b.name] <= skew / 1000 + 1, (b.name, shown)
+            assert skew / 1000 - SLACK_S <= shown[b.name] <= skew / 1000 + 1, (b.name, shown)
         log = fleet.companion_tail(50_000)  # a warning per board whose clock is off
         for b in list(fleet.boards.values())[:-1]:
             assert f'"device": "{b.name}", "event": "clock_offset"' in log, (b.name, log)
@@ -470,7 +476,7 @@ def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
                                cmd_id="reboot-X", kind="reboot", args={}, source="test",
                                now_ms=fleet.now_ms, ttl_s=130 * 60)  # fmt: skip
         assert x is not None
-        assert fleet.wait(lambda: b.resets == 1, 2 * MIN, 1000), "X ran"
+        assert fleet.wait(lambda: b.resets == 1, 10 * MIN, 1000), "X ran"
         assert b.stats.boots == 2
         fleet.run(12 * MIN)
         with fleet.engine.begin() as c:
@@ -478,20 +484,27 @@ def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
                            cmd_id="resend-Y", kind="resend", args={"first": 1, "last": 1},
                            source="test", now_ms=fleet.now_ms, ttl_s=3 * 3600)  # fmt: skip
         done = lambda: fleet.rows("SELECT status FROM commands WHERE id = 'resend-Y'") == [("done",)]  # noqa: E731
-        assert fleet.wait(done, 2 * MIN, 1000), fleet.rows("SELECT * FROM commands")
+        assert fleet.wait(done, 10 * MIN, 1000), fleet.rows("SELECT * FROM commands")
         fleet.correct_clock(name)
         b.reboot()
         assert fleet.wait(lambda: b.link.connected, MIN, 1000)
         fleet.run(MIN)
+        handled = b.node.stats["commands"]
         bench.publish(fleet.port, [(x.topic, x.payload)])  # X again, as the broker may redeliver
+        assert fleet.wait(lambda: b.node.stats["commands"] > handled, MIN, 1000), "X arrived"
         fleet.run(MIN)
         assert b.resets == 1, "X ran a second time"
         assert b.stats.boots == 3
-        with fleet.engine.connect() as c:
-            boots = devices.sessions(c, did)
-        offsets = [s["clock_offset_s"] for s in boots]
-        assert len(offsets) == 3 and offsets[2] is not None, boots
-        assert all(7200 - 60 <= o <= 7201 for o in offsets[:2]) and -60 <= offsets[2] <= 1, offsets
+
+        def boots():
+            with fleet.engine.connect() as c:
+                return devices.sessions(c, did)
+
+        assert fleet.wait(lambda: len(boots()) == 3 and boots()[2]["clock_offset_s"] is not None,
+                          5 * MIN, 1000), boots()  # fmt: skip
+        offsets = [s["clock_offset_s"] for s in boots()]
+        assert all(7200 - SLACK_S <= o <= 7201 for o in offsets[:2]), offsets
+        assert -SLACK_S <= offsets[2] <= 1, offsets
         _settle(fleet, 10 * MIN)
     finally:
         fleet.close()
