@@ -2,8 +2,9 @@
 
 The node imports this module only when commands are waiting (``Node.step_main``) and drops
 it, with ``shared.wire.verifier`` and ``shared.wire.hmac256``, once they are handled. The replay table
-lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved after every
-accepted one, so nothing of it stays in RAM between commands.
+lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved whenever it
+changed (an accepted id, saved before the command runs, or a newer issue time seen), so
+nothing of it stays in RAM between commands.
 """
 
 import json
@@ -32,6 +33,8 @@ def run(node):
         env = node.inbox.pop(0)
         node.stats["commands"] += 1
         code, cmd, detail = v.check(env, node.wall.now_unix())
+        if v.dirty:  # an id recorded (before it runs), or a newer issue time seen
+            _save_table(node.root, v)
         cmd_id = _peek_id(env) if cmd is None else cmd["id"]
         if code == _DUPLICATE and cmd_id in node.acks:
             code, detail = node.acks[cmd_id]
@@ -41,7 +44,6 @@ def run(node):
             print("orrery: command refused:", code, detail)
             node.ack_later(cmd_id, code, detail, False)
             continue
-        _save_table(node.root, v)
         node.current_cmd = cmd_id
         try:
             code, detail = _dispatch(node, cmd)

@@ -64,8 +64,11 @@ by hash and spaces them). Decoders return a dict of the listed keys, the anchor 
 Command envelope
 ----------------
 ``{"v":1,"b":BODY,"s":HEX}``: BODY is the JSON text of ``{"args","dev","exp","iat","id","kind"}``
-and HEX the HMAC-SHA256 of BODY's UTF-8 bytes under the device's key. The signature covers those
-exact bytes, so no canonical JSON is needed (but text beyond U+FFFF must stay raw UTF-8 in the
-envelope: MicroPython's json does not join escaped surrogate pairs). iat/exp are unix seconds
-(big ints on the board: command handling is not a per-sample path).
+(and ``"skew"`` when it is not 0) and HEX the HMAC-SHA256 of BODY's UTF-8 bytes under the
+device's key. The signature covers those exact bytes, so no canonical JSON is needed (but text
+beyond U+FFFF must stay raw UTF-8 in the envelope: MicroPython's json does not join escaped
+surrogate pairs). iat/exp are unix seconds on the companion's clock and ``skew`` the
+companion's estimate of the board's clock minus its own, in seconds (|skew| < 2**32): the board
+checks the window against its own clock minus ``skew`` (``verifier.Verifier``). All three are
+big ints on the board: command handling is not a per-sample path.
 """

@@ -358,13 +358,17 @@ def decode_pull(data):
 # --- signed commands -------------------------------------------------------------------------
 
 
-def sign_command(key, cmd_id, device, kind, args, iat, exp):
+def sign_command(key, cmd_id, device, kind, args, iat, exp, skew=0):
     """Return the signed envelope (bytes) of a command for ``device``.
 
-    ``args`` is a dict of None/bool/int/str/list/dict (no floats); iat < exp are unix seconds.
-    Kinds outside KINDS are signed too: a board answers UNKNOWN_KIND.
+    ``args`` is a dict of None/bool/int/str/list/dict (no floats); iat < exp are unix seconds
+    on the signer's clock; ``skew`` is the signer's estimate, in seconds, of the board's clock
+    minus its own (the board checks the window against its clock minus ``skew``; left out of
+    the body when 0). Kinds outside KINDS are signed too: a board answers UNKNOWN_KIND.
     """
     c = {"id": cmd_id, "dev": device, "kind": kind, "args": args, "iat": iat, "exp": exp}
+    if skew:
+        c["skew"] = skew
     _check_body(c)
     body = _json(c)
     sig = binascii.hexlify(hmac_sha256(_key(key), body.encode())).decode()

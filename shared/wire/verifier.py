@@ -71,6 +71,8 @@ def _check_body(c):
     if not isinstance(c["args"], dict):
         raise ValueError("args must be a dict")
     _rng("exp", c["exp"], _rng("iat", c["iat"], 0, 0xFFFFFFFF) + 1, 0xFFFFFFFF)
+    if "skew" in c:
+        _rng("skew", c["skew"], -0xFFFFFFFF, 0xFFFFFFFF)
 
 
 def _open(key, envelope):
@@ -100,6 +102,8 @@ def _open(key, envelope):
         c = {}
         for k in ("id", "dev", "kind", "args", "iat", "exp"):
             c[k] = b.get(k)
+        if "skew" in b:
+            c["skew"] = b["skew"]
         _check_body(c)
     except Exception as e:
         return _MALFORMED, None, "body: {}".format(e), None
@@ -109,12 +113,22 @@ def _open(key, envelope):
 class Verifier:
     """A board's gate for command envelopes: signature, device, time window and replays.
 
-    Accepted ids are remembered with a digest of their body and their exp until that exp has
-    passed, in a table of ``capacity`` entries, so a replay is either recognised or refused as
-    EXPIRED; when the table is full of unexpired ids a new command gets BUSY. Time never runs
-    backwards for the verifier: the highest iat accepted is a lower bound of the time, and
-    stands in for ``now`` when that is None (no wall time yet; a future iat then cannot be
-    refused). Persist ``state()`` after each OK and ``load()`` it at boot.
+    Times are the companion's: ``iat``/``exp`` are unix seconds on its clock, and ``skew`` (0
+    when absent) is its estimate of this boot's clock minus its own, so the board checks the
+    window against ``now - skew``: a board whose clock is off still accepts what the companion
+    signed for it, and refuses what was signed for a boot whose clock was off another way.
+
+    Replays: an accepted id is remembered with a digest of its body and its exp until the
+    newest issue time seen (``hi``: the highest iat of an authentic command for this device
+    that was in its window, accepted or refused for its kind or a full table) has passed that
+    exp; a command whose exp is below ``hi`` is refused, since it may have been forgotten. Only
+    issue times decide what is forgotten, never the board's wall clock, so a clock that was fast
+    and is corrected later cannot bring back a command that already ran. A command whose id is
+    remembered is a DUPLICATE (same body) or REPLAYED (another body) whatever its time. When
+    the table is full of remembered ids a new command gets BUSY (``hi`` still moves, so the
+    table empties as newer commands arrive). Without wall time (``now`` None) only ``hi``
+    bounds the time. Persist ``state()`` whenever ``dirty`` is set (after an OK, before running
+    the command) and ``load()`` it at boot.
     """
 
     def __init__(self, key, device, capacity=64):
@@ -123,12 +137,18 @@ class Verifier:
         self.capacity = _rng("capacity", capacity, 1, 4096)
         self._seen = {}  # cmd id -> (hex of the first 16 bytes of the body HMAC, exp)
         self._hi = 0
+        self.dirty = False  # changed since the last state()
 
     def check(self, envelope, now):
         """Return ``(code, cmd, detail)``; ``now`` is unix seconds, or None without wall time.
 
-        ``cmd`` is the body dict, or None for MALFORMED and BAD_SIGNATURE. On OK the id is
-        recorded; on DUPLICATE the caller re-sends the ack it stored.
+        ``cmd`` is the body dict (with ``skew`` only if it was signed), or None for MALFORMED
+        and BAD_SIGNATURE. On OK the id is recorded; on DUPLICATE the caller re-sends the ack
+        it stored. EXPIRED details:
+        "lifetime over 7 days", "older than the newest command seen" (it may have run and been
+        forgotten: never sign it again under this id), "issued in the future" and "expired"
+        (the board's clock, corrected by ``skew``, is outside the window: the command was not
+        recorded, so a copy signed with a better skew may run).
         """
         if now is not None:
             _rng("now", now, 0, 0xFFFFFFFF)
@@ -141,29 +161,37 @@ class Verifier:
         exp = c["exp"]
         if exp - iat > _MAX_LIFETIME:
             return _EXPIRED, c, "lifetime over 7 days"
-        if now is not None and iat > now + _CLOCK_SKEW:
-            return _EXPIRED, c, "issued in the future"
-        t = self._hi if now is None or now < self._hi else now
-        for k in [k for k in self._seen if self._seen[k][1] < t]:
-            del self._seen[k]
-        if t > exp:
-            return _EXPIRED, c, "expired"
-        if c["kind"] not in KINDS:
-            return _UNKNOWN_KIND, c, "unknown kind"
+        seen = self._seen
         digest = binascii.hexlify(mac[:16]).decode()
-        seen = self._seen.get(c["id"])
-        if seen:
-            if seen[0] == digest:
+        s = seen.get(c["id"])
+        if s:
+            if s[0] == digest:
                 return _DUPLICATE, c, "already accepted"
             return _REPLAYED, c, "id reused with another body"
-        if len(self._seen) >= self.capacity:
+        if exp < self._hi:
+            return _EXPIRED, c, "older than the newest command seen"
+        if now is not None:
+            t = now - c.get("skew", 0)
+            if iat > t + _CLOCK_SKEW:
+                return _EXPIRED, c, "issued in the future"
+            if t > exp:
+                return _EXPIRED, c, "expired"
+        if iat > self._hi:  # the newest issue time seen in time: forget what expired before it
+            self._hi = iat
+            for k in [k for k in seen if seen[k][1] < iat]:
+                del seen[k]
+            self.dirty = True
+        if c["kind"] not in KINDS:
+            return _UNKNOWN_KIND, c, "unknown kind"
+        if len(seen) >= self.capacity:
             return _BUSY, c, "replay table full"
-        self._seen[c["id"]] = (digest, exp)
-        self._hi = max(self._hi, iat)
+        seen[c["id"]] = (digest, exp)
+        self.dirty = True
         return _OK, c, ""
 
     def state(self):
         """Return the replay table as a JSON-able dict, for ``load`` after a reboot."""
+        self.dirty = False
         return {
             "v": 1,
             "hi": self._hi,

@@ -58,8 +58,10 @@ def _root():
     return tempfile.mkdtemp()
 
 
-def _board():
-    clock = VirtualClock(ticks=5, unix_ms=T0)
+def _board(clock=None, skew_ms=0, root=None, reset=None, rand4=b"\x01\x02\x03\x04"):
+    """A node booted and connected; ``skew_ms`` puts its wall clock off the virtual clock's,
+    ``root`` reuses a flash directory (a reboot), ``reset`` is called when it reboots."""
+    clock = clock or VirtualClock(ticks=5, unix_ms=T0)
     hal = SimHal(PROFILE, 1, clock.ticks_ms, dropout_ppm=0, spike_ppm=0)
     hal.configure("temp", base=3500, amplitude=0, noise=0)
     cfg = {
@@ -73,11 +75,12 @@ def _board():
     node = Node(
         cfg,
         hal,
-        _root(),
+        root or _root(),
         link,
         clock.ticks_ms,
-        wall_ms=clock.unix_ms,
-        rand4=lambda: b"\x01\x02\x03\x04",
+        wall_ms=lambda: clock.unix_ms() + skew_ms,
+        reset=reset,
+        rand4=lambda: rand4,
     )
     node.wf.boot()
     node.step_link()

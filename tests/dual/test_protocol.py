@@ -714,8 +714,11 @@ def test_hmac_errors_and_compare():
 # --- signed command envelopes --------------------------------------------------------------------
 
 
-def _sign(cmd_id="c1", kind="reboot", args=None, iat=T0, exp=T0 + 600, dev=DEV, key=KEY):
-    return codec.sign_command(key, cmd_id, dev, kind, {} if args is None else args, iat, exp)
+def _sign(cmd_id="c1", kind="reboot", args=None, iat=T0, exp=T0 + 600, dev=DEV, key=KEY, skew=0):
+    a = {} if args is None else args
+    if skew:
+        return codec.sign_command(key, cmd_id, dev, kind, a, iat, exp, skew)
+    return codec.sign_command(key, cmd_id, dev, kind, a, iat, exp)
 
 
 def _envelope(body, sig):
@@ -890,12 +893,16 @@ def test_verifier_busy_and_eviction():
     assert v.check(_sign("a", exp=T0 + 100), T0)[0] == codec.OK
     assert v.check(_sign("b", exp=T0 + 200), T0)[0] == codec.OK
     assert _cd(v.check(_sign("c", exp=T0 + 300), T0 + 50)) == (codec.BUSY, "replay table full")
-    # "a" is kept until its exp has passed: at exp it still counts
-    assert v.check(_sign("c", exp=T0 + 300), T0 + 100)[0] == codec.BUSY
+    # "a" is kept until an issue time past its exp is seen: the wall clock alone frees nothing
+    assert v.check(_sign("c", exp=T0 + 300), T0 + 101)[0] == codec.BUSY
     assert v.check(_sign("a", exp=T0 + 100), T0 + 100)[0] == codec.DUPLICATE
-    assert v.check(_sign("c", exp=T0 + 300), T0 + 101)[0] == codec.OK
-    # once forgotten, a replay of "a" is refused by its expiry instead
-    assert v.check(_sign("a", exp=T0 + 100), T0 + 101)[0] == codec.EXPIRED
+    assert v.check(_sign("c", iat=T0 + 100, exp=T0 + 300), T0 + 101)[0] == codec.BUSY
+    assert v.check(_sign("c", iat=T0 + 101, exp=T0 + 300), T0 + 101)[0] == codec.OK
+    # once forgotten, a replay of "a" is refused: its exp is older than the newest command seen
+    assert _cd(v.check(_sign("a", exp=T0 + 100), T0 + 101)) == (
+        codec.EXPIRED,
+        "older than the newest command seen",
+    )
     assert [e[0] for e in v.state()["ids"]] == ["b", "c"]
 
 
@@ -903,7 +910,10 @@ def test_verifier_without_wall_time():
     v = codec.Verifier(KEY, DEV)
     # no time yet: anything unexpired relative to the highest accepted iat (none yet) passes
     assert v.check(_sign("a", iat=T0, exp=T0 + 600), None)[0] == codec.OK
-    assert _cd(v.check(_sign("old", iat=T0 - 9000, exp=T0 - 1), None)) == (codec.EXPIRED, "expired")
+    assert _cd(v.check(_sign("old", iat=T0 - 9000, exp=T0 - 1), None)) == (
+        codec.EXPIRED,
+        "older than the newest command seen",
+    )
     # a future iat cannot be refused without a clock; it raises the lower bound
     assert v.check(_sign("b", iat=T0 + 5000, exp=T0 + 5600), None)[0] == codec.OK
     assert v.state()["hi"] == T0 + 5000
@@ -925,7 +935,10 @@ def test_verifier_persistence():
     assert w.state() == v.state()
     assert w.check(env, None)[0] == codec.DUPLICATE
     assert w.check(_sign("p1", args={"z": 0}, exp=T0 + 900), None)[0] == codec.REPLAYED
-    assert _cd(w.check(_sign("p0", iat=T0 - 100, exp=T0 + 5), None)) == (codec.EXPIRED, "expired")
+    assert _cd(w.check(_sign("p0", iat=T0 - 100, exp=T0 + 5), None)) == (
+        codec.EXPIRED,
+        "older than the newest command seen",
+    )
 
     def bad(state):
         return str(raises(ValueError, w.load, state))

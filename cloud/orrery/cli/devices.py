@@ -11,6 +11,8 @@ from rich.table import Table
 
 from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, known_device, open_db
 from cloud.orrery.fleet import devices
+from cloud.orrery.ingest.skew import fmt_offset
+from shared.wire.codec import CLOCK_SKEW
 
 app = typer.Typer(help="The devices registry.", no_args_is_help=True)
 
@@ -34,13 +36,14 @@ def devices_add(
 
 @app.command("list")
 def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """Every device: online state, last seen, versions, backlog."""
+    """Every device: online state, last seen, versions, backlog, clock offset."""
     with open_db(db_url).connect() as conn:
         rows = devices.device_rows(conn)
     if as_json:
         print(json.dumps(rows))
         return
     t = Table("device", "fleet", "online", "last seen", "fw", "workflow", "backlog", "received")
+    t.add_column("clock", no_wrap=True, min_width=8)
     for r in rows:
         t.add_row(
             r["device"],
@@ -51,9 +54,27 @@ def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
             r["workflow"] or "-",
             "-" if r["backlog"] is None else str(r["backlog"]),
             str(r["received"]),
+            _clock(r["clock_offset_s"]),
         )
     console.print(t)
     console.print(f"{len(rows)} device(s), {sum(r['online'] for r in rows)} online")
+    off = [r["device"] for r in rows if _off(r["clock_offset_s"])]
+    if off:
+        console.print(
+            f"[yellow]{len(off)} device(s) with a clock off by {CLOCK_SKEW} s or more "
+            f"(commands are signed in their time): {', '.join(off[:10])}"
+            + (" …" if len(off) > 10 else "")
+        )
+
+
+def _off(offset_s: int | None) -> bool:
+    return offset_s is not None and abs(offset_s) >= CLOCK_SKEW
+
+
+def _clock(offset_s: int | None) -> str:
+    """A clock offset for a table: ``-`` unknown, yellow when it is off by CLOCK_SKEW or more."""
+    text = fmt_offset(None if offset_s is None else offset_s * 1000)
+    return f"[yellow]{text}[/]" if _off(offset_s) else text
 
 
 @app.command("show")
@@ -70,10 +91,12 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
         return
     t = Table(show_header=False)
     for k, v in info.items():
-        if k != "sessions":
+        if k == "clock_offset_s":
+            t.add_row(k, "-" if v is None else f"{v} ({_clock(v)}: board minus companion)")
+        elif k != "sessions":
             t.add_row(k, "-" if v is None else str(v))
     console.print(t)
-    st = Table("boot", "first seen", "last seen", "seqs", "time anchor")
+    st = Table("boot", "first seen", "last seen", "seqs", "time anchor", "clock")
     for s in sessions:
         st.add_row(
             str(s["boot"]),
@@ -83,6 +106,7 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
             "not synced"
             if s["anchor"] is None
             else f"up {s['anchor']['up_ms']} ms = {s['anchor']['unix']}",
+            _clock(s["clock_offset_s"]),
         )
     console.print(st)
 

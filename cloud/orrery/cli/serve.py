@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cloud.orrery.cli.common import DbOpt, fail, open_db
-from cloud.orrery.fleet import keys
+from cloud.orrery.fleet import commands, keys
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest.alerts import AlertRule
 from cloud.orrery.ingest.handler import Ingest
@@ -54,6 +54,16 @@ def serve(
     reconcile_every: Annotated[
         float, typer.Option(min=0.1, help="Seconds between reconciliation passes.")
     ] = 2.0,
+    resend_ttl: Annotated[
+        int, typer.Option(min=60, max=604800, help="Lifetime of a resend command, in seconds.")
+    ] = 3600,
+    command_retry: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds without an ack before a command is published again."),
+    ] = 120.0,
+    command_retry_max: Annotated[
+        float, typer.Option(min=1, help="The longest wait between two publishes (it doubles).")
+    ] = 1800.0,
     rollouts: Annotated[
         bool, typer.Option(help="Drive running rollouts (needs the fleet secret).")
     ] = True,
@@ -83,6 +93,8 @@ def serve(
             fail(f"--password-file {password_file}: {exc.strerror}")
     if ca_file is not None and not ca_file.exists():
         fail(f"--ca-file {ca_file}: no such file")
+    if command_retry_max < command_retry:
+        fail(f"--command-retry-max {command_retry_max:g} is below --command-retry {command_retry:g}")
     engine = open_db(db_url)
     ingest = Ingest(
         engine,
@@ -90,6 +102,8 @@ def serve(
         auto_register=auto_register,
         alert_rules=rules,
         reorder_window_ms=int(reorder_window * 1000),
+        resend_ttl_s=resend_ttl,
+        retry=commands.RetryPolicy(command_retry, command_retry_max),
     )
     cid = client_id or f"orrery-ingest-{socket.gethostname()}"
     if group is None:

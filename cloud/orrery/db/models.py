@@ -85,6 +85,8 @@ class Session(SQLModel, table=True):
     last_seen_ms: int = Field(sa_column=_big(nullable=False))
     first_seq: int | None = Field(default=None, sa_column=_big())
     last_seq: int | None = Field(default=None, sa_column=_big())
+    # the board's clock minus the companion's, estimated from live batches (ingest/skew.py)
+    clock_offset_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class ReceivedRange(SQLModel, table=True):
@@ -158,6 +160,13 @@ class Command(SQLModel, table=True):
     acked_ms: int | None = Field(default=None, sa_column=_big())
     ack_code: int | None = None
     ack_detail: str | None = Field(default=None, max_length=300)
+    # delivery (fleet/commands.py): publishes so far, when it is published again without an ack,
+    # the skew it was signed with and the boot that estimate came from, and re-signings
+    sends: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    retry_ms: int | None = Field(default=None, sa_column=_big())
+    skew_s: int | None = Field(default=None, sa_column=_big())
+    skew_boot: int | None = Field(default=None, sa_column=_big())
+    resigns: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
 
 
 class Event(SQLModel, table=True):

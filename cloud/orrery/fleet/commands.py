@@ -1,9 +1,25 @@
-"""Signed commands for boards: queued in the database, published at QoS 1, re-sent on pull.
+"""Signed commands for boards: queued in the database, published at QoS 1, published again
+until the board answers, and signed in the board's time.
 
 A command's id is chosen by its producer so that producing it twice (a restart, a second
 companion) inserts it once: the database's primary key is the idempotency check, and the board
 answers a repeated id with its stored ack. Statuses: queued -> sent -> acked (IN_PROGRESS) ->
-done | failed; queued/sent past ``exp`` -> expired; canceled by its producer.
+done | failed; refused (by the board's clock, see below); queued/sent/refused past ``exp`` ->
+expired; canceled by its producer.
+
+Delivery never waits on one message: a sent command without an ack is published again, with
+the same id and envelope, ``RetryPolicy`` after its last publish (doubling each time, while its
+device is online); a board's pull brings back every queued or sent command; and after the
+companion (re)subscribes, every open one is published again at once, for the boards whose pull
+reached the broker while no one was subscribed.
+
+Clock: ``iat``/``exp`` are the companion's unix seconds, and the envelope carries ``skew``, the
+companion's estimate of the board's clock minus its own (``board_clock``; 0 while unknown), so
+a board whose clock is off checks the window on its own clock minus ``skew``
+(``shared.wire.verifier``). A board that refuses a command by its clock ("issued in the future"
+or "expired": it did not record it) leaves it ``refused``; ``resign`` signs it again, same id,
+once the estimate has changed (a new boot, or a minute or more off the one it was signed with),
+at most ``MAX_RESIGNS`` times; a command refused again with nothing changed is not re-issued.
 """
 
 from __future__ import annotations
@@ -14,11 +30,32 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import COMMANDS, DEVICES, insert_ignore
+from cloud.orrery.db.tables import COMMANDS, DEVICES, SESSIONS, insert_ignore
 from cloud.orrery.fleet import keys
+from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
-OPEN = ("queued", "sent")
+OPEN = ("queued", "sent")  # what a pull brings back
+WAITING = OPEN + ("refused",)  # not answered for good yet: these expire
+CLOCK_REFUSALS = ("issued in the future", "expired")  # EXPIRED details: the board's clock
+RESKEW_S = 60  # an estimate this far from the one a command was signed with is a new one
+MAX_RESIGNS = 3
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a sent command may go without an ack before it is published again: ``first_s``
+    after the first publish, doubling with each publish up to ``max_s``."""
+
+    first_s: float = 120.0
+    max_s: float = 1800.0
+
+    def delay_ms(self, sends: int) -> int:
+        """The wait after publish number ``sends`` (1-based)."""
+        return int(min(self.first_s * 2 ** min(max(0, sends - 1), 30), self.max_s) * 1000)
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True)
@@ -28,6 +65,30 @@ class Outgoing:
     command_id: str
     topic: str
     payload: bytes
+
+
+def board_clock(conn: Connection, device_id: int) -> tuple[int, int | None]:
+    """``(skew in whole seconds, the boot it was estimated for)`` to sign a command for a device
+    with: the estimate of its current boot, else of its latest boot that has one (a board's
+    clock tends to stay off the same way), else ``(0, None)``. Floored, so never above the
+    estimate (``cloud.orrery.ingest.skew`` says how it is made)."""
+    boot = conn.execute(sa.select(DEVICES.c.boot).where(DEVICES.c.id == device_id)).scalar()
+    q = (
+        sa.select(SESSIONS.c.boot, SESSIONS.c.clock_offset_ms)
+        .where(SESSIONS.c.device_id == device_id, SESSIONS.c.clock_offset_ms.is_not(None))
+        .order_by(sa.case((SESSIONS.c.boot == boot, 0), else_=1), SESSIONS.c.last_seen_ms.desc())
+        .limit(1)
+    )
+    row = conn.execute(q).first()
+    if row is None:
+        return 0, None
+    return row.clock_offset_ms // 1000, row.boot
+
+
+def _sign(secret: bytes, device: str, cmd_id: str, kind: str, args: dict, iat: int, ttl_s: int,
+          skew: int) -> bytes:  # fmt: skip
+    key = keys.device_key(secret, device)
+    return codec.sign_command(key, cmd_id, device, kind, args, iat, iat + ttl_s, skew)
 
 
 def queue(
@@ -44,11 +105,11 @@ def queue(
     now_ms: int,
     ttl_s: int = 86400,
 ) -> Outgoing | None:
-    """Sign and queue a command; return it to publish, or None if that id already exists."""
+    """Sign (in the board's time) and queue a command; return it to publish, or None if that
+    id already exists."""
     iat = now_ms // 1000
-    envelope = codec.sign_command(
-        keys.device_key(secret, device), cmd_id, device, kind, args, iat, iat + ttl_s
-    )
+    skew, boot = board_clock(conn, device_id)
+    envelope = _sign(secret, device, cmd_id, kind, args, iat, ttl_s, skew)
     row = {
         "id": cmd_id,
         "device_id": device_id,
@@ -60,6 +121,8 @@ def queue(
         "source": source,
         "envelope": envelope.decode(),
         "created_ms": now_ms,
+        "skew_s": skew,
+        "skew_boot": boot,
     }
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     if conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), row).first() is None:
@@ -67,30 +130,11 @@ def queue(
     return Outgoing(cmd_id, codec.topic(fleet, device, codec.CMD), envelope)
 
 
-def pending_for(conn: Connection, device_id: int, now_ms: int) -> list[Outgoing]:
-    """Every queued or sent, unexpired command of one device (the answer to its pull)."""
+def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
     q = (
         sa.select(COMMANDS.c.id, COMMANDS.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
-        .where(
-            COMMANDS.c.device_id == device_id,
-            COMMANDS.c.status.in_(OPEN),
-            COMMANDS.c.exp > now_ms // 1000,
-        )
-        .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
-    )
-    return [
-        Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), r.envelope.encode())
-        for r in conn.execute(q)
-    ]
-
-
-def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
-    """Queued, unexpired commands of every device, oldest first."""
-    q = (
-        sa.select(COMMANDS.c.id, COMMANDS.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
-        .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
-        .where(COMMANDS.c.status == "queued", COMMANDS.c.exp > now_ms // 1000)
+        .where(*where)
         .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         .limit(limit)
     )
@@ -100,31 +144,92 @@ def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
     ]
 
 
-def mark_sent(conn: Connection, ids: list[str], now_ms: int) -> None:
-    """Record that these commands reached the broker (PUBACK)."""
-    if ids:
+def pending_for(conn: Connection, device_id: int | None, now_ms: int) -> list[Outgoing]:
+    """Every queued or sent, unexpired command of one device (the answer to its pull), or of
+    every device with ``device_id`` None (after the companion subscribed again)."""
+    where = [COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp > now_ms // 1000]
+    if device_id is not None:
+        where.append(COMMANDS.c.device_id == device_id)
+    return _outgoing(conn, *where)
+
+
+def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
+    """Queued, unexpired commands of every device, oldest first."""
+    return _outgoing(
+        conn, COMMANDS.c.status == "queued", COMMANDS.c.exp > now_ms // 1000, limit=limit
+    )
+
+
+def overdue(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
+    """Sent, unexpired commands of online devices whose ack is overdue (``retry_ms`` passed):
+    to publish again, same id and envelope."""
+    return _outgoing(
+        conn,
+        COMMANDS.c.status == "sent",
+        COMMANDS.c.retry_ms <= now_ms,
+        COMMANDS.c.exp > now_ms // 1000,
+        DEVICES.c.online.is_(True),
+        limit=limit,
+    )
+
+
+def mark_sent(
+    conn: Connection, ids: list[str], now_ms: int, retry: RetryPolicy = DEFAULT_RETRY
+) -> None:
+    """Record that these commands reached the broker (PUBACK): each one's publish count, and
+    when it is due again if no ack comes."""
+    if not ids:
+        return
+    rows = conn.execute(
+        sa.select(COMMANDS.c.id, COMMANDS.c.sends).where(
+            COMMANDS.c.id.in_(ids), COMMANDS.c.status.in_(OPEN)
+        )
+    ).all()
+    if rows:
         conn.execute(
             sa.update(COMMANDS)
-            .where(COMMANDS.c.id.in_(ids), COMMANDS.c.status == "queued")
-            .values(status="sent", sent_ms=now_ms)
+            .where(COMMANDS.c.id == sa.bindparam("c_id"))
+            .values(
+                status=sa.case((COMMANDS.c.status == "queued", "sent"), else_=COMMANDS.c.status),
+                sent_ms=now_ms,
+                sends=sa.bindparam("c_sends"),
+                retry_ms=sa.bindparam("c_retry"),
+            ),
+            [
+                {
+                    "c_id": r.id,
+                    "c_sends": r.sends + 1,
+                    "c_retry": now_ms + retry.delay_ms(r.sends + 1),
+                }
+                for r in rows
+            ],
         )
 
 
 def expire(conn: Connection, now_ms: int) -> int:
-    """Mark queued/sent commands past their ``exp`` expired; return how many."""
+    """Mark queued/sent/refused commands past their ``exp`` expired; return how many."""
     return conn.execute(
         sa.update(COMMANDS)
-        .where(COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp <= now_ms // 1000)
+        .where(COMMANDS.c.status.in_(WAITING), COMMANDS.c.exp <= now_ms // 1000)
         .values(status="expired")
     ).rowcount
 
 
-def status_for(code: int) -> str:
-    """The command status an ack code leads to."""
+def clock_refusal(code: int | None, detail: str | None) -> bool:
+    """Whether an ack is a refusal by the board's clock: the board did not record the command,
+    so a copy signed with a better estimate of its clock may run. (``resign`` keeps the
+    board's detail last when it gives up: "refused by the board's clock …: expired".)"""
+    return code == codec.EXPIRED and (detail or "").rsplit(": ", 1)[-1] in CLOCK_REFUSALS
+
+
+def status_for(code: int, detail: str = "") -> str:
+    """The command status an ack code (and its detail) leads to."""
     if code in (codec.OK, codec.DUPLICATE):
         return "done"
     if code == codec.IN_PROGRESS:
         return "acked"
+    if clock_refusal(code, detail):
+        return "refused"
     return "failed"
 
 
@@ -133,17 +238,77 @@ def apply_ack(
 ) -> bool:
     """Record a board's ack; False if the command is unknown for this device.
 
-    A final status (done, failed) is never turned back into ``acked`` by a late IN_PROGRESS.
+    A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
+    ack, and a DUPLICATE that carries no result (the board restarted since it ran the command)
+    never replaces one.
     """
-    status = status_for(code)
+    status = status_for(code, detail)
     cond = [COMMANDS.c.id == cmd_id, COMMANDS.c.device_id == device_id]
     if status == "acked":
-        cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "expired")))
+        cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "refused", "expired")))
+    elif status == "refused" or code == codec.DUPLICATE:
+        cond.append(COMMANDS.c.status.in_(WAITING + ("expired",)))
     res = conn.execute(
         sa.update(COMMANDS)
         .where(*cond)
         .values(status=status, acked_ms=now_ms, ack_code=code, ack_detail=detail[:300])
     )
+    if res.rowcount and status == "refused":
+        r = conn.execute(
+            sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
+            .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+            .where(COMMANDS.c.id == cmd_id)
+        ).first()
+        jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
+             signed_skew_s=r.skew_s)  # fmt: skip
     if res.rowcount:
         return True
     return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
+
+
+def same_clock(conn: Connection, device_id: int, skew_s: int | None, boot: int | None) -> bool:
+    """Whether a command signed with ``(skew_s, boot)`` would be signed the same way now."""
+    skew, now_boot = board_clock(conn, device_id)
+    return now_boot == boot and abs(skew - (skew_s or 0)) <= RESKEW_S
+
+
+def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing]:
+    """Sign again (same id, a fresh window, the current estimate of the board's clock) every
+    command the board refused by its clock whose estimate has changed since; give up with
+    ``failed`` after ``MAX_RESIGNS``. Returns the commands to publish."""
+    if secret is None:
+        return []
+    rows = conn.execute(
+        sa.select(COMMANDS, DEVICES.c.name, DEVICES.c.fleet)
+        .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .where(COMMANDS.c.status == "refused", COMMANDS.c.exp > now_ms // 1000)
+        .order_by(COMMANDS.c.created_ms)
+    ).all()
+    out = []
+    for r in rows:
+        if same_clock(conn, r.device_id, r.skew_s, r.skew_boot):
+            continue  # it would be refused the same way: wait for a new estimate
+        skew, boot = board_clock(conn, r.device_id)
+        if r.resigns >= MAX_RESIGNS:
+            # given up at this estimate: a producer asking again waits for the next one
+            detail = f"refused by the board's clock after {r.resigns + 1} signings: {r.ack_detail}"
+            conn.execute(
+                sa.update(COMMANDS)
+                .where(COMMANDS.c.id == r.id)
+                .values(status="failed", ack_detail=detail[:300], skew_s=skew, skew_boot=boot)
+            )
+            jlog("command_given_up", 30, device=r.name, id=r.id, detail=detail)
+            continue
+        iat = now_ms // 1000
+        ttl = r.exp - r.iat
+        envelope = _sign(secret, r.name, r.id, r.kind, json.loads(r.args), iat, ttl, skew)
+        conn.execute(
+            sa.update(COMMANDS)
+            .where(COMMANDS.c.id == r.id)
+            .values(status="queued", envelope=envelope.decode(), iat=iat, exp=iat + ttl,
+                    skew_s=skew, skew_boot=boot, resigns=r.resigns + 1, retry_ms=None)
+        )  # fmt: skip
+        jlog("command_resigned", device=r.name, id=r.id, skew_s=skew, was_skew_s=r.skew_s,
+             boot=boot, refused=r.ack_detail)  # fmt: skip
+        out.append(Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), envelope))
+    return out

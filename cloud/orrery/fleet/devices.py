@@ -26,9 +26,15 @@ def device_id(conn: Connection, name: str) -> int | None:
     return conn.execute(sa.select(DEVICES.c.id).where(DEVICES.c.name == name)).scalar()
 
 
+def _offset_s(ms: int | None) -> int | None:
+    return None if ms is None else round(ms / 1000)
+
+
 def device_rows(conn: Connection, name: str | None = None) -> list[dict]:
     """Every device (or just ``name``) as plain data, by name: registry fields, versions,
-    counters, and the seqs pending in gaps or permanently lost."""
+    counters, the seqs pending in gaps or permanently lost, and ``clock_offset_s``: how far
+    its current boot's clock is off the companion's (board minus companion, estimated from
+    live batches, ``cloud.orrery.ingest.skew``; None while unknown)."""
     q = sa.select(DEVICES).order_by(DEVICES.c.name)
     if name is not None:
         q = q.where(DEVICES.c.name == name)
@@ -44,6 +50,16 @@ def device_rows(conn: Connection, name: str | None = None) -> list[dict]:
             sa.select(LOSSES.c.device_id, sa.func.sum(LOSSES.c.last - LOSSES.c.first + 1)).group_by(
                 LOSSES.c.device_id
             )
+        ).all()
+    )
+    offsets = dict(
+        conn.execute(
+            sa.select(SESSIONS.c.device_id, SESSIONS.c.clock_offset_ms)
+            .join(
+                DEVICES,
+                (DEVICES.c.id == SESSIONS.c.device_id) & (DEVICES.c.boot == SESSIONS.c.boot),
+            )
+            .where(SESSIONS.c.clock_offset_ms.is_not(None))
         ).all()
     )
     out = []
@@ -62,6 +78,7 @@ def device_rows(conn: Connection, name: str | None = None) -> list[dict]:
                 "backlog": r.backlog,
                 "last_seq": r.last_seq,
                 "time_synced": r.synced,
+                "clock_offset_s": _offset_s(offsets.get(r.id)),
                 "received": r.received,
                 "duplicates": r.duplicates,
                 "historical": r.historical,
@@ -73,7 +90,8 @@ def device_rows(conn: Connection, name: str | None = None) -> list[dict]:
 
 
 def sessions(conn: Connection, device: int) -> list[dict]:
-    """A device's boots, oldest first: when each was seen, its seqs and its time anchor."""
+    """A device's boots, oldest first: when each was seen, its seqs, its time anchor and the
+    estimate of its clock's offset (``clock_offset_s``, None while unknown)."""
     return [
         {
             "boot": s.boot,
@@ -83,6 +101,7 @@ def sessions(conn: Connection, device: int) -> list[dict]:
             "anchor": None
             if s.anchor_up_ms is None
             else {"up_ms": s.anchor_up_ms, "unix": iso(s.anchor_unix_ms)},
+            "clock_offset_s": _offset_s(s.clock_offset_ms),
         }
         for s in conn.execute(
             sa.select(SESSIONS)

@@ -35,6 +35,7 @@ from cloud.orrery.ingest import reconcile
 from cloud.orrery.ingest.alerts import AlertRule
 from cloud.orrery.ingest.anchors import Sessions, session_row
 from cloud.orrery.ingest.ranges import merge
+from cloud.orrery.ingest.skew import ClockOffsets
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
@@ -74,6 +75,8 @@ class Ingest:
     ``secret`` is the fleet secret that signs resend commands (None: gaps are reported but not
     requested). ``clock`` gives unix ms (virtual in simulations). ``auto_register`` admits unknown devices on their first message instead of
     dead-lettering them. ``reorder_window_ms``: how long a hole may stay open before it is a gap.
+    ``resend_ttl_s``: a resend command's lifetime; ``retry``: when a command without an ack is
+    published again (``fleet.commands.RetryPolicy``).
     """
 
     def __init__(
@@ -84,7 +87,8 @@ class Ingest:
         auto_register: bool = False,
         alert_rules: Sequence[AlertRule] = (),
         reorder_window_ms: int = 10_000,
-        resend_ttl_s: int = 86_400,
+        resend_ttl_s: int = 3600,
+        retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.engine = engine
@@ -94,6 +98,8 @@ class Ingest:
         self.alert_rules = tuple(alert_rules)
         self.reorder_window_ms = reorder_window_ms
         self.resend_ttl_s = resend_ttl_s
+        self.retry = retry
+        self.offsets = ClockOffsets()  # each boot's clock offset (ingest/skew.py)
         self.pg = engine.dialect.name == "postgresql"
         self._devices: dict[str, _Dev] = {}
         self.sessions = Sessions(self.pg)
@@ -131,6 +137,7 @@ class Ingest:
                 # the transaction rolls back, so the caches may be ahead of the database
                 self._devices.clear()
                 self.sessions.clear()
+                self.offsets.clear()
                 raise
         self.counters["inserted"] += out.inserted
         self.counters["duplicates"] += out.duplicates
@@ -445,6 +452,9 @@ class Ingest:
                 for (_, boot), (dev, first, last) in sessions.items()
             ],
         )
+        for (dev, b), rows in zip(batches, per_batch_rows, strict=True):
+            if not b.historical and rows[-1][6] is not None:  # live, with wall time
+                self.offsets.observe(conn, dev.id, dev.name, b.boot_id, rows[-1][6] - now)
         conn.execute(
             sa.insert(RANGES),
             [
@@ -540,6 +550,7 @@ class Ingest:
                         secret=self.secret,
                         reorder_window_ms=self.reorder_window_ms,
                         resend_ttl_s=self.resend_ttl_s,
+                        retry=self.retry,
                         pg=self.pg,
                     )
                 )
@@ -551,13 +562,28 @@ class Ingest:
     # --- dispatch ----------------------------------------------------------------------------
 
     def queued_commands(self, now: int | None = None) -> list[commands.Outgoing]:
-        """Queued commands to publish (resends, and later rollouts)."""
+        """Commands to publish now: the ones a board refused by its clock, signed again for a
+        new estimate of it; queued ones (resends, rollouts); and sent ones whose ack is overdue
+        (``retry``), published again as they are."""
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
-            return commands.queued(conn, now)
+            out = commands.resign(conn, self.secret, now)
+            seen = {o.command_id for o in out}
+            out += [o for o in commands.queued(conn, now) if o.command_id not in seen]
+            overdue = commands.overdue(conn, now)
+        if overdue:
+            jlog("commands_overdue", count=len(overdue), ids=[o.command_id for o in overdue[:10]])
+        return out + overdue
+
+    def open_commands(self, now: int | None = None) -> list[commands.Outgoing]:
+        """Every queued or sent, unexpired command of every device: what the service publishes
+        again after it subscribed again, for the boards whose pull found no subscriber."""
+        now = self.clock() if now is None else now
+        with self.engine.begin() as conn:
+            return commands.pending_for(conn, None, now)
 
     def mark_sent(self, ids: list[str], now: int | None = None) -> None:
         """Record that these commands were accepted by the broker."""
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
-            commands.mark_sent(conn, ids, now)
+            commands.mark_sent(conn, ids, now, self.retry)

@@ -1,6 +1,14 @@
 """Reconciliation: a device's received ranges merged, holes turned into gaps once the reorder
 window has passed, exactly those ranges asked for again (signed ``resend`` commands), and what
-the board reported dropped, or no longer holds, kept as permanent losses with their reason."""
+the board reported dropped, or no longer holds, kept as permanent losses with their reason.
+
+A gap's resend is asked again, with a new id, when it failed, expired or was canceled, when
+the board accepted it but did not finish it (it restarted: its resend queue is in RAM), or when
+the board answered DUPLICATE without a result; each time after ``RetryPolicy``'s delay for the
+attempt (so a failing board is asked less and less often). Not when the board refused it by its
+clock and the companion's estimate of that clock has not changed since: it would be refused the
+same way (``fleet.commands`` signs it again when the estimate changes). A resend that was
+published but never answered is published again by the command queue itself."""
 
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ from cloud.orrery.db.tables import DEVICES, GAPS, LOSSES, RANGES
 from cloud.orrery.fleet import commands
 from cloud.orrery.ingest.ranges import merge, subtract
 from cloud.orrery.jsonlog import jlog
+from shared.wire import codec
 
 
 class DeviceRef(Protocol):
@@ -46,6 +55,7 @@ def reconcile_device(
     reorder_window_ms: int,
     resend_ttl_s: int,
     pg: bool,
+    retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
 ) -> list[commands.Outgoing]:
     """Reconcile one device in ``conn``'s transaction; return the resend commands to publish.
 
@@ -133,6 +143,10 @@ def reconcile_device(
                     commands.COMMANDS.c.id,
                     commands.COMMANDS.c.status,
                     commands.COMMANDS.c.acked_ms,
+                    commands.COMMANDS.c.ack_code,
+                    commands.COMMANDS.c.ack_detail,
+                    commands.COMMANDS.c.skew_s,
+                    commands.COMMANDS.c.skew_boot,
                 ).where(commands.COMMANDS.c.id.in_(ids))
             )
         }
@@ -157,18 +171,41 @@ def reconcile_device(
         }
         cmd = cmd_status.get(gap["command_id"]) if gap["command_id"] else None
         if gap["status"] == "requested" and cmd is not None:
-            if (
-                cmd.status == "done"
-                and cmd.acked_ms is not None
-                and now - cmd.acked_ms >= reorder_window_ms
-            ):
-                # the board resent everything it holds and this is still missing
-                new_losses.append((a, b))
-                continue
-            if cmd.status in ("failed", "expired", "canceled"):
+            again = None  # why the resend is asked again, if it is
+            if cmd.status == "done" and cmd.ack_code != codec.DUPLICATE:
+                if cmd.acked_ms is not None and now - cmd.acked_ms >= reorder_window_ms:
+                    # the board resent everything it holds and this is still missing
+                    new_losses.append((a, b))
+                    continue
+            elif cmd.status == "done":
+                again = "resend answered DUPLICATE without a result (the board restarted)"
+            elif cmd.status == "acked":
+                again = "resend accepted but not finished (the board restarted?)"
+            elif cmd.status == "refused":
+                gap["reason"] = (
+                    f"missing: resend refused by the board's clock ({cmd.ack_detail}); "
+                    "signed again once its clock is estimated anew"
+                )
+            elif cmd.status in ("failed", "expired", "canceled"):
+                if commands.clock_refusal(cmd.ack_code, cmd.ack_detail) and commands.same_clock(
+                    conn, dev.id, cmd.skew_s, cmd.skew_boot
+                ):
+                    why = (cmd.ack_detail or "").rsplit(": ", 1)[-1]
+                    gap["reason"] = (
+                        f"missing: resend refused by the board's clock ({why}, skew "
+                        f"{cmd.skew_s} s); not asked again until its clock is estimated anew"
+                    )
+                else:
+                    again = f"resend {cmd.status}"
+            if again:
                 gap["status"] = "pending"
-                gap["reason"] = f"resend {cmd.status}; will ask again"
-        if gap["status"] == "pending" and now - gap["detected_ms"] >= reorder_window_ms:
+                gap["reason"] = f"{again}; will ask again"
+        if (
+            gap["status"] == "pending"
+            and now - gap["detected_ms"] >= reorder_window_ms
+            and now - gap["updated_ms"]
+            >= (retry.delay_ms(gap["attempts"]) if gap["attempts"] else 0)
+        ):
             if secret is None:
                 gap["reason"] = "missing: no fleet secret to sign a resend"
             else:

@@ -7,6 +7,9 @@
 - manual acks: a message is acked only after the transaction that stored it has committed, so
   ``kill -9`` at any moment loses nothing, and what was stored but not acked comes back once and
   is dropped as a duplicate;
+- commands: queued ones are published each reconcile pass, sent ones again when their ack is
+  overdue (``fleet.commands``), and every open one again after each (re)subscription, since a
+  board's pull that reached the broker while no one was subscribed was dropped;
 - one structured (JSON) log line per notable event and a periodic stats line;
 - SIGTERM/SIGINT: stop taking messages, store and ack what is in hand, disconnect, exit 0.
 
@@ -87,6 +90,7 @@ class Service:
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
         self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
+        self.resubscribed = threading.Event()  # open commands go out again at the next pass
         self.stored = 0
         self.client = self._client()
 
@@ -128,6 +132,7 @@ class Service:
         if bad:
             jlog("broker_refused_subscription", logging.ERROR, reasons=bad)
             return
+        self.resubscribed.set()
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
@@ -245,8 +250,18 @@ class Service:
             except Exception as exc:
                 jlog("rollouts_failed", logging.ERROR, error=repr(exc)[:300])
         try:
+            more = self.ingest.queued_commands()
+            if self.resubscribed.is_set():
+                self.resubscribed.clear()
+                again = self.ingest.open_commands()
+                if again:
+                    jlog("commands_republished", count=len(again), reason="subscribed again")
+                more += again
             seen = {x.command_id for x in out}
-            out += [o for o in self.ingest.queued_commands() if o.command_id not in seen]
+            for o in more:
+                if o.command_id not in seen:
+                    seen.add(o.command_id)
+                    out.append(o)
         except Exception as exc:
             jlog("dispatch_failed", logging.ERROR, error=repr(exc)[:300])
         if out:

@@ -79,7 +79,9 @@ class VirtualBoard:
     """One board: the firmware node on the simulation HAL, flash in ``root``, a SimLink.
 
     ``clock`` is the fleet's virtual clock; ``synced`` False makes a board whose clock is never
-    set (``wall_ms`` returns None). ``flash`` sizes the flash log as (readings per segment,
+    set (``wall_ms`` returns None); ``skew_ms`` one whose clock is set that far off the true time
+    (a wrong NTP server or RTC), read at each boot's first connect: change it, then ``reboot``,
+    to correct it. ``flash`` sizes the flash log as (readings per segment,
     segments), (204, 64) by default as on a DevKitC; a small one fills during a long outage.
     ``record`` keeps raw samples and state changes for a plot.
 
@@ -101,6 +103,7 @@ class VirtualBoard:
         seed: int = 1,
         fleet: str = FLEET,
         synced: bool = True,
+        skew_ms: int = 0,
         flash: tuple[int, int] | None = None,
         spike_ppm: int = 1000,
         dropout_ppm: int = 1000,
@@ -113,6 +116,7 @@ class VirtualBoard:
         self.host = host
         self.port = port
         self.synced = synced
+        self.skew_ms = skew_ms
         self.flash = flash
         self.rng = random.Random(f"{seed}:{name}")
         self.cfg = {
@@ -135,7 +139,8 @@ class VirtualBoard:
         self.away = False
         self.away_since = 0
         self.dead_port = 0
-        self.resets = 0
+        self.resets = 0  # resets the firmware asked for (a reboot command)
+        self.reset_due = False
         # the last power cut's write: (segment file, its size after, seq written, acked then)
         self.cut_info: tuple[str, int, int, int] | None = None
         # with a lag probe: the real time at which each seq was first held (see lag_stats)
@@ -147,7 +152,8 @@ class VirtualBoard:
         self._boot()
 
     def _wall_ms(self) -> int | None:
-        return self.clock.unix_ms() if self.synced else None
+        t = self.clock.unix_ms()
+        return t + self.skew_ms if self.synced and t is not None else None
 
     def _boot(self) -> None:
         self.link = SimLink(self.name, self.host, self.port, timeout_ms=3000)
@@ -172,7 +178,9 @@ class VirtualBoard:
         self._version: int | None = None
 
     def _reset(self) -> None:
+        # machine.reset() from the link thread: the board reboots once this link turn is over
         self.resets += 1
+        self.reset_due = True
 
     def start_recording(self) -> None:
         """Keep every raw sample (before the filters: ``raw``, as ``(unix ms, channel index,
@@ -231,6 +239,9 @@ class VirtualBoard:
                 break
             n += 1
         self.link.flush()
+        if self.reset_due:
+            self.reset_due = False
+            self.reboot()
         return n
 
     # --- faults -----------------------------------------------------------------------------

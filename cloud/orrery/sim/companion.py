@@ -77,6 +77,7 @@ def build_companion(
             return c
 
         def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+            super()._on_subscribe(client, userdata, mid, reason_codes, properties)
             shared.subscribed = shared.subscribed + 1
 
         def _collect(self, drain_only: bool) -> list:

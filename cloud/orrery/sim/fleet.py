@@ -18,7 +18,9 @@ Faults: link outages (``go_away``/``come_back``: the board's link points at a de
 its socket is dropped, so the broker publishes its will), reboots with power loss mid-write
 (``power_cut``: a torn record, a full-length garbage record or a torn ack-cursor entry is
 left at the end of the flash log, then the node is created again with a new boot id and
-recovers), clocks never set (``wall_ms`` returning None), and broker restarts.
+recovers), clocks never set (``wall_ms`` returning None), clocks set wrong (``SKEWS``: a
+board's wall clock off the true time by minutes to a year; ``correct_clock`` fixes one at its
+next boot), and broker restarts.
 
 ``VirtualFleet.account`` checks the end-to-end promise: every reading a board accepted (seqs
 1..last_seq of its store) is stored in the database exactly once, with the value and uptime
@@ -58,6 +60,9 @@ from cloud.orrery.sim.hal import VirtualClock
 from shared.workflow import compiler
 
 REPO = Path(__file__).resolve().parents[3]
+YEAR_MS = 365 * 86_400_000
+# how far off a board's clock is set, when it is (a wrong NTP server, an RTC never corrected)
+SKEWS = (-400_000, -3_600_000, 3_600_000, YEAR_MS, -YEAR_MS)
 
 
 def flash_dir(prefix: str = "orrery-fleet-") -> Path:
@@ -145,7 +150,8 @@ class VirtualFleet:
 
     ``step_ms``: virtual time per main-loop pass; ``uplink_ms``: virtual time between two link
     turns of one board. ``speed``: virtual seconds per real second at most (None: as fast as
-    the machine goes). ``clockless``: share of boards whose clock is never set;
+    the machine goes). ``clockless``: share of boards whose clock is never set; ``skewed``:
+    share whose clock is set wrong (by one of ``SKEWS``, in turn);
     ``small_flash``: share with a tiny flash log (``SMALL_FLASH``: 204 readings, 4 segments of
     51) that an outage of a quarter of an hour fills.
     """
@@ -163,6 +169,7 @@ class VirtualFleet:
         uplink_ms: int = 60_000,
         speed: float | None = None,
         clockless: float = 0.0,
+        skewed: float = 0.0,
         small_flash: float = 0.0,
         spike_ppm: int = 1000,
         dropout_ppm: int = 1000,
@@ -227,6 +234,11 @@ class VirtualFleet:
         self.rng.shuffle(order)
         clockless_set = set(order[:k_clockless])
         small_set = set(order[k_clockless : k_clockless + k_small])
+        k_skewed = round(n * skewed)
+        skew_of = {
+            name: SKEWS[i % len(SKEWS)]
+            for i, name in enumerate(order[k_clockless + k_small :][:k_skewed])
+        }
         with self.engine.begin() as conn:
             conn.execute(
                 sa.insert(DEVICES),
@@ -239,7 +251,8 @@ class VirtualFleet:
             b = VirtualBoard(
                 name, self.root / name, self.clock, self.host, self.port,
                 keys.device_key(self.secret, name), seed=seed * 100_003 + i,
-                synced=name not in clockless_set, flash=SMALL_FLASH if name in small_set else None,
+                synced=name not in clockless_set, skew_ms=skew_of.get(name, 0),
+                flash=SMALL_FLASH if name in small_set else None,
                 spike_ppm=spike_ppm, dropout_ppm=dropout_ppm, health_window_s=health_window_s,
                 record=name == record,
             )  # fmt: skip
@@ -499,6 +512,25 @@ class VirtualFleet:
                 self.at(self.step_ms, cut)
 
         self.at(after_ms, cut)
+
+    def correct_clock(self, name: str) -> None:
+        """Set a board's clock right: it takes the true time at its next boot (``reboot``)."""
+        b = self.boards[name]
+        if b.skew_ms:
+            self.log(f"{name} clock corrected ({b.skew_ms / 1000:+.0f} s off until its next boot)")
+        b.skew_ms = 0
+
+    def kill_broker(self) -> bool:
+        """SIGKILL our own Mosquitto (a crash: what it holds since its last save is gone) and
+        start it again; False when the broker is someone else's. Nothing waits for the
+        companion: it reconnects on its own backoff, and boards may come back before it."""
+        if self.broker_proc is None:
+            return False
+        self.broker_proc.kill()
+        self.broker_proc.start()
+        self.faults["broker_kills"] += 1
+        self.log("broker killed (-9) and started again")
+        return True
 
     def restart_broker(self, wait_for_companion: bool = True) -> bool:
         """Restart our own Mosquitto (SIGTERM: it saves its sessions; then start it again);

@@ -102,4 +102,7 @@ def collect_report(
             })  # fmt: skip
     rep.faults = {k: v for k, v in sorted(fleet.faults.items())}
     rep.faults["clocks_never_set"] = sum(not b.synced for b in fleet.boards.values())
+    off = sum(1 for b in fleet.boards.values() if b.synced and b.skew_ms)
+    if off:
+        rep.faults["clocks_off"] = off
     return rep

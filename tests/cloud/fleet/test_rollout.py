@@ -447,6 +447,25 @@ def test_dispatch_signs_commands_and_respects_the_rate(env):
     assert all(stored[x.command_id].encode() == x.payload for x in out + later)
 
 
+def test_install_commands_are_signed_in_each_boards_time(env):
+    # d00's clock is a year fast and d01's an hour slow: their live batches say so
+    t = env.now // 1000
+    for name, off in (("d00", 365 * 86400), ("d01", -3600)):
+        batch = codec.encode_batch(env.boots[name], 1, [(100, 0, 1, 0)], codec.SYNCED, (100, 0, t + off, 0))
+        env.send([Message(codec.topic("f1", name, codec.READINGS), batch)])
+    o = env.orch()
+    start(env, o, target="device=d0[01]")
+    out = {x.topic.split("/")[2]: x for x in o.tick()}
+    for name, off in (("d00", 365 * 86400), ("d01", -3600)):
+        body = json.loads(json.loads(out[name].payload)["b"])
+        assert body["skew"] == off
+        board = codec.Verifier(keys.device_key(SECRET, name), name)
+        assert board.check(out[name].payload, t + off)[0] == codec.OK  # on the board's clock
+        unskewed = codec.sign_command(keys.device_key(SECRET, name), "x", name, "install_workflow",
+                                      body["args"], body["iat"], body["exp"])  # fmt: skip
+        assert board.check(unskewed, t + off)[0] == codec.EXPIRED  # what it was before
+
+
 def test_offline_devices_never_block_and_get_their_command_on_pull(env):
     env.state("d07", "d08", "d09", online=False)
     o = env.orch()

@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 
 from cloud.orrery.db.engine import alembic_config, engine_for, upgrade
 from cloud.orrery.db.tables import DEVICES
-from cloud.orrery.fleet import keys
+from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest.alerts import AlertRule
 from cloud.orrery.ingest.handler import Ingest, Message
 from cloud.orrery.ingest.ranges import merge, subtract
@@ -201,6 +201,7 @@ def test_reported_loss_is_permanent_and_late_data_still_counts(ingest):
 
 def test_failed_or_expired_resend_is_asked_again(ingest):
     ingest.resend_ttl_s = 10
+    ingest.retry = commands.RetryPolicy(first_s=5, max_s=20)
     ingest.handle([msg("readings", batch(1, 5)), msg("readings", batch(9, 2))], now=0)
     ingest.reconcile(now=0)
     assert [o.command_id for o in ingest.reconcile(now=2000)] == ["resend:1:6-8:1"]
@@ -210,9 +211,13 @@ def test_failed_or_expired_resend_is_asked_again(ingest):
         ("resend:1:6-8:1", "expired"),
         ("resend:1:6-8:2", "queued"),
     ]
-    # a failed resend is asked again too
+    # a failed resend is asked again too, after the retry delay of its attempt (10 s for the 2nd)
     ingest.handle([msg("acks", codec.encode_ack("resend:1:6-8:2", codec.FAILED, "store error"))], now=13_100)
-    assert [o.command_id for o in ingest.reconcile(now=13_200)] == ["resend:1:6-8:3"]
+    assert ingest.reconcile(now=13_200) == []
+    assert q(ingest, "SELECT status, reason FROM gaps") == [
+        ("pending", "resend failed; will ask again")
+    ]
+    assert [o.command_id for o in ingest.reconcile(now=23_000)] == ["resend:1:6-8:3"]
 
 
 def test_no_secret_reports_gaps_without_commands(db_url):

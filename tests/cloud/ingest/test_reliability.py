@@ -27,11 +27,26 @@ are what brings them back.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
+from collections import Counter
 
 import pytest
+import sqlalchemy as sa
 
-from tests.support import ingestkit
+from cloud.orrery.bench import ingest as bench
+from cloud.orrery.clock import now_ms
+from cloud.orrery.db.engine import engine_for
+from cloud.orrery.fleet import commands, devices, keys
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
+from cloud.orrery.sim.fleet import YEAR_MS, VirtualFleet
+from cloud.orrery.sim.hal import VirtualClock
+from shared.wire import codec
+from tests.support import boards, ingestkit
+from tests.support.broker import Broker
 from tests.support.ingestkit import Publisher, Worker, start_ready, stored, wait_for
 
 READINGS = 30_000  # 50 boards x 600 readings: 300 batches of 100, ~330 messages with the repeats
@@ -289,3 +304,246 @@ def test_broker_restart_mid_stream_then_resends_bring_back_what_the_broker_dropp
     signed ``resend`` commands, the boards (played by the publisher, from the load) resend
     exactly those ranges. In the end: nothing lost, nothing stored twice."""
     _broker_restart(db_url, mosq, workers, load, tmp_path, resends=True)
+
+
+# --- recovery that never gets stuck, boards with wrong clocks, commands that never run twice ------
+#
+# Real firmware boards (``cloud.orrery.sim``: the node on the simulation HAL, virtual time), a
+# real Mosquitto of the fleet's own (SIGKILLed where a test says so: Mosquitto saves its
+# sessions only on a clean stop and every ``autosave_interval``, 30 minutes by default, so a
+# kill -9 seconds after it started loses every message it held), and ``orrery serve``'s service
+# in its own process on the fleet's virtual clock (SQLite). The companion is paused with
+# SIGSTOP where a test needs the boards to act while it is not subscribed.
+
+MIN = 60_000
+
+
+def _fleet(tmp_path, n: int, skews: tuple[int, ...] = ()):
+    """``n`` virtual boards (greenhouse@1), the companion running, every board online; board
+    ``i``'s clock is set ``skews[i]`` ms off."""
+    fleet = VirtualFleet(n, f"sqlite:///{tmp_path / 'cloud.db'}",
+                         seed=14, uplink_ms=10_000, speed=100, spike_ppm=0, dropout_ppm=0)  # fmt: skip
+    for b, skew in zip(fleet.boards.values(), skews, strict=False):
+        b.skew_ms = skew
+    fleet.start_companion()
+    assert fleet.wait(lambda: fleet.online_count() == n, 5 * MIN), "every board came online"
+    return fleet
+
+
+class _Paused:
+    """The companion process stopped (SIGSTOP) for the block: it reads nothing, sends nothing."""
+
+    def __init__(self, fleet) -> None:
+        self.fleet = fleet
+
+    def __enter__(self):
+        os.kill(self.fleet.companion_proc.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        before = self.fleet.shared.subscribed
+        os.kill(self.fleet.companion_proc.pid, signal.SIGCONT)
+        if exc[0] is None and self.fleet.broker_proc.proc is not None:
+            self.fleet._wait_subscribed(before, 60)  # it reconnects to the new broker
+
+
+def _unaccounted(fleet) -> str:
+    acc = fleet.account()
+    return "; ".join(acc.problems()) + (f"; {acc.on_boards} still on boards" if acc.on_boards else "")
+
+
+def _gaps(fleet) -> list:
+    return fleet.rows('SELECT d.name, g."first", g."last", g.status, g.command_id, g.reason'
+                      " FROM gaps g JOIN devices d ON d.id = g.device_id ORDER BY d.name")  # fmt: skip
+
+
+def _settle(fleet, max_ms: int) -> None:
+    """Let the companion see every hole (3 minutes of live batches and states), then stop the
+    sensors and run until everything is delivered and no gap is open; every reading a board
+    accepted must be in the database."""
+    fleet.run(3 * MIN)
+    fleet.freeze()
+    drained = fleet.drain(max_ms)
+    acc = fleet.account()
+    assert drained, (fleet.unsettled(), _gaps(fleet)[:10], fleet.companion_tail(3000))
+    assert acc.ok and acc.on_boards == 0, (_unaccounted(fleet), fleet.companion_tail(3000))
+    assert acc.stored == acc.accepted > 0, "no reading was lost: every one is stored"
+
+
+@pytest.mark.slow
+def test_broker_kill_9_while_resends_are_in_flight_leaves_nothing_unaccounted(tmp_path):
+    """The broker dies (kill -9, before its autosave) twice: first with readings queued for a
+    stopped companion (they become gaps), then with the resend commands for those gaps queued
+    for boards that were away. The boards come back and pull while the companion is still
+    paused (their pulls find no subscriber and are dropped). Once the companion is back, the
+    commands still pending are sent again, the boards resend, and every reading is stored."""
+    fleet = _fleet(tmp_path, 6)
+    try:
+        fleet.run(MIN)
+        fleet.stop_companion()  # its session stays: the broker queues what the boards send
+        fleet.run(30_000)
+        fleet.kill_broker()  # and loses it (the boards had their PUBACKs)
+        fleet.start_companion()
+        # the boards come back to the new broker; their states show the holes (gaps once the
+        # reorder window, 2 minutes, has passed): they go away again before that, so that the
+        # resends wait for them in the broker
+        back = lambda: all(b.link.connected for b in fleet.boards.values())  # noqa: E731
+        assert fleet.wait(back, MIN, 1000)
+        fleet.run(15_000)
+        for name in fleet.boards:
+            fleet.go_away(name)
+        n = len(fleet.boards)
+        with_gaps = lambda: fleet.rows("SELECT count(DISTINCT device_id) FROM gaps")[0][0]  # noqa: E731
+        unsent = lambda: fleet.rows(  # noqa: E731
+            "SELECT count(*) FROM gaps g LEFT JOIN commands c ON c.id = g.command_id"
+            " WHERE c.status IS NULL OR c.status <> 'sent'")[0][0]  # fmt: skip
+        assert fleet.wait(lambda: with_gaps() == n and unsent() == 0, 10 * MIN, 2000), _gaps(fleet)
+        in_flight = fleet.rows("SELECT count(*) FROM commands WHERE status = 'sent'")[0][0]
+        assert in_flight >= n
+        with _Paused(fleet):
+            fleet.kill_broker()  # the resends queued for the absent boards are gone
+            for name in fleet.boards:
+                fleet.come_back(name)
+            # they reconnect and pull while nobody is subscribed
+            assert fleet.wait(back, 5 * MIN, 1000)
+            fleet.run(5000)
+            assert fleet.rows("SELECT count(*) FROM commands WHERE status = 'sent'")[0][0] == in_flight
+        _settle(fleet, 30 * MIN)
+    finally:
+        fleet.close()
+
+
+def _lose_readings(fleet) -> None:
+    """Readings the broker acked to the boards and then lost: the companion is stopped (its
+    session stays, so the broker queues them for it) and the broker is killed before it saved
+    them; then the companion starts again."""
+    fleet.stop_companion()
+    fleet.run(30_000)
+    fleet.kill_broker()
+    fleet.start_companion()
+
+
+SKEWED = (3_600_000, -3_600_000, YEAR_MS, -YEAR_MS, -400_000, 0)
+# How far below the true offset an estimate may be here: a live batch's delay (its newest
+# reading's age and its way to the companion), in virtual time, where a real second of a busy
+# machine counts a hundred.
+SLACK_S = 180
+
+
+@pytest.mark.slow
+def test_boards_with_clocks_off_by_an_hour_or_a_year_get_every_gap_filled(tmp_path):
+    """Boards whose clock is 1 h fast or slow, 1 year fast or slow, or 400 s slow (one board
+    right). The companion estimates each boot's offset from live batches, shows it, and signs
+    the resends in each board's time: every gap is filled, no resend is refused."""
+    fleet = _fleet(tmp_path, len(SKEWED), SKEWED)
+    try:
+        fleet.run(MIN)  # live batches: the companion estimates each boot's clock
+        with fleet.engine.connect() as c:
+            shown = {r["device"]: r["clock_offset_s"] for r in devices.device_rows(c)}
+        for b, skew in zip(fleet.boards.values(), SKEWED, strict=True):
+            # never above the truth, and below it by a live batch's delay at most
+            assert skew / 1000 - SLACK_S <= shown[b.name] <= skew / 1000 + 1, (b.name, shown)
+        log = fleet.companion_tail(50_000)  # a warning per board whose clock is off
+        for b in list(fleet.boards.values())[:-1]:
+            assert f'"device": "{b.name}", "event": "clock_offset"' in log, (b.name, log)
+        _lose_readings(fleet)
+        _settle(fleet, 20 * MIN)
+        resends = fleet.rows("SELECT d.name, c.status, c.ack_code, c.ack_detail FROM commands c"
+                             " JOIN devices d ON d.id = c.device_id WHERE c.kind = 'resend'")  # fmt: skip
+        assert {r[0] for r in resends} == set(fleet.boards), "every board had a gap"
+        refused = [r for r in resends if r[2] == codec.EXPIRED]
+        assert refused == [], refused
+        per_board = Counter(r[0] for r in resends)
+        assert max(per_board.values()) <= 3, per_board  # asked once a gap (at most a few)
+    finally:
+        fleet.close()
+
+
+@pytest.mark.slow
+def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
+    """A board whose clock runs 2 h fast is rebooted by command X (2 h 10 min lifetime). In its
+    next boot, still fast, it accepts a resend issued 12 minutes later, when its fast clock is
+    past X's exp. Its clock is then corrected at a reboot, and X is delivered again (a QoS 1
+    redelivery): the board remembers X, answers DUPLICATE, and does not reboot again."""
+    fleet = _fleet(tmp_path, 2, (2 * 3_600_000,))
+    name = "vb0000"
+    b = fleet.boards[name]
+    try:
+        fleet.run(MIN)
+        with fleet.engine.begin() as c:
+            did = devices.device_id(c, name)
+            x = commands.queue(c, fleet.secret, device_id=did, device=name, fleet="sim",
+                               cmd_id="reboot-X", kind="reboot", args={}, source="test",
+                               now_ms=fleet.now_ms, ttl_s=130 * 60)  # fmt: skip
+        assert x is not None
+        assert fleet.wait(lambda: b.resets == 1, 10 * MIN, 1000), "X ran"
+        assert b.stats.boots == 2
+        fleet.run(12 * MIN)
+        with fleet.engine.begin() as c:
+            commands.queue(c, fleet.secret, device_id=did, device=name, fleet="sim",
+                           cmd_id="resend-Y", kind="resend", args={"first": 1, "last": 1},
+                           source="test", now_ms=fleet.now_ms, ttl_s=3 * 3600)  # fmt: skip
+        done = lambda: fleet.rows("SELECT status FROM commands WHERE id = 'resend-Y'") == [("done",)]  # noqa: E731
+        assert fleet.wait(done, 10 * MIN, 1000), fleet.rows("SELECT * FROM commands")
+        fleet.correct_clock(name)
+        b.reboot()
+        assert fleet.wait(lambda: b.link.connected, MIN, 1000)
+        fleet.run(MIN)
+        handled = b.node.stats["commands"]
+        bench.publish(fleet.port, [(x.topic, x.payload)])  # X again, as the broker may redeliver
+        arrived = lambda: b.resets > 1 or b.node.stats["commands"] > handled  # noqa: E731
+        assert fleet.wait(arrived, MIN, 1000), "X reached the board"
+        fleet.run(MIN)
+        assert b.resets == 1, "X ran a second time"
+        assert b.stats.boots == 3
+
+        def boots():
+            with fleet.engine.connect() as c:
+                return devices.sessions(c, did)
+
+        assert fleet.wait(lambda: len(boots()) == 3 and boots()[2]["clock_offset_s"] is not None,
+                          5 * MIN, 1000), boots()  # fmt: skip
+        offsets = [s["clock_offset_s"] for s in boots()]
+        assert all(7200 - SLACK_S <= o <= 7201 for o in offsets[:2]), offsets
+        assert -SLACK_S <= offsets[2] <= 1, offsets
+        _settle(fleet, 10 * MIN)
+    finally:
+        fleet.close()
+
+
+def test_commands_whose_pull_found_no_subscriber_are_sent_once_the_companion_subscribes(tmp_path):
+    """A board connects and pulls while the companion is not subscribed (its pull is dropped);
+    its command had been published before and lost. As soon as the companion subscribes, it
+    publishes every open command again: the board gets it without waiting for a retry."""
+    broker = Broker().start()
+    engine = engine_for(f"sqlite:///{tmp_path / 'cloud.db'}")
+    never = commands.RetryPolicy(3600, 3600)  # no timed retry within this test
+    svc = None
+    devices.register(engine, "f1", None, ["dev1"])
+    with engine.begin() as c:
+        did = devices.device_id(c, "dev1")
+        commands.queue(c, SECRET, device_id=did, device="dev1", fleet="f1", cmd_id="lost-1",
+                       kind="resend", args={"first": 1, "last": 1}, source="test",
+                       now_ms=now_ms())  # fmt: skip
+        commands.mark_sent(c, ["lost-1"], now_ms(), never)  # published, then lost with a broker
+    board = boards.Board(tmp_path, broker.port, key=keys.device_key(SECRET, "dev1").hex(),
+                  clock=VirtualClock(ticks=5, unix_ms=now_ms()))  # fmt: skip
+    try:
+        boards.wait_for(lambda: board.link.connected, board)
+        board.run(2000)  # state and pull published: nobody is subscribed, the broker drops them
+        svc = Service(Ingest(engine, secret=SECRET, retry=never), BrokerAddress(port=broker.port),
+                      client_id="companion", group="g", reconcile_every_s=0.2)  # fmt: skip
+        threading.Thread(target=svc.run, daemon=True).start()
+        assert svc.connected.wait(10)
+
+        def status():
+            with engine.connect() as c:
+                return c.execute(sa.text("SELECT status FROM commands")).scalar()
+
+        boards.wait_for(lambda: status() in ("acked", "done"), board, 20)
+    finally:
+        if svc is not None:
+            svc.stop()
+        board.close()
+        broker.close()
+        engine.dispose()

@@ -597,7 +597,7 @@ class Orchestrator:
                     requeue.append(m.device_id)  # still away: a fresh command waits for its pull
                     continue
                 new, detail = "timed-out", f"command {st} without an answer"
-            elif st in ("queued", "sent"):
+            elif st in commands.WAITING:  # refused by the board's clock: signed again
                 new = "sent" if m.online else "offline-pending"
                 if m.online and m.sent_ms is not None and now - m.sent_ms > r.timeout_s * 1000:
                     new, detail = "timed-out", f"no result within {r.timeout_s}s"
