@@ -19,7 +19,9 @@ from cloud.orrery.cli.common import (
     SeedOpt,
     broker_address,
     fail,
+    open_db,
     output_console,
+    output_dir,
     parse_seconds,
 )
 from cloud.orrery.cli.fleet_view import Display, show_report
@@ -73,9 +75,9 @@ def sim(
     t0 = time.monotonic()
     con = output_console(as_json)
     addr = broker_address(broker)
-    out_dir = out or Path(tempfile.mkdtemp(prefix="orrery-sim-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out, "--out") if out else Path(tempfile.mkdtemp(prefix="orrery-sim-"))
     url = db_url or f"sqlite:///{out_dir / 'orrery.db'}"
+    open_db(url, create=True).dispose()  # a database that cannot be opened fails here, first
     rng = random.Random(seed)
     boards_log = out_dir / "boards.log"
     with scenario.board_output(boards_log):
@@ -101,6 +103,8 @@ def sim(
             display.set("running")
             fleet.run(total, display.update)
             rep = scenario.finish(fleet, out_dir, None, None, plotted, t0, display)
+    except RuntimeError as exc:  # the companion could not start or keep up: say why
+        fail(str(exc))
     finally:
         with scenario.board_output(boards_log):
             fleet.close()

@@ -299,9 +299,12 @@ class VirtualFleet:
         deadline = time.monotonic() + timeout_s
         while self.shared.subscribed <= before:
             if self.companion_proc is not None and self.companion_proc.poll() is not None:
-                raise RuntimeError(f"the companion exited: {self.companion_tail()}")
+                raise RuntimeError(f"the companion exited: {self.companion_said()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the companion did not subscribe: {self.companion_tail()}")
+                raise RuntimeError(
+                    f"the companion did not subscribe at the broker {self.host}:{self.port} "
+                    f"within {timeout_s:g} s: {self.companion_said()}"
+                )
             time.sleep(0.02)
 
     def companion_tail(self, n: int = 2000) -> str:
@@ -310,6 +313,12 @@ class VirtualFleet:
             return self.companion_log.read_text()[-n:]
         except OSError:
             return ""
+
+    def companion_said(self) -> str:
+        """The last line of the companion process's log (its last error, if it failed), or
+        where the whole log is."""
+        lines = [ln for ln in self.companion_tail().splitlines() if ln.strip()]
+        return lines[-1] if lines else f"nothing in its log {self.companion_log}"
 
     def companion_alive(self) -> bool:
         if self.companion_proc is not None:
