@@ -87,9 +87,10 @@ def sim(
         except sa.exc.IntegrityError:
             fail(f"{url} already holds these devices: give a fresh --db")
     names = list(fleet.boards)
-    plotted = plot if plot in fleet.boards else None
+    plotted = None if plot is None else fleet.board_named(plot)
     if plot is not None and plotted is None:
-        fail(f"--plot {plot!r}: the boards are {names[0]} … {names[-1]}")
+        fleet.close()
+        fail(f"--plot {plot!r}: the boards are {names[0]} … {names[-1]} (or without -{fleet.run_id})")
     if plotted:
         fleet.boards[plotted].start_recording()
     scenario.schedule_faults(fleet, rng, total, offline_rate, reboot_rate, broker_restarts)
