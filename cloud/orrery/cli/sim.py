@@ -25,6 +25,8 @@ from cloud.orrery.cli.common import (
     parse_seconds,
 )
 from cloud.orrery.cli.fleet_view import Display, show_report
+from cloud.orrery.db.engine import describe, url_from
+from cloud.orrery.db.tables import DEVICES
 
 
 def sim(
@@ -77,15 +79,17 @@ def sim(
     addr = broker_address(broker)
     out_dir = output_dir(out, "--out") if out else Path(tempfile.mkdtemp(prefix="orrery-sim-"))
     url = db_url or f"sqlite:///{out_dir / 'orrery.db'}"
-    open_db(url, create=True).dispose()  # a database that cannot be opened fails here, first
+    engine = open_db(url, create=True)  # a database that cannot be opened fails here, first
+    with engine.connect() as conn:
+        held = conn.execute(sa.select(sa.func.count()).select_from(DEVICES)).scalar_one()
+    engine.dispose()
+    if held:  # the report accounts for every reading in the database
+        fail(f"{describe(url_from(url))} already holds {held} device(s): give a fresh --db")
     rng = random.Random(seed)
     boards_log = out_dir / "boards.log"
     with scenario.board_output(boards_log):
-        try:
-            fleet = VirtualFleet(devices, url, broker=addr, seed=seed, speed=speed or None,
-                                 clockless=clockless)  # fmt: skip
-        except sa.exc.IntegrityError:
-            fail(f"{url} already holds these devices: give a fresh --db")
+        fleet = VirtualFleet(devices, url, broker=addr, seed=seed, speed=speed or None,
+                             clockless=clockless)  # fmt: skip
     names = list(fleet.boards)
     plotted = None if plot is None else fleet.board_named(plot)
     if plot is not None and plotted is None:

@@ -51,7 +51,7 @@ TEMPLATES: dict[str, list[list[str]]] = {
     "bench fleet": [["--broker", "{broker}"], ["--duration", "soon"]],
     "demo": [["--broker", "{broker}"], ["--out", "{outdir}"]],
     "sim": [["--broker", "{broker}"], ["--db", "{new_db}"], ["--out", "{outdir}"],
-            ["--duration", "soon"]],
+            ["--duration", "soon"], ["--db", "{good_db}"]],  # a database with devices already
     "serve": [
         ["--db", "{new_db}"],
         ["--db", "{good_db}", "--ca-file", "{in}"],
