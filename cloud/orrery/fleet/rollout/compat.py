@@ -4,8 +4,8 @@ their running workflow is in has no place in it.
 A board migrates its executor's state on install with ``shared.workflow.snapshot``: the state
 maps through the new version's ``migrate`` map for the old version, else to the state of the
 same name, else the board rejects the install (``migrated_state``). The companion knows what a
-device runs (its retained state message: ``wf_hash``) and the state it last reported (the
-state of its latest workflow event), so it applies the same rule before a rollout or a
+device runs (its retained state message: ``wf``, ``wf_ver``) and the state it last reported
+(the state of its latest workflow event), so it applies the same rule before a rollout or a
 rollback is created, instead of learning it from a wave of rejections.
 """
 
@@ -30,36 +30,41 @@ def homeless_states(old: Program, new: Program) -> dict[str, str]:
     return out
 
 
-def stranded(conn: Connection, target_blob: bytes) -> dict[int, tuple[str, str]]:
-    """Devices that would reject ``target_blob``: ``{device id: (name, why)}``.
+def stranded(
+    conn: Connection, target_blob: bytes, running: set[tuple[str, int]]
+) -> dict[int, tuple[str, str]]:
+    """Devices that would reject ``target_blob``: ``{device id: (name, why)}``, among the
+    devices running one of the ``running`` versions (``(name, version)``).
 
-    A device is stranded when the version it runs (known to the registry by its hash) has a
-    state with no place in the target, and the last state it reported is that state. A device
-    that runs nothing, runs a version the registry does not hold, or never reported a state,
-    cannot be judged and is not listed.
+    A device is stranded when the version it runs (from the registry) has a state with no
+    place in the target, and the last state it reported is that state. A device that runs
+    nothing, runs a version the registry does not hold, or never reported a state, cannot be
+    judged and is not listed.
     """
     new = Program(target_blob)
-    hashes = [
-        h
-        for (h,) in conn.execute(sa.select(DEVICES.c.wf_hash).where(DEVICES.c.wf_hash.is_not(None)).distinct())
-        if h != new.hash
-    ]
     out: dict[int, tuple[str, str]] = {}
-    for h in hashes:
-        blob = conn.execute(sa.select(WORKFLOWS.c.blob).where(WORKFLOWS.c.hash == h).limit(1)).scalar()
+    for name, version in sorted(running):
+        blob = conn.execute(
+            sa.select(WORKFLOWS.c.blob).where(WORKFLOWS.c.name == name, WORKFLOWS.c.version == version)
+        ).scalar()
         if blob is None:
             continue
-        homeless = homeless_states(Program(blob), new)
+        old = Program(blob)
+        if old.hash == new.hash:
+            continue
+        homeless = homeless_states(old, new)
         if not homeless:
             continue
-        for did, name, state in last_states(conn, h, list(homeless)):
-            out[did] = (name, homeless[state])
+        for did, device, state in last_states(conn, name, version, list(homeless)):
+            out[did] = (device, homeless[state])
     return out
 
 
-def last_states(conn: Connection, wf_hash: str, states: list[str]) -> list[tuple[int, str, str]]:
-    """``(device id, name, state)`` of the devices running ``wf_hash`` whose latest workflow
-    event (by arrival, then sequence) was reported in one of ``states``."""
+def last_states(
+    conn: Connection, name: str, version: int, states: list[str]
+) -> list[tuple[int, str, str]]:
+    """``(device id, name, state)`` of the devices running ``name@version`` whose latest
+    workflow event (by arrival, then sequence) was reported in one of ``states``."""
     latest = sa.func.row_number().over(
         partition_by=EVENTS.c.device_id,
         order_by=(EVENTS.c.received_ms.desc(), EVENTS.c.seq.desc()),
@@ -67,7 +72,7 @@ def last_states(conn: Connection, wf_hash: str, states: list[str]) -> list[tuple
     ranked = (
         sa.select(EVENTS.c.device_id, DEVICES.c.name, EVENTS.c.state, latest.label("n"))
         .join(DEVICES, DEVICES.c.id == EVENTS.c.device_id)
-        .where(DEVICES.c.wf_hash == wf_hash)
+        .where(DEVICES.c.wf == name, DEVICES.c.wf_ver == version)
         .subquery()
     )
     q = sa.select(ranked.c.device_id, ranked.c.name, ranked.c.state).where(

@@ -278,7 +278,7 @@ class Orchestrator:
                         else ""
                     )
                 )
-            bad = compat.stranded(conn, wf.blob)
+            bad = compat.stranded(conn, wf.blob, {(d[5], d[6]) for d in devices if d[5]})
             hit = [bad[d[0]] for d in devices if d[0] in bad]
             if hit:
                 raise plan.RolloutError(compat.refusal(f"{wf.name}@{wf.version}", hit))
@@ -471,23 +471,25 @@ class Orchestrator:
         with self.engine.connect() as conn:
             self._rollout(conn, rid)
             rows = conn.execute(
-                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.id, DEVICES.c.name)
+                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.id, DEVICES.c.name,
+                          DEVICES.c.wf, DEVICES.c.wf_ver)
                 .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
                 .where(ROLLOUT_DEVICES.c.rollout_id == rid, changed, ROLLOUT_DEVICES.c.prev_wf.is_not(None))
                 .order_by(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.name)
             ).all()  # fmt: skip
             groups: dict[tuple[str, int], list] = defaultdict(list)
-            for wf, ver, did, name in rows:
-                groups[(wf, ver)].append((did, name))
+            for wf, ver, did, name, now_wf, now_ver in rows:
+                groups[(wf, ver)].append((did, name, now_wf, now_ver))
             out, hit = [], []
             for (wf, ver), members in groups.items():
                 try:
                     target = registry.get(conn, f"{wf}@{ver}")
                 except registry.RegistryError as exc:
                     raise plan.RolloutError(f"cannot roll back to {wf}@{ver}: {exc}") from None
-                bad = compat.stranded(conn, target.blob)
-                hit += [(f"{wf}@{ver}", bad[did]) for did, _ in members if did in bad]
-                out.append((wf, ver, [name for _, name in members]))
+                running = {(m[2], m[3]) for m in members if m[2]}
+                bad = compat.stranded(conn, target.blob, running)
+                hit += [(f"{wf}@{ver}", bad[m[0]]) for m in members if m[0] in bad]
+                out.append((wf, ver, [m[1] for m in members]))
         if hit:
             raise plan.RolloutError(compat.refusal(" / ".join(sorted({w for w, _ in hit})), [x for _, x in hit]))
         return out
