@@ -31,6 +31,14 @@ quantized DC gain is exactly 1 (lowpass, notch) or 0 (highpass, bandpass), which
 by at most 2**-13 in all. At run time each product also loses its low 3 bits before the
 sum (see ``shared.filters.biquad``). ``biquad_quantization_error`` reports what quantization does
 to a design; ``compile_spec`` refuses coefficients outside Q14 and unstable quantized poles.
+
+Biquad dead band: the rounding and truncation in the feedback loop let the output settle up
+to ``biquad_dead_band`` = (0.5 + 5 * 2**-11) / |1 + a1 + a2| LSB away from the exact response
+to a constant input, with a1, a2 as quantized. It grows with the square of fs / cutoff: about
+2 LSB at cutoff_hz = fs/10, 16 LSB near fs/33, and thousands below fs/200 (a low-pass at
+0.002 Hz sampled at 1 Hz turns a constant 10000 into 13958 and 1000 into 0). ``compile_spec``
+refuses a biquad whose dead band exceeds ``BIQUAD_DEAD_BAND_MAX`` (16 LSB): sample that input
+less often (a longer period_ms), or use ema/lowpass, whose state keeps Q14 fractions.
 """
 
 import math
@@ -39,6 +47,7 @@ from shared.filters import MAX_COUNT, MAX_WINDOW, SAMPLE_MAX
 from shared.filters.catalog import FILTER_CODES, build, build_chain
 
 _ONE = 16384
+BIQUAD_DEAD_BAND_MAX = 16  # LSB: the most a biquad's output may settle away from a constant input
 _KEYS = {
     "moving_average": ("window", "partial"),
     "median": ("window", "partial"),
@@ -203,6 +212,23 @@ def _biquad(spec, period_ms):
             "coeffs" if "coeffs" in spec else "design",
             "a1=%s, a2=%s quantize to a pole on or outside the unit circle (radius %s)"
             % (_g(q[3] / _ONE), _g(q[4] / _ONE), _g(_pole_radius(q[3] / _ONE, q[4] / _ONE))),
+        )
+    band = biquad_dead_band(q)
+    if band > BIQUAD_DEAD_BAND_MAX:
+        band = int(math.ceil(band))
+        if "coeffs" in spec:
+            raise _bad(
+                "coeffs",
+                "a1=%s, a2=%s leave a dead band of %d LSB: the output can settle that far from a "
+                "constant input (at most %d LSB); use poles further from z = 1, or another filter"
+                % (_g(q[3] / _ONE), _g(q[4] / _ONE), band, BIQUAD_DEAD_BAND_MAX),
+            )
+        raise _bad(
+            "cutoff_hz",
+            "%s Hz sampled every %s ms leaves a dead band of %d LSB: the output can settle that "
+            "far from a constant input (at most %d LSB); sample this input less often (a longer "
+            "period_ms) or use another filter (ema, lowpass)"
+            % (_g(fc), _g(t), band, BIQUAD_DEAD_BAND_MAX),
         )
     return q
 
@@ -374,12 +400,23 @@ def _pole_radius(a1, a2):
     return max(abs(-a1 + d), abs(-a1 - d)) / 2.0
 
 
+def biquad_dead_band(params):
+    """How far (in LSB) a biquad with Q14 ``params`` (b0, b1, b2, a1, a2) may settle from the
+    exact response to a constant input: the rounding (0.5 LSB) and the product truncation
+    (5 * 2**-11 LSB) of one step, amplified by the loop's DC gain 1 / |1 + a1 + a2|."""
+    den = abs(_ONE + params[3] + params[4])
+    if den == 0:
+        return math.inf
+    return (0.5 + 5 / 2048) * _ONE / den
+
+
 def biquad_quantization_error(coeffs, dc_gain=None):
     """What Q14 quantization does to a float biquad design.
 
     Returns ``{"max_coeff_error", "dc_gain", "dc_gain_q14", "pole_radius",
-    "pole_radius_q14"}``: the largest absolute coefficient change, and the DC gain and the
-    largest pole radius of the float and of the quantized coefficients.
+    "pole_radius_q14", "dead_band_lsb"}``: the largest absolute coefficient change, the DC
+    gain and the largest pole radius of the float and of the quantized coefficients, and the
+    quantized filter's dead band (``biquad_dead_band``).
     """
     q = quantize_biquad(coeffs, dc_gain)
     qf = [v / _ONE for v in q]
@@ -392,6 +429,7 @@ def biquad_quantization_error(coeffs, dc_gain=None):
         "dc_gain_q14": _dc_gain(qf),
         "pole_radius": _pole_radius(coeffs[3], coeffs[4]),
         "pole_radius_q14": _pole_radius(qf[3], qf[4]),
+        "dead_band_lsb": biquad_dead_band(q),
     }
 
 

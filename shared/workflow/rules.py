@@ -246,6 +246,75 @@ class Checker(Checks):
                     "states[%d]" % i,
                     "state %r is unreachable from the initial state %r" % (s["name"], d["initial"]),
                 )
+        if not self.errs:
+            self.check_timer_exits(initial)
+
+    def check_timer_exits(self, initial):
+        # A state that only timers can leave is stuck unless one of them may be running there.
+        running = self.running_timers(initial)
+        states = {i: n for n, i in self.states.items()}
+        timers = {i: n for n, i in self.timers.items()}
+        for s in range(len(self.st)):
+            if running[s] < 0 or self.st[s][6] & form.F_FINAL:
+                continue
+            outs = [t for t in range(self.st[s][0], self.st[s][1]) if self.tr[t][9] not in (-1, s)]
+            if not outs or [t for t in outs if self.tr[t][0] != form.EV_TIMER]:
+                continue
+            if [t for t in outs if running[s] >> self.tr[t][1] & 1]:
+                continue
+            names = []
+            for t in outs:
+                n = quote(timers[self.tr[t][1]])
+                if n not in names:
+                    names.append(n)
+            self.err(
+                "states[%d]" % s,
+                "state %s can only be left by timer %s, which nothing starts while the workflow "
+                "is in it (it would stay there forever)" % (quote(states[s]), " or ".join(names)),
+            )
+
+    def running_timers(self, initial):
+        # Per state, a bit mask of the timers that may be running while the workflow is in it
+        # (-1: never entered): started by the entry or transition actions on the way in, or
+        # by its own internal transitions, and not canceled since.
+        st, tr = self.st, self.tr
+        run = [-1] * len(st)
+        run[initial] = self.timer_actions(0, st[initial][2], st[initial][3])
+        todo = [initial]
+        while todo:
+            s = todo.pop()
+            inside = run[s]
+            grown = True
+            while grown:  # internal transitions may start (or cancel) timers in the state
+                grown = False
+                for t in range(st[s][0], st[s][1]):
+                    if tr[t][9] == -1:
+                        m = inside | self.timer_actions(inside, tr[t][7], tr[t][8])
+                        grown = grown or m != inside
+                        inside = m
+            run[s] = inside
+            for t in range(st[s][0], st[s][1]):
+                u = tr[t][9]
+                if u < 0:
+                    continue
+                m = self.timer_actions(inside, st[s][4], st[s][5])
+                m = self.timer_actions(m, tr[t][7], tr[t][8])
+                m = self.timer_actions(m, st[u][2], st[u][3])
+                if run[u] < 0 or run[u] | m != run[u]:
+                    run[u] = m if run[u] < 0 else run[u] | m
+                    todo.append(u)
+        return run
+
+    def timer_actions(self, mask, a, end):
+        # ``mask`` after the actions [a, end): start_timer sets a timer's bit, cancel clears it.
+        while a < end:
+            code, x = self.ac[a][0], self.ac[a][1]
+            if code == form.ACT_START_TIMER:
+                mask |= 1 << x
+            elif code == form.ACT_CANCEL_TIMER:
+                mask &= ~(1 << x)
+            a += 1
+        return mask
 
     def check_state(self, i, s):
         p = "states[%d]" % i

@@ -88,18 +88,7 @@ def migrate_snapshot(old_program, snap, new_program):
     their init, new outputs 0, new timers stay stopped, other periods are the new defaults.
     """
     state, vs, outs, timers, periods = _parse(old_program, snap)
-    old_name = old_program.state_names[state]
-    new = new_program.migration(old_program.version)
-    if new is not None and old_name in new:
-        s = new[old_name]
-    elif old_name in new_program.state_names:
-        s = new_program.state_names.index(old_name)
-    else:
-        raise ValueError(
-            "state %r of %s v%d has no place in v%d: no migrate entry and no "
-            "state of that name"
-            % (old_name, old_program.name, old_program.version, new_program.version)
-        )
+    s = migrated_state(old_program, old_program.state_names[state], new_program)
     p = new_program
     words = []
     _carry(words, p.var_names, old_program.var_names, vs, p.var_init)
@@ -126,6 +115,22 @@ def migrate_snapshot(old_program, snap, new_program):
         )
     )
     return head + struct.pack("<%di" % len(words), *words)
+
+
+def migrated_state(old_program, old_name, new_program):
+    """The index in ``new_program`` of ``old_program``'s state named ``old_name``: through
+    ``new_program``'s migrate map for ``old_program.version``, else the state of the same
+    name; ValueError naming the state when it has no place in the new version (the board
+    then refuses the install)."""
+    new = new_program.migration(old_program.version)
+    if new is not None and old_name in new:
+        return new[old_name]
+    if old_name in new_program.state_names:
+        return new_program.state_names.index(old_name)
+    raise ValueError(
+        "state %r of %s v%d has no place in v%d: no migrate entry and no state of that name"
+        % (old_name, old_program.name, old_program.version, new_program.version)
+    )
 
 
 def _carry(words, names, old_names, old_values, default):

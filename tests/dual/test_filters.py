@@ -21,6 +21,8 @@ from shared.filters.median import Median
 from shared.filters.minmax import WindowMax, WindowMin
 from shared.filters.moving_average import MovingAverage
 from shared.filters.spec import (
+    BIQUAD_DEAD_BAND_MAX,
+    biquad_dead_band,
     biquad_quantization_error,
     chain_footprint,
     compile_spec,
@@ -310,6 +312,38 @@ def test_biquad_quantization_error_report():
     # with the DC gain pinned, the quantized DC gain is exactly 1 and b1 moves <= 2**-13
     e1 = biquad_quantization_error(design_biquad("lowpass", 0.3, 10.0), 1)
     assert e1["dc_gain_q14"] == 1.0 and e1["max_coeff_error"] <= 2**-13
+
+
+def test_a_biquad_whose_dead_band_is_too_wide_is_refused():
+    # a low-pass at 0.002 Hz sampled at 1 Hz: its quantized poles sit so close to z = 1 that
+    # the output settles thousands of LSB away from a constant input
+    params = quantize_biquad(design_biquad("lowpass", 0.002, 1.0), 1)
+    for x, settled in ((10000, 13958), (1000, 0)):
+        f = Biquad(*params)
+        for _ in range(1000):
+            y = f.update(x)
+        assert y == settled, (x, y)
+    assert biquad_dead_band(params) == 4116.0  # (0.5 + 5/2048) / (2 / 16384)
+    spec = {"type": "biquad", "design": "lowpass", "cutoff_hz": 0.002}
+    assert msg(compile_spec, spec, 1000) == (
+        "cutoff_hz: 0.002 Hz sampled every 1000 ms leaves a dead band of 4116 LSB: the output "
+        "can settle that far from a constant input (at most 16 LSB); sample this input less "
+        "often (a longer period_ms) or use another filter (ema, lowpass)"
+    )
+    coeffs = [p / 16384 for p in params]
+    assert msg(compile_spec, {"type": "biquad", "coeffs": coeffs}, 1000) == (
+        "coeffs: a1=-1.98224, a2=0.982361 leave a dead band of 4116 LSB: the output can settle "
+        "that far from a constant input (at most 16 LSB); use poles further from z = 1, or "
+        "another filter"
+    )
+    # within the bound: fs/25 (just under 16 LSB) is accepted, fs/33 is not
+    assert biquad_dead_band(compile_spec(dict(spec, cutoff_hz=0.04), 1000)[1]) <= BIQUAD_DEAD_BAND_MAX
+    assert msg(compile_spec, dict(spec, cutoff_hz=0.03), 1000).startswith(
+        "cutoff_hz: 0.03 Hz sampled every 1000 ms leaves a dead band of 17 LSB"
+    )
+    # the golden designs are far inside it (fs/10 and fs/20: about 2 and 6 LSB)
+    assert biquad_dead_band((1105, 2210, 1105, -18727, 6763)) < 2
+    assert biquad_quantization_error(design_biquad("lowpass", 0.5, 10.0), 1)["dead_band_lsb"] < 7
 
 
 # --- event filters --------------------------------------------------------------------------

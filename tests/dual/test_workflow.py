@@ -224,6 +224,41 @@ def test_refuses_a_state_with_no_way_out():
     )
 
 
+def test_refuses_a_state_only_a_timer_that_nothing_starts_can_leave():
+    # b's only way out is its timer; with nothing starting it, the board stays in b forever
+    d = base()
+    d["states"][1]["on"] = [{"when": {"timer": "tm"}, "target": "c"}]
+    d["states"][1]["entry"] = [{"set_output": "fan", "value": 1}]
+    stuck = (
+        "states[1]",
+        "state 'b' can only be left by timer 'tm', which nothing starts while the workflow is in "
+        "it (it would stay there forever)",
+    )
+    check(d, [stuck])
+    # started elsewhere but canceled on the way in: the same
+    d["states"][0]["exit"] = [{"start_timer": "tm", "ms": 500}]
+    on(d, 0, 0)["actions"] = [{"cancel_timer": "tm"}]
+    check(d, [stuck])
+    # started on the way in (the exit of a, a transition's actions): it fires, b is left
+    on(d, 0, 0)["actions"] = []
+    check(d, [])
+    d["states"][0]["exit"] = []
+    on(d, 0, 0)["actions"] = [{"start_timer": "tm", "ms": 500}]
+    check(d, [])
+    # started by an internal transition of b itself
+    on(d, 0, 0)["actions"] = []
+    d["states"][1]["on"].append(
+        {"when": {"command": "arm"}, "actions": [{"start_timer": "tm", "ms": 500}]}
+    )
+    check(d, [])
+    # another way out that is not a timer: not stuck
+    d["states"][1]["on"] = [
+        {"when": {"timer": "tm"}, "target": "c"},
+        {"when": {"command": "stop"}, "target": "a"},
+    ]
+    check(d, [])
+
+
 def test_refuses_final_states_with_transitions_or_exit_actions():
     d = base()
     c = d["states"][2]
@@ -311,7 +346,9 @@ def test_refuses_bad_filters_with_the_filter_path():
         {"type": "kalman"},
         {"type": "ema", "alpha": 0.5, "beta": 1},
         "ema",
+        {"type": "biquad", "design": "lowpass", "cutoff_hz": 0.002},
     ]
+    d["inputs"][0]["period_ms"] = 1000
     check(
         d,
         [
@@ -321,6 +358,12 @@ def test_refuses_bad_filters_with_the_filter_path():
             ("inputs[0].filters[3].type", "unknown filter 'kalman'"),
             ("inputs[0].filters[4]", "unknown key 'beta'"),
             ("inputs[0].filters[5]", "expected an object, got string"),
+            (
+                "inputs[0].filters[6].cutoff_hz",
+                "0.002 Hz sampled every 1000 ms leaves a dead band of 4116 LSB: the output can "
+                "settle that far from a constant input (at most 16 LSB); sample this input less "
+                "often (a longer period_ms) or use another filter (ema, lowpass)",
+            ),
         ],
     )
 

@@ -1,13 +1,18 @@
 """The ``orrery`` command line: the root app, its command groups, and ``main``.
 
 ``orrery X Y`` lives in ``cloud/orrery/cli/X.py``; ``common.py`` holds what the commands share.
+Every failure ends the same way: one line ``error: …`` on stderr and a non-zero exit code
+(``OrreryGroup``); a traceback is shown only with ``ORRERY_DEBUG=1``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import sys
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from cloud.orrery.cli import (
     bench,
@@ -21,12 +26,50 @@ from cloud.orrery.cli import (
     sim,
     workflow,
 )
-from cloud.orrery.cli.common import console
+from cloud.orrery.cli.common import console, error_line
+
+
+class OrreryGroup(TyperGroup):
+    """The root command: a usage error, an unexpected exception or an interrupt ends as one
+    ``error:`` line on stderr and a non-zero exit, never as a traceback or a help box."""
+
+    def main(
+        self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra: Any
+    ):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except typer.Abort:
+            error_line("aborted")
+            code = 1
+        except Exception as exc:
+            code = _exit_code(exc)
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_code(exc: Exception) -> int:
+    """Report an exception that ended a command; return the exit code."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # the help is printed already
+        return exc.exit_code  # type: ignore[attr-defined]
+    if isinstance(getattr(exc, "exit_code", None), int) and hasattr(exc, "format_message"):
+        # click's own (typer's copy): a usage error, a bad parameter, a file it could not open
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        error_line(exc.format_message() + hint)  # type: ignore[attr-defined]
+        return exc.exit_code  # type: ignore[attr-defined]
+    if os.environ.get("ORRERY_DEBUG"):
+        raise exc
+    error_line(f"unexpected {type(exc).__name__}: {exc} (ORRERY_DEBUG=1 shows the traceback)")
+    return 1
+
 
 app = typer.Typer(
+    cls=OrreryGroup,
     help="Orrery: MicroPython sensor boards and the companion that runs their fleet.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 app.add_typer(bench.app, name="bench")
 app.add_typer(workflow.app, name="workflow")

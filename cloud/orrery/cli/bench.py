@@ -13,6 +13,7 @@ from rich.table import Table
 from cloud.orrery.cli.common import (
     JsonOpt,
     broker_address,
+    check_database_server,
     console,
     err_console,
     fail,
@@ -121,6 +122,8 @@ def bench_ingest(
 
     if devices > readings:
         fail(f"--devices {devices} is more than --readings {readings}")
+    if pg_url not in (None, "none"):  # asked for by name: it must answer (the default may not)
+        check_database_server(pg_url, "--pg-url")
     pg = (
         pg_url
         or os.environ.get("ORRERY_TEST_PG_URL")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -23,6 +23,11 @@ from cloud.orrery.cli.common import (
     fail,
     load_profile,
     open_db,
+    output_dir,
+    output_file,
+    read_json_object,
+    read_problem,
+    read_text,
 )
 from cloud.orrery.fleet import keys
 
@@ -35,18 +40,6 @@ PortOpt = Annotated[
     str,
     typer.Option("--port", "-p", help="Serial port (/dev/ttyUSB0, COM3) or socket://HOST:PORT."),
 ]
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        fail(f"{what} {path}: {exc.strerror}")
-    except json.JSONDecodeError as exc:
-        fail(f"{what} {path}: not valid JSON: {exc}")
-    if not isinstance(data, dict):
-        fail(f"{what} {path}: must be a JSON object")
-    return data
 
 
 @app.command("flash")
@@ -126,8 +119,18 @@ def board_deploy(
     wait for the board's birth message when a broker is configured."""
     from tools.board import deploy, serialport
 
-    cfg = _read_json(config, "config") if config else None
+    cfg = read_json_object(config, "--config") if config else None
     profile = load_profile(board)
+    if lib_dir is not None and not lib_dir.is_dir():
+        fail(
+            f"--lib-dir {lib_dir}: "
+            + ("not a directory" if lib_dir.exists() else "no such directory")
+        )
+    password = (
+        read_text(mqtt_password_file, "--mqtt-password-file").strip()
+        if mqtt_password_file
+        else None
+    )
     lines: list[str] | None = [] if dry_run else None
     with Progress(
         TextColumn("{task.description}"),
@@ -173,7 +176,6 @@ def board_deploy(
         return
     final = cfg or {}
     watch = wait > 0 and final.get("broker")
-    password = mqtt_password_file.read_text().strip() if mqtt_password_file else None
     if not watch:
         deploy.Board(port, baud).reset()
         console.print("[green]deployed; board reset[/]")
@@ -215,9 +217,10 @@ def board_image(
 
     profile = load_profile(board)
     assert profile is not None
-    cfg_in = _read_json(config, "config") if config else None
+    cfg_in = read_json_object(config, "--config") if config else None
     if cfg_in is None:
         fail("--config FILE is required (orrery board provision writes one per board)")
+    output_file(output, "-o")
     try:
         cfg = deploy.device_config(cfg_in, device_id, profile["name"], keys.credentials_from_env)
         fw, _info = espimage.read_firmware(firmware)
@@ -226,7 +229,10 @@ def board_image(
         checked = image.verify(img, profile, files)
     except (deploy.DeployError, espimage.ImageError, image.FactoryImageError) as exc:
         fail(str(exc))
-    output.write_bytes(img)
+    try:
+        output.write_bytes(img)
+    except OSError as exc:
+        fail(f"-o {output}: {read_problem(exc)}")
     info = {
         "output": str(output),
         "bytes": len(img),
@@ -282,7 +288,8 @@ def board_provision(
         wifi = {"ssid": wifi_ssid}
         if wifi_password is not None:
             wifi["password"] = wifi_password
-    engine = open_db(db_url)
+    engine = open_db(db_url, create=True)
+    output_dir(out, "--out")
     try:
         items = provision_boards(
             engine,
@@ -359,4 +366,6 @@ def check_profiles(
     """Check board profiles: pins, ADC1, conflicts, partition layout."""
     from tools.board import profiles
 
+    for f in files or []:
+        read_text(f)  # a file that cannot be read is an error, not a report line
     raise typer.Exit(profiles.main([str(f) for f in files or []]))

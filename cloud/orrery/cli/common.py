@@ -4,7 +4,10 @@ options, opening the database, and parsing times, durations, board profiles and 
 from __future__ import annotations
 
 import os
+import re
+import socket
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import sqlalchemy as sa
@@ -41,20 +44,121 @@ BrokerOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seed of sensors, faults and timing.")]
 
 
+def error_line(message: str) -> None:
+    """Print ``error: message`` on stderr as one line (line breaks in ``message``, e.g. from a
+    database driver, become spaces)."""
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}")
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print an error for a person and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+    """Print an error for a person (one line) and exit non-zero."""
+    error_line(message)
     raise typer.Exit(code)
 
 
-def open_db(url: str | None) -> sa.Engine:
-    """The engine for ``--db``, migrated; a clear error if it can't be opened."""
+def read_problem(exc: Exception) -> str:
+    """Why a file could not be read or written, in a few words."""
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, NotADirectoryError):
+        return "a part of the path is not a directory"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text (a binary file?)"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc)
+
+
+def _named(path: Path, what: str) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
+def read_bytes(path: Path, what: str = "") -> bytes:
+    """The bytes of an input file; fails naming it (and its option ``what``) when it cannot be
+    read: missing, a directory, no permission."""
     try:
-        return engine_for(url)
+        return path.read_bytes()
+    except OSError as exc:
+        fail(f"{_named(path, what)}: {read_problem(exc)}")
+
+
+def read_text(path: Path, what: str = "") -> str:
+    """The text of an input file (UTF-8); fails like ``read_bytes``, and on a binary file."""
+    data = read_bytes(path, what)
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        fail(f"{_named(path, what)}: {read_problem(exc)}")
+
+
+def read_json_object(path: Path, what: str = "") -> dict[str, Any]:
+    """An input file holding one JSON object; fails naming the file when it is not one."""
+    import json
+
+    try:
+        data = json.loads(read_text(path, what))
+    except json.JSONDecodeError as exc:
+        fail(f"{_named(path, what)}: not valid JSON: {exc}")
+    if not isinstance(data, dict):
+        fail(f"{_named(path, what)}: must be a JSON object")
+    return data
+
+
+def output_file(path: Path, what: str = "") -> Path:
+    """``path`` if a file can be written there (not a directory, in a directory that exists);
+    checked before any work is done, so a long command does not fail at its very end."""
+    if path.is_dir():
+        fail(f"{_named(path, what)}: is a directory, not a file")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        fail(f"{_named(path, what)}: {parent} is not a directory")
+    return path
+
+
+def output_dir(path: Path, what: str = "") -> Path:
+    """``path``, created if needed, if it is (or can be) a directory; fails naming it if not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        fail(f"{_named(path, what)}: is a file, not a directory")
+    except OSError as exc:
+        fail(f"{_named(path, what)}: {read_problem(exc)}")
+    return path
+
+
+def open_db(url: str | None, create: bool = False) -> sa.Engine:
+    """The engine for ``--db``, migrated; a clear error if it can't be opened. Only a command
+    that stores something of its own (``create``) may create a SQLite file."""
+    from alembic.util import CommandError
+
+    try:
+        return engine_for(url, create=create)
     except ValueError as exc:
         fail(str(exc))
-    except sa.exc.OperationalError as exc:
+    except sa.exc.DBAPIError as exc:
         fail(f"cannot open database {describe(url_from(url))}: {exc.orig}")
+    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+        fail(f"cannot open database {describe(url_from(url))}: {exc}")
+
+
+def check_database_server(url: str, what: str) -> None:
+    """Fail unless a connection to the database at ``url`` opens (nothing is created)."""
+    full = url_from(url)
+    try:
+        engine = sa.create_engine(full)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        fail(f"{what} {describe(full)}: not a database URL ({exc})")
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        fail(f"{what} {describe(full)}: cannot connect: {exc.orig}")
+    finally:
+        engine.dispose()
 
 
 def known_device(conn: Connection, name: str) -> int:
@@ -100,27 +204,54 @@ def load_profile(board: str | None) -> dict[str, Any] | None:
         return profiles.load(board)
     except profiles.ProfileError as exc:
         fail(str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"--board {board}: {read_problem(exc)}")
+
+
+_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_host(host: str, what: str) -> str:
+    """``host`` if it is a host name or an IP address (no scheme, no port); fails if not."""
+    if not _HOST.fullmatch(host):
+        fail(f"{what} {host!r}: expected a host name or an IP address (no scheme, no port)")
+    return host
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    """``mqtt://HOST:PORT`` (or ``HOST:PORT``) -> (host, port); the port defaults to 1883."""
-    rest = url.split("://", 1)[1] if "://" in url else url
-    rest = rest.split("/", 1)[0]
-    host, _, port = rest.rpartition(":") if ":" in rest else (rest, "", "1883")
-    if not host:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://HOST:PORT")
-    try:
-        return host, int(port)
-    except ValueError:
-        raise ValueError(f"broker URL {url!r}: port {port!r} is not a number") from None
+    """``mqtt://HOST[:PORT]`` or ``HOST:PORT`` -> (host, port); the port defaults to 1883.
+    ValueError for anything else (another scheme, a path, a bare word, a bad port)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+        if ":" not in rest:
+            raise ValueError(f"broker URL {url!r}: expected mqtt://HOST:PORT")
+    elif scheme.lower() != "mqtt":
+        raise ValueError(f"broker URL {url!r}: the scheme must be mqtt:// (plain MQTT)")
+    rest = rest[:-1] if rest.endswith("/") else rest
+    has_port = rest.count(":") == 1 or ("]:" in rest)  # an IPv6 address is in brackets
+    host, port = rest.rsplit(":", 1) if has_port else (rest, "1883")
+    if not _HOST.fullmatch(host):
+        raise ValueError(f"broker URL {url!r}: {host!r} is not a host name or an IP address")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"broker URL {url!r}: port {port!r} is not a number in 1..65535")
+    return host.strip("[]"), int(port)
 
 
 def broker_address(broker: str | None) -> tuple[str, int] | None:
-    """``--broker``, else ``$ORRERY_BROKER``, as (host, port); None when neither is given."""
+    """``--broker``, else ``$ORRERY_BROKER``, as (host, port); None when neither is given.
+
+    Fails when the URL is malformed or nothing answers at that address (checked with a TCP
+    connection, so a command does not set up a fleet and then stall on a dead broker)."""
     url = broker or os.environ.get("ORRERY_BROKER")
     if not url:
         return None
     try:
-        return parse_broker_url(url)
+        host, port = parse_broker_url(url)
     except ValueError as exc:
         fail(str(exc))
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        fail(f"broker {url}: cannot connect to {host}:{port}: {read_problem(exc)}")
+    return host, port

@@ -23,6 +23,7 @@ from cloud.orrery.cli.common import (
     broker_address,
     fail,
     output_console,
+    output_dir,
 )
 from cloud.orrery.cli.fleet_view import Display, show_report
 
@@ -51,8 +52,7 @@ def demo(
     t0 = time.monotonic()
     con = output_console(as_json)
     addr = broker_address(broker)
-    out_dir = out or Path(tempfile.mkdtemp(prefix="orrery-demo-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out, "--out") if out else Path(tempfile.mkdtemp(prefix="orrery-demo-"))
     db_url = f"sqlite:///{out_dir / 'orrery.db'}"
     if (out_dir / "orrery.db").exists():
         fail(f"{out_dir / 'orrery.db'} exists: give an empty --out directory")
@@ -76,6 +76,8 @@ def demo(
         ):
             rid, at_finish = scenario.run_demo(fleet, cast, rng, display)
             rep = scenario.finish(fleet, out_dir, rid, at_finish, cast.plotted, t0, display)
+    except RuntimeError as exc:  # the companion could not start or keep up: say why
+        fail(str(exc))
     finally:
         with scenario.board_output(boards_log):
             fleet.close()

@@ -30,7 +30,7 @@ def devices_add(
     for n in [fleet, *names]:
         if not is_id(n):
             fail(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
-    added = len(devices.register(open_db(db_url), fleet, profile, names))
+    added = len(devices.register(open_db(db_url, create=True), fleet, profile, names))
     console.print(f"registered {added} new device(s); {len(set(names)) - added} already known")
 
 

@@ -19,7 +19,10 @@ from cloud.orrery.cli.common import (
     fail,
     known_device,
     open_db,
+    output_file,
     parse_time,
+    read_json_object,
+    read_problem,
 )
 from cloud.orrery.ingest import queries
 from cloud.orrery.sim.plot import plot_device
@@ -46,11 +49,14 @@ def readings_export(
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     engine = open_db(db_url)
     cols = queries.EXPORT_COLUMNS
-    out = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
-    n = 0
-    try:
-        with engine.connect() as conn:
-            did = known_device(conn, device)
+    with engine.connect() as conn:
+        did = known_device(conn, device)
+        try:
+            out = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
+        except OSError as exc:
+            fail(f"-o {output}: {read_problem(exc)}")
+        n = 0
+        try:
             w = csv.writer(out) if fmt == "csv" else None
             if w:
                 w.writerow(cols)
@@ -60,9 +66,9 @@ def readings_export(
                 else:
                     out.write(json.dumps(dict(zip(cols, row, strict=True))) + "\n")
                 n += 1
-    finally:
-        if output:
-            out.close()
+        finally:
+            if output:
+                out.close()
     if output:
         console.print(f"wrote {n} reading(s) to {output}")
 
@@ -138,12 +144,10 @@ def readings_plot(
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     raw_data = None
     if raw is not None:
-        try:
-            raw_data = json.loads(raw.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            fail(f"--raw {raw}: {exc}")
+        raw_data = read_json_object(raw, "--raw")
         if raw_data.get("device") not in (None, device):
             fail(f"--raw {raw} holds {raw_data.get('device')}, not {device}")
+    output_file(output, "-o")
     try:
         info = plot_device(open_db(db_url), device, output, since_ms=lo, until_ms=hi, raw=raw_data)
     except LookupError as exc:

@@ -15,7 +15,12 @@ from rich.table import Table
 from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, open_db
 from cloud.orrery.fleet import keys
 from cloud.orrery.fleet.registry import RegistryError
-from cloud.orrery.fleet.rollout.orchestrator import Orchestrator, audit_log, rollout_ids
+from cloud.orrery.fleet.rollout.orchestrator import (
+    ACTIVE_ROLLOUT,
+    Orchestrator,
+    audit_log,
+    rollout_ids,
+)
 from cloud.orrery.fleet.rollout.plan import RolloutError
 
 ROLLOUT_ERRORS = (RolloutError, RegistryError)
@@ -126,16 +131,17 @@ def rollout_start(rollout_id: int, db_url: DbOpt = None) -> None:
 
 @app.command("pause")
 def rollout_pause(rollout_id: int, db_url: DbOpt = None) -> None:
-    """Pause: nothing new is sent; devices in flight still report."""
-    _act("pause", rollout_id, db_url)
-    console.print(f"rollout {rollout_id} paused")
+    """Pause: nothing new is sent; devices in flight still report. A paused rollout stays
+    paused (not an error)."""
+    done = _act("pause", rollout_id, db_url)
+    console.print(f"rollout {rollout_id} " + ("paused" if done else "is already paused"))
 
 
 @app.command("resume")
 def rollout_resume(rollout_id: int, db_url: DbOpt = None) -> None:
-    """Resume a paused rollout."""
-    _act("resume", rollout_id, db_url)
-    console.print(f"rollout {rollout_id} running")
+    """Resume a paused rollout. A running rollout stays running (not an error)."""
+    done = _act("resume", rollout_id, db_url)
+    console.print(f"rollout {rollout_id} " + ("running" if done else "is already running"))
 
 
 @app.command("cancel")
@@ -165,15 +171,34 @@ def rollout_retry(
 
 
 @app.command("rollback")
-def rollout_rollback(rollout_id: int, db_url: DbOpt = None) -> None:
-    """Cancel and put every device this rollout changed back on its previous version."""
-    o = _orch(db_url, need_secret=True)
+def rollout_rollback(
+    rollout_id: int,
+    dry_run: Annotated[
+        bool, typer.Option(help="Show which devices go back to which version; change nothing.")
+    ] = False,
+    db_url: DbOpt = None,
+) -> None:
+    """Cancel and put every device this rollout changed back on its previous version; refused,
+    naming them, when a device's current state has no place in its previous version."""
+    o = _orch(db_url, need_secret=not dry_run)
     try:
+        if dry_run:
+            groups = o.rollback_plan(rollout_id)
+            for wf, ver, names in groups:
+                more = f" … (+{len(names) - 8})" if len(names) > 8 else ""
+                console.print(
+                    f"{len(names)} device(s) would go back to {wf}@{ver}: {', '.join(names[:8])}{more}"
+                )
+            console.print(
+                ("" if groups else "no device to roll back; ") + "[yellow]dry run: nothing was changed[/]"
+            )
+            return
         new = o.rollback(rollout_id)
     except ROLLOUT_ERRORS as exc:
         fail(str(exc))
     console.print(
         f"rollout {rollout_id} rolled back by rollout(s) {', '.join(map(str, new)) or '(none needed)'}"
+        + (f": `orrery rollout status {new[0]}` shows how it ends" if new else "")
     )
 
 
@@ -241,7 +266,7 @@ def rollout_status(
         console.print(_status_view(s))
         return
     with Live(_status_view(s), console=console, refresh_per_second=2) as live:
-        while s["state"] in ("draft", "running", "paused"):
+        while s["state"] in ACTIVE_ROLLOUT:
             time.sleep(1)
             s = get()
             live.update(_status_view(s))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import ssl
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cloud.orrery.cli.common import DbOpt, fail, open_db
+from cloud.orrery.cli.common import DbOpt, check_host, fail, open_db, read_problem, read_text
 from cloud.orrery.fleet import commands, keys
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest.alerts import AlertRule
@@ -68,34 +70,50 @@ def serve(
         bool, typer.Option(help="Drive running rollouts (needs the fleet secret).")
     ] = True,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    connect_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Exit (code 1) after this many seconds without a connection to the broker, at "
+            "the start or after losing it; 0 retries forever.",
+        ),
+    ] = 180.0,
 ) -> None:
     """Run the ingest service: store readings exactly once, reconcile gaps, answer pulls."""
 
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"--log-level {log_level!r}: expected DEBUG, INFO, WARNING or ERROR")
-    configure_logging(log_level)
+    check_host(host, "--host")
     try:
         rules = [AlertRule.parse(a) for a in alert or []]
     except ValueError as exc:
         fail(str(exc))
+    why = None
+    named = secret_file or os.environ.get("ORRERY_SECRET") or os.environ.get("ORRERY_SECRET_FILE")
     try:
         secret = keys.load_secret(secret_file)
     except keys.SecretError as exc:
-        if secret_file is not None:
+        if named:  # a secret was named but cannot be used: refuse rather than run without it
             fail(str(exc))
         secret = None
-        jlog("no_fleet_secret", 30, detail=f"{exc}; gaps will be reported but no resend is signed")
+        why = f"{exc}; gaps will be reported but no resend is signed"
+        if rollouts:
+            why += ", and rollouts are not driven"
     password = None
     if password_file is not None:
+        password = read_text(password_file, "--password-file").strip()
+    if ca_file is not None:
+        read_text(ca_file, "--ca-file")
         try:
-            password = password_file.read_text().strip()
-        except OSError as exc:
-            fail(f"--password-file {password_file}: {exc.strerror}")
-    if ca_file is not None and not ca_file.exists():
-        fail(f"--ca-file {ca_file}: no such file")
+            ssl.create_default_context(cafile=str(ca_file))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            fail(f"--ca-file {ca_file}: not a CA certificate in PEM form ({read_problem(exc)})")
     if command_retry_max < command_retry:
         fail(f"--command-retry-max {command_retry_max:g} is below --command-retry {command_retry:g}")
-    engine = open_db(db_url)
+    configure_logging(log_level)
+    if secret is None:
+        jlog("no_fleet_secret", 30, detail=why)
+    engine = open_db(db_url, create=True)
     ingest = Ingest(
         engine,
         secret=secret,
@@ -118,7 +136,10 @@ def serve(
         group=group,
         fleet=fleet,
         reconcile_every_s=reconcile_every,
+        connect_timeout_s=connect_timeout,
         orchestrator=orchestrator,
     )
     service.install_signals()
     service.run()
+    if service.failure:
+        fail(service.failure)

@@ -19,10 +19,14 @@ from cloud.orrery.cli.common import (
     SeedOpt,
     broker_address,
     fail,
+    open_db,
     output_console,
+    output_dir,
     parse_seconds,
 )
 from cloud.orrery.cli.fleet_view import Display, show_report
+from cloud.orrery.db.engine import describe, url_from
+from cloud.orrery.db.tables import DEVICES
 
 
 def sim(
@@ -73,21 +77,24 @@ def sim(
     t0 = time.monotonic()
     con = output_console(as_json)
     addr = broker_address(broker)
-    out_dir = out or Path(tempfile.mkdtemp(prefix="orrery-sim-"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_dir(out, "--out") if out else Path(tempfile.mkdtemp(prefix="orrery-sim-"))
     url = db_url or f"sqlite:///{out_dir / 'orrery.db'}"
+    engine = open_db(url, create=True)  # a database that cannot be opened fails here, first
+    with engine.connect() as conn:
+        held = conn.execute(sa.select(sa.func.count()).select_from(DEVICES)).scalar_one()
+    engine.dispose()
+    if held:  # the report accounts for every reading in the database
+        fail(f"{describe(url_from(url))} already holds {held} device(s): give a fresh --db")
     rng = random.Random(seed)
     boards_log = out_dir / "boards.log"
     with scenario.board_output(boards_log):
-        try:
-            fleet = VirtualFleet(devices, url, broker=addr, seed=seed, speed=speed or None,
-                                 clockless=clockless)  # fmt: skip
-        except sa.exc.IntegrityError:
-            fail(f"{url} already holds these devices: give a fresh --db")
+        fleet = VirtualFleet(devices, url, broker=addr, seed=seed, speed=speed or None,
+                             clockless=clockless)  # fmt: skip
     names = list(fleet.boards)
-    plotted = plot if plot in fleet.boards else None
+    plotted = None if plot is None else fleet.board_named(plot)
     if plot is not None and plotted is None:
-        fail(f"--plot {plot!r}: the boards are {names[0]} … {names[-1]}")
+        fleet.close()
+        fail(f"--plot {plot!r}: the boards are {names[0]} … {names[-1]} (or without -{fleet.run_id})")
     if plotted:
         fleet.boards[plotted].start_recording()
     scenario.schedule_faults(fleet, rng, total, offline_rate, reboot_rate, broker_restarts)
@@ -101,6 +108,8 @@ def sim(
             display.set("running")
             fleet.run(total, display.update)
             rep = scenario.finish(fleet, out_dir, None, None, plotted, t0, display)
+    except RuntimeError as exc:  # the companion could not start or keep up: say why
+        fail(str(exc))
     finally:
         with scenario.board_output(boards_log):
             fleet.close()

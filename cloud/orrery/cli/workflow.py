@@ -14,18 +14,26 @@ from cloud.orrery.cli.common import (
     DbOpt,
     JsonOpt,
     console,
-    err_console,
+    error_line,
     fail,
     known_device,
     load_profile,
     open_db,
     parse_time,
+    read_bytes,
+    read_problem,
 )
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.fleet import devices, registry, replay
 from shared.workflow import compiler
 
 app = typer.Typer(help="Workflow definitions.", no_args_is_help=True)
+
+
+def _invalid(file: Path, errors: list[tuple[str, str]]) -> None:
+    """Print each validation error as ``error: FILE: PATH: REASON``."""
+    for path, reason in errors:
+        error_line(f"{file}: {path}: {reason}")
 
 
 @app.command("push")
@@ -39,15 +47,14 @@ def workflow_push(
 ) -> None:
     """Store an immutable version: identical content is a no-op, other content under an
     existing version is refused."""
-    if not file.exists():
-        fail(f"{file}: no such file")
-    engine = open_db(db_url)
+    source = read_bytes(file)
+    profile = load_profile(board)
+    engine = open_db(db_url, create=True)
     try:
         with engine.begin() as conn:
-            res = registry.push(conn, file.read_bytes(), load_profile(board), now_ms())
+            res = registry.push(conn, source, profile, now_ms())
     except compiler.WorkflowError as exc:
-        for path, reason in exc.errors:
-            err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
+        _invalid(file, exc.errors)
         raise typer.Exit(1) from None
     except registry.RegistryError as exc:
         fail(str(exc))
@@ -194,16 +201,13 @@ def workflow_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a workflow with the board's own validator; errors name the path and the reason."""
-    if not file.exists():
-        fail(f"{file}: no such file")
-    errors = compiler.errors(file.read_bytes(), load_profile(board))
+    errors = compiler.errors(read_bytes(file), load_profile(board))
     if as_json:
         print(
             json.dumps({"ok": not errors, "errors": [{"path": p, "reason": r} for p, r in errors]})
         )
     elif errors:
-        for path, reason in errors:
-            err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
+        _invalid(file, errors)
     else:
         console.print(f"[green]{file}: valid[/]")
     if errors:
@@ -220,16 +224,18 @@ def workflow_compile(
     as_json: JsonOpt = False,
 ) -> None:
     """Compile a workflow to its compact device form; print its hash and heap footprint."""
-    if not file.exists():
-        fail(f"{file}: no such file")
+    source = read_bytes(file)
+    profile = load_profile(board)
     try:
-        compiled = compiler.compile(file.read_bytes(), load_profile(board))
+        compiled = compiler.compile(source, profile)
     except compiler.WorkflowError as exc:
-        for path, reason in exc.errors:
-            err_console.print(f"[red]{file}[/]: [bold]{path}[/]: {reason}")
+        _invalid(file, exc.errors)
         raise typer.Exit(1) from None
     if output:
-        output.write_bytes(compiled.blob)
+        try:
+            output.write_bytes(compiled.blob)
+        except OSError as exc:
+            fail(f"-o {output}: {read_problem(exc)}")
     info = {
         "name": compiled.name,
         "version": compiled.version,

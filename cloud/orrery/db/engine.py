@@ -2,7 +2,9 @@
 
 SQLite (a file, WAL) by default; PostgreSQL by URL, with the same code. The URL comes from
 ``--db`` or ``ORRERY_DB_URL``; the default is ``sqlite:///orrery.db``. Opening a database
-migrates it (Alembic, ``cloud/orrery/db/migrations``).
+migrates it (Alembic, ``cloud/orrery/db/migrations``). A SQLite file is created only when the
+caller says so (``create``): a command that reads never leaves an empty database behind a
+mistyped path.
 """
 
 from __future__ import annotations
@@ -37,8 +39,42 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def engine_for(url: str | None = None, *, migrate: bool = True) -> sa.Engine:
-    """Create the engine for ``url`` (see ``url_from``) and migrate the schema to head."""
+class NoDatabase(ValueError):
+    """The database does not exist (and the caller may not create it), or cannot be a file."""
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (relative to the working directory, as SQLite opens it); None
+    for an in-memory database or another backend."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def _check_sqlite_file(full: str, create: bool) -> None:
+    path = sqlite_file(full)
+    if path is None:
+        return
+    if path.is_dir():
+        raise NoDatabase(f"database {describe(full)}: {path} is a directory")
+    if path.exists():
+        return
+    if not create:
+        raise NoDatabase(
+            f"no database at {path.absolute()} ({describe(full)}): give --db or set ORRERY_DB_URL"
+        )
+    if not path.absolute().parent.is_dir():
+        raise NoDatabase(
+            f"database {describe(full)}: no directory {path.absolute().parent} to create it in"
+        )
+
+
+def engine_for(url: str | None = None, *, migrate: bool = True, create: bool = True) -> sa.Engine:
+    """Create the engine for ``url`` (see ``url_from``) and migrate the schema to head.
+
+    ``create`` False: a SQLite file that does not exist is ``NoDatabase``, not a new database.
+    """
     full = url_from(url)
     try:
         backend = sa.engine.make_url(full).get_backend_name()
@@ -55,6 +91,7 @@ def engine_for(url: str | None = None, *, migrate: bool = True) -> sa.Engine:
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise ValueError(f"bad database URL {describe(full)!r}: {exc}") from None
     if backend == "sqlite":
+        _check_sqlite_file(full, create)
         event.listen(engine, "connect", _sqlite_pragmas)
     if migrate:
         upgrade(engine)

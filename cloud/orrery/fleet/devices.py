@@ -10,15 +10,17 @@ from cloud.orrery.db.tables import DEVICES, GAPS, LOSSES, SESSIONS, TAGS, insert
 
 
 def register(engine: sa.Engine, fleet: str, profile: str | None, names: list[str]) -> list[str]:
-    """Insert the devices (insert-or-ignore); return the names that were new."""
+    """Insert the devices (insert-or-ignore); return the names that were new, in order."""
     now = now_ms()
-    new = []
+    unique = list(dict.fromkeys(names))
+    if not unique:
+        return []
+    rows = [{"name": n, "fleet": fleet, "profile": profile, "created_ms": now} for n in unique]
     with engine.begin() as conn:
-        for name in dict.fromkeys(names):
-            row = {"name": name, "fleet": fleet, "profile": profile, "created_ms": now}
-            if conn.execute(insert_ignore(conn, DEVICES), [row]).rowcount:
-                new.append(name)
-    return new
+        # RETURNING lists the rows actually inserted (a rowcount is -1 for a batch on PostgreSQL)
+        stmt = insert_ignore(conn, DEVICES).returning(DEVICES.c.name)
+        inserted = set(conn.execute(stmt, rows).scalars())
+    return [n for n in unique if n in inserted]
 
 
 def device_id(conn: Connection, name: str) -> int | None:

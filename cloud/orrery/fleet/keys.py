@@ -41,10 +41,22 @@ def load_secret(path: Path | None = None) -> bytes:
             value = path.read_bytes().strip()
         except OSError as exc:
             raise SecretError(f"fleet secret file {path}: {exc.strerror}") from None
+        if not _is_text(value):
+            raise SecretError(
+                f"fleet secret file {path}: not a secret written by `orrery broker secret` "
+                "(it holds binary data, not one line of text)"
+            )
         where = str(path)
     if len(value) < 16:
         raise SecretError(f"fleet secret from {where} is {len(value)} bytes; it needs at least 16")
     return value
+
+
+def _is_text(value: bytes) -> bool:
+    try:
+        return value.decode().isprintable()
+    except UnicodeDecodeError:
+        return False
 
 
 def new_secret() -> bytes:

@@ -10,7 +10,11 @@
 - commands: queued ones are published each reconcile pass, sent ones again when their ack is
   overdue (``fleet.commands``), and every open one again after each (re)subscription, since a
   board's pull that reached the broker while no one was subscribed was dropped;
-- one structured (JSON) log line per notable event and a periodic stats line;
+- one structured (JSON) log line per notable event and a periodic stats line; every failed
+  connection attempt is logged with its cause (refused, no route, TLS, the broker's refusal);
+- without a connection for ``connect_timeout_s`` (from the start or from a disconnect) the
+  service stops and ``failure`` says why (``orrery serve`` then exits non-zero); 0 retries
+  forever;
 - SIGTERM/SIGINT: stop taking messages, store and ack what is in hand, disconnect, exit 0.
 
 The worker's client id must be stable across restarts (the broker keeps its session, and the
@@ -23,6 +27,7 @@ import logging
 import queue
 import signal
 import ssl
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +80,7 @@ class Service:
         max_rows: int = 20000,
         reconcile_every_s: float = 2.0,
         stats_every_s: float = 10.0,
+        connect_timeout_s: float = 0.0,
         orchestrator=None,
     ) -> None:
         self.ingest = ingest
@@ -87,11 +93,15 @@ class Service:
         self.max_rows = max_rows
         self.reconcile_every_s = reconcile_every_s
         self.stats_every_s = stats_every_s
+        self.connect_timeout_s = connect_timeout_s
         self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.stop_event = threading.Event()
         self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
         self.resubscribed = threading.Event()  # open commands go out again at the next pass
         self.stored = 0
+        self.down_since: float | None = time.monotonic()  # None while connected
+        self.last_error = "no answer yet"  # why the last connection attempt failed
+        self.failure: str | None = None  # why the service gave up, if it did
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -109,6 +119,7 @@ class Service:
         c.max_queued_messages_set(0)
         c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
@@ -116,8 +127,10 @@ class Service:
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
-            jlog("broker_refused", logging.ERROR, reason=str(reason))
+            self.last_error = f"the broker refused the connection: {reason}"
+            jlog("broker_refused", logging.ERROR, reason=str(reason), broker=self.address)
             return
+        self.down_since = None
         base = f"$share/{self.group}/orrery/{self.fleet}/+"
         client.subscribe([(base + "/up/#", 1), (base + "/down/cmd", 1)])
         jlog(
@@ -135,10 +148,35 @@ class Service:
         self.resubscribed.set()
         self.connected.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this from inside its ``except OSError``: the exception is the cause
+        exc = sys.exc_info()[1]
+        self.last_error = str(exc) if exc is not None else "connection failed"
+        jlog("broker_connect_failed", logging.ERROR, broker=self.address, error=self.last_error)
+
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()
+        if self.down_since is None:
+            self.down_since = time.monotonic()
         if not self.stop_event.is_set():
             jlog("broker_disconnected", logging.WARNING, reason=str(reason))
+
+    @property
+    def address(self) -> str:
+        """The broker as HOST:PORT."""
+        return f"{self.broker.host}:{self.broker.port}"
+
+    def _gave_up(self, now: float) -> bool:
+        # True (and ``failure`` set) once the broker has been out of reach for too long
+        down = self.down_since
+        if not self.connect_timeout_s or down is None or now - down < self.connect_timeout_s:
+            return False
+        self.failure = (
+            f"no connection to the broker {self.address} for {self.connect_timeout_s:g} s "
+            f"(--connect-timeout): {self.last_error}"
+        )
+        jlog("broker_unreachable", logging.ERROR, broker=self.address, error=self.last_error)
+        return True
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.inbox.put(msg)
@@ -162,7 +200,7 @@ class Service:
             "serve_started",
             client_id=self.client_id,
             group=self.group,
-            broker=f"{self.broker.host}:{self.broker.port}",
+            broker=self.address,
         )
         next_reconcile = time.monotonic() + self.reconcile_every_s
         next_stats = time.monotonic() + self.stats_every_s
@@ -193,6 +231,9 @@ class Service:
             if stopping and self.inbox.empty():
                 break
             now = time.monotonic()
+            if not stopping and self._gave_up(now):
+                self.stop()
+                continue
             if now >= next_reconcile and not stopping:
                 next_reconcile = now + self.reconcile_every_s
                 self._reconcile()

@@ -20,7 +20,7 @@ from tools.board import profiles
 
 PROFILE_NAME = "esp32-devkitc"
 PROFILE = profiles.load(PROFILE_NAME)
-FLEET = "sim"  # the fleet id of the virtual boards
+FLEET = "sim"  # the fleet id of the virtual boards: "sim-<run id>" (see VirtualFleet)
 POWER_CUTS = ("torn_record", "garbage_record", "torn_cursor")
 SMALL_FLASH = (51, 4)  # readings per segment, segments: a board with a tiny flash partition
 UNWIRED = ("adc1", "adc2", "adc3")  # no sensor on these channels of the virtual boards
@@ -102,6 +102,7 @@ class VirtualBoard:
         *,
         seed: int = 1,
         fleet: str = FLEET,
+        label: str | None = None,
         synced: bool = True,
         skew_ms: int = 0,
         flash: tuple[int, int] | None = None,
@@ -118,7 +119,7 @@ class VirtualBoard:
         self.synced = synced
         self.skew_ms = skew_ms
         self.flash = flash
-        self.rng = random.Random(f"{seed}:{name}")
+        self.rng = random.Random(f"{seed}:{label or name}")  # label: the same climate every run
         self.cfg = {
             "device_id": name,
             "fleet": fleet,

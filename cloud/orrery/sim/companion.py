@@ -20,15 +20,15 @@ from cloud.orrery.sim.clock import SharedClock
 
 def companion_command(
     db_url: str, host: str, port: int, clock_file: Path, *, client_id: str = "orrery-sim",
-    reorder_window_ms: int = 120_000, reconcile_every_s: float = 1.0,
-    commits_file: Path | None = None, log_level: str = "WARNING",
+    fleet: str = "+", group: str = "orrery-sim", reorder_window_ms: int = 120_000,
+    reconcile_every_s: float = 1.0, commits_file: Path | None = None, log_level: str = "WARNING",
 ) -> list[str]:  # fmt: skip
     """The command line of a companion process on the fleet's virtual clock."""
     cmd = [
         sys.executable, "-m", "cloud.orrery.sim.companion", "--db", db_url, "--host", host,
         "--port", str(port), "--clock", str(clock_file), "--client-id", client_id,
-        "--reorder-window-ms", str(reorder_window_ms), "--reconcile-every", str(reconcile_every_s),
-        "--log-level", log_level,
+        "--fleet", fleet, "--group", group, "--reorder-window-ms", str(reorder_window_ms),
+        "--reconcile-every", str(reconcile_every_s), "--log-level", log_level,
     ]  # fmt: skip
     if commits_file is not None:
         cmd += ["--commits", str(commits_file)]
@@ -56,11 +56,14 @@ def build_companion(
     shared: SharedClock,
     *,
     client_id: str = "orrery-sim",
+    fleet: str = "+",
+    group: str = "orrery-sim",
     reorder_window_ms: int = 120_000,
     reconcile_every_s: float = 1.0,
     commits: list | None = None,
 ):
-    """``orrery serve``'s service (ingest + rollout orchestrator) on the fleet's virtual clock.
+    """``orrery serve``'s service (ingest + rollout orchestrator) on the fleet's virtual clock,
+    for ``fleet`` (``+``: all) in the shared-subscription ``group``.
 
     It reports its progress in ``shared``: subscriptions granted, board messages stored, and
     messages held. With ``commits`` a list, each stored readings batch is appended to it as
@@ -103,7 +106,8 @@ def build_companion(
         ingest,
         BrokerAddress(host=host, port=port),
         client_id=client_id,
-        group="orrery-sim",
+        group=group,
+        fleet=fleet,
         reconcile_every_s=reconcile_every_s,
         stats_every_s=3600,
         orchestrator=orch,
@@ -123,6 +127,8 @@ def _companion_main(argv: list[str]) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--clock", required=True)
     ap.add_argument("--client-id", default="orrery-sim")
+    ap.add_argument("--fleet", default="+")
+    ap.add_argument("--group", default="orrery-sim")
     ap.add_argument("--reorder-window-ms", type=int, default=120_000)
     ap.add_argument("--reconcile-every", type=float, default=1.0)
     ap.add_argument("--commits", help="write (device, first seq, count, unix s) per stored batch")
@@ -135,8 +141,8 @@ def _companion_main(argv: list[str]) -> int:
     engine = engine_for(a.db)
     commits: list | None = [] if a.commits else None
     svc = build_companion(
-        engine, secret, a.host, a.port, shared, client_id=a.client_id,
-        reorder_window_ms=a.reorder_window_ms, reconcile_every_s=a.reconcile_every,
+        engine, secret, a.host, a.port, shared, client_id=a.client_id, fleet=a.fleet,
+        group=a.group, reorder_window_ms=a.reorder_window_ms, reconcile_every_s=a.reconcile_every,
         commits=commits,
     )  # fmt: skip
 

@@ -143,8 +143,12 @@ def _ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
 class VirtualFleet:
     """``n`` virtual boards, a broker, a database and (``start_companion``) the companion.
 
-    Boards are named ``<prefix>0000``…, registered in ``db_url`` in fleet ``sim`` and flashed
-    with ``flash_workflow`` (greenhouse@1), which is also pushed to the registry. With
+    Each fleet draws a run id, so that two fleets on one broker never meet: its boards are
+    named ``<prefix>0000-<run id>``…, registered in ``db_url`` in fleet ``sim-<run id>``
+    (``fleet_id``), and its companion subscribes to that fleet alone, under a client id and a
+    shared-subscription group of its own. The boards are flashed with ``flash_workflow``
+    (greenhouse@1), which is also pushed to the registry; their sensors depend on ``seed``
+    and their number only, not on the run id. With
     ``broker`` None the fleet starts its own Mosquitto on a free port (it can then restart
     it); otherwise ``broker`` is ``(host, port)`` of one that runs already.
 
@@ -184,6 +188,8 @@ class VirtualFleet:
         raise_fd_limit()
         self.rng = random.Random(seed)
         self.seed = seed
+        self.run_id = os.urandom(3).hex()
+        self.fleet_id = f"{FLEET}-{self.run_id}"
         self.step_ms = step_ms
         self.uplink_ms = uplink_ms
         self.speed = speed
@@ -227,7 +233,8 @@ class VirtualFleet:
         with self.engine.begin() as conn:
             for f in push:
                 registry.push(conn, f.read_bytes(), None, self.t0)
-        names = [f"{prefix}{i:04d}" for i in range(n)]
+        labels = [f"{prefix}{i:04d}" for i in range(n)]
+        names = [f"{label}-{self.run_id}" for label in labels]
         k_clockless = round(n * clockless)
         k_small = round(n * small_flash)
         order = names[:]
@@ -242,7 +249,7 @@ class VirtualFleet:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.insert(DEVICES),
-                [{"name": nm, "fleet": FLEET, "profile": PROFILE_NAME, "created_ms": self.t0}
+                [{"name": nm, "fleet": self.fleet_id, "profile": PROFILE_NAME, "created_ms": self.t0}
                  for nm in names],
             )  # fmt: skip
         for i, name in enumerate(names):
@@ -250,8 +257,8 @@ class VirtualFleet:
             (self.root / name / "wf" / "current.bin").write_bytes(blob)
             b = VirtualBoard(
                 name, self.root / name, self.clock, self.host, self.port,
-                keys.device_key(self.secret, name), seed=seed * 100_003 + i,
-                synced=name not in clockless_set, skew_ms=skew_of.get(name, 0),
+                keys.device_key(self.secret, name), seed=seed * 100_003 + i, fleet=self.fleet_id,
+                label=labels[i], synced=name not in clockless_set, skew_ms=skew_of.get(name, 0),
                 flash=SMALL_FLASH if name in small_set else None,
                 spike_ppm=spike_ppm, dropout_ppm=dropout_ppm, health_window_s=health_window_s,
                 record=name == record,
@@ -282,28 +289,33 @@ class VirtualFleet:
     def start_companion(
         self,
         process: bool = True,
-        client_id: str = "orrery-sim",
+        client_id: str | None = None,
         timeout_s: float = 60,
         log_level: str = "WARNING",
     ) -> None:
         """Start the companion on the virtual clock: ``orrery serve``'s service (ingest and
         rollout orchestrator) in its own process (default) or in a thread of this one; return
-        once it is subscribed, so it misses nothing the boards send."""
+        once it is subscribed, so it misses nothing the boards send. It serves this fleet only,
+        in a shared-subscription group of this run (``orrery-<fleet id>``, also the default
+        client id)."""
+        group = f"orrery-{self.fleet_id}"
+        client_id = client_id or group
         self.shared.reset()
         if process:
             env = dict(os.environ, ORRERY_SECRET=self.secret.decode(), PYTHONUNBUFFERED="1")
             self.companion_proc = subprocess.Popen(
                 companion_command(self.db_url, self.host, self.port, self.root / "clock.bin",
-                                  client_id=client_id, commits_file=self.commits_file,
-                                  log_level=log_level),
+                                  client_id=client_id, fleet=self.fleet_id, group=group,
+                                  commits_file=self.commits_file, log_level=log_level),
                 env=env, stdout=subprocess.DEVNULL,
                 stderr=open(self.companion_log, "ab"),  # noqa: SIM115
                 cwd=str(REPO),
             )  # fmt: skip
         else:
             self.service = build_companion(
-                self.engine, self.secret, self.host, self.port, self.shared, client_id=client_id
-            )
+                self.engine, self.secret, self.host, self.port, self.shared, client_id=client_id,
+                fleet=self.fleet_id, group=group,
+            )  # fmt: skip
             threading.Thread(target=self.service.run, daemon=True).start()
         self._wait_subscribed(0, timeout_s)
         self._base_published = self.published()
@@ -312,9 +324,12 @@ class VirtualFleet:
         deadline = time.monotonic() + timeout_s
         while self.shared.subscribed <= before:
             if self.companion_proc is not None and self.companion_proc.poll() is not None:
-                raise RuntimeError(f"the companion exited: {self.companion_tail()}")
+                raise RuntimeError(f"the companion exited: {self.companion_said()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the companion did not subscribe: {self.companion_tail()}")
+                raise RuntimeError(
+                    f"the companion did not subscribe at the broker {self.host}:{self.port} "
+                    f"within {timeout_s:g} s: {self.companion_said()}"
+                )
             time.sleep(0.02)
 
     def companion_tail(self, n: int = 2000) -> str:
@@ -323,6 +338,19 @@ class VirtualFleet:
             return self.companion_log.read_text()[-n:]
         except OSError:
             return ""
+
+    def board_named(self, name: str) -> str | None:
+        """The board called ``name``, or ``<prefix>NNNN`` without this run's id; None if none."""
+        if name in self.boards:
+            return name
+        full = f"{name}-{self.run_id}"
+        return full if full in self.boards else None
+
+    def companion_said(self) -> str:
+        """The last line of the companion process's log (its last error, if it failed), or
+        where the whole log is."""
+        lines = [ln for ln in self.companion_tail().splitlines() if ln.strip()]
+        return lines[-1] if lines else f"nothing in its log {self.companion_log}"
 
     def companion_alive(self) -> bool:
         if self.companion_proc is not None:
@@ -567,8 +595,10 @@ class VirtualFleet:
             r = registry.push(conn, definition, None, self.now_ms)
         return f"{r.name}@{r.version}"
 
-    def rollout(self, workflow_ref: str, target: str = f"fleet={FLEET}", **kw) -> int:
-        """Create and start a rollout (``Orchestrator.create`` options); returns its id."""
+    def rollout(self, workflow_ref: str, target: str | None = None, **kw) -> int:
+        """Create and start a rollout (``Orchestrator.create`` options; the target defaults to
+        this fleet); returns its id."""
+        target = target or f"fleet={self.fleet_id}"
         o = self.operator()
         plan = o.create(workflow_ref, target, **kw)
         assert plan.rollout_id is not None
@@ -677,7 +707,7 @@ class VirtualFleet:
     def account(self) -> Accounting:
         """Compare every board's flash with the database (see ``Accounting``)."""
         acc = Accounting()
-        ids = dict(self.rows("SELECT name, id FROM devices WHERE fleet = :f", f=FLEET))
+        ids = dict(self.rows("SELECT name, id FROM devices WHERE fleet = :f", f=self.fleet_id))
         rows: dict[int, list] = defaultdict(list)
         with self.engine.connect() as c:
             for r in c.execute(

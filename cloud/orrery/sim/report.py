@@ -7,8 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cloud.orrery.sim.board import FLEET
-
 if TYPE_CHECKING:
     from cloud.orrery.sim.fleet import VirtualFleet
 
@@ -67,12 +65,12 @@ def collect_report(
     for reason, n in sorted(acc.lost.items()):
         devs = fleet.rows(
             'SELECT count(DISTINCT device_id), count(*) FROM losses l JOIN devices d ON d.id = '
-            "l.device_id WHERE l.reason = :r AND d.fleet = :f", r=reason, f=FLEET,
+            "l.device_id WHERE l.reason = :r AND d.fleet = :f", r=reason, f=fleet.fleet_id,
         )[0]  # fmt: skip
         ranges = fleet.rows(
             'SELECT d.name, l."first", l."last" FROM losses l JOIN devices d ON d.id = '
             'l.device_id WHERE l.reason = :r AND d.fleet = :f ORDER BY d.name, l."first" LIMIT 3',
-            r=reason, f=FLEET,
+            r=reason, f=fleet.fleet_id,
         )  # fmt: skip
         rep.loss.append({
             "reason": reason, "readings": n, "devices": devs[0], "ranges": devs[1],

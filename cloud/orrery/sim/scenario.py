@@ -133,7 +133,7 @@ def run_demo(
     display.set("rolling out greenhouse@2 in waves", rid)
     if fleet.broker_proc is not None:
         fleet.at(90_000, fleet.restart_broker)
-    fleet.wait(lambda: fleet.rollout_state(rid)[0] in ("finished", "paused"), 20 * 60_000,
+    fleet.wait(lambda: fleet.rollout_state(rid)[0] in ("finished", "partial", "paused"), 20 * 60_000,
                on_pass=display.update)  # fmt: skip
     at_finish = fleet.summary(rid)
     display.set("the offline boards come back")

@@ -121,3 +121,11 @@ def test_readings_gaps_and_stats(dbfile):
 def test_bad_database_url_is_a_clear_error():
     r = run("devices", "list", "--db", "mysql://x/y", ok=False)
     assert r.exit_code == 1 and "database" in r.output
+
+
+def test_devices_add_counts_new_and_known_devices(db_url):
+    # on PostgreSQL it printed "registered -1 new device(s)" (a batch's rowcount is -1 there)
+    r = run("devices", "add", "a", "b", "--db", db_url)
+    assert r.stdout.strip() == "registered 2 new device(s); 0 already known"
+    r = run("devices", "add", "a", "c", "c", "--db", db_url)
+    assert r.stdout.strip() == "registered 1 new device(s); 1 already known"

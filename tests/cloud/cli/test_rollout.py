@@ -129,8 +129,8 @@ def test_the_life_of_a_rollout(cloud):
         cloud.ack(x.command_id, codec.OK)
     cloud.orch.tick()
     assert "rollout 1 paused" in cloud.cli("rollout", "pause", "1").stdout
-    r = cloud.cli("rollout", "pause", "1", ok=False)
-    assert "rollout 1 is paused; paused needs it running" in flat(r.output)
+    # pause and resume are idempotent: a second pause is no error and changes nothing
+    assert cloud.cli("rollout", "pause", "1").stdout.strip() == "rollout 1 is already paused"
     assert cloud.orch.tick() == []
     s = json.loads(cloud.cli("rollout", "status", "1", "--json").stdout)
     assert (s["state"], s["reason"], s["states"]) == (
@@ -141,6 +141,7 @@ def test_the_life_of_a_rollout(cloud):
     assert "converged 25%, 0 offline pending" in human
     assert "succeeded 2" in human and "queued 6" in human
     assert "rollout 1 running" in cloud.cli("rollout", "resume", "1").stdout
+    assert cloud.cli("rollout", "resume", "1").stdout.strip() == "rollout 1 is already running"
     rows = json.loads(cloud.cli("rollout", "list", "--json").stdout)
     assert [(r["id"], r["state"], r["wave"]) for r in rows] == [(1, "running", 1)]
     listed = flat(cloud.cli("rollout", "list").stdout)
@@ -269,3 +270,44 @@ def test_errors_exit_1_with_a_message(cloud):
     )
     assert json.loads(cloud.cli("rollout", "list", "--json").stdout) == []
     assert "no rollouts" in cloud.cli("rollout", "list").stdout
+
+
+def test_rollback_dry_run_and_refusal_name_the_devices_that_would_reject(cloud, tmp_path):
+    v3 = tmp_path / "greenhouse_v3.json"
+    v3.write_text(json.dumps({**json.loads((WF / "greenhouse.json").read_text()), "version": 3}))
+    cloud.cli("workflow", "push", str(v3))
+    cloud.cli("rollout", "create", "--workflow", "greenhouse@3", "--target", "device=d0[0-3]",
+              "--waves", "100%", "--soak", "0s")  # fmt: skip
+    cloud.cli("rollout", "start", "1")
+    v3_hash = compiler.compile(v3.read_bytes()).hash
+    for x in cloud.orch.tick():
+        name = x.topic.split("/")[2]
+        cloud.ack(x.command_id, codec.IN_PROGRESS)
+        cloud.send(Message(codec.topic("f1", name, codec.STATE),
+                           codec.encode_state(True, "1.2.0", "greenhouse", 3, v3_hash, 1, 0, False, None, None)))  # fmt: skip
+        cloud.ack(x.command_id, codec.OK)
+    cloud.orch.tick()
+    cloud.orch.tick()
+    assert json.loads(cloud.cli("rollout", "status", "1", "--json").stdout)["state"] == "finished"
+
+    def event(name: str, seq: int, st: str) -> None:
+        cloud.send(Message(codec.topic("f1", name, codec.EVENTS),
+                           codec.encode_event(1, seq, 100 + seq, 0, st, "status", None)))  # fmt: skip
+
+    for name in ("d00", "d01"):
+        event(name, 1, "cooling")
+    for args in (["--dry-run"], []):
+        r = cloud.cli("rollout", "rollback", "1", *args, ok=False)
+        assert r.stderr.strip() == (
+            "error: 2 device(s) would reject greenhouse@1: the state they last reported has no "
+            "place in it: d00 (state 'cooling' of greenhouse v3 has no place in v1), d01 (state "
+            "'cooling' of greenhouse v3 has no place in v1); push a version whose migrate map "
+            "places that state, or wait until they have left it"
+        )
+    for name in ("d00", "d01"):
+        event(name, 2, "idle")
+    r = cloud.cli("rollout", "rollback", "1", "--dry-run")
+    assert flat(r.stdout) == (
+        "4 device(s) would go back to greenhouse@1: d00, d01, d02, d03 dry run: nothing was changed"
+    )
+    assert [x["id"] for x in json.loads(cloud.cli("rollout", "list", "--json").stdout)] == [1]

@@ -105,6 +105,9 @@ def test_cli_push_list_show(tmp_path, url):
 
 
 def test_cli_list_of_an_empty_registry(url):
+    # a database that does not exist is an error, not an empty registry (and is not created)
+    assert "error: no database at" in run("workflow", "list", "--db", url, ok=False).stderr
+    engine_for(url).dispose()
     assert json.loads(run("workflow", "list", "--db", url, "--json").stdout) == []
     assert "the registry is empty" in run("workflow", "list", "--db", url).stdout
 

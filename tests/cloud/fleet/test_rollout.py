@@ -41,6 +41,10 @@ from shared.workflow import compiler
 WF = workflows.DIR
 V1 = compiler.compile((WF / "greenhouse_v1.json").read_bytes())
 V2 = compiler.compile((WF / "greenhouse.json").read_bytes())
+# greenhouse@3: v2's states (idle, cooling, watering, fault, off) under a new version; v1 (idle,
+# cool, alarm, manual) has no migrate map, so only "idle" of v3 has a place in v1
+V3_JSON = json.dumps({**json.loads((WF / "greenhouse.json").read_bytes()), "version": 3}).encode()
+V3 = compiler.compile(V3_JSON)
 SECRET = b"unit-test-fleet-secret-0123456789"
 T0 = 1_790_000_000_000  # unix ms
 
@@ -174,6 +178,7 @@ class Env:
         self.now = T0
         self.ingest = Ingest(self.engine, secret=SECRET, reorder_window_ms=0, clock=self.clock)
         self.boots: dict[str, int] = {}
+        self.events: dict[str, int] = {}
         with self.engine.begin() as c:
             registry.push(c, (WF / "greenhouse_v1.json").read_bytes(), None, 0)
             registry.push(c, (WF / "greenhouse.json").read_bytes(), None, 0)
@@ -216,11 +221,18 @@ class Env:
             None: (None, None, None),
             1: ("greenhouse", 1, V1.hash),
             2: ("greenhouse", 2, V2.hash),
+            3: ("greenhouse", 3, V3.hash),
         }[ver]
         return Message(t, codec.encode_state(True, "1.2.0", *wf, self.boots[name], 0, False, None, None))  # fmt: skip
 
     def state(self, *names: str, ver: int | None = 1, online: bool = True) -> None:
         self.send([self.state_msg(n, ver, online) for n in names])
+
+    def event(self, name: str, state: str, event: str = "status") -> None:
+        """The board reports a workflow event in ``state`` (its last reported state)."""
+        self.events[name] = self.events.get(name, 0) + 1
+        t = codec.topic(self.fleet_of(name), name, codec.EVENTS)
+        self.send([Message(t, codec.encode_event(self.boots[name], self.events[name], 100, 0, state, event, None))])
 
     def reboot(self, name: str, ver: int = 2, times: int = 1) -> None:
         for _ in range(times):
@@ -687,7 +699,7 @@ def test_retry_failed_requeues_only_the_failures_with_a_new_command_id(env):
     assert env.rollout(rid)[0] == "finished"
 
 
-def test_retry_of_a_finished_rollout_runs_it_again(env):
+def test_retry_of_a_partial_rollout_runs_it_again(env):
     o = env.orch()
     rid = start(env, o, target="device=d0[0-3]", success="50%")
     out = o.tick()
@@ -695,17 +707,21 @@ def test_retry_of_a_finished_rollout_runs_it_again(env):
     env.board(out[3:], code=codec.FAILED)
     for _ in range(2):
         o.tick()
-    assert env.rollout(rid)[0] == "finished"
+    # the threshold was met, but a device failed: partial, with the reason, not finished
+    assert env.rollout(rid)[:2] == (
+        "partial", "1 of 4 device(s) did not take greenhouse@2 (1 failed): FAILED: health window failed"
+    )  # fmt: skip
     failed = env.by_state(rid)["failed"]
     assert o.retry_failed(rid) == 1
-    assert env.rollout(rid)[0] == "running"
+    assert env.rollout(rid) == ("running", None, 0)
     again = o.tick()
     assert [x.topic.split("/")[2] for x in again] == failed
     assert again[0].command_id.endswith(":2")
-    # the thresholds are still met, so it is finished again; the retried device still reports
-    assert env.rollout(rid)[0] == "finished"
+    # the thresholds are still met, but the retried device is online and has no result yet
+    assert env.rollout(rid)[0] == "running"
     env.board(again)
     o.tick()
+    assert env.rollout(rid)[:2] == ("finished", None)
     assert env.summary(o, rid)["converged_text"] == "converged 100%, 0 offline pending"
 
 
@@ -911,3 +927,119 @@ def test_audit_log_and_summary(dbenv):
     assert len(per) == 6
     assert refused(o.pause, rid) == f"rollout {rid} is finished; paused needs it running"
     assert refused(o.start, 99) == "no rollout 99 (see `orrery rollout list`)"
+
+
+# --- migration compatibility, partial rollouts, idempotent pause and resume -----------------
+
+
+def on_v3(env: Env, o: Orchestrator, names: list[str]) -> int:
+    """Roll greenhouse@3 out to ``names`` (on v1); every board takes it. Returns the rollout."""
+    with env.engine.begin() as c:
+        registry.push(c, V3_JSON, None, 0)
+    plan = o.create("greenhouse@3", "device=" + ("d*" if len(names) == len(env.boots) else names[0]),
+                    "100%", **FAST)  # fmt: skip
+    o.start(plan.rollout_id)
+    for x in o.tick():
+        env.ack(x.command_id, codec.IN_PROGRESS, "health window")
+        env.state(x.topic.split("/")[2], ver=3)
+        env.ack(x.command_id, codec.OK)
+    o.tick()
+    o.tick()
+    assert env.rollout(plan.rollout_id)[0] == "finished"
+    return plan.rollout_id
+
+
+def test_rollback_is_refused_when_devices_would_reject_their_previous_version(tmp_path):
+    # the report: `rollout rollback` said it worked while 19 of 28 boards rejected v1 ("state
+    # 'cooling' of greenhouse v3 has no place in v1")
+    env = Env(f"sqlite:///{tmp_path / 'o.db'}", 28)
+    o = env.orch()
+    names = sorted(env.boots)
+    rid = on_v3(env, o, names)
+    cooling = names[:19]
+    for n in cooling:
+        env.event(n, "cooling", "cooling_started")
+    for n in names[19:]:
+        env.event(n, "cooling", "cooling_started")
+        env.event(n, "idle")  # it left "cooling" again: idle has a place in v1
+    want = (
+        "19 device(s) would reject greenhouse@1: the state they last reported has no place in "
+        "it: " + ", ".join(f"{n} (state 'cooling' of greenhouse v3 has no place in v1)" for n in cooling[:8])
+        + " … (+11); push a version whose migrate map places that state, or wait until they "
+        "have left it"
+    )  # fmt: skip
+    assert refused(o.rollback_plan, rid) == want  # what `rollback --dry-run` shows
+    assert refused(o.rollback, rid) == want
+    assert env.rows("SELECT id, state FROM rollouts") == [(rid, "finished")]  # nothing changed
+    # a new rollout of v1 is refused the same way, dry run or not
+    assert refused(lambda: o.create("greenhouse@1", "all", dry_run=True)) == want
+    # once they have left "cooling", the rollback goes ahead
+    for n in cooling:
+        env.event(n, "idle")
+    assert o.rollback_plan(rid) == [("greenhouse", 1, names)]
+    [back] = o.rollback(rid)
+    assert env.rollout(back)[0] == "running"
+
+
+def test_a_rollout_with_rejections_ends_partial_with_the_reason(tmp_path):
+    # the companion could not know (no events): the boards reject on install
+    env = Env(f"sqlite:///{tmp_path / 'o.db'}", 28)
+    o = env.orch()
+    names = sorted(env.boots)
+    rid = on_v3(env, o, names)
+    [back] = o.rollback(rid)
+    why = "migration: state 'cooling' of greenhouse v3 has no place in v1: no migrate entry and no state of that name"
+    out = o.tick()
+    assert len(out) == 28
+    for i, x in enumerate(out):
+        if i < 19:
+            env.ack(x.command_id, codec.REJECTED, why)
+        else:
+            env.ack(x.command_id, codec.IN_PROGRESS, "health window")
+    o.tick()
+    o.tick()
+    assert env.rollout(back)[0] == "running"  # 9 boards are still in their health window
+    for x in out[19:]:
+        env.state(x.topic.split("/")[2], ver=1)
+        env.ack(x.command_id, codec.OK)
+    o.tick()
+    o.tick()
+    assert env.rollout(back)[:2] == (
+        "partial",
+        f"19 of 28 device(s) did not take greenhouse@1 (19 rejected): REJECTED: {why}",
+    )
+    assert env.log(back)[-1] == (
+        None, "partial", f"converged 32%, 0 offline pending; 19 of 28 device(s) did not take "
+        f"greenhouse@1 (19 rejected): REJECTED: {why}",
+    )  # fmt: skip
+
+
+def test_a_finished_rollout_becomes_partial_when_a_late_device_fails(env):
+    env.state("d09", online=False)
+    o = env.orch()
+    rid = start(env, o, success="90%")
+    out = o.tick()
+    env.board(out)
+    o.tick()
+    o.tick()
+    assert env.rollout(rid)[:2] == ("finished", None)  # d09 is offline-pending
+    env.state("d09")
+    [late] = env.send([Message(codec.topic("f1", "d09", codec.PULL), codec.encode_pull(1))]).outgoing
+    env.ack(late.command_id, codec.REJECTED, "board has no channel 'adc7'")
+    o.tick()
+    assert env.rollout(rid)[:2] == (
+        "partial",
+        "1 of 10 device(s) did not take greenhouse@2 (1 rejected): REJECTED: board has no channel 'adc7'",
+    )
+
+
+def test_pause_and_resume_are_idempotent(env):
+    o = env.orch()
+    rid = start(env, o)
+    assert o.pause(rid) is True
+    assert o.pause(rid) is False  # already paused: no error, nothing logged
+    assert o.resume(rid) is True
+    assert o.resume(rid) is False
+    assert [e for _, e, _ in env.log(rid)] == ["created", "started", "paused", "resumed"]
+    o.cancel(rid)
+    assert refused(o.pause, rid) == f"rollout {rid} is canceled; paused needs it running"

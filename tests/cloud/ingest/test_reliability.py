@@ -466,13 +466,13 @@ def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
     past X's exp. Its clock is then corrected at a reboot, and X is delivered again (a QoS 1
     redelivery): the board remembers X, answers DUPLICATE, and does not reboot again."""
     fleet = _fleet(tmp_path, 2, (2 * 3_600_000,))
-    name = "vb0000"
+    name = next(iter(fleet.boards))  # vb0000-<run id>
     b = fleet.boards[name]
     try:
         fleet.run(MIN)
         with fleet.engine.begin() as c:
             did = devices.device_id(c, name)
-            x = commands.queue(c, fleet.secret, device_id=did, device=name, fleet="sim",
+            x = commands.queue(c, fleet.secret, device_id=did, device=name, fleet=fleet.fleet_id,
                                cmd_id="reboot-X", kind="reboot", args={}, source="test",
                                now_ms=fleet.now_ms, ttl_s=130 * 60)  # fmt: skip
         assert x is not None
@@ -480,7 +480,7 @@ def test_a_clock_correction_after_a_skewed_boot_runs_no_command_twice(tmp_path):
         assert b.stats.boots == 2
         fleet.run(12 * MIN)
         with fleet.engine.begin() as c:
-            commands.queue(c, fleet.secret, device_id=did, device=name, fleet="sim",
+            commands.queue(c, fleet.secret, device_id=did, device=name, fleet=fleet.fleet_id,
                            cmd_id="resend-Y", kind="resend", args={"first": 1, "last": 1},
                            source="test", now_ms=fleet.now_ms, ttl_s=3 * 3600)  # fmt: skip
         done = lambda: fleet.rows("SELECT status FROM commands WHERE id = 'resend-Y'") == [("done",)]  # noqa: E731

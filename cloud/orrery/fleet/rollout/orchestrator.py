@@ -2,7 +2,7 @@
 
 Per device: queued -> sent -> acked -> installing -> succeeded | failed | rejected | timed-out,
 or offline-pending while the board is away (its command waits for the board's pull), or
-canceled. Per rollout: draft -> running <-> paused -> finished | canceled.
+canceled. Per rollout: draft -> running <-> paused -> finished | partial | canceled.
 
 Rules (and the hawkBit complaints they answer):
 - a device succeeds only on its final OK ack, which a board sends after the new version ran its
@@ -17,6 +17,13 @@ Rules (and the hawkBit complaints they answer):
 - a failure threshold with a minimum sample auto-pauses and says why; a health gate compares
   upgraded with not-yet-upgraded boards over the soak and pauses on a significant regression;
 - only one rollout at a time may change a given device;
+- a version whose migrate map has no place for the state a device last reported is refused
+  before the rollout (or a rollback) is created, naming those devices (``compat``);
+- a rollout ends once its last wave met its threshold, soaked, and none of its online devices
+  is still waiting for a result: ``finished`` when no device failed, was rejected or timed
+  out, else ``partial`` with the reason (and a finished rollout whose late device fails
+  becomes partial);
+- pause and resume are idempotent;
 - every state change goes to the audit log.
 
 Durability: every decision is a database transaction, and command ids are
@@ -48,7 +55,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
-from cloud.orrery.fleet.rollout import health, plan
+from cloud.orrery.fleet.rollout import compat, health, plan
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
@@ -59,7 +66,9 @@ DEVICE_STATES = (
 FINAL = ("succeeded", "failed", "rejected", "timed-out", "canceled")
 FAILED = ("failed", "rejected", "timed-out")
 IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
+WAITING = ("queued", "sent", "acked", "installing")  # no result yet (offline-pending aside)
 ACTIVE_ROLLOUT = ("draft", "running", "paused")
+ENDED = ("finished", "partial")  # ended by the orchestrator (canceled: by the operator)
 REJECT_CODES = (
     codec.BAD_SIGNATURE,
     codec.EXPIRED,
@@ -269,6 +278,10 @@ class Orchestrator:
                         else ""
                     )
                 )
+            bad = compat.stranded(conn, wf.blob, {(d[5], d[6]) for d in devices if d[5]})
+            hit = [bad[d[0]] for d in devices if d[0] in bad]
+            if hit:
+                raise plan.RolloutError(compat.refusal(f"{wf.name}@{wf.version}", hit))
             # a pseudo-random order seeded by the plan, so canaries are spread over the fleet
             # (device id order first: the shuffle does not depend on how rows were fetched)
             devices.sort(key=itemgetter(0))
@@ -331,15 +344,20 @@ class Orchestrator:
         event: str,
         detail: str | None = None,
         **values,
-    ) -> None:
+    ) -> bool:
+        """Move rollout ``rid`` from one of ``allowed`` to ``to``; True if it moved, False if it
+        was in ``to`` already (nothing to do); RolloutError from any other state."""
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
+            if r.state == to:
+                return False
             if r.state not in allowed:
                 raise plan.RolloutError(
                     f"rollout {rid} is {r.state}; {event} needs it {' or '.join(allowed)}"
                 )
             conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == rid).values(state=to, **values))
             self._log(conn, rid, event, detail)
+        return True
 
     def start(self, rid: int) -> None:
         """Start a draft rollout; refused while another running or paused rollout is changing
@@ -375,13 +393,17 @@ class Orchestrator:
             )
             self._log(conn, rid, "started")
 
-    def pause(self, rid: int, reason: str = "paused by operator") -> None:
-        """Pause: nothing new is sent; what is in flight still reports."""
-        self._transition(rid, ("running",), "paused", "paused", reason, reason=reason)
+    def pause(self, rid: int, reason: str = "paused by operator") -> bool:
+        """Pause: nothing new is sent; what is in flight still reports. Pausing a paused
+        rollout changes nothing; returns whether this call paused it."""
+        return self._transition(rid, ("running",), "paused", "paused", reason, reason=reason)
 
-    def resume(self, rid: int) -> None:
-        """Resume a paused rollout (after a failure pause the operator has looked at why)."""
-        self._transition(rid, ("paused",), "running", "resumed", reason=None, wave_met_ms=None)
+    def resume(self, rid: int) -> bool:
+        """Resume a paused rollout (after a failure pause the operator has looked at why).
+        Resuming a running rollout changes nothing; returns whether this call resumed it."""
+        return self._transition(
+            rid, ("paused",), "running", "resumed", reason=None, wave_met_ms=None
+        )
 
     def cancel(self, rid: int, force: bool = False) -> dict:
         """Cancel: queued devices at once; in-flight ones finish and report unless ``force``."""
@@ -430,44 +452,58 @@ class Orchestrator:
             self._set_members(
                 conn, rid, [(x.device_id, "queued", "retry") for x in rows], command_id=None
             )
-            if r.state == "finished" and rows:
+            if r.state in ENDED and rows:
                 conn.execute(
                     sa.update(ROLLOUTS)
                     .where(ROLLOUTS.c.id == rid)
-                    .values(state="running", finished_ms=None)
+                    .values(state="running", finished_ms=None, reason=None)
                 )
             self._log(conn, rid, "retry", f"{len(rows)} failed device(s) re-queued")
         return len(rows)
 
+    def rollback_plan(self, rid: int) -> list[tuple[str, int, list[str]]]:
+        """What ``rollback`` would do: per previous version ``(name, version, devices)`` that
+        rollout ``rid`` changed (succeeded, installing or acked). Refused (RolloutError, naming
+        them) when a device's current state has no place in the version it would go back to."""
+        from cloud.orrery.fleet import registry
+
+        changed = ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked"))
+        with self.engine.connect() as conn:
+            self._rollout(conn, rid)
+            rows = conn.execute(
+                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.id, DEVICES.c.name,
+                          DEVICES.c.wf, DEVICES.c.wf_ver)
+                .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+                .where(ROLLOUT_DEVICES.c.rollout_id == rid, changed, ROLLOUT_DEVICES.c.prev_wf.is_not(None))
+                .order_by(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.name)
+            ).all()  # fmt: skip
+            groups: dict[tuple[str, int], list] = defaultdict(list)
+            for wf, ver, did, name, now_wf, now_ver in rows:
+                groups[(wf, ver)].append((did, name, now_wf, now_ver))
+            out, hit = [], []
+            for (wf, ver), members in groups.items():
+                try:
+                    target = registry.get(conn, f"{wf}@{ver}")
+                except registry.RegistryError as exc:
+                    raise plan.RolloutError(f"cannot roll back to {wf}@{ver}: {exc}") from None
+                running = {(m[2], m[3]) for m in members if m[2]}
+                bad = compat.stranded(conn, target.blob, running)
+                hit += [(f"{wf}@{ver}", bad[m[0]]) for m in members if m[0] in bad]
+                out.append((wf, ver, [m[1] for m in members]))
+        if hit:
+            raise plan.RolloutError(compat.refusal(" / ".join(sorted({w for w, _ in hit})), [x for _, x in hit]))
+        return out
+
     def rollback(self, rid: int) -> list[int]:
         """Cancel the rollout and start, per previous version, a one-wave rollout that puts
-        every device it changed back on that version; returns the new rollouts' ids."""
-        with self.engine.begin() as conn:
+        every device it changed back on that version; returns the new rollouts' ids. Nothing
+        is changed when a device would reject its previous version (``rollback_plan``)."""
+        groups = self.rollback_plan(rid)
+        with self.engine.connect() as conn:
             r = self._rollout(conn, rid)
-            prev = conn.execute(
-                sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, sa.func.count())
-                .where(
-                    ROLLOUT_DEVICES.c.rollout_id == rid,
-                    ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")),
-                )
-                .group_by(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver)
-            ).all()
         if r.state in ("running", "paused"):
             self.cancel(rid)
-        made = []
-        for wf, ver, _ in prev:
-            if wf is None:
-                continue
-            with self.engine.connect() as conn:
-                names = [
-                    n for (n,) in conn.execute(
-                        sa.select(DEVICES.c.name).join(ROLLOUT_DEVICES, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id).where(
-                            ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.prev_wf == wf, ROLLOUT_DEVICES.c.prev_ver == ver,
-                            ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked")))
-                    )
-                ]  # fmt: skip
-            made.append(self._rollback_one(rid, wf, ver, names, r))
-        return made
+        return [self._rollback_one(rid, wf, ver, names, r) for wf, ver, names in groups]
 
     def _rollback_one(self, rid: int, wf: str, ver: int, names: list[str], r) -> int:
         from cloud.orrery.fleet import registry
@@ -525,7 +561,7 @@ class Orchestrator:
                 r.id
                 for r in conn.execute(
                     sa.select(ROLLOUTS.c.id)
-                    .where(ROLLOUTS.c.state.in_(("running", "paused", "finished", "canceled")))
+                    .where(ROLLOUTS.c.state.in_(("running", "paused", *ENDED, "canceled")))
                     .order_by(ROLLOUTS.c.id)
                 )
             ]
@@ -604,6 +640,8 @@ class Orchestrator:
             if new != m.state:
                 changes.append((m.device_id, new, detail))
         self._set_members(conn, r.id, changes)
+        if r.state in ENDED and any(state in FAILED for _, state, _ in changes):
+            self._settle(conn, r, self.clock())  # a late device failed: finished is no more
         if requeue:
             self._set_members(
                 conn,
@@ -747,13 +785,8 @@ class Orchestrator:
             self._pause(conn, r, "health gate: " + "; ".join(evidence["regressed"]))
             return
         if r.wave + 1 >= len(waves):
-            conn.execute(
-                sa.update(ROLLOUTS)
-                .where(ROLLOUTS.c.id == r.id)
-                .values(state="finished", finished_ms=now)
-            )
-            self._log(conn, r.id, "finished", self.summary(conn, r.id)["converged_text"])
-            jlog("rollout_finished", rollout=r.id)
+            if not self._waiting_online(conn, r.id):
+                self._settle(conn, r, now)
         else:
             conn.execute(
                 sa.update(ROLLOUTS)
@@ -761,6 +794,56 @@ class Orchestrator:
                 .values(wave=r.wave + 1, wave_met_ms=None)
             )
             self._log(conn, r.id, "wave-advanced", f"wave {r.wave + 2} of {len(waves)} starts")
+
+    def _waiting_online(self, conn: Connection, rid: int) -> int:
+        """Members still waiting for a result that may come now: queued, or in flight on a
+        device that is online (an offline device never holds a rollout up)."""
+        return conn.execute(
+            sa.select(sa.func.count())
+            .select_from(ROLLOUT_DEVICES)
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .where(
+                ROLLOUT_DEVICES.c.rollout_id == rid,
+                ROLLOUT_DEVICES.c.state.in_(WAITING),
+                sa.or_(ROLLOUT_DEVICES.c.state == "queued", DEVICES.c.online.is_(True)),
+            )
+        ).scalar_one()
+
+    def _settle(self, conn: Connection, r, now: int) -> None:
+        """End rollout ``r`` (or correct how it ended): ``finished`` if no member failed, was
+        rejected or timed out, else ``partial`` with the reason."""
+        c = self.counts(conn, r.id)
+        failed = sum(c[s] for s in FAILED)
+        state, why = ("partial", self._failures(conn, r, c)) if failed else ("finished", None)
+        if r.state == state and r.reason == why:
+            return
+        values: dict = {"state": state, "reason": why}
+        if r.state not in ENDED:
+            values["finished_ms"] = now
+        conn.execute(sa.update(ROLLOUTS).where(ROLLOUTS.c.id == r.id).values(**values))
+        if r.state != state:
+            text = self.summary(conn, r.id)["converged_text"]
+            self._log(conn, r.id, state, text + (f"; {why}" if why else ""))
+            jlog(f"rollout_{state}", rollout=r.id, reason=why)
+
+    def _failures(self, conn: Connection, r, c: Counter) -> str:
+        """Why a rollout is partial: how many members failed, how, and the commonest reason."""
+        failed = sum(c[s] for s in FAILED)
+        wf = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+        ).first()
+        how = ", ".join(f"{c[s]} {s}" for s in FAILED if c[s])
+        detail = conn.execute(
+            sa.select(ROLLOUT_DEVICES.c.detail)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(FAILED))
+            .group_by(ROLLOUT_DEVICES.c.detail)
+            .order_by(sa.func.count().desc(), ROLLOUT_DEVICES.c.detail)
+            .limit(1)
+        ).scalar()
+        return (
+            f"{failed} of {sum(c.values())} device(s) did not take {wf.name}@{wf.version} ({how})"
+            + (f": {detail}" if detail else "")
+        )
 
     def _pause(self, conn: Connection, r, why: str) -> None:
         conn.execute(
