@@ -21,14 +21,6 @@ _GPIO = const(0)
 _S16_MAX = const(32767)
 
 
-def index_of(names, name, what):
-    """Index of ``name`` in ``names``; ValueError naming ``what`` if it is not there."""
-    for i in range(len(names)):
-        if names[i] == name:
-            return i
-    raise ValueError("unknown {} {!r}".format(what, name))
-
-
 def output_value(kind, top, value):
     """The value an output actually takes: 0/1 for _GPIO (any true value is 1), 0..top for PWM."""
     if kind == _GPIO:
@@ -50,14 +42,6 @@ class BoardHal:
         from firmware import profile as setup  # checks and builds once, then is dropped
 
         setup.build(self, profile, machine, i2c)
-
-    def channel_index(self, name):
-        """Index of channel ``name`` (ValueError if unknown)."""
-        return index_of(self.channel_names, name, "channel")
-
-    def output_index(self, name):
-        """Index of output ``name`` (ValueError if unknown)."""
-        return index_of(self.output_names, name, "output")
 
     def read(self, index):
         """One sample of channel ``index``: an S16 int in the channel's unit, or None."""

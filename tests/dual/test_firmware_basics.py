@@ -505,9 +505,9 @@ def test_boardhal_reads_on_a_fake_machine():
     i2c = _I2C(0)
     i2c.data = _sht31_frame(26214, 32768)  # 25.00 degC, 50.00 %RH
     b = hal.BoardHal(_profile(), _Machine, i2c)
-    assert b.read(b.channel_index("adc0")) == 1650
-    assert b.read(b.channel_index("temp")) == 2500
-    assert b.read(b.channel_index("humidity")) == 5000
+    assert b.read(b.channel_names.index("adc0")) == 1650
+    assert b.read(b.channel_names.index("temp")) == 2500
+    assert b.read(b.channel_names.index("humidity")) == 5000
     assert i2c.transactions == 1
     assert not b.safe_mode_pin_held()
 

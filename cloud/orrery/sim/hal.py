@@ -7,7 +7,7 @@ give the same samples on both runtimes, and ``read`` allocates nothing.
 """
 
 from firmware.clock import TICKS_MASK, Uptime
-from firmware.hal import index_of, output_value
+from firmware.hal import output_value
 from firmware.profile import ADC, parse_profile
 
 try:
@@ -46,6 +46,14 @@ def _sin64(i):
     j = i & 15
     v = _QUARTER[16 - j] if i & 16 else _QUARTER[j]
     return -v if i & 32 else v
+
+
+def index_of(names, name, what):
+    """Index of ``name`` in ``names``; ValueError naming ``what`` if it is not there."""
+    for i in range(len(names)):
+        if names[i] == name:
+            return i
+    raise ValueError(f"unknown {what} {name!r}")
 
 
 class _Signal:
