@@ -10,6 +10,8 @@ from cloud.orrery.db import models
 DEVICES: sa.Table = models.Device.__table__  # type: ignore[assignment]
 TAGS: sa.Table = models.DeviceTag.__table__  # type: ignore[assignment]
 READINGS: sa.Table = models.Reading.__table__  # type: ignore[assignment]
+CONFLICTS: sa.Table = models.ReadingConflict.__table__  # type: ignore[assignment]
+TIME_FAULTS: sa.Table = models.TimeFault.__table__  # type: ignore[assignment]
 SESSIONS: sa.Table = models.Session.__table__  # type: ignore[assignment]
 RANGES: sa.Table = models.ReceivedRange.__table__  # type: ignore[assignment]
 GAPS: sa.Table = models.Gap.__table__  # type: ignore[assignment]
@@ -44,3 +46,15 @@ def insert_ignore(conn: Connection, table: sa.Table):
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table).on_conflict_do_nothing()
+
+
+def insert_new(conn: Connection, table: sa.Table, rows: list[dict], chunk: int = 500) -> int:
+    """Insert ``rows``, ignoring those whose key is already there; return how many were new.
+
+    One multi-row statement per ``chunk`` rows, so the count is exact on both databases (a
+    driver's executemany may not report one).
+    """
+    n = 0
+    for i in range(0, len(rows), chunk):
+        n += conn.execute(insert_ignore(conn, table).values(rows[i : i + chunk])).rowcount
+    return n
