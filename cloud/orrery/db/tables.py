@@ -25,6 +25,9 @@ ROLLOUTS: sa.Table = models.Rollout.__table__  # type: ignore[assignment]
 ROLLOUT_DEVICES: sa.Table = models.RolloutDevice.__table__  # type: ignore[assignment]
 ROLLOUT_LOG: sa.Table = models.RolloutLog.__table__  # type: ignore[assignment]
 
+# The status of a gap too large to be true (``ingest.reconcile``): never requested, not pending.
+GAP_ANOMALY = "anomaly"
+
 # The readings columns in the order the ingest writes rows (its bulk insert and COPY).
 READING_COLS = (
     "device_id",
@@ -51,10 +54,12 @@ def insert_ignore(conn: Connection, table: sa.Table):
 def insert_new(conn: Connection, table: sa.Table, rows: list[dict], chunk: int = 500) -> int:
     """Insert ``rows``, ignoring those whose key is already there; return how many were new.
 
-    One multi-row statement per ``chunk`` rows, so the count is exact on both databases (a
-    driver's executemany may not report one).
+    Counted from ``RETURNING`` (one statement per ``chunk`` rows): a driver's rowcount is not
+    exact for every form of insert on PostgreSQL.
     """
+    key = list(table.primary_key.columns)[0]
     n = 0
     for i in range(0, len(rows), chunk):
-        n += conn.execute(insert_ignore(conn, table).values(rows[i : i + chunk])).rowcount
+        stmt = insert_ignore(conn, table).values(rows[i : i + chunk]).returning(key)
+        n += len(conn.execute(stmt).all())
     return n

@@ -1,13 +1,41 @@
 """Device boots (sessions) and their time anchors: the one place that knows a boot's uptime -> unix
-time offset, learns it once, and gives the readings and events stored before it their event time."""
+time offset, learns it once, and gives the readings and events stored before it their event time.
+
+An event time that cannot be true (before 2020, or more than a day ahead of the companion's
+clock: a bad anchor, a skewed board) is never stored: the reading keeps no event time, and a
+``time_faults`` row says why (``plausible``, ``fault_row``).
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import EVENTS, READINGS, SESSIONS
+from cloud.orrery.db.tables import DEVICES, EVENTS, READINGS, SESSIONS, TIME_FAULTS, insert_ignore
 from cloud.orrery.jsonlog import jlog
+
+EARLIEST_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: no reading of this fleet is older
+AHEAD_MS = 86_400_000  # how far an event time may lie ahead of the companion's clock
+TOO_EARLY = "before 2020"
+TOO_LATE = "more than a day ahead of the companion's clock"
+
+
+def plausible(now: int) -> tuple[int, int]:
+    """The event times (unix ms, inclusive) that can be true when the companion's clock says
+    ``now``."""
+    return EARLIEST_MS, now + AHEAD_MS
+
+
+def fault_row(device_id: int, boot: int, seq: int, event_ms: int, now: int) -> dict:
+    """A ``time_faults`` row: the reading's event time ``event_ms`` cannot be true."""
+    return {
+        "device_id": device_id,
+        "boot": boot,
+        "seq": seq,
+        "event_ms": event_ms,
+        "reason": TOO_EARLY if event_ms < EARLIEST_MS else TOO_LATE,
+        "detected_ms": now,
+    }
 
 
 def session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dict:
@@ -95,22 +123,43 @@ class Sessions:
         self.upsert(conn, [session_row(device_id, boot, now, None, None, a)])
         if a:
             self._anchors[(device_id, boot)] = a
-            # readings and events of this boot stored before the anchor get their event time now
-            for table in (READINGS, EVENTS):
-                n = conn.execute(
-                    sa.update(table)
-                    .where(
-                        table.c.device_id == device_id,
-                        table.c.boot == boot,
-                        table.c.event_ms.is_(None),
-                    )
-                    .values(event_ms=table.c.up_ms + (a[1] - a[0]))
-                ).rowcount
-                if n:
-                    jlog(
-                        "event_time_backfilled",
-                        device=device,
-                        boot=boot,
-                        table=table.name,
-                        rows=n,
-                    )
+            self._backfill(conn, device_id, device, boot, a[1] - a[0], now)
+
+    def _backfill(
+        self, conn: Connection, device_id: int, device: str, boot: int, off: int, now: int
+    ) -> None:
+        # readings and events of this boot stored before the anchor get their event time now,
+        # when it can be true; readings whose time cannot get a time_faults row instead
+        lo, hi = plausible(now)
+        for table in (READINGS, EVENTS):
+            untimed = (
+                table.c.device_id == device_id,
+                table.c.boot == boot,
+                table.c.event_ms.is_(None),
+            )
+            at = table.c.up_ms + off
+            n = conn.execute(
+                sa.update(table).where(*untimed, at.between(lo, hi)).values(event_ms=at)
+            ).rowcount
+            if n:
+                jlog("event_time_backfilled", device=device, boot=boot, table=table.name, rows=n)
+            if table is EVENTS:
+                continue
+            bad = sa.select(
+                table.c.device_id,
+                table.c.boot,
+                table.c.seq,
+                at,
+                sa.case((at < EARLIEST_MS, TOO_EARLY), else_=TOO_LATE),
+                sa.literal(now, sa.BigInteger),
+            ).where(*untimed, sa.not_(at.between(lo, hi)))
+            cols = ["device_id", "boot", "seq", "event_ms", "reason", "detected_ms"]
+            ins = insert_ignore(conn, TIME_FAULTS).from_select(cols, bad)
+            faults = len(conn.execute(ins.returning(TIME_FAULTS.c.seq)).all())  # new ones only
+            if faults:
+                conn.execute(
+                    sa.update(DEVICES)
+                    .where(DEVICES.c.id == device_id)
+                    .values(bad_time=DEVICES.c.bad_time + faults)
+                )
+                jlog("event_time_refused", device=device, boot=boot, rows=faults, off_ms=off)

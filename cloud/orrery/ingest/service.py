@@ -7,6 +7,9 @@
 - manual acks: a message is acked only after the transaction that stored it has committed, so
   ``kill -9`` at any moment loses nothing, and what was stored but not acked comes back once and
   is dropped as a duplicate;
+- a group the database refuses because of what it holds is split until the message(s) causing
+  it are found; those are dead-lettered and acked, the rest stored (``Ingest.store``): one
+  message never stops the ingest. Other database errors keep the group, unacked, and retry;
 - one structured (JSON) log line per notable event and a periodic stats line;
 - SIGTERM/SIGINT: stop taking messages, store and ack what is in hand, disconnect, exit 0.
 
@@ -170,9 +173,8 @@ class Service:
             if pending:
                 try:
                     self._store(pending)
-                    pending = []
                     backoff = 0.5
-                except Exception as exc:  # the database: keep the messages, unacked, and retry
+                except Exception as exc:  # the database: keep what is left, unacked, and retry
                     jlog(
                         "store_failed",
                         logging.ERROR,
@@ -224,14 +226,25 @@ class Service:
             rows += max(1, len(m.payload) // 9)
         return out
 
-    def _store(self, msgs: list[mqtt.MQTTMessage]) -> None:
-        result = self.ingest.handle([Message(m.topic, m.payload, bool(m.retain)) for m in msgs])
-        for m in msgs:  # committed: now the broker may forget them
-            if m.qos:
-                self.client.ack(m.mid, m.qos)
-        self.stored += len(msgs)
-        if result.outgoing:
-            self._publish(result.outgoing)
+    def _store(self, pending: list[mqtt.MQTTMessage]) -> None:
+        """Store and ack ``pending``, which then holds only what is still to be stored (all of
+        it on success: nothing)."""
+        done: set[int] = set()
+
+        def committed(indexes: list[int], result) -> None:
+            for i in indexes:  # committed: now the broker may forget them
+                m = pending[i]
+                if m.qos:
+                    self.client.ack(m.mid, m.qos)
+            done.update(indexes)
+            self.stored += len(indexes)
+            if result.outgoing:
+                self._publish(result.outgoing)
+
+        try:
+            self.ingest.store([_message(m) for m in pending], committed)
+        finally:
+            pending[:] = [m for i, m in enumerate(pending) if i not in done]
 
     def _reconcile(self) -> None:
         out: list[commands.Outgoing] = []
@@ -269,3 +282,11 @@ class Service:
             jlog("mark_sent_failed", logging.ERROR, error=repr(exc)[:300])
         if sent:
             jlog("commands_sent", count=len(sent), ids=sent[:10])
+
+
+def _message(m: mqtt.MQTTMessage) -> Message:
+    try:
+        topic = m.topic
+    except UnicodeDecodeError:  # the broker should refuse such a topic; it is dead-lettered
+        topic = "(a topic that is not UTF-8)"
+    return Message(topic, m.payload, bool(m.retain))
