@@ -643,11 +643,12 @@ class Ingest:
                         if r[3:6] != tuple(content):
                             conflicts.append((r, tuple(content)))
             return counts, conflicts
-        # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT.
-        # A reading twice in the group is copied once (the first; a different second is a
-        # conflict), so the insert needs no DISTINCT ON.
+        # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
+        # (in key order: the index takes it faster). A reading twice in the group is copied
+        # once (the first; a different second is a conflict), so it needs no DISTINCT ON.
         raw = conn.connection.driver_connection
         first_in: dict[tuple, int] = {}  # (device, boot, seq) -> the batch it came first in
+        repeats: dict[int, int] = defaultdict(int)  # batch -> its readings an earlier one had
         conflicts = []
         with raw.cursor() as cur:
             cur.execute(
@@ -660,12 +661,14 @@ class Ingest:
                         if j == i:
                             cp.write_row(r)
                         else:
+                            repeats[i] += 1
                             f = _row(per_batch_rows[j], r[2])
                             if f[3:6] != r[3:6]:
                                 conflicts.append((r, f[3:6]))
             cur.execute(
-                "INSERT INTO readings ({0}) SELECT {0} FROM readings_in "
-                "ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
+                "INSERT INTO readings ({0}) SELECT {0} FROM readings_in"
+                " ORDER BY device_id, boot, seq"
+                " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
                     ",".join(READING_COLS)
                 )
             )
@@ -673,15 +676,20 @@ class Ingest:
             counts = [0] * len(per_batch_rows)
             for k in new:
                 counts[first_in[k]] += 1
-            if len(new) < len(first_in):
-                dropped = [_row(per_batch_rows[first_in[k]], k[2]) for k in first_in.keys() - new]
+            dropped = _dropped(per_batch_rows, counts, repeats, first_in, new)
+            if dropped:
+                # the stored readings that differ, in one query: the dropped rows go as six
+                # arrays (as text: much cheaper to send than lists of ints), each looked up by
+                # the primary key (OFFSET 0 keeps the planner from hashing the whole table)
+                cols = list(zip(*dropped, strict=True))
                 cur.execute(
-                    "SELECT r.device_id, r.boot, r.seq, r.channel, r.value, r.up_ms"
+                    "SELECT k.d, k.b, k.s, r.channel, r.value, r.up_ms"
                     " FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::int[],"
                     " %s::bigint[]) AS k(d, b, s, ch, v, up)"
-                    " JOIN readings r ON r.device_id = k.d AND r.boot = k.b AND r.seq = k.s"
+                    " CROSS JOIN LATERAL (SELECT channel, value, up_ms FROM readings"
+                    " WHERE device_id = k.d AND boot = k.b AND seq = k.s OFFSET 0) AS r"
                     " WHERE (r.channel, r.value, r.up_ms) IS DISTINCT FROM (k.ch, k.v, k.up)",
-                    [[r[c] for r in dropped] for c in range(6)],
+                    ["{" + ",".join(map(str, cols[c])) + "}" for c in range(6)],
                 )
                 for d, b, seq, *content in cur.fetchall():
                     conflicts.append(
@@ -741,6 +749,25 @@ class Ingest:
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
             commands.mark_sent(conn, ids, now)
+
+
+def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
+    # The rows a PostgreSQL insert dropped: a batch's copied rows (those not repeating an
+    # earlier batch of the group) that it did not add. Whole batches in bulk; row by row only
+    # for a batch that added part of its rows.
+    out: list[tuple] = []
+    added = None
+    for i, rows in enumerate(per_batch_rows):
+        copied = len(rows) - repeats.get(i, 0)
+        if counts[i] == copied:
+            continue
+        if counts[i] == 0 and copied == len(rows):
+            out += rows
+            continue
+        if added is None:
+            added = set(new)
+        out += [r for r in rows if first_in[r[:3]] == i and r[:3] not in added]
+    return out
 
 
 def _row(rows: list[tuple], seq: int) -> tuple:

@@ -91,6 +91,7 @@ class Service:
         self.stop_event = threading.Event()
         self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
         self.stored = 0
+        self._committed: set[int] = set()  # indexes of the last group's messages stored so far
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -173,8 +174,10 @@ class Service:
             if pending:
                 try:
                     self._store(pending)
+                    pending = []
                     backoff = 0.5
                 except Exception as exc:  # the database: keep what is left, unacked, and retry
+                    pending = [m for i, m in enumerate(pending) if i not in self._committed]
                     jlog(
                         "store_failed",
                         logging.ERROR,
@@ -226,25 +229,22 @@ class Service:
             rows += max(1, len(m.payload) // 9)
         return out
 
-    def _store(self, pending: list[mqtt.MQTTMessage]) -> None:
-        """Store and ack ``pending``, which then holds only what is still to be stored (all of
-        it on success: nothing)."""
-        done: set[int] = set()
+    def _store(self, msgs: list[mqtt.MQTTMessage]) -> None:
+        """Store and ack ``msgs``; on an error, ``_committed`` holds the indexes of those that
+        were stored and acked all the same."""
+        self._committed = set()
 
         def committed(indexes: list[int], result) -> None:
             for i in indexes:  # committed: now the broker may forget them
-                m = pending[i]
+                m = msgs[i]
                 if m.qos:
                     self.client.ack(m.mid, m.qos)
-            done.update(indexes)
+            self._committed.update(indexes)
             self.stored += len(indexes)
             if result.outgoing:
                 self._publish(result.outgoing)
 
-        try:
-            self.ingest.store([_message(m) for m in pending], committed)
-        finally:
-            pending[:] = [m for i, m in enumerate(pending) if i not in done]
+        self.ingest.store([_message(m) for m in msgs], committed)
 
     def _reconcile(self) -> None:
         out: list[commands.Outgoing] = []

@@ -277,6 +277,21 @@ def test_state_anchor_times_readings_too(ingest):
     ]
 
 
+def test_an_anchor_learned_by_another_worker_times_what_this_one_stored(ingest):
+    ingest.handle([msg("readings", batch(1, 3))], now=NOW)  # no wall time yet
+    other = Ingest(ingest.engine, secret=SECRET)  # another worker, or this one restarted
+    other.handle([msg("readings", batch(4, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=NOW)
+    assert [t for (t,) in q(ingest, "SELECT event_ms FROM readings ORDER BY seq")] == [
+        (1_790_000_000 - 100 + s) * 1000 for s in range(1, 5)
+    ]
+
+
+def test_events_stored_before_their_boot_has_readings_get_its_anchor(ingest):
+    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 0, "idle", "boot", None))], now=NOW)
+    ingest.handle([msg("readings", batch(4, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=NOW)
+    assert q(ingest, "SELECT event_ms FROM events") == [((1_790_000_000 - 97) * 1000,)]
+
+
 # --- historical and alerts -----------------------------------------------------------------
 
 
