@@ -166,6 +166,35 @@ def test_a_database_that_is_away_is_waited_for_not_dead_lettered(tmp_path):
     engine.dispose()
 
 
+def test_a_message_that_not_even_its_dead_letter_can_hold_goes_to_the_log(db_url, caplog):
+    """The last resort: the database refuses the message and its dead letter too. The log
+    keeps it whole (its payload in hex), it is acked all the same, the rest is stored."""
+    engine = _setup(db_url, "f", ["d1"])
+    refuse_value(engine)
+    with engine.begin() as c:  # and no dead letter for d1 either
+        if engine.dialect.name == "postgresql":
+            c.execute(sa.text(
+                "CREATE FUNCTION refuse_dead() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " RAISE EXCEPTION 'no dead letters' USING ERRCODE = '22023'; END $$"
+            ))  # fmt: skip
+            c.execute(sa.text("CREATE TRIGGER refuse_dead BEFORE INSERT ON dead_letters"
+                              " FOR EACH ROW EXECUTE FUNCTION refuse_dead()"))  # fmt: skip
+        else:
+            c.execute(sa.text("CREATE TRIGGER refuse_dead BEFORE INSERT ON dead_letters"
+                              " BEGIN SELECT RAISE(ABORT, 'no dead letters'); END"))  # fmt: skip
+    poison = _batch(6, 3, value=REFUSED_VALUE)
+    msgs = [Message(codec.topic("f", "d1", codec.READINGS), b) for b in (_batch(1, 5), poison)]
+    done: list[int] = []
+    Ingest(engine, secret=SECRET).store(msgs, lambda idx, out: done.extend(idx))
+    assert sorted(done) == [0, 1]
+    assert _rows(engine, "SELECT count(*) FROM readings") == [(5,)]
+    (line,) = [r.getMessage() for r in caplog.records if '"message_dropped"' in r.getMessage()]
+    logged = json.loads(line)
+    assert logged["payload"] == poison.hex() and "no dead letters" in logged["error"]
+    assert f"value {REFUSED_VALUE} refused" in logged["reason"]
+    engine.dispose()
+
+
 # --- hypothesis: every message kind with arbitrary Unicode, against PostgreSQL ---------------
 
 # any code point, lone surrogates included, and NUL often
