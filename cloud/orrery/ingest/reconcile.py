@@ -254,8 +254,8 @@ def _anomaly(dev: DeviceRef, a: int, b: int, g, now: int, max_gap: int) -> dict:
         "first": a,
         "last": b,
         "status": GAP_ANOMALY,
-        "reason": f"anomaly: {b - a + 1} readings missing, more than --max-gap {max_gap};"
-        " not requested",
+        "reason": f"anomaly: {b - a + 1} readings missing, more than the maximum gap of"
+        f" {max_gap}; not requested",
         "detected_ms": g.detected_ms if known else now,
         "updated_ms": g.updated_ms if known else now,
         "command_id": None,

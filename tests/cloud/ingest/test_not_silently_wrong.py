@@ -183,7 +183,9 @@ def test_a_billion_reading_gap_is_an_anomaly_never_a_resend_or_a_loss(ingest, ca
         ingest, 'SELECT "first", "last", status, reason, command_id FROM gaps'
     )
     assert (first, end, status, cmd) == (11, last, "anomaly", None)
-    assert reason == f"anomaly: {last - 10} readings missing, more than --max-gap 100000; not requested"
+    assert reason == (
+        f"anomaly: {last - 10} readings missing, more than the maximum gap of 100000; not requested"
+    )
     assert q(ingest, "SELECT count(*) FROM commands") == [(0,)]
     assert q(ingest, "SELECT count(*) FROM losses") == [(0,)]
     logged = [r.levelname for r in caplog.records if '"gap_anomaly"' in r.getMessage()]
