@@ -695,8 +695,7 @@ class Ingest:
                     conflicts.append(
                         (_row(per_batch_rows[first_in[(d, b, seq)]], seq), tuple(content))
                     )
-            cur.execute("TRUNCATE readings_in")
-        return counts, conflicts
+        return counts, conflicts  # readings_in empties itself at commit (ON COMMIT DELETE ROWS)
 
     # --- reconciliation ----------------------------------------------------------------------
 
