@@ -8,6 +8,9 @@ Every public name of the protocol is here: the constants and ack codes of
 ``parse_topic``, ``encode_batch`` and ``record_into``, ``event_time_ms``, ``Seq``,
 ``sign_command`` and ``verify_envelope``. A board never imports this module, so none of it
 costs the board RAM. Runs unchanged on both runtimes (dual-tested).
+
+The JSON decoders refuse text that a database cannot store (U+0000, lone surrogates) anywhere
+in what they return, naming the field, as they refuse any other malformed message.
 """
 
 import binascii
@@ -223,10 +226,11 @@ def encode_batch(boot_id, first_seq, records, flags=0, anchor=None):
 
 
 class Batch:
-    """A decoded batch: boot_id, first_seq, count, flags, historical, anchor (tuple or None)
-    and records, a list of (seq, up_s, up_ms, value, channel)."""
+    """A decoded batch: boot_id, first_seq, count, flags, historical, anchor (tuple or None),
+    records, a list of (seq, up_s, up_ms, value, channel), and up_min, up_max: the lowest and
+    highest up_s of its records (the cloud checks their event times against both)."""
 
-    def __init__(self, boot_id, first_seq, flags, anchor, records):
+    def __init__(self, boot_id, first_seq, flags, anchor, records, up_min, up_max):
         self.boot_id = boot_id
         self.first_seq = first_seq
         self.count = len(records)
@@ -234,6 +238,8 @@ class Batch:
         self.historical = bool(flags & HISTORICAL)
         self.anchor = anchor
         self.records = records
+        self.up_min = up_min
+        self.up_max = up_max
 
 
 def decode_batch(data):
@@ -271,7 +277,8 @@ def decode_batch(data):
         n = len(v)
         ups, ums = [v[i] for i in range(0, n, 4)], [v[i] for i in range(1, n, 4)]
         vals, chs = [v[i] for i in range(2, n, 4)], [v[i] for i in range(3, n, 4)]
-    if max(ups) > SEQ_MAX or max(ums) > 999 or min(vals) < -32767:
+    up_max = max(ups)
+    if up_max > SEQ_MAX or max(ums) > 999 or min(vals) < -32767:
         for i in range(count):
             try:
                 _rng("up_s", ups[i], 0, SEQ_MAX)
@@ -280,7 +287,7 @@ def decode_batch(data):
             except ValueError as e:
                 return None, "record {}: {}".format(i, e)
     records = list(zip(range(first_seq, first_seq + count), ups, ums, vals, chs))  # noqa: B905 (MicroPython zip has no strict)
-    return Batch(boot_id, first_seq, flags, anchor, records), None
+    return Batch(boot_id, first_seq, flags, anchor, records, min(ups), up_max), None
 
 
 def event_time_ms(anchor, up_s, up_ms):
@@ -325,9 +332,36 @@ def _decode(check, data):
     if err:
         return None, err
     try:
-        return check(d), None
+        d = check(d)
     except ValueError as e:
         return None, str(e)
+    err = _unstorable(d, "")
+    return (None, err) if err else (d, None)
+
+
+def _unstorable(v, name):
+    # Why a database cannot store the text in ``v`` (a decoded message, walked whole), or None.
+    # PostgreSQL's text holds no U+0000 and no lone surrogate (UTF-16 halves, which JSON's
+    # "\ud800" escapes produce and UTF-8 cannot encode); refusing them here, with the field's
+    # name, treats both databases alike.
+    if isinstance(v, str):
+        for c in v:
+            o = ord(c)
+            if o == 0 or 0xD800 <= o <= 0xDFFF:
+                return "{} holds U+{:04X}, which a database cannot store".format(name or "text", o)
+    elif isinstance(v, dict):
+        for k in v:
+            err = _unstorable(k, name + " key" if name else "key") or _unstorable(
+                v[k], name + "." + k if name else k
+            )
+            if err:
+                return err
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            err = _unstorable(x, name)
+            if err:
+                return err
+    return None
 
 
 def decode_state(data):

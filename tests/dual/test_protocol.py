@@ -168,6 +168,10 @@ def test_batch_round_trip_without_anchor():
     assert b.anchor is None and not b.historical and b.flags == 0 and b.count == 50
     for i in range(50):
         assert b.records[i] == (77 + i,) + records[i]
+    # the lowest and highest uptime (s) of its records: what the cloud checks event times by
+    assert (b.up_min, b.up_max) == (0, 49)
+    b, err = codec.decode_batch(codec.encode_batch(3, 1, [(9, 0, 0, 0), (4, 999, 0, 0), (7, 0, 0, 0)]))
+    assert err is None and (b.up_min, b.up_max) == (4, 9)
 
 
 def _good_batch():
@@ -578,6 +582,28 @@ def test_json_decoder_refusals():
     assert codec.decode_state(state("", "")) == codec.decode_state(
         state("", "", ',"boot":1,"ignored":{}')
     )
+
+
+def test_text_a_database_cannot_store_is_refused():
+    # PostgreSQL's text holds no U+0000 and no lone surrogate: every JSON decoder refuses them,
+    # wherever they are in what it returns, naming the field
+    st = '{"v":1,"online":true,"fw":"1","wf":null,"wf_ver":null,"wf_hash":null,"boot":1,'
+    st += '"backlog":0,"synced":false,"anchor":null,"last_seq":null'
+    cases = [
+        (codec.decode_ack, b'{"v":1,"id":"zz","code":0,"detail":"a\\u0000"}', "detail", "0000"),
+        (codec.decode_ack, b'{"v":1,"id":"zz","code":0,"detail":"\\ud800"}', "detail", "D800"),
+        (codec.decode_ack, b'{"v":1,"id":"zz","code":0,"detail":"x\\udfff"}', "detail", "DFFF"),
+        (codec.decode_state, (st + ',"fw":"1\\ud83d"}').encode(), "fw", "D83D"),
+        (codec.decode_state, (st + ',"extra":{"note":"\\u0000"}}').encode(), "extra.note", "0000"),
+    ]
+    for decode, data, field, code in cases:
+        reason = field + " holds U+" + code + ", which a database cannot store"
+        assert decode(data) == (None, reason), reason
+    # everything else, non-ASCII included, is fine
+    a, err = codec.decode_ack('{"v":1,"id":"zz","code":0,"detail":"\u00e9 \u20ac \U0001f600"}'.encode())
+    assert err is None and a["detail"] == "\u00e9 \u20ac \U0001f600"
+    s, err = codec.decode_state((st + ',"extra":{"note":"caf\u00e9"}}').encode())
+    assert err is None and s["extra"] == {"note": "caf\u00e9"}
 
 
 def test_decoders_never_raise_on_hostile_input():

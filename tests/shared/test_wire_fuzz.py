@@ -182,8 +182,13 @@ def test_json_messages_round_trip(boot, seq, ms, name, value, detail):
     except ValueError:  # lone surrogates are not valid text
         assert any(0xD800 <= ord(c) <= 0xDFFF for c in detail)
     else:
-        assert codec.decode_ack(a) == ({"id": name, "code": codec.FAILED, "detail": detail}, None)
         assert json.loads(a)["detail"] == detail  # a standard JSON parser agrees
+        if "\x00" in detail:  # text no database can store: the companion refuses it
+            assert codec.decode_ack(a) == (
+                None, "detail holds U+0000, which a database cannot store"
+            )  # fmt: skip
+        else:
+            assert codec.decode_ack(a) == ({"id": name, "code": codec.FAILED, "detail": detail}, None)
     assert codec.decode_loss(codec.encode_loss(boot, seq, seq, "corrupt"))[0]["last"] == seq
 
 

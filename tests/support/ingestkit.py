@@ -18,7 +18,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from paho.mqtt.properties import Properties
 from cloud.orrery.bench import ingest as bench
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import DEVICES
+from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.service import BrokerAddress, Service
 from shared.wire import codec
 from tools.dev.mosquitto import Broker
 
@@ -591,3 +594,53 @@ def commands_answered(engine: sa.Engine, answered: set[str]) -> bool:
     with engine.connect() as c:
         rows = c.execute(sa.text("SELECT id, status FROM commands")).all()
     return all(r.status != "queued" and r.id in answered for r in rows)
+
+
+# --- one message the database refuses -----------------------------------------------------
+
+REFUSED_VALUE = 31337  # a reading with this value makes the database refuse its transaction
+
+
+def refuse_value(engine: sa.Engine) -> None:
+    """Make the database itself refuse any reading of value ``REFUSED_VALUE``: a trigger that
+    raises a data exception (PostgreSQL, SQLSTATE 22023) or aborts (SQLite, a constraint
+    error), as a value the schema cannot hold would. The ingest sees the real driver's error."""
+    with engine.begin() as c:
+        if engine.dialect.name == "postgresql":
+            c.execute(sa.text(
+                "CREATE FUNCTION refuse_value() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                f" IF NEW.value = {REFUSED_VALUE} THEN RAISE EXCEPTION 'value {REFUSED_VALUE}"
+                " refused' USING ERRCODE = '22023'; END IF; RETURN NEW; END $$"
+            ))  # fmt: skip
+            c.execute(sa.text(
+                "CREATE TRIGGER refuse_value BEFORE INSERT ON readings"
+                " FOR EACH ROW EXECUTE FUNCTION refuse_value()"
+            ))  # fmt: skip
+        else:
+            c.execute(sa.text(
+                f"CREATE TRIGGER refuse_value BEFORE INSERT ON readings WHEN NEW.value ="
+                f" {REFUSED_VALUE} BEGIN SELECT RAISE(ABORT, 'value {REFUSED_VALUE} refused'); END"
+            ))  # fmt: skip
+
+
+@contextmanager
+def serving(ingest: Ingest, port: int, fleet: str) -> Iterator[Service]:
+    """The real ``orrery serve`` service around ``ingest``, in a thread, on the broker at
+    ``port`` (a group and client id of its own, only ``fleet``'s topics); stopped on exit."""
+    tag = uuid.uuid4().hex[:8]
+    svc = Service(ingest, BrokerAddress(port=port), client_id=f"ingest-{tag}",
+                  group=f"g-{tag}", fleet=fleet, reconcile_every_s=0.3)  # fmt: skip
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    try:
+        assert svc.connected.wait(10), "the service did not subscribe"
+        yield svc
+    finally:
+        svc.stop()
+        t.join(30)
+        assert not t.is_alive(), "the service did not stop"
+
+
+def store_failures(caplog) -> int:
+    """How many ``store_failed`` log lines the service wrote (a group it had to retry)."""
+    return sum(1 for r in caplog.records if '"event": "store_failed"' in r.getMessage())

@@ -103,18 +103,27 @@ def readings_gaps(
 @app.command("stats")
 def readings_stats(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Per device: received, duplicates dropped, historical, pending gaps, permanent loss;
-    plus dead letters by reason."""
+    the devices whose data was not what it claimed (conflicts, readings stored without an
+    event time that could not be true, gaps too large to be true); dead letters by reason."""
     with open_db(db_url).connect() as conn:
         result = queries.stats(conn)
     if as_json:
         print(json.dumps(result))
         return
-    t = Table("device", "received", "duplicates", "historical", "pending gap", "permanent loss")
-    for r in result["devices"]:
-        t.add_row(*(str(r[k]) for k in ("device", *queries.STAT_COLUMNS)))
     totals = result["totals"]
-    t.add_row(*(["[bold]total[/]"] + [f"[bold]{totals[k]}[/]" for k in queries.STAT_COLUMNS]))
-    console.print(t)
+    for cols, heads, only_odd in (
+        (queries.FLOW_COLUMNS, ("received", "duplicates", "historical", "pending gap",
+                                "permanent loss"), False),
+        (queries.ANOMALY_COLUMNS, ("conflicts", "bad time", "gap anomalies"), True),
+    ):  # fmt: skip
+        rows = [r for r in result["devices"] if not only_odd or any(r[k] for k in cols)]
+        if not rows and only_odd:
+            continue
+        t = Table("device", *heads)
+        for r in rows:
+            t.add_row(r["device"], *(str(r[k]) for k in cols))
+        t.add_row("[bold]total[/]", *(f"[bold]{totals[k]}[/]" for k in cols))
+        console.print(t)
     if result["dead_letters"]:
         d = Table("dead-letter reason", "count")
         for reason, n in result["dead_letters"].items():

@@ -15,6 +15,7 @@ from cloud.orrery.fleet import commands, keys
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.ingest.alerts import AlertRule
 from cloud.orrery.ingest.handler import Ingest
+from cloud.orrery.ingest.reconcile import MAX_GAP
 from cloud.orrery.ingest.service import BrokerAddress, Service, default_group
 from cloud.orrery.jsonlog import configure_logging, jlog
 
@@ -53,6 +54,14 @@ def serve(
     reorder_window: Annotated[
         float, typer.Option(min=0, help="Seconds a hole may stay open before it is a gap.")
     ] = 10.0,
+    max_gap: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Most readings one gap or loss report may span; a larger one is a protocol "
+            "anomaly: logged and kept, never requested nor counted as lost.",
+        ),
+    ] = MAX_GAP,
     reconcile_every: Annotated[
         float, typer.Option(min=0.1, help="Seconds between reconciliation passes.")
     ] = 2.0,
@@ -122,6 +131,7 @@ def serve(
         reorder_window_ms=int(reorder_window * 1000),
         resend_ttl_s=resend_ttl,
         retry=commands.RetryPolicy(command_retry, command_retry_max),
+        max_gap=max_gap,
     )
     cid = client_id or f"orrery-ingest-{socket.gethostname()}"
     if group is None:

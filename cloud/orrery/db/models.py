@@ -39,6 +39,10 @@ class Device(SQLModel, table=True):
     received: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     duplicates: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     historical: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    # readings refused because a different one is stored under their (boot, seq)
+    conflicts: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    # readings stored without event time because the time their anchor gives cannot be true
+    bad_time: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     dirty: bool = Field(default=False, index=True)
     # health counters, compared across a rollout's upgraded and not-yet-upgraded boards
     reboots: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
@@ -71,6 +75,34 @@ class Reading(SQLModel, table=True):
     event_ms: int | None = Field(default=None, sa_column=_big())
     historical: bool = False
     received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class ReadingConflict(SQLModel, table=True):
+    """A reading refused because another one, with different content, is stored under the same
+    (device, boot, seq): the first one stored stays, this keeps each different content once."""
+
+    __tablename__ = "reading_conflicts"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    channel: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    value: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    up_ms: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    historical: bool = False
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
+class TimeFault(SQLModel, table=True):
+    """A reading stored without event time because the time its boot's anchor gives cannot be
+    true (before 2020, or more than a day ahead of the companion's clock), and that time."""
+
+    __tablename__ = "time_faults"
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    event_ms: int = Field(sa_column=_big(nullable=False))
+    reason: str = Field(max_length=64)
+    detected_ms: int = Field(sa_column=_big(nullable=False))
 
 
 class Session(SQLModel, table=True):
@@ -107,7 +139,7 @@ class Gap(SQLModel, table=True):
     device_id: int = Field(index=True)
     first: int = Field(sa_column=_big(nullable=False))
     last: int = Field(sa_column=_big(nullable=False))
-    status: str = Field(max_length=16)  # pending | requested
+    status: str = Field(max_length=16)  # pending | requested | anomaly (too large: never asked)
     reason: str = Field(max_length=200)
     detected_ms: int = Field(sa_column=_big(nullable=False))
     updated_ms: int = Field(sa_column=_big(nullable=False))

@@ -10,6 +10,8 @@ from cloud.orrery.db import models
 DEVICES: sa.Table = models.Device.__table__  # type: ignore[assignment]
 TAGS: sa.Table = models.DeviceTag.__table__  # type: ignore[assignment]
 READINGS: sa.Table = models.Reading.__table__  # type: ignore[assignment]
+CONFLICTS: sa.Table = models.ReadingConflict.__table__  # type: ignore[assignment]
+TIME_FAULTS: sa.Table = models.TimeFault.__table__  # type: ignore[assignment]
 SESSIONS: sa.Table = models.Session.__table__  # type: ignore[assignment]
 RANGES: sa.Table = models.ReceivedRange.__table__  # type: ignore[assignment]
 GAPS: sa.Table = models.Gap.__table__  # type: ignore[assignment]
@@ -22,6 +24,9 @@ WORKFLOWS: sa.Table = models.Workflow.__table__  # type: ignore[assignment]
 ROLLOUTS: sa.Table = models.Rollout.__table__  # type: ignore[assignment]
 ROLLOUT_DEVICES: sa.Table = models.RolloutDevice.__table__  # type: ignore[assignment]
 ROLLOUT_LOG: sa.Table = models.RolloutLog.__table__  # type: ignore[assignment]
+
+# The status of a gap too large to be true (``ingest.reconcile``): never requested, not pending.
+GAP_ANOMALY = "anomaly"
 
 # The readings columns in the order the ingest writes rows (its bulk insert and COPY).
 READING_COLS = (
@@ -44,3 +49,17 @@ def insert_ignore(conn: Connection, table: sa.Table):
     else:
         from sqlalchemy.dialects.sqlite import insert
     return insert(table).on_conflict_do_nothing()
+
+
+def insert_new(conn: Connection, table: sa.Table, rows: list[dict], chunk: int = 500) -> int:
+    """Insert ``rows``, ignoring those whose key is already there; return how many were new.
+
+    Counted from ``RETURNING`` (one statement per ``chunk`` rows): a driver's rowcount is not
+    exact for every form of insert on PostgreSQL.
+    """
+    key = list(table.primary_key.columns)[0]
+    n = 0
+    for i in range(0, len(rows), chunk):
+        stmt = insert_ignore(conn, table).values(rows[i : i + chunk]).returning(key)
+        n += len(conn.execute(stmt).all())
+    return n

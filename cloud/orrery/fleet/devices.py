@@ -6,7 +6,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery.clock import iso, now_ms
-from cloud.orrery.db.tables import DEVICES, GAPS, LOSSES, SESSIONS, TAGS, insert_ignore
+from cloud.orrery.db.tables import (
+    DEVICES,
+    GAP_ANOMALY,
+    GAPS,
+    LOSSES,
+    SESSIONS,
+    TAGS,
+    insert_ignore,
+)
 
 
 def register(engine: sa.Engine, fleet: str, profile: str | None, names: list[str]) -> list[str]:
@@ -40,11 +48,11 @@ def device_rows(conn: Connection, name: str | None = None) -> list[dict]:
     q = sa.select(DEVICES).order_by(DEVICES.c.name)
     if name is not None:
         q = q.where(DEVICES.c.name == name)
-    gaps = dict(
+    gaps = dict(  # gaps that may still arrive: not those too large to be true (anomalies)
         conn.execute(
-            sa.select(GAPS.c.device_id, sa.func.sum(GAPS.c.last - GAPS.c.first + 1)).group_by(
-                GAPS.c.device_id
-            )
+            sa.select(GAPS.c.device_id, sa.func.sum(GAPS.c.last - GAPS.c.first + 1))
+            .where(GAPS.c.status != GAP_ANOMALY)
+            .group_by(GAPS.c.device_id)
         ).all()
     )
     lost = dict(

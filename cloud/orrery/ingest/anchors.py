@@ -1,13 +1,41 @@
 """Device boots (sessions) and their time anchors: the one place that knows a boot's uptime -> unix
-time offset, learns it once, and gives the readings and events stored before it their event time."""
+time offset, learns it once, and gives the readings and events stored before it their event time.
+
+An event time that cannot be true (before 2020, or more than a day ahead of the companion's
+clock: a bad anchor, a skewed board) is never stored: the reading keeps no event time, and a
+``time_faults`` row says why (``plausible``, ``fault_row``).
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import EVENTS, READINGS, SESSIONS
+from cloud.orrery.db.tables import DEVICES, EVENTS, READINGS, SESSIONS, TIME_FAULTS
 from cloud.orrery.jsonlog import jlog
+
+EARLIEST_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z: no reading of this fleet is older
+AHEAD_MS = 86_400_000  # how far an event time may lie ahead of the companion's clock
+TOO_EARLY = "before 2020"
+TOO_LATE = "more than a day ahead of the companion's clock"
+
+
+def plausible(now: int) -> tuple[int, int]:
+    """The event times (unix ms, inclusive) that can be true when the companion's clock says
+    ``now``."""
+    return EARLIEST_MS, now + AHEAD_MS
+
+
+def fault_row(device_id: int, boot: int, seq: int, event_ms: int, now: int) -> dict:
+    """A ``time_faults`` row: the reading's event time ``event_ms`` cannot be true."""
+    return {
+        "device_id": device_id,
+        "boot": boot,
+        "seq": seq,
+        "event_ms": event_ms,
+        "reason": TOO_EARLY if event_ms < EARLIEST_MS else TOO_LATE,
+        "detected_ms": now,
+    }
 
 
 def session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dict:
@@ -33,11 +61,16 @@ class Sessions:
     def __init__(self, pg: bool) -> None:
         self.pg = pg
         self._anchors: dict[tuple[int, int], tuple[int, int] | None] = {}
+        # sessions the database did not have when looked up, nor upserted since: no reading of
+        # theirs is stored (a batch's readings and its session are written together)
+        self._fresh: set[tuple[int, int]] = set()
         self._upsert = None
+        self._fill: tuple | None = None
 
     def clear(self) -> None:
         """Forget the cached anchors."""
         self._anchors.clear()
+        self._fresh.clear()
 
     def anchor(self, conn: Connection, device_id: int, boot: int) -> tuple[int, int] | None:
         """The (uptime ms, unix ms) anchor of a device's boot, or None while it is not known."""
@@ -49,19 +82,24 @@ class Sessions:
                 )
             ).first()
             self._anchors[key] = (row[0], row[1]) if row and row[0] is not None else None
+            if row is None:
+                self._fresh.add(key)
         return self._anchors[key]
+
+    def _insert(self):
+        if self.pg:
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        return insert
 
     def _statement(self):
         if self._upsert is None:
             if self.pg:
-                from sqlalchemy.dialects.postgresql import insert
-
                 lo, hi = sa.func.least, sa.func.greatest
             else:
-                from sqlalchemy.dialects.sqlite import insert
-
                 lo, hi = sa.func.min, sa.func.max
-            stmt = insert(SESSIONS)
+            stmt = self._insert()(SESSIONS)
             ex, t = stmt.excluded, SESSIONS.c
             self._upsert = stmt.on_conflict_do_update(
                 index_elements=["device_id", "boot"],
@@ -83,6 +121,8 @@ class Sessions:
         """Create or update (device, boot) sessions: seen times, seq span, and the time anchor,
         which is learned once and never changed."""
         conn.execute(self._statement(), rows)
+        if self._fresh:
+            self._fresh.difference_update((r["device_id"], r["boot"]) for r in rows)
 
     def learn(
         self, conn: Connection, device_id: int, device: str, boot: int, now: int, anchor
@@ -92,25 +132,85 @@ class Sessions:
         a = None
         if anchor is not None and self.anchor(conn, device_id, boot) is None:
             a = (anchor[0] * 1000 + anchor[1], anchor[2] * 1000 + anchor[3])
+        fresh = (device_id, boot) in self._fresh
         self.upsert(conn, [session_row(device_id, boot, now, None, None, a)])
         if a:
             self._anchors[(device_id, boot)] = a
-            # readings and events of this boot stored before the anchor get their event time now
+            self._backfill(conn, device_id, device, boot, a[1] - a[0], now, readings=not fresh)
+
+    def _fill_statements(self) -> tuple:
+        # (readings update, events update, time_faults insert), built once
+        if self._fill is None:
+            did, boot, off, lo, hi, now = (
+                sa.bindparam(n, type_=sa.BigInteger)
+                for n in ("b_did", "b_boot", "b_off", "b_lo", "b_hi", "b_now")
+            )
+            out = []
             for table in (READINGS, EVENTS):
-                n = conn.execute(
+                at = table.c.up_ms + off
+                out.append(
                     sa.update(table)
                     .where(
-                        table.c.device_id == device_id,
+                        table.c.device_id == did,
                         table.c.boot == boot,
                         table.c.event_ms.is_(None),
+                        at.between(lo, hi),
                     )
-                    .values(event_ms=table.c.up_ms + (a[1] - a[0]))
-                ).rowcount
-                if n:
-                    jlog(
-                        "event_time_backfilled",
-                        device=device,
-                        boot=boot,
-                        table=table.name,
-                        rows=n,
-                    )
+                    .values(event_ms=at)
+                )
+            at = READINGS.c.up_ms + off
+            bad = sa.select(
+                READINGS.c.device_id,
+                READINGS.c.boot,
+                READINGS.c.seq,
+                at,
+                sa.case((at < EARLIEST_MS, TOO_EARLY), else_=TOO_LATE),
+                now,
+            ).where(
+                READINGS.c.device_id == did,
+                READINGS.c.boot == boot,
+                READINGS.c.event_ms.is_(None),
+                sa.not_(at.between(lo, hi)),
+            )
+            cols = ["device_id", "boot", "seq", "event_ms", "reason", "detected_ms"]
+            out.append(
+                self._insert()(TIME_FAULTS)
+                .from_select(cols, bad)
+                .on_conflict_do_nothing()
+                .returning(TIME_FAULTS.c.seq)  # counted: an insert's rowcount is not exact
+            )
+            self._fill = tuple(out)
+        return self._fill
+
+    def _backfill(
+        self,
+        conn: Connection,
+        device_id: int,
+        device: str,
+        boot: int,
+        off: int,
+        now: int,
+        readings: bool,
+    ) -> None:
+        # readings (unless none can be stored yet) and events of this boot stored before the
+        # anchor get their event time now, when it can be true; readings whose time cannot
+        # get a time_faults row instead
+        fill_readings, fill_events, faults_of = self._fill_statements()
+        lo, hi = plausible(now)
+        p = {"b_did": device_id, "b_boot": boot, "b_off": off, "b_lo": lo, "b_hi": hi, "b_now": now}
+        for table, stmt in ((READINGS, fill_readings), (EVENTS, fill_events)):
+            if table is READINGS and not readings:
+                continue
+            n = conn.execute(stmt, p).rowcount
+            if n:
+                jlog("event_time_backfilled", device=device, boot=boot, table=table.name, rows=n)
+        if not readings:
+            return
+        faults = len(conn.execute(faults_of, p).all())
+        if faults:
+            conn.execute(
+                sa.update(DEVICES)
+                .where(DEVICES.c.id == device_id)
+                .values(bad_time=DEVICES.c.bad_time + faults)
+            )
+            jlog("event_time_refused", device=device, boot=boot, rows=faults, off_ms=off)

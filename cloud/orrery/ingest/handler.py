@@ -2,10 +2,16 @@
 
 ``Ingest.handle`` takes a group of MQTT messages and stores them in ONE transaction; the service
 acks the messages to the broker only after that commit, so a crash at any point redelivers them
-and the (device, boot, seq) key drops the repeats. ``Ingest.reconcile`` runs periodically: it
-reconciles the devices with news, a bounded pass at a time (``ingest.reconcile`` says how).
+and the (device, boot, seq) key drops the repeats. ``Ingest.store`` is what the service calls: it
+never stops on a message that the database refuses (it isolates and dead-letters it).
+``Ingest.reconcile`` runs periodically: it reconciles the devices with news, a bounded pass at a
+time (``ingest.reconcile`` says how).
 
 Nothing a board sends can crash it: every message is stored, or dead-lettered with a reason.
+Stored data is never silently wrong: a reading whose content differs from the one stored under
+its (device, boot, seq) is a conflict (the first stays; the other is kept in
+``reading_conflicts`` and counted), and one whose event time cannot be true is stored without
+it (``anchors``).
 """
 
 from __future__ import annotations
@@ -22,25 +28,28 @@ from sqlalchemy.engine import Connection, Engine
 from cloud.orrery.clock import now_ms
 from cloud.orrery.db.tables import (
     ALERTS,
+    CONFLICTS,
     DEAD_LETTERS,
     DEVICES,
     EVENTS,
     LOSSES,
     RANGES,
     READING_COLS,
+    TIME_FAULTS,
     insert_ignore,
+    insert_new,
 )
 from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest import reconcile
 from cloud.orrery.ingest.alerts import AlertRule
-from cloud.orrery.ingest.anchors import Sessions, session_row
+from cloud.orrery.ingest.anchors import Sessions, fault_row, plausible, session_row
 from cloud.orrery.ingest.ranges import merge
 from cloud.orrery.ingest.skew import ClockOffsets
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
 MAX_JSON = 16384
-DEAD_PAYLOAD = 4096
+DEAD_PAYLOAD = MAX_JSON  # a dead letter keeps every message within the size limits whole
 
 
 @dataclass
@@ -58,6 +67,8 @@ class Outcome:
 
     inserted: int = 0
     duplicates: int = 0
+    conflicts: int = 0
+    bad_time: int = 0
     dead: int = 0
     outgoing: list[commands.Outgoing] = field(default_factory=list)
 
@@ -73,10 +84,13 @@ class Ingest:
     """Stores board messages and reconciles their sequence numbers (see the module docstring).
 
     ``secret`` is the fleet secret that signs resend commands (None: gaps are reported but not
-    requested). ``clock`` gives unix ms (virtual in simulations). ``auto_register`` admits unknown devices on their first message instead of
-    dead-lettering them. ``reorder_window_ms``: how long a hole may stay open before it is a gap.
-    ``resend_ttl_s``: a resend command's lifetime; ``retry``: when a command without an ack is
-    published again (``fleet.commands.RetryPolicy``).
+    requested). ``clock`` gives unix ms (virtual in simulations). ``auto_register`` admits
+    unknown devices on their first message instead of dead-lettering them.
+    ``reorder_window_ms``: how long a hole may stay open before it is a gap. ``resend_ttl_s``: a
+    resend command's lifetime; ``retry``: when a command without an ack is published again
+    (``fleet.commands.RetryPolicy``). ``max_gap``: the most readings one gap or loss report
+    may span; a larger one is a protocol anomaly, never requested nor recorded as a loss
+    (``reconcile.MAX_GAP``).
     """
 
     def __init__(
@@ -89,6 +103,7 @@ class Ingest:
         reorder_window_ms: int = 10_000,
         resend_ttl_s: int = 3600,
         retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
+        max_gap: int = reconcile.MAX_GAP,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.engine = engine
@@ -100,6 +115,7 @@ class Ingest:
         self.resend_ttl_s = resend_ttl_s
         self.retry = retry
         self.offsets = ClockOffsets()  # each boot's clock offset (ingest/skew.py)
+        self.max_gap = max_gap
         self.pg = engine.dialect.name == "postgresql"
         self._devices: dict[str, _Dev] = {}
         self.sessions = Sessions(self.pg)
@@ -111,6 +127,8 @@ class Ingest:
             .values(
                 received=DEVICES.c.received + sa.bindparam("n"),
                 duplicates=DEVICES.c.duplicates + sa.bindparam("dup"),
+                conflicts=DEVICES.c.conflicts + sa.bindparam("conf"),
+                bad_time=DEVICES.c.bad_time + sa.bindparam("bad"),
                 historical=DEVICES.c.historical + sa.bindparam("hist"),
                 last_seen_ms=sa.bindparam("now"),
                 dirty=True,
@@ -141,6 +159,72 @@ class Ingest:
                 raise
         self.counters["inserted"] += out.inserted
         self.counters["duplicates"] += out.duplicates
+        self.counters["conflicts"] += out.conflicts
+        self.counters["bad_time"] += out.bad_time
+        self.counters["dead"] += out.dead
+        return out
+
+    def store(
+        self, messages: Sequence[Message], committed: Callable[[list[int], Outcome], None]
+    ) -> None:
+        """Store ``messages`` as ``handle`` does, and never stop on one of them.
+
+        A group that fails with an error its content causes (``caused_by_data``) is split in
+        halves, each stored on its own, down to the message(s) causing it; each of those is
+        dead-lettered with the error as its reason. ``committed(indexes, outcome)`` is called
+        after each commit with the indexes (into ``messages``) it made durable: the service
+        acks those. Any other error (the database unreachable, locked, ...) is raised: the
+        messages not passed to ``committed`` yet are then still to be stored.
+        """
+        todo = [list(range(len(messages)))]
+        while todo:
+            part = todo.pop()
+            try:
+                out = self.handle([messages[i] for i in part])
+            except Exception as exc:
+                if not self.caused_by_data(exc):
+                    raise
+                if len(part) == 1:
+                    out = self._refuse(messages[part[0]], exc)
+                else:
+                    jlog("store_isolating", logging.WARNING, messages=len(part), error=_why(exc))
+                    todo += [part[len(part) // 2 :], part[: len(part) // 2]]
+                    continue
+            committed(part, out)
+
+    def caused_by_data(self, exc: BaseException) -> bool:
+        """True when ``exc`` comes from what was being stored (a value the database refuses,
+        text it cannot encode, a message the code cannot handle), not from the database being
+        unreachable or busy: retrying the same messages would fail the same way."""
+        if isinstance(exc, sa.exc.StatementError) and not isinstance(exc, sa.exc.DBAPIError):
+            exc = exc.orig  # raised while preparing the statement's parameters
+        if isinstance(exc, sa.exc.DBAPIError):
+            return isinstance(exc, (sa.exc.DataError, sa.exc.IntegrityError))
+        dbapi = self.engine.dialect.loaded_dbapi  # errors of a raw cursor (COPY) come unwrapped
+        if isinstance(exc, dbapi.Error):
+            return isinstance(exc, (dbapi.DataError, dbapi.IntegrityError))
+        return isinstance(exc, (ValueError, TypeError, LookupError, ArithmeticError))
+
+    def _refuse(self, m: Message, exc: BaseException) -> Outcome:
+        # the one message that fails its group: dead-lettered on its own, with the error
+        out = Outcome()
+        reason = "store failed: " + _why(exc)
+        parsed, _ = codec.parse_topic(m.topic)
+        try:
+            with self.engine.begin() as conn:
+                self._dead(conn, m, parsed[1] if parsed else None, reason, self.clock(), out)
+        except Exception as again:
+            if not self.caused_by_data(again):
+                raise
+            # not even its dead letter can be stored: the log keeps it whole, and ingest goes on
+            jlog(
+                "message_dropped",
+                logging.ERROR,
+                topic=_text(str(m.topic)),
+                reason=reason,
+                error=_why(again),
+                payload=bytes(m.payload).hex(),
+            )
         self.counters["dead"] += out.dead
         return out
 
@@ -217,9 +301,9 @@ class Ingest:
             [
                 {
                     "received_ms": now,
-                    "topic": m.topic[:512] if isinstance(m.topic, str) else repr(m.topic)[:512],
+                    "topic": _text(m.topic if isinstance(m.topic, str) else repr(m.topic))[:512],
                     "device": device,
-                    "reason": reason[:300],
+                    "reason": _text(reason)[:300],
                     "size": len(m.payload),
                     "payload": bytes(m.payload[:DEAD_PAYLOAD]),
                 }
@@ -228,7 +312,7 @@ class Ingest:
         jlog(
             "dead_letter",
             logging.WARNING,
-            topic=m.topic,
+            topic=_text(str(m.topic)),
             device=device,
             reason=reason,
             size=len(m.payload),
@@ -264,6 +348,12 @@ class Ingest:
             loss, err = codec.decode_loss(m.payload)
             if err:
                 return f"malformed loss: {err}"
+            n = loss["last"] - loss["first"] + 1
+            if n > self.max_gap:
+                return (
+                    f"anomaly: a loss report of {n} readings ({loss['first']}..{loss['last']}),"
+                    f" more than the maximum gap of {self.max_gap}"
+                )
             conn.execute(
                 sa.insert(LOSSES),
                 [
@@ -364,24 +454,29 @@ class Ingest:
     def _event(self, conn: Connection, dev: _Dev, e: dict, now: int) -> None:
         up = e["up_s"] * 1000 + e["up_ms"]
         a = self.sessions.anchor(conn, dev.id, e["boot"])
-        n = conn.execute(
-            insert_ignore(conn, EVENTS),
+        at = up + (a[1] - a[0]) if a else None
+        lo, hi = plausible(now)
+        if at is not None and not lo <= at <= hi:
+            jlog("event_time_refused", device=dev.name, boot=e["boot"], seq=e["seq"], event_ms=at)
+            at = None
+        new = conn.execute(  # RETURNING: an insert's rowcount is not exact on PostgreSQL
+            insert_ignore(conn, EVENTS).returning(EVENTS.c.seq),
             [
                 {
                     "device_id": dev.id,
                     "boot": e["boot"],
                     "seq": e["seq"],
                     "up_ms": up,
-                    "event_ms": up + (a[1] - a[0]) if a else None,
+                    "event_ms": at,
                     "state": e["state"],
                     "event": e["event"],
                     "value": e["value"],
                     "received_ms": now,
                 }
             ],
-        ).rowcount
+        ).all()
         values: dict = {"last_seen_ms": now}
-        if n and ("alarm" in e["event"] or "fault" in e["event"]):
+        if new and ("alarm" in e["event"] or "fault" in e["event"]):
             values["alarms"] = DEVICES.c.alarms + 1
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
 
@@ -389,12 +484,16 @@ class Ingest:
 
     def _store_batches(self, conn: Connection, batches, now: int, out: Outcome) -> None:
         per_batch_rows = []
+        faults: dict[int, list[dict]] = defaultdict(list)  # device id -> time_faults rows
         for dev, b in batches:
             if b.anchor is not None and self.sessions.anchor(conn, dev.id, b.boot_id) is None:
                 self.sessions.learn(conn, dev.id, dev.name, b.boot_id, now, b.anchor)
+        lo, hi = plausible(now)
+        offs = []  # per batch: its boot's offset from uptime to the board's wall time, or None
         for dev, b in batches:
             a = self.sessions.anchor(conn, dev.id, b.boot_id)
             off = (a[1] - a[0]) if a else None
+            offs.append(off)
             hist = b.historical
             did, boot = dev.id, b.boot_id
             if off is None:
@@ -402,20 +501,22 @@ class Ingest:
                     (did, boot, seq, ch, val, up_s * 1000 + up_ms, None, hist, now)
                     for seq, up_s, up_ms, val, ch in b.records
                 ]
-            else:
+            elif lo <= b.up_min * 1000 + off and b.up_max * 1000 + 999 + off <= hi:
                 rows = [
                     (did, boot, seq, ch, val, u, u + off, hist, now)
                     for seq, up_s, up_ms, val, ch in b.records
                     for u in (up_s * 1000 + up_ms,)
                 ]
+            else:  # some event time cannot be true: those readings are stored without one
+                rows = _checked_rows(did, b, off, lo, hi, now, faults[did])
             per_batch_rows.append(rows)
-        inserted = self._insert_readings(conn, per_batch_rows)
-        dev_stats: dict[int, list[int]] = {}
+        inserted, conflicting = self._insert_readings(conn, per_batch_rows)
+        dev_stats: dict[int, list[int]] = {}  # inserted, dropped, historical, conflicts, bad time
         sessions: dict[tuple[int, int], list] = {}
         ranges: dict[int, list[tuple[int, int]]] = defaultdict(list)
         alerts = []
         for (dev, b), rows, n in zip(batches, per_batch_rows, inserted, strict=True):
-            st = dev_stats.setdefault(dev.id, [0, 0, 0])
+            st = dev_stats.setdefault(dev.id, [0, 0, 0, 0, 0])
             st[0] += n
             st[1] += len(rows) - n
             if b.historical:
@@ -445,6 +546,11 @@ class Ingest:
                             )
                             jlog("alert", device=dev.name, rule=rule.name, seq=r[2], value=r[4])
                             break
+        if conflicting:
+            self._conflicts(conn, batches, conflicting, dev_stats)
+        for did, rows in faults.items():
+            if rows:
+                dev_stats[did][4] = insert_new(conn, TIME_FAULTS, rows)
         self.sessions.upsert(
             conn,
             [
@@ -452,9 +558,10 @@ class Ingest:
                 for (_, boot), (dev, first, last) in sessions.items()
             ],
         )
-        for (dev, b), rows in zip(batches, per_batch_rows, strict=True):
-            if not b.historical and rows[-1][6] is not None:  # live, with wall time
-                self.offsets.observe(conn, dev.id, dev.name, b.boot_id, rows[-1][6] - now)
+        for (dev, b), rows, off in zip(batches, per_batch_rows, offs, strict=True):
+            if not b.historical and off is not None:  # live, with the board's wall time
+                # the board's own time of its newest reading, even one too far off to store
+                self.offsets.observe(conn, dev.id, dev.name, b.boot_id, rows[-1][5] + off - now)
         conn.execute(
             sa.insert(RANGES),
             [
@@ -466,13 +573,16 @@ class Ingest:
         conn.execute(
             self._count_stmt,
             [
-                {"did": did, "n": n, "dup": dup, "hist": hist, "now": now}
-                for did, (n, dup, hist) in dev_stats.items()
+                {"did": did, "n": n, "dup": dropped - conf, "conf": conf, "bad": bad,
+                 "hist": hist, "now": now}
+                for did, (n, dropped, hist, conf, bad) in dev_stats.items()
             ],
-        )
-        for n, dup, _ in dev_stats.values():
+        )  # fmt: skip
+        for n, dropped, _, conf, bad in dev_stats.values():
             out.inserted += n
-            out.duplicates += dup
+            out.duplicates += dropped - conf
+            out.conflicts += conf
+            out.bad_time += bad
         if alerts:
             conn.execute(sa.insert(ALERTS), alerts)
             per: dict[int, int] = defaultdict(int)
@@ -485,41 +595,120 @@ class Ingest:
                     .values(alarms=DEVICES.c.alarms + k)
                 )
 
-    def _insert_readings(self, conn: Connection, per_batch_rows: list[list[tuple]]) -> list[int]:
-        """Insert every batch's rows, dropping repeats; return how many each batch added."""
+    def _conflicts(self, conn: Connection, batches, conflicting, dev_stats) -> None:
+        # keep each different content once (reading_conflicts' key holds it) and count the new
+        # ones: an identical redelivery of a conflicting reading is a duplicate, like any other
+        names = {dev.id: dev.name for dev, _ in batches}
+        per: dict[int, list[dict]] = defaultdict(list)
+        for r, _stored in conflicting:
+            per[r[0]].append(
+                {
+                    "device_id": r[0],
+                    "boot": r[1],
+                    "seq": r[2],
+                    "channel": r[3],
+                    "value": r[4],
+                    "up_ms": r[5],
+                    "historical": r[7],
+                    "received_ms": r[8],
+                }
+            )
+        for did, rows in per.items():
+            new = insert_new(conn, CONFLICTS, rows)
+            dev_stats[did][3] = new
+            seqs = sorted({(r["boot"], r["seq"]) for r in rows})
+            jlog(
+                "reading_conflict",
+                logging.WARNING,
+                device=names[did],
+                readings=len(rows),
+                new=new,
+                first=seqs[0],
+                last=seqs[-1],
+            )
+
+    def _insert_readings(
+        self, conn: Connection, per_batch_rows: list[list[tuple]]
+    ) -> tuple[list[int], list[tuple[tuple, tuple]]]:
+        """Insert every batch's rows, dropping repeats of a stored (device, boot, seq). Return
+        how many rows each batch added, and the conflicts: each dropped row whose content
+        (channel, value, up_ms) differs from the stored one, with the stored content.
+
+        Content is compared in bulk, and only for the rows the insert dropped: nothing is
+        added to a group of new readings."""
         if not self.pg:
             # SQLAlchemy Core's driver-level executemany: one prepared INSERT ... ON CONFLICT DO
-            # NOTHING per batch, whose rowcount is what the batch added
-            sql = self._insert_sql
-            return [conn.exec_driver_sql(sql, rows).rowcount for rows in per_batch_rows]
+            # NOTHING per batch, whose rowcount is what the batch added; a batch that dropped
+            # some reads back what is stored under its seqs (in process: no round trip)
+            sql, counts, conflicts = self._insert_sql, [], []
+            for rows in per_batch_rows:
+                n = conn.exec_driver_sql(sql, rows).rowcount
+                counts.append(n)
+                if n < len(rows):
+                    first = rows[0]
+                    stored = conn.exec_driver_sql(
+                        "SELECT seq, channel, value, up_ms FROM readings"
+                        " WHERE device_id = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                        (first[0], first[1], first[2], rows[-1][2]),
+                    ).all()
+                    for seq, *content in stored:
+                        r = rows[seq - first[2]]
+                        if r[3:6] != tuple(content):
+                            conflicts.append((r, tuple(content)))
+            return counts, conflicts
         # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
+        # (in key order: the index takes it faster). A reading twice in the group is copied
+        # once (the first; a different second is a conflict), so it needs no DISTINCT ON.
         raw = conn.connection.driver_connection
+        first_in: dict[tuple, int] = {}  # (device, boot, seq) -> the batch it came first in
+        repeats: dict[int, int] = defaultdict(int)  # batch -> its readings an earlier one had
+        conflicts = []
         with raw.cursor() as cur:
             cur.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
             )
             with cur.copy("COPY readings_in ({}) FROM STDIN".format(",".join(READING_COLS))) as cp:
-                for rows in per_batch_rows:
+                for i, rows in enumerate(per_batch_rows):
                     for r in rows:
-                        cp.write_row(r)
+                        j = first_in.setdefault(r[:3], i)
+                        if j == i:
+                            cp.write_row(r)
+                        else:
+                            repeats[i] += 1
+                            f = _row(per_batch_rows[j], r[2])
+                            if f[3:6] != r[3:6]:
+                                conflicts.append((r, f[3:6]))
             cur.execute(
-                "INSERT INTO readings ({0}) SELECT DISTINCT ON (device_id, boot, seq) {0} FROM readings_in "
-                "ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
+                "INSERT INTO readings ({0}) SELECT {0} FROM readings_in"
+                " ORDER BY device_id, boot, seq"
+                " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
                     ",".join(READING_COLS)
                 )
             )
-            new = {tuple(r) for r in cur.fetchall()}
-            cur.execute("TRUNCATE readings_in")
-        counts = []
-        for rows in per_batch_rows:
-            n = 0
-            for r in rows:
-                k = (r[0], r[1], r[2])
-                if k in new:
-                    new.discard(k)
-                    n += 1
-            counts.append(n)
-        return counts
+            new = cur.fetchall()
+            counts = [0] * len(per_batch_rows)
+            for k in new:
+                counts[first_in[k]] += 1
+            dropped = _dropped(per_batch_rows, counts, repeats, first_in, new)
+            if dropped:
+                # the stored readings that differ, in one query: the dropped rows go as six
+                # arrays (as text: much cheaper to send than lists of ints), each looked up by
+                # the primary key (OFFSET 0 keeps the planner from hashing the whole table)
+                cols = list(zip(*dropped, strict=True))
+                cur.execute(
+                    "SELECT k.d, k.b, k.s, r.channel, r.value, r.up_ms"
+                    " FROM unnest(%s::int[], %s::bigint[], %s::bigint[], %s::int[], %s::int[],"
+                    " %s::bigint[]) AS k(d, b, s, ch, v, up)"
+                    " CROSS JOIN LATERAL (SELECT channel, value, up_ms FROM readings"
+                    " WHERE device_id = k.d AND boot = k.b AND seq = k.s OFFSET 0) AS r"
+                    " WHERE (r.channel, r.value, r.up_ms) IS DISTINCT FROM (k.ch, k.v, k.up)",
+                    ["{" + ",".join(map(str, cols[c])) + "}" for c in range(6)],
+                )
+                for d, b, seq, *content in cur.fetchall():
+                    conflicts.append(
+                        (_row(per_batch_rows[first_in[(d, b, seq)]], seq), tuple(content))
+                    )
+        return counts, conflicts  # readings_in empties itself at commit (ON COMMIT DELETE ROWS)
 
     # --- reconciliation ----------------------------------------------------------------------
 
@@ -552,6 +741,7 @@ class Ingest:
                         resend_ttl_s=self.resend_ttl_s,
                         retry=self.retry,
                         pg=self.pg,
+                        max_gap=self.max_gap,
                     )
                 )
             self._cursor = row.id
@@ -587,3 +777,53 @@ class Ingest:
         now = self.clock() if now is None else now
         with self.engine.begin() as conn:
             commands.mark_sent(conn, ids, now, self.retry)
+
+
+def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
+    # The rows a PostgreSQL insert dropped: a batch's copied rows (those not repeating an
+    # earlier batch of the group) that it did not add. Whole batches in bulk; row by row only
+    # for a batch that added part of its rows.
+    out: list[tuple] = []
+    added = None
+    for i, rows in enumerate(per_batch_rows):
+        copied = len(rows) - repeats.get(i, 0)
+        if counts[i] == copied:
+            continue
+        if counts[i] == 0 and copied == len(rows):
+            out += rows
+            continue
+        if added is None:
+            added = set(new)
+        out += [r for r in rows if first_in[r[:3]] == i and r[:3] not in added]
+    return out
+
+
+def _row(rows: list[tuple], seq: int) -> tuple:
+    # a batch's row of ``seq`` (a batch holds consecutive seqs)
+    return rows[seq - rows[0][2]]
+
+
+def _checked_rows(did: int, b: codec.Batch, off: int, lo: int, hi: int, now: int, faults) -> list:
+    # a batch's rows with the event times that can be true; the others get None and a
+    # time_faults row (appended to ``faults``)
+    rows = []
+    for seq, up_s, up_ms, val, ch in b.records:
+        u = up_s * 1000 + up_ms
+        at = u + off
+        if not lo <= at <= hi:
+            faults.append(fault_row(did, b.boot_id, seq, at, now))
+            at = None
+        rows.append((did, b.boot_id, seq, ch, val, u, at, b.historical, now))
+    return rows
+
+
+def _text(s: str) -> str:
+    """``s`` with what a database cannot store (U+0000, lone surrogates) written as escapes."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _why(exc: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).splitlines()
+    return _text(f"{type(orig).__name__}: {lines[0] if lines else ''}")[:250]

@@ -1,5 +1,6 @@
 """What the ingest stored, as the CLI shows it: a device's readings to export, open gaps and
-permanent losses, and per-device statistics with the dead letters by reason."""
+permanent losses, and per-device statistics (conflicts, readings stored without an event time
+that cannot be true, gaps too large to be true) with the dead letters by reason."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery.clock import iso
-from cloud.orrery.db.tables import DEAD_LETTERS, DEVICES, GAPS, LOSSES, READINGS
+from cloud.orrery.db.tables import DEAD_LETTERS, DEVICES, GAP_ANOMALY, GAPS, LOSSES, READINGS
 from cloud.orrery.fleet.devices import device_rows
 
 EXPORT_COLUMNS = (
     "seq", "boot", "channel", "value", "event_time", "event_ms", "up_ms", "historical",
 )  # fmt: skip
-STAT_COLUMNS = ("received", "duplicates", "historical", "pending_gap", "permanent_loss")
+FLOW_COLUMNS = ("received", "duplicates", "historical", "pending_gap", "permanent_loss")
+ANOMALY_COLUMNS = ("conflicts", "bad_time", "gap_anomalies")
+STAT_COLUMNS = FLOW_COLUMNS + ANOMALY_COLUMNS
 
 
 def export_rows(
@@ -80,8 +83,27 @@ def gaps_and_losses(conn: Connection, device: int | None = None) -> list[dict]:
 
 
 def stats(conn: Connection) -> dict:
-    """Per device ``STAT_COLUMNS``, their totals, and dead letters counted by reason."""
-    rows = [{k: r[k] for k in ("device", *STAT_COLUMNS)} for r in device_rows(conn)]
+    """Per device ``STAT_COLUMNS``, their totals, and dead letters counted by reason.
+
+    ``conflicts``: readings refused because a different one is stored under their (boot, seq);
+    ``bad_time``: readings stored without event time because theirs could not be true;
+    ``gap_anomalies``: gaps too large to be true (never requested, not in ``pending_gap``).
+    """
+    extra = {
+        r.name: {"conflicts": r.conflicts, "bad_time": r.bad_time, "gap_anomalies": 0}
+        for r in conn.execute(sa.select(DEVICES.c.name, DEVICES.c.conflicts, DEVICES.c.bad_time))
+    }
+    for name, n in conn.execute(
+        sa.select(DEVICES.c.name, sa.func.count())
+        .join(GAPS, GAPS.c.device_id == DEVICES.c.id)
+        .where(GAPS.c.status == GAP_ANOMALY)
+        .group_by(DEVICES.c.name)
+    ):
+        extra[name]["gap_anomalies"] = n
+    rows = [
+        {k: {**r, **extra[r["device"]]}[k] for k in ("device", *STAT_COLUMNS)}
+        for r in device_rows(conn)
+    ]
     dead: dict[str, int] = {}
     for reason, n in conn.execute(
         sa.select(DEAD_LETTERS.c.reason, sa.func.count()).group_by(DEAD_LETTERS.c.reason)

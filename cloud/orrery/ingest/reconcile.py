@@ -8,20 +8,28 @@ the board answered DUPLICATE without a result; each time after ``RetryPolicy``'s
 attempt (so a failing board is asked less and less often). Not when the board refused it by its
 clock and the companion's estimate of that clock has not changed since: it would be refused the
 same way (``fleet.commands`` signs it again when the estimate changes). A resend that was
-published but never answered is published again by the command queue itself."""
+published but never answered is published again by the command queue itself.
+
+A hole larger than ``max_gap`` readings cannot be true (a board's store holds 13,056): it is a
+protocol anomaly (a seq or a state's last_seq far beyond the others), kept as a gap with status
+``anomaly`` and logged as an error, and never requested nor turned into a loss.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import DEVICES, GAPS, LOSSES, RANGES
+from cloud.orrery.db.tables import DEVICES, GAP_ANOMALY, GAPS, LOSSES, RANGES
 from cloud.orrery.fleet import commands
 from cloud.orrery.ingest.ranges import merge, subtract
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
+
+MAX_GAP = 100_000  # readings one gap or loss report may span (`orrery serve --max-gap`)
 
 
 class DeviceRef(Protocol):
@@ -33,13 +41,16 @@ class DeviceRef(Protocol):
 
 
 def due_devices(conn: Connection) -> list:
-    """Devices to reconcile (changed since their last pass, or with open gaps), by id."""
+    """Devices to reconcile (changed since their last pass, or with gaps that may still be
+    asked for), by id."""
     return conn.execute(
         sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet)
         .where(
             sa.or_(
                 DEVICES.c.dirty.is_(True),
-                DEVICES.c.id.in_(sa.select(GAPS.c.device_id).distinct()),
+                DEVICES.c.id.in_(
+                    sa.select(GAPS.c.device_id).where(GAPS.c.status != GAP_ANOMALY).distinct()
+                ),
             )
         )
         .order_by(DEVICES.c.id)
@@ -56,12 +67,14 @@ def reconcile_device(
     resend_ttl_s: int,
     pg: bool,
     retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
+    max_gap: int = MAX_GAP,
 ) -> list[commands.Outgoing]:
     """Reconcile one device in ``conn``'s transaction; return the resend commands to publish.
 
     Merges its received ranges; turns holes older than ``reorder_window_ms`` into requested
     resends (signed with ``secret``), a resend the board answered without the readings into a
-    ``not_held`` loss, and drops what arrived after all from its gaps and losses.
+    ``not_held`` loss, and drops what arrived after all from its gaps and losses. A hole
+    larger than ``max_gap`` is an anomaly, never requested.
     """
     if pg:
         # one reconciler per device at a time, whatever the number of companions
@@ -158,6 +171,11 @@ def reconcile_device(
         if g is None:
             # a hole that shrank keeps the request of the gap it came from
             g = next((x for x in grows if x.first <= a and b <= x.last), None)
+        if b - a + 1 > max_gap:
+            new_gaps.append(_anomaly(dev, a, b, g, now, max_gap))
+            continue
+        if g is not None and g.status == GAP_ANOMALY:
+            g = None  # it shrank to a size that can be true: an ordinary gap from now on
         gap = {
             "device_id": dev.id,
             "first": a,
@@ -261,3 +279,22 @@ def reconcile_device(
         for a, b in new_losses:
             jlog("loss_not_held", device=dev.name, first=a, last=b)
     return outgoing
+
+
+def _anomaly(dev: DeviceRef, a: int, b: int, g, now: int, max_gap: int) -> dict:
+    """The gap row of a hole ``a..b`` too large to be true (``g``: the gap it was before)."""
+    known = g is not None and g.status == GAP_ANOMALY
+    if not known:
+        jlog("gap_anomaly", logging.ERROR, device=dev.name, first=a, last=b, max_gap=max_gap)
+    return {
+        "device_id": dev.id,
+        "first": a,
+        "last": b,
+        "status": GAP_ANOMALY,
+        "reason": f"anomaly: {b - a + 1} readings missing, more than the maximum gap of"
+        f" {max_gap}; not requested",
+        "detected_ms": g.detected_ms if known else now,
+        "updated_ms": g.updated_ms if known else now,
+        "command_id": None,
+        "attempts": 0,
+    }

@@ -10,6 +10,9 @@
 - commands: queued ones are published each reconcile pass, sent ones again when their ack is
   overdue (``fleet.commands``), and every open one again after each (re)subscription, since a
   board's pull that reached the broker while no one was subscribed was dropped;
+- a group the database refuses because of what it holds is split until the message(s) causing
+  it are found; those are dead-lettered and acked, the rest stored (``Ingest.store``): one
+  message never stops the ingest. Other database errors keep the group, unacked, and retry;
 - one structured (JSON) log line per notable event and a periodic stats line; every failed
   connection attempt is logged with its cause (refused, no route, TLS, the broker's refusal);
 - without a connection for ``connect_timeout_s`` (from the start or from a disconnect) the
@@ -102,6 +105,7 @@ class Service:
         self.down_since: float | None = time.monotonic()  # None while connected
         self.last_error = "no answer yet"  # why the last connection attempt failed
         self.failure: str | None = None  # why the service gave up, if it did
+        self._committed: set[int] = set()  # indexes of the last group's messages stored so far
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -215,7 +219,8 @@ class Service:
                     self._store(pending)
                     pending = []
                     backoff = 0.5
-                except Exception as exc:  # the database: keep the messages, unacked, and retry
+                except Exception as exc:  # the database: keep what is left, unacked, and retry
+                    pending = [m for i, m in enumerate(pending) if i not in self._committed]
                     jlog(
                         "store_failed",
                         logging.ERROR,
@@ -271,13 +276,21 @@ class Service:
         return out
 
     def _store(self, msgs: list[mqtt.MQTTMessage]) -> None:
-        result = self.ingest.handle([Message(m.topic, m.payload, bool(m.retain)) for m in msgs])
-        for m in msgs:  # committed: now the broker may forget them
-            if m.qos:
-                self.client.ack(m.mid, m.qos)
-        self.stored += len(msgs)
-        if result.outgoing:
-            self._publish(result.outgoing)
+        """Store and ack ``msgs``; on an error, ``_committed`` holds the indexes of those that
+        were stored and acked all the same."""
+        self._committed = set()
+
+        def committed(indexes: list[int], result) -> None:
+            for i in indexes:  # committed: now the broker may forget them
+                m = msgs[i]
+                if m.qos:
+                    self.client.ack(m.mid, m.qos)
+            self._committed.update(indexes)
+            self.stored += len(indexes)
+            if result.outgoing:
+                self._publish(result.outgoing)
+
+        self.ingest.store([_message(m) for m in msgs], committed)
 
     def _reconcile(self) -> None:
         out: list[commands.Outgoing] = []
@@ -325,3 +338,11 @@ class Service:
             jlog("mark_sent_failed", logging.ERROR, error=repr(exc)[:300])
         if sent:
             jlog("commands_sent", count=len(sent), ids=sent[:10])
+
+
+def _message(m: mqtt.MQTTMessage) -> Message:
+    try:
+        topic = m.topic
+    except UnicodeDecodeError:  # the broker should refuse such a topic; it is dead-lettered
+        topic = "(a topic that is not UTF-8)"
+    return Message(topic, m.payload, bool(m.retain))

@@ -112,6 +112,9 @@ def test_readings_gaps_and_stats(dbfile):
         "historical": 2,
         "pending_gap": 1,
         "permanent_loss": 1,
+        "conflicts": 0,
+        "bad_time": 0,
+        "gap_anomalies": 0,
     }
     assert stats["dead_letters"] == {"unknown device": 1}
     human = run("readings", "stats", "--db", dbfile).stdout

@@ -28,13 +28,15 @@ from shared.wire import codec
 SECRET = b"fleet-secret-for-tests-0123456789"
 T = "orrery/f1/dev1/up/"
 ANCHOR = (100, 0, 1_790_000_000, 0)  # uptime 100 s was 1_790_000_000 s unix
+NOW = 1_790_000_100_000  # the companion's clock (ms) when a test's event times must be true
 
 
 def batch(
     first: int, n: int, boot: int = 7, flags: int = 0, anchor=None, value: int = 100
 ) -> bytes:
+    # a reading's content depends on its seq alone: overlapping batches repeat, not conflict
     return codec.encode_batch(
-        boot, first, [(first + i, 0, value + i, 0) for i in range(n)], flags, anchor
+        boot, first, [(seq, 0, value, 0) for seq in range(first, first + n)], flags, anchor
     )
 
 
@@ -250,34 +252,49 @@ def test_pull_returns_the_devices_open_commands(ingest):
 
 def test_readings_before_time_sync_get_event_time_from_the_boot_anchor(ingest):
     # taken at uptime 1..10 s, before the board had wall time: no anchor in the batch
-    ingest.handle([msg("readings", batch(1, 10))], now=0)
+    ingest.handle([msg("readings", batch(1, 10))], now=NOW)
     assert q(ingest, "SELECT count(*) FROM readings WHERE event_ms IS NULL")[0][0] == 10
-    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 500, "idle", "boot", None))], now=0)
+    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 500, "idle", "boot", None))], now=NOW)
     # later the board syncs: uptime 100 s was unix 1_790_000_000 s
-    ingest.handle([msg("readings", batch(11, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=1)
+    ingest.handle([msg("readings", batch(11, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=NOW + 1)
     rows = q(ingest, "SELECT seq, event_ms FROM readings ORDER BY seq")
     assert rows[0] == (1, (1_790_000_000 - 99) * 1000)
     assert rows[10] == (11, (1_790_000_000 - 89) * 1000)
     assert q(ingest, "SELECT event_ms FROM events") == [((1_790_000_000 - 97) * 1000 + 500,)]
     # another boot's readings are untouched
-    ingest.handle([msg("readings", batch(12, 1, boot=8))], now=2)
+    ingest.handle([msg("readings", batch(12, 1, boot=8))], now=NOW + 2)
     assert q(ingest, "SELECT event_ms FROM readings WHERE boot = 8") == [(None,)]
 
 
 def test_state_anchor_times_readings_too(ingest):
-    ingest.handle([msg("readings", batch(1, 2))], now=0)
-    ingest.handle([msg("state", state(anchor=ANCHOR, last_seq=2))], now=1)
+    ingest.handle([msg("readings", batch(1, 2))], now=NOW)
+    ingest.handle([msg("state", state(anchor=ANCHOR, last_seq=2))], now=NOW + 1)
     assert [r[0] for r in q(ingest, "SELECT event_ms FROM readings ORDER BY seq")] == [
         (1_790_000_000 - 99) * 1000,
         (1_790_000_000 - 98) * 1000,
     ]
     # the anchor is learned once: a later, different one does not move stored times
     ingest.handle(
-        [msg("readings", batch(3, 1, flags=codec.SYNCED, anchor=(100, 0, 1_800_000_000, 0)))], now=2
+        [msg("readings", batch(3, 1, flags=codec.SYNCED, anchor=(100, 0, 1_800_000_000, 0)))], now=NOW + 2
     )
     assert q(ingest, "SELECT event_ms FROM readings WHERE seq = 3") == [
         ((1_790_000_000 - 97) * 1000,)
     ]
+
+
+def test_an_anchor_learned_by_another_worker_times_what_this_one_stored(ingest):
+    ingest.handle([msg("readings", batch(1, 3))], now=NOW)  # no wall time yet
+    other = Ingest(ingest.engine, secret=SECRET)  # another worker, or this one restarted
+    other.handle([msg("readings", batch(4, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=NOW)
+    assert [t for (t,) in q(ingest, "SELECT event_ms FROM readings ORDER BY seq")] == [
+        (1_790_000_000 - 100 + s) * 1000 for s in range(1, 5)
+    ]
+
+
+def test_events_stored_before_their_boot_has_readings_get_its_anchor(ingest):
+    ingest.handle([msg("events", codec.encode_event(7, 1, 3, 0, "idle", "boot", None))], now=NOW)
+    ingest.handle([msg("readings", batch(4, 1, flags=codec.SYNCED, anchor=ANCHOR))], now=NOW)
+    assert q(ingest, "SELECT event_ms FROM events") == [((1_790_000_000 - 97) * 1000,)]
 
 
 # --- historical and alerts -----------------------------------------------------------------
