@@ -41,6 +41,14 @@ def _wire(s):
     return struct.pack("<IHhB", a[1], a[2], a[3], a[4])
 
 
+def _filled(seg_records, max_segments, n):
+    # a new store of that geometry, in a new directory, holding seqs 1..n
+    root = _root()
+    st = Store(root, seg_records=seg_records, max_segments=max_segments)
+    _fill(st, n)
+    return root, st
+
+
 def _fill(st, n, boot=7):
     for _ in range(n):
         s = st.last_seq + 1
@@ -124,9 +132,7 @@ def test_batch_is_one_boot():
 
 
 def test_full_store_drops_oldest_unacked_segment_and_reports_exact_range():
-    root = _root()
-    st = Store(root, seg_records=4, max_segments=3)
-    _fill(st, 12)
+    root, st = _filled(4, 3, 12)
     st.ack(2)
     assert st.losses() == []
     _fill(st, 1)  # needs a 4th segment: 1..4 goes, 3..4 were not acked
@@ -154,9 +160,7 @@ def test_unhanded_adjacent_losses_merge():
 
 
 def test_acked_segments_are_kept_then_dropped_silently():
-    root = _root()
-    st = Store(root, seg_records=4, max_segments=2)
-    _fill(st, 8)
+    root, st = _filled(4, 2, 8)
     st.ack(8)
     assert held_range(st) == (1, 8) and len(_segs(root)) == 2
     _fill(st, 4)
@@ -182,9 +186,7 @@ def test_resend_of_a_partly_dropped_range():
 
 
 def test_cursor_survives_reopen_and_rotation():
-    root = _root()
-    st = Store(root, seg_records=8, max_segments=4)
-    _fill(st, 20)
+    root, st = _filled(8, 4, 20)
     st.ack(5)
     st.close()
     st = Store(root, seg_records=8, max_segments=4)
@@ -204,9 +206,7 @@ def test_cursor_survives_reopen_and_rotation():
 
 
 def test_losses_survive_reopen():
-    root = _root()
-    st = Store(root, seg_records=2, max_segments=2)
-    _fill(st, 3)
+    root, st = _filled(2, 2, 3)
     st.ack(1)
     _fill(st, 2)  # drops 1..2, of which 2 was not acked
     assert st.losses() == [(2, 2, STORE_FULL)]
@@ -228,9 +228,7 @@ def test_losses_survive_reopen():
 
 
 def test_reopen_continues_seq_in_a_new_segment():
-    root = _root()
-    st = Store(root, seg_records=4, max_segments=8)
-    _fill(st, 5)
+    root, st = _filled(4, 8, 5)
     st.close()
     st = Store(root, seg_records=4, max_segments=8)
     assert st.last_seq == 5 and held_range(st) == (1, 5) and len(_segs(root)) == 2
@@ -366,9 +364,7 @@ def test_full_filesystem_refuses_the_record_then_recovers():
 
 
 def _powerloss_store():
-    root = _root()
-    st = Store(root, seg_records=3, max_segments=4)
-    _fill(st, 8)  # segments 1..3, 4..6, 7..8
+    root, st = _filled(3, 4, 8)  # segments 1..3, 4..6, 7..8
     st.ack(2)
     st.close()
     return root
@@ -412,9 +408,7 @@ def test_a_flipped_byte_loses_only_that_record():
 
 
 def test_torn_cursor_log_and_loss_file():
-    root = _root()
-    st = Store(root, seg_records=2, max_segments=2)
-    _fill(st, 7)  # drops 1..2 and 3..4
+    root, st = _filled(2, 2, 7)  # drops 1..2 and 3..4
     for s in (5, 6, 7):
         st.ack(s)
     st.close()

@@ -56,18 +56,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+_READ_PROBLEMS = (
+    (IsADirectoryError, "is a directory, not a file"),
+    (FileNotFoundError, "no such file"),
+    (NotADirectoryError, "a part of the path is not a directory"),
+    (PermissionError, "permission denied"),
+    (UnicodeDecodeError, "not UTF-8 text (a binary file?)"),
+)
+
+
 def read_problem(exc: Exception) -> str:
     """Why a file could not be read or written, in a few words."""
-    if isinstance(exc, IsADirectoryError):
-        return "is a directory, not a file"
-    if isinstance(exc, FileNotFoundError):
-        return "no such file"
-    if isinstance(exc, NotADirectoryError):
-        return "a part of the path is not a directory"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    if isinstance(exc, UnicodeDecodeError):
-        return "not UTF-8 text (a binary file?)"
+    for kind, why in _READ_PROBLEMS:
+        if isinstance(exc, kind):
+            return why
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)

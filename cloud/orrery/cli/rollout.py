@@ -190,7 +190,8 @@ def rollout_rollback(
                     f"{len(names)} device(s) would go back to {wf}@{ver}: {', '.join(names[:8])}{more}"
                 )
             console.print(
-                ("" if groups else "no device to roll back; ") + "[yellow]dry run: nothing was changed[/]"
+                ("" if groups else "no device to roll back; ")
+                + "[yellow]dry run: nothing was changed[/]"
             )
             return
         new = o.rollback(rollout_id)

@@ -19,6 +19,12 @@ from cloud.orrery.ingest.reconcile import MAX_GAP
 from cloud.orrery.ingest.service import BrokerAddress, Service, default_group
 from cloud.orrery.jsonlog import configure_logging, jlog
 
+RESEND_TTL_HELP = "Lifetime of a resend command, in seconds."
+MAX_GAP_HELP = (
+    "Most readings one gap or loss report may span; a larger one is a protocol anomaly: "
+    "logged and kept, never requested nor counted as lost."
+)
+
 
 def serve(
     db_url: DbOpt = None,
@@ -54,20 +60,11 @@ def serve(
     reorder_window: Annotated[
         float, typer.Option(min=0, help="Seconds a hole may stay open before it is a gap.")
     ] = 10.0,
-    max_gap: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Most readings one gap or loss report may span; a larger one is a protocol "
-            "anomaly: logged and kept, never requested nor counted as lost.",
-        ),
-    ] = MAX_GAP,
+    max_gap: Annotated[int, typer.Option(min=1, help=MAX_GAP_HELP)] = MAX_GAP,
     reconcile_every: Annotated[
         float, typer.Option(min=0.1, help="Seconds between reconciliation passes.")
     ] = 2.0,
-    resend_ttl: Annotated[
-        int, typer.Option(min=60, max=604800, help="Lifetime of a resend command, in seconds.")
-    ] = 3600,
+    resend_ttl: Annotated[int, typer.Option(min=60, max=604800, help=RESEND_TTL_HELP)] = 3600,
     command_retry: Annotated[
         float,
         typer.Option(min=1, help="Seconds without an ack before a command is published again."),
@@ -118,7 +115,9 @@ def serve(
         except (ssl.SSLError, OSError, ValueError) as exc:
             fail(f"--ca-file {ca_file}: not a CA certificate in PEM form ({read_problem(exc)})")
     if command_retry_max < command_retry:
-        fail(f"--command-retry-max {command_retry_max:g} is below --command-retry {command_retry:g}")
+        fail(
+            f"--command-retry-max {command_retry_max:g} is below --command-retry {command_retry:g}"
+        )
     configure_logging(log_level)
     if secret is None:
         jlog("no_fleet_secret", 30, detail=why)

@@ -94,7 +94,9 @@ def sim(
     plotted = None if plot is None else fleet.board_named(plot)
     if plot is not None and plotted is None:
         fleet.close()
-        fail(f"--plot {plot!r}: the boards are {names[0]} … {names[-1]} (or without -{fleet.run_id})")
+        fail(
+            f"--plot {plot!r}: the boards are {names[0]} … {names[-1]} (or without -{fleet.run_id})"
+        )
     if plotted:
         fleet.boards[plotted].start_recording()
     scenario.schedule_faults(fleet, rng, total, offline_rate, reboot_rate, broker_restarts)

@@ -16,6 +16,14 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("devices", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("conflicts", sa.BigInteger(), server_default="0", nullable=False)
+        )
+        batch_op.add_column(
+            sa.Column("bad_time", sa.BigInteger(), server_default="0", nullable=False)
+        )
+
     op.create_table(
         "reading_conflicts",
         sa.Column("device_id", sa.Integer(), nullable=False),
@@ -38,13 +46,6 @@ def upgrade() -> None:
         sa.Column("detected_ms", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("device_id", "boot", "seq"),
     )
-    with op.batch_alter_table("devices", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("conflicts", sa.BigInteger(), server_default="0", nullable=False)
-        )
-        batch_op.add_column(
-            sa.Column("bad_time", sa.BigInteger(), server_default="0", nullable=False)
-        )
 
 
 def downgrade() -> None:
