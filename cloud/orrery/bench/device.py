@@ -34,6 +34,7 @@ RATIO_TARGET = 2.0
 RUN_MS = 30_000
 HEALTH_S = 5
 BUNDLE_CHUNK = 4096
+WINDOW = 8  # commands in flight to the board at once: the board's inbox holds 8
 # The modules a board keeps imported, dependencies first (each one's cost is its own).
 RESIDENT = (
     "firmware",
@@ -257,6 +258,7 @@ def _firmware_config(mpy_dir: Path, blob: bytes) -> tuple[dict, bytes, dict]:
         "packages": ["firmware", "shared", "umqtt"],
         "run_ms": RUN_MS,
         "health_ms": (HEALTH_S + 1) * 1000,
+        "window": WINDOW,
     }
     carried = {
         "workflow_install": {
@@ -307,7 +309,15 @@ def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
         steady = max(marks["steady_boot"], marks["steady"], phases["run"]["live"])
         steady = max(steady, phases["health"]["live"])
         install = max(phases["workflow"]["bound"], phases["bundle"]["bound"])
-        return {"steady": steady, "peak": install, "marks": marks, "phases": phases}
+        # what the heap certainly held at some moment of an install (collected between passes)
+        seen = max(phases["workflow"]["live"], phases["bundle"]["live"], marks["after_bundle"])
+        return {
+            "steady": steady,
+            "peak": install,
+            "peak_live_seen": seen,
+            "marks": marks,
+            "phases": phases,
+        }
 
     out = figures(fw)
     out["modules"] = fw["modules"]
@@ -316,10 +326,10 @@ def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
     out["workflow_after"] = fw["workflow"]
     out["acks"] = {k: v[0] for k, v in sorted(fw["acks"].items())}
     out["resets"] = fw["resets"]
-    out["installs"] = carried
+    out["installs"] = {**carried, "commands_in_flight": WINDOW}
     out["umqtt"] = {"package": "micropython-umqtt.simple", "version": umqtt.VERSION}
     rom = figures(fw_rom)
-    out["romfs"] = {"steady": rom["steady"], "peak": rom["peak"], "phases": rom["phases"]}
+    out["romfs"] = {k: rom[k] for k in ("steady", "peak", "peak_live_seen", "phases")}
     return out
 
 

@@ -217,7 +217,6 @@ class Clock:
         return self.t
 
 
-WINDOW = 8  # commands in flight to the board: firmware.uplink's inbox bound
 PHASES = ("run", "command", "workflow", "health", "bundle")
 MARKS = ("boot_py", "modules", "main", "node", "workflow", "connected", "steady_boot")
 MARKS += ("steady", "after_bundle")
@@ -277,8 +276,6 @@ def live():
 
 def mark(key):
     R["marks"][key] = live() - R["m0"]
-    if R["cfg"].get("debug"):
-        print("mark", key, R["marks"][key], R["steps"])
 
 
 def begin(name):
@@ -418,12 +415,12 @@ def run_for(name, ms):
 
 
 def install(name, first, last):
-    # command packets [first, last) arrive, at most WINDOW at a time (a sender that waits for
-    # the acks, as the board's inbox holds WINDOW): the link thread reads them, the main loop
+    # command packets [first, last) arrive, at most "window" at a time (a sender that waits
+    # for their acks; the board's inbox holds 8): the link thread reads them, the main loop
     # handles them, the link thread sends the acks; until all are done or the board resets
     R["j"] = first
     while R["j"] < last and R["resets"] == 0:
-        R["k"] = R["j"] + WINDOW
+        R["k"] = R["j"] + R["cfg"]["window"]
         while R["j"] < last and R["j"] < R["k"]:
             deliver(R["j"])
             R["j"] += 1
