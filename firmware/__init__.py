@@ -13,9 +13,10 @@ package every board module is part of, so that it costs no module of its own.
 import gc
 import sys
 
-# Imported by the main thread when needed, and dropped by it again. Not firmware.config: main.py
-# keeps it imported on a board, so dropping it would only make set_config load a second copy.
+# Imported by the main thread when needed, and dropped by it again (firmware.config: by main.py
+# once the config is checked at boot, and by the commands after a set_config).
 RARE = (
+    "firmware.config",
     "firmware.commands",
     "firmware.installer",
     "firmware.recover",

@@ -31,6 +31,7 @@ _REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024
+_PIECE = const(512)  # bytes per read while checking and unpacking a downloaded bundle
 
 
 def _makedirs(path):
@@ -141,15 +142,16 @@ def _start(node, args):
 def _finish(node, st):
     root = node.root
     part = root + "/" + PART
+    buf = bytearray(_PIECE)  # one buffer for hashing and unpacking: nothing per read
     h = hashlib.sha256()
     size = 0
     with open(part, "rb") as f:
         while True:
-            b = f.read(1024)
-            if not b:
+            n = f.readinto(buf)
+            if not n:
                 break
-            h.update(b)
-            size += len(b)
+            h.update(buf if n == _PIECE else memoryview(buf)[:n])
+            size += n
     got = binascii.hexlify(h.digest()).decode()
     if size != st["size"] or got != st["sha256"]:
         os.remove(part)
@@ -176,7 +178,7 @@ def _finish(node, st):
 
     try:
         with open(part, "rb") as f:
-            unpack(f, write)
+            unpack(f, write, _PIECE, buf)
     except ValueError as e:
         _rmtree(target)
         node.ack_later(st["cmd"], _FAILED, "bad bundle: {}".format(e))

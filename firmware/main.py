@@ -13,7 +13,7 @@ because the cloud is unreachable: staying useful offline is the node's job.
 import json
 import sys
 
-from firmware import config, safemode
+from firmware import RARE, drop, safemode
 from firmware.clock import sleep_ms
 from firmware.hal import BoardHal
 
@@ -53,8 +53,12 @@ def main(machine=None, run_node=None, root="/"):
     if machine is None:
         import machine
     config_path = root + "config.json"
+    from firmware import config  # checks the file once; set_config imports it again
+
     cfg, errors = config.load(config_path)
     config.report(errors, config_path)
+    del config
+    drop(RARE)
     reasons = []
     hal = None
     if errors:

@@ -103,6 +103,18 @@ def run(cfg, hal, feed, root="/data"):
     """Board entry point (called by main.py): run forever, feeding the watchdog."""
     import time
 
+    node = build(cfg, hal, root, time.ticks_ms)
+    node.start()
+    while True:
+        node.step_main()
+        feed()
+        time.sleep_ms(node.next_wait_ms())
+
+
+def build(cfg, hal, root, ticks_ms, rand4=None):
+    """The board's node on its umqtt link, not started yet (``run`` starts it): Wi-Fi is
+    joining, the link has its will. ``orrery bench device`` builds it this way too (with its
+    own ``rand4``: the WASI runtime has no ``os.urandom``)."""
     import machine
 
     from firmware.link import UmqttLink
@@ -117,13 +129,11 @@ def run(cfg, hal, feed, root="/data"):
         cfg.get("password"),
         ssl=_ssl_context(b) if b.get("tls") else None,
     )
-    node = Node(cfg, hal, root, link, time.ticks_ms, wall_ms=_ntp_ms(cfg), reset=machine.reset)
+    node = Node(
+        cfg, hal, root, link, ticks_ms, wall_ms=_ntp_ms(cfg), reset=machine.reset, rand4=rand4
+    )
     link.will = node.will()
-    node.start()
-    while True:
-        node.step_main()
-        feed()
-        time.sleep_ms(node.next_wait_ms())
+    return node
 
 
 def _wifi(w):

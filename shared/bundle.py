@@ -45,11 +45,23 @@ def _read_exact(f, n):
     return b
 
 
-def unpack(f, write, chunk=512):
+def _read_into(f, buf, size):
+    # the next min(size, len(buf)) bytes of f, read into buf (a slice only for a short read)
+    n = len(buf)
+    piece = memoryview(buf) if size >= n else memoryview(buf)[:size]
+    if f.readinto(piece) != len(piece):
+        raise ValueError("bundle truncated")
+    return piece
+
+
+def unpack(f, write, chunk=512, buf=None):
     """Stream the bundle in file ``f``: ``write(path, data_piece, first)`` per piece.
 
     Returns the list of paths. Raises ValueError for a malformed bundle (checked before any
-    piece of a bad entry is written; the caller unpacks into a scratch slot anyway).
+    piece of a bad entry is written; the caller unpacks into a scratch slot anyway). With
+    ``buf`` (a bytearray; ``chunk`` is then its length) the pieces are read into it and each
+    is a memoryview of it, valid only until ``write`` returns: a board unpacks without
+    allocating a piece per read.
     """
     if _read_exact(f, 4) != MAGIC:
         raise ValueError("not an Orrery bundle (bad magic)")
@@ -70,7 +82,12 @@ def unpack(f, write, chunk=512):
         (size,) = struct.unpack("<I", _read_exact(f, 4))
         first = True
         while size or first:
-            piece = _read_exact(f, min(size, chunk)) if size else b""
+            if not size:
+                piece = b""
+            elif buf is None:
+                piece = _read_exact(f, min(size, chunk))
+            else:
+                piece = _read_into(f, buf, size)
             write(path, piece, first)
             first = False
             size -= len(piece)

@@ -27,6 +27,24 @@ def test_round_trip_streams_in_pieces():
         assert files[path] == data
 
 
+def test_round_trip_into_one_buffer_is_the_same():
+    src = [("firmware/node.mpy", bytes(range(100))), ("shared/a.mpy", b""), ("m.py", b"x" * 14)]
+    blob = bundle.pack(src)
+    files = {}
+
+    def write(path, piece, first):
+        if first:
+            files[path] = b""
+        files[path] += bytes(piece)
+
+    buf = bytearray(7)
+    assert bundle.unpack(io.BytesIO(blob), write, 7, buf) == _unpack(blob)[0]
+    assert files == _unpack(blob)[1]
+    for n in range(len(blob)):
+        e = raises(ValueError, bundle.unpack, io.BytesIO(blob[:n]), write, 7, buf)
+        assert "truncated" in str(e) or "magic" in str(e)
+
+
 def test_bad_paths_are_refused_on_pack():
     for p in ("/abs.py", "../up.py", "a/../b.py", "a//b.py", "", "a\\b.py", "x" * 129):
         e = raises(ValueError, bundle.pack, [(p, b"1")])

@@ -62,6 +62,7 @@ def run(
     mounts: dict[str, str | Path] | None = None,
     fuel: int = DEFAULT_FUEL,
     memory_bytes: int = 64 * 1024 * 1024,
+    heap: str | None = None,
 ) -> MpResult:
     """Run ``code`` with the repository mounted read-only at ``/repo`` (on ``sys.path``).
 
@@ -69,6 +70,7 @@ def run(
     ``mounts`` maps further guest paths to host directories, read-only.
     The guest can read its remaining wasm fuel (a deterministic instruction budget) with
     ``host.call("fuel", "")``, which returns the count as a decimal string.
+    ``heap`` sets MicroPython's heap size (``-X heapsize``, e.g. ``"16M"``; default 1 MB).
     """
     engine, module = _get_engine()
     store = wasmtime.Store(engine)
@@ -80,7 +82,8 @@ def run(
     err: list[bytes] = []
     wasi = wasmtime.WasiConfig()
     prelude = "import sys\nsys.path.insert(0, '/repo')\n"
-    wasi.argv = ["micropython", "-c", prelude + code]
+    heap_opt = ["-X", "heapsize=" + heap] if heap else []
+    wasi.argv = ["micropython", *heap_opt, "-c", prelude + code]
     wasi.env = []
     # Files, not callbacks: wasmtime's callback streams run on threads that can panic at exit.
     wasi.stdout_file = str(out_path)

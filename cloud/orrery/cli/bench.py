@@ -83,8 +83,12 @@ def bench_device(
 ) -> None:
     """Cost per sample/step, allocations and heap of the shared core, on real MicroPython."""
     from cloud.orrery.bench import device as device_bench
+    from tools.dev.umqtt import UmqttUnavailable
 
-    result = device_bench.run(samples=samples)
+    try:
+        result = device_bench.run(samples=samples)
+    except UmqttUnavailable as exc:
+        fail(str(exc))
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -181,7 +185,8 @@ def print_device_report(result: dict) -> None:
     w = result["workflow_step"]
     h = result["heap"]["from_mpy"]
     r = result["heap"]["from_romfs"]
-    fw = result["firmware_heap"]
+    fw = result["firmware"]
+    t = result["targets"]
     lines = [
         f"workflow step ({result['workflow']['name']} v{result['workflow']['version']}): "
         f"{w['fuel']:.0f} fuel, {w['us']:.1f} µs, {w['alloc_bytes']:.0f} B allocated, "
@@ -194,9 +199,19 @@ def print_device_report(result: dict) -> None:
         + ", ".join(f"{k} {v} B" for k, v in h["on_demand"].items()),
         f"  executed in place from ROMFS: {r['total']} B = code {r['modules']} B + "
         f"workflow {r['workflow']} B",
-        f"firmware node at work with the workflow and its batch buffers: {fw['total']} B from "
-        f".mpy ({fw['after_boot']} B right after boot), {fw['total_romfs']} B from ROMFS "
-        f"(target {fw['target']} B)",
+        f"whole firmware at work (boot.py, main, config, safe mode, node, store, link, "
+        f"umqtt.simple {fw['umqtt']['version']}, buffers, workflow): {fw['steady']} B from .mpy, "
+        f"{fw['romfs']['steady']} B from ROMFS (target "
+        f"{t['firmware_steady_bytes']['target'].lstrip('<= ')} B)",
+        f"  peak while a workflow install and an app bundle install run: {fw['peak']} B from "
+        f".mpy, {fw['romfs']['peak']} B from ROMFS (target "
+        f"{t['firmware_peak_bytes']['target'].lstrip('<= ')} B; live before a pass plus all "
+        "it allocates)",
+        "  per phase (.mpy): "
+        + ", ".join(
+            f"{k} {v['live']}..{v['bound']} B in {v['passes']} passes"
+            for k, v in fw["phases"].items()
+        ),
     ]
     for line in lines:
         console.print(line)
