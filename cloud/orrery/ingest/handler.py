@@ -16,6 +16,7 @@ it (``anchors``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -155,6 +156,8 @@ class Ingest:
                 self._devices.clear()
                 self.sessions.clear()
                 self.offsets.clear()
+                with contextlib.suppress(Exception):  # the staging table rolled back with it
+                    conn.connection.info.pop("readings_in", None)
                 dbapi = self.engine.dialect.loaded_dbapi
                 if isinstance(exc, dbapi.Error):  # a raw cursor's: as SQLAlchemy raises them
                     raise sa.exc.DBAPIError.instance(None, None, exc, dbapi.Error) from exc
@@ -234,6 +237,7 @@ class Ingest:
         self, conn: Connection, messages: Sequence[Message], now: int, out: Outcome
     ) -> None:
         batches: list[tuple[_Dev, codec.Batch]] = []
+        self._warm_devices(conn, messages)
         for m in messages:
             reason, dev, kind = self._route(conn, m, now)
             if reason:
@@ -252,6 +256,26 @@ class Ingest:
                 self._dead(conn, m, dev.name, reason, now, out)
         if batches:
             self._store_batches(conn, batches, now, out)
+
+    def _warm_devices(self, conn: Connection, messages: Sequence[Message]) -> None:
+        # the group's devices not cached yet, looked up in one query (``_device`` then finds
+        # them cached); a name that is no device is left to ``_device``
+        names = set()
+        for m in messages:
+            if isinstance(m.topic, str):
+                parts = m.topic.split("/", 3)
+                if len(parts) > 2 and parts[2] not in self._devices:
+                    names.add(parts[2])
+        if len(names) < 2:
+            return
+        todo = sorted(names)
+        for i in range(0, len(todo), 500):
+            for row in conn.execute(
+                sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet).where(
+                    DEVICES.c.name.in_(todo[i : i + 500])
+                )
+            ):
+                self._devices[row.name] = _Dev(row.id, row.name, row.fleet)
 
     def _route(self, conn: Connection, m: Message, now: int) -> tuple[str | None, _Dev | None, str]:
         parsed, err = codec.parse_topic(m.topic)
@@ -685,40 +709,51 @@ class Ingest:
             finally:
                 cur.close()
             return counts, conflicts
-        # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
-        # (in key order: the index takes it faster). A reading twice in the group is copied
-        # once (the first; a different second is a conflict), so it needs no DISTINCT ON.
-        raw = conn.connection.driver_connection
-        first_in: dict[tuple, int] = {}  # (device, boot, seq) -> the batch it came first in
+        # PostgreSQL: COPY into a temporary table (created once per connection), then one
+        # INSERT ... SELECT ... ON CONFLICT (in key order: the index takes it faster). A
+        # reading twice in the group is copied once (the first; a different second is a
+        # conflict), so it needs no DISTINCT ON. Batches are compared as seq spans: only one
+        # that overlaps an earlier batch of its boot in the group is looked at row by row.
+        spans: dict[tuple, list[tuple[int, int, int]]] = {}  # (device, boot) -> (lo, hi, batch)
         repeats: dict[int, int] = defaultdict(int)  # batch -> its readings an earlier one had
         conflicts = []
-        with raw.cursor() as cur:
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            with cur.copy("COPY readings_in ({}) FROM STDIN".format(",".join(READING_COLS))) as cp:
-                for i, rows in enumerate(per_batch_rows):
-                    for r in rows:
-                        j = first_in.setdefault(r[:3], i)
-                        if j == i:
-                            cp.write_row(r)
-                        else:
-                            repeats[i] += 1
-                            f = _row(per_batch_rows[j], r[2])
-                            if f[3:6] != r[3:6]:
-                                conflicts.append((r, f[3:6]))
-            cur.execute(
-                "INSERT INTO readings ({0}) SELECT {0} FROM readings_in"
-                " ORDER BY device_id, boot, seq"
-                " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
-                    ",".join(READING_COLS)
+        copied = []
+        for i, rows in enumerate(per_batch_rows):
+            lo, hi = rows[0][2], rows[-1][2]
+            prev = spans.setdefault(rows[0][:2], [])
+            if any(a <= hi and lo <= b for a, b, _ in prev):
+                keep = []
+                for r in rows:
+                    j = _first_batch(prev, r[2])
+                    if j is None:
+                        keep.append(r)
+                        continue
+                    repeats[i] += 1
+                    f = _row(per_batch_rows[j], r[2])
+                    if f[3:6] != r[3:6]:
+                        conflicts.append((r, f[3:6]))
+                rows = keep
+            prev.append((lo, hi, i))
+            copied.append(rows)
+        # COPY's text format in bulk: None is the only non-number (event_ms), booleans as words
+        text = "".join([_COPY_LINE % r for rows in copied for r in rows]).replace("None", "\\N")
+        info = conn.connection.info
+        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            if not info.get("readings_in"):
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS readings_in"
+                    " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-            )
+                info["readings_in"] = True  # forgotten when a transaction fails (``handle``)
+            with cur.copy(_PG_COPY) as cp:
+                cp.write(text.encode())
+            cur.execute(_PG_INSERT)
             new = cur.fetchall()
             counts = [0] * len(per_batch_rows)
-            for k in new:
-                counts[first_in[k]] += 1
-            dropped = _dropped(per_batch_rows, counts, repeats, first_in, new)
+            for d, b, seq in new:
+                sp = spans[(d, b)]
+                counts[sp[0][2] if len(sp) == 1 else _first_batch(sp, seq)] += 1
+            dropped = _dropped(per_batch_rows, counts, repeats, spans, new)
             if dropped:
                 # the stored readings that differ, in one query: the dropped rows go as six
                 # arrays (as text: much cheaper to send than lists of ints), each looked up by
@@ -734,9 +769,8 @@ class Ingest:
                     ["{" + ",".join(map(str, cols[c])) + "}" for c in range(6)],
                 )
                 for d, b, seq, *content in cur.fetchall():
-                    conflicts.append(
-                        (_row(per_batch_rows[first_in[(d, b, seq)]], seq), tuple(content))
-                    )
+                    j = _first_batch(spans[(d, b)], seq)
+                    conflicts.append((_row(per_batch_rows[j], seq), tuple(content)))
         return counts, conflicts  # readings_in empties itself at commit (ON COMMIT DELETE ROWS)
 
     # --- reconciliation ----------------------------------------------------------------------
@@ -827,7 +861,23 @@ _PG_COUNTS = (
 )  # fmt: skip
 
 
-def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
+_COPY_LINE = "%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\n"  # a readings row (READING_COLS)
+_PG_COPY = "COPY readings_in ({}) FROM STDIN".format(",".join(READING_COLS))
+_PG_INSERT = (
+    "INSERT INTO readings ({0}) SELECT {0} FROM readings_in ORDER BY device_id, boot, seq"
+    " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(",".join(READING_COLS))
+)
+
+
+def _first_batch(spans: list[tuple[int, int, int]], seq: int) -> int | None:
+    # the first batch of the group (in the group's order) holding ``seq`` of this boot
+    for lo, hi, i in spans:
+        if lo <= seq <= hi:
+            return i
+    return None
+
+
+def _dropped(per_batch_rows, counts, repeats, spans, new) -> list[tuple]:
     # The rows a PostgreSQL insert dropped: a batch's copied rows (those not repeating an
     # earlier batch of the group) that it did not add. Whole batches in bulk; row by row only
     # for a batch that added part of its rows.
@@ -842,7 +892,8 @@ def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
             continue
         if added is None:
             added = set(new)
-        out += [r for r in rows if first_in[r[:3]] == i and r[:3] not in added]
+        sp = spans[rows[0][:2]]
+        out += [r for r in rows if _first_batch(sp, r[2]) == i and r[:3] not in added]
     return out
 
 

@@ -50,6 +50,8 @@ RECEIVE_MAXIMUM = 2000
 READ_SIZE = 256 * 1024  # bytes asked of the socket at a time (many messages in one read)
 READ_PACKETS = 2000  # the most packets handled per read before the loop looks at writes again
 _PUBACK = struct.Struct("!BBH").pack  # a PUBACK packet: type, remaining length 2, packet id
+_MESSAGE = mqtt.MQTTMessage
+_new_message = object.__new__
 
 
 class _ReadBuffer:
@@ -146,12 +148,17 @@ class FastClient(mqtt.Client):
         mid = buf[t] << 8 | buf[t + 1] if qos1 else 0
         p += v5
         sock.pos = end
-        m = mqtt.MQTTMessage(mid, buf[i + 2 : t])
+        m = _new_message(_MESSAGE)  # as MQTTMessage(mid, topic), without its unused MessageInfo
+        m.mid = mid
+        m._topic = buf[i + 2 : t]
         m.qos = 1 if qos1 else 0
         m.dup = bool(cmd & 0x08)
         m.retain = bool(cmd & 0x01)
         m.payload = buf[p:end]
         m.timestamp = time.monotonic()
+        m.state = mqtt.mqtt_ms_invalid
+        m.info = None
+        m.properties = None
         self._last_bytes_received = m.timestamp  # keepalive: paho's clock is time.monotonic
         self.sink(m)
         return mqtt.MQTT_ERR_SUCCESS
