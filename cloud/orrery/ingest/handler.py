@@ -237,7 +237,6 @@ class Ingest:
         self, conn: Connection, messages: Sequence[Message], now: int, out: Outcome
     ) -> None:
         batches: list[tuple[_Dev, codec.Batch]] = []
-        self._warm_devices(conn, messages)
         for m in messages:
             reason, dev, kind = self._route(conn, m, now)
             if reason:
@@ -256,26 +255,6 @@ class Ingest:
                 self._dead(conn, m, dev.name, reason, now, out)
         if batches:
             self._store_batches(conn, batches, now, out)
-
-    def _warm_devices(self, conn: Connection, messages: Sequence[Message]) -> None:
-        # the group's devices not cached yet, looked up in one query (``_device`` then finds
-        # them cached); a name that is no device is left to ``_device``
-        names = set()
-        for m in messages:
-            if isinstance(m.topic, str):
-                parts = m.topic.split("/", 3)
-                if len(parts) > 2 and parts[2] not in self._devices:
-                    names.add(parts[2])
-        if len(names) < 2:
-            return
-        todo = sorted(names)
-        for i in range(0, len(todo), 500):
-            for row in conn.execute(
-                sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet).where(
-                    DEVICES.c.name.in_(todo[i : i + 500])
-                )
-            ):
-                self._devices[row.name] = _Dev(row.id, row.name, row.fleet)
 
     def _route(self, conn: Connection, m: Message, now: int) -> tuple[str | None, _Dev | None, str]:
         parsed, err = codec.parse_topic(m.topic)
