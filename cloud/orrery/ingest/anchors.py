@@ -229,6 +229,8 @@ class Sessions:
         seq, last seq, anchor up ms, anchor unix ms, clock offset ms or None) tuples (one per
         session) in one statement on PostgreSQL, one prepared executemany on SQLite. A clock
         offset is kept when higher than the stored one."""
+        if not rows:
+            return
         rows.sort()  # one lock order for every worker
         raw = conn.connection.driver_connection
         cur = raw.cursor()  # type: ignore[union-attr]

@@ -121,19 +121,6 @@ class Ingest:
         self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
         self._cursor = 0  # the device the last reconcile pass ended on
-        self._count_stmt = (
-            sa.update(DEVICES)
-            .where(DEVICES.c.id == sa.bindparam("did"))
-            .values(
-                received=DEVICES.c.received + sa.bindparam("n"),
-                duplicates=DEVICES.c.duplicates + sa.bindparam("dup"),
-                conflicts=DEVICES.c.conflicts + sa.bindparam("conf"),
-                bad_time=DEVICES.c.bad_time + sa.bindparam("bad"),
-                historical=DEVICES.c.historical + sa.bindparam("hist"),
-                last_seen_ms=sa.bindparam("now"),
-                dirty=True,
-            )
-        )
         self._insert_sql = "INSERT INTO readings ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(
             ",".join(READING_COLS), ",".join("?" * len(READING_COLS))
         )
@@ -607,6 +594,8 @@ class Ingest:
     def _ranges_and_counts(self, conn: Connection, ranges: list[tuple], counts: list[tuple]):
         # the received ranges, and each device's counters: one statement each on PostgreSQL,
         # a prepared executemany each on SQLite
+        if not ranges or not counts:
+            return
         counts.sort(key=lambda c: c[-1])  # one lock order for every worker
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
