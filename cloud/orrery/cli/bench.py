@@ -103,7 +103,9 @@ def bench_ingest(
         int, typer.Option(min=1000, help="Unique readings to publish.")
     ] = 1_000_000,
     devices: Annotated[int, typer.Option(min=1, max=99999, help="Simulated boards.")] = 1000,
-    batch: Annotated[int, typer.Option(min=1, max=512, help="Readings per message.")] = 100,
+    batch: Annotated[
+        str, typer.Option(help="Readings per message: one size or several (26,100).")
+    ] = "26,100",
     dup: Annotated[
         float, typer.Option(min=0, max=1, help="Share of batches published twice.")
     ] = 0.10,
@@ -115,15 +117,21 @@ def bench_ingest(
         ),
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, max=8, help="orrery serve processes sharing the subscription.")
-    ] = 1,
+        str,
+        typer.Option(
+            help="orrery serve processes sharing the subscription: one count or several (1,2)."
+        ),
+    ] = "1,2",
     as_json: JsonOpt = False,
 ) -> None:
-    """Readings through a real broker into SQLite (and PostgreSQL), against raw executemany."""
+    """Readings through a real broker into SQLite (and PostgreSQL), against a plain paho
+    subscriber of the same messages and the raw insert of the same rows."""
     import os
 
     from cloud.orrery.bench import ingest
 
+    batches = int_list(batch, "--batch", 1, 512)
+    counts = int_list(workers, "--workers", 1, 8)
     if devices > readings:
         fail(f"--devices {devices} is more than --readings {readings}")
     if pg_url not in (None, "none"):  # asked for by name: it must answer (the default may not)
@@ -134,9 +142,22 @@ def bench_ingest(
         or "postgresql://postgres@127.0.0.1:5432/test"
     )
     result = ingest.run(
-        readings, devices, batch, dup, None if pg == "none" else pg, workers=workers
+        readings, devices, batches, dup, None if pg == "none" else pg, workers=counts
     )
     show_figures(result, as_json)
+
+
+def int_list(text: str, option: str, lo: int, hi: int) -> list[int]:
+    """``N`` or ``N,M,...`` as a list of distinct integers from ``lo`` to ``hi``, or one error
+    line and exit 1."""
+    try:
+        out = [int(x) for x in text.split(",")]
+    except ValueError:
+        fail(f"{option} {text!r}: expected a number or numbers separated by commas, e.g. 1,2")
+    bad = [x for x in out if not lo <= x <= hi]
+    if bad or len(set(out)) != len(out):
+        fail(f"{option} {text!r}: each must be from {lo} to {hi}, each once")
+    return out
 
 
 @app.command("rollout")

@@ -52,6 +52,40 @@ def session_row(device_id: int, boot: int, now: int, first, last, anchor) -> dic
     }
 
 
+def _upsert_sql(values: str, lo: str, hi: str) -> str:
+    t = "device_sessions"
+    return (
+        "INSERT INTO device_sessions (device_id, boot, first_seen_ms, last_seen_ms, first_seq,"
+        f" last_seq, anchor_up_ms, anchor_unix_ms, clock_offset_ms) {values}"
+        " ON CONFLICT (device_id, boot) DO UPDATE SET last_seen_ms = excluded.last_seen_ms,"
+        f" first_seq = coalesce({lo}({t}.first_seq, excluded.first_seq), {t}.first_seq,"
+        " excluded.first_seq),"
+        f" last_seq = coalesce({hi}({t}.last_seq, excluded.last_seq), {t}.last_seq,"
+        " excluded.last_seq),"
+        f" anchor_up_ms = coalesce({t}.anchor_up_ms, excluded.anchor_up_ms),"
+        f" anchor_unix_ms = coalesce({t}.anchor_unix_ms, excluded.anchor_unix_ms),"
+        f" clock_offset_ms = coalesce({hi}({t}.clock_offset_ms, excluded.clock_offset_ms),"
+        f" {t}.clock_offset_ms, excluded.clock_offset_ms)"
+    )
+
+
+# (device_id, boot, now, first, last, anchor up, anchor unix, offset): now is both seen times
+_SQLITE_UPSERT = _upsert_sql("VALUES (?, ?, ?3, ?3, ?, ?, ?, ?, ?)", "min", "max")
+_PG_UPSERT = _upsert_sql(
+    "SELECT d, b, n, n, f, l, au, ax, o FROM unnest(%s::int[], %s::bigint[], %s::bigint[],"
+    " %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])"
+    " AS v(d, b, n, f, l, au, ax, o)",
+    "least",
+    "greatest",
+)
+
+
+def pg_array(values) -> str:
+    """A PostgreSQL array literal of integers and NULLs (text: much cheaper to send than a
+    list)."""
+    return "{" + ",".join(["NULL" if v is None else str(int(v)) for v in values]) + "}"
+
+
 class Sessions:
     """Upserts ``device_sessions`` rows and caches each (device, boot)'s time anchor.
 
@@ -123,6 +157,93 @@ class Sessions:
         conn.execute(self._statement(), rows)
         if self._fresh:
             self._fresh.difference_update((r["device_id"], r["boot"]) for r in rows)
+
+    def load(self, conn: Connection, keys) -> dict[tuple[int, int], int | None]:
+        """Look (device, boot) sessions up in bulk: cache their anchors (a key without a row is
+        fresh) and return each key's stored clock offset (None: none yet, or no row)."""
+        keys = set(keys)
+        offsets: dict[tuple[int, int], int | None] = dict.fromkeys(keys)
+        dids = sorted({k[0] for k in keys})
+        boots = sorted({k[1] for k in keys})
+        c = SESSIONS.c
+        found = set()
+        for i in range(0, len(dids), 500):
+            rows = conn.execute(
+                sa.select(
+                    c.device_id, c.boot, c.anchor_up_ms, c.anchor_unix_ms, c.clock_offset_ms
+                ).where(c.device_id.in_(dids[i : i + 500]), c.boot.in_(boots))
+            ).all()
+            for did, boot, up, unix, off in rows:
+                key = (did, boot)
+                if key in keys:
+                    found.add(key)
+                    self._anchors[key] = (up, unix) if up is not None else None
+                    offsets[key] = off
+        for key in keys - found:
+            self._anchors[key] = None
+            self._fresh.add(key)
+        return offsets
+
+    def unknown(self, keys) -> list[tuple[int, int]]:
+        """The (device, boot) keys not looked up yet (``load`` them)."""
+        return [k for k in keys if k not in self._anchors]
+
+    def cached(self, device_id: int, boot: int) -> tuple[int, int] | None:
+        """The anchor as cached (``load`` or ``anchor`` first), None when not known."""
+        return self._anchors.get((device_id, boot))
+
+    def learn_all(self, conn: Connection, learned: list, now: int) -> None:
+        """Learn the anchors of (device id, device name, boot, anchor) sessions whose anchor is
+        not known yet (``load`` first). A session the database does not have yet is only cached:
+        its row comes with the readings' (``upsert_many``, which keeps the first anchor)."""
+        new = []
+        for did, name, boot, anchor in learned:
+            key = (did, boot)
+            if self._anchors.get(key) is not None:
+                continue  # two batches of the group: the first one's
+            if key not in self._fresh:
+                self.learn(conn, did, name, boot, now, anchor)
+                continue
+            a = (anchor[0] * 1000 + anchor[1], anchor[2] * 1000 + anchor[3])
+            self._anchors[key] = a
+            new.append((did, name, boot, a[1] - a[0]))
+        if not new:
+            return
+        # no reading of a fresh session is stored yet, but events may be: those get their time
+        dids = sorted({d for d, *_ in new})
+        waiting = set()
+        for i in range(0, len(dids), 500):
+            waiting.update(
+                conn.execute(
+                    sa.select(EVENTS.c.device_id, EVENTS.c.boot)
+                    .where(EVENTS.c.device_id.in_(dids[i : i + 500]), EVENTS.c.event_ms.is_(None))
+                    .distinct()
+                ).all()
+            )
+        for did, name, boot, off in new:
+            if (did, boot) in waiting:
+                self._backfill(conn, did, name, boot, off, now, readings=False)
+
+    def upsert_many(self, conn: Connection, rows: list[tuple]) -> None:
+        """Create or update sessions as ``upsert`` does, from (device id, boot, now, first
+        seq, last seq, anchor up ms, anchor unix ms, clock offset ms or None) tuples (one per
+        session) in one statement on PostgreSQL, one prepared executemany on SQLite. A clock
+        offset is kept when higher than the stored one."""
+        if not rows:
+            return
+        rows.sort()  # one lock order for every worker
+        raw = conn.connection.driver_connection
+        cur = raw.cursor()  # type: ignore[union-attr]
+        try:
+            if self.pg:
+                cols = list(zip(*rows, strict=True))
+                cur.execute(_PG_UPSERT, [pg_array(c) for c in cols])
+            else:
+                cur.executemany(_SQLITE_UPSERT, rows)
+        finally:
+            cur.close()
+        if self._fresh:
+            self._fresh.difference_update((r[0], r[1]) for r in rows)
 
     def learn(
         self, conn: Connection, device_id: int, device: str, boot: int, now: int, anchor

@@ -16,6 +16,7 @@ it (``anchors``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -33,7 +34,6 @@ from cloud.orrery.db.tables import (
     DEVICES,
     EVENTS,
     LOSSES,
-    RANGES,
     READING_COLS,
     TIME_FAULTS,
     insert_ignore,
@@ -42,7 +42,7 @@ from cloud.orrery.db.tables import (
 from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest import reconcile
 from cloud.orrery.ingest.alerts import AlertRule
-from cloud.orrery.ingest.anchors import Sessions, fault_row, plausible, session_row
+from cloud.orrery.ingest.anchors import Sessions, fault_row, pg_array, plausible
 from cloud.orrery.ingest.ranges import merge
 from cloud.orrery.ingest.skew import ClockOffsets
 from cloud.orrery.jsonlog import jlog
@@ -121,19 +121,6 @@ class Ingest:
         self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
         self._cursor = 0  # the device the last reconcile pass ended on
-        self._count_stmt = (
-            sa.update(DEVICES)
-            .where(DEVICES.c.id == sa.bindparam("did"))
-            .values(
-                received=DEVICES.c.received + sa.bindparam("n"),
-                duplicates=DEVICES.c.duplicates + sa.bindparam("dup"),
-                conflicts=DEVICES.c.conflicts + sa.bindparam("conf"),
-                bad_time=DEVICES.c.bad_time + sa.bindparam("bad"),
-                historical=DEVICES.c.historical + sa.bindparam("hist"),
-                last_seen_ms=sa.bindparam("now"),
-                dirty=True,
-            )
-        )
         self._insert_sql = "INSERT INTO readings ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(
             ",".join(READING_COLS), ",".join("?" * len(READING_COLS))
         )
@@ -151,11 +138,16 @@ class Ingest:
         with self.engine.begin() as conn:
             try:
                 self._handle(conn, messages, now, out)
-            except Exception:
+            except Exception as exc:
                 # the transaction rolls back, so the caches may be ahead of the database
                 self._devices.clear()
                 self.sessions.clear()
                 self.offsets.clear()
+                with contextlib.suppress(Exception):  # the staging table rolled back with it
+                    conn.connection.info.pop("readings_in", None)
+                dbapi = self.engine.dialect.loaded_dbapi
+                if isinstance(exc, dbapi.Error):  # a raw cursor's: as SQLAlchemy raises them
+                    raise sa.exc.DBAPIError.instance(None, None, exc, dbapi.Error) from exc
                 raise
         self.counters["inserted"] += out.inserted
         self.counters["duplicates"] += out.duplicates
@@ -485,13 +477,22 @@ class Ingest:
     def _store_batches(self, conn: Connection, batches, now: int, out: Outcome) -> None:
         per_batch_rows = []
         faults: dict[int, list[dict]] = defaultdict(list)  # device id -> time_faults rows
-        for dev, b in batches:
-            if b.anchor is not None and self.sessions.anchor(conn, dev.id, b.boot_id) is None:
-                self.sessions.learn(conn, dev.id, dev.name, b.boot_id, now, b.anchor)
+        sessions_, offsets = self.sessions, self.offsets
+        keys = {(dev.id, b.boot_id) for dev, b in batches}
+        unknown = set(sessions_.unknown(keys)).union(offsets.missing(keys))
+        if unknown:  # one query for the sessions this worker has not seen yet
+            offsets.prime(sessions_.load(conn, unknown))
+        learned = [
+            (dev.id, dev.name, b.boot_id, b.anchor)
+            for dev, b in batches
+            if b.anchor is not None and sessions_.cached(dev.id, b.boot_id) is None
+        ]
+        if learned:
+            sessions_.learn_all(conn, learned, now)
         lo, hi = plausible(now)
         offs = []  # per batch: its boot's offset from uptime to the board's wall time, or None
         for dev, b in batches:
-            a = self.sessions.anchor(conn, dev.id, b.boot_id)
+            a = sessions_.cached(dev.id, b.boot_id)
             off = (a[1] - a[0]) if a else None
             offs.append(off)
             hist = b.historical
@@ -551,33 +552,28 @@ class Ingest:
         for did, rows in faults.items():
             if rows:
                 dev_stats[did][4] = insert_new(conn, TIME_FAULTS, rows)
-        self.sessions.upsert(
-            conn,
-            [
-                session_row(dev.id, boot, now, first, last, None)
-                for (_, boot), (dev, first, last) in sessions.items()
-            ],
-        )
+        clock: dict[tuple[int, int], int] = {}  # new clock offset estimates
         for (dev, b), rows, off in zip(batches, per_batch_rows, offs, strict=True):
             if not b.historical and off is not None:  # live, with the board's wall time
                 # the board's own time of its newest reading, even one too far off to store
-                self.offsets.observe(conn, dev.id, dev.name, b.boot_id, rows[-1][5] + off - now)
-        conn.execute(
-            sa.insert(RANGES),
+                est = offsets.estimate(dev.id, dev.name, b.boot_id, rows[-1][5] + off - now)
+                if est is not None:
+                    key = (dev.id, b.boot_id)
+                    clock[key] = max(est, clock.get(key, est))
+        rows_ = []
+        for (did, boot), (_, first, last) in sessions.items():
+            a = sessions_.cached(did, boot)
+            au, ax = a if a else (None, None)
+            rows_.append((did, boot, now, first, last, au, ax, clock.get((did, boot))))
+        sessions_.upsert_many(conn, rows_)
+        self._ranges_and_counts(
+            conn,
+            [(d, a, b) for d, rs in ranges.items() for a, b in merge(rs)],
             [
-                {"device_id": d, "first": a, "last": b}
-                for d, rs in ranges.items()
-                for a, b in merge(rs)
-            ],
-        )
-        conn.execute(
-            self._count_stmt,
-            [
-                {"did": did, "n": n, "dup": dropped - conf, "conf": conf, "bad": bad,
-                 "hist": hist, "now": now}
+                (n, dropped - conf, conf, bad, hist, now, did)
                 for did, (n, dropped, hist, conf, bad) in dev_stats.items()
             ],
-        )  # fmt: skip
+        )
         for n, dropped, _, conf, bad in dev_stats.values():
             out.inserted += n
             out.duplicates += dropped - conf
@@ -594,6 +590,24 @@ class Ingest:
                     .where(DEVICES.c.id == did)
                     .values(alarms=DEVICES.c.alarms + k)
                 )
+
+    def _ranges_and_counts(self, conn: Connection, ranges: list[tuple], counts: list[tuple]):
+        # the received ranges, and each device's counters: one statement each on PostgreSQL,
+        # a prepared executemany each on SQLite
+        if not ranges or not counts:
+            return
+        counts.sort(key=lambda c: c[-1])  # one lock order for every worker
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if self.pg:
+                cur.execute(_PG_RANGES, [pg_array(c) for c in zip(*ranges, strict=True)])
+                cols = list(zip(*counts, strict=True))
+                cur.execute(_PG_COUNTS, [counts[0][5]] + [pg_array(c) for c in cols[:5] + cols[6:]])
+            else:
+                cur.executemany(_SQLITE_RANGES, ranges)
+                cur.executemany(_SQLITE_COUNTS, counts)
+        finally:
+            cur.close()
 
     def _conflicts(self, conn: Connection, batches, conflicting, dev_stats) -> None:
         # keep each different content once (reading_conflicts' key holds it) and count the new
@@ -637,59 +651,77 @@ class Ingest:
         Content is compared in bulk, and only for the rows the insert dropped: nothing is
         added to a group of new readings."""
         if not self.pg:
-            # SQLAlchemy Core's driver-level executemany: one prepared INSERT ... ON CONFLICT DO
-            # NOTHING per batch, whose rowcount is what the batch added; a batch that dropped
-            # some reads back what is stored under its seqs (in process: no round trip)
-            sql, counts, conflicts = self._insert_sql, [], []
-            for rows in per_batch_rows:
-                n = conn.exec_driver_sql(sql, rows).rowcount
-                counts.append(n)
-                if n < len(rows):
-                    first = rows[0]
-                    stored = conn.exec_driver_sql(
-                        "SELECT seq, channel, value, up_ms FROM readings"
-                        " WHERE device_id = ? AND boot = ? AND seq BETWEEN ? AND ?",
-                        (first[0], first[1], first[2], rows[-1][2]),
-                    ).all()
-                    for seq, *content in stored:
-                        r = rows[seq - first[2]]
-                        if r[3:6] != tuple(content):
-                            conflicts.append((r, tuple(content)))
+            # the driver's executemany of one prepared INSERT ... ON CONFLICT DO NOTHING per
+            # batch, whose rowcount is what the batch added, a device's batches after each
+            # other (their index pages are the same; in the group's order, so the first one
+            # stays); a batch that dropped some reads back what is stored under its seqs
+            sql, counts, conflicts = self._insert_sql, [0] * len(per_batch_rows), []
+            cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+            order = sorted(range(len(per_batch_rows)), key=lambda i: per_batch_rows[i][0][:2])
+            try:
+                for i in order:
+                    rows = per_batch_rows[i]
+                    cur.executemany(sql, rows)
+                    n = counts[i] = cur.rowcount
+                    if n < len(rows):
+                        first = rows[0]
+                        cur.execute(
+                            "SELECT seq, channel, value, up_ms FROM readings"
+                            " WHERE device_id = ? AND boot = ? AND seq BETWEEN ? AND ?",
+                            (first[0], first[1], first[2], rows[-1][2]),
+                        )
+                        for seq, *content in cur.fetchall():
+                            r = rows[seq - first[2]]
+                            if r[3:6] != tuple(content):
+                                conflicts.append((r, tuple(content)))
+            finally:
+                cur.close()
             return counts, conflicts
-        # PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
-        # (in key order: the index takes it faster). A reading twice in the group is copied
-        # once (the first; a different second is a conflict), so it needs no DISTINCT ON.
-        raw = conn.connection.driver_connection
-        first_in: dict[tuple, int] = {}  # (device, boot, seq) -> the batch it came first in
+        # PostgreSQL: COPY into a temporary table (created once per connection), then one
+        # INSERT ... SELECT ... ON CONFLICT (in key order: the index takes it faster). A
+        # reading twice in the group is copied once (the first; a different second is a
+        # conflict), so it needs no DISTINCT ON. Batches are compared as seq spans: only one
+        # that overlaps an earlier batch of its boot in the group is looked at row by row.
+        spans: dict[tuple, list[tuple[int, int, int]]] = {}  # (device, boot) -> (lo, hi, batch)
         repeats: dict[int, int] = defaultdict(int)  # batch -> its readings an earlier one had
         conflicts = []
-        with raw.cursor() as cur:
-            cur.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            with cur.copy("COPY readings_in ({}) FROM STDIN".format(",".join(READING_COLS))) as cp:
-                for i, rows in enumerate(per_batch_rows):
-                    for r in rows:
-                        j = first_in.setdefault(r[:3], i)
-                        if j == i:
-                            cp.write_row(r)
-                        else:
-                            repeats[i] += 1
-                            f = _row(per_batch_rows[j], r[2])
-                            if f[3:6] != r[3:6]:
-                                conflicts.append((r, f[3:6]))
-            cur.execute(
-                "INSERT INTO readings ({0}) SELECT {0} FROM readings_in"
-                " ORDER BY device_id, boot, seq"
-                " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(
-                    ",".join(READING_COLS)
+        copied = []
+        for i, rows in enumerate(per_batch_rows):
+            lo, hi = rows[0][2], rows[-1][2]
+            prev = spans.setdefault(rows[0][:2], [])
+            if any(a <= hi and lo <= b for a, b, _ in prev):
+                keep = []
+                for r in rows:
+                    j = _first_batch(prev, r[2])
+                    if j is None:
+                        keep.append(r)
+                        continue
+                    repeats[i] += 1
+                    f = _row(per_batch_rows[j], r[2])
+                    if f[3:6] != r[3:6]:
+                        conflicts.append((r, f[3:6]))
+                rows = keep
+            prev.append((lo, hi, i))
+            copied.append(rows)
+        # COPY's text format in bulk: None is the only non-number (event_ms), booleans as words
+        text = "".join([_COPY_LINE % r for rows in copied for r in rows]).replace("None", "\\N")
+        info = conn.connection.info
+        with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            if not info.get("readings_in"):
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS readings_in"
+                    " (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
                 )
-            )
+                info["readings_in"] = True  # forgotten when a transaction fails (``handle``)
+            with cur.copy(_PG_COPY) as cp:
+                cp.write(text.encode())
+            cur.execute(_PG_INSERT)
             new = cur.fetchall()
             counts = [0] * len(per_batch_rows)
-            for k in new:
-                counts[first_in[k]] += 1
-            dropped = _dropped(per_batch_rows, counts, repeats, first_in, new)
+            for d, b, seq in new:
+                sp = spans[(d, b)]
+                counts[sp[0][2] if len(sp) == 1 else _first_batch(sp, seq)] += 1
+            dropped = _dropped(per_batch_rows, counts, repeats, spans, new)
             if dropped:
                 # the stored readings that differ, in one query: the dropped rows go as six
                 # arrays (as text: much cheaper to send than lists of ints), each looked up by
@@ -705,9 +737,8 @@ class Ingest:
                     ["{" + ",".join(map(str, cols[c])) + "}" for c in range(6)],
                 )
                 for d, b, seq, *content in cur.fetchall():
-                    conflicts.append(
-                        (_row(per_batch_rows[first_in[(d, b, seq)]], seq), tuple(content))
-                    )
+                    j = _first_batch(spans[(d, b)], seq)
+                    conflicts.append((_row(per_batch_rows[j], seq), tuple(content)))
         return counts, conflicts  # readings_in empties itself at commit (ON COMMIT DELETE ROWS)
 
     # --- reconciliation ----------------------------------------------------------------------
@@ -779,7 +810,42 @@ class Ingest:
             commands.mark_sent(conn, ids, now, self.retry)
 
 
-def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
+_SQLITE_RANGES = 'INSERT INTO received_ranges (device_id, "first", "last") VALUES (?, ?, ?)'
+_PG_RANGES = (
+    'INSERT INTO received_ranges (device_id, "first", "last")'
+    " SELECT * FROM unnest(%s::int[], %s::bigint[], %s::bigint[])"
+)
+_COUNTS = (
+    "UPDATE devices{t} SET received = {d}received + {}, duplicates = {d}duplicates + {},"
+    " conflicts = {d}conflicts + {}, bad_time = {d}bad_time + {},"
+    " historical = {d}historical + {}, last_seen_ms = {}, dirty = {true}"
+)
+_SQLITE_COUNTS = _COUNTS.format(*"??????", t="", d="", true="1") + " WHERE id = ?"
+_PG_COUNTS = (
+    _COUNTS.format("v.n", "v.dup", "v.conf", "v.bad", "v.hist", "%s", t=" AS x", d="x.",
+                   true="true")
+    + " FROM unnest(%s::int[], %s::int[], %s::int[], %s::int[], %s::int[], %s::int[])"
+    " AS v(n, dup, conf, bad, hist, id) WHERE x.id = v.id"
+)  # fmt: skip
+
+
+_COPY_LINE = "%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%d\n"  # a readings row (READING_COLS)
+_PG_COPY = "COPY readings_in ({}) FROM STDIN".format(",".join(READING_COLS))
+_PG_INSERT = (
+    "INSERT INTO readings ({0}) SELECT {0} FROM readings_in ORDER BY device_id, boot, seq"
+    " ON CONFLICT DO NOTHING RETURNING device_id, boot, seq".format(",".join(READING_COLS))
+)
+
+
+def _first_batch(spans: list[tuple[int, int, int]], seq: int) -> int | None:
+    # the first batch of the group (in the group's order) holding ``seq`` of this boot
+    for lo, hi, i in spans:
+        if lo <= seq <= hi:
+            return i
+    return None
+
+
+def _dropped(per_batch_rows, counts, repeats, spans, new) -> list[tuple]:
     # The rows a PostgreSQL insert dropped: a batch's copied rows (those not repeating an
     # earlier batch of the group) that it did not add. Whole batches in bulk; row by row only
     # for a batch that added part of its rows.
@@ -794,7 +860,8 @@ def _dropped(per_batch_rows, counts, repeats, first_in, new) -> list[tuple]:
             continue
         if added is None:
             added = set(new)
-        out += [r for r in rows if first_in[r[:3]] == i and r[:3] not in added]
+        sp = spans[rows[0][:2]]
+        out += [r for r in rows if _first_batch(sp, r[2]) == i and r[:3] not in added]
     return out
 
 

@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import logging
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
 from cloud.orrery.clock import fmt_ms
-from cloud.orrery.db.tables import SESSIONS
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
@@ -53,33 +49,26 @@ class ClockOffsets:
         """Forget the cached estimates."""
         self._known.clear()
 
-    def observe(
-        self, conn: Connection, device_id: int, device: str, boot: int, est_ms: int
-    ) -> None:
-        """One live batch's value (board's wall time of its newest record minus now); the
-        boot's session row must exist. Logs the first estimate of a boot, as a warning when the
+    def missing(self, keys) -> list[tuple[int, int]]:
+        """The (device, boot) keys whose stored estimate is not cached (``prime`` them)."""
+        return [k for k in keys if k not in self._known]
+
+    def prime(self, known: dict[tuple[int, int], int | None]) -> None:
+        """Cache stored estimates (None: none yet), as ``Sessions.load`` returns them."""
+        self._known.update(known)
+
+    def estimate(self, device_id: int, device: str, boot: int, est_ms: int) -> int | None:
+        """One live batch's value (board's wall time of its newest record minus now), its key
+        primed: the estimate to store in the boot's session row (which keeps the highest), or
+        None when it is no news. Logs the first estimate of a boot, as a warning when the
         board's clock is further off than a command's iat may lie ahead (``CLOCK_SKEW``)."""
         key = (device_id, boot)
-        if key not in self._known:
-            self._known[key] = conn.execute(
-                sa.select(SESSIONS.c.clock_offset_ms).where(
-                    SESSIONS.c.device_id == device_id, SESSIONS.c.boot == boot
-                )
-            ).scalar()
         known = self._known[key]
         if known is not None and est_ms < known + STEP_MS:
-            return
-        conn.execute(
-            sa.update(SESSIONS)
-            .where(
-                SESSIONS.c.device_id == device_id,
-                SESSIONS.c.boot == boot,
-                sa.or_(SESSIONS.c.clock_offset_ms.is_(None), SESSIONS.c.clock_offset_ms < est_ms),
-            )
-            .values(clock_offset_ms=est_ms)
-        )
+            return None
         self._known[key] = est_ms
         if known is None or est_ms - known >= 60_000:
             off = abs(est_ms) >= codec.CLOCK_SKEW * 1000
             jlog("clock_offset", logging.WARNING if off else logging.INFO, device=device,
                  boot=boot, offset_s=round(est_ms / 1000), offset=fmt_offset(est_ms))  # fmt: skip
+        return est_ms

@@ -46,7 +46,8 @@ ROLLOUT_IDS = [["{rollout}", "--db", "{good_db}"], ["1", "--db", "{db}"]]
 PROVISION = ["-n", "1", "--prefix", "p", "--fleet", "f", "--broker-host", "h"]
 TEMPLATES: dict[str, list[list[str]]] = {
     "bench device": [["--samples", "1"]],
-    "bench ingest": [["--readings", "10"], ["--pg-url", "{pg}"]],
+    "bench ingest": [["--readings", "10"], ["--pg-url", "{pg}"], ["--batch", "26,x"],
+                     ["--batch", "0"], ["--workers", "1,1"], ["--workers", "9"]],
     "bench rollout": [["--devices", "5"]],
     "bench fleet": [["--broker", "{broker}"], ["--duration", "soon"]],
     "demo": [["--broker", "{broker}"], ["--out", "{outdir}"]],
