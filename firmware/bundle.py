@@ -19,9 +19,7 @@ import hashlib
 import os
 
 from firmware.files import mkdir
-from firmware.slots import load_app, save_app
 from shared import const
-from shared.bundle import unpack
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _FAILED = const(9)  # ran and failed (e.g. the health window)
@@ -63,6 +61,8 @@ def confirm(node):
 
     Also reports a rollback that happened at boot. Returns an ack tuple or None.
     """
+    from firmware.slots import load_app, save_app
+
     root = node.root
     app = load_app(root)
     if app.get("trial") and app.get("trial_booted"):
@@ -159,6 +159,9 @@ def _finish(node, st):
             st["cmd"], _FAILED, "bundle size {} sha256 {} do not match".format(size, got)
         )
         return _FAILED, "bundle does not match its sha256"
+    from firmware.slots import load_app, save_app
+    from shared.bundle import unpack
+
     app = load_app(root)
     slot = "b" if app.get("active", "a") == "a" else "a"
     target = root + "/app_" + slot

@@ -33,8 +33,10 @@ RATIO_TARGET = 2.0
 # board's own .mpy files in BUNDLE_CHUNK-byte chunks (one signed command each).
 RUN_MS = 30_000
 HEALTH_S = 5
-BUNDLE_CHUNK = 4096
-WINDOW = 8  # commands in flight to the board at once: the board's inbox holds 8
+# The sender's choice: 1 KiB chunks (1.5 KB envelopes) keep what one pass of the board handles
+# small; the sender keeps at most the board's admission budget (firmware.uplink.CMD_BUDGET
+# bytes of envelopes) in flight, as a sender that waits for the acks does.
+BUNDLE_CHUNK = 1024
 # The modules a board keeps imported, dependencies first (each one's cost is its own).
 RESIDENT = (
     "firmware",
@@ -258,7 +260,8 @@ def _firmware_config(mpy_dir: Path, blob: bytes) -> tuple[dict, bytes, dict]:
         "packages": ["firmware", "shared", "umqtt"],
         "run_ms": RUN_MS,
         "health_ms": (HEALTH_S + 1) * 1000,
-        "window": WINDOW,
+        "window": fw_window(),
+        "envelope_bytes": [len(c) for c in cmds],
     }
     carried = {
         "workflow_install": {
@@ -326,11 +329,18 @@ def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
     out["workflow_after"] = fw["workflow"]
     out["acks"] = {k: v[0] for k, v in sorted(fw["acks"].items())}
     out["resets"] = fw["resets"]
-    out["installs"] = {**carried, "commands_in_flight": WINDOW}
+    out["installs"] = {**carried, "bytes_in_flight": fw_window()}
     out["umqtt"] = {"package": "micropython-umqtt.simple", "version": umqtt.VERSION}
     rom = figures(fw_rom)
     out["romfs"] = {k: rom[k] for k in ("steady", "peak", "peak_live_seen", "phases")}
     return out
+
+
+def fw_window() -> int:
+    """The sender's window: the bytes of command envelopes the board admits at once."""
+    from firmware.uplink import CMD_BUDGET
+
+    return CMD_BUDGET
 
 
 def _guest(path: Path, config: dict, **kw) -> dict:

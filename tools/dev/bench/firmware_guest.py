@@ -415,16 +415,23 @@ def run_for(name, ms):
 
 
 def install(name, first, last):
-    # command packets [first, last) arrive, at most "window" at a time (a sender that waits
-    # for their acks; the board's inbox holds 8): the link thread reads them, the main loop
-    # handles them, the link thread sends the acks; until all are done or the board resets
+    # command packets [first, last) arrive as a sender paced by the board's admission budget
+    # sends them: a group of consecutive commands whose envelopes fit in "window" bytes (at
+    # least one), then the next group once the board has handled and acknowledged them all.
+    # The link thread reads them, the main loop handles one step per pass, the link thread
+    # sends the acks; until all are done or the board resets
     R["j"] = first
     while R["j"] < last and R["resets"] == 0:
-        R["k"] = R["j"] + R["cfg"]["window"]
-        while R["j"] < last and R["j"] < R["k"]:
+        R["k"] = 0
+        while R["j"] < last and (R["k"] == 0 or R["k"] + size(R["j"]) <= R["cfg"]["window"]):
+            R["k"] += size(R["j"])
             deliver(R["j"])
             R["j"] += 1
         consume(name)
+
+
+def size(i):
+    return R["cfg"]["envelope_bytes"][i]
 
 
 def consume(name):
