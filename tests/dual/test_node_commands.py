@@ -79,3 +79,4 @@ def test_readings_are_stored_and_sent_in_batches():
             seqs.append(r[0])
     assert seqs == list(range(1, node.store.last_seq + 1))
     assert node.store.backlog() == 0
+

@@ -301,7 +301,17 @@ def _firmware(cfg: dict, packets: bytes, mounts: dict) -> dict:
 def _phases(steps: dict) -> dict:
     # per phase: passes run, the most the heap held before one (collected), and the most it
     # can have held during one (that, plus every byte the pass allocated)
-    return {k: {"passes": v[0], "live": v[1], "bound": v[2]} for k, v in steps.items()}
+    # and, of the pass with that bound, what was live before it and which loop ran it
+    loops = {1: "main", 2: "link"}
+    return {
+        k: {
+            "passes": v[0],
+            "live": v[1],
+            "bound": v[2],
+            "bound_pass": {"live": v[3], "loop": loops.get(v[4], "")},
+        }
+        for k, v in steps.items()
+    }
 
 
 def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:

@@ -228,7 +228,7 @@ def prepare():
     c = R["cfg"]
     for k in ("G", "main_ret", "fw", "node", "link", "resets", "m0", "step_name"):
         R[k] = None
-    for k in ("step_live", "step_a0", "step_c0", "step_p0", "i", "j", "k", "n", "busy"):
+    for k in ("step_live", "step_a0", "step_c0", "step_p0", "i", "j", "k", "n", "busy", "loop"):
         R[k] = 0
     R["resets"] = 0
     R["marks"] = {}
@@ -237,9 +237,11 @@ def prepare():
     R["modules"] = {}
     for k in c["resident_order"]:
         R["modules"][k] = 0
-    R["steps"] = {}  # phase -> [steps, highest live before a step, highest live + allocated]
+    # phase -> [steps, highest live before a step, highest live + allocated, and of the step
+    # with that bound: its live, its loop (1 main, 2 link)]
+    R["steps"] = {}
     for k in PHASES:
-        R["steps"][k] = [0, 0, 0]
+        R["steps"][k] = [0, 0, 0, 0, 0]
     R["clock"] = Clock()
     R["broker"] = Broker(len(R["packets"]) + 65536)
     sys.modules["machine"] = Machine()
@@ -300,6 +302,8 @@ def end():
         s[1] = R["step_live"]
     if R["step_live"] + grew > s[2]:
         s[2] = R["step_live"] + grew
+        s[3] = R["step_live"]
+        s[4] = R["loop"]
 
 
 # --- the board ---------------------------------------------------------------------------
@@ -375,10 +379,12 @@ def deliver(i):
 
 
 def step_main():
+    R["loop"] = 1
     R["node"].step_main()
 
 
 def step_link():
+    R["loop"] = 2
     return R["node"].step_link()
 
 
