@@ -42,6 +42,16 @@ def _makedirs(path):
         mkdir(cur)
 
 
+def _makedirs_in(root, rel):
+    # make directory ``rel`` ("a/b") and its parents under the existing directory ``root``
+    i = rel.find("/")
+    while True:
+        mkdir(root + "/" + (rel if i < 0 else rel[:i]))
+        if i < 0:
+            return
+        i = rel.find("/", i + 1)
+
+
 def _rmtree(path):
     try:
         entries = os.listdir(path)
@@ -167,15 +177,18 @@ def _finish(node, st):
     target = root + "/app_" + slot
     _rmtree(target)
     _makedirs(target)
-    state = {"f": None}
+    state = {"f": None, "d": ""}  # the file being written, the last directory made
 
     def write(path, piece, first):
         if first:
             if state["f"]:
                 state["f"].close()
-            d = path.rsplit("/", 1)
-            if len(d) == 2:
-                _makedirs(target + "/" + d[0])
+            i = path.rfind("/")
+            # a bundle lists a directory's files together: each directory is made once
+            # (making one that exists raises, and an exception allocates)
+            if i > 0 and path[:i] != state["d"]:
+                state["d"] = path[:i]
+                _makedirs_in(target, state["d"])
             state["f"] = open(target + "/" + path, "wb")
         state["f"].write(piece)
 

@@ -13,7 +13,7 @@ stays in RAM between commands.
 
 import json
 
-from firmware.files import read, write_atomic
+from firmware.files import replace
 from shared import const
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
@@ -140,14 +140,22 @@ def _peek_id(env):
 
 
 def _load_table(root, verifier):
-    # Restore the command replay table (saved on flash between commands and reboots).
-    raw = read(root + "/cmds.json")
-    if raw:
-        try:
-            verifier.load(json.loads(raw))
-        except Exception as e:
-            print("orrery: command table not restored:", e)
+    # Restore the command replay table (saved on flash between commands and reboots), parsed
+    # from the file as it is read
+    try:
+        f = open(root + "/cmds.json")
+    except OSError:
+        return
+    try:
+        with f:
+            verifier.load(json.load(f))
+    except Exception as e:
+        print("orrery: command table not restored:", e)
 
 
 def _save_table(root, verifier):
-    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))
+    # written a piece at a time (write + rename): no copy of the table in RAM
+    path = root + "/cmds.json"
+    with open(path + ".tmp", "w") as f:
+        verifier.write_state(f)
+    replace(path + ".tmp", path)

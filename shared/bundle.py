@@ -45,10 +45,9 @@ def _read_exact(f, n):
     return b
 
 
-def _read_into(f, buf, size):
-    # the next min(size, len(buf)) bytes of f, read into buf (a slice only for a short read)
-    n = len(buf)
-    piece = memoryview(buf) if size >= n else memoryview(buf)[:size]
+def _read_into(f, mv, size):
+    # the next min(size, len(mv)) bytes of f, read into mv (a slice only for a short read)
+    piece = mv if size >= len(mv) else mv[:size]
     if f.readinto(piece) != len(piece):
         raise ValueError("bundle truncated")
     return piece
@@ -69,6 +68,7 @@ def unpack(f, write, chunk=512, buf=None):
     if n > MAX_ENTRIES:
         raise ValueError("bundle has too many entries")
     paths = []
+    mv = None if buf is None else memoryview(buf)  # one view for every full piece
     for _ in range(n):
         (plen,) = struct.unpack("<H", _read_exact(f, 2))
         if plen > MAX_PATH:
@@ -87,7 +87,7 @@ def unpack(f, write, chunk=512, buf=None):
             elif buf is None:
                 piece = _read_exact(f, min(size, chunk))
             else:
-                piece = _read_into(f, buf, size)
+                piece = _read_into(f, mv, size)
             write(path, piece, first)
             first = False
             size -= len(piece)
