@@ -55,10 +55,16 @@ def bench_fleet(
     """Virtual boards for a virtual hour against a real broker and the companion: readings/s,
     companion CPU, memory per board, end-to-end lag, loss (must be 0)."""
     from cloud.orrery.bench import fleet as fleet_bench
+    from cloud.orrery.sim.fleet import files_needed, raise_fd_limit
 
     virtual_s = parse_seconds(duration, "--duration")
     uplink_s = parse_seconds(uplink, "--uplink")
     addr = broker_address(broker)
+    need = files_needed(devices)
+    have = raise_fd_limit(need)
+    if have < need:
+        fail(f"--devices {devices} needs {need:,} open files and this process may open {have:,}"
+             " (ulimit -n): run fewer boards or raise the limit")  # fmt: skip
     last = [0.0]
 
     def progress(fleet: VirtualFleet, what: str) -> None:

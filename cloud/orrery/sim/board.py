@@ -128,7 +128,10 @@ class VirtualBoard:
             "board": PROFILE_NAME,
             "health_window_s": health_window_s,
         }
-        self.hal = SimHal(PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm)
+        # no output log: nothing of the fleet reads it (``record`` keeps what a plot needs)
+        self.hal = SimHal(
+            PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm, log_limit=0
+        )
         self.climate = climate(self.hal, self.rng)
         self.hal.configure("temp", dropout_ppm=dropout_ppm)
         self.record = False
@@ -144,7 +147,8 @@ class VirtualBoard:
         self.reset_due = False
         # the last power cut's write: (segment file, its size after, seq written, acked then)
         self.cut_info: tuple[str, int, int, int] | None = None
-        # with a lag probe: the real time at which each seq was first held (see lag_stats)
+        # with a lag probe: the real time (seconds since the fleet's lag_t0) at which each seq
+        # was first held (see bench.fleet.lags)
         self.lag_seq: array | None = None
         self.lag_t: array | None = None
         self.lag_last = 0
@@ -240,6 +244,9 @@ class VirtualBoard:
                 break
             n += 1
         self.link.flush()
+        # The store reopens its reader for the next batch anyway (the newest segment has grown
+        # by then): on CPython an open reader holds a descriptor and a 4 KiB buffer per board.
+        self.node.store._close_reader()
         if self.reset_due:
             self.reset_due = False
             self.reboot()

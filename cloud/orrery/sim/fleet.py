@@ -76,11 +76,28 @@ def flash_dir(prefix: str = "orrery-fleet-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit to its hard limit (a board holds ~4 descriptors);
-    returns the soft limit now in force."""
+# Open files a board holds: its socket, the segment it appends to and its ack-cursor log (the
+# store's reader is closed after each link turn; the boards' other files are written and
+# closed one at a time, the fleet having one thread).
+FILES_PER_BOARD = 3
+FILES_OF_FLEET = 256  # the fleet's own: database, broker and companion pipes, logs, clock
+
+
+def files_needed(n: int) -> int:
+    """Open files a fleet of ``n`` boards may hold at once."""
+    return FILES_OF_FLEET + FILES_PER_BOARD * n
+
+
+def raise_fd_limit(need: int = 0) -> int:
+    """Raise this process's open-file limit to its hard limit, and the hard limit too up to
+    ``need`` where that is allowed (root); returns the soft limit now in force."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    inf = resource.RLIM_INFINITY
+    want = hard if hard != inf else max(soft, 65536, need)
+    if hard != inf and need > hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return need
     if soft < want:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
@@ -185,7 +202,7 @@ class VirtualFleet:
         max_holding: int = 400,
         lag_probe: int = 0,
     ) -> None:
-        raise_fd_limit()
+        raise_fd_limit(files_needed(n))
         self.rng = random.Random(seed)
         self.seed = seed
         self.run_id = os.urandom(3).hex()
@@ -233,6 +250,8 @@ class VirtualFleet:
         with self.engine.begin() as conn:
             for f in push:
                 registry.push(conn, f.read_bytes(), None, self.t0)
+        self.lag_t0 = time.time()  # the lag probes' times count from here (float32 seconds)
+        self.rss_setup = rss_bytes()  # before the boards: the fleet's broker, database, registry
         labels = [f"{prefix}{i:04d}" for i in range(n)]
         names = [f"{label}-{self.run_id}" for label in labels]
         k_clockless = round(n * clockless)
@@ -264,7 +283,7 @@ class VirtualFleet:
                 record=name == record,
             )  # fmt: skip
             if lag_probe and i % lag_probe == 0:
-                b.lag_seq, b.lag_t = array("q"), array("d")
+                b.lag_seq, b.lag_t = array("i"), array("f")  # seq, real s since lag_t0
             self.boards[name] = b
         self._order = list(self.boards.values())
 
@@ -407,7 +426,7 @@ class VirtualFleet:
             while agenda and agenda[0][0] <= self.elapsed_ms:
                 heapq.heappop(agenda)[2]()
             p = self.passes
-            now = time.time()
+            now = time.time() - self.lag_t0
             waiting = self._readable()
             for i, b in enumerate(boards):
                 b.step()
@@ -781,6 +800,25 @@ class VirtualFleet:
         self.engine.dispose()
         if self.own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux /proc; else the peak from getrusage)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def lag_probe_bytes(boards: Iterable[VirtualBoard]) -> int:
+    """Bytes the lag probes' arrays hold (the bench's instrument, not the boards')."""
+    n = 0
+    for b in boards:
+        if b.lag_seq is not None and b.lag_t is not None:
+            n += b.lag_seq.buffer_info()[1] * b.lag_seq.itemsize
+            n += b.lag_t.buffer_info()[1] * b.lag_t.itemsize
+    return n
 
 
 def process_cpu_s(pid: int) -> float | None:

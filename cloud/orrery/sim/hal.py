@@ -57,6 +57,12 @@ def index_of(names, name, what):
 
 
 class _Signal:
+    # CPython: no per-instance dict (six signals on each of thousands of virtual boards)
+    __slots__ = (
+        "_z", "_w", "_drift", "_step", "base", "amplitude", "period_s", "noise", "spike",
+        "drift", "lo", "hi", "spike_ppm", "dropout_ppm",
+    )  # fmt: skip
+
     def __init__(self, seed, index, preset, spike_ppm, dropout_ppm):
         s = seed % 1000003
         self._z = (s * 31 + index * 977 + 1) % (_MWC1 - 1) + 1
@@ -145,7 +151,8 @@ class SimHal:
     ``clock_ms`` is a zero-argument tick source like ``time.ticks_ms`` (``VirtualClock.ticks_ms``
     in simulations). Rates are in parts per million, for every channel; ``configure`` tunes one.
     ``outputs`` holds each output's current value and ``log`` its changes as
-    ``(ms since start, output index, value)``, the oldest dropped past ``log_limit``.
+    ``(ms since start, output index, value)``, the oldest dropped past ``log_limit`` (0: none
+    kept).
     Set ``pin_held`` to simulate the safe-mode button.
     """
 
@@ -208,9 +215,10 @@ class SimHal:
             self.outputs[index] = v
             up = self._uptime
             up.update()
-            self.log.append((up.s * 1000 + up.ms, index, v))
-            while len(self.log) > self.log_limit:
-                self.log.pop(0)
+            if self.log_limit:
+                self.log.append((up.s * 1000 + up.ms, index, v))
+                while len(self.log) > self.log_limit:
+                    self.log.pop(0)
         return v
 
     def safe_mode_pin_held(self):

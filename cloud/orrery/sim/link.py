@@ -94,7 +94,8 @@ class SimLink(UmqttLink):
     """The board's link (``firmware.link.UmqttLink``) on CPython, one socket and no thread.
 
     Only ``connect`` is ours: the CONNECT/CONNACK exchange that umqtt.simple does on a board
-    (MQTT 3.1.1, clean_session off, the will, a bounded wait). Everything after CONNACK,
+    (MQTT 3.1.1, clean_session off, the will, a bounded wait; no keepalive for the broker, which
+    counts real time: the board still pings on its virtual schedule). Everything after CONNACK,
     publishing with PUBACK waits, subscriptions, incoming commands, keepalive pings, is the
     firmware's code. Counts what it delivered in ``sent`` (messages by topic kind, and
     ``readings``: records in PUBACKed readings batches).
@@ -120,7 +121,10 @@ class SimLink(UmqttLink):
             if self.password is not None:
                 flags |= 0x40
                 payload += _mqtt_str(self.password)
-        body = _mqtt_str("MQTT") + bytes((4, flags)) + struct.pack("!H", self.keepalive) + payload
+        # keepalive 0 for the broker: its timer runs on real time while the board pings on
+        # virtual time, so a fleet running slower than real time (thousands of boards waiting
+        # for the companion) would be cut off by the broker for silence, every board at once
+        body = _mqtt_str("MQTT") + bytes((4, flags)) + struct.pack("!H", 0) + payload
         head = bytearray(b"\x10")
         n = len(body)
         while True:
