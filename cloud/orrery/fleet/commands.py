@@ -85,6 +85,36 @@ def board_clock(conn: Connection, device_id: int) -> tuple[int, int | None]:
     return row.clock_offset_ms // 1000, row.boot
 
 
+def board_clocks(conn: Connection, device_ids: list[int]) -> dict[int, tuple[int, int | None]]:
+    """``board_clock`` of many devices at once: two queries per ``CHUNK`` devices."""
+    out: dict[int, tuple[int, int | None]] = {}
+    for i in range(0, len(device_ids), CHUNK):
+        chunk = device_ids[i : i + CHUNK]
+        boots = {
+            did: boot
+            for did, boot in conn.execute(
+                sa.select(DEVICES.c.id, DEVICES.c.boot).where(DEVICES.c.id.in_(chunk))
+            )
+        }
+        best: dict[int, tuple] = {}  # device -> (its current boot's?, last seen, boot, offset)
+        for did, boot, offset, seen in conn.execute(
+            sa.select(
+                SESSIONS.c.device_id, SESSIONS.c.boot, SESSIONS.c.clock_offset_ms,
+                SESSIONS.c.last_seen_ms,
+            ).where(SESSIONS.c.device_id.in_(chunk), SESSIONS.c.clock_offset_ms.is_not(None))
+        ):  # fmt: skip
+            rank = (boot == boots.get(did), seen, boot, offset)
+            if did not in best or rank[:2] > best[did][:2]:
+                best[did] = rank
+        for did in chunk:
+            b = best.get(did)
+            out[did] = (0, None) if b is None else (b[3] // 1000, b[2])
+    return out
+
+
+CHUNK = 5000  # devices per IN (...) list
+
+
 def _sign(secret: bytes, device: str, cmd_id: str, kind: str, args: dict, iat: int, ttl_s: int,
           skew: int) -> bytes:  # fmt: skip
     key = keys.device_key(secret, device)
@@ -107,27 +137,49 @@ def queue(
 ) -> Outgoing | None:
     """Sign (in the board's time) and queue a command; return it to publish, or None if that
     id already exists."""
+    return queue_many(conn, secret, [(device_id, device, fleet, cmd_id)], kind=kind, args=args,
+                      source=source, now_ms=now_ms, ttl_s=ttl_s)[0]  # fmt: skip
+
+
+def queue_many(
+    conn: Connection,
+    secret: bytes,
+    targets: list[tuple[int, str, str, str]],
+    *,
+    kind: str,
+    args: dict,
+    source: str,
+    now_ms: int,
+    ttl_s: int = 86400,
+) -> list[Outgoing | None]:
+    """``queue`` for one command (same kind, args and lifetime) per ``(device_id, device, fleet,
+    cmd_id)`` of ``targets``, signed in bulk and inserted with one statement per few hundred
+    rows; returns, in order, each one to publish, or None where that id already exists."""
+    if not targets:
+        return []
     iat = now_ms // 1000
-    skew, boot = board_clock(conn, device_id)
-    envelope = _sign(secret, device, cmd_id, kind, args, iat, ttl_s, skew)
-    row = {
-        "id": cmd_id,
-        "device_id": device_id,
-        "kind": kind,
-        "args": json.dumps(args, sort_keys=True),
-        "iat": iat,
-        "exp": iat + ttl_s,
-        "status": "queued",
-        "source": source,
-        "envelope": envelope.decode(),
-        "created_ms": now_ms,
-        "skew_s": skew,
-        "skew_boot": boot,
-    }
+    clocks = board_clocks(conn, list(dict.fromkeys(t[0] for t in targets)))
+    envelopes = codec.sign_commands(
+        kind,
+        args,
+        iat,
+        iat + ttl_s,
+        [(keys.device_key(secret, dev), cmd_id, dev, clocks[did][0])
+         for did, dev, _, cmd_id in targets],
+    )  # fmt: skip
+    args_json = json.dumps(args, sort_keys=True)
+    rows = [
+        {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
+         "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
+         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1]}
+        for (did, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
+    ]  # fmt: skip
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
-    if conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), row).first() is None:
-        return None
-    return Outgoing(cmd_id, codec.topic(fleet, device, codec.CMD), envelope)
+    new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
+    return [
+        Outgoing(cmd_id, codec.topic(fleet, dev, codec.CMD), env) if cmd_id in new else None
+        for (_, dev, fleet, cmd_id), env in zip(targets, envelopes, strict=True)
+    ]
 
 
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:

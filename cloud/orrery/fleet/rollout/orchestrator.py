@@ -716,11 +716,11 @@ class Orchestrator:
         }
         ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
-        for m in rows:
+        ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
+        queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
+                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+        for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             attempt = m.attempt + 1
-            cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
-            o = commands.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
-                        kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
             state = "sent" if m.online else "offline-pending"
             updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,
                             "m_detail": None if m.online else "offline: the command waits for its pull"})  # fmt: skip
