@@ -318,6 +318,74 @@ def apply_ack(
     return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
 
 
+def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
+    # the statuses an ack leading to ``status`` may replace (None: any), as apply_ack's WHERE
+    if status == "acked":
+        return ("queued", "sent", "acked", "refused", "expired")
+    if status == "refused" or code == codec.DUPLICATE:
+        return WAITING + ("expired",)
+    return None
+
+
+def apply_acks(
+    conn: Connection, acks: list[tuple[int, str, int, str]], now_ms: int
+) -> list[bool]:
+    """``apply_ack`` for each ``(device_id, cmd_id, code, detail)`` of ``acks``, in order, with
+    one SELECT and one UPDATE per ``CHUNK`` acks: the same results and final rows as applying
+    them one by one. Each row is written only if its status is still the one read (so a
+    concurrent change is never overwritten); if any is not, the acks are applied one by one.
+    """
+    if not acks:
+        return []
+    if not conn.dialect.supports_sane_multi_rowcount:
+        return [apply_ack(conn, *a, now_ms) for a in acks]
+    ids = list(dict.fromkeys(a[1] for a in acks))
+    read: dict[str, tuple[int, str]] = {}
+    for i in range(0, len(ids), CHUNK):
+        q = sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status).where(
+            COMMANDS.c.id.in_(ids[i : i + CHUNK])
+        )
+        read.update({cid: (did, st) for cid, did, st in conn.execute(q)})
+    now: dict[str, str] = {cid: st for cid, (_, st) in read.items()}  # as the acks leave them
+    writes: dict[str, dict] = {}
+    refused: list[tuple[str, str]] = []
+    known = []
+    for device_id, cmd_id, code, detail in acks:
+        row = read.get(cmd_id)
+        if row is None or row[0] != device_id:
+            known.append(False)
+            continue
+        known.append(True)
+        status = status_for(code, detail)
+        allowed = _acceptable(status, code)
+        if allowed is not None and now[cmd_id] not in allowed:
+            continue
+        now[cmd_id] = status
+        writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
+                          "c_code": code, "c_detail": detail[:300]}  # fmt: skip
+        if status == "refused":
+            refused.append((cmd_id, detail))
+    if writes:
+        res = conn.execute(
+            sa.update(COMMANDS)
+            .where(COMMANDS.c.id == sa.bindparam("c_id"), COMMANDS.c.status == sa.bindparam("c_was"))
+            .values(status=sa.bindparam("c_status"), acked_ms=now_ms,
+                    ack_code=sa.bindparam("c_code"), ack_detail=sa.bindparam("c_detail")),
+            list(writes.values()),
+        )  # fmt: skip
+        if res.rowcount != len(writes):  # changed since read: one by one, from where it is now
+            return [apply_ack(conn, *a, now_ms) for a in acks]
+    for cmd_id, detail in refused:
+        r = conn.execute(
+            sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
+            .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+            .where(COMMANDS.c.id == cmd_id)
+        ).first()
+        jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
+             signed_skew_s=r.skew_s)  # fmt: skip
+    return known
+
+
 def same_clock(conn: Connection, device_id: int, skew_s: int | None, boot: int | None) -> bool:
     """Whether a command signed with ``(skew_s, boot)`` would be signed the same way now."""
     skew, now_boot = board_clock(conn, device_id)
