@@ -47,7 +47,7 @@ PROVISION = ["-n", "1", "--prefix", "p", "--fleet", "f", "--broker-host", "h"]
 TEMPLATES: dict[str, list[list[str]]] = {
     "bench device": [["--samples", "1"]],
     "bench ingest": [["--readings", "10"], ["--pg-url", "{pg}"]],
-    "bench rollout": [["--devices", "5"]],
+    "bench rollout": [["--devices", "5"], ["--db", "{pg}"]],
     "bench fleet": [["--broker", "{broker}"], ["--duration", "soon"]],
     "demo": [["--broker", "{broker}"], ["--out", "{outdir}"]],
     "sim": [["--broker", "{broker}"], ["--db", "{new_db}"], ["--out", "{outdir}"],
