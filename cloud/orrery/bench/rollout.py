@@ -374,7 +374,7 @@ def _run(url: str, what: str, devices: int, tmp: Path, timeout: float) -> dict:
     return result
 
 
-def _signing(engine: sa.Engine, rounds: int = 5) -> dict:
+def _signing(engine: sa.Engine, rounds: int = 3) -> dict:
     """The rollout's commands signed again, by Orrery's path (the device keys, then
     ``codec.sign_commands`` per wave) and by ``json.dumps`` + ``hmac``, alternately, each
     checked to give the very envelopes the dispatch stored; best of ``rounds``."""

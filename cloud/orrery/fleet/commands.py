@@ -176,8 +176,11 @@ def queue_many(
     ]  # fmt: skip
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
+    # signing checked every device id: the topics' fleet ids are checked once per fleet
+    for fleet in {t[2] for t in targets}:
+        codec.topic(fleet, targets[0][1], codec.CMD)
     return [
-        Outgoing(cmd_id, codec.topic(fleet, dev, codec.CMD), env) if cmd_id in new else None
+        Outgoing(cmd_id, f"{codec.PREFIX}/{fleet}/{dev}/{codec.CMD}", env) if cmd_id in new else None
         for (_, dev, fleet, cmd_id), env in zip(targets, envelopes, strict=True)
     ]
 
