@@ -280,7 +280,7 @@ class RolloutDevice(SQLModel, table=True):
     rollout_id: int = Field(primary_key=True)
     device_id: int = Field(primary_key=True, index=True)
     wave: int
-    state: str = Field(max_length=16, index=True)
+    state: str = Field(max_length=16)  # no index of its own: queries name the rollout too
     attempt: int = 0
     command_id: str | None = Field(default=None, max_length=100)
     prev_wf: str | None = Field(default=None, max_length=64)

@@ -335,8 +335,9 @@ def apply_acks(
 ) -> list[bool]:
     """``apply_ack`` for each ``(device_id, cmd_id, code, detail)`` of ``acks``, in order, with
     one SELECT and one UPDATE per ``CHUNK`` acks: the same results and final rows as applying
-    them one by one. Each row is written only if its status is still the one read (so a
-    concurrent change is never overwritten); if any is not, the acks are applied one by one.
+    them one by one. The rows read are locked on PostgreSQL; each is written only if its
+    status is still the one read (so a concurrent change is never overwritten); if any is not,
+    the acks are applied one by one.
     """
     if not acks:
         return []
@@ -348,6 +349,8 @@ def apply_acks(
         q = sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status).where(
             COMMANDS.c.id.in_(ids[i : i + CHUNK])
         )
+        if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
+            q = q.order_by(COMMANDS.c.id).with_for_update()
         read.update({cid: (did, st) for cid, did, st in conn.execute(q)})
     now: dict[str, str] = {cid: st for cid, (_, st) in read.items()}  # as the acks leave them
     writes: dict[str, dict] = {}

@@ -744,24 +744,20 @@ class Orchestrator:
         ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
         queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
                                      kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+        offline = "offline: the command waits for its pull"
         for m, cmd_id, o in zip(rows, ids, queued, strict=True):
-            attempt = m.attempt + 1
             state = "sent" if m.online else "offline-pending"
-            updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,
-                            "m_detail": None if m.online else "offline: the command waits for its pull"})  # fmt: skip
-            logs.append({"rollout_id": r.id, "device_id": m.device_id, "at_ms": now, "event": state,
-                         "detail": cmd_id})  # fmt: skip
+            updates.append((state, m.attempt + 1, cmd_id, now, now, None if m.online else offline,
+                            r.id, m.device_id))  # fmt: skip
+            logs.append((r.id, m.device_id, now, state, cmd_id))
             if o is not None and m.online:
                 out.append(o)
-        conn.execute(
-            sa.update(ROLLOUT_DEVICES)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"))
-            .values(state=sa.bindparam("m_state"), attempt=sa.bindparam("m_attempt"),
-                    command_id=sa.bindparam("m_cmd"), sent_ms=now, updated_ms=now,
-                    detail=sa.bindparam("m_detail")),
-            updates,
-        )  # fmt: skip
-        conn.execute(sa.insert(ROLLOUT_LOG), logs)
+        # a wave's rows as plain tuples through the driver's executemany: no statement built
+        # or parameter dict processed per member
+        _many(conn, "UPDATE rollout_devices SET state = ?, attempt = ?, command_id = ?, sent_ms = ?,"
+                    " updated_ms = ?, detail = ? WHERE rollout_id = ? AND device_id = ?", updates)  # fmt: skip
+        _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail)"
+                    " VALUES (?, ?, ?, ?, ?)", logs)  # fmt: skip
         return out
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
@@ -920,6 +916,12 @@ class Orchestrator:
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
         }
+
+
+def _many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    # one statement (``?`` placeholders) for every row, by the driver's executemany
+    if rows:
+        conn.exec_driver_sql(sql.replace("?", "%s") if conn.dialect.name == "postgresql" else sql, rows)
 
 
 def _copy_text(v: str | int | None) -> str:
