@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from shared.wire import codec
 from shared.wire.hmac256 import compare_digest, hmac_sha256
+from shared.wire.message import _emit, _json
+from shared.wire.verifier import _check_body, _key
 from tools.dev.golden import protocol
 
 KEY = bytes(range(1, 33))
@@ -232,3 +234,67 @@ def test_compare_digest_matches_cpython(a, b):
 
 def test_golden_file_is_up_to_date():
     assert protocol.render() == protocol.OUT.read_text(encoding="utf-8")
+
+
+# --- the companion's fast JSON writer and bulk signing: byte for byte the slow path -------------
+
+_any_text = st.text(st.characters(exclude_categories=()), max_size=12)  # controls, surrogates too
+_any_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | _any_text | st.floats(allow_nan=False)
+    | st.binary(max_size=3),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(_any_text | st.integers(0, 3), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+
+
+def _outcome(f, *args):
+    try:
+        return f(*args)
+    except ValueError as e:
+        return ("raised", type(e), str(e))
+
+
+@settings(max_examples=800, deadline=None)
+@given(_any_values)
+def test_fast_json_is_the_fixed_layout_writer(v):
+    assert _outcome(codec._fast, v) == _outcome(_json, v)
+
+
+def _sign_slow(key, cmd_id, dev, kind, args, iat, exp, skew=0):
+    # sign_command as the board's modules alone write it (the reference of the fast path)
+    c = {"id": cmd_id, "dev": dev, "kind": kind, "args": args, "iat": iat, "exp": exp}
+    if skew:
+        c["skew"] = skew
+    _check_body(c)
+    body = _json(c)
+    return _emit(("b", "s"), {"b": body, "s": hmac_sha256(_key(key), body.encode()).hex()})
+
+
+_ids = st.from_regex(r"[A-Za-z0-9_.:-]{1,64}", fullmatch=True) | _any_text
+_cmds = st.lists(
+    st.tuples(
+        st.sampled_from([KEY, bytes(range(40, 72)), b"short"]),
+        _ids,
+        _ids,
+        st.integers(-(2**33), 2**33) | st.sampled_from([0, True, None]),
+    ),
+    max_size=5,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(["install_workflow", "reboot", "bad kind"]),
+    st.dictionaries(_any_text, _any_values, max_size=4) | _any_values,
+    st.integers(-1, 2**32),
+    st.integers(0, 1000),
+    _cmds,
+)
+def test_bulk_signing_is_the_slow_path_byte_for_byte(kind, args, iat, ttl, cmds):
+    exp = iat + ttl
+    one = [_outcome(codec.sign_command, k, i, d, kind, args, iat, exp, s) for k, i, d, s in cmds]
+    assert one == [_outcome(_sign_slow, k, i, d, kind, args, iat, exp, s) for k, i, d, s in cmds]
+    bulk = _outcome(codec.sign_commands, kind, args, iat, exp, cmds)
+    raised = [x for x in one if isinstance(x, tuple)]
+    assert bulk == (raised[0] if raised else one)

@@ -171,13 +171,26 @@ def bench_rollout(
     devices: Annotated[
         int, typer.Option(min=100, max=1_000_000, help="Registered devices to roll out to.")
     ] = 100_000,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="A PostgreSQL server to run on (postgresql://USER@HOST:PORT/DB): a fresh "
+            "database is created there and dropped after. Default: a temporary SQLite file.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a rollout over many devices (against a plain SELECT of them), then run it: signed
-    commands to a real broker, acks through `orrery serve`."""
+    commands to a real broker, acks through `orrery serve`; then its signing against
+    json.dumps + hmac."""
     from cloud.orrery.bench import rollout
 
-    result = rollout.run(devices)
+    if db is not None:
+        if not db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            fail(f"--db {db!r}: give a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+        check_database_server(db, "--db")
+    result = rollout.run(devices, db)
     show_figures(result, as_json)
 
 

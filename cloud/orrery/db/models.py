@@ -272,13 +272,15 @@ class Rollout(SQLModel, table=True):
 
 
 class RolloutDevice(SQLModel, table=True):
-    """One device in one rollout: its wave and its state."""
+    """One device in one rollout: its wave and its state. No foreign keys (migration 0005):
+    members are inserted from device rows read in the same transaction, and nothing deletes a
+    device or a rollout."""
 
     __tablename__ = "rollout_devices"
-    rollout_id: int = Field(foreign_key="rollouts.id", primary_key=True)
-    device_id: int = Field(foreign_key="devices.id", primary_key=True, index=True)
+    rollout_id: int = Field(primary_key=True)
+    device_id: int = Field(primary_key=True, index=True)
     wave: int
-    state: str = Field(max_length=16, index=True)
+    state: str = Field(max_length=16)  # no index of its own: queries name the rollout too
     attempt: int = 0
     command_id: str | None = Field(default=None, max_length=100)
     prev_wf: str | None = Field(default=None, max_length=64)

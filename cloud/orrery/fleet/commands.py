@@ -85,6 +85,36 @@ def board_clock(conn: Connection, device_id: int) -> tuple[int, int | None]:
     return row.clock_offset_ms // 1000, row.boot
 
 
+def board_clocks(conn: Connection, device_ids: list[int]) -> dict[int, tuple[int, int | None]]:
+    """``board_clock`` of many devices at once: two queries per ``CHUNK`` devices."""
+    out: dict[int, tuple[int, int | None]] = {}
+    for i in range(0, len(device_ids), CHUNK):
+        chunk = device_ids[i : i + CHUNK]
+        boots = {
+            did: boot
+            for did, boot in conn.execute(
+                sa.select(DEVICES.c.id, DEVICES.c.boot).where(DEVICES.c.id.in_(chunk))
+            )
+        }
+        best: dict[int, tuple] = {}  # device -> (its current boot's?, last seen, boot, offset)
+        for did, boot, offset, seen in conn.execute(
+            sa.select(
+                SESSIONS.c.device_id, SESSIONS.c.boot, SESSIONS.c.clock_offset_ms,
+                SESSIONS.c.last_seen_ms,
+            ).where(SESSIONS.c.device_id.in_(chunk), SESSIONS.c.clock_offset_ms.is_not(None))
+        ):  # fmt: skip
+            rank = (boot == boots.get(did), seen, boot, offset)
+            if did not in best or rank[:2] > best[did][:2]:
+                best[did] = rank
+        for did in chunk:
+            b = best.get(did)
+            out[did] = (0, None) if b is None else (b[3] // 1000, b[2])
+    return out
+
+
+CHUNK = 5000  # devices per IN (...) list
+
+
 def _sign(secret: bytes, device: str, cmd_id: str, kind: str, args: dict, iat: int, ttl_s: int,
           skew: int) -> bytes:  # fmt: skip
     key = keys.device_key(secret, device)
@@ -107,27 +137,52 @@ def queue(
 ) -> Outgoing | None:
     """Sign (in the board's time) and queue a command; return it to publish, or None if that
     id already exists."""
+    return queue_many(conn, secret, [(device_id, device, fleet, cmd_id)], kind=kind, args=args,
+                      source=source, now_ms=now_ms, ttl_s=ttl_s)[0]  # fmt: skip
+
+
+def queue_many(
+    conn: Connection,
+    secret: bytes,
+    targets: list[tuple[int, str, str, str]],
+    *,
+    kind: str,
+    args: dict,
+    source: str,
+    now_ms: int,
+    ttl_s: int = 86400,
+) -> list[Outgoing | None]:
+    """``queue`` for one command (same kind, args and lifetime) per ``(device_id, device, fleet,
+    cmd_id)`` of ``targets``, signed in bulk and inserted with one statement per few hundred
+    rows; returns, in order, each one to publish, or None where that id already exists."""
+    if not targets:
+        return []
     iat = now_ms // 1000
-    skew, boot = board_clock(conn, device_id)
-    envelope = _sign(secret, device, cmd_id, kind, args, iat, ttl_s, skew)
-    row = {
-        "id": cmd_id,
-        "device_id": device_id,
-        "kind": kind,
-        "args": json.dumps(args, sort_keys=True),
-        "iat": iat,
-        "exp": iat + ttl_s,
-        "status": "queued",
-        "source": source,
-        "envelope": envelope.decode(),
-        "created_ms": now_ms,
-        "skew_s": skew,
-        "skew_boot": boot,
-    }
+    clocks = board_clocks(conn, list(dict.fromkeys(t[0] for t in targets)))
+    envelopes = codec.sign_commands(
+        kind,
+        args,
+        iat,
+        iat + ttl_s,
+        [(keys.device_key(secret, dev), cmd_id, dev, clocks[did][0])
+         for did, dev, _, cmd_id in targets],
+    )  # fmt: skip
+    args_json = json.dumps(args, sort_keys=True)
+    rows = [
+        {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
+         "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
+         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1]}
+        for (did, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
+    ]  # fmt: skip
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
-    if conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), row).first() is None:
-        return None
-    return Outgoing(cmd_id, codec.topic(fleet, device, codec.CMD), envelope)
+    new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
+    # signing checked every device id: the topics' fleet ids are checked once per fleet
+    for fleet in {t[2] for t in targets}:
+        codec.topic(fleet, targets[0][1], codec.CMD)
+    return [
+        Outgoing(cmd_id, f"{codec.PREFIX}/{fleet}/{dev}/{codec.CMD}", env) if cmd_id in new else None
+        for (_, dev, fleet, cmd_id), env in zip(targets, envelopes, strict=True)
+    ]
 
 
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
@@ -264,6 +319,77 @@ def apply_ack(
     if res.rowcount:
         return True
     return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
+
+
+def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
+    # the statuses an ack leading to ``status`` may replace (None: any), as apply_ack's WHERE
+    if status == "acked":
+        return ("queued", "sent", "acked", "refused", "expired")
+    if status == "refused" or code == codec.DUPLICATE:
+        return WAITING + ("expired",)
+    return None
+
+
+def apply_acks(
+    conn: Connection, acks: list[tuple[int, str, int, str]], now_ms: int
+) -> list[bool]:
+    """``apply_ack`` for each ``(device_id, cmd_id, code, detail)`` of ``acks``, in order, with
+    one SELECT and one UPDATE per ``CHUNK`` acks: the same results and final rows as applying
+    them one by one. The rows read are locked on PostgreSQL; each is written only if its
+    status is still the one read (so a concurrent change is never overwritten); if any is not,
+    the acks are applied one by one.
+    """
+    if not acks:
+        return []
+    if not conn.dialect.supports_sane_multi_rowcount:
+        return [apply_ack(conn, *a, now_ms) for a in acks]
+    ids = list(dict.fromkeys(a[1] for a in acks))
+    read: dict[str, tuple[int, str]] = {}
+    for i in range(0, len(ids), CHUNK):
+        q = sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status).where(
+            COMMANDS.c.id.in_(ids[i : i + CHUNK])
+        )
+        if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
+            q = q.order_by(COMMANDS.c.id).with_for_update()
+        read.update({cid: (did, st) for cid, did, st in conn.execute(q)})
+    now: dict[str, str] = {cid: st for cid, (_, st) in read.items()}  # as the acks leave them
+    writes: dict[str, dict] = {}
+    refused: list[tuple[str, str]] = []
+    known = []
+    for device_id, cmd_id, code, detail in acks:
+        row = read.get(cmd_id)
+        if row is None or row[0] != device_id:
+            known.append(False)
+            continue
+        known.append(True)
+        status = status_for(code, detail)
+        allowed = _acceptable(status, code)
+        if allowed is not None and now[cmd_id] not in allowed:
+            continue
+        now[cmd_id] = status
+        writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
+                          "c_code": code, "c_detail": detail[:300]}  # fmt: skip
+        if status == "refused":
+            refused.append((cmd_id, detail))
+    if writes:
+        res = conn.execute(
+            sa.update(COMMANDS)
+            .where(COMMANDS.c.id == sa.bindparam("c_id"), COMMANDS.c.status == sa.bindparam("c_was"))
+            .values(status=sa.bindparam("c_status"), acked_ms=now_ms,
+                    ack_code=sa.bindparam("c_code"), ack_detail=sa.bindparam("c_detail")),
+            list(writes.values()),
+        )  # fmt: skip
+        if res.rowcount != len(writes):  # changed since read: one by one, from where it is now
+            return [apply_ack(conn, *a, now_ms) for a in acks]
+    for cmd_id, detail in refused:
+        r = conn.execute(
+            sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
+            .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+            .where(COMMANDS.c.id == cmd_id)
+        ).first()
+        jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
+             signed_skew_s=r.skew_s)  # fmt: skip
+    return known
 
 
 def same_clock(conn: Connection, device_id: int, skew_s: int | None, boot: int | None) -> bool:

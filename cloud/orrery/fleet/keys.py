@@ -66,7 +66,7 @@ def new_secret() -> bytes:
 
 def device_key(secret: bytes, device: str) -> bytes:
     """The 32-byte HMAC key that signs ``device``'s commands."""
-    return hmac.new(secret, b"orrery/cmd-key/" + device.encode(), hashlib.sha256).digest()
+    return hmac.digest(secret, b"orrery/cmd-key/" + device.encode(), "sha256")
 
 
 def mqtt_password(secret: bytes, device: str) -> str:

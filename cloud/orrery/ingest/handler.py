@@ -224,6 +224,8 @@ class Ingest:
         self, conn: Connection, messages: Sequence[Message], now: int, out: Outcome
     ) -> None:
         batches: list[tuple[_Dev, codec.Batch]] = []
+        self._acks: list[tuple[Message, _Dev, dict]] = []  # applied together (_flush_acks)
+        self._prefetch(conn, messages)
         for m in messages:
             reason, dev, kind = self._route(conn, m, now)
             if reason:
@@ -240,6 +242,7 @@ class Ingest:
                 reason = f"malformed: {exc}"
             if reason:
                 self._dead(conn, m, dev.name, reason, now, out)
+        self._flush_acks(conn, now, out)
         if batches:
             self._store_batches(conn, batches, now, out)
 
@@ -260,6 +263,20 @@ class Ingest:
         if dev.fleet != fleet:
             return f"fleet mismatch: device is in fleet {dev.fleet!r}", dev, kind
         return None, dev, kind
+
+    def _prefetch(self, conn: Connection, messages: Sequence[Message]) -> None:
+        # the group's devices not cached yet, in one SELECT (not one per device in _device)
+        names = set()
+        for m in messages:
+            parsed, _ = codec.parse_topic(m.topic)  # ids only: no text a database refuses
+            if parsed is not None and parsed[1] not in self._devices:
+                names.add(parsed[1])
+        if names:
+            q = sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet).where(
+                DEVICES.c.name.in_(names)
+            )
+            for did, name, fleet in conn.execute(q):
+                self._devices[name] = _Dev(did, name, fleet)
 
     def _device(
         self, conn: Connection, name: str, fleet: str, now: int, register: bool
@@ -313,6 +330,8 @@ class Ingest:
     def _one(
         self, conn, dev: _Dev, kind: str, m: Message, now: int, out: Outcome, batches
     ) -> str | None:
+        if kind != codec.ACKS:
+            self._flush_acks(conn, now, out)  # what this message does sees every earlier ack
         if kind == codec.READINGS:
             batch, err = codec.decode_batch(m.payload)
             if err:
@@ -332,9 +351,7 @@ class Ingest:
             if a["id"] is None:
                 jlog("ack_untrusted", device=dev.name, code=a["code"], detail=a["detail"])
                 return None
-            if not commands.apply_ack(conn, dev.id, a["id"], a["code"], a["detail"], now):
-                return f"ack for unknown command: {a['id']!r}"
-            self._touch(conn, dev, now)
+            self._acks.append((m, dev, a))
             return None
         if kind == codec.LOSS:
             loss, err = codec.decode_loss(m.payload)
@@ -393,6 +410,30 @@ class Ingest:
 
     def _touch(self, conn: Connection, dev: _Dev, now: int) -> None:
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(last_seen_ms=now))
+
+    def _flush_acks(self, conn: Connection, now: int, out: Outcome) -> None:
+        """Apply the acks gathered since the last flush, in order, as many statements at once
+        (``commands.apply_acks``): the devices of known commands touched, the others'
+        acks dead-lettered."""
+        pending, self._acks = self._acks, []
+        if not pending:
+            return
+        known = commands.apply_acks(
+            conn, [(dev.id, a["id"], a["code"], a["detail"]) for _, dev, a in pending], now
+        )
+        seen = []
+        for (m, dev, a), ok in zip(pending, known, strict=True):
+            if ok:
+                seen.append(dev.id)
+            else:
+                self._dead(conn, m, dev.name, f"ack for unknown command: {a['id']!r}", now, out)
+        seen = list(dict.fromkeys(seen))
+        for i in range(0, len(seen), commands.CHUNK):
+            conn.execute(
+                sa.update(DEVICES)
+                .where(DEVICES.c.id.in_(seen[i : i + commands.CHUNK]))
+                .values(last_seen_ms=now)
+            )
 
     # --- state, events, anchors --------------------------------------------------------------
 

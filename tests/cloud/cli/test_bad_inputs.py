@@ -48,7 +48,7 @@ TEMPLATES: dict[str, list[list[str]]] = {
     "bench device": [["--samples", "1"]],
     "bench ingest": [["--readings", "10"], ["--pg-url", "{pg}"], ["--batch", "26,x"],
                      ["--batch", "0"], ["--workers", "1,1"], ["--workers", "9"]],
-    "bench rollout": [["--devices", "5"]],
+    "bench rollout": [["--devices", "5"], ["--db", "{pg}"]],
     "bench fleet": [["--broker", "{broker}"], ["--duration", "soon"]],
     "demo": [["--broker", "{broker}"], ["--out", "{outdir}"]],
     "sim": [["--broker", "{broker}"], ["--db", "{new_db}"], ["--out", "{outdir}"],

@@ -1043,3 +1043,81 @@ def test_pause_and_resume_are_idempotent(env):
     assert [e for _, e, _ in env.log(rid)] == ["created", "started", "paused", "resumed"]
     o.cancel(rid)
     assert refused(o.pause, rid) == f"rollout {rid} is canceled; paused needs it running"
+
+
+def test_members_reference_their_rollout_and_devices(dbenv):
+    """rollout_devices has no foreign keys (migration 0005): planning, joining and retrying
+    insert only members of an existing rollout and registered devices."""
+    env = dbenv
+    o = env.orch(join_every_ms=0)
+    rid = start(env, o, waves="2,100%")
+    env.add("late1", "late2")
+    env.board(o.tick())
+    o.tick()
+    assert env.rows("SELECT count(*) FROM rollout_devices WHERE rollout_id = :r", r=rid)[0][0] == 8
+    orphans = env.rows(
+        "SELECT m.rollout_id, m.device_id FROM rollout_devices m"
+        " LEFT JOIN devices d ON d.id = m.device_id LEFT JOIN rollouts r ON r.id = m.rollout_id"
+        " WHERE d.id IS NULL OR r.id IS NULL"
+    )
+    assert orphans == []
+
+
+def _command_rows(env) -> list[tuple]:
+    return [tuple(r) for r in env.rows(
+        "SELECT id, status, acked_ms, ack_code, ack_detail FROM commands ORDER BY id")]  # fmt: skip
+
+
+def test_a_group_of_acks_gives_the_rows_of_the_acks_one_by_one(dbenv):
+    """Ingest applies a group's acks together (commands.apply_acks): the same command rows,
+    dead letters and device touches as one message at a time, whatever the order."""
+    env = dbenv
+    o = env.orch()
+    start(env, o)
+    sent = {x.topic.split("/")[2]: x.command_id for x in o.tick()}
+    assert len(sent) == 6
+
+    def ack(dev: str, cmd_id: str, code: int, detail: str = "") -> Message:
+        return Message(codec.topic("f1", dev, codec.ACKS), codec.encode_ack(cmd_id, code, detail))
+
+    group = [
+        ack("d00", sent["d00"], codec.IN_PROGRESS, "health window"),
+        ack("d00", sent["d00"], codec.OK),
+        ack("d01", sent["d01"], codec.OK),
+        ack("d01", sent["d01"], codec.IN_PROGRESS, "late"),  # never turns done back
+        ack("d02", sent["d02"], codec.DUPLICATE),
+        ack("d03", sent["d03"], codec.FAILED, "no room"),
+        ack("d03", sent["d03"], codec.DUPLICATE),  # never replaces a result
+        Message(codec.topic("f1", "d04", codec.PULL), codec.encode_pull(env.boots["d04"])),
+        ack("d04", sent["d05"], codec.OK),  # another device's command
+        ack("d04", "no-such-command", codec.OK),
+        ack("d05", sent["d05"], codec.EXPIRED, "issued in the future"),
+    ]
+    before = _command_rows(env)
+    ing = Ingest(env.engine, clock=env.clock)
+    together = ing.handle(group)
+    rows_together = _command_rows(env)
+    dead_together = env.rows("SELECT device, reason FROM dead_letters ORDER BY id")
+    with env.engine.begin() as c:  # back to the commands as they were, and again one by one
+        for cmd_id, status, acked_ms, code, detail in before:
+            c.execute(
+                sa.text("UPDATE commands SET status = :s, acked_ms = :a, ack_code = :c,"
+                        " ack_detail = :d WHERE id = :i"),
+                {"s": status, "a": acked_ms, "c": code, "d": detail, "i": cmd_id},
+            )  # fmt: skip
+        c.execute(sa.text("DELETE FROM dead_letters"))
+    one_by_one = [Ingest(env.engine, clock=env.clock).handle([m]) for m in group]
+    assert _command_rows(env) == rows_together != before
+    assert env.rows("SELECT device, reason FROM dead_letters ORDER BY id") == dead_together
+    assert [r[1] for r in dead_together] == [
+        f"ack for unknown command: {sent['d05']!r}",
+        "ack for unknown command: 'no-such-command'",
+    ]
+    assert together.dead == sum(x.dead for x in one_by_one) == 2
+    assert [x.command_id for x in together.outgoing] == [
+        x.command_id for o1 in one_by_one for x in o1.outgoing
+    ]
+    statuses = {r[0]: r[1] for r in rows_together}
+    assert [statuses[sent[d]] for d in ("d00", "d01", "d02", "d03", "d05")] == [
+        "done", "done", "done", "failed", "refused",
+    ]  # fmt: skip

@@ -285,6 +285,7 @@ class Orchestrator:
             # a pseudo-random order seeded by the plan, so canaries are spread over the fleet
             # (device id order first: the shuffle does not depend on how rows were fetched)
             devices.sort(key=itemgetter(0))
+            by_id = devices[:]
             random.Random(f"{wf.name}@{wf.version}:{target}:{self.clock()}").shuffle(devices)
             sizes = plan.wave_sizes(wv, len(devices))
             rid = None
@@ -294,29 +295,18 @@ class Orchestrator:
                     sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
                     [{"workflow_id": wf.id, "state": "draft", "created_ms": now, **vals}],
                 ).scalar_one()
-            plan_waves, wave_ids, start = [], [], 0
+            plan_waves, waves_of, start = [], [], 0
             for i, n in enumerate(sizes):
                 chunk = devices[start:n]
                 names = [d[1] for d in chunk]
-                wave_ids.append(sorted([d[0] for d in chunk]))
+                waves_of.append(chunk)
                 plan_waves.append(
                     {"wave": i + 1, "size": wv[i], "devices": names, "count": len(names),
                      "offline": sum(not d[7] for d in chunk)}
                 )  # fmt: skip
                 start = n
             if not dry_run:
-                # per wave, one INSERT … SELECT over the wave's device ids, passed as one value
-                # (a JSON array on SQLite, an array on PostgreSQL): no per-member round trip
-                ids_in = "= ANY(:ids)" if self.pg else "IN (SELECT value FROM json_each(:ids))"
-                sql = sa.text(
-                    "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, attempt,"
-                    " prev_wf, prev_ver, updated_ms) SELECT :rid, id, :wave, 'queued', 0, wf,"
-                    f" wf_ver, :now FROM devices WHERE id {ids_in}"
-                )
-                for i, ids in enumerate(wave_ids):
-                    if ids:
-                        conn.execute(sql, {"rid": rid, "wave": i, "now": now,
-                                           "ids": ids if self.pg else json.dumps(ids)})  # fmt: skip
+                self._insert_members(conn, rid, waves_of, by_id, now)
                 self._log(
                     conn,
                     rid,
@@ -324,6 +314,41 @@ class Orchestrator:
                     f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
                 )
         return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+
+    def _insert_members(
+        self, conn: Connection, rid: int, waves: list[list], by_id: list, now: int
+    ) -> None:
+        """Insert a new rollout's members, ``waves`` of rows as ``plan.TARGET_COLS`` (the same
+        rows in ``by_id``, in device id order), in bulk:
+        one COPY on PostgreSQL, one INSERT … SELECT per wave on SQLite. The table has no
+        foreign keys to check row by row (migration 0005): the ids come from this transaction.
+        """
+        cols = "rollout_id, device_id, wave, state, attempt, prev_wf, prev_ver, updated_ms"
+        if not self.pg:
+            # the wave's device ids as one JSON array: no per-member round trip or row object
+            sql = (
+                f"INSERT INTO rollout_devices ({cols}) SELECT ?, id, ?, 'queued', 0, wf, wf_ver,"
+                " ? FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+            )
+            for i, chunk in enumerate(waves):
+                if chunk:
+                    conn.exec_driver_sql(sql, (rid, i, now, json.dumps([d[0] for d in chunk])))
+            return
+        # COPY's text format, written whole: no per-row call and no tuple per member
+        wave_of = {d[0]: i for i, chunk in enumerate(waves) for d in chunk}
+        prev: dict[tuple, str] = {}  # (wf, wf_ver) -> its two cells: a fleet runs a few
+        for d in by_id:
+            if (d[5], d[6]) not in prev:
+                prev[d[5], d[6]] = _copy_text(d[5]) + "\t" + _copy_text(d[6])
+        # in device id order, as the indexes are: appended to, not split at random pages (and
+        # strings only, which the garbage collector does not track)
+        lines = [
+            f"{rid}\t{d[0]}\t{wave_of[d[0]]}\tqueued\t0\t{prev[d[5], d[6]]}\t{now}\n"
+            for d in by_id
+        ]
+        with conn.connection.driver_connection.cursor() as cur:
+            with cur.copy(f"COPY rollout_devices ({cols}) FROM STDIN") as copy:
+                copy.write("".join(lines))
 
     # --- operator actions ------------------------------------------------------------------
 
@@ -716,27 +741,23 @@ class Orchestrator:
         }
         ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
-        for m in rows:
-            attempt = m.attempt + 1
-            cmd_id = f"rollout:{r.id}:{m.device_id}:{attempt}"
-            o = commands.queue(conn, self.secret, device_id=m.device_id, device=m.name, fleet=m.fleet, cmd_id=cmd_id,
-                        kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+        ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
+        queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
+                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+        offline = "offline: the command waits for its pull"
+        for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             state = "sent" if m.online else "offline-pending"
-            updates.append({"m_did": m.device_id, "m_state": state, "m_attempt": attempt, "m_cmd": cmd_id,
-                            "m_detail": None if m.online else "offline: the command waits for its pull"})  # fmt: skip
-            logs.append({"rollout_id": r.id, "device_id": m.device_id, "at_ms": now, "event": state,
-                         "detail": cmd_id})  # fmt: skip
+            updates.append((state, m.attempt + 1, cmd_id, now, now, None if m.online else offline,
+                            r.id, m.device_id))  # fmt: skip
+            logs.append((r.id, m.device_id, now, state, cmd_id))
             if o is not None and m.online:
                 out.append(o)
-        conn.execute(
-            sa.update(ROLLOUT_DEVICES)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"))
-            .values(state=sa.bindparam("m_state"), attempt=sa.bindparam("m_attempt"),
-                    command_id=sa.bindparam("m_cmd"), sent_ms=now, updated_ms=now,
-                    detail=sa.bindparam("m_detail")),
-            updates,
-        )  # fmt: skip
-        conn.execute(sa.insert(ROLLOUT_LOG), logs)
+        # a wave's rows as plain tuples through the driver's executemany: no statement built
+        # or parameter dict processed per member
+        _many(conn, "UPDATE rollout_devices SET state = ?, attempt = ?, command_id = ?, sent_ms = ?,"
+                    " updated_ms = ?, detail = ? WHERE rollout_id = ? AND device_id = ?", updates)  # fmt: skip
+        _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail)"
+                    " VALUES (?, ?, ?, ?, ?)", logs)  # fmt: skip
         return out
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
@@ -895,6 +916,22 @@ class Orchestrator:
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
         }
+
+
+def _many(conn: Connection, sql: str, rows: list[tuple]) -> None:
+    # one statement (``?`` placeholders) for every row, by the driver's executemany
+    if rows:
+        conn.exec_driver_sql(sql.replace("?", "%s") if conn.dialect.name == "postgresql" else sql, rows)
+
+
+def _copy_text(v: str | int | None) -> str:
+    # a value in COPY's text format
+    if v is None:
+        return "\\N"
+    v = str(v)
+    if "\\" in v or "\t" in v or "\n" in v or "\r" in v:
+        v = v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return v
 
 
 def rollout_ids(conn: Connection) -> list[int]:
