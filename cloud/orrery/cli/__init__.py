@@ -8,6 +8,7 @@ Every failure ends the same way: one line ``error: …`` on stderr and a non-zer
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated, Any
 
@@ -94,6 +95,13 @@ def _root(
         raise typer.Exit()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM ends a command as Ctrl-C does, through its clean-up
+    (the brokers, companions and databases it started); ``orrery serve`` installs its own
+    handler, which drains first."""
+    signal.signal(signal.SIGTERM, _interrupt)
     app(prog_name="orrery")
