@@ -288,6 +288,17 @@ def status_for(code: int, detail: str = "") -> str:
     return "failed"
 
 
+def _log_refused(conn: Connection, cmd_id: str, detail: str) -> None:
+    """Log a command the board refused because of its clock, with the skew it was signed at."""
+    r = conn.execute(
+        sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
+        .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .where(COMMANDS.c.id == cmd_id)
+    ).first()
+    jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
+         signed_skew_s=r.skew_s)  # fmt: skip
+
+
 def apply_ack(
     conn: Connection, device_id: int, cmd_id: str, code: int, detail: str, now_ms: int
 ) -> bool:
@@ -309,13 +320,7 @@ def apply_ack(
         .values(status=status, acked_ms=now_ms, ack_code=code, ack_detail=detail[:300])
     )
     if res.rowcount and status == "refused":
-        r = conn.execute(
-            sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
-            .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
-            .where(COMMANDS.c.id == cmd_id)
-        ).first()
-        jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
-             signed_skew_s=r.skew_s)  # fmt: skip
+        _log_refused(conn, cmd_id, detail)
     if res.rowcount:
         return True
     return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
@@ -382,13 +387,7 @@ def apply_acks(
         if res.rowcount != len(writes):  # changed since read: one by one, from where it is now
             return [apply_ack(conn, *a, now_ms) for a in acks]
     for cmd_id, detail in refused:
-        r = conn.execute(
-            sa.select(COMMANDS.c.skew_s, DEVICES.c.name)
-            .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
-            .where(COMMANDS.c.id == cmd_id)
-        ).first()
-        jlog("command_refused_by_clock", 30, device=r.name, id=cmd_id, detail=detail,
-             signed_skew_s=r.skew_s)  # fmt: skip
+        _log_refused(conn, cmd_id, detail)
     return known
 
 
