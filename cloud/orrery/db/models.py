@@ -199,6 +199,10 @@ class Command(SQLModel, table=True):
     skew_s: int | None = Field(default=None, sa_column=_big())
     skew_boot: int | None = Field(default=None, sa_column=_big())
     resigns: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    # an operator's command (fleet/device_commands.py): who sent it (the OS user of the CLI),
+    # and when it may be published first (a send to many devices is spread by its rate limit)
+    sent_by: str | None = Field(default=None, max_length=64)
+    due_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class Event(SQLModel, table=True):

@@ -151,10 +151,14 @@ def queue_many(
     source: str,
     now_ms: int,
     ttl_s: int = 86400,
+    sent_by: str | None = None,
+    due_ms: list[int] | None = None,
 ) -> list[Outgoing | None]:
     """``queue`` for one command (same kind, args and lifetime) per ``(device_id, device, fleet,
     cmd_id)`` of ``targets``, signed in bulk and inserted with one statement per few hundred
-    rows; returns, in order, each one to publish, or None where that id already exists."""
+    rows; returns, in order, each one to publish, or None where that id already exists.
+    ``sent_by``: who asked for them (an operator); ``due_ms``: per target, when it may be
+    published first (``queued`` and ``pending_for`` hold it back until then)."""
     if not targets:
         return []
     iat = now_ms // 1000
@@ -171,9 +175,13 @@ def queue_many(
     rows = [
         {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
          "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
-         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1]}
+         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1],
+         "sent_by": sent_by, "due_ms": None}
         for (did, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
     ]  # fmt: skip
+    if due_ms is not None:
+        for row, due in zip(rows, due_ms, strict=True):
+            row["due_ms"] = due
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
     # signing checked every device id: the topics' fleet ids are checked once per fleet
@@ -200,19 +208,28 @@ def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoi
 
 
 def pending_for(conn: Connection, device_id: int | None, now_ms: int) -> list[Outgoing]:
-    """Every queued or sent, unexpired command of one device (the answer to its pull), or of
-    every device with ``device_id`` None (after the companion subscribed again)."""
-    where = [COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp > now_ms // 1000]
+    """Every queued or sent, unexpired and due command of one device (the answer to its pull),
+    or of every device with ``device_id`` None (after the companion subscribed again)."""
+    where = [COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp > now_ms // 1000, _due(now_ms)]
     if device_id is not None:
         where.append(COMMANDS.c.device_id == device_id)
     return _outgoing(conn, *where)
 
 
 def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
-    """Queued, unexpired commands of every device, oldest first."""
+    """Queued, unexpired commands of every device that are due, oldest first."""
     return _outgoing(
-        conn, COMMANDS.c.status == "queued", COMMANDS.c.exp > now_ms // 1000, limit=limit
+        conn,
+        COMMANDS.c.status == "queued",
+        COMMANDS.c.exp > now_ms // 1000,
+        _due(now_ms),
+        limit=limit,
     )
+
+
+def _due(now_ms: int):
+    # a command held back by its rate limit (``due_ms``) is not published before then
+    return sa.or_(COMMANDS.c.due_ms.is_(None), COMMANDS.c.due_ms <= now_ms)
 
 
 def overdue(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:

@@ -51,7 +51,6 @@ from cloud.orrery.db.tables import (
     ROLLOUT_DEVICES,
     ROLLOUT_LOG,
     ROLLOUTS,
-    TAGS,
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
@@ -179,10 +178,6 @@ class Orchestrator:
         With ``rid``, only devices not yet in that rollout; with ``not_on`` (a workflow row),
         only devices not already running that version (both filtered in SQL).
         """
-        tags: dict[int, dict[str, str]] = defaultdict(dict)
-        if any(t.field.startswith("tag.") for t in terms):
-            for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
-                tags[did][k] = v
         busy_q = (
             sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.rollout_id)
             .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
@@ -193,15 +188,15 @@ class Orchestrator:
         if rid is not None:
             busy_q = busy_q.where(ROLLOUT_DEVICES.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
-        q = sa.select(*plan.TARGET_COLS)
+        where = []
         if rid is not None:
-            q = q.where(
+            where.append(
                 ~sa.exists().where(
                     ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id
                 )
             )
         if not_on is not None:
-            q = q.where(
+            where.append(
                 sa.or_(
                     DEVICES.c.wf.is_(None),
                     DEVICES.c.wf_ver.is_(None),
@@ -209,9 +204,7 @@ class Orchestrator:
                     DEVICES.c.wf_ver != not_on.version,
                 )
             )
-        rows = conn.execute(q).all()
-        if terms:
-            rows = [d for d in rows if plan.matches(terms, d, tags.get(d.id, {}))]
+        rows = plan.select_devices(conn, terms, *where)
         if not busy:
             return rows, {}
         chosen, excluded = [], defaultdict(list)
