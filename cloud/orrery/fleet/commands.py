@@ -322,11 +322,20 @@ def apply_ack(
     """Record a board's ack; False if the command is unknown for this device.
 
     A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
-    ack, and a DUPLICATE that carries no result (the board restarted since it ran the command)
-    never replaces one.
+    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
+    never replaces one, and a repeat of the recorded ack (the board's stored ack, sent again
+    for a redelivered command) is not recorded again: the ack keeps its first time.
     """
     status = status_for(code, detail)
-    cond = [COMMANDS.c.id == cmd_id, COMMANDS.c.device_id == device_id]
+    cond = [
+        COMMANDS.c.id == cmd_id,
+        COMMANDS.c.device_id == device_id,
+        sa.or_(
+            COMMANDS.c.status != status,
+            COMMANDS.c.ack_code.is_distinct_from(code),
+            COMMANDS.c.ack_detail.is_distinct_from(detail[:300]),
+        ),
+    ]
     if status == "acked":
         cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "refused", "expired")))
     elif status == "refused" or code == codec.DUPLICATE:
@@ -367,14 +376,17 @@ def apply_acks(
         return [apply_ack(conn, *a, now_ms) for a in acks]
     ids = list(dict.fromkeys(a[1] for a in acks))
     read: dict[str, tuple[int, str]] = {}
+    now: dict[str, tuple] = {}  # (status, code, detail) as the acks leave them
     for i in range(0, len(ids), CHUNK):
-        q = sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status).where(
-            COMMANDS.c.id.in_(ids[i : i + CHUNK])
-        )
+        q = sa.select(
+            COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status, COMMANDS.c.ack_code,
+            COMMANDS.c.ack_detail,
+        ).where(COMMANDS.c.id.in_(ids[i : i + CHUNK]))  # fmt: skip
         if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
             q = q.order_by(COMMANDS.c.id).with_for_update()
-        read.update({cid: (did, st) for cid, did, st in conn.execute(q)})
-    now: dict[str, str] = {cid: st for cid, (_, st) in read.items()}  # as the acks leave them
+        for cid, did, st, code, detail in conn.execute(q):
+            read[cid] = (did, st)
+            now[cid] = (st, code, detail)
     writes: dict[str, dict] = {}
     refused: list[tuple[str, str]] = []
     known = []
@@ -386,9 +398,11 @@ def apply_acks(
         known.append(True)
         status = status_for(code, detail)
         allowed = _acceptable(status, code)
-        if allowed is not None and now[cmd_id] not in allowed:
+        if allowed is not None and now[cmd_id][0] not in allowed:
             continue
-        now[cmd_id] = status
+        if now[cmd_id] == (status, code, detail[:300]):
+            continue  # a repeat of the recorded ack: it keeps its first time
+        now[cmd_id] = (status, code, detail[:300])
         writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
                           "c_code": code, "c_detail": detail[:300]}  # fmt: skip
         if status == "refused":
