@@ -44,7 +44,7 @@ _BROKER = ("host", "port", "tls", "ca")
 _BROKER_REQUIRED = ("host", "port", "tls")
 _WIFI = ("ssid", "password")
 _WIFI_REQUIRED = ("ssid",)
-_SECTIONS = (("broker", _BROKER, _BROKER_REQUIRED), ("wifi", _WIFI, _WIFI_REQUIRED))
+_SECTIONS = (("broker", _BROKER_REQUIRED), ("wifi", _WIFI_REQUIRED))
 
 
 def _tname(v):
@@ -145,7 +145,7 @@ def check_changes(changes):
                 errors.append(k + ": required")
         else:
             given[k] = v
-    for k, known, required in _SECTIONS:
+    for k, required in _SECTIONS:
         section = given.get(k)
         if isinstance(section, dict):
             part = {}
@@ -155,7 +155,6 @@ def check_changes(changes):
                 elif sk in required:
                     errors.append(k + "." + sk + ": required")
             given[k] = part
-            _keys(errors, k + ".", part, known, ())
     _check(errors, given, False)
     return errors
 
@@ -167,8 +166,7 @@ def _check(errors, cfg, whole):
     _id(errors, cfg, "board")
     broker = _obj(errors, cfg, "broker")
     if broker is not None:
-        if whole:
-            _keys(errors, "broker.", broker, _BROKER, _BROKER_REQUIRED)
+        _keys(errors, "broker.", broker, _BROKER, _BROKER_REQUIRED if whole else ())
         _str(errors, broker, "host", "broker.host", 1, 253)
         _int(errors, broker, "port", "broker.port", 1, 65535)
         tls = broker.get("tls")
@@ -195,8 +193,7 @@ def _check(errors, cfg, whole):
             errors.append("hmac_key: must be an even number of hex digits, 32..128")
     wifi = _obj(errors, cfg, "wifi")
     if wifi is not None:
-        if whole:
-            _keys(errors, "wifi.", wifi, _WIFI, _WIFI_REQUIRED)
+        _keys(errors, "wifi.", wifi, _WIFI, _WIFI_REQUIRED if whole else ())
         _str(errors, wifi, "ssid", "wifi.ssid", 1, 32)
         _str(errors, wifi, "password", "wifi.password", 0, 64)
     _str(errors, cfg, "ntp_host", "ntp_host", 1, 253)
