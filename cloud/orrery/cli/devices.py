@@ -142,14 +142,7 @@ def devices_tag(
     )
 
 
-SEND_HELP = """Send a command to a device, or to every device of a target expression: `run NAME`
-(a workflow command), `config KEY=VALUE…` (checked with the board's own rules; `KEY=` removes a
-key), `reboot`, or `cancel [ID]` (an install in its health window). Signed for each board,
-spread by --rate, queued for offline boards (they get it when they reconnect), acked; see
-`orrery commands list`. `orrery serve` delivers them."""
-
-
-@app.command("send", help=SEND_HELP)
+@app.command("send")
 def devices_send(
     target: Annotated[
         str,
@@ -169,6 +162,11 @@ def devices_send(
     db_url: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
+    """Send a command to a device, or to every device of a target expression: `run NAME` (a
+    workflow command), `config KEY=VALUE…` (checked with the board's own rules; `KEY=` removes
+    a key), `reboot`, or `cancel [ID]` (an install in its health window). Signed for each
+    board, spread by --rate, queued for offline boards (they get it when they reconnect),
+    acked; `orrery serve` delivers them, `orrery commands list` follows them."""
     try:
         secret = keys.load_secret()
     except keys.SecretError as exc:

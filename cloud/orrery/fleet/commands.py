@@ -176,12 +176,11 @@ def queue_many(
         {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
          "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
          "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1],
-         "sent_by": sent_by, "due_ms": None}
-        for (did, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
+         "sent_by": sent_by, "due_ms": due}
+        for (did, _, _, cmd_id), env, due in zip(
+            targets, envelopes, due_ms or [None] * len(targets), strict=True
+        )
     ]  # fmt: skip
-    if due_ms is not None:
-        for row, due in zip(rows, due_ms, strict=True):
-            row["due_ms"] = due
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
     # signing checked every device id: the topics' fleet ids are checked once per fleet

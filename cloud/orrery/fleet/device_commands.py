@@ -26,7 +26,6 @@ from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.tables import COMMANDS, DEVICES, WORKFLOWS
 from cloud.orrery.fleet import commands
 from cloud.orrery.fleet.rollout import plan
-from cloud.orrery.jsonlog import jlog
 from shared import config as config_checks
 from shared.wire import codec
 from shared.workflow.program import Program
@@ -211,8 +210,6 @@ def send(
     out = Sent(kind, args, sent_by, ids, [d.name for d in devices])
     out.offline = [d.name for d in devices if not d.online]
     out.first_due, out.last_due = iso(due[0]), iso(due[-1])
-    jlog("operator_command", kind=kind, args=_shown(kind, args), sent_by=sent_by,
-         target=target, devices=len(devices), first=ids[0], last=ids[-1])  # fmt: skip
     return out
 
 
