@@ -16,6 +16,7 @@ from cloud.orrery.cli.common import (
     fail,
     known_device,
     open_db,
+    os_user,
     output_console,
     parse_seconds,
 )
@@ -175,7 +176,7 @@ def devices_send(
     with open_db(db_url).begin() as conn:
         try:
             sent = device_commands.send(
-                conn, secret, target, command, params or [], sent_by=_os_user(), rate=rate,
+                conn, secret, target, command, params or [], sent_by=os_user(), rate=rate,
                 ttl_s=ttl_s,
             )  # fmt: skip
         except device_commands.CommandError as exc:
@@ -196,14 +197,3 @@ def devices_send(
         )
     out.print("follow it with `orrery commands list` or `orrery commands show ID`")
 
-
-def _os_user() -> str:
-    """Who runs this command: the OS user (the audit's ``sent_by``)."""
-    import getpass
-
-    try:
-        return getpass.getuser()[:64]
-    except (KeyError, OSError):  # no name for this uid (a container): the uid itself
-        import os
-
-        return f"uid:{os.getuid()}"

@@ -273,6 +273,7 @@ class Rollout(SQLModel, table=True):
     finished_ms: int | None = Field(default=None, sa_column=_big())
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until_ms: int | None = Field(default=None, sa_column=_big())
+    created_by: str | None = Field(default=None, max_length=64)  # who created it (the OS user)
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -305,3 +306,4 @@ class RolloutLog(SQLModel, table=True):
     at_ms: int = Field(sa_column=_big(nullable=False))
     event: str = Field(max_length=32)
     detail: str | None = None
+    actor: str | None = Field(default=None, max_length=64)  # who did it; None: the orchestrator

@@ -1,5 +1,7 @@
-"""operator commands: commands.sent_by (who sent it: the OS user of ``orrery devices send``) and
-commands.due_ms (not published before then: the rate limit of a send to many devices)
+"""who did it, and when a command is due: commands.sent_by (the OS user of ``orrery devices send``,
+or who created the rollout that sent it), commands.due_ms (not published before then: the rate
+limit of a send to many devices), rollouts.created_by and rollout_log.actor (who did what; None:
+the orchestrator itself)
 
 Revision ID: 0006
 Revises: 0005
@@ -22,9 +24,21 @@ def upgrade() -> None:
             sa.Column("sent_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
         )
         batch_op.add_column(sa.Column("due_ms", sa.BigInteger(), nullable=True))
+    with op.batch_alter_table("rollouts", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("created_by", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
+        )
+    with op.batch_alter_table("rollout_log", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("rollout_log", schema=None) as batch_op:
+        batch_op.drop_column("actor")
+    with op.batch_alter_table("rollouts", schema=None) as batch_op:
+        batch_op.drop_column("created_by")
     with op.batch_alter_table("commands", schema=None) as batch_op:
         batch_op.drop_column("due_ms")
         batch_op.drop_column("sent_by")
