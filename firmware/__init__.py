@@ -13,10 +13,12 @@ package every board module is part of, so that it costs no module of its own.
 import gc
 import sys
 
-# Imported by the main thread when needed, and dropped by it again (firmware.config: by main.py
-# once the config is checked at boot, and by the commands after a set_config).
+# Imported by the main thread when needed, and dropped by it again (firmware.config and
+# shared.config: by main.py once the config is checked at boot, and by the commands after a
+# set_config).
 RARE = (
     "firmware.config",
+    "shared.config",
     "firmware.commands",
     "firmware.installer",
     "firmware.recover",

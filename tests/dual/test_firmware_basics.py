@@ -7,6 +7,7 @@ from _util import MICROPYTHON, REPO, allocates, raises
 from cloud.orrery.sim.hal import SimHal, VirtualClock
 from firmware import config, hal, safemode, sht31
 from firmware.clock import TICKS_MASK, Uptime, WallClock, elapsed_ms
+from shared import config as checks
 
 WRAP = TICKS_MASK + 1  # 2**30
 
@@ -205,6 +206,47 @@ def test_config_apply_update():
     assert config.apply_update(cfg, [1]) == (cfg, ["changes: must be an object, got list"])
     new, errors = config.apply_update(cfg, {"log_level": "debug", "wifi": {"ssid": "barn"}})
     assert errors == [] and new["wifi"] == {"ssid": "barn", "password": "secret123"}
+
+
+def test_config_changes_checked_before_they_meet_a_config():
+    # the companion's check of a set_config (shared.config.check_changes): the same rules
+    assert checks.check_changes({"log_level": "debug", "health_window_s": 300}) == []
+    assert checks.check_changes({"broker": {"port": 1883}, "wifi": {"password": "x"}}) == []
+    assert checks.check_changes({"broker": {"ca": None}, "ntp_host": None}) == []
+    assert checks.check_changes({"health_window_s": 5}) == ["health_window_s: must be 10..86400, got 5"]
+    assert checks.check_changes({"log_levl": "debug"}) == ["log_levl: unknown key"]
+    assert checks.check_changes({"log_level": "loud"}) == [
+        "log_level: must be one of debug, info, warning, error"
+    ]
+    assert checks.check_changes({"device_id": "x"}) == ["device_id: cannot be changed"]
+    assert checks.check_changes({"fleet": None, "broker": {"host": None}}) == [
+        "fleet: required",
+        "broker.host: required",
+    ]
+    assert checks.check_changes({"broker": {"prt": 1}}) == ["broker.prt: unknown key"]
+    assert checks.check_changes({"broker": {"tls": False, "ca": "/ca.pem"}}) == [
+        "broker.ca: only used with tls"
+    ]
+    assert checks.check_changes({"broker": {"ca": "/ca.pem"}}) == []  # tls: the board's own
+    assert checks.check_changes({"wifi": "barn"}) == ["wifi: must be an object, got str"]
+    assert checks.check_changes([1]) == ["changes: must be an object, got list"]
+
+
+def test_config_changes_the_companion_passes_the_board_accepts():
+    # what check_changes lets through, apply_update accepts on a valid config (same rules)
+    cfg = _valid()
+    for changes in (
+        {"log_level": "warning"},
+        {"health_window_s": 10, "ntp_host": "time.example.org"},
+        {"broker": {"port": 1883}, "wifi": {"ssid": "barn"}},
+        {"username": None, "password": None},
+    ):
+        assert checks.check_changes(changes) == []
+        new, errors = config.apply_update(cfg, changes)
+        assert errors == [], (changes, errors)
+    for changes in ({"health_window_s": 9}, {"colour": 1}, {"board": "a b"}):
+        assert checks.check_changes(changes) != []
+        assert config.apply_update(cfg, changes)[1] == checks.check_changes(changes)
 
 
 # --- clock ----------------------------------------------------------------------------------

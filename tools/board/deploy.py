@@ -476,7 +476,7 @@ def device_config(
     A config without ``hmac_key`` gets the device's key and MQTT credentials from
     ``credentials`` (the companion derives them from the fleet secret).
     """
-    from firmware import config as fwconfig
+    from shared import config as config_checks
 
     cfg = dict(config)
     if cfg.get("device_id", device_id) != device_id:
@@ -497,7 +497,7 @@ def device_config(
         cfg["hmac_key"] = creds["hmac_key"]
         cfg.setdefault("username", creds["username"])
         cfg.setdefault("password", creds["password"])
-    errors = fwconfig.validate(cfg)
+    errors = config_checks.validate(cfg)
     if errors:
         raise DeployError("config: " + "; ".join(errors))
     return cfg

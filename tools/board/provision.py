@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware import config as fwconfig
+from shared import config as config_checks
 
 
 class ProvisionError(ValueError):
@@ -71,7 +71,7 @@ def board_config(
     if wifi:
         cfg["wifi"] = dict(wifi)
     cfg.update(extra or {})
-    errors = fwconfig.validate(cfg)
+    errors = config_checks.validate(cfg)
     if errors:
         raise ProvisionError("config: " + "; ".join(errors))
     return cfg

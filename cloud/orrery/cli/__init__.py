@@ -19,6 +19,7 @@ from cloud.orrery.cli import (
     bench,
     board,
     broker,
+    commands,
     demo,
     devices,
     readings,
@@ -75,6 +76,7 @@ app = typer.Typer(
 app.add_typer(bench.app, name="bench")
 app.add_typer(workflow.app, name="workflow")
 app.add_typer(devices.app, name="devices")
+app.add_typer(commands.app, name="commands")
 app.add_typer(readings.app, name="readings")
 app.command("serve")(serve.serve)
 app.add_typer(rollout.app, name="rollout")

@@ -1,5 +1,6 @@
 """What every ``orrery`` command shares: the consoles, ``fail``, the ``--db`` and ``--json``
-options, opening the database, and parsing times, durations, board profiles and broker URLs."""
+options, opening the database, who runs the command, and parsing times, durations, board
+profiles and broker URLs."""
 
 from __future__ import annotations
 
@@ -161,6 +162,17 @@ def check_database_server(url: str, what: str) -> None:
         fail(f"{what} {describe(full)}: cannot connect: {exc.orig}")
     finally:
         engine.dispose()
+
+
+def os_user() -> str:
+    """Who runs this command: the OS user, for the audit (who sent a command, who created or
+    paused a rollout)."""
+    import getpass
+
+    try:
+        return getpass.getuser()[:64]
+    except (KeyError, OSError):  # no name for this uid (a container): the uid itself
+        return f"uid:{os.getuid()}"
 
 
 def known_device(conn: Connection, name: str) -> int:

@@ -1,4 +1,4 @@
-"""``orrery devices add|list|show|tag``: the devices registry."""
+"""``orrery devices add|list|show|tag|send``: the devices registry, and commands to devices."""
 
 from __future__ import annotations
 
@@ -9,12 +9,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, known_device, open_db
-from cloud.orrery.fleet import devices
+from cloud.orrery.cli.common import (
+    DbOpt,
+    JsonOpt,
+    console,
+    fail,
+    known_device,
+    open_db,
+    os_user,
+    output_console,
+    parse_seconds,
+)
+from cloud.orrery.fleet import device_commands, devices, keys
 from cloud.orrery.ingest.skew import fmt_offset
 from shared.wire.codec import CLOCK_SKEW
 
-app = typer.Typer(help="The devices registry.", no_args_is_help=True)
+app = typer.Typer(help="The devices registry, and commands to devices.", no_args_is_help=True)
 
 
 @app.command("add")
@@ -131,3 +141,59 @@ def devices_tag(
     console.print(
         f"{name}: " + (", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "no tags")
     )
+
+
+@app.command("send")
+def devices_send(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A device id, or a target expression: all, or FIELD=VALUE terms joined by ',' "
+            "(fleet, profile, fw, wf, device, tag.KEY), as for a rollout."
+        ),
+    ],
+    command: Annotated[str, typer.Argument(help="run, config, reboot or cancel.")],
+    params: Annotated[
+        list[str] | None, typer.Argument(help="NAME for run; KEY=VALUE… for config; ID for cancel.")
+    ] = None,
+    rate: Annotated[
+        str, typer.Option(help="Most commands published a minute, e.g. 100/min, 5/s.")
+    ] = device_commands.DEFAULT_RATE,
+    ttl: Annotated[str, typer.Option(help="Lifetime: expired if not delivered by then.")] = "24h",
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a command to a device, or to every device of a target expression: `run NAME` (a
+    workflow command), `config KEY=VALUE…` (checked with the board's own rules; `KEY=` removes
+    a key), `reboot`, or `cancel [ID]` (an install in its health window). Signed for each
+    board, spread by --rate, queued for offline boards (they get it when they reconnect),
+    acked; `orrery serve` delivers them, `orrery commands list` follows them."""
+    try:
+        secret = keys.load_secret()
+    except keys.SecretError as exc:
+        fail(str(exc))
+    ttl_s = parse_seconds(ttl, "--ttl")
+    with open_db(db_url).begin() as conn:
+        try:
+            sent = device_commands.send(
+                conn, secret, target, command, params or [], sent_by=os_user(), rate=rate,
+                ttl_s=ttl_s,
+            )  # fmt: skip
+        except device_commands.CommandError as exc:
+            fail(str(exc))
+    if as_json:
+        print(json.dumps(sent.__dict__))
+    out = output_console(as_json)
+    n = len(sent.ids)
+    ids = sent.ids[0] if n == 1 else f"{sent.ids[0]} … {sent.ids[-1]}"
+    out.print(
+        f"queued {sent.kind} for {n} device(s) as {ids}, sent by {sent.sent_by}"
+        + (f", due {sent.first_due} … {sent.last_due}" if n > 1 else "")
+    )
+    if sent.offline:
+        out.print(
+            f"{len(sent.offline)} of them offline ({', '.join(sent.offline[:8])}"
+            f"{' …' if len(sent.offline) > 8 else ''}): delivered when they reconnect"
+        )
+    out.print("follow it with `orrery commands list` or `orrery commands show ID`")
+

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, open_db
+from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, open_db, os_user
 from cloud.orrery.fleet import keys
 from cloud.orrery.fleet.registry import RegistryError
 from cloud.orrery.fleet.rollout.orchestrator import (
@@ -36,7 +36,7 @@ def _orch(db_url: str | None, need_secret: bool = False) -> Orchestrator:
     except keys.SecretError as exc:
         if need_secret:
             fail(str(exc))
-    return Orchestrator(engine, secret, owner="cli")
+    return Orchestrator(engine, secret, owner="cli", actor=os_user())
 
 
 @app.command("create")
@@ -275,7 +275,8 @@ def rollout_status(
 
 @app.command("log")
 def rollout_log(rollout_id: int, db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """The audit log: every rollout and device state change."""
+    """The audit log: every rollout and device state change, and who made it (the OS user of
+    the command; blank: the orchestrator)."""
     with open_db(db_url).connect() as conn:
         rows = audit_log(conn, rollout_id)
     if rows is None:
@@ -283,7 +284,7 @@ def rollout_log(rollout_id: int, db_url: DbOpt = None, as_json: JsonOpt = False)
     if as_json:
         print(json.dumps(rows))
         return
-    t = Table("at", "device", "event", "detail")
+    t = Table("at", "device", "event", "detail", "by")
     for r in rows:
-        t.add_row(r["at"], r["device"] or "", r["event"], r["detail"] or "")
+        t.add_row(r["at"], r["device"] or "", r["event"], r["detail"] or "", r["by"] or "")
     console.print(t if rows else f"no log for rollout {rollout_id}")

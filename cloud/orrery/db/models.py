@@ -199,6 +199,10 @@ class Command(SQLModel, table=True):
     skew_s: int | None = Field(default=None, sa_column=_big())
     skew_boot: int | None = Field(default=None, sa_column=_big())
     resigns: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    # an operator's command (fleet/device_commands.py): who sent it (the OS user of the CLI),
+    # and when it may be published first (a send to many devices is spread by its rate limit)
+    sent_by: str | None = Field(default=None, max_length=64)
+    due_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class Event(SQLModel, table=True):
@@ -269,6 +273,7 @@ class Rollout(SQLModel, table=True):
     finished_ms: int | None = Field(default=None, sa_column=_big())
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until_ms: int | None = Field(default=None, sa_column=_big())
+    created_by: str | None = Field(default=None, max_length=64)  # who created it (the OS user)
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -301,3 +306,4 @@ class RolloutLog(SQLModel, table=True):
     at_ms: int = Field(sa_column=_big(nullable=False))
     event: str = Field(max_length=32)
     detail: str | None = None
+    actor: str | None = Field(default=None, max_length=64)  # who did it; None: the orchestrator

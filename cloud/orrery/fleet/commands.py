@@ -151,10 +151,14 @@ def queue_many(
     source: str,
     now_ms: int,
     ttl_s: int = 86400,
+    sent_by: str | None = None,
+    due_ms: list[int] | None = None,
 ) -> list[Outgoing | None]:
     """``queue`` for one command (same kind, args and lifetime) per ``(device_id, device, fleet,
     cmd_id)`` of ``targets``, signed in bulk and inserted with one statement per few hundred
-    rows; returns, in order, each one to publish, or None where that id already exists."""
+    rows; returns, in order, each one to publish, or None where that id already exists.
+    ``sent_by``: who asked for them (an operator); ``due_ms``: per target, when it may be
+    published first (``queued`` and ``pending_for`` hold it back until then)."""
     if not targets:
         return []
     iat = now_ms // 1000
@@ -171,8 +175,11 @@ def queue_many(
     rows = [
         {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
          "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
-         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1]}
-        for (did, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
+         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1],
+         "sent_by": sent_by, "due_ms": due}
+        for (did, _, _, cmd_id), env, due in zip(
+            targets, envelopes, due_ms or [None] * len(targets), strict=True
+        )
     ]  # fmt: skip
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
@@ -200,19 +207,28 @@ def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoi
 
 
 def pending_for(conn: Connection, device_id: int | None, now_ms: int) -> list[Outgoing]:
-    """Every queued or sent, unexpired command of one device (the answer to its pull), or of
-    every device with ``device_id`` None (after the companion subscribed again)."""
-    where = [COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp > now_ms // 1000]
+    """Every queued or sent, unexpired and due command of one device (the answer to its pull),
+    or of every device with ``device_id`` None (after the companion subscribed again)."""
+    where = [COMMANDS.c.status.in_(OPEN), COMMANDS.c.exp > now_ms // 1000, _due(now_ms)]
     if device_id is not None:
         where.append(COMMANDS.c.device_id == device_id)
     return _outgoing(conn, *where)
 
 
 def queued(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
-    """Queued, unexpired commands of every device, oldest first."""
+    """Queued, unexpired commands of every device that are due, oldest first."""
     return _outgoing(
-        conn, COMMANDS.c.status == "queued", COMMANDS.c.exp > now_ms // 1000, limit=limit
+        conn,
+        COMMANDS.c.status == "queued",
+        COMMANDS.c.exp > now_ms // 1000,
+        _due(now_ms),
+        limit=limit,
     )
+
+
+def _due(now_ms: int):
+    # a command held back by its rate limit (``due_ms``) is not published before then
+    return sa.or_(COMMANDS.c.due_ms.is_(None), COMMANDS.c.due_ms <= now_ms)
 
 
 def overdue(conn: Connection, now_ms: int, limit: int = 1000) -> list[Outgoing]:
@@ -305,11 +321,20 @@ def apply_ack(
     """Record a board's ack; False if the command is unknown for this device.
 
     A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
-    ack, and a DUPLICATE that carries no result (the board restarted since it ran the command)
-    never replaces one.
+    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
+    never replaces one, and a repeat of the recorded ack (the board's stored ack, sent again
+    for a redelivered command) is not recorded again: the ack keeps its first time.
     """
     status = status_for(code, detail)
-    cond = [COMMANDS.c.id == cmd_id, COMMANDS.c.device_id == device_id]
+    cond = [
+        COMMANDS.c.id == cmd_id,
+        COMMANDS.c.device_id == device_id,
+        sa.or_(
+            COMMANDS.c.status != status,
+            COMMANDS.c.ack_code.is_distinct_from(code),
+            COMMANDS.c.ack_detail.is_distinct_from(detail[:300]),
+        ),
+    ]
     if status == "acked":
         cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "refused", "expired")))
     elif status == "refused" or code == codec.DUPLICATE:
@@ -350,14 +375,17 @@ def apply_acks(
         return [apply_ack(conn, *a, now_ms) for a in acks]
     ids = list(dict.fromkeys(a[1] for a in acks))
     read: dict[str, tuple[int, str]] = {}
+    now: dict[str, tuple] = {}  # (status, code, detail) as the acks leave them
     for i in range(0, len(ids), CHUNK):
-        q = sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status).where(
-            COMMANDS.c.id.in_(ids[i : i + CHUNK])
-        )
+        q = sa.select(
+            COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status, COMMANDS.c.ack_code,
+            COMMANDS.c.ack_detail,
+        ).where(COMMANDS.c.id.in_(ids[i : i + CHUNK]))  # fmt: skip
         if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
             q = q.order_by(COMMANDS.c.id).with_for_update()
-        read.update({cid: (did, st) for cid, did, st in conn.execute(q)})
-    now: dict[str, str] = {cid: st for cid, (_, st) in read.items()}  # as the acks leave them
+        for cid, did, st, code, detail in conn.execute(q):
+            read[cid] = (did, st)
+            now[cid] = (st, code, detail)
     writes: dict[str, dict] = {}
     refused: list[tuple[str, str]] = []
     known = []
@@ -369,9 +397,11 @@ def apply_acks(
         known.append(True)
         status = status_for(code, detail)
         allowed = _acceptable(status, code)
-        if allowed is not None and now[cmd_id] not in allowed:
+        if allowed is not None and now[cmd_id][0] not in allowed:
             continue
-        now[cmd_id] = status
+        if now[cmd_id] == (status, code, detail[:300]):
+            continue  # a repeat of the recorded ack: it keeps its first time
+        now[cmd_id] = (status, code, detail[:300])
         writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
                           "c_code": code, "c_detail": detail[:300]}  # fmt: skip
         if status == "refused":

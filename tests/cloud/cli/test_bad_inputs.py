@@ -40,8 +40,8 @@ runner = CliRunner()
 
 # "{good_db}", "{wf}", "{fw}", "{cfg}", "{png}", "{fresh_dir}" are valid values; "{in}",
 # "{out}", "{outdir}", "{db}", "{new_db}", "{broker}", "{host}", "{closed_port}", "{pg}",
-# "{serial}", "{device}", "{rollout}", "{ref}" are holes (see HOLES). A template without a hole
-# is a bad invocation as it stands.
+# "{serial}", "{device}", "{rollout}", "{command}", "{ref}" are holes (see HOLES). A template
+# without a hole is a bad invocation as it stands.
 ROLLOUT_IDS = [["{rollout}", "--db", "{good_db}"], ["1", "--db", "{db}"]]
 PROVISION = ["-n", "1", "--prefix", "p", "--fleet", "f", "--broker-host", "h"]
 TEMPLATES: dict[str, list[list[str]]] = {
@@ -76,6 +76,9 @@ TEMPLATES: dict[str, list[list[str]]] = {
     "devices list": [["--db", "{db}"]],
     "devices show": [["{device}", "--db", "{good_db}"], ["d00", "--db", "{db}"]],
     "devices tag": [["{device}", "k=v", "--db", "{good_db}"], ["d00", "k=v", "--db", "{db}"]],
+    "devices send": [["{device}", "reboot", "--db", "{good_db}"], ["d00", "reboot", "--db", "{db}"]],
+    "commands list": [["--device", "{device}", "--db", "{good_db}"], ["--db", "{db}"]],
+    "commands show": [["{command}", "--db", "{good_db}"], ["op:1:1", "--db", "{db}"]],
     "readings export": [["{device}", "--db", "{good_db}"], ["d00", "-o", "{out}", "--db", "{good_db}"],
                         ["d00", "--db", "{db}"]],
     "readings gaps": [["--device", "{device}", "--db", "{good_db}"], ["--db", "{db}"]],
@@ -242,12 +245,13 @@ def bad_values(kind: str, w: World) -> list[Bad]:
         "serial": [Bad("/dev/orrery-no-such-port", "/dev/orrery-no-such-port")],
         "device": [Bad("nope", "nope")],
         "rollout": [Bad("999", "999")],
+        "command": [Bad("op:nope:1", "op:nope:1")],
         "ref": [Bad("nope@9", "nope@9")],
     }[kind]  # fmt: skip
 
 
 HOLES = ("in", "out", "outdir", "db", "new_db", "pg", "broker", "host", "closed_port", "tcp_port",
-         "serial", "device", "rollout", "ref")  # fmt: skip
+         "serial", "device", "rollout", "command", "ref")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ what ``orrery serve`` would do (drive the rollouts) is an Orchestrator ``tick``.
 
 from __future__ import annotations
 
+import getpass
 import json
 
 import pytest
@@ -157,6 +158,16 @@ def test_the_life_of_a_rollout(cloud):
     log = json.loads(cloud.cli("rollout", "log", "1", "--json").stdout)
     events = [e["event"] for e in log if e["device"] is None]
     assert events == ["created", "started", "wave-met", "paused", "resumed", "canceled"]
+    # who did it: the OS user of each command; the orchestrator's own steps have no one
+    me = getpass.getuser()
+    by = [(e["event"], e["by"]) for e in log if e["device"] is None]
+    assert by == [("created", me), ("started", me), ("wave-met", None), ("paused", me),
+                  ("resumed", me), ("canceled", me)]  # fmt: skip
+    assert {e["by"] for e in log if e["event"] == "canceled" and e["device"]} == {me}
+    assert {e["by"] for e in log if e["event"] == "succeeded"} == {None}
+    # and the rollout's install commands say who sent them: who created the rollout
+    listed = json.loads(cloud.cli("commands", "list", "--json").stdout)
+    assert {(c["source"], c["sent_by"]) for c in listed} == {("rollout:1", me)}
     per_device = [(e["device"], e["event"]) for e in log if e["device"]]
     assert sorted(d for d, e in per_device if e == "succeeded") == sorted(
         x.topic.split("/")[2] for x in out

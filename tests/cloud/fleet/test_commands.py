@@ -111,6 +111,23 @@ def test_a_pull_and_a_resubscription_bring_back_every_pending_command(ingest):
     assert ids(ingest.open_commands(now=(2 + 86400) * 1000)) == []  # expired
 
 
+def test_a_repeated_ack_is_recorded_once(ingest):
+    # a command delivered twice (the broker's session and the answer to the board's pull) is
+    # run once, and its stored ack sent again: the companion keeps the first, with its time
+    ingest.handle([state()], now=0)
+    cmd = gap_resend(ingest, 0)
+    ingest.handle([ack(cmd.command_id, codec.OK, "sent again")], now=5000)
+    ingest.handle([ack(cmd.command_id, codec.OK, "sent again")], now=9000)
+    ingest.handle([ack(cmd.command_id, codec.OK, "sent again")] * 2, now=9500)
+    assert q(ingest, "SELECT status, acked_ms, ack_code, ack_detail FROM commands") == [
+        ("done", 5000, codec.OK, "sent again")
+    ]
+    # another result is still recorded (a late DUPLICATE never replaces one, as before)
+    ingest.handle([ack(cmd.command_id, codec.FAILED, "disk full")], now=9900)
+    assert q(ingest, "SELECT status, acked_ms FROM commands") == [("failed", 9900)]
+    assert q(ingest, "SELECT count(*) FROM dead_letters") == [(0,)]
+
+
 def test_commands_are_signed_in_the_boards_time_estimated_from_live_batches(ingest, caplog):
     # the board's clock is 1 h slow: uptime 100 s was T - 3600 on it
     anchor = (100, 0, T - 3600, 0)

@@ -51,7 +51,6 @@ from cloud.orrery.db.tables import (
     ROLLOUT_DEVICES,
     ROLLOUT_LOG,
     ROLLOUTS,
-    TAGS,
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
@@ -92,6 +91,7 @@ class Orchestrator:
         secret: bytes | None,
         *,
         owner: str = "orrery",
+        actor: str | None = None,
         clock: Callable[[], int] = now_ms,
         lease_ms: int = 30_000,
         significance: float = 0.01,
@@ -100,6 +100,7 @@ class Orchestrator:
         self.engine = engine
         self.secret = secret
         self.owner = owner
+        self.actor = actor  # who acts through this instance (audit); None: the orchestrator
         self.clock = clock
         self.lease_ms = lease_ms
         self.significance = significance
@@ -126,6 +127,7 @@ class Orchestrator:
                     "at_ms": self.clock(),
                     "event": event,
                     "detail": detail,
+                    "actor": self.actor,
                 }
             ],
         )
@@ -164,6 +166,7 @@ class Orchestrator:
                     "at_ms": now,
                     "event": state,
                     "detail": detail,
+                    "actor": self.actor,
                 }
                 for did, state, detail in changes
             ],
@@ -179,10 +182,6 @@ class Orchestrator:
         With ``rid``, only devices not yet in that rollout; with ``not_on`` (a workflow row),
         only devices not already running that version (both filtered in SQL).
         """
-        tags: dict[int, dict[str, str]] = defaultdict(dict)
-        if any(t.field.startswith("tag.") for t in terms):
-            for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
-                tags[did][k] = v
         busy_q = (
             sa.select(ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.rollout_id)
             .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
@@ -193,15 +192,15 @@ class Orchestrator:
         if rid is not None:
             busy_q = busy_q.where(ROLLOUT_DEVICES.c.rollout_id != rid)
         busy = dict(conn.execute(busy_q).all())
-        q = sa.select(*plan.TARGET_COLS)
+        where = []
         if rid is not None:
-            q = q.where(
+            where.append(
                 ~sa.exists().where(
                     ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.device_id == DEVICES.c.id
                 )
             )
         if not_on is not None:
-            q = q.where(
+            where.append(
                 sa.or_(
                     DEVICES.c.wf.is_(None),
                     DEVICES.c.wf_ver.is_(None),
@@ -209,9 +208,7 @@ class Orchestrator:
                     DEVICES.c.wf_ver != not_on.version,
                 )
             )
-        rows = conn.execute(q).all()
-        if terms:
-            rows = [d for d in rows if plan.matches(terms, d, tags.get(d.id, {}))]
+        rows = plan.select_devices(conn, terms, *where)
         if not busy:
             return rows, {}
         chosen, excluded = [], defaultdict(list)
@@ -293,7 +290,8 @@ class Orchestrator:
             if not dry_run:
                 rid = conn.execute(
                     sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
-                    [{"workflow_id": wf.id, "state": "draft", "created_ms": now, **vals}],
+                    [{"workflow_id": wf.id, "state": "draft", "created_ms": now,
+                      "created_by": self.actor, **vals}],  # fmt: skip
                 ).scalar_one()
             plan_waves, waves_of, start = [], [], 0
             for i, n in enumerate(sizes):
@@ -540,7 +538,7 @@ class Orchestrator:
                 [{"workflow_id": w.id, "target": f"rollback of rollout {rid}", "waves": json.dumps(["100%"]),
                   "success_pct": 0.0, "max_fail_pct": 100.0, "min_devices": 1, "soak_s": 0, "timeout_s": r.timeout_s,
                   "rate_per_min": r.rate_per_min, "health_s": r.health_s, "state": "running", "created_ms": self.clock(),
-                  "started_ms": self.clock()}],
+                  "started_ms": self.clock(), "created_by": self.actor}],
             ).scalar_one()  # fmt: skip
             ids = dict(
                 conn.execute(
@@ -743,7 +741,8 @@ class Orchestrator:
         out, updates, logs = [], [], []
         ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
         queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
-                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl)  # fmt: skip
+                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl,
+                                     sent_by=r.created_by)  # fmt: skip
         offline = "offline: the command waits for its pull"
         for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             state = "sent" if m.online else "offline-pending"
@@ -940,12 +939,14 @@ def rollout_ids(conn: Connection) -> list[int]:
 
 
 def audit_log(conn: Connection, rid: int) -> list[dict] | None:
-    """Rollout ``rid``'s audit log, oldest first; None if there is no such rollout."""
+    """Rollout ``rid``'s audit log, oldest first (``by``: who made each change, None for the
+    orchestrator); None if there is no such rollout."""
     if conn.execute(sa.select(ROLLOUTS.c.id).where(ROLLOUTS.c.id == rid)).first() is None:
         return None
     names = dict(conn.execute(sa.select(DEVICES.c.id, DEVICES.c.name)).all())
     return [
-        {"at": iso(r.at_ms), "device": names.get(r.device_id), "event": r.event, "detail": r.detail}
+        {"at": iso(r.at_ms), "device": names.get(r.device_id), "event": r.event, "detail": r.detail,
+         "by": r.actor}
         for r in conn.execute(
             sa.select(ROLLOUT_LOG).where(ROLLOUT_LOG.c.rollout_id == rid).order_by(ROLLOUT_LOG.c.id)
         )

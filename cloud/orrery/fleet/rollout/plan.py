@@ -6,9 +6,13 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass
 
-from cloud.orrery.db.tables import DEVICES
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from cloud.orrery.db.tables import DEVICES, TAGS
 
 # The device columns a rollout plans from: rows are (id, name, fleet, profile, fw, wf, wf_ver,
 # online). ``orrery bench rollout`` times the same SELECT as its baseline.
@@ -139,6 +143,19 @@ def matches(terms: list[Term], dev, tags: dict[str, str]) -> bool:
         if ok == (t.op == "!="):
             return False
     return True
+
+
+def select_devices(conn: Connection, terms: list[Term], *where) -> list:
+    """The devices (rows of ``TARGET_COLS``) that ``terms`` select, among those the SQL
+    conditions ``where`` admit."""
+    tags: dict[int, dict[str, str]] = defaultdict(dict)
+    if any(t.field.startswith("tag.") for t in terms):
+        for did, k, v in conn.execute(sa.select(TAGS.c.device_id, TAGS.c.key, TAGS.c.value)):
+            tags[did][k] = v
+    rows = conn.execute(sa.select(*TARGET_COLS).where(*where)).all()
+    if terms:
+        rows = [d for d in rows if matches(terms, d, tags.get(d.id, {}))]
+    return rows
 
 
 @dataclass
