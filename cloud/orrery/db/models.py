@@ -274,6 +274,11 @@ class Rollout(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until_ms: int | None = Field(default=None, sa_column=_big())
     created_by: str | None = Field(default=None, max_length=64)  # who created it (the OS user)
+    # when it may send (migration 0007): not before start_at_ms; inside ``window`` (canonical
+    # ``--window`` text, schedule.parse) in ``window_tz`` (UTC, a zone name or tag.KEY)
+    start_at_ms: int | None = Field(default=None, sa_column=_big())
+    window: str | None = Field(default=None, max_length=500)
+    window_tz: str | None = Field(default=None, max_length=64)
 
 
 class RolloutDevice(SQLModel, table=True):

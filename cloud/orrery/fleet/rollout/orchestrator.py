@@ -54,7 +54,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
-from cloud.orrery.fleet.rollout import compat, health, plan
+from cloud.orrery.fleet.rollout import compat, gate, health, plan
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
@@ -232,12 +232,17 @@ class Orchestrator:
         rate: str = "100/min",
         health: str = "60s",
         dry_run: bool = False,
+        start_at: str | None = None,
+        window: str | None = None,
+        window_tz: str | None = None,
     ) -> plan.Plan:
-        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
+        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan. ``start_at`` (ISO
+        8601 with an offset), ``window`` and ``window_tz`` say when it may send (``schedule``)."""
         from cloud.orrery.fleet import registry
 
         wv = plan.parse_waves(waves)
         terms = plan.parse_target(target)
+        when = gate.parse_options(start_at, window, window_tz, self.clock())
         vals = {
             "target": target,
             "waves": json.dumps(wv),
@@ -248,6 +253,7 @@ class Orchestrator:
             "timeout_s": plan.parse_duration(timeout, "--timeout"),
             "rate_per_min": plan.parse_rate(rate),
             "health_s": plan.parse_duration(health, "--health"),
+            **when,
         }
         if min_devices < 1:
             raise plan.RolloutError("--min-devices must be at least 1")
@@ -309,9 +315,12 @@ class Orchestrator:
                     conn,
                     rid,
                     "created",
-                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
+                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)"
+                    + gate.describe(when),
                 )
-        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+            no_tz = gate.without_zone(conn, when, [d[0] for d in devices])
+        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded,
+                         gate.schedule_view(when), no_tz)  # fmt: skip
 
     def _insert_members(
         self, conn: Connection, rid: int, waves: list[list], by_id: list, now: int
@@ -710,6 +719,9 @@ class Orchestrator:
         budget = r.rate_per_min - sent_last_minute
         if budget <= 0:
             return []
+        may = gate.may_send(conn, r, now)  # the schedule: True, False or a condition on members
+        if may is False:
+            return []
         rows = conn.execute(
             sa.select(
                 ROLLOUT_DEVICES.c.device_id,
@@ -723,6 +735,7 @@ class Orchestrator:
                 ROLLOUT_DEVICES.c.rollout_id == r.id,
                 ROLLOUT_DEVICES.c.state == "queued",
                 ROLLOUT_DEVICES.c.wave <= r.wave,
+                *([] if may is True else [may]),
             )
             .order_by(ROLLOUT_DEVICES.c.wave, DEVICES.c.online.desc(), ROLLOUT_DEVICES.c.device_id)
             .limit(budget)
@@ -914,6 +927,7 @@ class Orchestrator:
             "converged_pct": round(100 * conv / n, 1) if n else 0.0,
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
+            "schedule": gate.status(conn, r, self.clock()),
         }
 
 
