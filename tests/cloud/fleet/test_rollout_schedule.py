@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from cloud.orrery.clock import iso
 from cloud.orrery.db.tables import DEVICES, TAGS
+from cloud.orrery.fleet import commands
 from cloud.orrery.fleet.rollout.plan import RolloutError
 from tests.cloud.fleet.test_rollout import FAST, T0, Env
 
@@ -154,3 +155,31 @@ def test_create_refuses_a_bad_schedule_and_creates_nothing(env):
             o.create("greenhouse@2", "fleet=f1", start_at=start_at, window=window, window_tz=tz)
         assert str(e.value).startswith(msg), str(e.value)
     assert env.rows("SELECT count(*) FROM rollouts")[0][0] == 0
+
+
+def test_an_offline_boards_command_ends_with_its_window(env):
+    env.state("d09", online=False)
+    o = env.orch()
+    rid = create(env, o, window="Mon 14:20-14:30", timeout="1h")  # T0 + 400 s to T0 + 1000 s
+    env.advance(400_000)
+    out = o.tick()
+    assert len(out) == 9 and env.by_state(rid)["offline-pending"] == ["d09"]
+    exp = dict(env.rows("SELECT d.name, c.exp - c.iat FROM commands c JOIN devices d ON d.id = c.device_id"))
+    assert exp.pop("d09") == 600, "the offline board's command expires when the window closes"
+    assert set(exp.values()) == {3600}, "an online board's lives the rollout's timeout"
+    d09 = env.rows("SELECT id FROM devices WHERE name = 'd09'")[0][0]
+    env.advance(600_000 - 1000)
+    with env.engine.connect() as c:
+        assert [x.command_id for x in commands.pending_for(c, d09, env.now)] == [f"rollout:{rid}:{d09}:1"]
+    env.advance(1000)  # 14:30: closed
+    with env.engine.connect() as c:
+        assert commands.pending_for(c, d09, env.now) == [], "its pull outside the window finds nothing"
+    env.ingest.reconcile()  # expires it
+    o.tick()
+    assert env.by_state(rid)["queued"] == ["d09"]
+    assert env.log(rid)[-1] == ("d09", "queued", "command expired while offline; sending again")
+    env.state("d09")  # back online, outside the window
+    env.advance(MIN)
+    assert o.tick() == []
+    env.advance(7 * 86_400_000 - 11 * MIN)  # next Monday 14:20
+    assert [x.command_id for x in o.tick()] == [f"rollout:{rid}:{d09}:2"]

@@ -95,18 +95,23 @@ def _tagged(key: str, values: list[str]):
     )
 
 
-def may_send(conn: Connection, r, now_ms: int):
-    """Which of rollout ``r``'s queued members the tick may send now: True (any), False (none:
-    before the start time, or every window closed), or a SQL condition on ROLLOUT_DEVICES
-    (the members whose own zone's window is open)."""
+def may_send(conn: Connection, r, now_ms: int) -> tuple:
+    """Which of rollout ``r``'s queued members the tick may send now, and until when:
+    ``(may, until)``. ``may`` is True (any), False (none: before the start time, or every
+    window closed), or a SQL condition on ROLLOUT_DEVICES (the members whose own zone's window
+    is open); ``until``: the unix ms at which the first of the open windows closes (None: no
+    window, or one that never closes)."""
     if r.start_at_ms is not None and now_ms < r.start_at_ms:
-        return False
+        return False, None
     if not r.window:
-        return True
+        return True, None
     s = _parse(r.window)
     key = _key(r.window_tz)
     if key is None:
-        return schedule.is_open(s, now_ms, schedule.zone(r.window_tz) or UTC)
+        tz = schedule.zone(r.window_tz) or UTC
+        if not schedule.is_open(s, now_ms, tz):
+            return False, None
+        return True, schedule.next_close(s, now_ms, tz)
     # the zones named by the tags of the members that could be sent now (a few distinct values)
     values = conn.execute(
         sa.select(TAGS.c.value)
@@ -119,13 +124,26 @@ def may_send(conn: Connection, r, now_ms: int):
     valid = {v: z for v in values if (z := schedule.zone(v)) is not None}
     opened = [v for v, z in valid.items() if schedule.is_open(s, now_ms, z)]
     utc_open = schedule.is_open(s, now_ms, UTC)  # the devices without a zone
-    if utc_open and len(opened) == len(valid):
-        return True
     if not opened and not utc_open:
-        return False
+        return False, None
+    closes = [schedule.next_close(s, now_ms, valid[v]) for v in opened]
+    if utc_open:
+        closes.append(schedule.next_close(s, now_ms, UTC))
+    until = min((c for c in closes if c is not None), default=None)
+    if utc_open and len(opened) == len(valid):
+        return True, until
     if not utc_open:
-        return _tagged(key, opened)
-    return sa.or_(_tagged(key, opened), ~_tagged(key, list(valid)))
+        return _tagged(key, opened), until
+    return sa.or_(_tagged(key, opened), ~_tagged(key, list(valid))), until
+
+
+def away_ttl(ttl_s: int, until_ms: int | None, now_ms: int) -> int:
+    """The lifetime of a command for a board that is offline now: it waits for the board's
+    pull, which must not install outside the window, so it expires when the window closes
+    (at least 60 s, as every command); the member is then queued again for the next window."""
+    if until_ms is None:
+        return ttl_s
+    return max(60, min(ttl_s, (until_ms - now_ms) // 1000))
 
 
 def status(conn: Connection, r, now_ms: int) -> dict | None:

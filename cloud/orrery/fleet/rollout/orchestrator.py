@@ -719,7 +719,7 @@ class Orchestrator:
         budget = r.rate_per_min - sent_last_minute
         if budget <= 0:
             return []
-        may = gate.may_send(conn, r, now)  # the schedule: True, False or a condition on members
+        may, until = gate.may_send(conn, r, now)  # the schedule: True, False or a condition
         if may is False:
             return []
         rows = conn.execute(
@@ -753,9 +753,7 @@ class Orchestrator:
         ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
         ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
-        queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
-                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl,
-                                     sent_by=r.created_by)  # fmt: skip
+        queued = self._queue_installs(conn, r, rows, ids, args, now, ttl, gate.away_ttl(ttl, until, now))
         offline = "offline: the command waits for its pull"
         for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             state = "sent" if m.online else "offline-pending"
@@ -771,6 +769,19 @@ class Orchestrator:
         _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail)"
                     " VALUES (?, ?, ?, ?, ?)", logs)  # fmt: skip
         return out
+
+    def _queue_installs(self, conn: Connection, r, rows, ids, args, now, ttl, away_ttl):
+        """``commands.queue_many`` for the members ``rows``; an offline member's command lives
+        ``away_ttl`` (when its window closes: ``gate.away_ttl``), an online one's ``ttl``."""
+        queued: list = [None] * len(rows)
+        for online, life in ((True, ttl), (False, away_ttl)) if away_ttl != ttl else ((None, ttl),):
+            idx = [i for i, m in enumerate(rows) if online is None or bool(m.online) == online]
+            got = commands.queue_many(conn, self.secret, [(rows[i].device_id, rows[i].name, rows[i].fleet, ids[i]) for i in idx],
+                                      kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=life,
+                                      sent_by=r.created_by)  # fmt: skip
+            for i, o in zip(idx, got, strict=True):
+                queued[i] = o
+        return queued
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
         """Device states of a rollout (waves up to ``upto_wave`` if given)."""
