@@ -158,14 +158,14 @@ def test_create_refuses_a_bad_schedule_and_creates_nothing(env):
 
 
 def test_an_offline_boards_command_ends_with_its_window(env):
-    env.state("d09", online=False)
+    env.state("d08", "d09", online=False)
     o = env.orch()
     rid = create(env, o, window="Mon 14:20-14:30", timeout="1h")  # T0 + 400 s to T0 + 1000 s
     env.advance(400_000)
     out = o.tick()
-    assert len(out) == 9 and env.by_state(rid)["offline-pending"] == ["d09"]
+    assert len(out) == 8 and env.by_state(rid)["offline-pending"] == ["d08", "d09"]
     exp = dict(env.rows("SELECT d.name, c.exp - c.iat FROM commands c JOIN devices d ON d.id = c.device_id"))
-    assert exp.pop("d09") == 600, "the offline board's command expires when the window closes"
+    assert exp.pop("d08") == exp.pop("d09") == 600, "an offline board's command ends with the window"
     assert set(exp.values()) == {3600}, "an online board's lives the rollout's timeout"
     d09 = env.rows("SELECT id FROM devices WHERE name = 'd09'")[0][0]
     env.advance(600_000 - 1000)
@@ -174,12 +174,17 @@ def test_an_offline_boards_command_ends_with_its_window(env):
     env.advance(1000)  # 14:30: closed
     with env.engine.connect() as c:
         assert commands.pending_for(c, d09, env.now) == [], "its pull outside the window finds nothing"
-    env.ingest.reconcile()  # expires it
+    env.state("d09")  # d09 is back (outside the window) before the orchestrator saw the expiry
+    env.ingest.reconcile()  # expires both
     o.tick()
-    assert env.by_state(rid)["queued"] == ["d09"]
-    assert env.log(rid)[-1] == ("d09", "queued", "command expired while offline; sending again")
-    env.state("d09")  # back online, outside the window
+    assert env.by_state(rid)["queued"] == ["d08", "d09"], "queued again, not timed out"
+    assert env.log(rid)[-2:] == [(n, "queued", "command expired while offline; sending again")
+                                 for n in ("d08", "d09")]  # fmt: skip
     env.advance(MIN)
     assert o.tick() == []
     env.advance(7 * 86_400_000 - 11 * MIN)  # next Monday 14:20
-    assert [x.command_id for x in o.tick()] == [f"rollout:{rid}:{d09}:2"]
+    d08 = env.rows("SELECT id FROM devices WHERE name = 'd08'")[0][0]
+    assert sorted(x.command_id for x in o.tick()) == [f"rollout:{rid}:{d09}:2"], "d09 is online"
+    assert env.by_state(rid)["offline-pending"] == ["d08"]
+    assert env.rows("SELECT command_id FROM rollout_devices WHERE device_id = :d", d=d08)[0][0] == (
+        f"rollout:{rid}:{d08}:2")  # fmt: skip

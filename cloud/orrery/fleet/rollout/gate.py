@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection
 from cloud.orrery.clock import fmt_ms, iso
 from cloud.orrery.db.tables import DEVICES, ROLLOUT_DEVICES, TAGS
 from cloud.orrery.fleet.rollout import plan, schedule
+from shared.wire import codec
 
 
 @lru_cache(maxsize=64)
@@ -135,6 +136,15 @@ def may_send(conn: Connection, r, now_ms: int) -> tuple:
     if not utc_open:
         return _tagged(key, opened), until
     return sa.or_(_tagged(key, opened), ~_tagged(key, list(valid))), until
+
+
+def cut_short(r, sent_ms: int | None, exp_s: int | None) -> bool:
+    """Did a member's command of rollout ``r`` expire with its window (``away_ttl``), not at
+    the end of the rollout's timeout? Then the board never answered because it was away when
+    the window closed (it may be back since): the member is queued again, not timed out."""
+    if not r.window or sent_ms is None or exp_s is None:
+        return False
+    return exp_s - sent_ms // 1000 < max(60, min(r.timeout_s, codec.MAX_LIFETIME))
 
 
 def away_ttl(ttl_s: int, until_ms: int | None, now_ms: int) -> int:

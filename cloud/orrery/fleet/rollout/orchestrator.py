@@ -661,8 +661,9 @@ class Orchestrator:
             elif st == "acked":
                 new = "installing" if m.wf_hash == target_hash else "acked"
             elif st == "expired" or st == "canceled":
-                if not m.online:
-                    requeue.append(m.device_id)  # still away: a fresh command waits for its pull
+                if not m.online or (st == "expired" and gate.cut_short(r, m.sent_ms, m.exp)):
+                    # still away, or its window closed first: a fresh command waits (for its pull)
+                    requeue.append(m.device_id)
                     continue
                 new, detail = "timed-out", f"command {st} without an answer"
             elif st in commands.WAITING:  # refused by the board's clock: signed again
