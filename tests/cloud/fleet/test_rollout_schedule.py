@@ -1,6 +1,7 @@
-"""Scheduled rollouts (``--start-at``, ``--window``, ``--window-tz``) in the orchestrator, on a
-real database with the orchestrator's injectable clock; the boards' side is the real ingest
-(tests/cloud/fleet/test_rollout.py's Env). The window logic alone: test_schedule.py."""
+"""Scheduled rollouts (``--start-at``, ``--window``, ``--window-tz``) in the orchestrator, on
+real SQLite and PostgreSQL databases with the orchestrator's injectable clock; the boards' side
+is the real ingest (tests/cloud/fleet/test_rollout.py's Env). The window logic alone:
+test_schedule.py."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ HOUR = 60 * MIN
 
 
 @pytest.fixture
-def env(tmp_path):
-    e = Env(f"sqlite:///{tmp_path / 'cloud.db'}", 10)
+def env(db_url):  # SQLite and PostgreSQL
+    e = Env(db_url, 10)
     yield e
     e.engine.dispose()
 
