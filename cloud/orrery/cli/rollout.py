@@ -253,8 +253,16 @@ def rollout_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     t = Table("id", "workflow", "state", "wave", "devices", "progress", "reason")
     for r in rows:
         t.add_row(str(r["id"]), r["workflow"], r["state"], f"{r['wave']}/{len(r['waves'])}", str(r["devices"]),
-                  r["converged_text"], r["reason"] or "")  # fmt: skip
+                  r["converged_text"], r["reason"] or _waiting(r))  # fmt: skip
     console.print(t if rows else "no rollouts")
+
+
+def _waiting(r: dict) -> str:
+    # a running rollout held by its schedule says so in `list`
+    s = r.get("schedule")
+    if r["state"] != "running" or not s or s["open"]:
+        return ""
+    return f"waiting for its {'window' if s['started'] else 'start'}: opens {s['next_open']}"
 
 
 def _status_view(s: dict) -> Table:

@@ -355,6 +355,8 @@ def test_a_scheduled_rollout_create_status_and_log(cloud):
     assert f"window {window} (each device's tag.tz; UTC without one)" in text
     assert "UTC: 2 device(s) (2 without a valid tag.tz tag): closed, opens" in text
     assert f"closed: 1 device(s) waiting; next opening {s['next_open']}" in text
+    listed = flat(cloud.cli("rollout", "list").stdout)  # the table wraps the reason column
+    assert all(w in listed for w in ("waiting", "start:", "opens", s["next_open"][:10]))
     log = json.loads(cloud.cli("rollout", "log", "1", "--json").stdout)
     assert log[0]["event"] == "created" and log[0]["by"] == getpass.getuser()
     assert log[0]["detail"].endswith(
