@@ -56,6 +56,8 @@ class DeviceTag(SQLModel, table=True):
     """A key=value tag on a device (rollout targets select on them)."""
 
     __tablename__ = "device_tags"
+    # the distinct values of one key in a few steps (a rollout's per-device time zones)
+    __table_args__ = (Index("ix_device_tags_key_value", "key", "value"),)
     device_id: int = Field(foreign_key="devices.id", primary_key=True)
     key: str = Field(max_length=64, primary_key=True)
     value: str = Field(max_length=128)

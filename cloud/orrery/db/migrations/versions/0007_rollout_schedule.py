@@ -1,6 +1,7 @@
 """when a rollout may send: rollouts.start_at_ms (nothing is sent before), rollouts.window (its
 maintenance windows, canonical ``--window`` text) and rollouts.window_tz (``UTC``, a zone name,
-or ``tag.KEY``: each device's tag names its zone)
+or ``tag.KEY``: each device's tag names its zone), and an index on device_tags (key, value): the
+zones a key's tags name, read on each tick of such a rollout in a few index steps
 
 Revision ID: 0007
 Revises: 0006
@@ -26,9 +27,11 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("window_tz", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
         )
+    op.create_index("ix_device_tags_key_value", "device_tags", ["key", "value"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_device_tags_key_value", table_name="device_tags")
     with op.batch_alter_table("rollouts", schema=None) as batch_op:
         batch_op.drop_column("window_tz")
         batch_op.drop_column("window")
