@@ -164,7 +164,10 @@ def _act(fn_name: str, rid: int, db_url: str | None, *args) -> object:
 def rollout_start(rollout_id: int, db_url: DbOpt = None) -> None:
     """Start a draft rollout (`orrery serve` drives it)."""
     _act("start", rollout_id, db_url)
-    console.print(f"rollout {rollout_id} running")
+    o = _orch(db_url)
+    with o.engine.connect() as conn:
+        held = _waiting({**o.summary(conn, rollout_id), "state": "running"})
+    console.print(f"rollout {rollout_id} running" + (f"; {held}" if held else ""))
 
 
 @app.command("pause")

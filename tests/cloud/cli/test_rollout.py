@@ -339,7 +339,8 @@ def test_a_scheduled_rollout_create_status_and_log(cloud):
     at = start.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert f"schedule: starts at {at}; window {window} (tag.tz)" in out
     assert "2 device(s) without a valid tag.tz tag follow the window in UTC: d02, d03" in out
-    cloud.cli("rollout", "start", "1")
+    started = flat(cloud.cli("rollout", "start", "1").stdout)
+    assert started.startswith("rollout 1 running; waiting for its start: opens 20"), started
     assert cloud.orch.tick() == [], "nothing is sent before the start time"
     s = json.loads(cloud.cli("rollout", "status", "1", "--json").stdout)["schedule"]
     assert (s["start_at"], s["started"], s["window"], s["window_tz"], s["open"]) == (
