@@ -58,6 +58,10 @@ def test_nothing_is_sent_before_the_start_time(env):
     assert o.tick() == [] and set(env.by_state(rid)) == {"queued"}
     env.advance(1000)
     assert len(o.tick()) == 10
+    assert [(e, d) for _, e, d in env.log(rid)][-12:-10] == [
+        ("schedule-held", f"before its start time: 10 device(s) wait; next opening {iso(T0 + HOUR)}"),
+        ("schedule-open", "sending"),
+    ], "the start time's hold and its end, once each"  # fmt: skip
     s = schedule_of(env, o, rid)
     assert (s["started"], s["open"], s["next_open"], s["waiting"]) == (True, True, None, 0)
     created = env.rows("SELECT detail, actor FROM rollout_log WHERE event = 'created'")[0]
@@ -99,6 +103,13 @@ def test_a_wave_stops_sending_when_its_window_closes_and_goes_on_at_the_next(env
     o.tick()  # the wave met its threshold
     o.tick()  # and soaked (0 s)
     assert env.rollout(rid)[0] == "finished"
+    changes = [(e, d) for _, e, d in env.log(rid) if e.startswith("schedule-")]
+    assert changes == [
+        ("schedule-held", f"outside its window: 10 device(s) wait; next opening {iso(T0 + 400_000)}"),
+        ("schedule-open", "sending (window Mon 14:20-14:23)"),
+        ("schedule-held", f"outside its window: 2 device(s) wait; next opening {iso(T0 + 400_000 + 7 * 86_400_000)}"),
+        ("schedule-open", "sending (window Mon 14:20-14:23)"),
+    ]  # fmt: skip
 
 
 def test_each_device_follows_the_window_in_its_own_time_zone(env):
@@ -179,7 +190,7 @@ def test_an_offline_boards_command_ends_with_its_window(env):
     env.ingest.reconcile()  # expires both
     o.tick()
     assert env.by_state(rid)["queued"] == ["d08", "d09"], "queued again, not timed out"
-    assert env.log(rid)[-2:] == [(n, "queued", "command expired while offline; sending again")
+    assert [x for x in env.log(rid) if x[0]][-2:] == [(n, "queued", "command expired while offline; sending again")
                                  for n in ("d08", "d09")]  # fmt: skip
     env.advance(MIN)
     assert o.tick() == []

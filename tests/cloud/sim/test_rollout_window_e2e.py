@@ -134,4 +134,6 @@ def test_a_window_opening_mid_test_holds_the_rollout_until_it_opens(fleet):
                  " ORDER BY id", r=rid)  # fmt: skip
     assert log[0][0] == "created" and log[0][2] == getpass.getuser()
     assert log[0][1].endswith(f"; window {window} (each device's tag.tz; UTC without one)")
-    assert [e for e, _, _ in log][-1] == "finished"
+    events = [e for e, _, _ in log]
+    assert events[-1] == "finished"
+    assert events.index("schedule-held") < events.index("schedule-open"), "held, then sending"

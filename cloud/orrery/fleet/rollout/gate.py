@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery.clock import fmt_ms, iso
-from cloud.orrery.db.tables import DEVICES, ROLLOUT_DEVICES, TAGS
+from cloud.orrery.db.tables import DEVICES, ROLLOUT_DEVICES, ROLLOUT_LOG, TAGS
 from cloud.orrery.fleet.rollout import plan, schedule
 from shared.wire import codec
 
@@ -150,6 +150,26 @@ def cut_short(r, sent_ms: int | None, exp_s: int | None) -> bool:
     if not r.window or sent_ms is None or exp_s is None:
         return False
     return exp_s - sent_ms // 1000 < max(60, min(r.timeout_s, codec.MAX_LIFETIME))
+
+
+def log_change(conn: Connection, r, held: bool, now_ms: int, last: dict[int, bool]) -> None:
+    """Write to ``r``'s audit log when its schedule starts or stops holding it (``last``: the
+    orchestrator's memory of each rollout's previous answer; a restarted one writes the
+    current state once): ``schedule-held`` with when it next opens, ``schedule-open``."""
+    if not (r.window or r.start_at_ms is not None) or last.get(r.id) == held:
+        return
+    last[r.id] = held
+    if held:
+        s = status(conn, r, now_ms) or {}
+        why = "before its start time" if not s.get("started") else "outside its window"
+        detail = f"{why}: {s.get('waiting', 0)} device(s) wait; next opening {s.get('next_open')}"
+    else:
+        detail = "sending" + (f" (window {r.window})" if r.window else "")
+    conn.execute(
+        sa.insert(ROLLOUT_LOG),
+        [{"rollout_id": r.id, "at_ms": now_ms, "event": "schedule-held" if held else "schedule-open",
+          "detail": detail}],
+    )  # fmt: skip
 
 
 def away_ttl(ttl_s: int, until_ms: int | None, now_ms: int) -> int:

@@ -106,6 +106,7 @@ class Orchestrator:
         self.significance = significance
         self.join_every_ms = join_every_ms
         self._next_join: dict[int, int] = {}  # rollout id -> when its next join scan may run
+        self._held: dict[int, bool] = {}  # rollout id -> its schedule held it at the last dispatch
         self.pg = engine.dialect.name == "postgresql"
 
     # --- audit -------------------------------------------------------------------------------
@@ -721,6 +722,7 @@ class Orchestrator:
         if budget <= 0:
             return []
         may, until = gate.may_send(conn, r, now)  # the schedule: True, False or a condition
+        gate.log_change(conn, r, may is False, now, self._held)
         if may is False:
             return []
         rows = conn.execute(
