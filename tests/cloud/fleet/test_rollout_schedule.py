@@ -134,6 +134,8 @@ def test_each_device_follows_the_window_in_its_own_time_zone(env):
         False, "2026-09-21T14:30:00.000Z", 10, 5)  # fmt: skip
     env.advance(17 * MIN)  # 14:30 UTC: 16:30 in Berlin
     assert sent(o.tick()) == ["d00", "d01", "d02"]
+    assert [(e, d) for _, e, d in env.log(rid) if e.startswith("schedule-")][-1] == (
+        "schedule-open", "sending to the devices whose window is open (window Mon 16:30-17:00)")  # fmt: skip
     s = schedule_of(env, o, rid)
     assert s["open"] and s["waiting"] == 7
     env.advance(2 * HOUR)  # 16:30 UTC: the devices without a zone

@@ -152,10 +152,12 @@ def cut_short(r, sent_ms: int | None, exp_s: int | None) -> bool:
     return exp_s - sent_ms // 1000 < max(60, min(r.timeout_s, codec.MAX_LIFETIME))
 
 
-def log_change(conn: Connection, r, held: bool, now_ms: int, last: dict[int, bool]) -> None:
-    """Write to ``r``'s audit log when its schedule starts or stops holding it (``last``: the
-    orchestrator's memory of each rollout's previous answer; a restarted one writes the
-    current state once): ``schedule-held`` with when it next opens, ``schedule-open``."""
+def log_change(conn: Connection, r, may, now_ms: int, last: dict[int, bool]) -> None:
+    """Write to ``r``'s audit log when its schedule (``may``: ``may_send``'s answer) starts or
+    stops holding it (``last``: the orchestrator's memory of each rollout's previous answer; a
+    restarted one writes the current state once): ``schedule-held`` with when it next opens,
+    ``schedule-open``."""
+    held = may is False
     if not (r.window or r.start_at_ms is not None) or last.get(r.id) == held:
         return
     last[r.id] = held
@@ -164,7 +166,9 @@ def log_change(conn: Connection, r, held: bool, now_ms: int, last: dict[int, boo
         why = "before its start time" if not s.get("started") else "outside its window"
         detail = f"{why}: {s.get('waiting', 0)} device(s) wait; next opening {s.get('next_open')}"
     else:
-        detail = "sending" + (f" (window {r.window})" if r.window else "")
+        detail = ("sending" if may is True else "sending to the devices whose window is open") + (
+            f" (window {r.window})" if r.window else ""
+        )
     conn.execute(
         sa.insert(ROLLOUT_LOG),
         [{"rollout_id": r.id, "at_ms": now_ms, "event": "schedule-held" if held else "schedule-open",

@@ -722,7 +722,7 @@ class Orchestrator:
         if budget <= 0:
             return []
         may, until = gate.may_send(conn, r, now)  # the schedule: True, False or a condition
-        gate.log_change(conn, r, may is False, now, self._held)
+        gate.log_change(conn, r, may, now, self._held)
         if may is False:
             return []
         rows = conn.execute(
