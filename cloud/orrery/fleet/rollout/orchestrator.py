@@ -24,6 +24,9 @@ Rules (and the hawkBit complaints they answer):
   out, else ``partial`` with the reason (and a finished rollout whose late device fails
   becomes partial);
 - pause and resume are idempotent;
+- a schedule (``--start-at``, ``--window`` in UTC, a zone or each device's own) decides which
+  queued devices a tick may send (``gate``); outside it nothing new is sent, and an offline
+  board's command expires when its window closes;
 - every state change goes to the audit log.
 
 Durability: every decision is a database transaction, and command ids are
