@@ -13,8 +13,10 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, open_db, os_user
+from cloud.orrery.clock import now_ms
 from cloud.orrery.fleet import keys
 from cloud.orrery.fleet.registry import RegistryError
+from cloud.orrery.fleet.rollout import gate
 from cloud.orrery.fleet.rollout.orchestrator import (
     ACTIVE_ROLLOUT,
     Orchestrator,
@@ -73,10 +75,28 @@ def rollout_create(
     dry_run: Annotated[
         bool, typer.Option(help="Show the waves' members and counts; change nothing.")
     ] = False,
+    start_at: Annotated[
+        str | None,
+        typer.Option(help="Send nothing before this time: ISO 8601 with Z or an offset."),
+    ] = None,
+    window: Annotated[
+        str | None,
+        typer.Option(
+            help='Send only inside these windows: "Mon-Fri 01:00-05:00", "Sat,Sun 00:00-24:00", '
+            '"Mon-Fri 22:00-02:00" (to the next day); several joined by ";".'
+        ),
+    ] = None,
+    window_tz: Annotated[
+        str | None,
+        typer.Option(
+            help="The window's time zone: UTC (default), a zone like Europe/Berlin, or tag.KEY "
+            "(each device's tag KEY; UTC for a device without a valid one)."
+        ),
+    ] = None,
     db_url: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan a rollout (a draft; `orrery rollout start ID` runs it)."""
+    """Plan a rollout (a draft; `orrery rollout start ID` runs it, within its schedule)."""
     o = _orch(db_url)
     try:
         plan = o.create(
@@ -91,6 +111,9 @@ def rollout_create(
             rate,
             health,
             dry_run,
+            start_at,
+            window,
+            window_tz,
         )
     except ROLLOUT_ERRORS as exc:
         fail(str(exc))
@@ -105,6 +128,21 @@ def rollout_create(
     for why, names in plan.excluded.items():
         console.print(
             f"excluded ({why}): {len(names)}: {', '.join(names[:8])}{' …' if len(names) > 8 else ''}"
+        )
+    if plan.schedule:
+        sch = plan.schedule
+        console.print(
+            "schedule: "
+            + "; ".join(
+                ([f"starts at {sch['start_at']}"] if sch["start_at"] else [])
+                + ([f"window {sch['window']} ({sch['window_tz']})"] if sch["window"] else [])
+            )
+        )
+    if plan.without_zone:
+        n = plan.without_zone
+        console.print(
+            f"[yellow]{len(n)} device(s) without a valid {plan.schedule['window_tz']} tag follow "
+            f"the window in UTC[/]: {', '.join(n[:8])}{' …' if len(n) > 8 else ''}"
         )
     if plan.rollout_id is None:
         console.print("[yellow]dry run: nothing was created[/]")
@@ -126,7 +164,10 @@ def _act(fn_name: str, rid: int, db_url: str | None, *args) -> object:
 def rollout_start(rollout_id: int, db_url: DbOpt = None) -> None:
     """Start a draft rollout (`orrery serve` drives it)."""
     _act("start", rollout_id, db_url)
-    console.print(f"rollout {rollout_id} running")
+    o = _orch(db_url)
+    with o.engine.connect() as conn:
+        held = _waiting({**o.summary(conn, rollout_id), "state": "running"})
+    console.print(f"rollout {rollout_id} running" + (f"; {held}" if held else ""))
 
 
 @app.command("pause")
@@ -215,8 +256,16 @@ def rollout_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     t = Table("id", "workflow", "state", "wave", "devices", "progress", "reason")
     for r in rows:
         t.add_row(str(r["id"]), r["workflow"], r["state"], f"{r['wave']}/{len(r['waves'])}", str(r["devices"]),
-                  r["converged_text"], r["reason"] or "")  # fmt: skip
+                  r["converged_text"], r["reason"] or _waiting(r))  # fmt: skip
     console.print(t if rows else "no rollouts")
+
+
+def _waiting(r: dict) -> str:
+    # a running rollout held by its schedule says so in `list`
+    s = r.get("schedule")
+    if r["state"] != "running" or not s or s["open"]:
+        return ""
+    return f"waiting for its {'window' if s['started'] else 'start'}: opens {s['next_open']}"
 
 
 def _status_view(s: dict) -> Table:
@@ -237,7 +286,13 @@ def _status_view(s: dict) -> Table:
             ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items())),
         )
     t.caption = s["converged_text"]
-    return t
+    if not s.get("schedule"):
+        return t
+    g = Table.grid()
+    g.add_row(t)
+    for line in gate.status_lines(s["schedule"], now_ms()):
+        g.add_row(line)
+    return g
 
 
 @app.command("status")

@@ -56,6 +56,8 @@ class DeviceTag(SQLModel, table=True):
     """A key=value tag on a device (rollout targets select on them)."""
 
     __tablename__ = "device_tags"
+    # the distinct values of one key in a few steps (a rollout's per-device time zones)
+    __table_args__ = (Index("ix_device_tags_key_value", "key", "value"),)
     device_id: int = Field(foreign_key="devices.id", primary_key=True)
     key: str = Field(max_length=64, primary_key=True)
     value: str = Field(max_length=128)
@@ -274,6 +276,11 @@ class Rollout(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=100)
     lease_until_ms: int | None = Field(default=None, sa_column=_big())
     created_by: str | None = Field(default=None, max_length=64)  # who created it (the OS user)
+    # when it may send (migration 0007): not before start_at_ms; inside ``window`` (canonical
+    # ``--window`` text, schedule.parse) in ``window_tz`` (UTC, a zone name or tag.KEY)
+    start_at_ms: int | None = Field(default=None, sa_column=_big())
+    window: str | None = Field(default=None, max_length=500)
+    window_tz: str | None = Field(default=None, max_length=64)
 
 
 class RolloutDevice(SQLModel, table=True):

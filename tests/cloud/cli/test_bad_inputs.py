@@ -43,6 +43,7 @@ runner = CliRunner()
 # "{serial}", "{device}", "{rollout}", "{command}", "{ref}" are holes (see HOLES). A template
 # without a hole is a bad invocation as it stands.
 ROLLOUT_IDS = [["{rollout}", "--db", "{good_db}"], ["1", "--db", "{db}"]]
+WF2 = ["--workflow", "greenhouse@2", "--target", "all", "--db", "{good_db}"]
 PROVISION = ["-n", "1", "--prefix", "p", "--fleet", "f", "--broker-host", "h"]
 TEMPLATES: dict[str, list[list[str]]] = {
     "bench device": [["--samples", "1"]],
@@ -88,7 +89,13 @@ TEMPLATES: dict[str, list[list[str]]] = {
                       ["d00", "--raw", "{in}", "-o", "{png}", "--db", "{good_db}"],
                       ["d00", "-o", "{png}", "--db", "{db}"]],
     "rollout create": [["--workflow", "{ref}", "--target", "all", "--db", "{good_db}"],
-                       ["--workflow", "greenhouse@2", "--target", "all", "--db", "{db}"]],
+                       ["--workflow", "greenhouse@2", "--target", "all", "--db", "{db}"],
+                       # a schedule refused as it stands
+                       [*WF2, "--start-at", "2020-01-01T00:00:00Z"], [*WF2, "--start-at", "soon"],
+                       [*WF2, "--start-at", "2099-01-01T01:00"], [*WF2, "--window", "Mon-Fri 1-5"],
+                       [*WF2, "--window", "Mon 25:00-26:00"], [*WF2, "--window", "Caturday 01:00-02:00"],
+                       [*WF2, "--window-tz", "tag.tz"],
+                       [*WF2, "--window", "Mon 01:00-02:00", "--window-tz", "Atlantis/Capital"]],
     "rollout start": ROLLOUT_IDS,
     "rollout pause": ROLLOUT_IDS,
     "rollout resume": ROLLOUT_IDS,

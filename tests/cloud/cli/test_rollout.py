@@ -322,3 +322,48 @@ def test_rollback_dry_run_and_refusal_name_the_devices_that_would_reject(cloud, 
         "4 device(s) would go back to greenhouse@1: d00, d01, d02, d03 dry run: nothing was changed"
     )
     assert [x["id"] for x in json.loads(cloud.cli("rollout", "list", "--json").stdout)] == [1]
+
+
+def test_a_scheduled_rollout_create_status_and_log(cloud):
+    from datetime import UTC, datetime, timedelta
+
+    start = (datetime.now(UTC) + timedelta(days=2)).replace(microsecond=0)
+    cloud.cli("devices", "tag", "d00", "tz=Europe/Berlin")
+    cloud.cli("devices", "tag", "d01", "tz=America/New_York")
+    cloud.cli("devices", "tag", "d02", "tz=Atlantis/Capital")
+    r = cloud.cli("rollout", "create", "--workflow", "greenhouse@2", "--target", "device=d0[0-3]",
+                  "--waves", "1,100%", "--start-at", start.isoformat(), "--window", "mon-fri 22:00-02:00;Sat,Sun 00:00-24:00",
+                  "--window-tz", "tag.tz")  # fmt: skip
+    out = flat(r.stdout)
+    window = "Mon-Fri 22:00-02:00; Sat,Sun 00:00-24:00"
+    at = start.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert f"schedule: starts at {at}; window {window} (tag.tz)" in out
+    assert "2 device(s) without a valid tag.tz tag follow the window in UTC: d02, d03" in out
+    started = flat(cloud.cli("rollout", "start", "1").stdout)
+    assert started.startswith("rollout 1 running; waiting for its start: opens 20"), started
+    assert cloud.orch.tick() == [], "nothing is sent before the start time"
+    s = json.loads(cloud.cli("rollout", "status", "1", "--json").stdout)["schedule"]
+    assert (s["start_at"], s["started"], s["window"], s["window_tz"], s["open"]) == (
+        at, False, window, "tag.tz", False)  # fmt: skip
+    assert s["waiting"] == 1 and s["without_zone"] == 2  # wave 1: one device
+    assert [(g["tz"], g["devices"], g["without_zone"]) for g in s["groups"]] == [
+        ("America/New_York", 1, 0), ("Europe/Berlin", 1, 0), ("UTC", 2, 2)]  # fmt: skip
+    assert all(g["next_open"] >= at for g in s["groups"]) and s["next_open"] == min(
+        g["next_open"] for g in s["groups"]
+    )
+    text = flat(cloud.cli("rollout", "status", "1").stdout)
+    assert f"start at {at} (in 1d23h59m" in text or f"start at {at} (in 2d" in text, text
+    assert f"window {window} (each device's tag.tz; UTC without one)" in text
+    assert "UTC: 2 device(s) (2 without a valid tag.tz tag): closed, opens" in text
+    assert f"closed: 1 device(s) waiting; next opening {s['next_open']}" in text
+    listed = flat(cloud.cli("rollout", "list").stdout)  # the table wraps the reason column
+    assert all(w in listed for w in ("waiting", "start:", "opens", s["next_open"][:10]))
+    log = json.loads(cloud.cli("rollout", "log", "1", "--json").stdout)
+    assert log[0]["event"] == "created" and log[0]["by"] == getpass.getuser()
+    assert log[0]["detail"].endswith(
+        f"; starts at {at}; window {window} (each device's tag.tz; UTC without one)"
+    )
+    # a rollout without a schedule shows none
+    cloud.cli("rollout", "create", "--workflow", "greenhouse@2", "--target", "device=d07")
+    assert json.loads(cloud.cli("rollout", "status", "2", "--json").stdout)["schedule"] is None
+    assert "window" not in flat(cloud.cli("rollout", "status", "2").stdout)

@@ -24,6 +24,9 @@ Rules (and the hawkBit complaints they answer):
   out, else ``partial`` with the reason (and a finished rollout whose late device fails
   becomes partial);
 - pause and resume are idempotent;
+- a schedule (``--start-at``, ``--window`` in UTC, a zone or each device's own) decides which
+  queued devices a tick may send (``gate``); outside it nothing new is sent, and an offline
+  board's command expires when its window closes;
 - every state change goes to the audit log.
 
 Durability: every decision is a database transaction, and command ids are
@@ -54,7 +57,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import commands
-from cloud.orrery.fleet.rollout import compat, health, plan
+from cloud.orrery.fleet.rollout import compat, gate, health, plan
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
@@ -106,6 +109,7 @@ class Orchestrator:
         self.significance = significance
         self.join_every_ms = join_every_ms
         self._next_join: dict[int, int] = {}  # rollout id -> when its next join scan may run
+        self._held: dict[int, bool] = {}  # rollout id -> its schedule held it at the last dispatch
         self.pg = engine.dialect.name == "postgresql"
 
     # --- audit -------------------------------------------------------------------------------
@@ -232,12 +236,17 @@ class Orchestrator:
         rate: str = "100/min",
         health: str = "60s",
         dry_run: bool = False,
+        start_at: str | None = None,
+        window: str | None = None,
+        window_tz: str | None = None,
     ) -> plan.Plan:
-        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan."""
+        """Plan a rollout (a draft) or, with ``dry_run``, only show the plan. ``start_at`` (ISO
+        8601 with an offset), ``window`` and ``window_tz`` say when it may send (``schedule``)."""
         from cloud.orrery.fleet import registry
 
         wv = plan.parse_waves(waves)
         terms = plan.parse_target(target)
+        when = gate.parse_options(start_at, window, window_tz, self.clock())
         vals = {
             "target": target,
             "waves": json.dumps(wv),
@@ -248,6 +257,7 @@ class Orchestrator:
             "timeout_s": plan.parse_duration(timeout, "--timeout"),
             "rate_per_min": plan.parse_rate(rate),
             "health_s": plan.parse_duration(health, "--health"),
+            **when,
         }
         if min_devices < 1:
             raise plan.RolloutError("--min-devices must be at least 1")
@@ -309,9 +319,12 @@ class Orchestrator:
                     conn,
                     rid,
                     "created",
-                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)",
+                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)"
+                    + gate.describe(when),
                 )
-        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded)
+            no_tz = gate.without_zone(conn, when, [d[0] for d in devices])
+        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded,
+                         gate.schedule_view(when), no_tz)  # fmt: skip
 
     def _insert_members(
         self, conn: Connection, rid: int, waves: list[list], by_id: list, now: int
@@ -652,8 +665,9 @@ class Orchestrator:
             elif st == "acked":
                 new = "installing" if m.wf_hash == target_hash else "acked"
             elif st == "expired" or st == "canceled":
-                if not m.online:
-                    requeue.append(m.device_id)  # still away: a fresh command waits for its pull
+                if not m.online or (st == "expired" and gate.cut_short(r, m.sent_ms, m.exp)):
+                    # still away, or its window closed first: a fresh command waits (for its pull)
+                    requeue.append(m.device_id)
                     continue
                 new, detail = "timed-out", f"command {st} without an answer"
             elif st in commands.WAITING:  # refused by the board's clock: signed again
@@ -710,6 +724,10 @@ class Orchestrator:
         budget = r.rate_per_min - sent_last_minute
         if budget <= 0:
             return []
+        may, until = gate.may_send(conn, r, now)  # the schedule: True, False or a condition
+        gate.log_change(conn, r, may, now, self._held)
+        if may is False:
+            return []
         rows = conn.execute(
             sa.select(
                 ROLLOUT_DEVICES.c.device_id,
@@ -723,6 +741,7 @@ class Orchestrator:
                 ROLLOUT_DEVICES.c.rollout_id == r.id,
                 ROLLOUT_DEVICES.c.state == "queued",
                 ROLLOUT_DEVICES.c.wave <= r.wave,
+                *([] if may is True else [may]),
             )
             .order_by(ROLLOUT_DEVICES.c.wave, DEVICES.c.online.desc(), ROLLOUT_DEVICES.c.device_id)
             .limit(budget)
@@ -740,9 +759,7 @@ class Orchestrator:
         ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
         ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
-        queued = commands.queue_many(conn, self.secret, [(m.device_id, m.name, m.fleet, cmd_id) for m, cmd_id in zip(rows, ids, strict=True)],
-                                     kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=ttl,
-                                     sent_by=r.created_by)  # fmt: skip
+        queued = self._queue_installs(conn, r, rows, ids, args, now, ttl, gate.away_ttl(ttl, until, now))
         offline = "offline: the command waits for its pull"
         for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             state = "sent" if m.online else "offline-pending"
@@ -758,6 +775,19 @@ class Orchestrator:
         _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail)"
                     " VALUES (?, ?, ?, ?, ?)", logs)  # fmt: skip
         return out
+
+    def _queue_installs(self, conn: Connection, r, rows, ids, args, now, ttl, away_ttl):
+        """``commands.queue_many`` for the members ``rows``; an offline member's command lives
+        ``away_ttl`` (when its window closes: ``gate.away_ttl``), an online one's ``ttl``."""
+        queued: list = [None] * len(rows)
+        for online, life in ((True, ttl), (False, away_ttl)) if away_ttl != ttl else ((None, ttl),):
+            idx = [i for i, m in enumerate(rows) if online is None or bool(m.online) == online]
+            got = commands.queue_many(conn, self.secret, [(rows[i].device_id, rows[i].name, rows[i].fleet, ids[i]) for i in idx],
+                                      kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=life,
+                                      sent_by=r.created_by)  # fmt: skip
+            for i, o in zip(idx, got, strict=True):
+                queued[i] = o
+        return queued
 
     def counts(self, conn: Connection, rid: int, upto_wave: int | None = None) -> Counter:
         """Device states of a rollout (waves up to ``upto_wave`` if given)."""
@@ -914,6 +944,7 @@ class Orchestrator:
             "converged_pct": round(100 * conv / n, 1) if n else 0.0,
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
+            "schedule": gate.status(conn, r, self.clock()),
         }
 
 

@@ -166,3 +166,5 @@ class Plan:
     workflow: str
     waves: list[dict]
     excluded: dict[str, list[str]]
+    schedule: dict | None = None  # when it may send (gate.schedule_view), None: at once
+    without_zone: list[str] | None = None  # with --window-tz tag.KEY: devices that use UTC
