@@ -176,9 +176,12 @@ def devices_timeline(
     try:
         since_ms = None if since is None else timeline.parse_since(since, now_ms())
         with open_db(db_url).connect() as conn:
-            entries = timeline.timeline(conn, name, since_ms, limit)
+            # one more than shown: whether older entries were left off
+            entries = timeline.timeline(conn, name, since_ms, limit + 1 if limit > 0 else limit)
     except timeline.TimelineError as exc:
         fail(str(exc))
+    more = len(entries) > limit
+    entries = entries[-limit:]
     if as_json:
         print(json.dumps([e.as_dict() for e in entries]))
         return
@@ -188,7 +191,7 @@ def devices_timeline(
     console.print(t)
     console.print(
         f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
-        + ("" if len(entries) < limit else f" (the newest {limit}: --limit for more)")
+        + (f" (the newest {limit}; older ones left off: --limit)" if more else "")
         + "; src: event = the board's clock, received/recorded = the companion's"
     )
 

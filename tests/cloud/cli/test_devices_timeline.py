@@ -204,7 +204,11 @@ def test_timeline_orders_a_devices_history(history):
     # text: one line per entry, with its time source
     text = run("devices", "timeline", "dev1", "--db", url).stdout
     assert "too_hot" in text and "dead-letter" in text and "recorded" in text
-    assert f"{len(entries)} entries" in text
+    assert f"{len(entries)} entries;" in text and "left off" not in text
+    text = run("devices", "timeline", "dev1", "--db", url, "--limit", "3").stdout
+    assert "3 entries (the newest 3; older ones left off: --limit)" in text
+    text = run("devices", "timeline", "dev1", "--db", url, "--limit", str(len(entries))).stdout
+    assert f"{len(entries)} entries;" in text and "left off" not in text
     # a device with no history has an empty timeline
     assert json.loads(run("devices", "timeline", "dev2", "--db", url, "--json").stdout) == []
 
