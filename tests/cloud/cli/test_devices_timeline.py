@@ -20,7 +20,7 @@ from cloud.orrery.cli import app
 from cloud.orrery.cli.common import os_user
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.engine import engine_for
-from cloud.orrery.fleet import registry
+from cloud.orrery.fleet import device_commands, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.fleet.timeline import TimelineError, parse_since
 from cloud.orrery.ingest.alerts import AlertRule
@@ -43,9 +43,11 @@ def run(*args: str, ok: bool = True):
 
 
 class Board:
-    """dev1's side of the wire, stored by the real ingest at the virtual time ``now``."""
+    """A board's side of the wire (dev1's unless named), stored by the real ingest at the
+    virtual time ``now``."""
 
-    def __init__(self, url: str, t0: int) -> None:
+    def __init__(self, url: str, t0: int, name: str = "dev1") -> None:
+        self.name = name
         self.engine = engine_for(url)
         self.now = t0
         self.ingest = Ingest(
@@ -57,7 +59,7 @@ class Board:
         )
 
     def send(self, kind: str, payload: bytes, dead: int = 0) -> None:
-        out = self.ingest.handle([Message(codec.topic("f1", "dev1", kind), payload)])
+        out = self.ingest.handle([Message(codec.topic("f1", self.name, kind), payload)])
         assert out.dead == dead
 
     def state(self, boot: int, wf, anchor) -> None:
@@ -264,3 +266,55 @@ def test_parse_since():
     for bad in ("yesterday", "5w", "-", "10 min", ""):
         with pytest.raises(TimelineError, match="--since"):
             parse_since(bad, now)
+
+
+def test_a_failed_install_and_an_expired_command(db_url):
+    t0 = 1_790_000_000_000
+    run("devices", "add", "dev3", "--fleet", "f1", "--db", db_url)
+    b = Board(db_url, t0, "dev3")
+    with b.engine.begin() as c:
+        registry.push(c, workflows.GREENHOUSE_V1.read_bytes(), None, 0)
+        registry.push(c, workflows.GREENHOUSE.read_bytes(), None, 0)
+    b.state(1, ("greenhouse", 1, V1.hash), None)
+    o = Orchestrator(b.engine, SECRET.encode(), clock=lambda: b.now)
+    rid = o.create("greenhouse@2", "device=dev3", "100%", success="100%", max_failures="100%",
+                   min_devices=1, soak="0s", timeout="1h", rate="1000/min", health="5s").rollout_id  # fmt: skip
+    o.start(rid)
+    (sent,) = o.tick()
+    b.now += 1_000
+    b.ack(sent.command_id, codec.IN_PROGRESS, "health window")
+    b.now += 5_000
+    b.ack(sent.command_id, codec.FAILED, "health window failed")
+    b.now += 1_000
+    o.tick()
+    o.tick()
+    # the board goes away; an operator's reboot waits for it, and expires unanswered
+    b.send(codec.STATE, codec.encode_will(1))
+    with b.engine.begin() as c:
+        op = device_commands.send(c, SECRET.encode(), "dev3", "reboot", [], sent_by="maria",
+                                  ttl_s=60, now=t0 + 10_000).ids[0]  # fmt: skip
+    b.now = t0 + 80_000
+    b.ingest.reconcile()
+    b.engine.dispose()
+    info = json.loads(run("devices", "show", "dev3", "--db", db_url, "--json").stdout)
+    assert [(r["rollout"], r["state"], r["reason"], r["rollout_state"]) for r in info["rollouts"]] == [
+        (rid, "failed", "FAILED: health window failed", "paused"),  # below its success threshold
+    ]  # fmt: skip
+    assert info["workflow_state"] is None  # it never sent an event
+    entries = json.loads(run("devices", "timeline", "dev3", "--db", db_url, "--json").stdout)
+    got = [(e["kind"], e["at_ms"] - t0, e["data"].get("id")) for e in entries]
+    assert got == [
+        ("boot", 0, None),  # no time anchor: when it was received
+        ("command", 0, sent.command_id),
+        ("install", 0, None),
+        ("ack", 6_000, sent.command_id),
+        ("install", 7_000, None),
+        ("command", 10_000, op),
+        ("expired", 70_000, op),
+    ]
+    assert entries[3]["summary"] == (
+        f"install_workflow acked FAILED: health window failed -> failed {sent.command_id}"
+    )
+    assert entries[4]["data"]["state"] == "failed"
+    assert entries[4]["data"]["detail"] == "FAILED: health window failed"
+    assert entries[5]["data"]["sent_by"] == "maria" and entries[6]["data"]["state"] == "expired"
