@@ -1,4 +1,4 @@
-"""``orrery devices add|list|show|tag|send``: the devices registry, and commands to devices."""
+"""``orrery devices add|list|show|timeline|tag|send``: the devices registry, and commands to devices."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import re
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cloud.orrery.cli.common import (
@@ -20,7 +21,8 @@ from cloud.orrery.cli.common import (
     output_console,
     parse_seconds,
 )
-from cloud.orrery.fleet import device_commands, devices, keys
+from cloud.orrery.clock import iso, now_ms
+from cloud.orrery.fleet import device_commands, devices, keys, timeline
 from cloud.orrery.ingest.skew import fmt_offset
 from shared.wire.codec import CLOCK_SKEW
 
@@ -89,13 +91,20 @@ def _clock(offset_s: int | None) -> str:
 
 @app.command("show")
 def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """One device in full, with its boots (sessions) and time anchors."""
+    """One device in full: registry fields, tags, the workflow state it last reported, its
+    clock offset, its boots (sessions) and time anchors, and the rollouts it was in."""
     with open_db(db_url).connect() as conn:
         rows = devices.device_rows(conn, name)
         if not rows:
             fail(f"unknown device {name!r} (see `orrery devices list`)")
-        sessions = devices.sessions(conn, known_device(conn, name))
-    info = {**rows[0], "sessions": sessions}
+        did = known_device(conn, name)
+        info = {
+            **rows[0],
+            "tags": timeline.tags(conn, did),
+            "workflow_state": timeline.workflow_state(conn, did),
+            "sessions": devices.sessions(conn, did),
+            "rollouts": timeline.rollout_history(conn, did),
+        }
     if as_json:
         print(json.dumps(info))
         return
@@ -103,11 +112,15 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
     for k, v in info.items():
         if k == "clock_offset_s":
             t.add_row(k, "-" if v is None else f"{v} ({_clock(v)}: board minus companion)")
-        elif k != "sessions":
+        elif k == "tags":
+            t.add_row(k, ", ".join(f"{tk}={tv}" for tk, tv in v.items()) or "-")
+        elif k == "workflow_state":
+            t.add_row(k, "-" if v is None else _wf_state(v))
+        elif k not in ("sessions", "rollouts"):
             t.add_row(k, "-" if v is None else str(v))
     console.print(t)
     st = Table("boot", "first seen", "last seen", "seqs", "time anchor", "clock")
-    for s in sessions:
+    for s in info["sessions"]:
         st.add_row(
             str(s["boot"]),
             s["first_seen"],
@@ -119,6 +132,68 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
             _clock(s["clock_offset_s"]),
         )
     console.print(st)
+    if not info["rollouts"]:
+        console.print("rollouts: none")
+        return
+    console.print("rollouts:")
+    for r in info["rollouts"]:
+        console.print(
+            f"  {r['rollout']}: {r['from'] or '-'} -> {r['workflow']}, wave {r['wave']}, "
+            f"{r['state']}" + (f" ({escape(r['reason'])})" if r["reason"] else "")
+            + f"; rollout {r['rollout_state']}, by {r['created_by'] or '-'}, "
+            f"updated {r['updated']}",
+            soft_wrap=True,
+        )  # fmt: skip
+
+
+def _wf_state(v: dict) -> str:
+    """The workflow state line of ``devices show``."""
+    boot = "this boot" if v["current_boot"] else f"boot {v['boot']}, before the last reboot"
+    clock = "the board's clock" if v["time_source"] == timeline.EVENT else "received"
+    return escape(f"{v['state']} (its last event, {v['event']} at {v['at']} by {clock}, {boot})")
+
+
+@app.command("timeline")
+def devices_timeline(
+    name: Annotated[str, typer.Argument(help="Device id.")],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
+            "time (UTC if naive) or unix seconds."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="The newest N entries at most.")] = (
+        timeline.DEFAULT_LIMIT
+    ),
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A device's history in time order: boots, workflow state changes and events, commands
+    (who sent them) and their acks, installs (rollout steps), losses and gaps, alerts and dead
+    letters. Each time is the board's event time where it is known, else when the companion
+    received or recorded it (the src column: event, received, recorded)."""
+    try:
+        since_ms = None if since is None else timeline.parse_since(since, now_ms())
+        with open_db(db_url).connect() as conn:
+            # one more than shown: whether older entries were left off
+            entries = timeline.timeline(conn, name, since_ms, limit + 1 if limit > 0 else limit)
+    except timeline.TimelineError as exc:
+        fail(str(exc))
+    more = len(entries) > limit
+    entries = entries[-limit:]
+    if as_json:
+        print(json.dumps([e.as_dict() for e in entries]))
+        return
+    t = Table("time", "src", "kind", "what")
+    for e in entries:
+        t.add_row(iso(e.at_ms), e.time_source, e.kind, escape(e.summary))
+    console.print(t)
+    console.print(
+        f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+        + (f" (the newest {limit}; older ones left off: --limit)" if more else "")
+        + "; src: event = the board's clock, received/recorded = the companion's"
+    )
 
 
 @app.command("tag")
@@ -196,4 +271,3 @@ def devices_send(
             f"{' …' if len(sent.offline) > 8 else ''}): delivered when they reconnect"
         )
     out.print("follow it with `orrery commands list` or `orrery commands show ID`")
-
