@@ -50,6 +50,7 @@ from shared.wire import codec
 
 MAX_JSON = 16384
 DEAD_PAYLOAD = MAX_JSON  # a dead letter keeps every message within the size limits whole
+RECONCILE_STEP = 100  # devices reconciled in one transaction (the budget is checked after each)
 
 
 @dataclass
@@ -801,12 +802,13 @@ class Ingest:
         k = next((i for i, r in enumerate(due) if r.id > self._cursor), 0)
         due = due[k:] + due[:k]
         t0 = time.monotonic()
-        for row in due:
+        for i in range(0, len(due), RECONCILE_STEP):
+            part = due[i : i + RECONCILE_STEP]
             with self.engine.begin() as conn:
                 outgoing.extend(
-                    reconcile.reconcile_device(
+                    reconcile.reconcile_devices(
                         conn,
-                        row,
+                        part,
                         now,
                         secret=self.secret,
                         reorder_window_ms=self.reorder_window_ms,
@@ -816,7 +818,7 @@ class Ingest:
                         max_gap=self.max_gap,
                     )
                 )
-            self._cursor = row.id
+            self._cursor = part[-1].id
             if budget_s is not None and time.monotonic() - t0 > budget_s:
                 break
         return outgoing
