@@ -55,11 +55,13 @@ RECONCILE_STEP = 100  # devices reconciled in one transaction (the budget is che
 
 @dataclass
 class Message:
-    """One MQTT message as the ingest sees it."""
+    """One MQTT message as the ingest sees it. ``batch``: a readings payload already decoded
+    (``codec.decode_batch(payload)``'s result), or None to decode it when handled."""
 
     topic: str
     payload: bytes
     retain: bool = False
+    batch: tuple | None = None
 
 
 @dataclass
@@ -122,6 +124,9 @@ class Ingest:
         self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
         self._cursor = 0  # the device the last reconcile pass ended on
+        # called in each ``handle`` just before its commit (the service decodes what comes
+        # next while the database commits: the commit holds no interpreter lock)
+        self.before_commit: Callable[[], None] | None = None
         self._insert_sql = "INSERT INTO readings ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(
             ",".join(READING_COLS), ",".join("?" * len(READING_COLS))
         )
@@ -139,6 +144,8 @@ class Ingest:
         with self.engine.begin() as conn:
             try:
                 self._handle(conn, messages, now, out)
+                if self.before_commit is not None:
+                    self.before_commit()
             except Exception as exc:
                 # the transaction rolls back, so the caches may be ahead of the database
                 self._devices.clear()
@@ -334,7 +341,7 @@ class Ingest:
         if kind != codec.ACKS:
             self._flush_acks(conn, now, out)  # what this message does sees every earlier ack
         if kind == codec.READINGS:
-            batch, err = codec.decode_batch(m.payload)
+            batch, err = m.batch or codec.decode_batch(m.payload)
             if err:
                 return f"malformed batch: {err}"
             batches.append((dev, batch))
