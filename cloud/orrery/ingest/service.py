@@ -26,6 +26,7 @@ messages in flight to it, under that id): give each worker its own ``--client-id
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -233,9 +234,11 @@ class _Decoder:
                         m = self.inbox.get_nowait()
                     except queue.Empty:
                         break
-                    self.ready[id(m)] = (m, _message(m, decode=True))
                     self.ahead.append(m)
                     self.rows_ahead += _rows(m)
+                    # taken first: whatever happens here, the message goes into the next group
+                    with contextlib.suppress(Exception):  # undecoded, the handler decodes it
+                        self.ready[id(m)] = (m, _message(m, decode=True))
 
 
 def default_group(secret: bytes | None) -> str:
