@@ -50,15 +50,18 @@ from shared.wire import codec
 
 MAX_JSON = 16384
 DEAD_PAYLOAD = MAX_JSON  # a dead letter keeps every message within the size limits whole
+RECONCILE_STEP = 100  # devices reconciled in one transaction (the budget is checked after each)
 
 
 @dataclass
 class Message:
-    """One MQTT message as the ingest sees it."""
+    """One MQTT message as the ingest sees it. ``batch``: a readings payload already decoded
+    (``codec.decode_batch(payload)``'s result), or None to decode it when handled."""
 
     topic: str
     payload: bytes
     retain: bool = False
+    batch: tuple | None = None
 
 
 @dataclass
@@ -121,6 +124,9 @@ class Ingest:
         self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
         self._cursor = 0  # the device the last reconcile pass ended on
+        # called in each ``handle`` just before its commit (the service decodes what comes
+        # next while the database commits: the commit holds no interpreter lock)
+        self.before_commit: Callable[[], None] | None = None
         self._insert_sql = "INSERT INTO readings ({}) VALUES ({}) ON CONFLICT DO NOTHING".format(
             ",".join(READING_COLS), ",".join("?" * len(READING_COLS))
         )
@@ -138,6 +144,8 @@ class Ingest:
         with self.engine.begin() as conn:
             try:
                 self._handle(conn, messages, now, out)
+                if self.before_commit is not None:
+                    self.before_commit()
             except Exception as exc:
                 # the transaction rolls back, so the caches may be ahead of the database
                 self._devices.clear()
@@ -333,7 +341,7 @@ class Ingest:
         if kind != codec.ACKS:
             self._flush_acks(conn, now, out)  # what this message does sees every earlier ack
         if kind == codec.READINGS:
-            batch, err = codec.decode_batch(m.payload)
+            batch, err = m.batch or codec.decode_batch(m.payload)
             if err:
                 return f"malformed batch: {err}"
             batches.append((dev, batch))
@@ -801,12 +809,13 @@ class Ingest:
         k = next((i for i, r in enumerate(due) if r.id > self._cursor), 0)
         due = due[k:] + due[:k]
         t0 = time.monotonic()
-        for row in due:
+        for i in range(0, len(due), RECONCILE_STEP):
+            part = due[i : i + RECONCILE_STEP]
             with self.engine.begin() as conn:
                 outgoing.extend(
-                    reconcile.reconcile_device(
+                    reconcile.reconcile_devices(
                         conn,
-                        row,
+                        part,
                         now,
                         secret=self.secret,
                         reorder_window_ms=self.reorder_window_ms,
@@ -816,7 +825,7 @@ class Ingest:
                         max_gap=self.max_gap,
                     )
                 )
-            self._cursor = row.id
+            self._cursor = part[-1].id
             if budget_s is not None and time.monotonic() - t0 > budget_s:
                 break
         return outgoing

@@ -18,6 +18,8 @@ protocol anomaly (a seq or a state's last_seq far beyond the others), kept as a 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -57,6 +59,9 @@ def due_devices(conn: Connection) -> list:
     ).all()
 
 
+CHUNK = 500  # devices whose rows are read with one query per table (and IN lists at most this long)
+
+
 def reconcile_device(
     conn: Connection,
     dev: DeviceRef,
@@ -69,88 +74,123 @@ def reconcile_device(
     retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
     max_gap: int = MAX_GAP,
 ) -> list[commands.Outgoing]:
-    """Reconcile one device in ``conn``'s transaction; return the resend commands to publish.
+    """Reconcile one device in ``conn``'s transaction (``reconcile_devices`` for one)."""
+    return reconcile_devices(
+        conn, [dev], now, secret=secret, reorder_window_ms=reorder_window_ms,
+        resend_ttl_s=resend_ttl_s, pg=pg, retry=retry, max_gap=max_gap,
+    )  # fmt: skip
 
-    Merges its received ranges; turns holes older than ``reorder_window_ms`` into requested
-    resends (signed with ``secret``), a resend the board answered without the readings into a
-    ``not_held`` loss, and drops what arrived after all from its gaps and losses. A hole
-    larger than ``max_gap`` is an anomaly, never requested.
+
+def reconcile_devices(
+    conn: Connection,
+    devs: Sequence[DeviceRef],
+    now: int,
+    *,
+    secret: bytes | None,
+    reorder_window_ms: int,
+    resend_ttl_s: int,
+    pg: bool,
+    retry: commands.RetryPolicy = commands.DEFAULT_RETRY,
+    max_gap: int = MAX_GAP,
+) -> list[commands.Outgoing]:
+    """Reconcile devices in ``conn``'s transaction; return the resend commands to publish.
+
+    For each device: merges its received ranges; turns holes older than ``reorder_window_ms``
+    into requested resends (signed with ``secret``), a resend the board answered without the
+    readings into a ``not_held`` loss, and drops what arrived after all from its gaps and
+    losses. A hole larger than ``max_gap`` is an anomaly, never requested. Each device is
+    reconciled on its own rows only; the rows of all of them are read with one query per table
+    (``CHUNK`` devices at a time) and what changed is written in bulk. On PostgreSQL a device
+    another companion is reconciling right now is skipped (it stays due).
     """
+    outgoing: list[commands.Outgoing] = []
+    for i in range(0, len(devs), CHUNK):
+        outgoing += _reconcile_chunk(
+            conn, devs[i : i + CHUNK], now, secret=secret, reorder_window_ms=reorder_window_ms,
+            resend_ttl_s=resend_ttl_s, pg=pg, retry=retry, max_gap=max_gap,
+        )  # fmt: skip
+    return outgoing
+
+
+def _by_device(rows) -> dict[int, list]:
+    out: dict[int, list] = defaultdict(list)
+    for r in rows:
+        out[r.device_id].append(r)
+    return out
+
+
+def _reconcile_chunk(
+    conn: Connection,
+    devs: Sequence[DeviceRef],
+    now: int,
+    *,
+    secret: bytes | None,
+    reorder_window_ms: int,
+    resend_ttl_s: int,
+    pg: bool,
+    retry: commands.RetryPolicy,
+    max_gap: int,
+) -> list[commands.Outgoing]:
+    ids = [d.id for d in devs]
     if pg:
         # one reconciler per device at a time, whatever the number of companions
-        got = conn.execute(
-            sa.text("SELECT pg_try_advisory_xact_lock(7316002, :d)"), {"d": dev.id}
-        ).scalar()
-        if not got:
-            return []
-    d = conn.execute(
-        sa.select(DEVICES.c.last_seq, DEVICES.c.backlog, DEVICES.c.dirty).where(
-            DEVICES.c.id == dev.id
-        )
-    ).first()
-    conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(dirty=False))
-    rows = conn.execute(
-        sa.select(RANGES.c.id, RANGES.c.first, RANGES.c.last).where(RANGES.c.device_id == dev.id)
-    ).all()
-    received = merge((r.first, r.last) for r in rows)
-    if len(received) != len(rows):
-        conn.execute(sa.delete(RANGES).where(RANGES.c.id.in_([r.id for r in rows])))
-        conn.execute(
-            sa.insert(RANGES),
-            [{"device_id": dev.id, "first": a, "last": b} for a, b in received],
-        )
-    # the board counts everything up to its ack cursor (last_seq - backlog) as delivered
-    frontier = received[-1][1] if received else 0
-    if d.last_seq is not None and d.backlog is not None:
-        frontier = max(frontier, d.last_seq - d.backlog)
-    holes = subtract([(1, frontier)], received) if frontier else []
-
-    # permanent loss: what the board reported dropped, minus anything that arrived after all
-    lrows = conn.execute(
-        sa.select(
-            LOSSES.c.id,
-            LOSSES.c.first,
-            LOSSES.c.last,
-            LOSSES.c.reason,
-            LOSSES.c.source,
-            LOSSES.c.boot,
-            LOSSES.c.reported_ms,
-        ).where(LOSSES.c.device_id == dev.id)
-    ).all()
-    kept = []
-    for r in lrows:
-        for a, b in subtract([(r.first, r.last)], received):
-            kept.append((a, b, r.reason, r.source, r.boot, r.reported_ms))
-    if kept != [(r.first, r.last, r.reason, r.source, r.boot, r.reported_ms) for r in lrows]:
-        conn.execute(sa.delete(LOSSES).where(LOSSES.c.device_id == dev.id))
-        if kept:
+        got = set(
             conn.execute(
-                sa.insert(LOSSES),
-                [
-                    {
-                        "device_id": dev.id,
-                        "first": a,
-                        "last": b,
-                        "reason": why,
-                        "source": src,
-                        "boot": boot,
-                        "reported_ms": t,
-                    }
-                    for a, b, why, src, boot, t in kept
-                ],
+                sa.text(
+                    "SELECT d FROM unnest(CAST(:ids AS int[])) AS d"
+                    " WHERE pg_try_advisory_xact_lock(7316002, d)"
+                ),
+                {"ids": ids},
+            ).scalars()
+        )
+        devs = [d for d in devs if d.id in got]
+        ids = [d.id for d in devs]
+    if not ids:
+        return []
+    state = {
+        r.id: r
+        for r in conn.execute(
+            sa.select(DEVICES.c.id, DEVICES.c.last_seq, DEVICES.c.backlog).where(
+                DEVICES.c.id.in_(ids)
             )
-    lost = merge((k[0], k[1]) for k in kept)
-    want = subtract(holes, lost)
-
-    grows = conn.execute(
-        sa.select(GAPS).where(GAPS.c.device_id == dev.id).order_by(GAPS.c.first)
-    ).all()
-    old = {(g.first, g.last): g for g in grows}
+        )
+    }
+    conn.execute(sa.update(DEVICES).where(DEVICES.c.id.in_(ids)).values(dirty=False))
+    all_ranges = _by_device(
+        conn.execute(
+            sa.select(RANGES.c.id, RANGES.c.device_id, RANGES.c.first, RANGES.c.last).where(
+                RANGES.c.device_id.in_(ids)
+            )
+        )
+    )
+    all_losses = _by_device(
+        conn.execute(
+            sa.select(
+                LOSSES.c.id,
+                LOSSES.c.device_id,
+                LOSSES.c.first,
+                LOSSES.c.last,
+                LOSSES.c.reason,
+                LOSSES.c.source,
+                LOSSES.c.boot,
+                LOSSES.c.reported_ms,
+            )
+            .where(LOSSES.c.device_id.in_(ids))
+            .order_by(LOSSES.c.device_id, LOSSES.c.id)
+        )
+    )
+    all_gaps = _by_device(
+        conn.execute(
+            sa.select(GAPS)
+            .where(GAPS.c.device_id.in_(ids))
+            .order_by(GAPS.c.device_id, GAPS.c.first)
+        )
+    )
+    cmd_ids = [g.command_id for gs in all_gaps.values() for g in gs if g.command_id]
     cmd_status = {}
-    ids = [g.command_id for g in grows if g.command_id]
-    if ids:
-        cmd_status = {
-            r.id: r
+    for i in range(0, len(cmd_ids), CHUNK):
+        cmd_status.update(
+            (r.id, r)
             for r in conn.execute(
                 sa.select(
                     commands.COMMANDS.c.id,
@@ -160,9 +200,103 @@ def reconcile_device(
                     commands.COMMANDS.c.ack_detail,
                     commands.COMMANDS.c.skew_s,
                     commands.COMMANDS.c.skew_boot,
-                ).where(commands.COMMANDS.c.id.in_(ids))
+                ).where(commands.COMMANDS.c.id.in_(cmd_ids[i : i + CHUNK]))
             )
-        }
+        )
+    w = _Writes()
+    outgoing: list[commands.Outgoing] = []
+    for dev in devs:
+        d = state.get(dev.id)
+        if d is None:
+            continue  # deleted since it was found due
+        outgoing += _reconcile_one(
+            conn, dev, d, all_ranges.get(dev.id, []), all_losses.get(dev.id, []),
+            all_gaps.get(dev.id, []), cmd_status, now, w, secret=secret,
+            reorder_window_ms=reorder_window_ms, resend_ttl_s=resend_ttl_s, retry=retry,
+            max_gap=max_gap,
+        )  # fmt: skip
+    w.flush(conn)
+    return outgoing
+
+
+class _Writes:
+    """What a chunk of devices changed, written in bulk: for each table, the rows of the
+    devices (or the range ids) to delete, then the rows to insert, in the devices' order."""
+
+    def __init__(self) -> None:
+        self.ranges_out: list[int] = []
+        self.ranges_in: list[dict] = []
+        self.losses_out: list[int] = []  # device ids
+        self.losses_in: list[dict] = []
+        self.gaps_out: list[int] = []  # device ids
+        self.gaps_in: list[dict] = []
+
+    def flush(self, conn: Connection) -> None:
+        for table, col, out, rows in (
+            (RANGES, RANGES.c.id, self.ranges_out, self.ranges_in),
+            (LOSSES, LOSSES.c.device_id, self.losses_out, self.losses_in),
+            (GAPS, GAPS.c.device_id, self.gaps_out, self.gaps_in),
+        ):
+            for i in range(0, len(out), CHUNK):
+                conn.execute(sa.delete(table).where(col.in_(out[i : i + CHUNK])))
+            if rows:
+                conn.execute(sa.insert(table), rows)
+
+
+def _reconcile_one(
+    conn: Connection,
+    dev: DeviceRef,
+    d,
+    rows: list,
+    lrows: list,
+    grows: list,
+    cmd_status: dict,
+    now: int,
+    w: _Writes,
+    *,
+    secret: bytes | None,
+    reorder_window_ms: int,
+    resend_ttl_s: int,
+    retry: commands.RetryPolicy,
+    max_gap: int,
+) -> list[commands.Outgoing]:
+    # one device, from its rows (``d``: its last_seq and backlog); its changes go to ``w``
+    received = merge((r.first, r.last) for r in rows)
+    if len(received) != len(rows):
+        w.ranges_out += [r.id for r in rows]
+        w.ranges_in += [{"device_id": dev.id, "first": a, "last": b} for a, b in received]
+    # the board counts everything up to its ack cursor (last_seq - backlog) as delivered
+    frontier = received[-1][1] if received else 0
+    if d.last_seq is not None and d.backlog is not None:
+        frontier = max(frontier, d.last_seq - d.backlog)
+    holes = subtract([(1, frontier)], received) if frontier else []
+
+    # permanent loss: what the board reported dropped, minus anything that arrived after all
+    kept = []
+    for r in lrows:
+        for a, b in subtract([(r.first, r.last)], received):
+            kept.append((a, b, r.reason, r.source, r.boot, r.reported_ms))
+    losses_changed = kept != [
+        (r.first, r.last, r.reason, r.source, r.boot, r.reported_ms) for r in lrows
+    ]
+    if losses_changed:
+        w.losses_out.append(dev.id)
+        w.losses_in += [
+            {
+                "device_id": dev.id,
+                "first": a,
+                "last": b,
+                "reason": why,
+                "source": src,
+                "boot": boot,
+                "reported_ms": t,
+            }
+            for a, b, why, src, boot, t in kept
+        ]
+    lost = merge((k[0], k[1]) for k in kept)
+    want = subtract(holes, lost)
+
+    old = {(g.first, g.last): g for g in grows}
     new_gaps = []
     new_losses = []
     outgoing = []
@@ -257,25 +391,21 @@ def reconcile_device(
     if current != [
         (g["first"], g["last"], g["status"], g["command_id"], g["reason"]) for g in new_gaps
     ]:
-        conn.execute(sa.delete(GAPS).where(GAPS.c.device_id == dev.id))
-        if new_gaps:
-            conn.execute(sa.insert(GAPS), new_gaps)
+        w.gaps_out.append(dev.id)
+        w.gaps_in += new_gaps
     if new_losses:
-        conn.execute(
-            sa.insert(LOSSES),
-            [
-                {
-                    "device_id": dev.id,
-                    "first": a,
-                    "last": b,
-                    "reason": "not_held",
-                    "source": "cloud",
-                    "boot": None,
-                    "reported_ms": now,
-                }
-                for a, b in new_losses
-            ],
-        )
+        w.losses_in += [
+            {
+                "device_id": dev.id,
+                "first": a,
+                "last": b,
+                "reason": "not_held",
+                "source": "cloud",
+                "boot": None,
+                "reported_ms": now,
+            }
+            for a, b in new_losses
+        ]
         for a, b in new_losses:
             jlog("loss_not_held", device=dev.name, first=a, last=b)
     return outgoing

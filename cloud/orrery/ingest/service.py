@@ -26,6 +26,7 @@ messages in flight to it, under that id): give each worker its own ``--client-id
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import signal
@@ -34,6 +35,7 @@ import struct
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -44,6 +46,7 @@ from paho.mqtt.properties import Properties
 from cloud.orrery.fleet import commands, keys
 from cloud.orrery.ingest.handler import Ingest, Message
 from cloud.orrery.jsonlog import jlog
+from shared.wire import codec
 
 SESSION_EXPIRY_S = 7 * 86400
 RECEIVE_MAXIMUM = 2000
@@ -170,6 +173,77 @@ class FastClient(mqtt.Client):
             self._packet_queue(0x40, packet, 0, 0)
 
 
+class _Decoder:
+    """Takes the messages waiting in the inbox, in order, and decodes their readings batches
+    while the main thread commits a group: the database's commit (and its checkpoint) runs
+    without the interpreter lock, so this work costs the main thread nothing. It works only
+    between ``start`` (just before a commit) and ``pause`` (once the commit is over, before
+    the acks), at most ``max_rows`` readings ahead; the main thread touches the inbox and
+    ``ahead`` only while it is paused. ``ahead`` holds the messages taken, in order, ``ready``
+    what each one decoded to (by ``id`` of the message)."""
+
+    def __init__(self, inbox: queue.SimpleQueue, max_rows: int) -> None:
+        self.inbox = inbox
+        self.max_rows = max_rows
+        self.ahead: deque[mqtt.MQTTMessage] = deque()
+        self.rows_ahead = 0
+        self.ready: dict[int, tuple[mqtt.MQTTMessage, Message]] = {}
+        self._go = threading.Event()
+        self._busy = threading.Lock()  # held while taking and decoding
+        self._paused = True
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def run_in_background(self) -> None:
+        """Start the decoding thread."""
+        self._thread = threading.Thread(target=self._run, name="orrery-decode", daemon=True)
+        self._thread.start()
+
+    def start(self) -> None:
+        """Decode what waits, from now until ``pause``."""
+        self._paused = False
+        self._go.set()
+
+    def pause(self) -> None:
+        """Stop decoding; returns once the thread no longer touches the inbox nor ``ahead``."""
+        self._paused = True
+        with self._busy:
+            pass
+
+    def close(self) -> None:
+        """Stop the thread (what it took stays in ``ahead``)."""
+        self._closed = self._paused = True
+        self._go.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def take(self, m: mqtt.MQTTMessage) -> Message:
+        """The ``Message`` of ``m``: the one decoded ahead, else made now."""
+        got = self.ready.pop(id(m), None)
+        return got[1] if got is not None and got[0] is m else _message(m)
+
+    def _run(self) -> None:
+        while True:
+            self._go.wait()
+            self._go.clear()
+            if self._closed:
+                return
+            with self._busy:
+                while not self._paused and self.rows_ahead < self.max_rows:
+                    try:
+                        m = self.inbox.get_nowait()
+                    except queue.Empty:
+                        break
+                    self.ahead.append(m)
+                    self.rows_ahead += _rows(m)
+                    # taken first: whatever happens here, the message goes into the next group
+                    with contextlib.suppress(Exception):  # undecoded, the handler decodes it
+                        self.ready[id(m)] = (m, _message(m, decode=True))
+                    # let the main thread have the interpreter lock as soon as its commit is
+                    # over: otherwise it waits for the switch interval (5 ms) to take it back
+                    time.sleep(0)
+
+
 def default_group(secret: bytes | None) -> str:
     """The shared-subscription group when none is given: derived from the fleet secret, so a
     board cannot join it and take a share of other boards' messages."""
@@ -229,6 +303,7 @@ class Service:
         self.last_error = "no answer yet"  # why the last connection attempt failed
         self.failure: str | None = None  # why the service gave up, if it did
         self._committed: set[int] = set()  # indexes of the last group's messages stored so far
+        self.decoder = _Decoder(self.inbox, max_rows)
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
@@ -333,6 +408,8 @@ class Service:
         next_reconcile = time.monotonic() + self.reconcile_every_s
         next_stats = time.monotonic() + self.stats_every_s
         pending: list[mqtt.MQTTMessage] = []
+        self.decoder.run_in_background()
+        self.ingest.before_commit = self.decoder.start
         backoff = 0.5
         while True:
             stopping = self.stop_event.is_set()
@@ -357,7 +434,7 @@ class Service:
                     self.stop_event.wait(backoff)
                     backoff = min(backoff * 2, 30)
                     continue
-            if stopping and self.inbox.empty():
+            if stopping and self.inbox.empty() and not self.decoder.ahead:
                 break
             now = time.monotonic()
             if not stopping and self._gave_up(now):
@@ -369,6 +446,8 @@ class Service:
             if now >= next_stats:
                 next_stats = now + self.stats_every_s
                 jlog("stats", stored=self.stored, **dict(self.ingest.counters))
+        self.ingest.before_commit = None
+        self.decoder.close()
         self.client.disconnect()
         self.client.loop_stop()
         jlog("serve_stopped", stored=self.stored)
@@ -382,9 +461,21 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop())
 
+    def waiting(self) -> int:
+        """Messages received and not yet taken into a group."""
+        return self.inbox.qsize() + len(self.decoder.ahead)
+
     def _collect(self, drain_only: bool) -> list[mqtt.MQTTMessage]:
         out: list[mqtt.MQTTMessage] = []
         rows = 0
+        dec = self.decoder
+        dec.pause()
+        while dec.ahead and rows < self.max_rows:  # the messages decoded ahead come first
+            m = dec.ahead.popleft()
+            out.append(m)
+            n = _rows(m)
+            rows += n
+            dec.rows_ahead -= n
         deadline = time.monotonic() + self.flush_s
         while rows < self.max_rows:
             timeout = deadline - time.monotonic()
@@ -396,7 +487,7 @@ class Service:
             except queue.Empty:
                 break
             out.append(m)
-            rows += max(1, len(m.payload) // 9)
+            rows += _rows(m)
         return out
 
     def _store(self, msgs: list[mqtt.MQTTMessage]) -> None:
@@ -406,13 +497,17 @@ class Service:
 
         def committed(indexes: list[int], result) -> None:
             # committed: now the broker may forget them
+            self.decoder.pause()
             self.client.ack_many([msgs[i].mid for i in indexes if msgs[i].qos == 1])
             self._committed.update(indexes)
             self.stored += len(indexes)
             if result.outgoing:
                 self._publish(result.outgoing)
 
-        self.ingest.store([_message(m) for m in msgs], committed)
+        try:
+            self.ingest.store([self.decoder.take(m) for m in msgs], committed)
+        finally:
+            self.decoder.pause()
 
     def _reconcile(self) -> None:
         out: list[commands.Outgoing] = []
@@ -462,9 +557,20 @@ class Service:
             jlog("commands_sent", count=len(sent), ids=sent[:10])
 
 
-def _message(m: mqtt.MQTTMessage) -> Message:
+_READINGS_TOPIC = "/" + codec.READINGS
+
+
+def _rows(m: mqtt.MQTTMessage) -> int:
+    # about how many readings a message holds (a reading is 9 bytes of a batch)
+    return max(1, len(m.payload) // 9)
+
+
+def _message(m: mqtt.MQTTMessage, decode: bool = False) -> Message:
     try:
         topic = m.topic
     except UnicodeDecodeError:  # the broker should refuse such a topic; it is dead-lettered
         topic = "(a topic that is not UTF-8)"
-    return Message(topic, m.payload, bool(m.retain))
+    msg = Message(topic, m.payload, bool(m.retain))
+    if decode and topic.endswith(_READINGS_TOPIC):
+        msg.batch = codec.decode_batch(m.payload)
+    return msg

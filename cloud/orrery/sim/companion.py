@@ -85,13 +85,13 @@ def build_companion(
 
         def _collect(self, drain_only: bool) -> list:
             out = super()._collect(drain_only)
-            shared.holding = self.inbox.qsize() + len(out)
+            shared.holding = self.waiting() + len(out)
             return out
 
         def _store(self, msgs) -> None:
             super()._store(msgs)
             shared.processed = shared.processed + board_messages(msgs)
-            shared.holding = self.inbox.qsize()
+            shared.holding = self.waiting()
             if commits is not None:
                 t = time.time()
                 for m in msgs:

@@ -400,3 +400,93 @@ def test_fuzz_every_message_is_stored_or_dead_lettered(tmp_path_factory, data):
     assert n == out.inserted and dead == out.dead
     assert not [g for g in gaps if any(a <= g[1] and g[0] <= b for a, b in received)]
     engine.dispose()
+
+
+# --- reconciling many devices at once ------------------------------------------------------
+
+_TABLES = {  # what reconciliation writes, each row without its id
+    "received_ranges": "SELECT d.name, r.first, r.last FROM received_ranges r"
+    " JOIN devices d ON d.id = r.device_id",
+    "gaps": "SELECT d.name, g.first, g.last, g.status, g.reason, g.detected_ms, g.updated_ms,"
+    " g.command_id, g.attempts FROM gaps g JOIN devices d ON d.id = g.device_id",
+    "losses": "SELECT d.name, l.first, l.last, l.reason, l.source, l.boot, l.reported_ms"
+    " FROM losses l JOIN devices d ON d.id = l.device_id",
+    "commands": "SELECT c.id, d.name, c.status FROM commands c JOIN devices d ON d.id = c.device_id",
+    "devices": "SELECT name, dirty FROM devices",
+}
+
+
+def _fleet_history(ing: Ingest) -> list:
+    # six boards, each in another situation, reconciled together at each step; returns the
+    # commands each pass published and every table reconciliation writes after each pass
+    def m(kind: str, payload: bytes, dev: str) -> Message:
+        return msg(kind, payload, device=dev)
+
+    steps = [
+        (0, [m("readings", batch(1, 10), "a"), m("readings", batch(16, 5), "a"),  # a gap
+             m("readings", batch(1, 5), "b"), m("readings", batch(21, 5), "b"),  # a loss report
+             m("state", state(last_seq=50, backlog=10), "c"), m("readings", batch(1, 30), "c"),
+             m("readings", batch(1, 5), "d"), m("readings", batch(9, 2), "d"),  # to fail
+             m("readings", batch(1, 2), "e"), m("readings", batch(5000, 2), "e"),  # anomaly
+             m("readings", batch(1, 20), "f"), m("readings", batch(21, 20), "f")]),  # none
+        (10, [m("loss", codec.encode_loss(7, 6, 15, "store_full"), "b")]),
+        (2000, []),
+        (3100, [m("readings", batch(11, 3, flags=codec.HISTORICAL), "a"),
+                m("readings", batch(6, 2, flags=codec.HISTORICAL), "b"),
+                m("acks", codec.encode_ack("resend:4:6-8:1", codec.FAILED, "store error"), "d")]),
+        (3200, [m("acks", codec.encode_ack("resend:1:11-15:1", codec.OK, "resent 11..13"), "a")]),
+        (3300, [m("readings", batch(3, 2), "e")]),
+        (4300, []),
+        (30_000, []),
+    ]  # fmt: skip
+    seen = []
+    for now, msgs in steps:
+        if msgs:
+            ing.handle(msgs, now=now)
+        out = sorted(o.command_id for o in ing.reconcile(now=now))
+        seen.append((now, out, {t: sorted(q(ing, sql)) for t, sql in _TABLES.items()}))
+    return seen
+
+
+def test_devices_reconciled_together_end_as_each_reconciled_alone(db_url, tmp_path, monkeypatch):
+    # one transaction and one query per table for many devices: nothing of one device may leak
+    # into another's gaps, losses, ranges or commands (the same history, device by device)
+    from cloud.orrery.ingest import handler
+
+    histories = []
+    for i, step in enumerate((100, 1)):
+        url = db_url if i == 0 else f"sqlite:///{tmp_path / 'alone.db'}"
+        engine = engine_for(url)
+        with engine.begin() as c:
+            c.execute(
+                sa.insert(DEVICES),
+                [{"name": n, "fleet": "f1", "created_ms": 0} for n in "abcdef"],
+            )
+        monkeypatch.setattr(handler, "RECONCILE_STEP", step)
+        ing = Ingest(engine, secret=SECRET, reorder_window_ms=1000, max_gap=1000)
+        ing.retry = commands.RetryPolicy(first_s=5, max_s=20)
+        histories.append(_fleet_history(ing))
+        engine.dispose()
+    together, alone = histories
+    assert together == alone
+    # and the history is the one each situation leads to
+    assert [(now, out) for now, out, _ in together if out] == [
+        (2000, ["resend:1:11-15:1", "resend:2:16-20:1", "resend:3:31-40:1", "resend:4:6-8:1"]),
+        (30_000, ["resend:4:6-8:2"]),  # the failed one, after its retry delay
+    ]
+    last = together[-1][2]
+    assert [g[:4] for g in last["gaps"]] == [
+        ("b", 16, 20, "requested"),
+        ("c", 31, 40, "requested"),  # up to the board's ack cursor
+        ("d", 6, 8, "requested"),
+        ("e", 5, 4999, "anomaly"),
+    ]
+    assert [x[:5] for x in last["losses"]] == [
+        ("a", 14, 15, "not_held", "cloud"),
+        ("b", 8, 15, "store_full", "device"),  # shrunk by the late readings
+    ]
+    assert last["received_ranges"] == [
+        ("a", 1, 13), ("a", 16, 20), ("b", 1, 7), ("b", 21, 25), ("c", 1, 30), ("d", 1, 5),
+        ("d", 9, 10), ("e", 1, 4), ("e", 5000, 5001), ("f", 1, 40),
+    ]  # fmt: skip
+    assert {d for d, dirty in last["devices"] if dirty} == set()
