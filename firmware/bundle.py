@@ -19,9 +19,7 @@ import hashlib
 import os
 
 from firmware.files import mkdir
-from firmware.slots import load_app, save_app
 from shared import const
-from shared.bundle import unpack
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _FAILED = const(9)  # ran and failed (e.g. the health window)
@@ -44,6 +42,16 @@ def _makedirs(path):
         mkdir(cur)
 
 
+def _makedirs_in(root, rel):
+    # make directory ``rel`` ("a/b") and its parents under the existing directory ``root``
+    i = rel.find("/")
+    while True:
+        mkdir(root + "/" + (rel if i < 0 else rel[:i]))
+        if i < 0:
+            return
+        i = rel.find("/", i + 1)
+
+
 def _rmtree(path):
     try:
         entries = os.listdir(path)
@@ -63,6 +71,8 @@ def confirm(node):
 
     Also reports a rollback that happened at boot. Returns an ack tuple or None.
     """
+    from firmware.slots import load_app, save_app
+
     root = node.root
     app = load_app(root)
     if app.get("trial") and app.get("trial_booted"):
@@ -159,20 +169,26 @@ def _finish(node, st):
             st["cmd"], _FAILED, "bundle size {} sha256 {} do not match".format(size, got)
         )
         return _FAILED, "bundle does not match its sha256"
+    from firmware.slots import load_app, save_app
+    from shared.bundle import unpack
+
     app = load_app(root)
     slot = "b" if app.get("active", "a") == "a" else "a"
     target = root + "/app_" + slot
     _rmtree(target)
     _makedirs(target)
-    state = {"f": None}
+    state = {"f": None, "d": ""}  # the file being written, the last directory made
 
     def write(path, piece, first):
         if first:
             if state["f"]:
                 state["f"].close()
-            d = path.rsplit("/", 1)
-            if len(d) == 2:
-                _makedirs(target + "/" + d[0])
+            i = path.rfind("/")
+            # a bundle lists a directory's files together: each directory is made once
+            # (making one that exists raises, and an exception allocates)
+            if i > 0 and path[:i] != state["d"]:
+                state["d"] = path[:i]
+                _makedirs_in(target, state["d"])
             state["f"] = open(target + "/" + path, "wb")
         state["f"].write(piece)
 

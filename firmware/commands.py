@@ -1,18 +1,20 @@
-"""Command handling: verify each queued envelope, run it, queue its ack (main thread).
+"""Command handling, one step per pass of the main loop: verify the oldest envelope in the
+inbox, or run the command verified in the pass before, and queue its ack (main thread).
 
-The node imports this module only when commands are waiting (``Node.step_main``) and drops
-it, with ``shared.wire.verifier`` and ``shared.wire.hmac256``, once they are handled. The replay table
-lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved whenever it
-changed (an accepted id, saved before the command runs, or a newer issue time seen), so
-nothing of it stays in RAM between commands.
+The node imports this module only when commands are waiting (``Node.step_main``) and drops it
+after each pass, with what the step imported: verifying needs ``shared.wire.verifier`` and
+``shared.wire.hmac256``, running needs the command's own module (``firmware.installer``,
+``firmware.bundle``, ...), never both in one pass. A verified command stays at the head of
+``node.inbox`` (a dict in place of its envelope) until the next pass runs it. The replay table
+lives on flash (``<root>/cmds.json``), loaded per envelope and saved whenever it changed (an
+accepted id, saved before the command runs, or a newer issue time seen), so nothing of it
+stays in RAM between commands.
 """
 
 import json
 
-from firmware import installer
-from firmware.files import read, write_atomic
+from firmware.files import replace
 from shared import const
-from shared.wire.verifier import Verifier
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _DUPLICATE = const(1)  # already done: the stored ack is sent again
@@ -26,36 +28,54 @@ _EV_COMMAND = const(4)
 
 
 def run(node):
-    """Handle every command in ``node.inbox``."""
-    v = Verifier(node.key, node.device)
-    _load_table(node.root, v)
-    while node.inbox:
-        env = node.inbox.pop(0)
-        node.stats["commands"] += 1
-        code, cmd, detail = v.check(env, node.wall.now_unix())
-        if v.dirty:  # an id recorded (before it runs), or a newer issue time seen
-            _save_table(node.root, v)
-        cmd_id = _peek_id(env) if cmd is None else cmd["id"]
-        if code == _DUPLICATE and cmd_id in node.acks:
-            code, detail = node.acks[cmd_id]
-            node.ack_later(cmd_id, code, detail, False)
-            continue
-        if code != _OK:
-            print("orrery: command refused:", code, detail)
-            node.ack_later(cmd_id, code, detail, False)
-            continue
+    """One step for the head of ``node.inbox``: verify an envelope (an accepted command waits
+    there for the next pass), or run the command verified before and queue its ack."""
+    head = node.inbox[0]
+    if isinstance(head, dict):
+        _done(node, head.pop("_n"))
+        cmd_id = head["id"]
         node.current_cmd = cmd_id
         try:
-            code, detail = _dispatch(node, cmd)
+            code, detail = _dispatch(node, head)
         except Exception as e:  # a command must never take the node down
             code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
         node.ack_later(cmd_id, code, detail)
+        return
+    node.stats["commands"] += 1
+    from shared.wire.verifier import Verifier
+
+    v = Verifier(node.key, node.device)
+    _load_table(node.root, v)
+    code, cmd, detail = v.check(head, node.wall.now_unix())
+    if v.dirty:  # an id recorded (before it runs), or a newer issue time seen
+        _save_table(node.root, v)
+    if code == _OK:
+        cmd["_n"] = len(head)  # its envelope's bytes, released when it has run
+        node.inbox[0] = cmd
+        return
+    _done(node, len(head))
+    cmd_id = _peek_id(head) if cmd is None else cmd["id"]
+    if code == _DUPLICATE and cmd_id in node.acks:
+        code, detail = node.acks[cmd_id]
+        node.ack_later(cmd_id, code, detail, False)
+        return
+    print("orrery: command refused:", code, detail)
+    node.ack_later(cmd_id, code, detail, False)
+
+
+def _done(node, n):
+    # the head of the inbox is handled: its bytes leave the admission budget
+    with node.lock:
+        node.inbox.pop(0)
+        node.inbox_bytes -= n
 
 
 def _dispatch(node, cmd):
     kind = cmd["kind"]
     args = cmd["args"] if isinstance(cmd["args"], dict) else {}
     if kind == "install_workflow":
+        from firmware import installer
+
         return installer.install(node.wf, cmd["id"], args)
     if kind == "run_command":
         return _command(node.wf, args.get("name"))
@@ -71,6 +91,8 @@ def _dispatch(node, cmd):
         node.reboot_requested = True
         return _OK, "rebooting"
     if kind == "cancel":
+        from firmware import installer
+
         return installer.cancel(node.wf, args.get("id"))
     if kind in ("install_bundle", "bundle_chunk"):
         from firmware import bundle
@@ -118,14 +140,22 @@ def _peek_id(env):
 
 
 def _load_table(root, verifier):
-    # Restore the command replay table (saved on flash between commands and reboots).
-    raw = read(root + "/cmds.json")
-    if raw:
-        try:
-            verifier.load(json.loads(raw))
-        except Exception as e:
-            print("orrery: command table not restored:", e)
+    # Restore the command replay table (saved on flash between commands and reboots), parsed
+    # from the file as it is read
+    try:
+        f = open(root + "/cmds.json")
+    except OSError:
+        return
+    try:
+        with f:
+            verifier.load(json.load(f))
+    except Exception as e:
+        print("orrery: command table not restored:", e)
 
 
 def _save_table(root, verifier):
-    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))
+    # written a piece at a time (write + rename): no copy of the table in RAM
+    path = root + "/cmds.json"
+    with open(path + ".tmp", "w") as f:
+        verifier.write_state(f)
+    replace(path + ".tmp", path)

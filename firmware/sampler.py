@@ -1,6 +1,7 @@
 """The node's main thread: sample each input on its period, through its filter chain into the
 executor; append every reading the chain emits to the flash store (a reading counts as taken
-once it is there); run the commands the uplink queued; persist the executor's state; judge
+once it is there); run the commands the uplink queued (one step per pass:
+``firmware.commands``); persist the executor's state; judge
 health windows. It never touches the network, so a dead broker never delays a sample.
 
 ``Workflows`` is the running workflow: its executor and program, how its inputs and outputs map
@@ -120,7 +121,10 @@ class Sampler:
     """The main thread's half of a Node (see the module doc)."""
 
     def __init__(self):
-        self.inbox = []  # command envelopes the uplink received, for the main thread
+        # command envelopes the uplink received, for the main thread (the head may be a verified
+        # command, a dict, that the next pass runs: firmware.commands), and their bytes
+        self.inbox = []
+        self.inbox_bytes = 0
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
         self.acks = {}  # cmd_id -> (code, detail): what a duplicate gets again
         self.resends = []  # (first, last, cmd_id)
@@ -193,7 +197,7 @@ class Sampler:
                         self.stats["missed"] += 1
                     due[i] = d
             ex.tick()
-        if self.inbox:
+        if self.inbox:  # one step per pass: the heap is collected between passes
             from firmware import commands
 
             try:

@@ -198,6 +198,28 @@ class Verifier:
             "ids": [[k] + list(self._seen[k]) for k in sorted(self._seen)],
         }
 
+    def write_state(self, f):
+        """Write ``state()`` as JSON to the text file ``f``, a piece at a time: the board
+        saves its table this way without building it in RAM (ids and digests need no
+        escaping)."""
+        self.dirty = False
+        f.write('{"v": 1, "hi": ')
+        f.write(str(self._hi))
+        f.write(', "ids": [')
+        sep = '["'
+        seen = self._seen
+        for k in seen:
+            s = seen[k]
+            f.write(sep)
+            f.write(k)
+            f.write('", "')
+            f.write(s[0])
+            f.write('", ')
+            f.write(str(s[1]))
+            f.write("]")
+            sep = ', ["'
+        f.write("]}")
+
     def load(self, state):
         """Restore a table saved by ``state()``; raises ValueError naming what is wrong."""
         if (

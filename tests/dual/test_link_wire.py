@@ -50,7 +50,9 @@ def ago(ms):
 
 def wired(rx=b"", timeout_ms=50, keepalive=30):
     """A link that is 'connected' to a FakeSock (connect() needs umqtt and a network)."""
-    link = firmware.link.UmqttLink("dev-01", "127.0.0.1", 1883, keepalive=keepalive, timeout_ms=timeout_ms)
+    link = firmware.link.UmqttLink(
+        "dev-01", "127.0.0.1", 1883, keepalive=keepalive, timeout_ms=timeout_ms
+    )
     sock = FakeSock(rx)
     link._sock = sock
     link._poller = FakePoller(sock)
@@ -177,3 +179,51 @@ def test_disconnect_sends_disconnect_close_does_not():
     link, sock = wired()
     link.close()
     assert bytes(sock.tx) == b"" and sock.closed and not link.connected
+
+
+def _pub(pid, payload):
+    # a QoS 1 PUBLISH on topic "q" with packet id ``pid``
+    body = b"\x00\x01q" + bytes([pid >> 8, pid & 0xFF]) + payload
+    return bytes([0x32, len(body)]) + body
+
+
+def test_budget_leaves_what_does_not_fit_in_the_socket_unacked_until_there_is_room():
+    held = [0]
+    link, sock = wired(_pub(1, b"a" * 40) + _pub(2, b"b" * 40) + _pub(3, b"c" * 40))
+    link.budget = 100
+    link.held = lambda: held[0]
+    got = []
+
+    def take(t, p):
+        got.append(p)
+        held[0] += len(p)
+
+    link.on_message = take
+    link.poll()  # 45 + 45 bytes fit in 100; the third does not
+    assert got == [b"a" * 40, b"b" * 40]
+    assert bytes(sock.tx) == b"\x40\x02\x00\x01\x40\x02\x00\x02"  # the third is not acked
+    assert len(sock.rx) == 47 - 2  # of its 47 bytes, only the fixed header was read
+    link.poll()
+    assert len(got) == 2 and link.connected
+    held[0] = 0  # the consumer handled them
+    link.poll()
+    assert got[2] == b"c" * 40 and bytes(sock.tx).endswith(b"\x40\x02\x00\x03")
+
+
+def test_budget_admits_one_message_larger_than_it_when_nothing_is_held():
+    link, sock = wired(_pub(1, b"x" * 90))
+    link.budget = 10
+    link.held = lambda: 0
+    got = []
+    link.on_message = lambda t, p: got.append(p)
+    link.poll()
+    assert got == [b"x" * 90]
+
+
+def test_budget_full_while_awaiting_a_puback_leaves_the_publish_unacked_and_drops():
+    link, sock = wired(_pub(1, b"x" * 40) + b"\x40\x02\x00\x01", timeout_ms=30)
+    link.budget = 50
+    link.held = lambda: 30
+    assert link.publish("a", b"") is False
+    assert link.last_error == "OSError inbox full"
+    assert b"\x40\x02\x00\x01" not in bytes(sock.tx)  # the broker sends it again

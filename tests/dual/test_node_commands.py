@@ -44,7 +44,7 @@ def test_refused_commands_and_duplicates():
     node._on_message(node.topics[codec.CMD], env.replace(b"manual", b"auto__"))  # tampered
     _cmd(node, clock, "c-old", "run_command", {"name": "auto"}, ttl=60, age=3600)  # expired
     _cmd(node, clock, "c2", "run_command", {"name": "nope"})  # valid, refused by the workflow
-    _run(node, clock, 300)
+    _run(node, clock, 600)  # one step per pass: 4 refused or answered at once, then c2's 2
     got = [(a["id"], a["code"]) for a in _acks(link)][2:]
     assert got[0] == ("c1", codec.OK)
     assert got[1] == ("c1", codec.OK), "a duplicate gets the stored result, and runs nothing"
@@ -79,3 +79,4 @@ def test_readings_are_stored_and_sent_in_batches():
             seqs.append(r[0])
     assert seqs == list(range(1, node.store.last_seq + 1))
     assert node.store.backlog() == 0
+

@@ -100,3 +100,29 @@ def test_verifier_newest_issue_time_moves_with_every_authentic_command_in_its_wi
         assert v.check(env, T0 + 1400)[0] != codec.OK
         assert not v.dirty and v.state()["hi"] == T0 + 1301
     assert v.check(_sign("d", iat=T0 + 1400, exp=T0 + 2000), T0 + 1400)[0] == codec.BUSY
+
+
+def test_write_state_writes_the_json_of_state():
+    class Text:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, s):
+            self.parts.append(s)
+
+    v = codec.Verifier(KEY, DEV)
+    f = Text()
+    v.write_state(f)
+    assert json.loads("".join(f.parts)) == v.state()
+    for i in range(3):
+        assert v.check(_sign("c:" + str(i), exp=T0 + 600 + i), T0)[0] == codec.OK
+    assert v.dirty
+    f = Text()
+    v.write_state(f)
+    assert not v.dirty
+    got = json.loads("".join(f.parts))
+    got["ids"].sort()
+    assert got == v.state() and len(got["ids"]) == 3
+    w = codec.Verifier(KEY, DEV)
+    w.load(got)
+    assert w.state() == v.state()

@@ -228,7 +228,7 @@ def prepare():
     c = R["cfg"]
     for k in ("G", "main_ret", "fw", "node", "link", "resets", "m0", "step_name"):
         R[k] = None
-    for k in ("step_live", "step_a0", "step_c0", "step_p0", "i", "j", "k", "n", "busy"):
+    for k in ("step_live", "step_a0", "step_c0", "step_p0", "i", "j", "k", "n", "busy", "loop"):
         R[k] = 0
     R["resets"] = 0
     R["marks"] = {}
@@ -237,9 +237,11 @@ def prepare():
     R["modules"] = {}
     for k in c["resident_order"]:
         R["modules"][k] = 0
-    R["steps"] = {}  # phase -> [steps, highest live before a step, highest live + allocated]
+    # phase -> [steps, highest live before a step, highest live + allocated, and of the step
+    # with that bound: its live, its loop (1 main, 2 link)]
+    R["steps"] = {}
     for k in PHASES:
-        R["steps"][k] = [0, 0, 0]
+        R["steps"][k] = [0, 0, 0, 0, 0]
     R["clock"] = Clock()
     R["broker"] = Broker(len(R["packets"]) + 65536)
     sys.modules["machine"] = Machine()
@@ -300,6 +302,8 @@ def end():
         s[1] = R["step_live"]
     if R["step_live"] + grew > s[2]:
         s[2] = R["step_live"] + grew
+        s[3] = R["step_live"]
+        s[4] = R["loop"]
 
 
 # --- the board ---------------------------------------------------------------------------
@@ -375,10 +379,12 @@ def deliver(i):
 
 
 def step_main():
+    R["loop"] = 1
     R["node"].step_main()
 
 
 def step_link():
+    R["loop"] = 2
     return R["node"].step_link()
 
 
@@ -415,16 +421,23 @@ def run_for(name, ms):
 
 
 def install(name, first, last):
-    # command packets [first, last) arrive, at most "window" at a time (a sender that waits
-    # for their acks; the board's inbox holds 8): the link thread reads them, the main loop
-    # handles them, the link thread sends the acks; until all are done or the board resets
+    # command packets [first, last) arrive as a sender paced by the board's admission budget
+    # sends them: a group of consecutive commands whose envelopes fit in "window" bytes (at
+    # least one), then the next group once the board has handled and acknowledged them all.
+    # The link thread reads them, the main loop handles one step per pass, the link thread
+    # sends the acks; until all are done or the board resets
     R["j"] = first
     while R["j"] < last and R["resets"] == 0:
-        R["k"] = R["j"] + R["cfg"]["window"]
-        while R["j"] < last and R["j"] < R["k"]:
+        R["k"] = 0
+        while R["j"] < last and (R["k"] == 0 or R["k"] + size(R["j"]) <= R["cfg"]["window"]):
+            R["k"] += size(R["j"])
             deliver(R["j"])
             R["j"] += 1
         consume(name)
+
+
+def size(i):
+    return R["cfg"]["envelope_bytes"][i]
 
 
 def consume(name):
