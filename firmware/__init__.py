@@ -36,8 +36,9 @@ RARE = (
     "shared.bundle",
 )
 
-# The link thread's reports (state, acks, loss): loaded per report and dropped by that thread.
-REPORTS = ("shared.wire.report",)
+# The link thread's occasional modules: its reports (state, acks, loss), loaded per report, and
+# the overflow spool (firmware.spool), loaded when the node has no room; dropped by that thread.
+REPORTS = ("shared.wire.report", "firmware.spool")
 
 
 def drop(names):

@@ -26,11 +26,15 @@ it is offline wait on the broker (up to its ``max_queued_messages``).
 - ``budget`` and ``held``: when ``budget`` (bytes) is set, ``held()`` returns the bytes of
   messages the consumer still holds, and ``poll()`` reads a PUBLISH only while it fits in
   ``budget`` beside them and the messages read but not handed over yet (the first one always
-  fits when nothing is held). One that does not fit stays in the socket, unacknowledged: TCP
-  and the broker hold it (QoS 1) until a later ``poll()`` has room. A PUBLISH that arrives
-  while a PUBACK or SUBACK is awaited and does not fit is left unacknowledged and the
-  connection dropped, as for a full inbox: the broker sends it again. The paho link reads and
-  acknowledges in paho's thread; it applies the budget when it hands messages over.
+  fits when nothing is held); it hands a message over only while the consumer has room. One
+  that does not fit stays in the socket, unacknowledged: TCP and the broker hold it (QoS 1)
+  until a later ``poll()`` has room. One that stands in front of a packet the link must read
+  now (the PUBACK or SUBACK it awaits, a PINGRESP) is read past into ``spool``, a file
+  (``firmware.spool``): acknowledged once it is on flash, handed over in arrival order as room
+  frees. So a full budget costs neither a link drop nor a message; only without ``spool``, or
+  with the spool full, is such a message left unacknowledged and the connection dropped (the
+  broker sends it again). The paho link reads and acknowledges in paho's thread; it applies
+  the budget when it hands messages over.
 - ``connected``: False after any failure, ``close()`` or ``disconnect()``.
 - ``disconnect()`` sends DISCONNECT (the broker discards the will); ``close()`` only closes the
   socket (the broker publishes the will). Neither raises.
@@ -129,6 +133,7 @@ class Link:
         # of incoming messages the consumer takes at most, and ``held()`` the bytes it holds.
         self.budget = None
         self.held = None
+        self.spool = None  # a file for what must be read past without room (UmqttLink)
 
     def _resume(self):
         # After a CONNACK: a broker that lost the session is given the subscriptions again.
@@ -165,6 +170,11 @@ class UmqttLink(Link):
         self._in_bytes = 0  # payload bytes in _inbox
         self._op = 0  # fixed header of a PUBLISH left in the socket for lack of room (0: none)
         self._n = 0  # ... and its remaining length
+        # the overflow spool (firmware.spool): the messages in it not handed over yet, and
+        # where the next one starts and the last one ends in its file
+        self._sp = 0
+        self._sp_at = 0
+        self._sp_end = 0
 
     def connect(self):
         """Open a new connection (closing any old one); True once the broker accepted it."""
@@ -251,13 +261,25 @@ class UmqttLink(Link):
                 elif self.keepalive and ticks_diff(now, self._tx) >= self.keepalive * 500:
                     self._write(b"\xc0\x00", 2)
                     self._ping = now
-                while len(self._inbox) < MAX_INBOX and self._read(0, True):
+                if self._sp:
+                    from firmware import spool
+
+                    while self._sp and spool.take(self):
+                        pass
+                # Paced: a PUBLISH without room stays in the socket. Not while a PINGRESP is
+                # awaited: the link reads past such a message then (into the spool).
+                while self._read(0, self._ping is None):
                     pass
             except OSError as e:
                 self._drop(error_text(e))
         inbox = self._inbox
         while inbox:
-            topic, payload = inbox.pop(0)
+            topic, payload = inbox[0]
+            if self.budget is not None and self.held is not None:
+                held = self.held()
+                if held and held + len(payload) > self.budget:
+                    break  # the consumer has no room: a later poll hands it over
+            inbox.pop(0)
             self._in_bytes -= len(payload)
             if self.on_message:
                 self.on_message(topic, payload)
@@ -362,12 +384,18 @@ class UmqttLink(Link):
                 raise OSError("packet too big")
         kind = op & 0xF0
         if kind == _PUBLISH:
-            if not self._room(n):
+            if self._sp or not self._room(n):  # behind spooled messages, or no room
                 if pace:
                     self._op = op
                     self._n = n
                     return 0
-                raise OSError("inbox full")  # left unacknowledged: the broker sends it again
+                self._op = 0
+                if self.spool is None:  # left unacknowledged: the broker sends it again
+                    raise OSError("inbox full")
+                from firmware import spool  # read past it, onto flash
+
+                spool.put(self, op, n)
+                return kind
             self._op = 0
             self._incoming(op, n)
             return kind

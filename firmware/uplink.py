@@ -60,6 +60,7 @@ class Uplink:
         self.link.on_message = self._on_message
         self.link.budget = CMD_BUDGET
         self.link.held = self._held
+        self.link.spool = self.root + "/inbox.spool"
 
     def _on_message(self, topic, payload):
         # link thread: only queue; the main thread owns the executor and the store
