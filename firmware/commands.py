@@ -5,7 +5,10 @@ The node imports this module only when commands are waiting (``Node.step_main``)
 after each pass, with what the step imported: verifying needs ``shared.wire.verifier`` and
 ``shared.wire.hmac256``, running needs the command's own module (``firmware.installer``,
 ``firmware.bundle``, ...), never both in one pass. A verified command stays at the head of
-``node.inbox`` (a dict in place of its envelope) until the next pass runs it. The replay table
+``node.inbox`` (a dict in place of its envelope) until the next pass runs it. A command whose
+work takes several passes (a workflow install, the end of a bundle install) returns a
+generator: it becomes the node's ``job``, one step of which runs per pass, before any other
+command (``Sampler.step_job``), and its return value is the ack. The replay table
 lives on flash (``<root>/cmds.json``), loaded per envelope and saved whenever it changed (an
 accepted id, saved before the command runs, or a newer issue time seen), so nothing of it
 stays in RAM between commands.
@@ -36,7 +39,14 @@ def run(node):
         cmd_id = head["id"]
         node.current_cmd = cmd_id
         try:
-            code, detail = _dispatch(node, head)
+            r = _dispatch(node, head)
+            head = None
+            if not isinstance(r, tuple):  # it runs over several passes, from this one on
+                node.job = r
+                node.job_id = cmd_id
+                node.step_job()
+                return
+            code, detail = r
         except Exception as e:  # a command must never take the node down
             code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
         node.ack_later(cmd_id, code, detail)

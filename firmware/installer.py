@@ -84,10 +84,12 @@ def _check_board(hal, prog):
     return chan, outs
 
 
-def _activate(wf, prog, snap):
+def _activate(wf, prog, snap, ex=None):
+    # run ``prog`` (its executor ``ex`` built already, or built here) from snapshot ``snap``
     node = wf.node
     chan, outs = _check_board(node.hal, prog)
-    ex = Executor(prog, node, node.ticks)
+    if ex is None:
+        ex = Executor(prog, node, node.ticks)
     if snap:
         try:
             ex.restore(snap)
@@ -109,12 +111,26 @@ def _activate(wf, prog, snap):
 
 
 def install(wf, cmd_id, args):
-    """The install_workflow command: verify, validate, stage, switch, migrate, then watch."""
+    """The install_workflow command, one step a pass of the main loop: a generator that the
+    node resumes once a pass (``Sampler.step_job``) and whose return value is the ack's
+    ``(code, detail)``. The heap is collected between passes, so each step's garbage and the
+    modules it imported are gone before the next one (``firmware.drop``):
+
+    1. decode the blob, check its sha256, stage it on flash (``staged.bin``);
+    2. load it from there and check it against the board (``shared.workflow.load``);
+    3. build its executor and filter chains (``shared.workflow.start``, the filter modules);
+    4. migrate the running state into it (``shared.workflow.snapshot``): the old workflow
+       stops there (its state saved first, which a rollback restores from flash);
+    5. switch (two renames), record the trial, start the new executor, then watch.
+    """
+    node = wf.node
     try:
         blob = binascii.a2b_base64(args["blob"])
         want = args["sha256"]
     except Exception:
         return _REJECTED, "install_workflow needs args blob (base64) and sha256"
+    health = args.get("health_s", node.health_s)
+    args = None  # the envelope's text goes with the pass
     digest = binascii.hexlify(hashlib.sha256(blob).digest()).decode()
     if digest != want:
         return _REJECTED, "sha256 mismatch: blob is " + digest
@@ -122,31 +138,46 @@ def install(wf, cmd_id, args):
         return _OK, "already installed"
     if wf.trial is not None:
         return _BUSY, "install {} is in its health window".format(wf.trial["id"])
-    node = wf.node
+    if type(health) is not int or not 0 <= health <= 86400:
+        return _REJECTED, "health_s must be an int in [0, 86400]"
+    d = wf.dir + "/"
+    staged = d + "staged.bin"
+    write_atomic(staged, blob)
+    blob = None
+    yield
+
     try:
-        prog = Program(blob)
+        prog = Program(read(staged))
         _check_board(node.hal, prog)
     except ValueError as e:
+        remove(staged)
         return _REJECTED, str(e)
+    yield
+
+    ex = Executor(prog, node, node.ticks)
+    yield
+
     snap = None
     if wf.ex is not None:
         from shared.workflow.snapshot import migrate_snapshot
 
+        if wf.dirty:
+            wf.save_state()  # what a rollback restores
         try:
             snap = migrate_snapshot(wf.prog, wf.ex.snapshot(), prog)
+            ex.restore(snap)
         except ValueError as e:
+            remove(staged)
             return _REJECTED, "migration: " + str(e)
-    health = args.get("health_s", node.health_s)
-    if type(health) is not int or not 0 <= health <= 86400:
-        return _REJECTED, "health_s must be an int in [0, 86400]"
-    d = wf.dir + "/"
-    write_atomic(d + "staged.bin", blob)
+        wf.ex = None  # the old workflow stops where its state was migrated
+        yield
+
     cur = d + "current.bin"
     if _exists(cur):
         replace(cur, d + "prev.bin")
         if _exists(d + "state.bin"):
             replace(d + "state.bin", d + "prev_state.bin")
-    replace(d + "staged.bin", cur)
+    replace(staged, cur)
     if snap is not None:
         write_atomic(d + "state.bin", snap)
     else:
@@ -160,7 +191,7 @@ def install(wf, cmd_id, args):
     }
     write_atomic(d + "trial.json", json.dumps({"id": cmd_id}))
     try:
-        _activate(wf, prog, snap)
+        _activate(wf, prog, None, ex)
     except Exception as e:
         rollback(wf, cmd_id, "did not start: {}".format(e))
         return _FAILED, "did not start: {}".format(e)

@@ -23,6 +23,7 @@ from shared import const
 # Copied from firmware/clock.py by python -m tools.dev.consts: edit them there.
 _HALF = const(0x20000000)
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_FAILED = const(9)  # ran and failed (e.g. the health window)
 _OK = const(0)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_LINK_DOWN = const(2)
@@ -134,6 +135,10 @@ class Sampler:
         self.ev_count = 0
         self.events_dropped = 0
         self.current_cmd = None
+        # a command that runs over several passes (a generator, e.g. firmware.installer's
+        # install): resumed once a pass, before any other command; and its id
+        self.job = None
+        self.job_id = None
         self.bundle = None  # an app bundle download in progress
         self.reboot_requested = False
         self.confirm_due = False
@@ -197,7 +202,9 @@ class Sampler:
                         self.stats["missed"] += 1
                     due[i] = d
             ex.tick()
-        if self.inbox:  # one step per pass: the heap is collected between passes
+        if self.job is not None:  # one step per pass: the heap is collected between passes
+            self.step_job()
+        elif self.inbox:
             from firmware import commands
 
             try:
@@ -215,6 +222,21 @@ class Sampler:
         wf.check_health()
         if wf.dirty:
             wf.save_state()
+
+    def step_job(self):
+        """Run the next step of ``job``; once it returns (or raises), queue its ack."""
+        try:
+            try:
+                next(self.job)
+                return
+            except StopIteration as e:
+                code, detail = e.value
+            except Exception as e:  # a command must never take the node down
+                code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
+            self.job = None
+            self.ack_later(self.job_id, code, detail)
+        finally:
+            drop(RARE)
 
     def next_wait_ms(self):
         """How long the main loop may sleep before something is due (at most 50 ms)."""

@@ -80,6 +80,15 @@ def unpack(f, write, chunk=512, buf=None):
     is a memoryview of it, valid only until ``write`` returns: a board unpacks without
     allocating a piece per read.
     """
+    paths = []
+    for path in entries(f, write, chunk, buf):
+        paths.append(path)
+    return paths
+
+
+def entries(f, write, chunk=512, buf=None):
+    """``unpack`` one entry at a time: a generator that yields each entry's path once all of
+    it went to ``write``, so a board can spread an unpack over several passes of its loop."""
     if _read_exact(f, 4) != MAGIC:
         raise ValueError("not an Orrery bundle (bad magic)")
     w = memoryview(bytearray(4))  # u32 fields are read into w, u16 ones into h
@@ -87,7 +96,6 @@ def unpack(f, write, chunk=512, buf=None):
     n = _uint(f, h)
     if n > MAX_ENTRIES:
         raise ValueError("bundle has too many entries")
-    paths = []
     mv = None if buf is None else memoryview(buf)  # one view for every full piece
     for _ in range(n):
         plen = _uint(f, h)
@@ -111,7 +119,6 @@ def unpack(f, write, chunk=512, buf=None):
             write(path, piece, first)
             first = False
             size -= len(piece)
-        paths.append(path)
+        yield path
     if f.read(1):
         raise ValueError("trailing bytes after the last bundle entry")
-    return paths

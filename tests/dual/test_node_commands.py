@@ -27,7 +27,7 @@ def test_install_runs_health_window_then_migrates_on_upgrade():
     _run(node, clock, 300)
     assert node.wf.ex.state_name() == "cool"
     _install(node, clock, "i2", "greenhouse")
-    _run(node, clock, 300)
+    _run(node, clock, 700)  # verify, then one pass each: stage, load, build, migrate, switch
     assert node.wf.prog.version == 2
     assert node.wf.ex.state_name() == "cooling"
     _run(node, clock, 4000)

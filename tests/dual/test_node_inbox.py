@@ -29,3 +29,32 @@ def test_one_command_step_per_pass_and_the_inbox_bytes_return_to_zero():
         ("c1", codec.OK),
         ("c2", codec.OK),
     ]
+
+
+def test_an_install_takes_one_step_a_pass_while_the_old_workflow_runs_and_commands_wait():
+    node, clock, link = _board()
+    _install(node, clock, "i1", "greenhouse_v1")
+    _run(node, clock, 4500)
+    _install(node, clock, "i2", "greenhouse")
+    _cmd(node, clock, "c1", "run_command", {"name": "auto"})
+    node.step_main()  # verifies i2
+    node.step_main()  # runs it: the blob is checked and staged; the rest is the node's job
+    assert node.job is not None and node.job_id == "i2"
+    assert node.wf.prog.version == 1 and len(node.inbox) == 1
+    samples = node.wf.samples
+    passes = 0
+    while node.job is not None:
+        clock.advance(1000)
+        node.step_main()
+        passes += 1
+        assert len(node.inbox) == 1, "c1 waits behind the install"
+    assert passes == 4  # load and check, build the executor, migrate, switch and start
+    assert node.wf.prog.version == 2
+    assert node.wf.samples - samples >= 2, "the old workflow sampled between the steps"
+    node.step_main()
+    node.step_main()  # c1: verified, then run
+    assert node.inbox == [] and node.inbox_bytes == 0
+    while node.step_link():
+        pass
+    got = [(a["id"], a["code"]) for a in _acks(link)][-2:]
+    assert got[0] == ("i2", codec.IN_PROGRESS) and got[1][0] == "c1"  # run by version 2

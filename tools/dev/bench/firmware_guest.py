@@ -441,7 +441,9 @@ def size(i):
 
 
 def consume(name):
-    while R["resets"] == 0 and (R["broker"].pending() or R["node"].inbox):
+    # until the commands are handled, the last one's steps included (node.job: installs run
+    # one step a pass)
+    while R["resets"] == 0 and (R["broker"].pending() or R["node"].inbox or R["node"].job):
         tick(20)
         begin(name)
         step_link()
