@@ -9,14 +9,14 @@ after each pass, with what the step imported: verifying needs ``shared.wire.veri
 work takes several passes (a workflow install, the end of a bundle install) returns a
 generator: it becomes the node's ``job``, one step of which runs per pass, before any other
 command (``Sampler.step_job``), and its return value is the ack. The replay table
-lives on flash (``<root>/cmds.json``), loaded per envelope and saved whenever it changed (an
+lives on flash (``<root>/cmds.tbl``, as one str: ``Verifier.table``), loaded per envelope and saved whenever it changed (an
 accepted id, saved before the command runs, or a newer issue time seen), so nothing of it
 stays in RAM between commands.
 """
 
 import json
 
-from firmware.files import replace
+from firmware.files import remove, replace
 from shared import const
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
@@ -150,8 +150,22 @@ def _peek_id(env):
 
 
 def _load_table(root, verifier):
-    # Restore the command replay table (saved on flash between commands and reboots), parsed
-    # from the file as it is read
+    # Restore the command replay table (saved on flash between commands and reboots): its
+    # newest issue time on the first line, then the table's text, read as it is
+    try:
+        f = open(root + "/cmds.tbl")
+    except OSError:
+        _load_json(root, verifier)
+        return
+    try:
+        with f:
+            verifier.load_text(int(f.readline()), f.read())
+    except Exception as e:
+        print("orrery: command table not restored:", e)
+
+
+def _load_json(root, verifier):
+    # the table as an earlier firmware saved it (cmds.json): read once, saved as cmds.tbl
     try:
         f = open(root + "/cmds.json")
     except OSError:
@@ -161,11 +175,17 @@ def _load_table(root, verifier):
             verifier.load(json.load(f))
     except Exception as e:
         print("orrery: command table not restored:", e)
+        return
+    _save_table(root, verifier)
+    remove(root + "/cmds.json")
 
 
 def _save_table(root, verifier):
-    # written a piece at a time (write + rename): no copy of the table in RAM
-    path = root + "/cmds.json"
+    # written as the verifier holds it (write + rename): no copy of the table in RAM
+    path = root + "/cmds.tbl"
+    hi, text = verifier.table()
     with open(path + ".tmp", "w") as f:
-        verifier.write_state(f)
+        f.write(str(hi))
+        f.write("\n")
+        f.write(text)
     replace(path + ".tmp", path)
