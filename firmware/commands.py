@@ -65,9 +65,9 @@ def run(node):
         return
     _done(node, len(head))
     cmd_id = _peek_id(head) if cmd is None else cmd["id"]
-    if code == _DUPLICATE and cmd_id in node.acks:
-        code, detail = node.acks[cmd_id]
-        node.ack_later(cmd_id, code, detail, False)
+    stored = node.stored_ack(cmd_id) if code == _DUPLICATE and cmd_id else None
+    if stored:
+        node.ack_later(cmd_id, stored[0], stored[1], False)
         return
     print("orrery: command refused:", code, detail)
     node.ack_later(cmd_id, code, detail, False)

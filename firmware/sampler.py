@@ -127,7 +127,10 @@ class Sampler:
         self.inbox = []
         self.inbox_bytes = 0
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
-        self.acks = {}  # cmd_id -> (code, detail): what a duplicate gets again
+        # what a duplicate gets again: one str, "\n" then "<id> <code> <detail>\n" per ack of
+        # the 64 newest (a line costs its text, a dict entry of a tuple and two strs 90 B)
+        self.acks = "\n"
+        self.n_acks = 0
         self.resends = []  # (first, last, cmd_id)
         # workflow events waiting for the uplink: a preallocated ring, filled without allocating
         self.ev = array("i", bytes(4 * 5 * _MAX_EVENTS))  # event, value, up_s, up_ms, state
@@ -223,6 +226,16 @@ class Sampler:
         if wf.dirty:
             wf.save_state()
 
+    def stored_ack(self, cmd_id):
+        """``(code, detail)`` of the newest ack remembered for command ``cmd_id``, or None."""
+        t = self.acks
+        i = t.rfind("\n" + cmd_id + " ")
+        if i < 0:
+            return None
+        i += len(cmd_id) + 2
+        j = t.find(" ", i)
+        return int(t[i:j]), t[j + 1 : t.find("\n", j)]
+
     def step_job(self):
         """Run the next step of ``job``; once it returns (or raises), queue its ack."""
         try:
@@ -256,9 +269,13 @@ class Sampler:
         """Queue the ack of a command (also of one that finished after its first IN_PROGRESS
         ack: installs, resends); remembered for a duplicate unless ``remember`` is False."""
         if remember and cmd_id is not None:
-            self.acks[cmd_id] = (code, detail)
-            while len(self.acks) > 64:
-                del self.acks[next(iter(self.acks))]
+            if "\n" in detail:
+                detail = detail.replace("\n", " ")
+            self.acks += "{} {} {}\n".format(cmd_id, code, detail)
+            self.n_acks += 1
+            if self.n_acks > 64:  # the oldest goes
+                self.acks = self.acks[self.acks.find("\n", 1) :]
+                self.n_acks -= 1
         with self.lock:
             if len(self.outbox) >= _MAX_OUTBOX:
                 self.outbox.pop(0)

@@ -66,17 +66,3 @@ def test_bad_install_is_rejected_and_nothing_changes():
     last = _acks(link)[-1]
     assert last["id"] == "i2" and last["code"] == codec.REJECTED and "sha256" in last["detail"]
     assert node.wf.prog.version == 1
-
-
-def test_readings_are_stored_and_sent_in_batches():
-    node, clock, link = _board()
-    _install(node, clock, "i1", "greenhouse_v1")
-    _run(node, clock, 10000)
-    batches = [codec.decode_batch(p)[0] for t, p in link.sent if t.endswith("/up/readings")]
-    seqs = []
-    for b in batches:
-        for r in b.records:
-            seqs.append(r[0])
-    assert seqs == list(range(1, node.store.last_seq + 1))
-    assert node.store.backlog() == 0
-

@@ -345,7 +345,9 @@ def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
     out["resident_modules"] = fw["resident"]
     out["loaded_from"] = fw["loaded_from"]
     out["workflow_after"] = fw["workflow"]
-    out["acks"] = {k: v[0] for k, v in sorted(fw["acks"].items())}
+    # the acks the board remembers (firmware.sampler: a line each), the newest per command
+    acks = dict(line.split(" ", 2)[:2] for line in fw["acks"].split("\n") if line)
+    out["acks"] = {k: int(v) for k, v in sorted(acks.items())}
     out["resets"] = fw["resets"]
     out["installs"] = {**carried, "bytes_in_flight": fw_window()}
     out["umqtt"] = {"package": "micropython-umqtt.simple", "version": umqtt.VERSION}

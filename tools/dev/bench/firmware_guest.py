@@ -466,7 +466,7 @@ def report():
         "steps": R["steps"],
         "samples": node.wf.samples,
         "published": R["broker"].published,
-        "acks": node.acks,
+        "acks": node.acks,  # "\n<id> <code> <detail>\n..."
         "workflow": node.wf.prog.name + "@" + str(node.wf.prog.version) if node.wf.prog else None,
         "resets": R["resets"],
         "main_returned": R["main_ret"],
