@@ -24,7 +24,7 @@ _MAX_INBOX = const(8)
 # Command envelopes the node takes in at most, in bytes (the link leaves the rest in the socket,
 # unacknowledged, for the broker to hold: firmware/link.py, "budget"). One envelope always fits
 # when none is held. A sender keeps at most this many bytes of commands in flight.
-CMD_BUDGET = const(6144)
+CMD_BUDGET = const(4096)
 _STATE_EVERY_MS = const(60000)
 _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
