@@ -1,7 +1,7 @@
 """The node's main thread: sample each input on its period, through its filter chain into the
 executor; append every reading the chain emits to the flash store (a reading counts as taken
-once it is there); run the commands the uplink queued (one step per pass:
-``firmware.commands``); persist the executor's state; judge
+once it is there); run the commands the uplink queued (one step per pass: ``firmware.gate``
+verifies, ``firmware.commands`` runs); persist the executor's state; judge
 health windows. It never touches the network, so a dead broker never delays a sample.
 
 ``Workflows`` is the running workflow: its executor and program, how its inputs and outputs map
@@ -123,7 +123,8 @@ class Sampler:
 
     def __init__(self):
         # command envelopes the uplink received, for the main thread (the head may be a verified
-        # command, a dict, that the next pass runs: firmware.commands), and their bytes
+        # command, a dict, that the next pass runs: firmware.gate, firmware.commands), and
+        # their bytes
         self.inbox = []
         self.inbox_bytes = 0
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
@@ -208,10 +209,15 @@ class Sampler:
         if self.job is not None:  # one step per pass: the heap is collected between passes
             self.step_job()
         elif self.inbox:
-            from firmware import commands
-
             try:
-                commands.run(self)
+                if isinstance(self.inbox[0], dict):  # verified in the pass before: run it
+                    from firmware import commands
+
+                    commands.run(self)
+                else:
+                    from firmware import gate
+
+                    gate.verify(self)
             finally:
                 drop(RARE)
         if self.confirm_due:

@@ -127,8 +127,9 @@ class Verifier:
     remembered is a DUPLICATE (same body) or REPLAYED (another body) whatever its time. When
     the table is full of remembered ids a new command gets BUSY (``hi`` still moves, so the
     table empties as newer commands arrive). Without wall time (``now`` None) only ``hi``
-    bounds the time. Persist ``state()`` (or a board: ``table()``) whenever ``dirty`` is set
-    (after an OK, before running the command) and ``load()`` (``load_text()``) it at boot.
+    bounds the time. Persist ``table()`` whenever ``dirty`` is set (after an OK, before running
+    the command) and ``load_text()`` it at boot (``codec.Verifier`` adds ``state()``, the
+    table as JSON, which ``load()`` reads).
     """
 
     def __init__(self, key, device, capacity=64):
@@ -139,7 +140,10 @@ class Verifier:
         # bytes of the body HMAC> <exp>\n" (ids have no spaces). A board reads it from flash and
         # writes it back as it is (``table``, ``load_text``): no object per id, ever.
         self._t = "\n"
-        self._n = 0  # ids in it
+        # the line of the id recorded last, kept apart: a board records one id per table it
+        # loads, and saves the two as they are (no copy of the table to add a line)
+        self._add = ""
+        self._n = 0  # ids in both
         self._hi = 0
         self.dirty = False  # changed since the last state()
 
@@ -167,9 +171,12 @@ class Verifier:
             return _EXPIRED, c, "lifetime over 7 days"
         digest = binascii.hexlify(mac[:16]).decode()
         cid = c["id"]
-        i = self._t.find("\n" + cid + " ")
-        if i >= 0:
-            if self._t.startswith(digest, i + len(cid) + 2):
+        t = self._t
+        i = t.find("\n" + cid + " ") + 1
+        if not i and self._add.startswith(cid) and self._add.startswith(" ", len(cid)):
+            t = self._add
+        if i or t is self._add:
+            if t.startswith(digest, i + len(cid) + 1):
                 return _DUPLICATE, c, "already accepted"
             return _REPLAYED, c, "id reused with another body"
         if exp < self._hi:
@@ -188,15 +195,21 @@ class Verifier:
             return _UNKNOWN_KIND, c, "unknown kind"
         if self._n >= self.capacity:
             return _BUSY, c, "replay table full"
-        self._t += "{} {} {}\n".format(cid, digest, exp)
+        if self._add:
+            self._t += self._add
+        self._add = "{} {} {}\n".format(cid, digest, exp)
         self._n += 1
         self.dirty = True
         return _OK, c, ""
 
     def _forget(self, iat):
         # drop the ids whose exp is below iat: the lines kept are copied once, the rest skipped
-        t = self._t
         s = str(iat)
+        a = self._add
+        if a and _less(a, a.rfind(" ") + 1, len(a) - 1, s):
+            self._add = ""
+            self._n -= 1
+        t = self._t
         out = None  # the lines kept so far, once one is dropped
         i = 1
         keep = 1  # where the run of kept lines started
@@ -210,44 +223,11 @@ class Verifier:
         if out is not None:
             self._t = out + t[keep:]
 
-    def _entries(self):
-        # [(id, digest, exp)] of the table, in its order (for state() and tests)
-        t = self._t
-        out = []
-        i = 1
-        while i < len(t):
-            e = t.find("\n", i)
-            a = t.find(" ", i)
-            out.append((t[i:a], t[a + 1 : a + 33], int(t[a + 34 : e])))
-            i = e + 1
-        return out
-
-    def state(self):
-        """Return the replay table as a JSON-able dict, for ``load`` after a reboot."""
-        self.dirty = False
-        return {
-            "v": 1,
-            "hi": self._hi,
-            "ids": sorted([list(x) for x in self._entries()]),
-        }
-
-    def write_state(self, f):
-        """Write ``state()`` as JSON to the text file ``f``, a piece at a time."""
-        self.dirty = False
-        f.write('{"v": 1, "hi": ')
-        f.write(str(self._hi))
-        f.write(', "ids": [')
-        sep = ""
-        for k, digest, exp in self._entries():
-            f.write('{}["{}", "{}", {}]'.format(sep, k, digest, exp))
-            sep = ", "
-        f.write("]}")
-
     def table(self):
-        """``(hi, text)``: the table as a board keeps it on flash (``load_text`` restores it):
-        ``text`` is the str the verifier holds, no copy."""
+        """``(hi, text, line)``: the table as a board keeps it on flash, ``text + line``
+        (``load_text`` restores it); the strs the verifier holds, no copy."""
         self.dirty = False
-        return self._hi, self._t
+        return self._hi, self._t, self._add
 
     def load_text(self, hi, text):
         """Restore a table saved from ``table()``; ValueError when it is malformed (each
@@ -279,6 +259,7 @@ class Verifier:
         if n > self.capacity:
             raise ValueError("bad verifier state: more ids than capacity")
         self._t = text
+        self._add = ""
         self._n = n
         self._hi = hi
 
@@ -305,6 +286,7 @@ class Verifier:
         except (TypeError, ValueError) as e:
             raise ValueError("bad verifier state: {}".format(e)) from None
         self._t = "".join(lines)
+        self._add = ""
         self._n = len(lines) - 1
         self._hi = hi
 

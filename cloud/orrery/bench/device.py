@@ -61,7 +61,6 @@ RESIDENT = (
     "firmware.uplink",
     "firmware.node",
     "firmware.link",
-    "umqtt.simple",
 )
 
 # One representative spec per filter kind, at a 100 ms sample period.

@@ -226,7 +226,7 @@ def prepare():
     # every key of R and of its tables exists before the first mark: their growth is this
     # benchmark's own bookkeeping, not heap a board holds
     c = R["cfg"]
-    for k in ("G", "main_ret", "fw", "node", "link", "resets", "m0", "step_name"):
+    for k in ("G", "main_ret", "fw", "node", "link", "resets", "m0", "step_name", "umqtt"):
         R[k] = None
     for k in ("step_live", "step_a0", "step_c0", "step_p0", "i", "j", "k", "n", "busy", "loop"):
         R[k] = 0
@@ -363,6 +363,7 @@ def connect():
     )
     topic, payload, retain, qos = link.will
     c.set_last_will(topic, payload, retain, qos)
+    R["umqtt"] = sys.modules["umqtt.simple"].__file__
     link._sock = R["broker"]
     link._poller = Poller(R["broker"])
     link._tx = 0
@@ -470,7 +471,7 @@ def report():
         "workflow": node.wf.prog.name + "@" + str(node.wf.prog.version) if node.wf.prog else None,
         "resets": R["resets"],
         "main_returned": R["main_ret"],
-        "loaded_from": [sys.modules[m].__file__ for m in ("firmware.node", "umqtt.simple")],
+        "loaded_from": [sys.modules["firmware.node"].__file__, R["umqtt"]],
         "resident": sorted(k for k in sys.modules if k.split(".")[0] in c["packages"]),
     }
     print(json.dumps(out))
