@@ -20,6 +20,7 @@ RARE = (
     "firmware.config",
     "shared.config",
     "firmware.commands",
+    "firmware.gate",
     "firmware.installer",
     "firmware.recover",
     "firmware.profile",
@@ -36,8 +37,11 @@ RARE = (
     "shared.bundle",
 )
 
-# The link thread's reports (state, acks, loss): loaded per report and dropped by that thread.
-REPORTS = ("shared.wire.report",)
+# The link thread's occasional modules, dropped by that thread after each report: its reports
+# (state, acks, loss), loaded per report; the overflow spool (firmware.spool), loaded when the
+# node has no room; micropython-lib's umqtt.simple, which opens a session (UmqttLink.connect)
+# and is not used again until the next one.
+REPORTS = ("shared.wire.report", "firmware.spool", "umqtt.simple", "umqtt")
 
 
 def drop(names):
@@ -56,5 +60,5 @@ def forget(names):
     for name in names:
         if m.pop(name, None) is not None:
             pkg, _, attr = name.rpartition(".")
-            if hasattr(m[pkg], attr):
+            if pkg in m and hasattr(m[pkg], attr):
                 delattr(m[pkg], attr)

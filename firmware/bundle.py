@@ -19,9 +19,7 @@ import hashlib
 import os
 
 from firmware.files import mkdir
-from firmware.slots import load_app, save_app
 from shared import const
-from shared.bundle import unpack
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _FAILED = const(9)  # ran and failed (e.g. the health window)
@@ -32,6 +30,7 @@ _REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 PART = "bundle.part"
 MAX_SIZE = 1024 * 1024
 _PIECE = const(512)  # bytes per read while checking and unpacking a downloaded bundle
+_FILES = const(8)  # files unpacked in one pass of the main loop
 
 
 def _makedirs(path):
@@ -42,6 +41,16 @@ def _makedirs(path):
             continue
         cur = cur + part if cur.endswith("/") or not cur else cur + "/" + part
         mkdir(cur)
+
+
+def _makedirs_in(root, rel):
+    # make directory ``rel`` ("a/b") and its parents under the existing directory ``root``
+    i = rel.find("/")
+    while True:
+        mkdir(root + "/" + (rel if i < 0 else rel[:i]))
+        if i < 0:
+            return
+        i = rel.find("/", i + 1)
 
 
 def _rmtree(path):
@@ -63,6 +72,8 @@ def confirm(node):
 
     Also reports a rollback that happened at boot. Returns an ack tuple or None.
     """
+    from firmware.slots import load_app, save_app
+
     root = node.root
     app = load_app(root)
     if app.get("trial") and app.get("trial_booted"):
@@ -82,7 +93,9 @@ def confirm(node):
 
 
 def handle(node, kind, args):
-    """install_bundle / bundle_chunk commands; returns (ack code, detail)."""
+    """install_bundle / bundle_chunk commands; returns (ack code, detail), or for the last
+    chunk a generator that finishes the install over the next passes (its return value is
+    that chunk's ack)."""
     root = node.root
     if kind == "install_bundle":
         return _start(node, args)
@@ -111,7 +124,7 @@ def handle(node, kind, args):
     if st["next"] < st["chunks"]:
         return _OK, "chunk {} of {}".format(i + 1, st["chunks"])
     node.bundle = None
-    return _finish(node, st)
+    return _finish(node, st)  # the rest takes several passes
 
 
 def _start(node, args):
@@ -140,6 +153,11 @@ def _start(node, args):
 
 
 def _finish(node, st):
+    # The rest of the install, one step a pass of the main loop (a generator: the node's job,
+    # see firmware.commands): check the download's size and sha256, then unpack it into the
+    # inactive slot _FILES files a pass, then record the trial in app.json. Its return value
+    # is the last chunk's ack.
+    yield  # the last chunk's pass stored it
     root = node.root
     part = root + "/" + PART
     buf = bytearray(_PIECE)  # one buffer for hashing and unpacking: nothing per read
@@ -153,32 +171,48 @@ def _finish(node, st):
             h.update(buf if n == _PIECE else memoryview(buf)[:n])
             size += n
     got = binascii.hexlify(h.digest()).decode()
+    h = None
     if size != st["size"] or got != st["sha256"]:
         os.remove(part)
         node.ack_later(
             st["cmd"], _FAILED, "bundle size {} sha256 {} do not match".format(size, got)
         )
         return _FAILED, "bundle does not match its sha256"
+    yield
+
+    from firmware.slots import load_app, save_app
+    from shared.bundle import entries
+
     app = load_app(root)
     slot = "b" if app.get("active", "a") == "a" else "a"
     target = root + "/app_" + slot
     _rmtree(target)
     _makedirs(target)
-    state = {"f": None}
+    app = None
+    yield
+
+    state = {"f": None, "d": ""}  # the file being written, the last directory made
 
     def write(path, piece, first):
         if first:
             if state["f"]:
                 state["f"].close()
-            d = path.rsplit("/", 1)
-            if len(d) == 2:
-                _makedirs(target + "/" + d[0])
+            i = path.rfind("/")
+            # a bundle lists a directory's files together: each directory is made once
+            # (making one that exists raises, and an exception allocates)
+            if i > 0 and path[:i] != state["d"]:
+                state["d"] = path[:i]
+                _makedirs_in(target, state["d"])
             state["f"] = open(target + "/" + path, "wb")
         state["f"].write(piece)
 
     try:
         with open(part, "rb") as f:
-            unpack(f, write, _PIECE, buf)
+            k = 0
+            for _ in entries(f, write, _PIECE, buf):
+                k += 1
+                if k % _FILES == 0:
+                    yield
     except ValueError as e:
         _rmtree(target)
         node.ack_later(st["cmd"], _FAILED, "bad bundle: {}".format(e))
@@ -186,7 +220,10 @@ def _finish(node, st):
     finally:
         if state["f"]:
             state["f"].close()
+    yield
+
     os.remove(part)
+    app = load_app(root)
     app.update({"trial": slot, "trial_booted": False, "version": st["version"], "cmd": st["cmd"]})
     save_app(root, app)
     node.reboot_requested = True

@@ -1,21 +1,17 @@
-"""Command handling: verify each queued envelope, run it, queue its ack (main thread).
+"""Running commands, one step per pass of the main loop (main thread): the command at the head
+of the inbox, verified in the pass before (``firmware.gate``), runs and its ack is queued.
 
-The node imports this module only when commands are waiting (``Node.step_main``) and drops
-it, with ``shared.wire.verifier`` and ``shared.wire.hmac256``, once they are handled. The replay table
-lives on flash (``<root>/cmds.json``), loaded per batch of commands and saved whenever it
-changed (an accepted id, saved before the command runs, or a newer issue time seen), so
-nothing of it stays in RAM between commands.
+The node imports this module only in a pass that runs a command (``Sampler.step_main``) and
+drops it after the pass, with the command's own module (``firmware.installer``,
+``firmware.bundle``, ...): never in the pass that verifies. A command whose work takes
+several passes (a workflow install, the end of a bundle install) returns a generator: it
+becomes the node's ``job``, one step of which runs per pass, before any other command
+(``Sampler.step_job``), and its return value is the ack.
 """
 
-import json
-
-from firmware import installer
-from firmware.files import read, write_atomic
 from shared import const
-from shared.wire.verifier import Verifier
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_DUPLICATE = const(1)  # already done: the stored ack is sent again
 _FAILED = const(9)  # ran and failed (e.g. the health window)
 _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
 _OK = const(0)
@@ -26,36 +22,42 @@ _EV_COMMAND = const(4)
 
 
 def run(node):
-    """Handle every command in ``node.inbox``."""
-    v = Verifier(node.key, node.device)
-    _load_table(node.root, v)
-    while node.inbox:
-        env = node.inbox.pop(0)
-        node.stats["commands"] += 1
-        code, cmd, detail = v.check(env, node.wall.now_unix())
-        if v.dirty:  # an id recorded (before it runs), or a newer issue time seen
-            _save_table(node.root, v)
-        cmd_id = _peek_id(env) if cmd is None else cmd["id"]
-        if code == _DUPLICATE and cmd_id in node.acks:
-            code, detail = node.acks[cmd_id]
-            node.ack_later(cmd_id, code, detail, False)
-            continue
-        if code != _OK:
-            print("orrery: command refused:", code, detail)
-            node.ack_later(cmd_id, code, detail, False)
-            continue
-        node.current_cmd = cmd_id
-        try:
-            code, detail = _dispatch(node, cmd)
-        except Exception as e:  # a command must never take the node down
-            code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
-        node.ack_later(cmd_id, code, detail)
+    """Run the command at the head of ``node.inbox``, verified in the pass before
+    (``firmware.gate``), and queue its ack; or make it the node's job."""
+    head = node.inbox[0]
+    _done(node, head.pop("_n"))
+    cmd_id = head["id"]
+    node.current_cmd = cmd_id
+    try:
+        r = _dispatch(node, head)
+        # done with it: emptied, so that a stale copy of the pointer (the collector scans the
+        # stack conservatively) keeps no more than the dict alive
+        head.clear()
+        head = None
+        if not isinstance(r, tuple):  # it runs over several passes, from this one on
+            node.job = r
+            node.job_id = cmd_id
+            node.step_job()
+            return
+        code, detail = r
+    except Exception as e:  # a command must never take the node down
+        code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
+    node.ack_later(cmd_id, code, detail)
+
+
+def _done(node, n):
+    # the head of the inbox is handled: its bytes leave the admission budget
+    with node.lock:
+        node.inbox.pop(0)
+        node.inbox_bytes -= n
 
 
 def _dispatch(node, cmd):
     kind = cmd["kind"]
     args = cmd["args"] if isinstance(cmd["args"], dict) else {}
     if kind == "install_workflow":
+        from firmware import installer
+
         return installer.install(node.wf, cmd["id"], args)
     if kind == "run_command":
         return _command(node.wf, args.get("name"))
@@ -71,6 +73,8 @@ def _dispatch(node, cmd):
         node.reboot_requested = True
         return _OK, "rebooting"
     if kind == "cancel":
+        from firmware import installer
+
         return installer.cancel(node.wf, args.get("id"))
     if kind in ("install_bundle", "bundle_chunk"):
         from firmware import bundle
@@ -105,27 +109,3 @@ def _set_config(node, args):
     config.save(path, new)
     node.cfg = new
     return _OK, "saved; applies at the next boot"
-
-
-def _peek_id(env):
-    # the command id of an envelope that failed verification, for its ack (untrusted)
-    try:
-        body = json.loads(json.loads(env)["b"])
-        cid = body.get("id")
-        return cid if isinstance(cid, str) and 0 < len(cid) <= 64 else None
-    except Exception:
-        return None
-
-
-def _load_table(root, verifier):
-    # Restore the command replay table (saved on flash between commands and reboots).
-    raw = read(root + "/cmds.json")
-    if raw:
-        try:
-            verifier.load(json.loads(raw))
-        except Exception as e:
-            print("orrery: command table not restored:", e)
-
-
-def _save_table(root, verifier):
-    write_atomic(root + "/cmds.json", json.dumps(verifier.state()))

@@ -6,9 +6,11 @@ and ``snapshot``) only when needed and drops it again (``firmware.drop``).
 
 Files under ``<root>/wf/``: ``current.bin`` (the compiled device form that runs),
 ``prev.bin`` (the one before, for rollback), ``state.bin`` (the executor snapshot: state,
-variables, outputs, timers) and ``trial.json`` (an install whose health window has not passed
-yet). A switch is two renames; a power cut between them is finished at the next boot. A
-reboot during a health window counts as a failure: the board rolls back to ``prev.bin``.
+variables, outputs, timers), ``staged.bin`` and ``installing.json`` (an install going through
+its passes: its command id and the new blob's sha256) and ``trial.json`` (an install whose
+health window has not passed yet). A switch is two renames; a power cut between them is
+finished at the next boot. A reboot during an install or its health window counts as a
+failure: the board undoes it (back to ``prev.bin`` if it had switched) and acks it FAILED.
 
 A version is healthy when, over its health window, it raised nothing and at most half of its
 sensor reads failed (a workflow reading a channel that does not work on this board fails).
@@ -49,6 +51,9 @@ def boot(wf):
     install. Returns True if a workflow runs."""
     d = wf.dir + "/"
     cur = d + "current.bin"
+    inst = read(d + "installing.json")
+    if inst is not None and not _exists(d + "trial.json"):
+        _interrupted(wf, inst)
     if not _exists(cur) and _exists(d + "staged.bin"):
         replace(d + "staged.bin", cur)  # power cut between the two renames of a switch
     trial = read(d + "trial.json")
@@ -70,6 +75,38 @@ def boot(wf):
     return True
 
 
+def _interrupted(wf, inst):
+    # A reboot in the middle of an install, before its health window: undo what it did and ack
+    # it FAILED. (The command's id is in the replay table already: without this, a copy sent
+    # again would get DUPLICATE "already accepted", which the companion takes for done.)
+    d = wf.dir + "/"
+    cur = d + "current.bin"
+    try:
+        j = json.loads(inst)
+        cmd_id, digest = j["id"], j["sha256"]
+    except Exception:
+        cmd_id = digest = None
+    staged = d + "staged.bin"
+    if not _exists(cur) and _exists(staged):
+        replace(staged, cur)  # between the two renames: finish the switch, to undo it below
+        switched = True
+    elif _exists(staged):
+        remove(staged)  # not switched yet
+        switched = False
+    else:  # switched (only the trial was not recorded yet) if current.bin is the new blob
+        blob = read(cur)
+        switched = blob is not None and _sha(blob) == digest
+    remove(d + "installing.json")
+    if switched:
+        rollback(wf, cmd_id, "rebooted during the install")
+    elif cmd_id is not None:
+        wf.node.ack_later(cmd_id, _FAILED, "rolled back: rebooted during the install")
+
+
+def _sha(blob):
+    return binascii.hexlify(hashlib.sha256(blob).digest()).decode()
+
+
 def _check_board(hal, prog):
     chan = array("i")
     for name in prog.input_channels:
@@ -84,10 +121,12 @@ def _check_board(hal, prog):
     return chan, outs
 
 
-def _activate(wf, prog, snap):
+def _activate(wf, prog, snap, ex=None):
+    # run ``prog`` (its executor ``ex`` built already, or built here) from snapshot ``snap``
     node = wf.node
     chan, outs = _check_board(node.hal, prog)
-    ex = Executor(prog, node, node.ticks)
+    if ex is None:
+        ex = Executor(prog, node, node.ticks)
     if snap:
         try:
             ex.restore(snap)
@@ -109,44 +148,75 @@ def _activate(wf, prog, snap):
 
 
 def install(wf, cmd_id, args):
-    """The install_workflow command: verify, validate, stage, switch, migrate, then watch."""
+    """The install_workflow command, one step a pass of the main loop: a generator that the
+    node resumes once a pass (``Sampler.step_job``) and whose return value is the ack's
+    ``(code, detail)``. The heap is collected between passes, so each step's garbage and the
+    modules it imported are gone before the next one (``firmware.drop``):
+
+    1. decode the blob, check its sha256, stage it on flash (``staged.bin``);
+    2. load it from there and check it against the board (``shared.workflow.load``);
+    3. build its executor and filter chains (``shared.workflow.start``, the filter modules);
+    4. migrate the running state into it (``shared.workflow.snapshot``): the old workflow
+       stops there (its state saved first, which a rollback restores from flash);
+    5. switch (two renames), record the trial, start the new executor, then watch.
+    """
+    node = wf.node
     try:
         blob = binascii.a2b_base64(args["blob"])
         want = args["sha256"]
     except Exception:
         return _REJECTED, "install_workflow needs args blob (base64) and sha256"
-    digest = binascii.hexlify(hashlib.sha256(blob).digest()).decode()
+    health = args.get("health_s", node.health_s)
+    args = None  # the envelope's text goes with the pass
+    digest = _sha(blob)
     if digest != want:
         return _REJECTED, "sha256 mismatch: blob is " + digest
     if wf.prog is not None and wf.prog.hash == digest and wf.trial is None:
         return _OK, "already installed"
     if wf.trial is not None:
         return _BUSY, "install {} is in its health window".format(wf.trial["id"])
-    node = wf.node
+    if type(health) is not int or not 0 <= health <= 86400:
+        return _REJECTED, "health_s must be an int in [0, 86400]"
+    d = wf.dir + "/"
+    staged = d + "staged.bin"
+    write_atomic(staged, blob)
+    blob = None
+    # until the trial is recorded: a reboot before it is a failed install (_interrupted)
+    write_atomic(d + "installing.json", json.dumps({"id": cmd_id, "sha256": digest}))
+    yield
+
     try:
-        prog = Program(blob)
+        prog = Program(read(staged))
         _check_board(node.hal, prog)
     except ValueError as e:
+        _cancel_staged(d)
         return _REJECTED, str(e)
+    yield
+
+    ex = Executor(prog, node, node.ticks)
+    yield
+
     snap = None
     if wf.ex is not None:
         from shared.workflow.snapshot import migrate_snapshot
 
+        if wf.dirty:
+            wf.save_state()  # what a rollback restores
         try:
             snap = migrate_snapshot(wf.prog, wf.ex.snapshot(), prog)
+            ex.restore(snap)
         except ValueError as e:
+            _cancel_staged(d)
             return _REJECTED, "migration: " + str(e)
-    health = args.get("health_s", node.health_s)
-    if type(health) is not int or not 0 <= health <= 86400:
-        return _REJECTED, "health_s must be an int in [0, 86400]"
-    d = wf.dir + "/"
-    write_atomic(d + "staged.bin", blob)
+        wf.ex = None  # the old workflow stops where its state was migrated
+        yield
+
     cur = d + "current.bin"
     if _exists(cur):
         replace(cur, d + "prev.bin")
         if _exists(d + "state.bin"):
             replace(d + "state.bin", d + "prev_state.bin")
-    replace(d + "staged.bin", cur)
+    replace(staged, cur)
     if snap is not None:
         write_atomic(d + "state.bin", snap)
     else:
@@ -159,12 +229,19 @@ def install(wf, cmd_id, args):
         "invalid": wf.invalid,
     }
     write_atomic(d + "trial.json", json.dumps({"id": cmd_id}))
+    remove(d + "installing.json")
     try:
-        _activate(wf, prog, snap)
+        _activate(wf, prog, None, ex)
     except Exception as e:
         rollback(wf, cmd_id, "did not start: {}".format(e))
         return _FAILED, "did not start: {}".format(e)
     return _IN_PROGRESS, "health window {} s".format(health)
+
+
+def _cancel_staged(d):
+    # an install refused before its switch: nothing of it stays
+    remove(d + "staged.bin")
+    remove(d + "installing.json")
 
 
 def rollback(wf, cmd_id, why):

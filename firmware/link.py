@@ -23,6 +23,18 @@ it is offline wait on the broker (up to its ``max_queued_messages``).
   ``on_message(topic, payload)`` (``str`` topic, ``bytes`` payload) for each message in
   arrival order, in the caller's thread. A QoS 1 message is acknowledged when the link has it,
   before ``on_message`` runs.
+- ``budget`` and ``held``: when ``budget`` (bytes) is set, ``held()`` returns the bytes of
+  messages the consumer still holds, and ``poll()`` reads a PUBLISH only while it fits in
+  ``budget`` beside them and the messages read but not handed over yet (the first one always
+  fits when nothing is held); it hands a message over only while the consumer has room. One
+  that does not fit stays in the socket, unacknowledged: TCP and the broker hold it (QoS 1)
+  until a later ``poll()`` has room. One that stands in front of a packet the link must read
+  now (the PUBACK or SUBACK it awaits, a PINGRESP) is read past into ``spool``, a file
+  (``firmware.spool``): acknowledged once it is on flash, handed over in arrival order as room
+  frees. So a full budget costs neither a link drop nor a message; only without ``spool``, or
+  with the spool full, is such a message left unacknowledged and the connection dropped (the
+  broker sends it again). The paho link reads and acknowledges in paho's thread; it applies
+  the budget when it hands messages over.
 - ``connected``: False after any failure, ``close()`` or ``disconnect()``.
 - ``disconnect()`` sends DISCONNECT (the broker discards the will); ``close()`` only closes the
   socket (the broker publishes the will). Neither raises.
@@ -117,6 +129,11 @@ class Link:
         self.session_present = False
         self.last_error = None
         self._subs = []  # (topic, qos) given to subscribe(), for a broker that lost the session
+        # Admission by bytes (UmqttLink; see "budget" in the module doc): None, or the bytes
+        # of incoming messages the consumer takes at most, and ``held()`` the bytes it holds.
+        self.budget = None
+        self.held = None
+        self.spool = None  # a file for what must be read past without room (UmqttLink)
 
     def _resume(self):
         # After a CONNACK: a broker that lost the session is given the subscriptions again.
@@ -150,6 +167,14 @@ class UmqttLink(Link):
         self._tx = 0  # ticks_ms of the last packet sent
         self._ping = None  # ticks_ms of an unanswered PINGREQ
         self._inbox = []
+        self._in_bytes = 0  # payload bytes in _inbox
+        self._op = 0  # fixed header of a PUBLISH left in the socket for lack of room (0: none)
+        self._n = 0  # ... and its remaining length
+        # the overflow spool (firmware.spool): the messages in it not handed over yet, and
+        # where the next one starts and the last one ends in its file
+        self._sp = 0
+        self._sp_at = 0
+        self._sp_end = 0
 
     def connect(self):
         """Open a new connection (closing any old one); True once the broker accepted it."""
@@ -236,13 +261,26 @@ class UmqttLink(Link):
                 elif self.keepalive and ticks_diff(now, self._tx) >= self.keepalive * 500:
                     self._write(b"\xc0\x00", 2)
                     self._ping = now
-                while len(self._inbox) < MAX_INBOX and self._read(0):
+                if self._sp:
+                    from firmware import spool
+
+                    while self._sp and spool.take(self):
+                        pass
+                # Paced: a PUBLISH without room stays in the socket. Not while a PINGRESP is
+                # awaited: the link reads past such a message then (into the spool).
+                while self._read(0, self._ping is None):
                     pass
             except OSError as e:
                 self._drop(error_text(e))
         inbox = self._inbox
         while inbox:
-            topic, payload = inbox.pop(0)
+            topic, payload = inbox[0]
+            if self.budget is not None and self.held is not None:
+                held = self.held()
+                if held and held + len(payload) > self.budget:
+                    break  # the consumer has no room: a later poll hands it over
+            inbox.pop(0)
+            self._in_bytes -= len(payload)
             if self.on_message:
                 self.on_message(topic, payload)
 
@@ -261,6 +299,7 @@ class UmqttLink(Link):
         self._sock = None
         self._poller = None
         self.connected = False
+        self._op = 0
         _close(sock)
 
     def _drop(self, reason):
@@ -317,36 +356,56 @@ class UmqttLink(Link):
             raise OSError("closed")
         return b[0]
 
-    def _read(self, wait_ms):
+    def _read(self, wait_ms, pace=False):
         """Read and handle one packet if one starts within wait_ms; return its type or 0.
 
         Only the wait for the first byte is bounded by wait_ms: once a packet has begun, the
-        rest must arrive within the socket timeout or the link is broken (OSError).
+        rest must arrive within the socket timeout or the link is broken (OSError). With
+        ``pace`` (``poll``), a PUBLISH without room in ``budget`` is left in the socket (its
+        fixed header kept for the next read) and 0 returned.
         """
-        if not self._poller.poll(wait_ms):
-            return 0
-        op = self._byte()
-        n = 0
-        shift = 0
-        while True:
-            c = self._byte()
-            n |= (c & 0x7F) << shift
-            if not c & 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise OSError("bad length")
-        if n > MAX_PACKET:
-            raise OSError("packet too big")
+        op = self._op
+        n = self._n
+        if not op:
+            if not self._poller.poll(wait_ms):
+                return 0
+            op = self._byte()
+            n = 0
+            shift = 0
+            while True:
+                c = self._byte()
+                n |= (c & 0x7F) << shift
+                if not c & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise OSError("bad length")
+            if n > MAX_PACKET:
+                raise OSError("packet too big")
+        kind = op & 0xF0
+        if kind == _PUBLISH:
+            if self._sp or not self._room(n):  # behind spooled messages, or no room
+                if pace:
+                    self._op = op
+                    self._n = n
+                    return 0
+                self._op = 0
+                if self.spool is None:  # left unacknowledged: the broker sends it again
+                    raise OSError("inbox full")
+                from firmware import spool  # read past it, onto flash
+
+                spool.put(self, op, n)
+                return kind
+            self._op = 0
+            self._incoming(op, n)
+            return kind
+        self._op = 0
         body = b""
         if n:
             body = self._sock.read(n)
             if not body or len(body) != n:
                 raise OSError("closed")
-        kind = op & 0xF0
-        if kind == _PUBLISH:
-            self._incoming(op, body)
-        elif kind == _PUBACK or kind == _SUBACK:
+        if kind == _PUBACK or kind == _SUBACK:
             if n < 2:
                 raise OSError("bad ack")
             self._acked = body[0] << 8 | body[1]
@@ -356,19 +415,42 @@ class UmqttLink(Link):
             self._ping = None
         return kind
 
-    def _incoming(self, op, body):
+    def _room(self, n):
+        # whether a PUBLISH of remaining length n may be read now (see budget in the module doc)
+        if len(self._inbox) >= MAX_INBOX:
+            return False
+        if self.budget is None:
+            return True
+        held = self._in_bytes + (self.held() if self.held else 0)
+        return held == 0 or held + n <= self.budget
+
+    def _exact(self, n):
+        b = self._sock.read(n)
+        if not b or len(b) != n:
+            raise OSError("closed")
+        return b
+
+    def _incoming(self, op, n):
+        # the topic and packet id first, then the payload in one read: the payload is the
+        # only copy of the message the link makes
         qos = (op >> 1) & 3
         if qos == 2:  # never subscribed at QoS 2, so the broker never sends it
             raise OSError("qos 2")
-        tl = body[0] << 8 | body[1] if len(body) > 1 else 0xFFFF
-        i = 2 + tl + 2 * qos
-        if i > len(body):
+        if n < 2:
             raise OSError("bad publish")
-        if len(self._inbox) >= MAX_INBOX:
-            raise OSError("inbox full")  # left unacknowledged: the broker sends it again
-        self._inbox.append((body[2 : 2 + tl].decode(), body[i:]))
+        b = self._exact(2)
+        tl = b[0] << 8 | b[1]
+        i = 2 + tl + 2 * qos
+        if i > n:
+            raise OSError("bad publish")
+        topic = self._exact(tl).decode() if tl else ""
+        if qos:
+            b = self._exact(2)
+        payload = self._exact(n - i) if n > i else b""
+        self._inbox.append((topic, payload))
+        self._in_bytes += len(payload)
         if qos:
             ack = self._puback
-            ack[2] = body[i - 2]
-            ack[3] = body[i - 1]
+            ack[2] = b[0]
+            ack[3] = b[1]
             self._write(ack, 4)

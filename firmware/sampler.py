@@ -1,6 +1,7 @@
 """The node's main thread: sample each input on its period, through its filter chain into the
 executor; append every reading the chain emits to the flash store (a reading counts as taken
-once it is there); run the commands the uplink queued; persist the executor's state; judge
+once it is there); run the commands the uplink queued (one step per pass: ``firmware.gate``
+verifies, ``firmware.commands`` runs); persist the executor's state; judge
 health windows. It never touches the network, so a dead broker never delays a sample.
 
 ``Workflows`` is the running workflow: its executor and program, how its inputs and outputs map
@@ -22,6 +23,7 @@ from shared import const
 # Copied from firmware/clock.py by python -m tools.dev.consts: edit them there.
 _HALF = const(0x20000000)
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_FAILED = const(9)  # ran and failed (e.g. the health window)
 _OK = const(0)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_LINK_DOWN = const(2)
@@ -120,9 +122,16 @@ class Sampler:
     """The main thread's half of a Node (see the module doc)."""
 
     def __init__(self):
-        self.inbox = []  # command envelopes the uplink received, for the main thread
+        # command envelopes the uplink received, for the main thread (the head may be a verified
+        # command, a dict, that the next pass runs: firmware.gate, firmware.commands), and
+        # their bytes
+        self.inbox = []
+        self.inbox_bytes = 0
         self.outbox = []  # acks to publish: (cmd_id, code, detail)
-        self.acks = {}  # cmd_id -> (code, detail): what a duplicate gets again
+        # what a duplicate gets again: one str, "\n" then "<id> <code> <detail>\n" per ack of
+        # the 64 newest (a line costs its text, a dict entry of a tuple and two strs 90 B)
+        self.acks = "\n"
+        self.n_acks = 0
         self.resends = []  # (first, last, cmd_id)
         # workflow events waiting for the uplink: a preallocated ring, filled without allocating
         self.ev = array("i", bytes(4 * 5 * _MAX_EVENTS))  # event, value, up_s, up_ms, state
@@ -130,6 +139,10 @@ class Sampler:
         self.ev_count = 0
         self.events_dropped = 0
         self.current_cmd = None
+        # a command that runs over several passes (a generator, e.g. firmware.installer's
+        # install): resumed once a pass, before any other command; and its id
+        self.job = None
+        self.job_id = None
         self.bundle = None  # an app bundle download in progress
         self.reboot_requested = False
         self.confirm_due = False
@@ -193,11 +206,18 @@ class Sampler:
                         self.stats["missed"] += 1
                     due[i] = d
             ex.tick()
-        if self.inbox:
-            from firmware import commands
-
+        if self.job is not None:  # one step per pass: the heap is collected between passes
+            self.step_job()
+        elif self.inbox:
             try:
-                commands.run(self)
+                if isinstance(self.inbox[0], dict):  # verified in the pass before: run it
+                    from firmware import commands
+
+                    commands.run(self)
+                else:
+                    from firmware import gate
+
+                    gate.verify(self)
             finally:
                 drop(RARE)
         if self.confirm_due:
@@ -211,6 +231,31 @@ class Sampler:
         wf.check_health()
         if wf.dirty:
             wf.save_state()
+
+    def stored_ack(self, cmd_id):
+        """``(code, detail)`` of the newest ack remembered for command ``cmd_id``, or None."""
+        t = self.acks
+        i = t.rfind("\n" + cmd_id + " ")
+        if i < 0:
+            return None
+        i += len(cmd_id) + 2
+        j = t.find(" ", i)
+        return int(t[i:j]), t[j + 1 : t.find("\n", j)]
+
+    def step_job(self):
+        """Run the next step of ``job``; once it returns (or raises), queue its ack."""
+        try:
+            try:
+                next(self.job)
+                return
+            except StopIteration as e:
+                code, detail = e.value
+            except Exception as e:  # a command must never take the node down
+                code, detail = _FAILED, "{}: {}".format(type(e).__name__, e)
+            self.job = None
+            self.ack_later(self.job_id, code, detail)
+        finally:
+            drop(RARE)
 
     def next_wait_ms(self):
         """How long the main loop may sleep before something is due (at most 50 ms)."""
@@ -230,9 +275,13 @@ class Sampler:
         """Queue the ack of a command (also of one that finished after its first IN_PROGRESS
         ack: installs, resends); remembered for a duplicate unless ``remember`` is False."""
         if remember and cmd_id is not None:
-            self.acks[cmd_id] = (code, detail)
-            while len(self.acks) > 64:
-                del self.acks[next(iter(self.acks))]
+            if "\n" in detail:
+                detail = detail.replace("\n", " ")
+            self.acks += "{} {} {}\n".format(cmd_id, code, detail)
+            self.n_acks += 1
+            if self.n_acks > 64:  # the oldest goes
+                self.acks = self.acks[self.acks.find("\n", 1) :]
+                self.n_acks -= 1
         with self.lock:
             if len(self.outbox) >= _MAX_OUTBOX:
                 self.outbox.pop(0)

@@ -21,6 +21,10 @@ from shared.wire import message
 FW_VERSION = "0.1.0"
 _BATCH = const(64)  # records per readings batch
 _MAX_INBOX = const(8)
+# Command envelopes the node takes in at most, in bytes (the link leaves the rest in the socket,
+# unacknowledged, for the broker to hold: firmware/link.py, "budget"). One envelope always fits
+# when none is held. A sender keeps at most this many bytes of commands in flight.
+CMD_BUDGET = const(4096)
 _STATE_EVERY_MS = const(60000)
 _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than this is backlog
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
@@ -54,6 +58,9 @@ class Uplink:
         self.confirmed = False  # a trial app bundle was confirmed (or there was none)
         self.confirm_after_s = self.cfg.get("confirm_after_s", 30)
         self.link.on_message = self._on_message
+        self.link.budget = CMD_BUDGET
+        self.link.held = self._held
+        self.link.spool = self.root + "/inbox.spool"
 
     def _on_message(self, topic, payload):
         # link thread: only queue; the main thread owns the executor and the store
@@ -62,7 +69,14 @@ class Uplink:
         if len(self.inbox) >= _MAX_INBOX:
             print("orrery: inbox full, dropping a command (it is pulled again on reconnect)")
             return
-        self.inbox.append(payload)
+        with self.lock:
+            self.inbox.append(payload)
+            self.inbox_bytes += len(payload)
+
+    def _held(self):
+        # the link's question: bytes of command envelopes the main thread has not handled yet
+        # (a full inbox counts as the whole budget)
+        return self.inbox_bytes if len(self.inbox) < _MAX_INBOX else CMD_BUDGET
 
     def step_link(self):
         """One pass of the link loop. Returns True if it did network work."""

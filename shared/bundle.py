@@ -14,11 +14,19 @@ MAX_PATH = 128
 
 
 def _check_path(p):
-    if not p or len(p) > MAX_PATH or p[0] == "/" or "\\" in p:
+    # the parts between "/" are looked at in place: no list, no slices
+    if not p or len(p) > MAX_PATH or p.startswith("/") or "\\" in p:
         return False
-    for part in p.split("/"):
-        if part in ("", ".", ".."):
+    n = len(p)
+    i = 0
+    while i <= n:
+        j = p.find("/", i)
+        if j < 0:
+            j = n
+        k = j - i
+        if k == 0 or (k == 1 and p.startswith(".", i)) or (k == 2 and p.startswith("..", i)):
             return False
+        i = j + 1
     return True
 
 
@@ -45,10 +53,19 @@ def _read_exact(f, n):
     return b
 
 
-def _read_into(f, buf, size):
-    # the next min(size, len(buf)) bytes of f, read into buf (a slice only for a short read)
-    n = len(buf)
-    piece = memoryview(buf) if size >= n else memoryview(buf)[:size]
+def _uint(f, mv):
+    # a little-endian u16 or u32 (len(mv) bytes), read into mv: nothing allocated
+    if f.readinto(mv) != len(mv):
+        raise ValueError("bundle truncated")
+    v = 0
+    for i in range(len(mv) - 1, -1, -1):
+        v = v << 8 | mv[i]
+    return v
+
+
+def _read_into(f, mv, size):
+    # the next min(size, len(mv)) bytes of f, read into mv (a slice only for a short read)
+    piece = mv if size >= len(mv) else mv[:size]
     if f.readinto(piece) != len(piece):
         raise ValueError("bundle truncated")
     return piece
@@ -63,14 +80,25 @@ def unpack(f, write, chunk=512, buf=None):
     is a memoryview of it, valid only until ``write`` returns: a board unpacks without
     allocating a piece per read.
     """
+    paths = []
+    for path in entries(f, write, chunk, buf):
+        paths.append(path)
+    return paths
+
+
+def entries(f, write, chunk=512, buf=None):
+    """``unpack`` one entry at a time: a generator that yields each entry's path once all of
+    it went to ``write``, so a board can spread an unpack over several passes of its loop."""
     if _read_exact(f, 4) != MAGIC:
         raise ValueError("not an Orrery bundle (bad magic)")
-    (n,) = struct.unpack("<H", _read_exact(f, 2))
+    w = memoryview(bytearray(4))  # u32 fields are read into w, u16 ones into h
+    h = w[:2]
+    n = _uint(f, h)
     if n > MAX_ENTRIES:
         raise ValueError("bundle has too many entries")
-    paths = []
+    mv = None if buf is None else memoryview(buf)  # one view for every full piece
     for _ in range(n):
-        (plen,) = struct.unpack("<H", _read_exact(f, 2))
+        plen = _uint(f, h)
         if plen > MAX_PATH:
             raise ValueError("bundle path too long")
         try:
@@ -79,7 +107,7 @@ def unpack(f, write, chunk=512, buf=None):
             raise ValueError("bundle path is not UTF-8") from None
         if not _check_path(path):
             raise ValueError("bad path in bundle: {!r}".format(path))
-        (size,) = struct.unpack("<I", _read_exact(f, 4))
+        size = _uint(f, w)
         first = True
         while size or first:
             if not size:
@@ -87,11 +115,10 @@ def unpack(f, write, chunk=512, buf=None):
             elif buf is None:
                 piece = _read_exact(f, min(size, chunk))
             else:
-                piece = _read_into(f, buf, size)
+                piece = _read_into(f, mv, size)
             write(path, piece, first)
             first = False
             size -= len(piece)
-        paths.append(path)
+        yield path
     if f.read(1):
         raise ValueError("trailing bytes after the last bundle entry")
-    return paths

@@ -27,6 +27,7 @@ try:  # CPython: C-escaped strings and HMAC for the fast path (see ``_fast``)
 except ImportError:  # MicroPython: the fixed-layout writer of shared.wire.message alone
     _jstr = None
 
+from shared.wire import verifier as _verifier
 from shared.wire.connect import (
     PREFIX,
     TOPIC_KINDS,
@@ -92,7 +93,7 @@ from shared.wire.report import (
     encode_loss,
     encode_state,
 )
-from shared.wire.verifier import KINDS, Verifier, _check_body, _key, _load, _open
+from shared.wire.verifier import KINDS, _check_body, _key, _load, _open
 
 __all__ = [
     "ACKS",
@@ -492,3 +493,22 @@ def verify_envelope(key, envelope):
     """
     code, c, detail, _ = _open(_key(key), envelope)
     return (c, None) if code == OK else (None, ACK_NAMES[code] + ": " + detail)
+
+
+class Verifier(_verifier.Verifier):
+    """The board's command gate (``shared.wire.verifier.Verifier``), with its replay table as
+    a JSON-able dict too (``state``; ``load`` reads it), for the companion and the tests."""
+
+    def state(self):
+        """Return the replay table as a JSON-able dict, for ``load``: ``{"v": 1, "hi": ...,
+        "ids": [[id, digest, exp], ...]}`` (ids in order)."""
+        self.dirty = False
+        t = self._t + self._add
+        ids = []
+        i = 1
+        while i < len(t):
+            e = t.find("\n", i)
+            a = t.find(" ", i)
+            ids.append([t[i:a], t[a + 1 : a + 33], int(t[a + 34 : e])])
+            i = e + 1
+        return {"v": 1, "hi": self._hi, "ids": sorted(ids)}

@@ -127,15 +127,23 @@ class Verifier:
     remembered is a DUPLICATE (same body) or REPLAYED (another body) whatever its time. When
     the table is full of remembered ids a new command gets BUSY (``hi`` still moves, so the
     table empties as newer commands arrive). Without wall time (``now`` None) only ``hi``
-    bounds the time. Persist ``state()`` whenever ``dirty`` is set (after an OK, before running
-    the command) and ``load()`` it at boot.
+    bounds the time. Persist ``table()`` whenever ``dirty`` is set (after an OK, before running
+    the command) and ``load_text()`` it at boot (``codec.Verifier`` adds ``state()``, the
+    table as JSON, which ``load()`` reads).
     """
 
     def __init__(self, key, device, capacity=64):
         self._key = _key(key)
         self.device = _id("device", device)
         self.capacity = _rng("capacity", capacity, 1, 4096)
-        self._seen = {}  # cmd id -> (hex of the first 16 bytes of the body HMAC, exp)
+        # The replay table as one str, "\n" then a line per id: "<id> <hex of the first 16
+        # bytes of the body HMAC> <exp>\n" (ids have no spaces). A board reads it from flash and
+        # writes it back as it is (``table``, ``load_text``): no object per id, ever.
+        self._t = "\n"
+        # the line of the id recorded last, kept apart: a board records one id per table it
+        # loads, and saves the two as they are (no copy of the table to add a line)
+        self._add = ""
+        self._n = 0  # ids in both
         self._hi = 0
         self.dirty = False  # changed since the last state()
 
@@ -161,11 +169,14 @@ class Verifier:
         exp = c["exp"]
         if exp - iat > _MAX_LIFETIME:
             return _EXPIRED, c, "lifetime over 7 days"
-        seen = self._seen
         digest = binascii.hexlify(mac[:16]).decode()
-        s = seen.get(c["id"])
-        if s:
-            if s[0] == digest:
+        cid = c["id"]
+        t = self._t
+        i = t.find("\n" + cid + " ") + 1
+        if not i and self._add.startswith(cid) and self._add.startswith(" ", len(cid)):
+            t = self._add
+        if i or t is self._add:
+            if t.startswith(digest, i + len(cid) + 1):
                 return _DUPLICATE, c, "already accepted"
             return _REPLAYED, c, "id reused with another body"
         if exp < self._hi:
@@ -178,25 +189,79 @@ class Verifier:
                 return _EXPIRED, c, "expired"
         if iat > self._hi:  # the newest issue time seen in time: forget what expired before it
             self._hi = iat
-            for k in [k for k in seen if seen[k][1] < iat]:
-                del seen[k]
+            self._forget(iat)
             self.dirty = True
         if c["kind"] not in KINDS:
             return _UNKNOWN_KIND, c, "unknown kind"
-        if len(seen) >= self.capacity:
+        if self._n >= self.capacity:
             return _BUSY, c, "replay table full"
-        seen[c["id"]] = (digest, exp)
+        if self._add:
+            self._t += self._add
+        self._add = "{} {} {}\n".format(cid, digest, exp)
+        self._n += 1
         self.dirty = True
         return _OK, c, ""
 
-    def state(self):
-        """Return the replay table as a JSON-able dict, for ``load`` after a reboot."""
+    def _forget(self, iat):
+        # drop the ids whose exp is below iat: the lines kept are copied once, the rest skipped
+        s = str(iat)
+        a = self._add
+        if a and _less(a, a.rfind(" ") + 1, len(a) - 1, s):
+            self._add = ""
+            self._n -= 1
+        t = self._t
+        out = None  # the lines kept so far, once one is dropped
+        i = 1
+        keep = 1  # where the run of kept lines started
+        while i < len(t):
+            e = t.find("\n", i)
+            if _less(t, t.rfind(" ", i, e) + 1, e, s):
+                out = (out or "\n") + t[keep:i]
+                self._n -= 1
+                keep = e + 1
+            i = e + 1
+        if out is not None:
+            self._t = out + t[keep:]
+
+    def table(self):
+        """``(hi, text, line)``: the table as a board keeps it on flash, ``text + line``
+        (``load_text`` restores it); the strs the verifier holds, no copy."""
         self.dirty = False
-        return {
-            "v": 1,
-            "hi": self._hi,
-            "ids": [[k] + list(self._seen[k]) for k in sorted(self._seen)],
-        }
+        return self._hi, self._t, self._add
+
+    def load_text(self, hi, text):
+        """Restore a table saved from ``table()``; ValueError when it is malformed (each
+        line's fields are checked in place: nothing is allocated per id)."""
+        _rng("hi", hi, 0, 0xFFFFFFFF)
+        if not isinstance(text, str) or not text.startswith("\n") or not text.endswith("\n"):
+            raise ValueError("bad verifier state: not a table")
+        n = 0
+        i = 1
+        while i < len(text):
+            e = text.find("\n", i)
+            a = text.find(" ", i, e)
+            b = text.find(" ", a + 1, e)
+            if (
+                a <= i
+                or a - i > 64
+                or b != a + 33
+                or text.find(" ", b + 1, e) >= 0
+                or not 0 < e - b - 1 <= 10
+                or (e - b > 2 and text.startswith("0", b + 1))
+                or not _less(text, b + 1, e, "4294967296")
+            ):
+                raise ValueError("bad verifier state: line {}".format(n + 1))
+            for k in range(b + 1, e):
+                if not 48 <= ord(text[k]) <= 57:
+                    raise ValueError("bad verifier state: line {}".format(n + 1))
+            n += 1
+            i = e + 1
+        if n > self.capacity:
+            raise ValueError("bad verifier state: more ids than capacity")
+        self._t = text
+        self._add = ""
+        self._n = n
+        self._hi = hi
 
     def load(self, state):
         """Restore a table saved by ``state()``; raises ValueError naming what is wrong."""
@@ -210,14 +275,32 @@ class Verifier:
         try:
             if len(state["ids"]) > self.capacity:
                 raise ValueError("more ids than capacity")
-            seen = {}
+            lines = ["\n"]
             for k, digest, exp in state["ids"]:
                 _id("id", k, True)
                 if len(binascii.unhexlify(digest)) != 16:
                     raise ValueError("digest must be 32 hex chars")
-                seen[k] = (digest, _rng("exp", exp, 0, 0xFFFFFFFF))
+                _rng("exp", exp, 0, 0xFFFFFFFF)
+                lines.append("{} {} {}\n".format(k, digest.lower(), exp))
             hi = _rng("hi", state["hi"], 0, 0xFFFFFFFF)
         except (TypeError, ValueError) as e:
             raise ValueError("bad verifier state: {}".format(e)) from None
-        self._seen = seen
+        self._t = "".join(lines)
+        self._add = ""
+        self._n = len(lines) - 1
         self._hi = hi
+
+
+def _less(t, b, e, s):
+    # whether the decimal number t[b:e] is below the decimal number s (no leading zeros):
+    # compared digit by digit in place, so nothing is allocated (an exp is past 2**30: an int
+    # of it would be a long int on a board); few locals, so its frame fits on the C stack
+    if e - b != len(s):
+        return e - b < len(s)
+    e = 0
+    while e < len(s):
+        if t[b] != s[e]:
+            return t[b] < s[e]
+        b += 1
+        e += 1
+    return False

@@ -7,7 +7,6 @@ imports this module only then and drops it again (``firmware.drop``);
 from array import array
 
 from shared import const
-from shared.filters import catalog
 
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_BOOT = const(0)
@@ -28,6 +27,8 @@ def init(ex, program, host, clock):
     ex._tr = p.trans
     ex._gd = p.guards
     ex._ac = p.acts
+    from shared.filters import catalog  # building chains only: start() needs none of it
+
     ni = len(p.input_names)
     chains = []
     for i in range(ni):

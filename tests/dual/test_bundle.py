@@ -60,3 +60,16 @@ def test_malformed_bundles_are_refused():
     assert "trailing" in str(raises(ValueError, _unpack, good + b"!"))
     evil2 = b"ORB1" + bytes([1, 0, 5, 0]) + b"../ab" + bytes([1, 0, 0, 0]) + b"1"
     assert "bad path" in str(raises(ValueError, _unpack, evil2))
+
+
+def test_path_check_in_place_matches_the_rule_by_parts():
+    # the board's check walks the parts in place; the rule is the split's
+    def by_parts(p):
+        if not p or len(p) > bundle.MAX_PATH or p[0] == "/" or "\\" in p:
+            return False
+        return all(part not in ("", ".", "..") for part in p.split("/"))
+
+    cases = ["a", "a/b.mpy", ".", "..", "...", "a/./b", "a/../b", "a/.../b", ".a/b.", "a/..b",
+             "a//b", "a/", "/a", "a\\b", "..a", "a/.", "a/..", "x" * 128, "x" * 129, "", "é/ü"]
+    for p in cases:
+        assert bundle._check_path(p) == by_parts(p), p

@@ -27,7 +27,7 @@ def test_install_runs_health_window_then_migrates_on_upgrade():
     _run(node, clock, 300)
     assert node.wf.ex.state_name() == "cool"
     _install(node, clock, "i2", "greenhouse")
-    _run(node, clock, 300)
+    _run(node, clock, 700)  # verify, then one pass each: stage, load, build, migrate, switch
     assert node.wf.prog.version == 2
     assert node.wf.ex.state_name() == "cooling"
     _run(node, clock, 4000)
@@ -44,7 +44,7 @@ def test_refused_commands_and_duplicates():
     node._on_message(node.topics[codec.CMD], env.replace(b"manual", b"auto__"))  # tampered
     _cmd(node, clock, "c-old", "run_command", {"name": "auto"}, ttl=60, age=3600)  # expired
     _cmd(node, clock, "c2", "run_command", {"name": "nope"})  # valid, refused by the workflow
-    _run(node, clock, 300)
+    _run(node, clock, 600)  # one step per pass: 4 refused or answered at once, then c2's 2
     got = [(a["id"], a["code"]) for a in _acks(link)][2:]
     assert got[0] == ("c1", codec.OK)
     assert got[1] == ("c1", codec.OK), "a duplicate gets the stored result, and runs nothing"
@@ -66,16 +66,3 @@ def test_bad_install_is_rejected_and_nothing_changes():
     last = _acks(link)[-1]
     assert last["id"] == "i2" and last["code"] == codec.REJECTED and "sha256" in last["detail"]
     assert node.wf.prog.version == 1
-
-
-def test_readings_are_stored_and_sent_in_batches():
-    node, clock, link = _board()
-    _install(node, clock, "i1", "greenhouse_v1")
-    _run(node, clock, 10000)
-    batches = [codec.decode_batch(p)[0] for t, p in link.sent if t.endswith("/up/readings")]
-    seqs = []
-    for b in batches:
-        for r in b.records:
-            seqs.append(r[0])
-    assert seqs == list(range(1, node.store.last_seq + 1))
-    assert node.store.backlog() == 0

@@ -100,3 +100,68 @@ def test_verifier_newest_issue_time_moves_with_every_authentic_command_in_its_wi
         assert v.check(env, T0 + 1400)[0] != codec.OK
         assert not v.dirty and v.state()["hi"] == T0 + 1301
     assert v.check(_sign("d", iat=T0 + 1400, exp=T0 + 2000), T0 + 1400)[0] == codec.BUSY
+
+
+def test_state_is_json_that_load_restores():
+    v = codec.Verifier(KEY, DEV)
+    assert json.loads(json.dumps(v.state())) == v.state() == {"v": 1, "hi": 0, "ids": []}
+    for i in range(3):
+        assert v.check(_sign("c:" + str(i), exp=T0 + 600 + i), T0)[0] == codec.OK
+    assert v.dirty
+    got = json.loads(json.dumps(v.state()))
+    assert not v.dirty and len(got["ids"]) == 3
+    w = codec.Verifier(KEY, DEV)
+    w.load(got)
+    assert w.state() == v.state()
+
+
+def test_the_table_a_board_saves_restores_the_same_verifier_without_an_object_per_id():
+    from _util import MICROPYTHON
+
+    v = codec.Verifier(KEY, DEV)
+    for i in range(40):
+        assert v.check(_sign("b" + str(i), exp=T0 + 3600 + i), T0)[0] == codec.OK
+    hi, text, line = v.table()
+    text += line
+    assert not v.dirty and hi == T0 and text.count("\n") == 41
+    w = codec.Verifier(KEY, DEV)
+    w.load_text(hi, text)
+    assert w.state() == v.state()
+    if MICROPYTHON:  # checked in place: nothing is allocated per id
+        import micropython
+
+        used = []
+        for t in (text[: text.find("\n", 1) + 1], text):
+            before = micropython.mem_total()
+            w.load_text(hi, t)
+            used.append(micropython.mem_total() - before)
+        assert used[0] == used[1], used
+    # what it remembers works as before: a duplicate, a replay, forgetting by issue time
+    assert w.check(_sign("b7", exp=T0 + 3607), T0)[0] == codec.DUPLICATE
+    assert w.check(_sign("b7", kind="cancel", exp=T0 + 3607), T0)[0] == codec.REPLAYED
+    assert w.check(_sign("n", iat=T0 + 3620, exp=T0 + 7200), T0 + 3620)[0] == codec.OK
+    assert [e[0] for e in w.state()["ids"]] == sorted(["b" + str(i) for i in range(20, 40)] + ["n"])
+    assert w.state()["hi"] == T0 + 3620
+
+
+def test_a_malformed_table_is_refused_and_changes_nothing():
+    v = codec.Verifier(KEY, DEV)
+    assert v.check(_sign("a", exp=T0 + 600), T0)[0] == codec.OK
+    hi, good, line = v.table()
+    good += line
+    digest = "0" * 32
+    for bad in (
+        "",
+        "x 1",
+        "\nid " + digest + "\n",  # no exp
+        "\nid " + digest + " 12a\n",
+        "\nid " + digest + " 4294967296\n",  # past u32
+        "\nid " + digest + " 0123\n",
+        "\nid " + digest[:31] + " 5\n",
+        "\nid " + digest + " 5 x\n",
+        "\n" + "i" * 65 + " " + digest + " 5\n",
+        "\nid " + digest + " 5",  # no newline at the end
+    ):
+        raises(ValueError, v.load_text, hi, bad)
+        assert v.table()[0] == hi and "".join(v.table()[1:]) == good
+    raises(ValueError, codec.Verifier(KEY, DEV, capacity=1).load_text, hi, good + good[1:])

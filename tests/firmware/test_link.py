@@ -248,6 +248,55 @@ def test_commands_sent_while_offline_arrive_after_reconnect(broker, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_commands_beyond_the_budget_while_publishing_cost_no_drop_nor_a_message(
+    broker, kind, tmp_path
+):
+    # The node has room for about one command; four arrive at once and the board publishes a
+    # reading while the rest wait: one of them then stands in front of the PUBACK. The link
+    # keeps the connection, hands over each command once, in order, as room frees, and the
+    # broker has none left to send again after a reconnect.
+    cmd = topic("down/cmd")
+    up = topic("up/readings")
+    sub = Sub(broker.port, up)
+    held = [0]
+    got = []
+
+    def take(t, p):
+        got.append(p)
+        held[0] += len(p)
+
+    link = make(kind, broker.port, client_id=f"t-{kind}-{uuid.uuid4().hex[:10]}")
+    link.budget = 100
+    link.held = lambda: held[0]
+    link.spool = str(tmp_path / "inbox.spool")
+    link.on_message = take
+    sent = [bytes([65 + i]) * 60 for i in range(4)]
+    try:
+        assert link.connect() and link.subscribe(cmd, 1), link.last_error
+        cloud_publish(broker.port, cmd, sent)
+        assert wait_until(lambda: link.poll() or got, 3)
+        time.sleep(0.2)  # the other three are in the socket by now
+        link.poll()
+        assert got == sent[:1]
+        assert link.publish(up, b"reading", qos=1) is True, link.last_error
+        assert link.connected and sub.wait(1)[0].payload == b"reading"
+        while len(got) < 4:
+            n = len(got)
+            held[0] = 0  # the node handled what it held
+            assert wait_until(lambda n=n: link.poll() or len(got) > n, 3), got
+        assert got == sent and link.connected
+        link.close()  # no DISCONNECT; the session stays
+        assert link.connect() and link.session_present, link.last_error
+        held[0] = 0
+        time.sleep(0.3)
+        link.poll()
+        assert got == sent, "a message acknowledged was sent again"
+    finally:
+        link.disconnect()
+        sub.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_lost_session_subscribes_again(kind):
     from tests.support.broker import Broker
 

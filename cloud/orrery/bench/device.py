@@ -33,8 +33,11 @@ RATIO_TARGET = 2.0
 # board's own .mpy files in BUNDLE_CHUNK-byte chunks (one signed command each).
 RUN_MS = 30_000
 HEALTH_S = 5
-BUNDLE_CHUNK = 4096
-WINDOW = 8  # commands in flight to the board at once: the board's inbox holds 8
+# The sender's choice: 2 KiB chunks (2.9 KB envelopes) keep what one pass of the board handles
+# small, and the bundle within the board's replay table (64 command ids: 49 chunks here); the
+# sender keeps at most the board's admission budget (firmware.uplink.CMD_BUDGET bytes of
+# envelopes) in flight, as a sender that waits for the acks does.
+BUNDLE_CHUNK = 2048
 # The modules a board keeps imported, dependencies first (each one's cost is its own).
 RESIDENT = (
     "firmware",
@@ -58,7 +61,6 @@ RESIDENT = (
     "firmware.uplink",
     "firmware.node",
     "firmware.link",
-    "umqtt.simple",
 )
 
 # One representative spec per filter kind, at a 100 ms sample period.
@@ -258,7 +260,8 @@ def _firmware_config(mpy_dir: Path, blob: bytes) -> tuple[dict, bytes, dict]:
         "packages": ["firmware", "shared", "umqtt"],
         "run_ms": RUN_MS,
         "health_ms": (HEALTH_S + 1) * 1000,
-        "window": WINDOW,
+        "window": fw_window(),
+        "envelope_bytes": [len(c) for c in cmds],
     }
     carried = {
         "workflow_install": {
@@ -298,11 +301,28 @@ def _firmware(cfg: dict, packets: bytes, mounts: dict) -> dict:
 def _phases(steps: dict) -> dict:
     # per phase: passes run, the most the heap held before one (collected), and the most it
     # can have held during one (that, plus every byte the pass allocated)
-    return {k: {"passes": v[0], "live": v[1], "bound": v[2]} for k, v in steps.items()}
+    # and, of the pass with that bound, what was live before it and which loop ran it
+    loops = {1: "main", 2: "link"}
+    return {
+        k: {
+            "passes": v[0],
+            "live": v[1],
+            "bound": v[2],
+            "bound_pass": {"live": v[3], "loop": loops.get(v[4], "")},
+        }
+        for k, v in steps.items()
+    }
 
 
 def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
     """The whole firmware's figures, from .mpy and from ROMFS."""
+    for r in (fw, fw_rom):  # figures of installs that did not complete would mean nothing
+        if r["resets"] != 1 or r["workflow"] != "greenhouse@2":
+            raise RuntimeError(
+                "bench device: the installs did not complete (workflow {}, {} reset(s))".format(
+                    r["workflow"], r["resets"]
+                )
+            )
 
     def figures(r: dict) -> dict:
         marks, phases = r["marks"], _phases(r["steps"])
@@ -324,13 +344,22 @@ def _firmware_figures(fw: dict, fw_rom: dict, carried: dict) -> dict:
     out["resident_modules"] = fw["resident"]
     out["loaded_from"] = fw["loaded_from"]
     out["workflow_after"] = fw["workflow"]
-    out["acks"] = {k: v[0] for k, v in sorted(fw["acks"].items())}
+    # the acks the board remembers (firmware.sampler: a line each), the newest per command
+    acks = dict(line.split(" ", 2)[:2] for line in fw["acks"].split("\n") if line)
+    out["acks"] = {k: int(v) for k, v in sorted(acks.items())}
     out["resets"] = fw["resets"]
-    out["installs"] = {**carried, "commands_in_flight": WINDOW}
+    out["installs"] = {**carried, "bytes_in_flight": fw_window()}
     out["umqtt"] = {"package": "micropython-umqtt.simple", "version": umqtt.VERSION}
     rom = figures(fw_rom)
     out["romfs"] = {k: rom[k] for k in ("steady", "peak", "peak_live_seen", "phases")}
     return out
+
+
+def fw_window() -> int:
+    """The sender's window: the bytes of command envelopes the board admits at once."""
+    from firmware.uplink import CMD_BUDGET
+
+    return CMD_BUDGET
 
 
 def _guest(path: Path, config: dict, **kw) -> dict:

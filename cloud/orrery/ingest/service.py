@@ -298,6 +298,7 @@ class Service:
         self.stop_event = threading.Event()
         self.connected = threading.Event()  # set once the broker acknowledged the subscriptions
         self.resubscribed = threading.Event()  # open commands go out again at the next pass
+        self.lost_broker = threading.Event()  # the link to the broker dropped since the last pass
         self.stored = 0
         self.down_since: float | None = time.monotonic()  # None while connected
         self.last_error = "no answer yet"  # why the last connection attempt failed
@@ -359,6 +360,7 @@ class Service:
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         self.connected.clear()
+        self.lost_broker.set()
         if self.down_since is None:
             self.down_since = time.monotonic()
         if not self.stop_event.is_set():
@@ -517,6 +519,10 @@ class Service:
             jlog("reconcile_failed", logging.ERROR, error=repr(exc)[:300])
         if self.orchestrator is not None:
             try:
+                if self.resubscribed.is_set() and self.lost_broker.is_set():
+                    # back after losing the broker: soaks start over (Orchestrator docs)
+                    self.lost_broker.clear()
+                    self.orchestrator.broker_restarted()
                 out += self.orchestrator.tick()
             except Exception as exc:
                 jlog("rollouts_failed", logging.ERROR, error=repr(exc)[:300])

@@ -543,11 +543,18 @@ class VirtualFleet:
 
     @staticmethod
     def quiet(b: VirtualBoard) -> bool:
-        """No health window running and no command or ack held in RAM: a power cut now loses
-        nothing a rollout waits for. (A cut inside a health window is an install failure by
-        design, rolled back by the board; and an OK ack still in RAM would be lost.)"""
+        """No health window running and no command or ack held in RAM, nor an install halfway
+        through its passes (the node's job): a power cut now loses nothing a rollout waits for.
+        (A cut inside an install or its health window is an install failure by design, answered
+        FAILED by the board after it booted again; and an OK ack still in RAM would be lost.)"""
         n = b.node
-        return n.wf.trial is None and not n.outbox and not n.inbox and not n.resends
+        return (
+            n.wf.trial is None
+            and n.job is None
+            and not n.outbox
+            and not n.inbox
+            and not n.resends
+        )
 
     def power_cut_later(self, name: str, after_ms: int, kind: str | None = None) -> None:
         """Schedule a power cut; it waits for the board to be ``quiet``."""

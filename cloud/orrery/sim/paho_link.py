@@ -143,9 +143,15 @@ class PahoLink(Link):
         return self.connected and c is not None and self._subscribe(topic, qos)
 
     def poll(self):
-        """Hand each message received so far to on_message, in the caller's thread."""
+        """Hand each message received so far to on_message, in the caller's thread, while the
+        consumer has room in ``budget`` (paho has read and acknowledged them already: the rest
+        waits here for a later poll)."""
         inbox = self._inbox
         while inbox:
+            if self.budget is not None and self.held is not None:
+                held = self.held()
+                if held and held + len(inbox[0][1]) > self.budget:
+                    break
             topic, payload = inbox.popleft()
             if self.on_message:
                 self.on_message(topic, payload)

@@ -1121,3 +1121,39 @@ def test_a_group_of_acks_gives_the_rows_of_the_acks_one_by_one(dbenv):
     assert [statuses[sent[d]] for d in ("d00", "d01", "d02", "d03", "d05")] == [
         "done", "done", "done", "failed", "refused",
     ]  # fmt: skip
+
+
+def test_a_broker_restart_during_the_soak_starts_it_over(db_url):
+    # The broker went down mid-soak: its wills reached the companion for the boards it closed
+    # first, the first wave's. Without a new soak the gate blames the upgrade for them.
+    env = Env(db_url, 10)
+    env.add(*[f"e{i:02d}" for i in range(30)])
+    o = env.orch()
+    rid = start(env, o, waves="10,100%", soak="10m")
+    env.board(o.tick())
+    o.tick()
+    up = env.by_state(rid)["succeeded"]
+    env.advance(300_000)
+    for name in up:  # the will, then the board is back
+        env.state(name, ver=2, online=False)
+        env.state(name, ver=2)
+
+    def regressed():
+        with env.engine.connect() as c:
+            r = c.execute(sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rid)).first()
+            return o.health_gate(c, r)["regressed"]
+
+    assert regressed() == [
+        "link_drops: 10 on 10 upgraded vs 0 on 30 not upgraded (p=" + regressed()[0].split("p=")[1]
+    ]
+    assert o.broker_restarted() == [rid]
+    assert regressed() == []
+    env.advance(301_000)
+    o.tick()
+    assert env.rollout(rid)[0] == "running"  # soaking again: 5 min of the 10 are done
+    env.advance(300_000)
+    o.tick()
+    events = [e for _, e, _ in env.log(rid)]
+    assert "soak-restarted" in events and "wave-advanced" in events
+    assert env.rollout(rid)[:2] == ("running", None)
+    env.engine.dispose()

@@ -176,7 +176,11 @@ def run(f: VirtualFleet) -> Outcome:
     out.shown = json.loads(cli(f, "commands", "show", out.sent["lone"]["ids"][0], "--json"))
     out.resets = {n: b.resets for n, b in f.boards.items()}
     out.boots = {n: b.stats.boots for n, b in f.boards.items()}
-    out.board_acks = {n: dict(b.node.acks) for n, b in f.boards.items()}
+    ids = [i for s in out.sent.values() for i in s["ids"]]
+    out.board_acks = {  # what each board remembers for a duplicate (firmware.sampler)
+        n: {i: b.node.stored_ack(i) for i in ids if b.node.stored_ack(i)}
+        for n, b in f.boards.items()
+    }
     out.states = {n: b.node.wf.ex.state_name() for n, b in f.boards.items()}
     with open(f.root / out.lone / "config.json") as fh:
         out.lone_config = json.load(fh)

@@ -605,6 +605,34 @@ class Orchestrator:
             out.extend(self._tick_one(rid))
         return out
 
+    def broker_restarted(self) -> list[int]:
+        """The companion is subscribed again after it lost the broker: the soak of every
+        running rollout starts over, from fresh baselines. Returns the rollouts' ids.
+
+        A broker that goes down drops every board's link at once, and the wills it sends as it
+        closes the connections reach the companion only until it closes the companion's own:
+        for the boards it closes first, those that connected first, i.e. the first wave's. Such
+        link drops say nothing about an upgrade, yet the gate would compare them (it paused
+        rollouts on "link_drops: 14 on 14 upgraded vs 20 on 126 not upgraded")."""
+        now = self.clock()
+        restarted = []
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                sa.select(ROLLOUTS.c.id).where(
+                    ROLLOUTS.c.state == "running", ROLLOUTS.c.wave_met_ms.is_not(None)
+                )
+            ).all()
+            for (rid,) in rows:
+                if not self._lease(conn, rid, now):
+                    continue
+                conn.execute(
+                    sa.update(ROLLOUTS).where(ROLLOUTS.c.id == rid).values(wave_met_ms=now)
+                )
+                health.snapshot_baseline(conn, rid, self.pg)
+                self._log(conn, rid, "soak-restarted", "the broker restarted: the soak starts over")
+                restarted.append(rid)
+        return restarted
+
     def _lease(self, conn: Connection, rid: int, now: int) -> bool:
         q = sa.select(ROLLOUTS.c.lease_owner, ROLLOUTS.c.lease_until_ms).where(ROLLOUTS.c.id == rid)
         if self.pg:
