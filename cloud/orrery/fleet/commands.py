@@ -315,44 +315,10 @@ def _log_refused(conn: Connection, cmd_id: str, detail: str) -> None:
          signed_skew_s=r.skew_s)  # fmt: skip
 
 
-def apply_ack(
-    conn: Connection, device_id: int, cmd_id: str, code: int, detail: str, now_ms: int
-) -> bool:
-    """Record a board's ack; False if the command is unknown for this device.
-
-    A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
-    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
-    never replaces one, and a repeat of the recorded ack (the board's stored ack, sent again
-    for a redelivered command) is not recorded again: the ack keeps its first time.
-    """
-    status = status_for(code, detail)
-    cond = [
-        COMMANDS.c.id == cmd_id,
-        COMMANDS.c.device_id == device_id,
-        sa.or_(
-            COMMANDS.c.status != status,
-            COMMANDS.c.ack_code.is_distinct_from(code),
-            COMMANDS.c.ack_detail.is_distinct_from(detail[:300]),
-        ),
-    ]
-    if status == "acked":
-        cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "refused", "expired")))
-    elif status == "refused" or code == codec.DUPLICATE:
-        cond.append(COMMANDS.c.status.in_(WAITING + ("expired",)))
-    res = conn.execute(
-        sa.update(COMMANDS)
-        .where(*cond)
-        .values(status=status, acked_ms=now_ms, ack_code=code, ack_detail=detail[:300])
-    )
-    if res.rowcount and status == "refused":
-        _log_refused(conn, cmd_id, detail)
-    if res.rowcount:
-        return True
-    return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
-
-
 def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
-    # the statuses an ack leading to ``status`` may replace (None: any), as apply_ack's WHERE
+    # the statuses an ack leading to ``status`` may replace (None: any): a final status (done,
+    # failed) is never turned back into acked or refused, and a DUPLICATE that carries no
+    # result (the board restarted since it ran the command) never replaces one
     if status == "acked":
         return ("queued", "sent", "acked", "refused", "expired")
     if status == "refused" or code == codec.DUPLICATE:
@@ -363,62 +329,90 @@ def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
 def apply_acks(
     conn: Connection, acks: list[tuple[int, str, int, str]], now_ms: int
 ) -> list[bool]:
-    """``apply_ack`` for each ``(device_id, cmd_id, code, detail)`` of ``acks``, in order, with
-    one SELECT and one UPDATE per ``CHUNK`` acks: the same results and final rows as applying
-    them one by one. The rows read are locked on PostgreSQL; each is written only if its
-    status is still the one read (so a concurrent change is never overwritten); if any is not,
-    the acks are applied one by one.
+    """Record boards' acks, each ``(device_id, cmd_id, code, detail)``, in order, with the
+    same results and final rows as one by one: return, for each, whether its command is known
+    for that device.
+
+    A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
+    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
+    never replaces one (``_acceptable``), and a repeat of the recorded ack (the board's stored
+    ack, sent again for a redelivered command) is not recorded again: the ack keeps its first
+    time. The commands are read once per ``CHUNK`` (locked
+    until commit on PostgreSQL), the final row of each worked out in memory, and written with
+    one UPDATE per distinct (status read, new status, code, detail) on the driver's cursor: a
+    wave's OK acks are one statement, with nothing built per group. Each row is written only
+    if its status is still the one read (it cannot change in between: the rows are locked on
+    PostgreSQL, and SQLite lets one writer at a time work on the snapshot it read); a row that
+    did fails the group (``RuntimeError``: the service stores it again) rather than overwrite
+    a change.
     """
     if not acks:
         return []
-    if not conn.dialect.supports_sane_multi_rowcount:
-        return [apply_ack(conn, *a, now_ms) for a in acks]
-    ids = list(dict.fromkeys(a[1] for a in acks))
-    read: dict[str, tuple[int, str]] = {}
-    now: dict[str, tuple] = {}  # (status, code, detail) as the acks leave them
-    for i in range(0, len(ids), CHUNK):
-        q = sa.select(
-            COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status, COMMANDS.c.ack_code,
-            COMMANDS.c.ack_detail,
-        ).where(COMMANDS.c.id.in_(ids[i : i + CHUNK]))  # fmt: skip
-        if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
-            q = q.order_by(COMMANDS.c.id).with_for_update()
-        for cid, did, st, code, detail in conn.execute(q):
-            read[cid] = (did, st)
-            now[cid] = (st, code, detail)
-    writes: dict[str, dict] = {}
-    refused: list[tuple[str, str]] = []
-    known = []
-    for device_id, cmd_id, code, detail in acks:
-        row = read.get(cmd_id)
-        if row is None or row[0] != device_id:
-            known.append(False)
-            continue
-        known.append(True)
-        status = status_for(code, detail)
-        allowed = _acceptable(status, code)
-        if allowed is not None and now[cmd_id][0] not in allowed:
-            continue
-        if now[cmd_id] == (status, code, detail[:300]):
-            continue  # a repeat of the recorded ack: it keeps its first time
-        now[cmd_id] = (status, code, detail[:300])
-        writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
-                          "c_code": code, "c_detail": detail[:300]}  # fmt: skip
-        if status == "refused":
-            refused.append((cmd_id, detail))
-    if writes:
-        res = conn.execute(
-            sa.update(COMMANDS)
-            .where(COMMANDS.c.id == sa.bindparam("c_id"), COMMANDS.c.status == sa.bindparam("c_was"))
-            .values(status=sa.bindparam("c_status"), acked_ms=now_ms,
-                    ack_code=sa.bindparam("c_code"), ack_detail=sa.bindparam("c_detail")),
-            list(writes.values()),
-        )  # fmt: skip
-        if res.rowcount != len(writes):  # changed since read: one by one, from where it is now
-            return [apply_ack(conn, *a, now_ms) for a in acks]
+    pg = conn.dialect.name == "postgresql"
+    ids = list(dict.fromkeys([a[1] for a in acks]))
+    read: dict[str, tuple[int, str, int | None, str | None]] = {}
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            if pg:  # held until commit: what is read is what is written over
+                cur.execute(_PG_READ, (chunk,))
+            else:
+                cur.execute(_SQLITE_READ.format(",".join("?" * len(chunk))), chunk)
+            for cid, did, st, code, detail in cur.fetchall():
+                read[cid] = (did, st, code, detail)
+        # (status, code, detail) as the acks leave them
+        now: dict[str, tuple] = {cid: r[1:] for cid, r in read.items()}
+        final: dict[str, tuple[str, int, str]] = {}  # command -> (status, code, detail) written
+        refused: list[tuple[str, str]] = []  # logged as one by one would: each time
+        known = []
+        for device_id, cmd_id, code, detail in acks:
+            row = read.get(cmd_id)
+            if row is None or row[0] != device_id:
+                known.append(False)
+                continue
+            known.append(True)
+            status = status_for(code, detail)
+            allowed = _acceptable(status, code)
+            if allowed is not None and now[cmd_id][0] not in allowed:
+                continue
+            result = (status, code, detail[:300])
+            if now[cmd_id] == result:
+                continue  # a repeat of the recorded ack: it keeps its first time
+            now[cmd_id] = final[cmd_id] = result
+            if status == "refused":
+                refused.append((cmd_id, detail))
+        groups: dict[tuple, list[str]] = {}  # (status read, status, code, detail) -> commands
+        for cmd_id, (status, code, detail) in final.items():
+            groups.setdefault((read[cmd_id][1], status, code, detail), []).append(cmd_id)
+        written = 0
+        for (was, status, code, detail), group in groups.items():
+            for i in range(0, len(group), CHUNK):
+                chunk = group[i : i + CHUNK]
+                if pg:
+                    cur.execute(_PG_WRITE, (status, now_ms, code, detail, was, chunk))
+                else:
+                    cur.execute(_SQLITE_WRITE.format(",".join("?" * len(chunk))),
+                                (status, now_ms, code, detail, was, *chunk))  # fmt: skip
+                written += cur.rowcount
+    finally:
+        cur.close()
+    if written != len(final):
+        raise RuntimeError(
+            f"{len(final) - written} of {len(final)} commands changed between their read and"
+            " their write: their acks are not applied"
+        )
     for cmd_id, detail in refused:
         _log_refused(conn, cmd_id, detail)
     return known
+
+
+_READ = "SELECT id, device_id, status, ack_code, ack_detail FROM commands WHERE id "
+_SQLITE_READ = _READ + "IN ({})"
+_PG_READ = _READ + "= ANY(%s) ORDER BY id FOR UPDATE"
+_SET = "UPDATE commands SET status = {0}, acked_ms = {0}, ack_code = {0}, ack_detail = {0}"
+_SQLITE_WRITE = _SET.format("?") + " WHERE status = ? AND id IN ({})"
+_PG_WRITE = _SET.format("%s") + " WHERE status = %s AND id = ANY(%s)"
 
 
 def same_clock(conn: Connection, device_id: int, skew_s: int | None, boot: int | None) -> bool:
