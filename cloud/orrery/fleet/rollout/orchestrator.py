@@ -664,7 +664,30 @@ class Orchestrator:
         return out
 
     def _sync(self, conn: Connection, r, now: int) -> None:
-        """Derive device states from their commands' acks, the registry and the clock."""
+        """Derive device states from their commands' acks, the registry and the clock.
+
+        The database leaves out the members whose state stays as it is (a command sent and
+        not answered, on a device as online as its state says, within the timeout; a device
+        installing): while a wave's acks come in, a tick reads the answered ones, not the wave.
+        """
+        target_hash = conn.execute(
+            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).scalar()
+        online = DEVICES.c.online.is_(True)
+        unchanged = sa.or_(
+            COMMANDS.c.status.is_(None),
+            sa.and_(
+                COMMANDS.c.status.in_(commands.WAITING),
+                ROLLOUT_DEVICES.c.state == sa.case((online, "sent"), else_="offline-pending"),
+                sa.not_(sa.and_(online, ROLLOUT_DEVICES.c.sent_ms.is_not(None),
+                                ROLLOUT_DEVICES.c.sent_ms < now - r.timeout_s * 1000)),
+            ),
+            sa.and_(
+                COMMANDS.c.status == "acked",
+                ROLLOUT_DEVICES.c.state
+                == sa.case((DEVICES.c.wf_hash == target_hash, "installing"), else_="acked"),
+            ),
+        )  # fmt: skip
         rows = conn.execute(
             sa.select(
                 ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.state, ROLLOUT_DEVICES.c.sent_ms, ROLLOUT_DEVICES.c.attempt,
@@ -673,13 +696,11 @@ class Orchestrator:
             )
             .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
             .outerjoin(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT))
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT),
+                   sa.not_(unchanged))
         ).all()  # fmt: skip
         if not rows:
             return
-        target_hash = conn.execute(
-            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
-        ).scalar()
         changes: list[tuple[int, str, str | None]] = []
         requeue = []
         for m in rows:
