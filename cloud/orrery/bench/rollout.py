@@ -51,6 +51,7 @@ from cloud.orrery.bench.ingest import mqtt_client
 from cloud.orrery.clock import now_ms
 from cloud.orrery.db.engine import engine_for, url_from
 from cloud.orrery.db.tables import (
+    COMMAND_BODIES,
     COMMANDS,
     DEAD_LETTERS,
     DEVICES,
@@ -390,9 +391,11 @@ def _signing(engine: sa.Engine, rounds: int = 3) -> dict:
     checked to give the very envelopes the dispatch stored; best of ``rounds``."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMANDS.c.args,
-                      COMMANDS.c.iat, COMMANDS.c.exp, COMMANDS.c.skew_s, COMMANDS.c.envelope)
+            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMAND_BODIES.c.args,
+                      COMMANDS.c.iat, COMMANDS.c.exp, COMMANDS.c.skew_s,
+                      COMMAND_BODIES.c.envelope)
             .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+            .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
             .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         ).all()  # fmt: skip
     waves: dict[tuple, list] = {}  # one per (kind, args, window), as the dispatch signs them

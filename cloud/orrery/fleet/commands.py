@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import COMMANDS, DEVICES, SESSIONS, insert_ignore
+from cloud.orrery.db.tables import COMMAND_BODIES, COMMANDS, DEVICES, SESSIONS, insert_ignore
 from cloud.orrery.fleet import keys
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
@@ -173,16 +173,20 @@ def queue_many(
     )  # fmt: skip
     args_json = json.dumps(args, sort_keys=True)
     rows = [
-        {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
-         "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
-         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1],
-         "sent_by": sent_by, "due_ms": due}
-        for (did, _, _, cmd_id), env, due in zip(
-            targets, envelopes, due_ms or [None] * len(targets), strict=True
-        )
+        {"id": cmd_id, "device_id": did, "kind": kind, "iat": iat, "exp": iat + ttl_s,
+         "status": "queued", "source": source, "created_ms": now_ms, "skew_s": clocks[did][0],
+         "skew_boot": clocks[did][1], "sent_by": sent_by, "due_ms": due}
+        for (did, _, _, cmd_id), due in zip(targets, due_ms or [None] * len(targets), strict=True)
     ]  # fmt: skip
     # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
     new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
+    bodies = [
+        {"id": cmd_id, "args": args_json, "envelope": env.decode()}
+        for (_, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
+        if cmd_id in new
+    ]
+    if bodies:  # a new command's body is new: both are written in this transaction
+        conn.execute(sa.insert(COMMAND_BODIES), bodies)
     # signing checked every device id: the topics' fleet ids are checked once per fleet
     for fleet in {t[2] for t in targets}:
         codec.topic(fleet, targets[0][1], codec.CMD)
@@ -194,8 +198,9 @@ def queue_many(
 
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
     q = (
-        sa.select(COMMANDS.c.id, COMMANDS.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
+        sa.select(COMMANDS.c.id, COMMAND_BODIES.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
         .where(*where)
         .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         .limit(limit)
@@ -428,8 +433,9 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
     if secret is None:
         return []
     rows = conn.execute(
-        sa.select(COMMANDS, DEVICES.c.name, DEVICES.c.fleet)
+        sa.select(COMMANDS, COMMAND_BODIES.c.args, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
         .where(COMMANDS.c.status == "refused", COMMANDS.c.exp > now_ms // 1000)
         .order_by(COMMANDS.c.created_ms)
     ).all()
@@ -454,9 +460,14 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
         conn.execute(
             sa.update(COMMANDS)
             .where(COMMANDS.c.id == r.id)
-            .values(status="queued", envelope=envelope.decode(), iat=iat, exp=iat + ttl,
-                    skew_s=skew, skew_boot=boot, resigns=r.resigns + 1, retry_ms=None)
+            .values(status="queued", iat=iat, exp=iat + ttl, skew_s=skew, skew_boot=boot,
+                    resigns=r.resigns + 1, retry_ms=None)
         )  # fmt: skip
+        conn.execute(
+            sa.update(COMMAND_BODIES)
+            .where(COMMAND_BODIES.c.id == r.id)
+            .values(envelope=envelope.decode())
+        )
         jlog("command_resigned", device=r.name, id=r.id, skew_s=skew, was_skew_s=r.skew_s,
              boot=boot, refused=r.ack_detail)  # fmt: skip
         out.append(Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), envelope))

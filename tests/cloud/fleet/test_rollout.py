@@ -455,7 +455,7 @@ def test_dispatch_signs_commands_and_respects_the_rate(env):
     assert len(env.by_state(rid)["sent"]) == 8
     # what a publisher hands to the broker is the stored envelope
     with env.engine.connect() as c:
-        stored = dict(c.execute(sa.text("SELECT id, envelope FROM commands")).all())
+        stored = dict(c.execute(sa.text("SELECT id, envelope FROM command_bodies")).all())
     assert all(stored[x.command_id].encode() == x.payload for x in out + later)
 
 
