@@ -659,8 +659,11 @@ class Orchestrator:
             self._sync(conn, r, now)
             if r.state == "running":
                 self._join(conn, r, now)
-                out = self._dispatch(conn, r, now)
-                self._evaluate(conn, r, now)
+                c = self.counts(conn, r.id, r.wave)
+                if c["queued"]:
+                    out = self._dispatch(conn, r, now)
+                    c = None  # counted again: the dispatch moved members on
+                self._evaluate(conn, r, now, c)
         return out
 
     def _sync(self, conn: Connection, r, now: int) -> None:
@@ -847,9 +850,10 @@ class Orchestrator:
             q = q.where(ROLLOUT_DEVICES.c.wave <= upto_wave)
         return Counter(dict(conn.execute(q.group_by(ROLLOUT_DEVICES.c.state)).all()))
 
-    def _evaluate(self, conn: Connection, r, now: int) -> None:
+    def _evaluate(self, conn: Connection, r, now: int, c: Counter | None = None) -> None:
+        # ``c``: the members' states up to the current wave, if counted since the last change
         waves = json.loads(r.waves)
-        c = self.counts(conn, r.id, r.wave)
+        c = self.counts(conn, r.id, r.wave) if c is None else c
         failed = sum(c[s] for s in FAILED)
         done = c["succeeded"] + failed
         online_members = sum(c.values()) - c["offline-pending"] - c["canceled"]
