@@ -62,6 +62,7 @@ from cloud.orrery.db.tables import (
 from cloud.orrery.fleet import keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.fleet.rollout.plan import TARGET_COLS
+from cloud.orrery.ingest.service import _ReadBuffer
 from cloud.orrery.sim import workflows
 from shared.wire import codec
 from shared.workflow import compiler
@@ -162,6 +163,14 @@ class Boards:
             self._proc.kill()
 
 
+class _BoardsClient(mqtt.Client):
+    """paho's client reading its socket as ``orrery serve`` does, 256 KiB at a time (paho alone
+    asks for the byte, the length and the rest of each 11 KB command separately)."""
+
+    def _create_socket(self):
+        return _ReadBuffer(super()._create_socket())
+
+
 _ID = b'\\"id\\":\\"'  # a command's id in its envelope: "id":" escaped in the body string
 
 
@@ -191,7 +200,7 @@ def _boards_main(port, first, verified, bad, subscribed, stop) -> None:
         outbox.put((codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, "")))
 
     # MQTT 3.1.1, as the boards' umqtt.simple speaks it
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, "bench-boards", protocol=mqtt.MQTTv311)
+    c = _BoardsClient(mqtt.CallbackAPIVersion.VERSION2, "bench-boards", protocol=mqtt.MQTTv311)
     c.max_inflight_messages_set(WINDOW)
     c.max_queued_messages_set(0)
     c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
