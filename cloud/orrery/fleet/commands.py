@@ -172,21 +172,26 @@ def queue_many(
          for did, dev, _, cmd_id in targets],
     )  # fmt: skip
     args_json = json.dumps(args, sort_keys=True)
-    rows = [
-        {"id": cmd_id, "device_id": did, "kind": kind, "iat": iat, "exp": iat + ttl_s,
-         "status": "queued", "source": source, "created_ms": now_ms, "skew_s": clocks[did][0],
-         "skew_boot": clocks[did][1], "sent_by": sent_by, "due_ms": due}
-        for (did, _, _, cmd_id), due in zip(targets, due_ms or [None] * len(targets), strict=True)
-    ]  # fmt: skip
-    # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
-    new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
-    bodies = [
-        {"id": cmd_id, "args": args_json, "envelope": env.decode()}
-        for (_, _, _, cmd_id), env in zip(targets, envelopes, strict=True)
-        if cmd_id in new
-    ]
-    if bodies:  # a new command's body is new: both are written in this transaction
-        conn.execute(sa.insert(COMMAND_BODIES), bodies)
+    dues = due_ms or [None] * len(targets)
+    if conn.dialect.name == "postgresql":
+        new = _insert_pg(conn, targets, envelopes, clocks, kind, args_json, source, now_ms, iat,
+                         ttl_s, sent_by, dues)  # fmt: skip
+    else:
+        rows = [
+            {"id": cmd_id, "device_id": did, "kind": kind, "iat": iat, "exp": iat + ttl_s,
+             "status": "queued", "source": source, "created_ms": now_ms,
+             "skew_s": clocks[did][0], "skew_boot": clocks[did][1], "sent_by": sent_by,
+             "due_ms": due}
+            for (did, _, _, cmd_id), due in zip(targets, dues, strict=True)
+        ]  # fmt: skip
+        # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
+        ins = insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id)
+        new = set(conn.execute(ins, rows).scalars())
+        bodies = _bodies(targets, envelopes, new, args_json)
+        if bodies:  # a new command's body is new: both are written in this transaction
+            conn.exec_driver_sql(
+                "INSERT INTO command_bodies (id, args, envelope) VALUES (?, ?, ?)", bodies
+            )
     # signing checked every device id: the topics' fleet ids are checked once per fleet
     for fleet in {t[2] for t in targets}:
         codec.topic(fleet, targets[0][1], codec.CMD)
@@ -194,6 +199,42 @@ def queue_many(
         Outgoing(cmd_id, f"{codec.PREFIX}/{fleet}/{dev}/{codec.CMD}", env) if cmd_id in new else None
         for (_, dev, fleet, cmd_id), env in zip(targets, envelopes, strict=True)
     ]
+
+
+def _insert_pg(conn: Connection, targets, envelopes, clocks, kind: str, args_json: str,
+               source: str, now_ms: int, iat: int, ttl_s: int, sent_by: str | None,
+               dues: list) -> set[str]:  # fmt: skip
+    # PostgreSQL: the commands in one INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO
+    # NOTHING RETURNING id (no statement of thousands of placeholders for the driver to
+    # parse), and the new ones' bodies by COPY
+    cols = list(zip(*[(cmd_id, did, clocks[did][0], clocks[did][1], due)
+                      for (did, _, _, cmd_id), due in zip(targets, dues, strict=True)],
+                    strict=True))  # fmt: skip
+    with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(
+            "INSERT INTO commands (id, device_id, kind, iat, exp, status, source, created_ms,"
+            " sent_by, skew_s, skew_boot, due_ms) SELECT c.id, c.did, %s, %s, %s, 'queued', %s,"
+            " %s, %s, c.skew, c.boot, c.due FROM unnest(%s::text[], %s::int[], %s::bigint[],"
+            " %s::bigint[], %s::bigint[]) AS c(id, did, skew, boot, due)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            (kind, iat, iat + ttl_s, source, now_ms, sent_by, *map(list, cols)),
+        )
+        new = {r[0] for r in cur.fetchall()}
+        with cur.copy("COPY command_bodies (id, args, envelope) FROM STDIN") as cp:
+            for b in _bodies(targets, envelopes, new, args_json):
+                cp.write_row(b)
+    return new
+
+
+def _bodies(targets, envelopes, new: set[str], args_json: str) -> list[tuple[str, str, str]]:
+    # the new commands' bodies, each once (the first of an id, as its insert kept)
+    todo = set(new)
+    out = []
+    for (_, _, _, cmd_id), env in zip(targets, envelopes, strict=True):
+        if cmd_id in todo:
+            todo.discard(cmd_id)
+            out.append((cmd_id, args_json, env.decode()))
+    return out
 
 
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
