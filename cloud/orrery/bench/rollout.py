@@ -59,7 +59,7 @@ from cloud.orrery.db.tables import (
     ROLLOUT_LOG,
     ROLLOUTS,
 )
-from cloud.orrery.fleet import keys, registry
+from cloud.orrery.fleet import commands, keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.fleet.rollout.plan import TARGET_COLS
 from cloud.orrery.ingest.service import _ReadBuffer
@@ -400,17 +400,18 @@ def _signing(engine: sa.Engine, rounds: int = 3) -> dict:
     checked to give the very envelopes the dispatch stored; best of ``rounds``."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMAND_BODIES.c.args,
-                      COMMANDS.c.iat, COMMANDS.c.exp, COMMANDS.c.skew_s,
-                      COMMAND_BODIES.c.envelope)
+            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMANDS.c.iat,
+                      COMMANDS.c.exp, COMMANDS.c.skew_s, COMMAND_BODIES.c.envelope)
             .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
             .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
             .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         ).all()  # fmt: skip
-    waves: dict[tuple, list] = {}  # one per (kind, args, window), as the dispatch signs them
+    waves: dict[tuple, list] = {}  # one per (kind, window), as the dispatch signs them
     for r in rows:
-        waves.setdefault((r.kind, r.args, r.iat, r.exp), []).append(r)
-    parsed = {k: json.loads(k[1]) for k in waves}
+        waves.setdefault((r.kind, None, r.iat, r.exp), []).append(r)
+    # a wave's args, as its first envelope carries them (if another one's differed, its
+    # envelope signed again would differ from the stored one: checked below)
+    parsed = {k: commands.signed_args(w[0].envelope) for k, w in waves.items()}
     stored = [r.envelope.encode() for w in waves.values() for r in w]
 
     def orrery() -> list[bytes]:

@@ -206,14 +206,13 @@ class Command(SQLModel, table=True):
 
 
 class CommandBody(SQLModel, table=True):
-    """A command's arguments (JSON) and signed envelope, apart from its ``commands`` row: they
-    are large (a workflow install carries its blob: 11 KB each) and never change with a
-    publish or an ack, while SQLite rewrites a whole row, overflow pages and all, whenever it
-    changes size (an ack fills in ``acked_ms``)."""
+    """A command's signed envelope (its args are in the signed body), apart from its
+    ``commands`` row: it is large (a workflow install carries its blob, 11 KB) and never
+    changes with a publish or an ack, while SQLite rewrites a whole row, overflow pages and
+    all, whenever it changes size (an ack fills in ``acked_ms``)."""
 
     __tablename__ = "command_bodies"
     id: str = Field(primary_key=True, max_length=100)  # the command's id
-    args: str  # JSON
     envelope: str
 
 

@@ -171,11 +171,10 @@ def queue_many(
         [(keys.device_key(secret, dev), cmd_id, dev, clocks[did][0])
          for did, dev, _, cmd_id in targets],
     )  # fmt: skip
-    args_json = json.dumps(args, sort_keys=True)
     dues = due_ms or [None] * len(targets)
     if conn.dialect.name == "postgresql":
-        new = _insert_pg(conn, targets, envelopes, clocks, kind, args_json, source, now_ms, iat,
-                         ttl_s, sent_by, dues)  # fmt: skip
+        new = _insert_pg(conn, targets, envelopes, clocks, kind, source, now_ms, iat, ttl_s,
+                         sent_by, dues)  # fmt: skip
     else:
         rows = [
             {"id": cmd_id, "device_id": did, "kind": kind, "iat": iat, "exp": iat + ttl_s,
@@ -187,11 +186,9 @@ def queue_many(
         # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
         ins = insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id)
         new = set(conn.execute(ins, rows).scalars())
-        bodies = _bodies(targets, envelopes, new, args_json)
+        bodies = _bodies(targets, envelopes, new)
         if bodies:  # a new command's body is new: both are written in this transaction
-            conn.exec_driver_sql(
-                "INSERT INTO command_bodies (id, args, envelope) VALUES (?, ?, ?)", bodies
-            )
+            conn.exec_driver_sql("INSERT INTO command_bodies (id, envelope) VALUES (?, ?)", bodies)
     # signing checked every device id: the topics' fleet ids are checked once per fleet
     for fleet in {t[2] for t in targets}:
         codec.topic(fleet, targets[0][1], codec.CMD)
@@ -201,8 +198,8 @@ def queue_many(
     ]
 
 
-def _insert_pg(conn: Connection, targets, envelopes, clocks, kind: str, args_json: str,
-               source: str, now_ms: int, iat: int, ttl_s: int, sent_by: str | None,
+def _insert_pg(conn: Connection, targets, envelopes, clocks, kind: str, source: str,
+               now_ms: int, iat: int, ttl_s: int, sent_by: str | None,
                dues: list) -> set[str]:  # fmt: skip
     # PostgreSQL: the commands in one INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO
     # NOTHING RETURNING id (no statement of thousands of placeholders for the driver to
@@ -220,21 +217,26 @@ def _insert_pg(conn: Connection, targets, envelopes, clocks, kind: str, args_jso
             (kind, iat, iat + ttl_s, source, now_ms, sent_by, *map(list, cols)),
         )
         new = {r[0] for r in cur.fetchall()}
-        with cur.copy("COPY command_bodies (id, args, envelope) FROM STDIN") as cp:
-            for b in _bodies(targets, envelopes, new, args_json):
+        with cur.copy("COPY command_bodies (id, envelope) FROM STDIN") as cp:
+            for b in _bodies(targets, envelopes, new):
                 cp.write_row(b)
     return new
 
 
-def _bodies(targets, envelopes, new: set[str], args_json: str) -> list[tuple[str, str, str]]:
+def _bodies(targets, envelopes, new: set[str]) -> list[tuple[str, str]]:
     # the new commands' bodies, each once (the first of an id, as its insert kept)
     todo = set(new)
     out = []
     for (_, _, _, cmd_id), env in zip(targets, envelopes, strict=True):
         if cmd_id in todo:
             todo.discard(cmd_id)
-            out.append((cmd_id, args_json, env.decode()))
+            out.append((cmd_id, env.decode()))
     return out
+
+
+def signed_args(envelope: str) -> dict:
+    """The args a stored envelope was signed with (its body carries them)."""
+    return json.loads(json.loads(envelope)["b"])["args"]
 
 
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
@@ -474,7 +476,7 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
     if secret is None:
         return []
     rows = conn.execute(
-        sa.select(COMMANDS, COMMAND_BODIES.c.args, DEVICES.c.name, DEVICES.c.fleet)
+        sa.select(COMMANDS, COMMAND_BODIES.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
         .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
         .where(COMMANDS.c.status == "refused", COMMANDS.c.exp > now_ms // 1000)
@@ -497,7 +499,7 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
             continue
         iat = now_ms // 1000
         ttl = r.exp - r.iat
-        envelope = _sign(secret, r.name, r.id, r.kind, json.loads(r.args), iat, ttl, skew)
+        envelope = _sign(secret, r.name, r.id, r.kind, signed_args(r.envelope), iat, ttl, skew)
         conn.execute(
             sa.update(COMMANDS)
             .where(COMMANDS.c.id == r.id)

@@ -237,7 +237,7 @@ def _shown(kind: str, args: dict) -> dict:
 
 
 def _row(r) -> dict:
-    args = json.loads(r.args)
+    args = commands.signed_args(r.envelope)
     return {
         "id": r.id,
         "device": r.name,
@@ -259,7 +259,7 @@ def _row(r) -> dict:
 
 
 _COLS = (
-    COMMANDS.c.id, COMMANDS.c.kind, COMMAND_BODIES.c.args, COMMANDS.c.status, COMMANDS.c.ack_code,
+    COMMANDS.c.id, COMMANDS.c.kind, COMMAND_BODIES.c.envelope, COMMANDS.c.status, COMMANDS.c.ack_code,
     COMMANDS.c.ack_detail, COMMANDS.c.source, COMMANDS.c.sent_by, COMMANDS.c.created_ms,
     COMMANDS.c.due_ms, COMMANDS.c.sent_ms, COMMANDS.c.sends, COMMANDS.c.acked_ms, COMMANDS.c.exp,
     DEVICES.c.name,
