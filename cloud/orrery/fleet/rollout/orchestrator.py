@@ -143,38 +143,15 @@ class Orchestrator:
         if not changes:
             return
         now = self.clock()
-        # one statement, executed for every change (executemany)
-        conn.execute(
-            sa.update(ROLLOUT_DEVICES)
-            .where(
-                ROLLOUT_DEVICES.c.rollout_id == rid,
-                ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"),
-            )
-            .values(
-                state=sa.bindparam("m_state"),
-                updated_ms=now,
-                detail=sa.bindparam("m_detail"),
-                **extra,
-            ),
-            [
-                {"m_did": did, "m_state": state, "m_detail": detail}
-                for did, state, detail in changes
-            ],
-        )
-        conn.execute(
-            sa.insert(ROLLOUT_LOG),
-            [
-                {
-                    "rollout_id": rid,
-                    "device_id": did,
-                    "at_ms": now,
-                    "event": state,
-                    "detail": detail,
-                    "actor": self.actor,
-                }
-                for did, state, detail in changes
-            ],
-        )
+        # one statement for every change, as plain tuples through the driver's executemany
+        sets = "".join(f", {k} = ?" for k in extra)
+        fixed = tuple(extra.values())
+        _many(conn, f"UPDATE rollout_devices SET state = ?, updated_ms = ?, detail = ?{sets}"
+                    " WHERE rollout_id = ? AND device_id = ?",
+              [(state, now, detail, *fixed, rid, did) for did, state, detail in changes])  # fmt: skip
+        _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail, actor)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+              [(rid, did, now, state, detail, self.actor) for did, state, detail in changes])  # fmt: skip
 
     # --- create --------------------------------------------------------------------------------
 
