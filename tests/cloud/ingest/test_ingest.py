@@ -119,11 +119,11 @@ def test_migrations_build_exactly_the_models(db_url):
 
 
 def test_commands_keep_their_bodies_across_the_migration_that_moves_them(db_url):
-    """0007 moves each command's args and envelope to command_bodies: a command queued before
+    """0008 moves each command's envelope to command_bodies: a command queued before
     it is published again with the very envelope it was signed with, and re-signed from its
     args."""
     engine = engine_for(db_url, migrate=False)
-    upgrade(engine, "0006")
+    upgrade(engine, "0007")
     env = codec.sign_command(keys.device_key(SECRET, "dev1"), "c1", "dev1", "reboot", {"s": 5},
                              1_790_000_000, 1_790_086_400)  # fmt: skip
     with engine.begin() as c:

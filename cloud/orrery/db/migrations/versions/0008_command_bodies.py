@@ -13,8 +13,8 @@ blob once, not twice. No foreign key: every body is inserted with its command in
 transaction (``fleet.commands.queue_many``), and nothing deletes commands. The downgrade
 puts both columns back, the args from the envelopes.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06 15:10:00.000000
 """
 
@@ -22,8 +22,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
