@@ -352,12 +352,17 @@ def _decode(check, data):
     return (None, err) if err else (d, None)
 
 
+_isascii = getattr(str, "isascii", None)  # CPython's (O(1)); MicroPython has none
+
+
 def _unstorable(v, name):
     # Why a database cannot store the text in ``v`` (a decoded message, walked whole), or None.
     # PostgreSQL's text holds no U+0000 and no lone surrogate (UTF-16 halves, which JSON's
     # "\ud800" escapes produce and UTF-8 cannot encode); refusing them here, with the field's
     # name, treats both databases alike.
     if isinstance(v, str):
+        if _isascii is not None and _isascii(v) and "\x00" not in v:
+            return None  # CPython: an ASCII string is flagged as such, and holds no surrogate
         for c in v:
             o = ord(c)
             if o == 0 or 0xD800 <= o <= 0xDFFF:

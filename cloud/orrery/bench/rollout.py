@@ -44,12 +44,14 @@ import time
 import uuid
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery.bench.ingest import mqtt_client
 from cloud.orrery.clock import now_ms
 from cloud.orrery.db.engine import engine_for, url_from
 from cloud.orrery.db.tables import (
+    COMMAND_BODIES,
     COMMANDS,
     DEAD_LETTERS,
     DEVICES,
@@ -57,9 +59,10 @@ from cloud.orrery.db.tables import (
     ROLLOUT_LOG,
     ROLLOUTS,
 )
-from cloud.orrery.fleet import keys, registry
+from cloud.orrery.fleet import commands, keys, registry
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
 from cloud.orrery.fleet.rollout.plan import TARGET_COLS
+from cloud.orrery.ingest.service import _ReadBuffer
 from cloud.orrery.sim import workflows
 from shared.wire import codec
 from shared.workflow import compiler
@@ -160,6 +163,17 @@ class Boards:
             self._proc.kill()
 
 
+class _BoardsClient(mqtt.Client):
+    """paho's client reading its socket as ``orrery serve`` does, 256 KiB at a time (paho alone
+    asks for the byte, the length and the rest of each 11 KB command separately)."""
+
+    def _create_socket(self):
+        return _ReadBuffer(super()._create_socket())
+
+
+_ID = b'\\"id\\":\\"'  # a command's id in its envelope: "id":" escaped in the body string
+
+
 def _boards_main(port, first, verified, bad, subscribed, stop) -> None:
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     window = threading.Semaphore(WINDOW)
@@ -167,22 +181,28 @@ def _boards_main(port, first, verified, bad, subscribed, stop) -> None:
 
     def on_message(client, userdata, msg) -> None:
         name = msg.topic.split("/")[2]
-        cmd_id = json.loads(json.loads(msg.payload)["b"])["id"]
+        # the id without decoding the 11 KB envelope twice: the body's keys are sorted, so its
+        # "id" is the last one ahead of "kind" (checked against the decoded body below)
+        p = msg.payload
+        i = p.rindex(_ID) + len(_ID)
+        cmd_id = p[i : p.index(b'\\"', i)].decode()
         if not first.value:
             first.value = time.monotonic()
         if n[0] % VERIFY_EVERY == 0:
-            code, _, detail = codec.Verifier(keys.device_key(SECRET, name), name).check(
-                msg.payload, int(time.time())
+            code, cmd, detail = codec.Verifier(keys.device_key(SECRET, name), name).check(
+                p, int(time.time())
             )
-            if code == codec.OK:
+            if code == codec.OK and cmd["id"] == cmd_id:
                 verified.value += 1
             else:
-                bad.put(f"{name}: {codec.ACK_NAMES.get(code, code)} {detail}")
+                bad.put(f"{name}: {codec.ACK_NAMES.get(code, code)} {detail} ({cmd_id!r})")
         n[0] += 1
         outbox.put((codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, "")))
 
-    c = mqtt_client("bench-boards")
+    # MQTT 3.1.1, as the boards' umqtt.simple speaks it
+    c = _BoardsClient(mqtt.CallbackAPIVersion.VERSION2, "bench-boards", protocol=mqtt.MQTTv311)
     c.max_inflight_messages_set(WINDOW)
+    c.max_queued_messages_set(0)
     c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
     c.on_subscribe = lambda *a: subscribed.set()
     c.on_message = on_message
@@ -380,15 +400,18 @@ def _signing(engine: sa.Engine, rounds: int = 3) -> dict:
     checked to give the very envelopes the dispatch stored; best of ``rounds``."""
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMANDS.c.args,
-                      COMMANDS.c.iat, COMMANDS.c.exp, COMMANDS.c.skew_s, COMMANDS.c.envelope)
+            sa.select(COMMANDS.c.id, DEVICES.c.name, COMMANDS.c.kind, COMMANDS.c.iat,
+                      COMMANDS.c.exp, COMMANDS.c.skew_s, COMMAND_BODIES.c.envelope)
             .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+            .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
             .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         ).all()  # fmt: skip
-    waves: dict[tuple, list] = {}  # one per (kind, args, window), as the dispatch signs them
+    waves: dict[tuple, list] = {}  # one per (kind, window), as the dispatch signs them
     for r in rows:
-        waves.setdefault((r.kind, r.args, r.iat, r.exp), []).append(r)
-    parsed = {k: json.loads(k[1]) for k in waves}
+        waves.setdefault((r.kind, None, r.iat, r.exp), []).append(r)
+    # a wave's args, as its first envelope carries them (if another one's differed, its
+    # envelope signed again would differ from the stored one: checked below)
+    parsed = {k: commands.signed_args(w[0].envelope) for k, w in waves.items()}
     stored = [r.envelope.encode() for w in waves.values() for r in w]
 
     def orrery() -> list[bytes]:

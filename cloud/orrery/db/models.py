@@ -183,12 +183,10 @@ class Command(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=100)
     device_id: int = Field(index=True)
     kind: str = Field(max_length=32)
-    args: str  # JSON
     iat: int = Field(sa_column=_big(nullable=False))
     exp: int = Field(sa_column=_big(nullable=False))
     status: str = Field(max_length=16, index=True)  # queued|sent|acked|done|failed|expired
     source: str = Field(max_length=64)
-    envelope: str
     created_ms: int = Field(sa_column=_big(nullable=False))
     sent_ms: int | None = Field(default=None, sa_column=_big())
     acked_ms: int | None = Field(default=None, sa_column=_big())
@@ -205,6 +203,17 @@ class Command(SQLModel, table=True):
     # and when it may be published first (a send to many devices is spread by its rate limit)
     sent_by: str | None = Field(default=None, max_length=64)
     due_ms: int | None = Field(default=None, sa_column=_big())
+
+
+class CommandBody(SQLModel, table=True):
+    """A command's signed envelope (its args are in the signed body), apart from its
+    ``commands`` row: it is large (a workflow install carries its blob, 11 KB) and never
+    changes with a publish or an ack, while SQLite rewrites a whole row, overflow pages and
+    all, whenever it changes size (an ack fills in ``acked_ms``)."""
+
+    __tablename__ = "command_bodies"
+    id: str = Field(primary_key=True, max_length=100)  # the command's id
+    envelope: str
 
 
 class Event(SQLModel, table=True):

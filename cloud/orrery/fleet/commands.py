@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import COMMANDS, DEVICES, SESSIONS, insert_ignore
+from cloud.orrery.db.tables import COMMAND_BODIES, COMMANDS, DEVICES, SESSIONS, insert_ignore
 from cloud.orrery.fleet import keys
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
@@ -171,18 +171,24 @@ def queue_many(
         [(keys.device_key(secret, dev), cmd_id, dev, clocks[did][0])
          for did, dev, _, cmd_id in targets],
     )  # fmt: skip
-    args_json = json.dumps(args, sort_keys=True)
-    rows = [
-        {"id": cmd_id, "device_id": did, "kind": kind, "args": args_json, "iat": iat,
-         "exp": iat + ttl_s, "status": "queued", "source": source, "envelope": env.decode(),
-         "created_ms": now_ms, "skew_s": clocks[did][0], "skew_boot": clocks[did][1],
-         "sent_by": sent_by, "due_ms": due}
-        for (did, _, _, cmd_id), env, due in zip(
-            targets, envelopes, due_ms or [None] * len(targets), strict=True
-        )
-    ]  # fmt: skip
-    # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
-    new = set(conn.execute(insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id), rows).scalars())
+    dues = due_ms or [None] * len(targets)
+    if conn.dialect.name == "postgresql":
+        new = _insert_pg(conn, targets, envelopes, clocks, kind, source, now_ms, iat, ttl_s,
+                         sent_by, dues)  # fmt: skip
+    else:
+        rows = [
+            {"id": cmd_id, "device_id": did, "kind": kind, "iat": iat, "exp": iat + ttl_s,
+             "status": "queued", "source": source, "created_ms": now_ms,
+             "skew_s": clocks[did][0], "skew_boot": clocks[did][1], "sent_by": sent_by,
+             "due_ms": due}
+            for (did, _, _, cmd_id), due in zip(targets, dues, strict=True)
+        ]  # fmt: skip
+        # RETURNING, not rowcount: a driver may not report the rowcount of an ignored insert
+        ins = insert_ignore(conn, COMMANDS).returning(COMMANDS.c.id)
+        new = set(conn.execute(ins, rows).scalars())
+        bodies = _bodies(targets, envelopes, new)
+        if bodies:  # a new command's body is new: both are written in this transaction
+            conn.exec_driver_sql("INSERT INTO command_bodies (id, envelope) VALUES (?, ?)", bodies)
     # signing checked every device id: the topics' fleet ids are checked once per fleet
     for fleet in {t[2] for t in targets}:
         codec.topic(fleet, targets[0][1], codec.CMD)
@@ -192,10 +198,52 @@ def queue_many(
     ]
 
 
+def _insert_pg(conn: Connection, targets, envelopes, clocks, kind: str, source: str,
+               now_ms: int, iat: int, ttl_s: int, sent_by: str | None,
+               dues: list) -> set[str]:  # fmt: skip
+    # PostgreSQL: the commands in one INSERT ... SELECT FROM unnest(arrays) ... ON CONFLICT DO
+    # NOTHING RETURNING id (no statement of thousands of placeholders for the driver to
+    # parse), and the new ones' bodies by COPY
+    cols = list(zip(*[(cmd_id, did, clocks[did][0], clocks[did][1], due)
+                      for (did, _, _, cmd_id), due in zip(targets, dues, strict=True)],
+                    strict=True))  # fmt: skip
+    with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(
+            "INSERT INTO commands (id, device_id, kind, iat, exp, status, source, created_ms,"
+            " sent_by, skew_s, skew_boot, due_ms) SELECT c.id, c.did, %s, %s, %s, 'queued', %s,"
+            " %s, %s, c.skew, c.boot, c.due FROM unnest(%s::text[], %s::int[], %s::bigint[],"
+            " %s::bigint[], %s::bigint[]) AS c(id, did, skew, boot, due)"
+            " ON CONFLICT DO NOTHING RETURNING id",
+            (kind, iat, iat + ttl_s, source, now_ms, sent_by, *map(list, cols)),
+        )
+        new = {r[0] for r in cur.fetchall()}
+        with cur.copy("COPY command_bodies (id, envelope) FROM STDIN") as cp:
+            for b in _bodies(targets, envelopes, new):
+                cp.write_row(b)
+    return new
+
+
+def _bodies(targets, envelopes, new: set[str]) -> list[tuple[str, str]]:
+    # the new commands' bodies, each once (the first of an id, as its insert kept)
+    todo = set(new)
+    out = []
+    for (_, _, _, cmd_id), env in zip(targets, envelopes, strict=True):
+        if cmd_id in todo:
+            todo.discard(cmd_id)
+            out.append((cmd_id, env.decode()))
+    return out
+
+
+def signed_args(envelope: str) -> dict:
+    """The args a stored envelope was signed with (its body carries them)."""
+    return json.loads(json.loads(envelope)["b"])["args"]
+
+
 def _outgoing(conn: Connection, *where, limit: int | None = None) -> list[Outgoing]:
     q = (
-        sa.select(COMMANDS.c.id, COMMANDS.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
+        sa.select(COMMANDS.c.id, COMMAND_BODIES.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
         .where(*where)
         .order_by(COMMANDS.c.created_ms, COMMANDS.c.id)
         .limit(limit)
@@ -315,44 +363,10 @@ def _log_refused(conn: Connection, cmd_id: str, detail: str) -> None:
          signed_skew_s=r.skew_s)  # fmt: skip
 
 
-def apply_ack(
-    conn: Connection, device_id: int, cmd_id: str, code: int, detail: str, now_ms: int
-) -> bool:
-    """Record a board's ack; False if the command is unknown for this device.
-
-    A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
-    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
-    never replaces one, and a repeat of the recorded ack (the board's stored ack, sent again
-    for a redelivered command) is not recorded again: the ack keeps its first time.
-    """
-    status = status_for(code, detail)
-    cond = [
-        COMMANDS.c.id == cmd_id,
-        COMMANDS.c.device_id == device_id,
-        sa.or_(
-            COMMANDS.c.status != status,
-            COMMANDS.c.ack_code.is_distinct_from(code),
-            COMMANDS.c.ack_detail.is_distinct_from(detail[:300]),
-        ),
-    ]
-    if status == "acked":
-        cond.append(COMMANDS.c.status.in_(("queued", "sent", "acked", "refused", "expired")))
-    elif status == "refused" or code == codec.DUPLICATE:
-        cond.append(COMMANDS.c.status.in_(WAITING + ("expired",)))
-    res = conn.execute(
-        sa.update(COMMANDS)
-        .where(*cond)
-        .values(status=status, acked_ms=now_ms, ack_code=code, ack_detail=detail[:300])
-    )
-    if res.rowcount and status == "refused":
-        _log_refused(conn, cmd_id, detail)
-    if res.rowcount:
-        return True
-    return conn.execute(sa.select(COMMANDS.c.id).where(*cond[:2])).first() is not None
-
-
 def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
-    # the statuses an ack leading to ``status`` may replace (None: any), as apply_ack's WHERE
+    # the statuses an ack leading to ``status`` may replace (None: any): a final status (done,
+    # failed) is never turned back into acked or refused, and a DUPLICATE that carries no
+    # result (the board restarted since it ran the command) never replaces one
     if status == "acked":
         return ("queued", "sent", "acked", "refused", "expired")
     if status == "refused" or code == codec.DUPLICATE:
@@ -363,62 +377,90 @@ def _acceptable(status: str, code: int) -> tuple[str, ...] | None:
 def apply_acks(
     conn: Connection, acks: list[tuple[int, str, int, str]], now_ms: int
 ) -> list[bool]:
-    """``apply_ack`` for each ``(device_id, cmd_id, code, detail)`` of ``acks``, in order, with
-    one SELECT and one UPDATE per ``CHUNK`` acks: the same results and final rows as applying
-    them one by one. The rows read are locked on PostgreSQL; each is written only if its
-    status is still the one read (so a concurrent change is never overwritten); if any is not,
-    the acks are applied one by one.
+    """Record boards' acks, each ``(device_id, cmd_id, code, detail)``, in order, with the
+    same results and final rows as one by one: return, for each, whether its command is known
+    for that device.
+
+    A final status (done, failed) is never turned back into ``acked`` or ``refused`` by a late
+    ack, a DUPLICATE that carries no result (the board restarted since it ran the command)
+    never replaces one (``_acceptable``), and a repeat of the recorded ack (the board's stored
+    ack, sent again for a redelivered command) is not recorded again: the ack keeps its first
+    time. The commands are read once per ``CHUNK`` (locked
+    until commit on PostgreSQL), the final row of each worked out in memory, and written with
+    one UPDATE per distinct (status read, new status, code, detail) on the driver's cursor: a
+    wave's OK acks are one statement, with nothing built per group. Each row is written only
+    if its status is still the one read (it cannot change in between: the rows are locked on
+    PostgreSQL, and SQLite lets one writer at a time work on the snapshot it read); a row that
+    did fails the group (``RuntimeError``: the service stores it again) rather than overwrite
+    a change.
     """
     if not acks:
         return []
-    if not conn.dialect.supports_sane_multi_rowcount:
-        return [apply_ack(conn, *a, now_ms) for a in acks]
-    ids = list(dict.fromkeys(a[1] for a in acks))
-    read: dict[str, tuple[int, str]] = {}
-    now: dict[str, tuple] = {}  # (status, code, detail) as the acks leave them
-    for i in range(0, len(ids), CHUNK):
-        q = sa.select(
-            COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status, COMMANDS.c.ack_code,
-            COMMANDS.c.ack_detail,
-        ).where(COMMANDS.c.id.in_(ids[i : i + CHUNK]))  # fmt: skip
-        if conn.dialect.name == "postgresql":  # held until commit: read is what is written over
-            q = q.order_by(COMMANDS.c.id).with_for_update()
-        for cid, did, st, code, detail in conn.execute(q):
-            read[cid] = (did, st)
-            now[cid] = (st, code, detail)
-    writes: dict[str, dict] = {}
-    refused: list[tuple[str, str]] = []
-    known = []
-    for device_id, cmd_id, code, detail in acks:
-        row = read.get(cmd_id)
-        if row is None or row[0] != device_id:
-            known.append(False)
-            continue
-        known.append(True)
-        status = status_for(code, detail)
-        allowed = _acceptable(status, code)
-        if allowed is not None and now[cmd_id][0] not in allowed:
-            continue
-        if now[cmd_id] == (status, code, detail[:300]):
-            continue  # a repeat of the recorded ack: it keeps its first time
-        now[cmd_id] = (status, code, detail[:300])
-        writes[cmd_id] = {"c_id": cmd_id, "c_was": row[1], "c_status": status,
-                          "c_code": code, "c_detail": detail[:300]}  # fmt: skip
-        if status == "refused":
-            refused.append((cmd_id, detail))
-    if writes:
-        res = conn.execute(
-            sa.update(COMMANDS)
-            .where(COMMANDS.c.id == sa.bindparam("c_id"), COMMANDS.c.status == sa.bindparam("c_was"))
-            .values(status=sa.bindparam("c_status"), acked_ms=now_ms,
-                    ack_code=sa.bindparam("c_code"), ack_detail=sa.bindparam("c_detail")),
-            list(writes.values()),
-        )  # fmt: skip
-        if res.rowcount != len(writes):  # changed since read: one by one, from where it is now
-            return [apply_ack(conn, *a, now_ms) for a in acks]
+    pg = conn.dialect.name == "postgresql"
+    ids = list(dict.fromkeys([a[1] for a in acks]))
+    read: dict[str, tuple[int, str, int | None, str | None]] = {}
+    cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for i in range(0, len(ids), CHUNK):
+            chunk = ids[i : i + CHUNK]
+            if pg:  # held until commit: what is read is what is written over
+                cur.execute(_PG_READ, (chunk,))
+            else:
+                cur.execute(_SQLITE_READ.format(",".join("?" * len(chunk))), chunk)
+            for cid, did, st, code, detail in cur.fetchall():
+                read[cid] = (did, st, code, detail)
+        # (status, code, detail) as the acks leave them
+        now: dict[str, tuple] = {cid: r[1:] for cid, r in read.items()}
+        final: dict[str, tuple[str, int, str]] = {}  # command -> (status, code, detail) written
+        refused: list[tuple[str, str]] = []  # logged as one by one would: each time
+        known = []
+        for device_id, cmd_id, code, detail in acks:
+            row = read.get(cmd_id)
+            if row is None or row[0] != device_id:
+                known.append(False)
+                continue
+            known.append(True)
+            status = status_for(code, detail)
+            allowed = _acceptable(status, code)
+            if allowed is not None and now[cmd_id][0] not in allowed:
+                continue
+            result = (status, code, detail[:300])
+            if now[cmd_id] == result:
+                continue  # a repeat of the recorded ack: it keeps its first time
+            now[cmd_id] = final[cmd_id] = result
+            if status == "refused":
+                refused.append((cmd_id, detail))
+        groups: dict[tuple, list[str]] = {}  # (status read, status, code, detail) -> commands
+        for cmd_id, (status, code, detail) in final.items():
+            groups.setdefault((read[cmd_id][1], status, code, detail), []).append(cmd_id)
+        written = 0
+        for (was, status, code, detail), group in groups.items():
+            for i in range(0, len(group), CHUNK):
+                chunk = group[i : i + CHUNK]
+                if pg:
+                    cur.execute(_PG_WRITE, (status, now_ms, code, detail, was, chunk))
+                else:
+                    cur.execute(_SQLITE_WRITE.format(",".join("?" * len(chunk))),
+                                (status, now_ms, code, detail, was, *chunk))  # fmt: skip
+                written += cur.rowcount
+    finally:
+        cur.close()
+    if written != len(final):
+        raise RuntimeError(
+            f"{len(final) - written} of {len(final)} commands changed between their read and"
+            " their write: their acks are not applied"
+        )
     for cmd_id, detail in refused:
         _log_refused(conn, cmd_id, detail)
     return known
+
+
+_READ = "SELECT id, device_id, status, ack_code, ack_detail FROM commands WHERE id "
+_SQLITE_READ = _READ + "IN ({})"
+_PG_READ = _READ + "= ANY(%s) ORDER BY id FOR UPDATE"
+_SET = "UPDATE commands SET status = {0}, acked_ms = {0}, ack_code = {0}, ack_detail = {0}"
+_SQLITE_WRITE = _SET.format("?") + " WHERE status = ? AND id IN ({})"
+_PG_WRITE = _SET.format("%s") + " WHERE status = %s AND id = ANY(%s)"
 
 
 def same_clock(conn: Connection, device_id: int, skew_s: int | None, boot: int | None) -> bool:
@@ -434,8 +476,9 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
     if secret is None:
         return []
     rows = conn.execute(
-        sa.select(COMMANDS, DEVICES.c.name, DEVICES.c.fleet)
+        sa.select(COMMANDS, COMMAND_BODIES.c.envelope, DEVICES.c.name, DEVICES.c.fleet)
         .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+        .join(COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id)
         .where(COMMANDS.c.status == "refused", COMMANDS.c.exp > now_ms // 1000)
         .order_by(COMMANDS.c.created_ms)
     ).all()
@@ -456,13 +499,18 @@ def resign(conn: Connection, secret: bytes | None, now_ms: int) -> list[Outgoing
             continue
         iat = now_ms // 1000
         ttl = r.exp - r.iat
-        envelope = _sign(secret, r.name, r.id, r.kind, json.loads(r.args), iat, ttl, skew)
+        envelope = _sign(secret, r.name, r.id, r.kind, signed_args(r.envelope), iat, ttl, skew)
         conn.execute(
             sa.update(COMMANDS)
             .where(COMMANDS.c.id == r.id)
-            .values(status="queued", envelope=envelope.decode(), iat=iat, exp=iat + ttl,
-                    skew_s=skew, skew_boot=boot, resigns=r.resigns + 1, retry_ms=None)
+            .values(status="queued", iat=iat, exp=iat + ttl, skew_s=skew, skew_boot=boot,
+                    resigns=r.resigns + 1, retry_ms=None)
         )  # fmt: skip
+        conn.execute(
+            sa.update(COMMAND_BODIES)
+            .where(COMMAND_BODIES.c.id == r.id)
+            .values(envelope=envelope.decode())
+        )
         jlog("command_resigned", device=r.name, id=r.id, skew_s=skew, was_skew_s=r.skew_s,
              boot=boot, refused=r.ack_detail)  # fmt: skip
         out.append(Outgoing(r.id, codec.topic(r.fleet, r.name, codec.CMD), envelope))

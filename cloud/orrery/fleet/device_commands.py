@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery.clock import iso, now_ms
-from cloud.orrery.db.tables import COMMANDS, DEVICES, WORKFLOWS
+from cloud.orrery.db.tables import COMMAND_BODIES, COMMANDS, DEVICES, WORKFLOWS
 from cloud.orrery.fleet import commands
 from cloud.orrery.fleet.rollout import plan
 from shared import config as config_checks
@@ -237,7 +237,7 @@ def _shown(kind: str, args: dict) -> dict:
 
 
 def _row(r) -> dict:
-    args = json.loads(r.args)
+    args = commands.signed_args(r.envelope)
     return {
         "id": r.id,
         "device": r.name,
@@ -259,11 +259,14 @@ def _row(r) -> dict:
 
 
 _COLS = (
-    COMMANDS.c.id, COMMANDS.c.kind, COMMANDS.c.args, COMMANDS.c.status, COMMANDS.c.ack_code,
+    COMMANDS.c.id, COMMANDS.c.kind, COMMAND_BODIES.c.envelope, COMMANDS.c.status, COMMANDS.c.ack_code,
     COMMANDS.c.ack_detail, COMMANDS.c.source, COMMANDS.c.sent_by, COMMANDS.c.created_ms,
     COMMANDS.c.due_ms, COMMANDS.c.sent_ms, COMMANDS.c.sends, COMMANDS.c.acked_ms, COMMANDS.c.exp,
     DEVICES.c.name,
 )  # fmt: skip
+_FROM = COMMANDS.join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id).join(
+    COMMAND_BODIES, COMMAND_BODIES.c.id == COMMANDS.c.id
+)
 
 
 def listing(
@@ -271,7 +274,7 @@ def listing(
 ) -> list[dict]:
     """Commands, newest first (``limit`` of them): of one device, in one state. CommandError
     for an unknown device or state."""
-    q = sa.select(*_COLS).join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
+    q = sa.select(*_COLS).select_from(_FROM)
     if device is not None:
         did = conn.execute(sa.select(DEVICES.c.id).where(DEVICES.c.name == device)).scalar()
         if did is None:
@@ -288,9 +291,7 @@ def listing(
 def show(conn: Connection, cmd_id: str) -> dict:
     """One command in full; CommandError if there is none with that id."""
     r = conn.execute(
-        sa.select(*_COLS)
-        .join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id)
-        .where(COMMANDS.c.id == cmd_id)
+        sa.select(*_COLS).select_from(_FROM).where(COMMANDS.c.id == cmd_id)
     ).first()
     if r is None:
         raise CommandError(f"no command {cmd_id!r} (see `orrery commands list`)")

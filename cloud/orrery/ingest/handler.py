@@ -237,6 +237,7 @@ class Ingest:
         for m in messages:
             reason, dev, kind = self._route(conn, m, now)
             if reason:
+                self._flush_acks(conn, now, out)  # dead letters in the order of the messages
                 self._dead(conn, m, dev.name if dev else None, reason, now, out)
                 continue
             assert dev is not None
@@ -249,6 +250,7 @@ class Ingest:
             ) as exc:  # decoders return errors; this is a net
                 reason = f"malformed: {exc}"
             if reason:
+                self._flush_acks(conn, now, out)
                 self._dead(conn, m, dev.name, reason, now, out)
         self._flush_acks(conn, now, out)
         if batches:
@@ -279,12 +281,22 @@ class Ingest:
             parsed, _ = codec.parse_topic(m.topic)  # ids only: no text a database refuses
             if parsed is not None and parsed[1] not in self._devices:
                 names.add(parsed[1])
-        if names:
-            q = sa.select(DEVICES.c.id, DEVICES.c.name, DEVICES.c.fleet).where(
-                DEVICES.c.name.in_(names)
-            )
-            for did, name, fleet in conn.execute(q):
-                self._devices[name] = _Dev(did, name, fleet)
+        if not names:
+            return
+        todo = list(names)
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:  # on the driver's cursor: a wave's new devices are hundreds of names a group
+            for i in range(0, len(todo), commands.CHUNK):
+                chunk = todo[i : i + commands.CHUNK]
+                if self.pg:
+                    cur.execute("SELECT id, name, fleet FROM devices WHERE name = ANY(%s)", (chunk,))
+                else:
+                    cur.execute("SELECT id, name, fleet FROM devices WHERE name IN ({})".format(
+                        ",".join("?" * len(chunk))), chunk)  # fmt: skip
+                for did, name, fleet in cur.fetchall():
+                    self._devices[name] = _Dev(did, name, fleet)
+        finally:
+            cur.close()
 
     def _device(
         self, conn: Connection, name: str, fleet: str, now: int, register: bool
@@ -338,8 +350,10 @@ class Ingest:
     def _one(
         self, conn, dev: _Dev, kind: str, m: Message, now: int, out: Outcome, batches
     ) -> str | None:
-        if kind != codec.ACKS:
-            self._flush_acks(conn, now, out)  # what this message does sees every earlier ack
+        if kind != codec.ACKS and kind != codec.CMD:
+            # what this message does sees every earlier ack (a command's audit reads nothing
+            # an ack changes: acks and the commands they answer, interleaved, stay one group)
+            self._flush_acks(conn, now, out)
         if kind == codec.READINGS:
             batch, err = m.batch or codec.decode_batch(m.payload)
             if err:
@@ -436,12 +450,16 @@ class Ingest:
             else:
                 self._dead(conn, m, dev.name, f"ack for unknown command: {a['id']!r}", now, out)
         seen = list(dict.fromkeys(seen))
-        for i in range(0, len(seen), commands.CHUNK):
-            conn.execute(
-                sa.update(DEVICES)
-                .where(DEVICES.c.id.in_(seen[i : i + commands.CHUNK]))
-                .values(last_seen_ms=now)
-            )
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for i in range(0, len(seen), commands.CHUNK):
+                chunk = seen[i : i + commands.CHUNK]
+                if self.pg:
+                    cur.execute(_PG_TOUCH, (now, chunk))
+                else:
+                    cur.execute(_SQLITE_TOUCH.format(",".join("?" * len(chunk))), (now, *chunk))
+        finally:
+            cur.close()
 
     # --- state, events, anchors --------------------------------------------------------------
 
@@ -860,6 +878,8 @@ class Ingest:
             commands.mark_sent(conn, ids, now, self.retry)
 
 
+_SQLITE_TOUCH = "UPDATE devices SET last_seen_ms = ? WHERE id IN ({})"
+_PG_TOUCH = "UPDATE devices SET last_seen_ms = %s WHERE id = ANY(%s)"
 _SQLITE_RANGES = 'INSERT INTO received_ranges (device_id, "first", "last") VALUES (?, ?, ?)'
 _PG_RANGES = (
     'INSERT INTO received_ranges (device_id, "first", "last")'

@@ -52,6 +52,7 @@ SESSION_EXPIRY_S = 7 * 86400
 RECEIVE_MAXIMUM = 2000
 READ_SIZE = 256 * 1024  # bytes asked of the socket at a time (many messages in one read)
 READ_PACKETS = 2000  # the most packets handled per read before the loop looks at writes again
+_READINGS = b"/" + codec.READINGS.encode()  # the end of a readings batch's topic
 _PUBACK = struct.Struct("!BBH").pack  # a PUBACK packet: type, remaining length 2, packet id
 _MESSAGE = mqtt.MQTTMessage
 _new_message = object.__new__
@@ -567,8 +568,10 @@ _READINGS_TOPIC = "/" + codec.READINGS
 
 
 def _rows(m: mqtt.MQTTMessage) -> int:
-    # about how many readings a message holds (a reading is 9 bytes of a batch)
-    return max(1, len(m.payload) // 9)
+    # a readings batch counts its readings (9 bytes each); any other message one (the broker's
+    # RECEIVE_MAXIMUM bounds the group's bytes): a wave's acks and the commands they answer,
+    # 11 KB each, make a group of hundreds, not of a few dozen
+    return max(1, len(m.payload) // 9) if m._topic.endswith(_READINGS) else 1
 
 
 def _message(m: mqtt.MQTTMessage, decode: bool = False) -> Message:

@@ -264,3 +264,33 @@ def test_serve_refuses_a_retry_cap_below_the_first_delay(tmp_path):
             "--command-retry-max", "30", ok=False)  # fmt: skip
     assert "--command-retry-max 30 is below --command-retry 60" in r.output
     assert "Traceback" not in r.output
+
+
+def test_queue_many_inserts_each_command_and_its_body_once(ingest):
+    """A command and its envelope (command_bodies) are written once per id, on
+    both databases (PostgreSQL: INSERT ... FROM unnest and COPY): queued again, an id is not
+    returned to publish and keeps the envelope first signed; an id twice in one call is
+    stored once, as its first."""
+    eng = ingest.engine
+    with eng.begin() as c:
+        c.execute(sa.insert(DEVICES), [{"name": "dev2", "fleet": "f1", "created_ms": 0}])
+        ids = dict(c.execute(sa.select(DEVICES.c.name, DEVICES.c.id)).all())
+    args = {"blob": "QUJD" * 3000, "note": 'a "quoted"\\back\tslash\n', "n": 1}
+    targets = [(ids["dev1"], "dev1", "f1", "k1"), (ids["dev2"], "dev2", "f1", "k2"),
+               (ids["dev2"], "dev2", "f1", "k2")]  # fmt: skip
+    with eng.begin() as c:
+        first = commands.queue_many(c, SECRET, targets, kind="reboot", args=args, source="t",
+                                    now_ms=T * 1000)  # fmt: skip
+    with eng.begin() as c:
+        again = commands.queue_many(c, SECRET, targets[:2], kind="reboot", args={"other": 2},
+                                    source="t", now_ms=T * 1000 + 5000)  # fmt: skip
+    assert [o.command_id for o in first if o] == ["k1", "k2", "k2"] and again == [None, None]
+    bodies = {i: e.encode() for i, e in q(ingest, "SELECT id, envelope FROM command_bodies")}
+    assert bodies == {"k1": first[0].payload, "k2": first[1].payload}
+    assert [commands.signed_args(e.decode()) for e in bodies.values()] == [args, args]
+    for name, o in (("dev1", first[0]), ("dev2", first[1])):
+        cmd, err = codec.verify_envelope(keys.device_key(SECRET, name), o.payload)
+        assert err is None and cmd["args"] == args and cmd["dev"] == name
+    assert q(ingest, "SELECT id, status, kind, iat, sends FROM commands ORDER BY id") == [
+        ("k1", "queued", "reboot", T, 0), ("k2", "queued", "reboot", T, 0),
+    ]  # fmt: skip

@@ -455,7 +455,7 @@ def test_dispatch_signs_commands_and_respects_the_rate(env):
     assert len(env.by_state(rid)["sent"]) == 8
     # what a publisher hands to the broker is the stored envelope
     with env.engine.connect() as c:
-        stored = dict(c.execute(sa.text("SELECT id, envelope FROM commands")).all())
+        stored = dict(c.execute(sa.text("SELECT id, envelope FROM command_bodies")).all())
     assert all(stored[x.command_id].encode() == x.payload for x in out + later)
 
 
@@ -1157,3 +1157,74 @@ def test_a_broker_restart_during_the_soak_starts_it_over(db_url):
     assert "soak-restarted" in events and "wave-advanced" in events
     assert env.rollout(rid)[:2] == ("running", None)
     env.engine.dispose()
+
+
+def test_acks_interleaved_with_the_commands_they_answer_give_the_rows_of_one_by_one(
+    dbenv, caplog
+):
+    """orrery serve receives every command it publishes (down/cmd, audited) between the acks:
+    those stay one group (one read and one UPDATE per result, on the driver's cursor), with the
+    command rows, device touches, refused-by-clock log lines and dead letters (in the order of
+    the messages) of applying each message alone."""
+    env = dbenv
+    o = env.orch()
+    start(env, o)
+    out = o.tick()
+    sent = {x.topic.split("/")[2]: x.command_id for x in out}
+    forged = codec.sign_command(b"k" * 32, "forged", "d00", "reboot", {}, 1, 100)
+
+    def ack(dev: str, cmd_id: str, code: int, detail: str = "") -> Message:
+        return Message(codec.topic("f1", dev, codec.ACKS), codec.encode_ack(cmd_id, code, detail))
+
+    group = [Message(x.topic, x.payload) for x in out[:3]]  # the audit of the commands sent
+    group += [
+        ack("d00", sent["d00"], codec.OK),
+        ack("d04", "no-such-command", codec.OK),
+        ack("ghost", sent["d01"], codec.OK),  # an unknown device
+        Message(codec.topic("f1", "d00", codec.CMD), forged),  # bad signature
+        ack("d01", sent["d01"], codec.EXPIRED, "issued in the future"),
+        Message(out[3].topic, out[3].payload),
+        ack("d01", sent["d01"], codec.EXPIRED, "expired"),  # refused again: logged again
+        ack("d02", sent["d02"], codec.OK),
+        ack("d03", sent["d03"], codec.OK),
+        ack("d02", sent["d02"], codec.DUPLICATE),  # never replaces a result
+        ack("d05", sent["d05"], codec.EXPIRED, "issued in the future"),
+        ack("d05", sent["d05"], codec.OK),  # a later result replaces the refusal
+        Message(out[4].topic, out[4].payload),
+    ]
+
+    def run(groups: list[list[Message]]) -> tuple:
+        with env.engine.begin() as c:  # every command sent, no dead letter, no device seen
+            c.execute(sa.text("UPDATE commands SET status = 'sent', acked_ms = NULL,"
+                              " ack_code = NULL, ack_detail = NULL"))  # fmt: skip
+            c.execute(sa.text("DELETE FROM dead_letters"))
+            c.execute(sa.text("UPDATE devices SET last_seen_ms = NULL"))
+        caplog.clear()
+        ing = Ingest(env.engine, secret=SECRET, clock=env.clock)
+        dead = sum(ing.handle(g).dead for g in groups)
+        refusals = [r.message for r in caplog.records if "command_refused_by_clock" in r.message]
+        return (
+            _command_rows(env),
+            env.rows("SELECT device, reason FROM dead_letters ORDER BY id"),
+            env.rows("SELECT name, last_seen_ms FROM devices ORDER BY name"),
+            refusals,
+            dead,
+        )
+
+    with caplog.at_level("INFO", logger="orrery.ingest"):
+        together = run([group])
+        one_by_one = run([[m] for m in group])
+    assert together == one_by_one
+    rows, dead, seen, refusals, n_dead = together
+    assert [(d, r.split(":")[0]) for d, r in dead] == [
+        ("d04", "ack for unknown command"), (None, "unknown device"), ("d00", "bad signature"),
+    ]  # fmt: skip
+    assert n_dead == 3
+    statuses = {r[0]: r[1] for r in rows}
+    assert [statuses[sent[d]] for d in ("d00", "d01", "d02", "d03", "d04", "d05")] == [
+        "done", "refused", "done", "done", "sent", "done",
+    ]  # fmt: skip
+    assert [json.loads(r)["detail"] for r in refusals] == [
+        "issued in the future", "expired", "issued in the future",
+    ]  # fmt: skip
+    assert [n for n, t in seen if t is not None] == ["d00", "d01", "d02", "d03", "d05"]

@@ -12,6 +12,7 @@ from paho.mqtt import _packet
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from cloud.orrery.db.engine import engine_for
 from cloud.orrery.ingest.service import FastClient, _ReadBuffer
 
 
@@ -108,3 +109,28 @@ def test_acks_of_many_messages_go_out_as_one_packet_write():
     finally:
         a.close()
         b.close()
+
+
+def test_a_group_counts_the_readings_of_batches_and_any_other_message_as_one():
+    """A group (``Service._collect``) holds at most ``max_rows`` readings (a batch's payload
+    counted at 9 bytes a reading), and other messages one each: the commands serve receives
+    between a wave's acks (11 KB each) no longer cut a group every few dozen messages."""
+    from cloud.orrery.ingest.handler import Ingest
+    from cloud.orrery.ingest.service import BrokerAddress, Service
+
+    svc = Service(Ingest(engine_for("sqlite://")), BrokerAddress(), client_id="t", max_rows=1000)
+
+    def msg(kind: str, size: int) -> mqtt.MQTTMessage:
+        m = mqtt.MQTTMessage(1, f"orrery/f/d1/{kind}".encode())
+        m.payload = b"x" * size
+        return m
+
+    for _ in range(600):  # a command of 11 KB, then its ack
+        svc.inbox.put(msg("down/cmd", 11_000))
+        svc.inbox.put(msg("up/acks", 40))
+    assert len(svc._collect(drain_only=True)) == 1000
+    assert len(svc._collect(drain_only=True)) == 200
+    for _ in range(5):
+        svc.inbox.put(msg("up/readings", 9 * 300))
+    assert len(svc._collect(drain_only=True)) == 4  # 1,200 readings: the fourth batch ends it
+    assert len(svc._collect(drain_only=True)) == 1

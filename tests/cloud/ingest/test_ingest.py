@@ -118,6 +118,35 @@ def test_migrations_build_exactly_the_models(db_url):
     engine.dispose()
 
 
+def test_commands_keep_their_bodies_across_the_migration_that_moves_them(db_url):
+    """0008 moves each command's envelope to command_bodies: a command queued before
+    it is published again with the very envelope it was signed with, and re-signed from its
+    args."""
+    engine = engine_for(db_url, migrate=False)
+    upgrade(engine, "0007")
+    env = codec.sign_command(keys.device_key(SECRET, "dev1"), "c1", "dev1", "reboot", {"s": 5},
+                             1_790_000_000, 1_790_086_400)  # fmt: skip
+    with engine.begin() as c:
+        c.execute(sa.insert(DEVICES), [{"name": "dev1", "fleet": "f1", "created_ms": 0}])
+        c.execute(sa.text(
+            "INSERT INTO commands (id, device_id, kind, args, iat, exp, status, source, envelope,"
+            " created_ms, sends, resigns) VALUES ('c1', 1, 'reboot', :a, 1790000000, 1790086400,"
+            " 'sent', 'test', :e, 0, 1, 0)"), {"a": json.dumps({"s": 5}), "e": env.decode()})  # fmt: skip
+    upgrade(engine)
+    now = 1_790_000_100_000
+    with engine.begin() as c:
+        assert [(o.command_id, o.payload) for o in commands.pending_for(c, 1, now)] == [("c1", env)]
+        c.execute(sa.text("UPDATE commands SET status = 'refused', skew_boot = 9"))
+        again = commands.resign(c, SECRET, now)
+    cmd, err = codec.verify_envelope(keys.device_key(SECRET, "dev1"), again[0].payload)
+    assert err is None and (cmd["id"], cmd["args"], cmd["iat"]) == ("c1", {"s": 5}, now // 1000)
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT envelope FROM command_bodies")).scalar() == (
+            again[0].payload.decode()
+        )
+    engine.dispose()
+
+
 # --- exactly once --------------------------------------------------------------------------
 
 

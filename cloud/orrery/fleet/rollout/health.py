@@ -6,7 +6,6 @@ they counted since, per metric, with a one-sided exact binomial test of the rate
 
 from __future__ import annotations
 
-import json
 import math
 
 import sqlalchemy as sa
@@ -40,40 +39,42 @@ def gate(conn: Connection, r, significance: float) -> dict:
     regresses when the upgraded boards have at least 5 events, at least twice the control's
     rate, and p < ``significance`` / 4 (Bonferroni over the four metrics): a handful of
     unrelated reboots landing on the canaries must not stop a rollout."""
-    rows = conn.execute(
-        sa.select(
-            ROLLOUT_DEVICES.c.state,
-            ROLLOUT_DEVICES.c.wave,
-            ROLLOUT_DEVICES.c.baseline,
-            DEVICES.c.online,
-            *(DEVICES.c[k] for k in HEALTH),
-        )
-        .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
-        .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.baseline.is_not(None))
-    ).all()
-    up = [x for x in rows if x.state == "succeeded"]
+    # the two groups' sizes and counts since the baseline, summed by the database (each
+    # member's increase floored at 0): no row per member comes back
+    m, d = ROLLOUT_DEVICES, DEVICES
+    up = m.c.state == "succeeded"
     # offline boards report nothing: counting them would make the control look healthier
-    ctl = [x for x in rows if x.state == "queued" and x.wave > r.wave and x.online]
-    result: dict = {"upgraded": len(up), "control": len(ctl), "metrics": {}, "regressed": []}
-    if not up or not ctl:
+    ctl = sa.and_(m.c.state == "queued", m.c.wave > r.wave, d.c.online.is_(True))
+    pg = conn.dialect.name == "postgresql"
+
+    def since(k: str):
+        if pg:
+            base = sa.func.json_extract_path_text(sa.cast(m.c.baseline, sa.JSON), k)
+            return sa.func.greatest(0, d.c[k] - sa.cast(base, sa.BigInteger))
+        return sa.func.max(0, d.c[k] - sa.func.json_extract(m.c.baseline, f"$.{k}"))
+
+    def total(cond, x=None):
+        return sa.func.coalesce(sa.func.sum(sa.case((cond, 1 if x is None else x), else_=0)), 0)
+
+    row = conn.execute(
+        sa.select(total(up), total(ctl), *(total(g, since(k)) for g in (up, ctl) for k in HEALTH))
+        .select_from(m.join(d, d.c.id == m.c.device_id))
+        .where(m.c.rollout_id == r.id, m.c.baseline.is_not(None))
+    ).one()
+    n_up, n_ctl = int(row[0]), int(row[1])
+    result: dict = {"upgraded": n_up, "control": n_ctl, "metrics": {}, "regressed": []}
+    if not n_up or not n_ctl:
         return result
-
-    def since_baseline(xs) -> dict[str, int]:
-        tot = dict.fromkeys(HEALTH, 0)
-        for x in xs:
-            base = json.loads(x.baseline)
-            for k in HEALTH:
-                tot[k] += max(0, getattr(x, k) - base[k])
-        return tot
-
-    d1, d0 = since_baseline(up), since_baseline(ctl)
+    n = len(HEALTH)
+    d1 = {k: int(row[2 + i]) for i, k in enumerate(HEALTH)}
+    d0 = {k: int(row[2 + n + i]) for i, k in enumerate(HEALTH)}
     for k in HEALTH:
         c1, c0 = d1[k], d0[k]
-        p = binomial_tail(c1, c1 + c0, len(up) / (len(up) + len(ctl)))
+        p = binomial_tail(c1, c1 + c0, n_up / (n_up + n_ctl))
         result["metrics"][k] = {"upgraded": c1, "control": c0, "p": round(p, 6)}
-        if c1 >= 5 and c1 * len(ctl) >= 2 * c0 * len(up) and p < significance / len(HEALTH):
+        if c1 >= 5 and c1 * n_ctl >= 2 * c0 * n_up and p < significance / len(HEALTH):
             result["regressed"].append(
-                f"{k}: {c1} on {len(up)} upgraded vs {c0} on {len(ctl)} not upgraded (p={p:.2g})"
+                f"{k}: {c1} on {n_up} upgraded vs {c0} on {n_ctl} not upgraded (p={p:.2g})"
             )
     return result
 

@@ -143,38 +143,15 @@ class Orchestrator:
         if not changes:
             return
         now = self.clock()
-        # one statement, executed for every change (executemany)
-        conn.execute(
-            sa.update(ROLLOUT_DEVICES)
-            .where(
-                ROLLOUT_DEVICES.c.rollout_id == rid,
-                ROLLOUT_DEVICES.c.device_id == sa.bindparam("m_did"),
-            )
-            .values(
-                state=sa.bindparam("m_state"),
-                updated_ms=now,
-                detail=sa.bindparam("m_detail"),
-                **extra,
-            ),
-            [
-                {"m_did": did, "m_state": state, "m_detail": detail}
-                for did, state, detail in changes
-            ],
-        )
-        conn.execute(
-            sa.insert(ROLLOUT_LOG),
-            [
-                {
-                    "rollout_id": rid,
-                    "device_id": did,
-                    "at_ms": now,
-                    "event": state,
-                    "detail": detail,
-                    "actor": self.actor,
-                }
-                for did, state, detail in changes
-            ],
-        )
+        # one statement for every change, as plain tuples through the driver's executemany
+        sets = "".join(f", {k} = ?" for k in extra)
+        fixed = tuple(extra.values())
+        _many(conn, f"UPDATE rollout_devices SET state = ?, updated_ms = ?, detail = ?{sets}"
+                    " WHERE rollout_id = ? AND device_id = ?",
+              [(state, now, detail, *fixed, rid, did) for did, state, detail in changes])  # fmt: skip
+        _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail, actor)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+              [(rid, did, now, state, detail, self.actor) for did, state, detail in changes])  # fmt: skip
 
     # --- create --------------------------------------------------------------------------------
 
@@ -659,12 +636,38 @@ class Orchestrator:
             self._sync(conn, r, now)
             if r.state == "running":
                 self._join(conn, r, now)
-                out = self._dispatch(conn, r, now)
-                self._evaluate(conn, r, now)
+                c = self.counts(conn, r.id, r.wave)
+                if c["queued"]:
+                    out = self._dispatch(conn, r, now)
+                    c = None  # counted again: the dispatch moved members on
+                self._evaluate(conn, r, now, c)
         return out
 
     def _sync(self, conn: Connection, r, now: int) -> None:
-        """Derive device states from their commands' acks, the registry and the clock."""
+        """Derive device states from their commands' acks, the registry and the clock.
+
+        The database leaves out the members whose state stays as it is (a command sent and
+        not answered, on a device as online as its state says, within the timeout; a device
+        installing): while a wave's acks come in, a tick reads the answered ones, not the wave.
+        """
+        target_hash = conn.execute(
+            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+        ).scalar()
+        online = DEVICES.c.online.is_(True)
+        unchanged = sa.or_(
+            COMMANDS.c.status.is_(None),
+            sa.and_(
+                COMMANDS.c.status.in_(commands.WAITING),
+                ROLLOUT_DEVICES.c.state == sa.case((online, "sent"), else_="offline-pending"),
+                sa.not_(sa.and_(online, ROLLOUT_DEVICES.c.sent_ms.is_not(None),
+                                ROLLOUT_DEVICES.c.sent_ms < now - r.timeout_s * 1000)),
+            ),
+            sa.and_(
+                COMMANDS.c.status == "acked",
+                ROLLOUT_DEVICES.c.state
+                == sa.case((DEVICES.c.wf_hash == target_hash, "installing"), else_="acked"),
+            ),
+        )  # fmt: skip
         rows = conn.execute(
             sa.select(
                 ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.state, ROLLOUT_DEVICES.c.sent_ms, ROLLOUT_DEVICES.c.attempt,
@@ -673,13 +676,11 @@ class Orchestrator:
             )
             .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
             .outerjoin(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
-            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT))
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id, ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT),
+                   sa.not_(unchanged))
         ).all()  # fmt: skip
         if not rows:
             return
-        target_hash = conn.execute(
-            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
-        ).scalar()
         changes: list[tuple[int, str, str | None]] = []
         requeue = []
         for m in rows:
@@ -826,9 +827,10 @@ class Orchestrator:
             q = q.where(ROLLOUT_DEVICES.c.wave <= upto_wave)
         return Counter(dict(conn.execute(q.group_by(ROLLOUT_DEVICES.c.state)).all()))
 
-    def _evaluate(self, conn: Connection, r, now: int) -> None:
+    def _evaluate(self, conn: Connection, r, now: int, c: Counter | None = None) -> None:
+        # ``c``: the members' states up to the current wave, if counted since the last change
         waves = json.loads(r.waves)
-        c = self.counts(conn, r.id, r.wave)
+        c = self.counts(conn, r.id, r.wave) if c is None else c
         failed = sum(c[s] for s in FAILED)
         done = c["succeeded"] + failed
         online_members = sum(c.values()) - c["offline-pending"] - c["canceled"]
