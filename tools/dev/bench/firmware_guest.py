@@ -111,6 +111,19 @@ class Network:
     WLAN = _Hw()
 
 
+class Time:
+    # The board's time module with the bench's clock: the link's keepalive and ack timeouts
+    # read ticks_ms, and the host's real clock there made a run's course (a PINGREQ in
+    # flight or not) depend on how fast the host ran it.
+    def __init__(self, clock):
+        import time
+
+        for k in dir(time):
+            if not k.startswith("_"):
+                setattr(self, k, getattr(time, k))
+        self.ticks_ms = clock.ticks_ms
+
+
 class USocket:
     # umqtt.simple's "import usocket as socket": connect() is not run here (no network)
     def socket(self, *a):
@@ -244,6 +257,7 @@ def prepare():
         R["steps"][k] = [0, 0, 0, 0, 0]
     R["clock"] = Clock()
     R["broker"] = Broker(len(R["packets"]) + 65536)
+    sys.modules["time"] = Time(R["clock"])
     sys.modules["machine"] = Machine()
     sys.modules["usocket"] = USocket()
     sys.modules["network"] = Network()
