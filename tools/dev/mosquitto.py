@@ -5,6 +5,7 @@ Used by the tests and by `orrery bench ingest`."""
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,11 +16,33 @@ from pathlib import Path
 from tools.dev.processes import terminate
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel takes outgoing connections' local ports from (Linux), else the
+    IANA dynamic range."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses right now, outside the ephemeral range: a
+    broker stopped to be restarted on its port must find it free again, and any outgoing
+    connection on the machine may take a free ephemeral port meanwhile."""
+    lo, hi = ephemeral_ports()
+    spans = [(p, q) for p, q in ((10000, lo), (hi + 1, 65536)) if q - p >= 100]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        p, q = rng.choice(spans)
+        port = rng.randrange(p, q)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port on 127.0.0.1 outside the ephemeral range {lo}-{hi}")
 
 
 def mosquitto_binary() -> str:
