@@ -11,6 +11,18 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def parse_instant(text: str) -> int:
+    """ISO 8601 (naive = UTC) or unix seconds -> unix ms; ValueError for anything else."""
+    try:
+        return int(float(text) * 1000)
+    except (ValueError, OverflowError):
+        pass
+    t = datetime.fromisoformat(text.strip())
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
+
+
 def iso(ms: int | None) -> str | None:
     """unix ms -> ISO 8601 UTC with ms, or None."""
     if ms is None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from sqlalchemy.engine import Connection
 
+from cloud.orrery.clock import parse_instant
 from cloud.orrery.db.engine import describe, engine_for, url_from
 from cloud.orrery.fleet.devices import device_id
 from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
@@ -188,16 +188,9 @@ def parse_time(text: str | None, name: str) -> int | None:
     if text is None:
         return None
     try:
-        return int(float(text) * 1000)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text)
+        return parse_instant(text)
     except ValueError:
         fail(f"{name}: {text!r} is neither ISO 8601 (2026-11-21T10:00:00) nor unix seconds")
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int(t.timestamp() * 1000)
 
 
 def parse_seconds(text: str, name: str) -> int:

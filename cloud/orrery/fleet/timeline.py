@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.clock import iso
+from cloud.orrery.clock import iso, parse_instant
 from cloud.orrery.db.tables import (
     ALERTS,
     COMMANDS,
@@ -38,6 +37,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import device_commands
+from cloud.orrery.fleet.rollout import plan
 from shared.wire import codec
 
 # where an entry's time comes from
@@ -74,30 +74,18 @@ class Entry:
 
 # --- inputs ----------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"\s*(\d+)\s*([smhd])\s*")
-_UNITS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
 def parse_since(text: str, now_ms: int) -> int:
     """``--since``: a duration back from ``now_ms`` (``90s``, ``10m``, ``24h``, ``7d``), an ISO
     8601 time (naive = UTC) or unix seconds -> unix ms. TimelineError for anything else."""
-    m = _DURATION.fullmatch(text)
-    if m:
-        return now_ms - int(m.group(1)) * _UNITS[m.group(2)]
+    if re.fullmatch(r"\d+[smhd]", text.strip()):  # a plain number is unix seconds here
+        return now_ms - plan.parse_duration(text, "--since") * 1000
     try:
-        return int(float(text) * 1000)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        t = datetime.fromisoformat(text.strip())
+        return parse_instant(text)
     except ValueError:
         raise TimelineError(
             f"--since: {text!r} is neither a duration (90s, 10m, 24h, 7d), an ISO 8601 time "
             "(2026-11-21T10:00:00) nor unix seconds"
         ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int(t.timestamp() * 1000)
 
 
 def device_ref(conn: Connection, name: str) -> tuple[int, str]:
