@@ -22,6 +22,7 @@ COMMAND_BODIES: sa.Table = models.CommandBody.__table__  # type: ignore[assignme
 EVENTS: sa.Table = models.Event.__table__  # type: ignore[assignment]
 ALERTS: sa.Table = models.Alert.__table__  # type: ignore[assignment]
 WORKFLOWS: sa.Table = models.Workflow.__table__  # type: ignore[assignment]
+BUNDLES: sa.Table = models.Bundle.__table__  # type: ignore[assignment]
 ROLLOUTS: sa.Table = models.Rollout.__table__  # type: ignore[assignment]
 ROLLOUT_DEVICES: sa.Table = models.RolloutDevice.__table__  # type: ignore[assignment]
 ROLLOUT_LOG: sa.Table = models.RolloutLog.__table__  # type: ignore[assignment]
