@@ -115,3 +115,19 @@ def get(conn: Connection, ref: str, with_data: bool = True) -> Row:
 def manifest(row: Row) -> dict:
     """The manifest of a registry row."""
     return json.loads(row.manifest)
+
+
+def incompatible(bundle: Row, devices: list[Row]) -> dict[str, str]:
+    """Why each of ``devices`` (rows with ``name``, ``profile`` and ``mpy``) cannot run
+    ``bundle``, by device name; empty when all can. A board whose profile or ``.mpy`` version
+    is unknown cannot be shown to match, so it is refused too."""
+    out: dict[str, str] = {}
+    for d in devices:
+        if d.profile != bundle.profile:
+            out[d.name] = f"profile {d.profile or 'unknown'}, bundle built for {bundle.profile}"
+        elif d.mpy != bundle.mpy_version:
+            out[d.name] = (
+                f".mpy version {d.mpy or 'not reported yet'}, bundle compiled for "
+                f"{bundle.mpy_version}"
+            )
+    return out
