@@ -120,12 +120,14 @@ def manifest(row: Row) -> dict:
 def incompatible(bundle: Row, devices: list[Row]) -> dict[str, str]:
     """Why each of ``devices`` (rows with ``name``, ``profile`` and ``mpy``) cannot run
     ``bundle``, by device name; empty when all can. A board whose profile or ``.mpy`` version
-    is unknown cannot be shown to match, so it is refused too."""
+    is unknown cannot be shown to match, so it is refused too. ``.mpy`` versions are
+    ``"MAJOR.SUB"`` (``sys.implementation._mpy & 0xFF`` and ``>> 8 & 3``); a board loads
+    bytecode of its own major version, the rule ``board deploy`` applies."""
     out: dict[str, str] = {}
     for d in devices:
         if d.profile != bundle.profile:
             out[d.name] = f"profile {d.profile or 'unknown'}, bundle built for {bundle.profile}"
-        elif d.mpy != bundle.mpy_version:
+        elif not d.mpy or d.mpy.split(".")[0] != bundle.mpy_version.split(".")[0]:
             out[d.name] = (
                 f".mpy version {d.mpy or 'not reported yet'}, bundle compiled for "
                 f"{bundle.mpy_version}"
