@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated
 
 import typer
@@ -94,17 +93,9 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
     """One device in full: registry fields, tags, the workflow state it last reported, its
     clock offset, its boots (sessions) and time anchors, and the rollouts it was in."""
     with open_db(db_url).connect() as conn:
-        rows = devices.device_rows(conn, name)
-        if not rows:
-            fail(f"unknown device {name!r} (see `orrery devices list`)")
-        did = known_device(conn, name)
-        info = {
-            **rows[0],
-            "tags": timeline.tags(conn, did),
-            "workflow_state": timeline.workflow_state(conn, did),
-            "sessions": devices.sessions(conn, did),
-            "rollouts": timeline.rollout_history(conn, did),
-        }
+        info = devices.device_detail(conn, name)
+    if info is None:
+        fail(f"unknown device {name!r} (see `orrery devices list`)")
     if as_json:
         print(json.dumps(info))
         return
@@ -203,14 +194,10 @@ def devices_tag(
     db_url: DbOpt = None,
 ) -> None:
     """Set or remove tags (rollout targets select on ``tag.KEY=VALUE``)."""
-    parsed = []
-    for t in tags:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]{1,64})=(.{0,128})", t)
-        if not m:
-            fail(
-                f"tag {t!r}: expected key=value (key: 1..64 of [A-Za-z0-9_.-], value up to 128 chars)"
-            )
-        parsed.append((m.group(1), m.group(2)))
+    try:
+        parsed = devices.parse_tags(tags)
+    except devices.DeviceError as exc:
+        fail(str(exc))
     with open_db(db_url).begin() as conn:
         now = devices.set_tags(conn, known_device(conn, name), parsed)
     console.print(

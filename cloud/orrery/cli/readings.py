@@ -3,7 +3,6 @@ tables for people, ``--json`` for scripts."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from cloud.orrery.cli.common import (
     read_json_object,
     read_problem,
 )
+from cloud.orrery.fleet.devices import profile_of
 from cloud.orrery.ingest import queries
 from cloud.orrery.sim.plot import plot_device
 
@@ -43,28 +43,22 @@ def readings_export(
     ] = None,
     db_url: DbOpt = None,
 ) -> None:
-    """Export one device's readings in event-time order (readings without a time anchor last)."""
-    if fmt not in ("csv", "jsonl"):
+    """Export one device's readings in event-time order (readings without a time anchor last),
+    each with its channel's name and its value scaled to the channel's unit."""
+    if fmt not in queries.EXPORT_FORMATS:
         fail(f"--format {fmt!r}: expected csv or jsonl")
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     engine = open_db(db_url)
-    cols = queries.EXPORT_COLUMNS
     with engine.connect() as conn:
         did = known_device(conn, device)
         try:
             out = open(output, "w", newline="") if output else sys.stdout  # noqa: SIM115
         except OSError as exc:
             fail(f"-o {output}: {read_problem(exc)}")
-        n = 0
+        n = -1 if fmt == "csv" else 0  # the header line is no reading
         try:
-            w = csv.writer(out) if fmt == "csv" else None
-            if w:
-                w.writerow(cols)
-            for row in queries.export_rows(conn, did, lo, hi):
-                if w:
-                    w.writerow(row)
-                else:
-                    out.write(json.dumps(dict(zip(cols, row, strict=True))) + "\n")
+            for line in queries.export_lines(conn, did, fmt, lo, hi, profile_of(conn, did)):
+                out.write(line)
                 n += 1
         finally:
             if output:
