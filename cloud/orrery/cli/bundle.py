@@ -82,7 +82,7 @@ def bundle_build(
     )
     out.print(f"  sha256       {m['sha256']}")
     out.print(f"  source hash  {m['source_hash']}")
-    out.print(f"  written to   {path}")
+    out.print(f"  written to   {path}", soft_wrap=True)  # a path to copy, in one piece
 
 
 @app.command("push")
