@@ -84,24 +84,23 @@ def default_version(src_hash: str) -> str:
     return f"src-{src_hash[:12]}"
 
 
+def _check(pattern: re.Pattern[str], text: str, what: str, rule: str) -> str:
+    if not pattern.fullmatch(text):
+        raise BundleError(f"bundle {what} {text!r}: {rule}")
+    return text
+
+
 def check_name(name: str) -> str:
     """``name`` if it can name a bundle; BundleError if not."""
-    if not _NAME.fullmatch(name):
-        raise BundleError(
-            f"bundle name {name!r}: 1 to 64 letters, digits, '-' or '_', starting with a letter "
-            "or digit"
-        )
-    return name
+    rule = "1 to 64 letters, digits, '-' or '_', starting with a letter or digit"
+    return _check(_NAME, name, "name", rule)
 
 
 def check_version(version: str) -> str:
     """``version`` if it can be a bundle version (``NAME@VERSION`` must stay unambiguous)."""
-    if not _VERSION.fullmatch(version):
-        raise BundleError(
-            f"bundle version {version!r}: 1 to 64 letters, digits, '.', '_', '+' or '-', "
-            "starting with a letter or digit (e.g. 1.2.0)"
-        )
-    return version
+    rule = "1 to 64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit"
+    rule += " (e.g. 1.2.0)"
+    return _check(_VERSION, version, "version", rule)
 
 
 def check_profile(name: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from cloud.orrery.cli.common import os_user
 from cloud.orrery.db.engine import engine_for
 from cloud.orrery.db.tables import BUNDLES, DEVICES
 from tests.support.cli import flat, run
-from tools.board import build
+from tests.tools.board.test_bundle import repo_copy
 from tools.board import bundle as bundle_file
 
 
@@ -27,9 +26,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out = {"v1": tmp / "app-1.0.0.orb", "v1again": tmp / "again.orb"}
     run("bundle", "build", "--version", "1.0.0", "-o", str(out["v1"]))
     run("bundle", "build", "--version", "1.0.0", "-o", str(out["v1again"]))
-    repo = tmp / "repo"
-    for pkg in build.BOARD_PACKAGES:
-        shutil.copytree(build.REPO / pkg, repo / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    repo = repo_copy(tmp)
     (repo / "firmware" / "backoff.py").write_text(
         (repo / "firmware" / "backoff.py").read_text() + "\nEXTRA = 1\n"
     )
@@ -47,8 +44,10 @@ def test_push_list_show_diff(files, db_url):
     r = run("bundle", "push", str(files["v1"]), "--db", db_url)
     v1 = bundle_file.decode(files["v1"].read_bytes())
     digest = hashlib.sha256(v1.data).hexdigest()
-    assert flat(r.stdout) == (
-        f"pushed app@1.0.0 ({digest[:12]}…, {len(v1.data):,} bytes, {len(v1.manifest['files'])} files)"
+    count = len(v1.manifest["files"])
+    assert (
+        flat(r.stdout)
+        == f"pushed app@1.0.0 ({digest[:12]}…, {len(v1.data):,} bytes, {count} files)"
     )
     # built again from the same sources: the same content, nothing to do
     r = run("bundle", "push", str(files["v1again"]), "--db", db_url)
