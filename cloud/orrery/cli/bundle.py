@@ -124,16 +124,16 @@ def bundle_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print(json.dumps(rows))
         return
-    t = Table("bundle", "size", "profile", ".mpy", "files", "created", "by", "devices")
+    t = Table("bundle", "bytes", "profile", ".mpy", "files", "created", "devices")
+    t.columns[0].no_wrap = True
     for r in rows:
         t.add_row(
             f"{r['name']}@{r['version']}",
-            f"{r['size']:,} B",
+            f"{r['size']:,}",
             r["profile"],
             r["mpy_version"],
             str(r["files"]),
-            r["created"],
-            r["created_by"] or "-",
+            r["created"][:16].replace("T", " "),
             str(r["devices"]),
         )
     out = console
@@ -192,9 +192,17 @@ def bundle_diff(
         return
     out = console
     out.print(f"[bold]{d['from']}[/] → [bold]{d['to']}[/]")
-    for key in ("profile", "mpy_version", "source_hash", "size"):
+    for key in ("profile", "mpy_version"):
         if d[key]:
             out.print(f"[yellow]~ {key}[/]: {d[key]['from']} → {d[key]['to']}")
+    if d["source_hash"]:
+        out.print(
+            f"[yellow]~ source_hash[/]: {_short(d['source_hash']['from'])} → "
+            f"{_short(d['source_hash']['to'])}"
+        )
+    if d["size"]:
+        was, now = d["size"]["from"], d["size"]["to"]
+        out.print(f"[yellow]~ packed size[/]: {was:,} → {now:,} B ({now - was:+,})")
     for f in d["added"]:
         out.print(f"[green]+ {f['path']}[/] ({f['size']:,} B)")
     for f in d["removed"]:

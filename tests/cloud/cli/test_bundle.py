@@ -80,7 +80,7 @@ def test_push_list_show_diff(files, db_url):
         ("esp32-devkitc", v1.manifest["mpy_version"])
     }
     human = run("bundle", "list", "--db", db_url).stdout
-    assert "app@1.0.0" in human and f"{len(v1.data):,} B" in human
+    assert "app@1.0.0" in human and f"{len(v1.data):,}" in human
     shown = json.loads(run("bundle", "show", "app@1.0.0", "--db", db_url, "--json").stdout)
     assert shown["manifest"] == v1.manifest
     assert (shown["sha256"], shown["devices"], shown["created_by"]) == (digest, 2, os_user())
