@@ -199,6 +199,10 @@ def decode(blob: bytes) -> Built:
         raise BundleError("the bundle's manifest is not valid JSON") from None
     if not isinstance(manifest, dict):
         raise BundleError("the bundle's manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(
+            f"bundle file format {manifest.get('format')!r}: this orrery reads format {FORMAT}"
+        )
     missing = [k for k in (*MANIFEST_KEYS, "sha256", "size") if k not in manifest]
     if missing:
         raise BundleError(f"the bundle's manifest lacks {', '.join(missing)}")

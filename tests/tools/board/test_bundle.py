@@ -149,6 +149,7 @@ def test_decode_refuses_damaged_and_foreign_files(built):
         (_file(other, built.data), "disagree on 1 file(s): firmware/__init__.mpy"),
         (_file(fewer, built.data), "disagree on 1 file(s)"),
         (_file(no_files, built.data), "lacks files"),
+        (_file(dict(m, format=2), built.data), "bundle file format 2: this orrery reads format 1"),
         (b"ORBF" + struct.pack("<I", 3) + b"{x}", "not valid JSON"),
         (b"ORBF" + struct.pack("<I", 2) + b"[]", "not a JSON object"),
     ]
