@@ -180,7 +180,7 @@ def bundle_diff(
     as_json: JsonOpt = False,
 ) -> None:
     """What changed between two versions: files added, removed and changed, and the profile,
-    ``.mpy`` version and sources they were built from."""
+    .mpy version and sources they were built from."""
     with open_db(db_url).connect() as conn:
         try:
             ra, rb = bundles.get(conn, a, with_data=False), bundles.get(conn, b, with_data=False)
