@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from cloud.orrery.db.tables import BUNDLES
+from cloud.orrery.clock import iso
+from cloud.orrery.db.tables import BUNDLES, DEVICES
 from cloud.orrery.fleet.registry import RegistryError
-
-# the manifest keys every bundle carries (``tools.board.bundle`` writes them)
-MANIFEST_KEYS = ("name", "version", "profile", "mpy_version", "source_hash", "files")
+from tools.board.bundle import MANIFEST_KEYS
 
 
 @dataclass
@@ -52,9 +51,17 @@ def push(
     name, version = str(manifest["name"]), str(manifest["version"])
     digest = hashlib.sha256(data).hexdigest()
     row = conn.execute(
-        sa.select(BUNDLES.c.sha256).where(BUNDLES.c.name == name, BUNDLES.c.version == version)
+        sa.select(BUNDLES.c.sha256, BUNDLES.c.profile).where(
+            BUNDLES.c.name == name, BUNDLES.c.version == version
+        )
     ).first()
     if row is not None:
+        if row.sha256 == digest and row.profile != str(manifest["profile"]):
+            # the same .mpy files serve every profile: the profile is what a rollout checks
+            raise RegistryError(
+                f"{name}@{version} already exists built for profile {row.profile}, this is for "
+                f"{manifest['profile']}: versions are immutable, build it under a new --version"
+            )
         if row.sha256 == digest:
             return Pushed(name, version, digest, len(data), False)
         raise RegistryError(
@@ -133,3 +140,69 @@ def incompatible(bundle: Row, devices: list[Row]) -> dict[str, str]:
                 f"{bundle.mpy_version}"
             )
     return out
+
+
+def running(conn: Connection) -> dict[str, int]:
+    """How many devices report each app version (``devices.fw``: a board reports the version
+    of the bundle it runs, ``VERSION`` or ``NAME@VERSION``)."""
+    return {
+        fw: n
+        for fw, n in conn.execute(
+            sa.select(DEVICES.c.fw, sa.func.count())
+            .where(DEVICES.c.fw.is_not(None))
+            .group_by(DEVICES.c.fw)
+        )
+    }
+
+
+def summary(row: Row, on: dict[str, int]) -> dict:
+    """A registry row as shown by ``bundle list`` and ``bundle show``: without its bytes and
+    files, with the number of devices running it (``on``: ``running``)."""
+    files = manifest(row).get("files", [])
+    return {
+        "name": row.name,
+        "version": row.version,
+        "sha256": row.sha256,
+        "size": row.size,
+        "profile": row.profile,
+        "mpy_version": row.mpy_version,
+        "source_hash": row.source_hash,
+        "files": len(files),
+        "created": iso(row.created_ms),
+        "created_by": row.created_by,
+        "devices": on.get(row.version, 0) + on.get(f"{row.name}@{row.version}", 0),
+    }
+
+
+def versions(conn: Connection) -> list[dict]:
+    """Every bundle version in the registry (``summary``), by name, oldest first."""
+    on = running(conn)
+    cols = [c for c in BUNDLES.c if c.name != "data"]
+    rows = conn.execute(sa.select(*cols).order_by(BUNDLES.c.name, BUNDLES.c.id))
+    return [summary(r, on) for r in rows]
+
+
+def diff(a: dict, b: dict) -> dict:
+    """What changed from manifest ``a`` to manifest ``b``: files added, removed and changed
+    (with their sizes), and the packed size, profile, ``.mpy`` version and source hash where
+    they differ (``{"from", "to"}``, else None)."""
+    fa = {f["path"]: f for f in a.get("files", [])}
+    fb = {f["path"]: f for f in b.get("files", [])}
+    changed = [
+        {"path": p, "from_size": fa[p]["size"], "to_size": fb[p]["size"]}
+        for p in sorted(fa.keys() & fb.keys())
+        if fa[p]["sha256"] != fb[p]["sha256"]
+    ]
+
+    def change(key: str) -> dict | None:
+        return None if a.get(key) == b.get(key) else {"from": a.get(key), "to": b.get(key)}
+
+    return {
+        "from": f"{a['name']}@{a['version']}",
+        "to": f"{b['name']}@{b['version']}",
+        "added": [{"path": p, "size": fb[p]["size"]} for p in sorted(fb.keys() - fa.keys())],
+        "removed": [{"path": p, "size": fa[p]["size"]} for p in sorted(fa.keys() - fb.keys())],
+        "changed": changed,
+        "unchanged": len(fa.keys() & fb.keys()) - len(changed),
+        **{k: change(k) for k in ("size", "profile", "mpy_version", "source_hash")},
+    }

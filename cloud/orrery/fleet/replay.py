@@ -171,7 +171,7 @@ def simulate(
     actual = board_events(conn, did)
     try:
         channel_names = [
-            c[0] for c in parse_profile(profiles.load(d["profile"] or "esp32-devkitc"))[0]
+            c[0] for c in parse_profile(profiles.load(d["profile"] or profiles.DEFAULT))[0]
         ]
     except (ValueError, OSError) as exc:
         raise SimulateError(f"device {device}: board profile {d['profile']!r}: {exc}") from None
