@@ -36,11 +36,10 @@ def devices_add(
     db_url: DbOpt = None,
 ) -> None:
     """Register devices (provisioning); the ingest dead-letters devices it does not know."""
-    from shared.wire.codec import is_id
-
-    for n in [fleet, *names]:
-        if not is_id(n):
-            fail(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
+    try:
+        devices.check_ids(fleet, names)
+    except devices.DeviceError as exc:
+        fail(str(exc))
     added = len(devices.register(open_db(db_url, create=True), fleet, profile, names))
     console.print(f"registered {added} new device(s); {len(set(names)) - added} already known")
 

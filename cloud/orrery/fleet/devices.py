@@ -22,6 +22,15 @@ from cloud.orrery.db.tables import (
 )
 
 
+def check_ids(fleet: str, names: list[str]) -> None:
+    """DeviceError naming the first of ``fleet`` and ``names`` that is not a valid id."""
+    from shared.wire.codec import is_id
+
+    for n in [fleet, *names]:
+        if not is_id(n):
+            raise DeviceError(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
+
+
 def register(engine: sa.Engine, fleet: str, profile: str | None, names: list[str]) -> list[str]:
     """Insert the devices (insert-or-ignore); return the names that were new, in order."""
     now = now_ms()

@@ -31,6 +31,10 @@ class TokenError(ValueError):
     """A token name, role or reference that is not valid, or a token that does not exist."""
 
 
+class TokenExists(TokenError):
+    """A token of that name exists already (revoked tokens keep their names)."""
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who calls the API: the token's name (the actor in the audit log) and role."""
@@ -76,7 +80,7 @@ def create(conn: Connection, name: str, role: str, by: str | None) -> tuple[str,
         raise TokenError(f"token name {name!r}: expected 1..64 chars of [A-Za-z0-9_.@-]")
     check_role(role)
     if conn.execute(sa.select(API_TOKENS.c.id).where(API_TOKENS.c.name == name)).first():
-        raise TokenError(f"a token named {name!r} exists already (see `orrery tokens list`)")
+        raise TokenExists(f"a token named {name!r} exists already (see `orrery tokens list`)")
     token = PREFIX + secrets.token_urlsafe(32)
     tid = conn.execute(
         sa.insert(API_TOKENS).returning(API_TOKENS.c.id),

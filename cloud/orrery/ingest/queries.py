@@ -14,7 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cloud.orrery.clock import iso
-from cloud.orrery.db.tables import DEAD_LETTERS, DEVICES, GAP_ANOMALY, GAPS, LOSSES, READINGS
+from cloud.orrery.db.tables import (
+    ALERTS,
+    DEAD_LETTERS,
+    DEVICES,
+    GAP_ANOMALY,
+    GAPS,
+    LOSSES,
+    READINGS,
+)
 from cloud.orrery.fleet.devices import device_rows
 from cloud.orrery.ingest.channels import channel_info
 
@@ -156,3 +164,60 @@ def stats(conn: Connection) -> dict:
         dead[kind] = dead.get(kind, 0) + n
     totals = {k: sum(r[k] for r in rows) for k in STAT_COLUMNS}
     return {"devices": rows, "totals": totals, "dead_letters": dead}
+
+
+def dead_letters(
+    conn: Connection,
+    device: str | None = None,
+    reason: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[dict], int]:
+    """Messages the ingest could not accept, newest first (``limit`` from ``offset``), and how
+    many there are: of one device (by name, as the topic gave it), with a reason that starts
+    with ``reason``. The payload is not shown, only its size."""
+    cond = []
+    if device is not None:
+        cond.append(DEAD_LETTERS.c.device == device)
+    if reason is not None:
+        cond.append(DEAD_LETTERS.c.reason.startswith(reason, autoescape=True))
+    total = conn.execute(
+        sa.select(sa.func.count()).select_from(DEAD_LETTERS).where(*cond)
+    ).scalar_one()
+    q = (
+        sa.select(DEAD_LETTERS.c.id, DEAD_LETTERS.c.received_ms, DEAD_LETTERS.c.topic,
+                  DEAD_LETTERS.c.device, DEAD_LETTERS.c.reason, DEAD_LETTERS.c.size)
+        .where(*cond)
+        .order_by(DEAD_LETTERS.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )  # fmt: skip
+    rows = [
+        {"id": r.id, "received": iso(r.received_ms), "topic": r.topic, "device": r.device,
+         "reason": r.reason, "size": r.size}
+        for r in conn.execute(q)
+    ]  # fmt: skip
+    return rows, total
+
+
+def alerts(
+    conn: Connection, device: int | None = None, limit: int = 100, offset: int = 0
+) -> tuple[list[dict], int]:
+    """Live alerts (a live reading crossed an alert rule of ``orrery serve --alert``), newest
+    first (``limit`` from ``offset``), of every device or one, and how many there are."""
+    cond = [] if device is None else [ALERTS.c.device_id == device]
+    total = conn.execute(sa.select(sa.func.count()).select_from(ALERTS).where(*cond)).scalar_one()
+    q = (
+        sa.select(ALERTS, DEVICES.c.name)
+        .join(DEVICES, DEVICES.c.id == ALERTS.c.device_id)
+        .where(*cond)
+        .order_by(ALERTS.c.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
+    rows = [
+        {"id": r.id, "device": r.name, "rule": r.rule, "boot": r.boot, "seq": r.seq,
+         "value": r.value, "event_time": iso(r.event_ms), "created": iso(r.created_ms)}
+        for r in conn.execute(q)
+    ]  # fmt: skip
+    return rows, total
