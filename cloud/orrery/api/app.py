@@ -60,4 +60,5 @@ def create_app(db_url: str | None = None, engine: sa.Engine | None = None) -> Fa
     for module in ROUTERS:
         api.include_router(module.router)
     app.include_router(api)
+    app.state.roles = auth.role_table([m.router for m in ROUTERS])
     return app

@@ -14,13 +14,15 @@ cookie, and ``ROLE_KEY`` to hide what a role may not do.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloud.orrery.api.errors import ApiError
@@ -58,14 +60,29 @@ def _bearer(scope: Scope) -> str | None:
     return None
 
 
-def _needed(app: Any, scope: Scope) -> str | None:
+RoleTable = list[tuple[re.Pattern[str], frozenset[str], str]]
+
+
+def role_table(routers: list[APIRouter]) -> RoleTable:
+    """Each endpoint of ``routers`` (mounted under ``API_PREFIX``): its path pattern, methods
+    and the role it needs (``role``; none stated: admin)."""
+    table: RoleTable = []
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute):
+                regex, _, _ = compile_path(API_PREFIX + route.path)
+                need = (route.openapi_extra or {}).get(ROLE_KEY, "admin")
+                table.append((regex, frozenset(route.methods or ()), need))
+    return table
+
+
+def _needed(table: RoleTable, scope: Scope) -> str | None:
     """The role the endpoint ``scope`` goes to needs; None when no endpoint matches (the
     router answers 404 or 405 then)."""
-    for route in app.router.routes:
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            extra = getattr(route, "openapi_extra", None) or {}
-            return extra.get(ROLE_KEY, "admin")
+    method = "GET" if scope["method"] == "HEAD" else scope["method"]
+    for regex, methods, need in table:
+        if method in methods and regex.match(scope["path"]):
+            return need
     return None
 
 
@@ -108,7 +125,7 @@ class AuthMiddleware:
         if caller is None:
             await _refuse(send, 401, "unknown or revoked token")
             return
-        need = _needed(app, scope)
+        need = _needed(app.state.roles, scope)
         if need is not None and not caller.may(need):
             await _refuse(
                 send, 403, f"token {caller.name!r} has role {caller.role}; this needs {need}"
