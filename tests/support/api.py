@@ -33,7 +33,7 @@ def state(name: str, ver: int | None, online: bool = True) -> Message:
     """A board's state message: running greenhouse ``ver``, or gone (its will)."""
     t = codec.topic("f1", name, codec.STATE)
     if not online:
-        return Message(t, codec.encode_will(1))
+        return Message(t, codec.encode_will(7))  # its boot's will
     wf = {1: ("greenhouse", 1, V1.hash), 2: ("greenhouse", 2, V2.hash)}[ver]
     return Message(t, codec.encode_state(True, "1.2.0", *wf, 7, 0, True, ANCHOR, None))
 

@@ -60,12 +60,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def fleet_error(exc: Exception, default: int = 400) -> ApiError:
     """A fleet-layer refusal as an ApiError: 404 when it says a thing does not exist (the
-    fleet layer words those "no …" and "unknown …"), else ``default``."""
+    fleet layer words those "no …" and "unknown device …"), else ``default``."""
     message = str(exc) or type(exc).__name__
     if isinstance(exc, WorkflowError):
         message = "; ".join(f"{path}: {reason}" for path, reason in exc.errors) or message
-    lowered = message.lower()
-    if lowered.startswith(("no ", "unknown device", "unknown ")) and " selects no " not in lowered:
+    if message.startswith(("no ", "unknown device ")):
         return ApiError(404, message)
     return ApiError(default, message)
 
