@@ -157,6 +157,14 @@ def test_rollouts_and_the_actor(fleet):
     assert "is running; started needs it draft" in fleet.error("POST", f"/rollouts/{rid}/start", 409)
     out = fleet.orch.tick()  # serve drives it: wave 1 is sent
     assert len(out) == 2
+    m = fleet.ok("GET", f"/rollouts/{rid}/devices?wave=1")
+    assert m["total"] == 2 and {x["state"] for x in m["items"]} == {"sent"}
+    assert all(x["wave"] == 1 and x["from"] == "greenhouse@1" and x["command"] for x in m["items"])
+    assert fleet.ok("GET", f"/rollouts/{rid}/devices?state=queued")["total"] == 6
+    assert fleet.ok("GET", f"/rollouts/{rid}/devices?limit=1000")["items"] == json.loads(
+        run("rollout", "devices", str(rid), "--json", "--db", fleet.url).stdout
+    )
+    fleet.error("GET", "/rollouts/99/devices", 404)
     p = fleet.ok("POST", f"/rollouts/{rid}/pause", "operator")
     assert (p["changed"], p["status"]["state"]) == (True, "paused")
     assert fleet.ok("POST", f"/rollouts/{rid}/pause", "operator")["changed"] is False
