@@ -237,6 +237,7 @@ def _send_bundle(b: Board, cloud: Cloud, files: list, cmd_id: str, version: str)
         "version": version,
         "sha256": hashlib.sha256(blob).hexdigest(),
         "size": len(blob),
+        "chunk_size": size,
         "chunks": len(chunks),
     }
     cloud.send(b.device, sign(b.device, cmd_id, "install_bundle", args, now))
