@@ -21,9 +21,19 @@ CS = 16  # bytes per chunk
 _n = [0]
 
 
+class _NoWorkflow:
+    ex = None  # no workflow runs: every state is safe (firmware.safe)
+
+
+class _Uptime:
+    s = 0
+
+
 class _Node:
     def __init__(self, root):
         self.root = root
+        self.wf = _NoWorkflow()
+        self.up = _Uptime()
         self.bundle = None
         self.current_cmd = None
         self.reboot_requested = False
@@ -227,7 +237,10 @@ def test_refused_chunks_and_installs_say_why():
             "version must be 1..64 printable chars",
         )
     args["version"], args["sha256"] = "2.0.0", "abc"
-    assert _do(node, "b5", "install_bundle", args) == (codec.REJECTED, "sha256 must be 64 hex digits")
+    assert _do(node, "b5", "install_bundle", args) == (
+        codec.REJECTED,
+        "sha256 must be 64 hex digits",
+    )
     # the download in progress is untouched by the refused installs
     assert _chunk(node, blob, 0) == (codec.OK, "next 1/7")
 
