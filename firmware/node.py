@@ -25,11 +25,17 @@ except ImportError:  # a build without threads (the WASI test runtime): everythi
 
 
 class _NoLock:
+    # no *args: a varargs tuple per ``with`` would be an allocation
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, typ, val, tb):
         return False
+
+    def acquire(self):
+        return True
+
+    release = acquire
 
 
 def _lock():
