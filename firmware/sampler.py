@@ -17,7 +17,7 @@ from array import array
 
 from firmware import RARE, drop
 from firmware.clock import TICKS_MASK, is_due
-from firmware.files import mkdir, remove, write_atomic
+from firmware.files import mkdir, write_atomic
 from shared import const
 from shared.wire.message import put30
 
@@ -41,7 +41,6 @@ _EV_LINK_UP = const(1)
 
 _MAX_OUTBOX = const(16)
 _MAX_EVENTS = const(32)  # workflow events waiting for the uplink (the oldest is dropped)
-_MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
 
 
 class Workflows:
@@ -91,18 +90,10 @@ class Workflows:
                 self.transitions = ex.transitions
                 self.dirty = True
         if self.trial is not None and self.node.up.s >= self.trial["deadline_s"]:
-            self._end_trial(self.trial)
+            from firmware import installer
 
-    def _end_trial(self, t):
-        # the health window is over: roll back if too many sensor reads failed, else ack OK
-        samples = self.samples - t["samples"]
-        invalid = self.invalid - t["invalid"]
-        if samples and invalid * 100 > samples * _MAX_INVALID_PCT:
-            self.rollback(t["id"], "{} of {} sensor reads failed".format(invalid, samples))
-            return
-        self.trial = None
-        remove(self.dir + "/trial.json")
-        self.node.ack_later(t["id"], _OK, "healthy: {} reads, {} failed".format(samples, invalid))
+            installer.end_trial(self)  # no try/finally here: its handler would need a frame
+            drop(RARE)  # on the heap every pass (should it raise, the next rare path drops it)
 
     def fault(self, why):
         """An exception from the executor: roll back a trial, else keep running and log."""
@@ -265,16 +256,6 @@ class Sampler:
         wf.check_health()
         if wf.dirty:
             wf.save_state()
-
-    def stored_ack(self, cmd_id):
-        """``(code, detail)`` of the newest ack remembered for command ``cmd_id``, or None."""
-        t = self.acks
-        i = t.rfind("\n" + cmd_id + " ")
-        if i < 0:
-            return None
-        i += len(cmd_id) + 2
-        j = t.find(" ", i)
-        return int(t[i:j]), t[j + 1 : t.find("\n", j)]
 
     def step_job(self):
         """Run the next step of ``job``; once it returns (or raises), queue its ack."""

@@ -182,25 +182,12 @@ class Uplink:
     def _send_resend(self):
         if not self.resends:
             return False
-        first, last, cmd_id = self.resends[0]
-        with self.lock:
-            count, boot, start = self.store.read_range(
-                self.batch_mv[_OFF:], first, min(last, first + _BATCH - 1)
-            )
-        if count == 0:
-            self.resends.pop(0)
-            self.ack_later(
-                cmd_id, _OK, "resent up to {}; {}..{} not held".format(first - 1, first, last)
-            )
-            return True
-        if self._publish_batch(count, boot, start, _HISTORICAL):
-            nxt = start + count
-            if nxt > last:
-                self.resends.pop(0)
-                gone = "" if start == first else "; {}..{} not held".format(first, start - 1)
-                self.ack_later(cmd_id, _OK, "resent {}..{}{}".format(start, last, gone))
-            else:
-                self.resends[0] = (nxt, last, cmd_id)
+        from firmware import resend
+
+        try:
+            resend.step(self)
+        finally:
+            drop(REPORTS)
         return True
 
     def _send_log(self):
