@@ -118,23 +118,35 @@ def lines(
 
 
 class Follower:
-    """What ``devices logs --follow`` has shown: ``poll`` returns the lines stored since,
-    each once (a line is new when its (boot, seq) was not shown yet)."""
+    """What ``devices logs --follow`` prints after its first lines: ``poll`` returns each line
+    stored after the follower was made, once. Make it before reading the first lines and
+    ``mark`` those, so that a line stored in between is printed exactly once too."""
 
-    def __init__(self, device: int, shown: Sequence[Line], since_ms: int | None = None) -> None:
+    def __init__(self, conn: Connection, device: int, since_ms: int | None = None) -> None:
         self.device = device
         self.since_ms = since_ms
-        self.seen = {(x.boot, x.seq) for x in shown}
-        self.cursor = max([x.received_ms for x in shown] + [0])
+        c = DEVICE_LOGS.c
+        self.cursor = (
+            conn.execute(
+                sa.select(sa.func.max(c.received_ms)).where(c.device_id == device)
+            ).scalar()
+            or 0
+        )
+        q = sa.select(c.boot, c.seq).where(c.device_id == device, c.received_ms == self.cursor)
+        self.seen = {(r.boot, r.seq) for r in conn.execute(q)}
+
+    def mark(self, shown: Sequence[Line]) -> None:
+        """Lines printed already (never returned by ``poll``)."""
+        self.seen.update((x.boot, x.seq) for x in shown)
 
     def poll(self, conn: Connection) -> list[Line]:
-        """The lines received since the last poll (at the cursor's ms too), oldest first."""
+        """The lines received since the last poll, oldest first."""
         new = [
             x
             for x in lines(conn, self.device, self.since_ms, 10_000, received_after_ms=self.cursor)
             if (x.boot, x.seq) not in self.seen
         ]
+        self.mark(new)
         for x in new:
-            self.seen.add((x.boot, x.seq))
             self.cursor = max(self.cursor, x.received_ms)
         return new
