@@ -38,9 +38,10 @@ def render(code: int, a: int, b: int, states: Sequence[str] | None = None) -> st
         return "link up" + (f" ({a} failed connects this boot)" if a else "")
     if code == codec.LOG_LINK_DOWN:
         return "link down: a connect failed"
-    if code in (codec.LOG_REFUSED, codec.LOG_FAILED):
-        verb = "refused" if code == codec.LOG_REFUSED else "failed"
-        return f"command {verb}: {codec.ACK_NAMES.get(a, str(a))}"
+    if code == codec.LOG_REFUSED:
+        return f"command refused: {codec.ACK_NAMES.get(a, str(a))}"
+    if code == codec.LOG_FAILED:
+        return f"command failed (acked {codec.ACK_NAMES.get(a, str(a))})"
     if code == codec.LOG_FAULT:
         return "workflow fault: the workflow raised (a trial rolls back)"
     if code == codec.LOG_INBOX_FULL:

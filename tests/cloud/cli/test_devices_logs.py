@@ -105,7 +105,7 @@ def test_lines_are_stored_once_timed_and_worded(board):
         "state -> cool",
         "command refused: EXPIRED",
         "store lost 12 reading(s): store_full",
-        "command failed: FAILED",
+        "command failed (acked FAILED)",
     ]
     assert [r.level for r in rows] == ["info", "info", "warning", "warning", "error", "info",
                                        "warning", "warning"]  # fmt: skip
