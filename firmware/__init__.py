@@ -27,6 +27,7 @@ RARE = (
     "firmware.bundle",
     "firmware.slots",
     "firmware.start",
+    "firmware.safe",
     "shared.wire.verifier",
     "shared.wire.errors",
     "shared.wire.connect",
@@ -40,8 +41,9 @@ RARE = (
 
 # The link thread's occasional modules, dropped by that thread after each report: its reports
 # (state, acks, loss), loaded per report; the overflow spool (firmware.spool), loaded when the
-# node has no room; a resend command's work (firmware.resend), loaded per batch it sends; micropython-lib's umqtt.simple, which opens a session (UmqttLink.connect)
-# and is not used again until the next one.
+# node has no room; a resend command's work (firmware.resend), loaded per batch it sends;
+# micropython-lib's umqtt.simple, which opens a session (UmqttLink.connect) and is not used
+# again until the next one.
 REPORTS = ("shared.wire.report", "firmware.spool", "firmware.resend", "umqtt.simple", "umqtt")
 
 

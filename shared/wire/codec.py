@@ -77,6 +77,7 @@ from shared.wire.constants import (
     SYNCED,
     U32_MAX,
     UNKNOWN_KIND,
+    UNSAFE,
     VERSION,
 )
 from shared.wire.hmac256 import hmac_sha256
@@ -162,6 +163,7 @@ __all__ = [
     "TOPIC_KINDS",
     "U32_MAX",
     "UNKNOWN_KIND",
+    "UNSAFE",
     "VERSION",
     "Verifier",
     "batch_header_into",

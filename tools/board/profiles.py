@@ -28,6 +28,7 @@ from firmware.profile import parse_profile
 
 REPO = Path(__file__).resolve().parents[2]
 BOARDS = REPO / "hw" / "boards"
+DEFAULT = "esp32-devkitc"  # the board a command assumes when none is named
 
 CHIPS = ("esp32", "esp32s2", "esp32s3", "esp32c3", "esp32c6")
 FLASH_SIZES = {"2MB": 2 << 20, "4MB": 4 << 20, "8MB": 8 << 20, "16MB": 16 << 20, "32MB": 32 << 20}

@@ -19,6 +19,7 @@ from cloud.orrery.cli import (
     bench,
     board,
     broker,
+    bundle,
     commands,
     demo,
     devices,
@@ -79,6 +80,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(commands.app, name="commands")
 app.add_typer(readings.app, name="readings")
 app.command("serve")(serve.serve)
+app.add_typer(bundle.app, name="bundle")
 app.add_typer(rollout.app, name="rollout")
 app.add_typer(broker.app, name="broker")
 app.add_typer(board.app, name="board")

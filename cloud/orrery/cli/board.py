@@ -30,6 +30,7 @@ from cloud.orrery.cli.common import (
     read_text,
 )
 from cloud.orrery.fleet import keys
+from tools.board import profiles
 
 app = typer.Typer(
     help="Physical boards: flash MicroPython, deploy the app, factory images, provisioning.",
@@ -204,7 +205,7 @@ def board_image(
     ],
     device_id: Annotated[str, typer.Option("--device-id", "-d", help="The board's device id.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Factory image to write.")],
-    board: Annotated[str, typer.Option(help="Board profile.")] = "esp32-devkitc",
+    board: Annotated[str, typer.Option(help="Board profile.")] = profiles.DEFAULT,
     config: Annotated[
         Path | None,
         typer.Option("--config", "-c", help="Device config (JSON); default: derived, see deploy."),
@@ -259,7 +260,7 @@ def board_provision(
     broker_host: Annotated[str, typer.Option(help="Broker host as the boards reach it.")],
     broker_port: Annotated[int, typer.Option(help="Broker port.")] = 1883,
     tls: Annotated[bool, typer.Option(help="Connect with TLS.")] = False,
-    board: Annotated[str, typer.Option(help="Board profile.")] = "esp32-devkitc",
+    board: Annotated[str, typer.Option(help="Board profile.")] = profiles.DEFAULT,
     wifi_ssid: Annotated[str | None, typer.Option(help="Wi-Fi network.")] = None,
     wifi_password: Annotated[str | None, typer.Option(help="Wi-Fi password.")] = None,
     firmware: Annotated[
@@ -364,8 +365,6 @@ def check_profiles(
     ] = None,
 ) -> None:
     """Check board profiles: pins, ADC1, conflicts, partition layout."""
-    from tools.board import profiles
-
     for f in files or []:
         read_text(f)  # a file that cannot be read is an error, not a report line
     raise typer.Exit(profiles.main([str(f) for f in files or []]))

@@ -26,6 +26,7 @@ from cloud.orrery.cli.common import (
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.fleet import devices, registry, replay
 from shared.workflow import compiler
+from tools.board import profiles
 
 app = typer.Typer(help="Workflow definitions.", no_args_is_help=True)
 
@@ -159,7 +160,7 @@ def workflow_simulate(
             fail(str(exc))
         stream = replay.stored_stream(conn, did, lo, hi)
         actual = replay.board_events(conn, did)
-    profile = load_profile(d["profile"] or "esp32-devkitc")
+    profile = load_profile(d["profile"] or profiles.DEFAULT)
     try:
         channel_names = [c[0] for c in parse_profile(profile)[0]]
     except ValueError as exc:

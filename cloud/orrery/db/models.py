@@ -50,6 +50,9 @@ class Device(SQLModel, table=True):
     invalid: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
     invalid_boot: int | None = Field(default=None, sa_column=_big())  # the board's count this boot
     alarms: int = Field(default=0, sa_column=_big(nullable=False, server_default="0"))
+    # the .mpy version its MicroPython loads ("6.3"), from its state messages (migration 0009):
+    # an app bundle compiled for another one is refused before a rollout sends it
+    mpy: str | None = Field(default=None, max_length=16)
 
 
 class DeviceTag(SQLModel, table=True):
@@ -280,12 +283,34 @@ class Workflow(SQLModel, table=True):
     created_ms: int = Field(sa_column=_big(nullable=False))
 
 
+class Bundle(SQLModel, table=True):
+    """An immutable app bundle version in the registry: the board's app (``shared/`` and
+    ``firmware/`` compiled by mpy-cross) packed by ``shared.bundle.pack``, with its manifest."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (sa.UniqueConstraint("name", "version"),)
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    version: str = Field(max_length=64)
+    sha256: str = Field(max_length=64)  # of ``data``, what the board checks after the download
+    size: int = Field(sa_column=_big(nullable=False))
+    profile: str = Field(max_length=64)  # the board profile it was built for
+    mpy_version: str = Field(max_length=16)  # the .mpy version mpy-cross wrote ("6.3")
+    source_hash: str = Field(max_length=64)  # sha256 over the shared/ and firmware/ sources
+    manifest: str  # JSON: files (path, sha256, size), mpy version, profile, source hash, built
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    created_by: str | None = Field(default=None, max_length=64)
+
+
 class Rollout(SQLModel, table=True):
-    """A staged rollout of one workflow version: a durable state machine."""
+    """A staged rollout of one workflow version or one app bundle: a durable state machine."""
 
     __tablename__ = "rollouts"
     id: int | None = Field(default=None, primary_key=True)
-    workflow_id: int = Field(foreign_key="workflows.id")
+    # exactly one of the two is set (migration 0009 made workflow_id nullable)
+    workflow_id: int | None = Field(default=None, foreign_key="workflows.id")
+    bundle_id: int | None = None  # no foreign key: nothing deletes a bundle
     target: str
     waves: str  # JSON list of wave sizes as given: "5", "10%"
     success_pct: float
@@ -326,6 +351,7 @@ class RolloutDevice(SQLModel, table=True):
     command_id: str | None = Field(default=None, max_length=100)
     prev_wf: str | None = Field(default=None, max_length=64)
     prev_ver: int | None = None
+    prev_fw: str | None = Field(default=None, max_length=64)  # the app it ran (bundle rollouts)
     updated_ms: int = Field(sa_column=_big(nullable=False))
     sent_ms: int | None = Field(default=None, sa_column=_big())
     detail: str | None = None

@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from cloud.orrery.cli import app
 from cloud.orrery.sim import workflows
+from tools.board import bundle as bundle_file
 from tools.board import espimage
 from tools.dev.mosquitto import free_port
 
@@ -38,8 +39,8 @@ runner = CliRunner()
 
 # --- the commands and their templates ---------------------------------------------------------
 
-# "{good_db}", "{wf}", "{fw}", "{cfg}", "{png}", "{fresh_dir}" are valid values; "{in}",
-# "{out}", "{outdir}", "{db}", "{new_db}", "{broker}", "{host}", "{closed_port}", "{pg}",
+# "{good_db}", "{wf}", "{fw}", "{cfg}", "{bundle}", "{png}", "{fresh_dir}" are valid values;
+# "{in}", "{out}", "{outdir}", "{db}", "{new_db}", "{broker}", "{host}", "{closed_port}", "{pg}",
 # "{serial}", "{device}", "{rollout}", "{command}", "{ref}" are holes (see HOLES). A template
 # without a hole is a bad invocation as it stands.
 ROLLOUT_IDS = [["{rollout}", "--db", "{good_db}"], ["1", "--db", "{db}"]]
@@ -73,6 +74,13 @@ TEMPLATES: dict[str, list[list[str]]] = {
                           ["greenhouse@2", "--device", "d00", "--db", "{db}"]],
     "workflow validate": [["{in}"], ["{wf}", "--board", "{in}"]],
     "workflow compile": [["{in}"], ["{wf}", "--board", "{in}"], ["{wf}", "-o", "{out}"]],
+    "bundle build": [["-o", "{out}"], ["--profile", "esp32-nope"], ["--version", "1@2"],
+                     ["--name", "my app"]],
+    "bundle push": [["{in}", "--db", "{good_db}"], ["{bundle}", "--db", "{new_db}"]],
+    "bundle list": [["--db", "{db}"]],
+    "bundle show": [["{ref}", "--db", "{good_db}"], ["app@1.0.0", "--db", "{db}"]],
+    "bundle diff": [["{ref}", "app@1.0.0", "--db", "{good_db}"],
+                    ["app@1.0.0", "app@1.0.0", "--db", "{db}"]],
     "devices add": [["x1", "--db", "{new_db}"], ["not an id", "--db", "{good_db}"]],
     "devices list": [["--db", "{db}"]],
     "devices show": [["{device}", "--db", "{good_db}"], ["d00", "--db", "{db}"]],
@@ -280,6 +288,8 @@ def world(tmp_path_factory) -> World:
     cfg.write_text(json.dumps({"fleet": "f", "broker": {"host": "10.0.0.2", "port": 1883, "tls": False},
                                "hmac_key": "00" * 16}))  # fmt: skip
     good_db = f"sqlite:///{tmp / 'good.db'}"
+    app = tmp / "app-1.0.0.orb"
+    app.write_bytes(bundle_file.build_bundle("1.0.0").encode())
     env = {"ORRERY_SECRET": SECRET}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -293,7 +303,7 @@ def world(tmp_path_factory) -> World:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return World(tmp, good_db, free_port(), {"fw": str(fw), "cfg": str(cfg)})
+    return World(tmp, good_db, free_port(), {"fw": str(fw), "cfg": str(cfg), "bundle": str(app)})
 
 
 def ok(*args: str) -> None:

@@ -183,7 +183,7 @@ def test_follow_prints_new_lines_until_interrupted(board):
 
 def test_migration_0010_up_and_down(db_url):
     engine = engine_for(db_url, migrate=False)
-    upgrade(engine, "0008")
+    upgrade(engine, "0009")
     assert "device_logs" not in sa.inspect(engine).get_table_names()
     upgrade(engine)
     with engine.begin() as c:
@@ -197,7 +197,7 @@ def test_migration_0010_up_and_down(db_url):
     with engine.begin() as c:
         cfg = alembic_config(engine)
         cfg.attributes["connection"] = c
-        command.downgrade(cfg, "0008")
+        command.downgrade(cfg, "0009")
     assert "device_logs" not in sa.inspect(engine).get_table_names()
     upgrade(engine)
     assert "device_logs" in sa.inspect(engine).get_table_names()
