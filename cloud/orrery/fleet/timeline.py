@@ -2,7 +2,8 @@
 registry row: tags, its workflow state, its rollouts.
 
 ``timeline`` merges, per device: boots (``device_sessions``), workflow events and the state
-changes they show (``events``), commands and what became of them (``commands``: queued, last
+changes they show (``events``), the board's own log lines (``device_logs``: its warnings,
+errors and state changes), commands and what became of them (``commands``: queued, last
 published, acked or expired; operator commands with who sent them), installs (the rollout audit
 log's lines for the device), losses and gaps (the loss ledger), live alerts and dead letters.
 Each entry carries its time and where that time comes from (``TIME_SOURCES``): the board's own
@@ -25,6 +26,7 @@ from cloud.orrery.db.tables import (
     ALERTS,
     COMMANDS,
     DEAD_LETTERS,
+    DEVICE_LOGS,
     DEVICES,
     EVENTS,
     GAPS,
@@ -47,7 +49,7 @@ RECORDED = "recorded"  # the companion's clock when it did this itself (a comman
 TIME_SOURCES = (EVENT, RECEIVED, RECORDED)
 # in this order when at the same time: a boot before its events, a gap before its resend, a
 # command queued before it is published and acked
-KINDS = ("boot", "state", "event", "alert", "loss", "gap", "dead-letter", "command", "install",
+KINDS = ("boot", "state", "event", "log", "alert", "loss", "gap", "dead-letter", "command", "install",
          "sent", "ack", "expired")  # fmt: skip
 DEFAULT_LIMIT = 200
 
@@ -444,6 +446,24 @@ def loss_entries(conn: Connection, device: int, since_ms: int | None, limit: int
     return out
 
 
+def log_entries(conn: Connection, device: int, since_ms: int | None, limit: int) -> list[Entry]:
+    """The board's log lines (``up/log``): its warnings, errors and workflow state changes."""
+    at = sa.func.coalesce(DEVICE_LOGS.c.event_ms, DEVICE_LOGS.c.received_ms)
+    q = sa.select(DEVICE_LOGS, at.label("at")).where(DEVICE_LOGS.c.device_id == device)
+    if since_ms is not None:
+        q = q.where(at >= since_ms)
+    return [
+        Entry(
+            r.at,
+            EVENT if r.event_ms is not None else RECEIVED,
+            "log",
+            f"{r.level}: {r.text}",
+            {"level": r.level, "code": r.code, "a": r.a, "b": r.b, "boot": r.boot, "seq": r.seq},
+        )
+        for r in conn.execute(_newest(q, at, limit))
+    ]
+
+
 def alert_entries(conn: Connection, device: int, since_ms: int | None, limit: int) -> list[Entry]:
     """Live alerts: a live reading crossed a rule (at the reading's event time if known)."""
     at = sa.func.coalesce(ALERTS.c.event_ms, ALERTS.c.created_ms)
@@ -506,6 +526,7 @@ def timeline(
     for source in (
         boot_entries,
         event_entries,
+        log_entries,
         command_entries,
         install_entries,
         loss_entries,
