@@ -10,13 +10,14 @@ and forgotten again (``firmware``). See firmware/README.md, "Memory".
 """
 
 import os
+import sys
 
 from firmware import RARE, drop
 from firmware.clock import Uptime, WallClock
 from firmware.files import mkdir
 from firmware.sampler import Sampler
 from firmware.store import Store
-from firmware.uplink import Uplink
+from firmware.uplink import FW_VERSION, Uplink
 
 try:
     import _thread  # MicroPython's on the ESP32; CPython has the same module
@@ -81,6 +82,13 @@ class Node(Sampler, Uplink):
 
         self.anchors = recover.load_anchors(root)
         del recover
+        from firmware.slots import load_app
+
+        # what the state reports: the app bundle that runs (else this firmware's own version)
+        # and the .mpy version its MicroPython loads (a simulated board's is in its config)
+        self.fw = load_app(root).get("version") or FW_VERSION
+        m = getattr(sys.implementation, "_mpy", 0)
+        self.mpy = "{}.{}".format(m & 0xFF, m >> 8 & 3) if m else cfg.get("mpy")
         drop(RARE)
         self.running = False
         self.stats = {"missed": 0, "link_drops": 0, "commands": 0}

@@ -264,7 +264,7 @@ class Uplink:
 
         payload = report.encode_state(
             True,
-            FW_VERSION,
+            self.fw,
             p.name if p else None,
             p.version if p else None,
             p.hash if p else None,
@@ -274,6 +274,7 @@ class Uplink:
             self.wall.anchor(),
             last_seq or None,
             extra,
+            self.mpy,
         )
         drop(REPORTS)
         if self.link.publish(self.topics[message.STATE], payload, 1, True):

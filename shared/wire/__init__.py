@@ -49,7 +49,8 @@ lasts about 8.5 years.
 
 JSON messages (``"v": 1``; unknown keys are ignored, any other ``v`` is refused)
 --------------------------------------------------------------------------------
-- state: ``online fw wf wf_ver wf_hash boot backlog synced anchor last_seq [extra]``;
+- state: ``online fw wf wf_ver wf_hash boot backlog synced anchor last_seq [mpy] [extra]``
+  (``fw`` the running app bundle's version, ``mpy`` the ``.mpy`` version it loads, "6.3");
   the last will is ``{"v":1,"online":false,"boot":N}`` (decoded with the other keys None).
 - event: ``boot seq up_s up_ms state event value``
 - ack:   ``id code detail`` (``id`` null when the command's id could not be trusted)

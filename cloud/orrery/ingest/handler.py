@@ -490,6 +490,8 @@ class Ingest:
             "synced": s["synced"],
             "dirty": True,
         }
+        if s.get("mpy") and len(s["mpy"]) <= 16:  # older boards send none: keep what is known
+            values["mpy"] = s["mpy"]
         if not retained:
             values["last_seen_ms"] = now
         elif cur.boot is not None and cur.boot != s["boot"] and cur.online:

@@ -110,6 +110,7 @@ def build() -> dict:
                 ANCHOR,
                 41,
                 {"rssi": -61, "heap": 81234, "reset": "power_on", "ok": True, "note": None},
+                "6.3",
             ],
         ),
         _message_case(
