@@ -500,9 +500,6 @@ class Ingest:
         new_boot = cur.boot is not None and cur.boot != s["boot"]
         if new_boot and not retained:
             values["reboots"] = DEVICES.c.reboots + 1
-        mpy = (s.get("extra") or {}).get("mpy")
-        if isinstance(mpy, str) and 0 < len(mpy) <= 16:
-            values["mpy"] = mpy  # the .mpy version it loads: a bundle rollout checks it
         invalid = (s.get("extra") or {}).get("invalid")
         if type(invalid) is int and invalid >= 0:
             # the board counts invalid samples per boot; the registry keeps a running total

@@ -47,7 +47,7 @@ class Board:
         t = codec.topic("f1", self.name, codec.STATE)
         self.env.send([Message(t, codec.encode_state(
             True, self.fw, None, None, None, self.env.boots[self.name], 0, False, None, None,
-            {"mpy": "6.3"}))])  # fmt: skip
+            mpy="6.3"))])  # fmt: skip
 
     def power_cut(self) -> None:
         self.open = None
