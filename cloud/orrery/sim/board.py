@@ -19,6 +19,7 @@ from firmware.store import Store
 from tools.board import profiles
 
 PROFILE_NAME = "esp32-devkitc"
+MPY = "6.3"  # the .mpy version of the boards' MicroPython (1.27)
 PROFILE = profiles.load(PROFILE_NAME)
 FLEET = "sim"  # the fleet id of the virtual boards: "sim-<run id>" (see VirtualFleet)
 POWER_CUTS = ("torn_record", "garbage_record", "torn_cursor")
@@ -127,7 +128,10 @@ class VirtualBoard:
             "hmac_key": key.hex(),
             "board": PROFILE_NAME,
             "health_window_s": health_window_s,
+            "mpy": MPY,  # what a board's MicroPython says (sys.implementation._mpy)
         }
+        # app bundle versions whose trial boot crashes on this board (it falls back)
+        self.bad_bundles: set[str] = set()
         # no output log: nothing of the fleet reads it (``record`` keeps what a plot needs)
         self.hal = SimHal(
             PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm, log_limit=0
@@ -161,6 +165,15 @@ class VirtualBoard:
         return t + self.skew_ms if self.synced and t is not None else None
 
     def _boot(self) -> None:
+        # what /boot.py does: choose the app slot (a pending trial boots once); a trial of a
+        # bad bundle crashes before it reaches the broker, and the board boots again
+        from firmware.slots import load_app, select_slot
+
+        select_slot(str(self.root))
+        app = load_app(str(self.root))
+        if app.get("trial") and app.get("trial_booted") and app.get("version") in self.bad_bundles:
+            self.stats.boots += 1
+            select_slot(str(self.root))
         self.link = SimLink(self.name, self.host, self.port, timeout_ms=3000)
         self.node = Node(
             self.cfg,
