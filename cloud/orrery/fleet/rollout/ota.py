@@ -27,6 +27,8 @@ chunk the board said it expects next (None until its install_bundle is answered)
 ``dl_sent`` the chunks queued in this round, ``dl_round`` the round of chunk ids in force,
 ``dl_ms`` when the download last moved. Everything is re-derived from the database: a
 restarted companion goes on where the last one stopped (an ack read twice changes nothing).
+A tick reads the acks of the chunks in flight by their ids (at most ``WINDOW`` a board), never
+a scan of the commands table.
 """
 
 from __future__ import annotations
@@ -144,7 +146,6 @@ class Delivery:
 
     def __init__(self, secret: bytes | None) -> None:
         self.secret = secret
-        self._seen: dict[int, int] = {}  # rollout id -> acked_ms of the newest chunk ack read
 
     def step(self, conn: Connection, r, bundle, now: int) -> list[commands.Outgoing]:
         """Read the chunk acks that came in, move each member's download on, reopen stalled
@@ -218,24 +219,29 @@ class Delivery:
     def _read_chunk_acks(
         self, conn: Connection, r, members: dict[int, dict], now: int, reopen: list
     ) -> None:
-        since = self._seen.get(r.id, 0)
-        rows = conn.execute(
-            sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status, COMMANDS.c.ack_code,
-                      COMMANDS.c.ack_detail, COMMANDS.c.acked_ms)
-            .where(COMMANDS.c.source == source(r.id), COMMANDS.c.acked_ms >= since,
-                   COMMANDS.c.status.in_(("done", "failed")))
-            .order_by(COMMANDS.c.acked_ms)
-        ).all()  # fmt: skip
-        newest = since
+        # the answered ones among each member's chunks in flight (this round's, from the chunk
+        # it expects next to the last one queued): looked up by id, a few per board
+        ids = [
+            chunk_id(r.id, m["id"], m["attempt"], m["dl_round"], i)
+            for m in members.values()
+            if m["dl_next"] is not None
+            for i in range(m["dl_next"], m["dl_sent"] or 0)
+        ]
+        rows = []
+        for i in range(0, len(ids), commands.CHUNK):
+            rows += conn.execute(
+                sa.select(COMMANDS.c.id, COMMANDS.c.device_id, COMMANDS.c.status,
+                          COMMANDS.c.ack_code, COMMANDS.c.ack_detail)
+                .where(COMMANDS.c.id.in_(ids[i : i + commands.CHUNK]),
+                       COMMANDS.c.status.in_(("done", "failed")))
+            ).all()  # fmt: skip
+        rows.sort(key=lambda c: _parse_chunk_id(c.id) or (0, 0, 0, 0))
         for c in rows:
-            newest = max(newest, c.acked_ms)
             m = members.get(c.device_id)
             parsed = _parse_chunk_id(c.id)
             if m is None or parsed is None or m["dl_next"] is None:
                 continue
-            _, attempt, rnd, index = parsed
-            if attempt != m["attempt"]:
-                continue
+            _, _, rnd, index = parsed
             kn = parse_next(c.ack_detail)
             if c.status == "done":
                 got = kn[0] if kn else None
@@ -247,7 +253,7 @@ class Delivery:
                     m.update(dl_next=min(got, m["dl_chunks"]), dl_ms=now, dirty=True)
                     m["dl_sent"] = max(m["dl_sent"] or 0, m["dl_next"])
             elif rnd != m["dl_round"]:
-                continue  # a refusal of a round already replaced
+                continue  # a refusal of a round already replaced (earlier in this loop)
             elif c.ack_code == codec.REJECTED and kn is not None:
                 # a gap: send again from the chunk the board expects, under new ids
                 m.update(dl_next=kn[0], dl_sent=kn[0], dl_round=rnd + 1, dl_ms=now, dirty=True)
@@ -257,8 +263,6 @@ class Delivery:
                     reopen.append(m)
             # BUSY, a clock refusal, FAILED (the board fails the install itself): the stall
             # timer reopens the download if it does not move on
-        # ``>=`` reads the last millisecond again next time: an ack read twice changes nothing
-        self._seen[r.id] = newest
 
     # --- sending -----------------------------------------------------------------------------
 
