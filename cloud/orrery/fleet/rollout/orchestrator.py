@@ -376,6 +376,12 @@ class Orchestrator:
             with cur.copy(f"COPY rollout_devices ({cols}) FROM STDIN") as copy:
                 copy.write("".join(lines))
 
+    @property
+    def downloading(self) -> bool:
+        """Whether a bundle rollout had a download under way at the last tick: each chunk's
+        round trip waits for a tick, so ``orrery serve`` ticks more often then."""
+        return any(self.ota.active.values())
+
     def _bundle(self, conn: Connection, r):
         """The bundle (registry row without its bytes) a bundle rollout rolls out."""
         return conn.execute(

@@ -146,6 +146,9 @@ class Delivery:
 
     def __init__(self, secret: bytes | None) -> None:
         self.secret = secret
+        # rollout id -> whether a member's download was under way at its last step: the
+        # service then ticks more often (each round trip of a chunk waits for a tick)
+        self.active: dict[int, bool] = {}
 
     def step(self, conn: Connection, r, bundle, now: int) -> list[commands.Outgoing]:
         """Read the chunk acks that came in, move each member's download on, reopen stalled
@@ -153,6 +156,7 @@ class Delivery:
         if self.secret is None:
             return []
         members = self._members(conn, r.id)
+        self.active[r.id] = bool(members)
         if not members:
             return []
         out: list[commands.Outgoing] = []
