@@ -39,13 +39,12 @@ from cloud.orrery.db.tables import COMMANDS, DEVICES
 from cloud.orrery.fleet import bundles, commands, keys
 from cloud.orrery.fleet.rollout import ota
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
-from shared import bundle as packing
+from cloud.orrery.sim.bundle import MPY, app_bundle
 from shared.wire import codec
 from tools.dev.mosquitto import Broker
 
 FLEET = wf_bench.FLEET
 SECRET = wf_bench.SECRET
-MPY = "6.3"
 VERSION = "2.0.0"
 VERIFY_EVERY = 97
 TARGETS = {"converge_s_1000": 120}
@@ -53,21 +52,6 @@ TARGETS = {"converge_s_1000": 120}
 
 def _log(msg: str) -> None:
     print(f"bench rollout --bundle: {msg}", file=sys.stderr, flush=True)
-
-
-def app_bundle() -> tuple[bytes, dict]:
-    """The real app packed as a bundle, and its manifest."""
-    from tools.board.deploy import build_app
-
-    with tempfile.TemporaryDirectory() as d:
-        files = build_app(Path(d))
-        entries = [(p.split("/", 2)[2], local.read_bytes()) for p, local in sorted(files.items())
-                   if p.startswith("/app_a/")]  # fmt: skip
-    data = packing.pack(entries)
-    manifest = {"name": "app", "version": VERSION, "profile": "esp32-devkitc",
-                "mpy_version": MPY, "source_hash": ota.sha256(data),
-                "files": [{"path": p, "size": len(b)} for p, b in entries]}  # fmt: skip
-    return data, manifest
 
 
 def register(engine: sa.Engine, n: int) -> None:
@@ -165,7 +149,7 @@ def run(devices: int = 1000, timeout: float = 900) -> dict:
         serve = wf_bench._serve(url, broker.port, Path(tmp) / "serve.log")
         pub = None
         try:
-            data, manifest = app_bundle()
+            data, manifest = app_bundle(VERSION)
             with engine.begin() as conn:
                 bundles.push(conn, data, manifest, 0)
             register(engine, devices)
