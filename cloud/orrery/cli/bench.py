@@ -203,7 +203,7 @@ def bench_rollout(
         from cloud.orrery.bench import ota
 
         if db is not None:
-            fail("--bundle runs on a temporary SQLite file: leave out --db")
+            fail(f"--db {db!r}: --bundle runs on a temporary SQLite file; leave out --db")
         show_figures(ota.run(devices or 1000), as_json)
         return
     devices = devices or 100_000

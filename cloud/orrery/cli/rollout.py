@@ -283,7 +283,8 @@ def _waiting(r: dict) -> str:
 
 def _status_view(s: dict) -> Table:
     t = Table(
-        title=f"rollout {s['id']}: {s['workflow']} — {s['state']}"
+        title=f"rollout {s['id']}: {'bundle ' if s.get('kind') == 'bundle' else ''}"
+        f"{s['workflow']} — {s['state']}"
         + (f" ({s['reason']})" if s["reason"] else "")
     )
     t.add_column("wave")
