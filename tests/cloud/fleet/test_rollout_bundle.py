@@ -14,7 +14,7 @@ import os
 import pytest
 import sqlalchemy as sa
 
-from cloud.orrery.fleet import bundles, commands, keys
+from cloud.orrery.fleet import bundles, commands, keys, timeline
 from cloud.orrery.fleet.rollout import ota
 from cloud.orrery.fleet.rollout.plan import RolloutError
 from cloud.orrery.ingest.handler import Message
@@ -170,6 +170,12 @@ def test_a_bundle_rollout_sends_chunks_in_a_window_and_succeeds_on_the_final_ok(
     assert f.rows("SELECT DISTINCT prev_fw FROM rollout_devices WHERE rollout_id = :r", r=rid) == [
         ("1.0",)
     ]
+    with f.engine.connect() as c:  # the device's history names the bundle
+        did = c.execute(sa.text("SELECT id FROM devices WHERE name = 'd00'")).scalar_one()
+        (h,) = timeline.rollout_history(c, did)
+        log = timeline.install_entries(c, did, None, 50)
+    assert (h["workflow"], h["from"], h["state"]) == ("app@2.0", "app@1.0", "succeeded")
+    assert any(e.summary.startswith(f"rollout {rid} (app@2.0): succeeded") for e in log)
 
 
 def test_incompatible_boards_are_refused_before_anything_is_sent(fleet):
