@@ -304,6 +304,23 @@ def test_rollback_goes_back_per_previous_version_or_refuses_in_one_line(fleet):
     f.run(o, 20)
     assert set(f.members(back).values()) == {"succeeded"}
     assert {b.fw for b in f.b.values()} == {"2.0"}
+    assert o.rollback_plan(back) == [("app", "3.0", sorted(f.b))], "a rollback rolls back too"
+
+
+def test_joiners_that_can_run_the_bundle_join_the_others_do_not(fleet):
+    f = fleet
+    o = f.orch(join_every_ms=0)
+    rid = create(f, o)
+    f.add("d06", "s3x")
+    with f.engine.begin() as c:
+        c.execute(sa.text("UPDATE devices SET profile = 'esp32-s3' WHERE name = 's3x'"))
+    for n in ("d06", "s3x"):
+        f.b[n] = Board(f, n)
+        f.b[n].report()
+    f.run(o, 20)
+    m = f.members(rid)
+    assert "s3x" not in m and m["d06"] == "succeeded"
+    assert f.b["s3x"].stored == [] and f.b["d06"].stored == list(range(N))
 
 
 def test_cancel_stops_the_downloads(fleet):

@@ -643,20 +643,24 @@ class Orchestrator:
                   "rate_per_min": r.rate_per_min, "health_s": r.health_s, "state": "running", "created_ms": self.clock(),
                   "started_ms": self.clock(), "created_by": self.actor}],
             ).scalar_one()  # fmt: skip
-            ids = dict(
-                conn.execute(
-                    sa.select(DEVICES.c.name, DEVICES.c.id).where(DEVICES.c.name.in_(names))
-                ).all()
-            )
+            ids = {
+                name: (did, fw)
+                for name, did, fw in conn.execute(
+                    sa.select(DEVICES.c.name, DEVICES.c.id, DEVICES.c.fw).where(
+                        DEVICES.c.name.in_(names)
+                    )
+                )
+            }
             now = self.clock()
             conn.execute(
                 sa.insert(ROLLOUT_DEVICES),
                 [
                     {
                         "rollout_id": new,
-                        "device_id": ids[n],
+                        "device_id": ids[n][0],
                         "wave": 0,
                         "state": "queued",
+                        "prev_fw": ids[n][1],  # what a rollback of this rollback goes back to
                         "updated_ms": now,
                     }
                     for n in names
