@@ -197,6 +197,8 @@ def _cut_then(node, st, then, args):
     with open(part, "rb") as src, open(part + ".tmp", "wb") as dst:
         while left:
             n = src.readinto(buf)
+            if not n:  # shorter than counted: nothing more to keep
+                break
             if n > left:
                 n = left
             dst.write(buf if n == _PIECE else memoryview(buf)[:n])

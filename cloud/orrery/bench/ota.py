@@ -39,7 +39,7 @@ from cloud.orrery.db.tables import COMMANDS, DEVICES
 from cloud.orrery.fleet import bundles, commands, keys
 from cloud.orrery.fleet.rollout import ota
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator
-from cloud.orrery.sim.bundle import MPY, app_bundle
+from cloud.orrery.sim.bundle import app_bundle, mpy
 from shared.wire import codec
 from tools.dev.mosquitto import Broker
 
@@ -58,7 +58,7 @@ def register(engine: sa.Engine, n: int) -> None:
     """``n`` devices, online, on app 1.0.0."""
     rows = [
         {"name": wf_bench.device_name(i), "fleet": FLEET, "profile": "esp32-devkitc",
-         "online": True, "created_ms": 0, "fw": "1.0.0", "mpy": MPY, "boot": 1}
+         "online": True, "created_ms": 0, "fw": "1.0.0", "mpy": mpy(), "boot": 1}
         for i in range(n)
     ]  # fmt: skip
     with engine.begin() as conn:
@@ -71,6 +71,7 @@ def _boards_main(port, verified, bad, subscribed, stop) -> None:
     outbox: queue.SimpleQueue = queue.SimpleQueue()
     window = threading.Semaphore(wf_bench.WINDOW)
     dl: dict[str, dict] = {}  # board -> {next, chunks, cmd, version}
+    board_mpy = mpy()
     n = [0]
 
     def ack(name: str, cmd_id: str, code: int, detail: str) -> None:
@@ -104,7 +105,7 @@ def _boards_main(port, verified, bad, subscribed, stop) -> None:
             return ack(name, cmd_id, codec.OK, f"next {k + 1}/{st['chunks']}")
         ack(name, cmd_id, codec.OK, f"bundle {st['version']} stored; rebooting")
         state = codec.encode_state(True, st["version"], None, None, None, 2, 0, False, None,
-                                   None, mpy=MPY)  # fmt: skip
+                                   None, mpy=board_mpy)  # fmt: skip
         outbox.put((codec.topic(FLEET, name, codec.STATE), state))
         ack(name, st["cmd"], codec.OK, f"running bundle {st['version']}")
 

@@ -11,7 +11,13 @@ from pathlib import Path
 from shared import bundle as packing
 
 PROFILE = "esp32-devkitc"
-MPY = "6.3"  # the .mpy version mpy-cross writes for MicroPython 1.27
+
+
+def mpy() -> str:
+    """The ``.mpy`` version of the bundle (what mpy-cross writes; virtual boards report it)."""
+    from cloud.orrery.sim.board import mpy_version
+
+    return mpy_version() or "6.3"
 
 
 def app_bundle(version: str, name: str = "app") -> tuple[bytes, dict]:
@@ -24,7 +30,7 @@ def app_bundle(version: str, name: str = "app") -> tuple[bytes, dict]:
                    if p.startswith("/app_a/")]  # fmt: skip
     data = packing.pack(entries)
     manifest = {
-        "name": name, "version": version, "profile": PROFILE, "mpy_version": MPY,
+        "name": name, "version": version, "profile": PROFILE, "mpy_version": mpy(),
         "source_hash": hashlib.sha256(data).hexdigest(),
         "files": [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)}
                   for p, b in entries],

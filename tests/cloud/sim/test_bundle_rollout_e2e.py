@@ -22,7 +22,7 @@ import pytest
 
 from cloud.orrery.fleet import bundles
 from cloud.orrery.fleet.rollout import ota
-from cloud.orrery.sim.board import MPY, PROFILE_NAME
+from cloud.orrery.sim.board import PROFILE_NAME, TORN_CHUNK, mpy_version
 from cloud.orrery.sim.fleet import VirtualFleet
 from shared import bundle as packing
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def push(f: VirtualFleet, data: bytes, version: str) -> str:
-    m = {"name": "app", "version": version, "profile": PROFILE_NAME, "mpy_version": MPY,
+    m = {"name": "app", "version": version, "profile": PROFILE_NAME, "mpy_version": mpy_version(),
          "source_hash": "0" * 64, "files": []}  # fmt: skip
     with f.engine.begin() as c:
         bundles.push(c, data, m, f.now_ms)
@@ -113,7 +113,7 @@ def test_100_boards_30_offline_and_power_cuts_mid_download_all_converge(fleet_of
                       k=n_chunks - 2)  # fmt: skip
         for (n,) in rows[:8]:
             if n not in cut and n not in away:
-                f.power_cut(n)
+                f.power_cut(n, TORN_CHUNK)  # a chunk half written to flash
                 cut.add(n)
         return len(cut) >= 5
 
@@ -141,8 +141,7 @@ def test_a_bundle_that_fails_its_trial_boot_is_rolled_back_and_pauses_the_rollou
     assert run_until(f, lambda: f.online_count() == 12)
     ref = push(f, small_app(2), "3.0")
     bad = sorted(f.boards)[:4]
-    for n in bad:
-        f.boards[n].bad_bundles.add("3.0")
+    f.crash_trials(bad)
     rid = create(f, ref, max_failures="20%", min_devices=3)
     assert run_until(f, lambda: f.rollout_state(rid)[0] == "paused", real_s=55), (
         f.member_states(rid), f.companion_tail())  # fmt: skip
