@@ -222,8 +222,11 @@ def _resumed(node, st, args):
 def _start(node, args):
     v, digest, size = args.get("version"), args.get("sha256"), args.get("size")
     cs, chunks = args.get("chunk_size"), args.get("chunks")
-    if not isinstance(v, str) or not isinstance(digest, str) or len(digest) != 64:
-        return _REJECTED, "install_bundle needs version (str) and sha256 (64 hex)"
+    if not isinstance(v, str) or not 0 < len(v) <= 64 or min(v) < " ":
+        # what the state message's fw may hold, which reports it once it runs
+        return _REJECTED, "version must be 1..64 printable chars"
+    if not isinstance(digest, str) or len(digest) != 64:
+        return _REJECTED, "sha256 must be 64 hex digits"
     if type(size) is not int or not 0 < size <= MAX_SIZE:
         return _REJECTED, "size must be an int in (0, {}]".format(MAX_SIZE)
     if type(cs) is not int or cs <= 0:

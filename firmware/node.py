@@ -85,10 +85,10 @@ class Node(Sampler, Uplink):
         from firmware.slots import load_app
 
         # what the state reports: the app bundle that runs (else this firmware's own version)
-        # and the .mpy version its MicroPython loads (a simulated board's is in its config)
+        # and the .mpy version its MicroPython loads (None on CPython: a simulation sets it)
         self.fw = load_app(root).get("version") or FW_VERSION
         m = getattr(sys.implementation, "_mpy", 0)
-        self.mpy = "{}.{}".format(m & 0xFF, m >> 8 & 3) if m else cfg.get("mpy")
+        self.mpy = "{}.{}".format(m & 0xFF, m >> 8 & 3) if m else None
         drop(RARE)
         self.running = False
         self.stats = {"missed": 0, "link_drops": 0, "commands": 0}

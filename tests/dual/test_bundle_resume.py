@@ -220,6 +220,14 @@ def test_refused_chunks_and_installs_say_why():
         codec.REJECTED,
         "chunk_size must be a positive int",
     )
+    for bad in ("", "x" * 65, "1.0\n", 7):  # the state message reports it as fw
+        args = {"version": bad, "sha256": digest, "size": len(blob), "chunk_size": CS, "chunks": 7}
+        assert _do(node, "b4", "install_bundle", args) == (
+            codec.REJECTED,
+            "version must be 1..64 printable chars",
+        )
+    args["version"], args["sha256"] = "2.0.0", "abc"
+    assert _do(node, "b5", "install_bundle", args) == (codec.REJECTED, "sha256 must be 64 hex digits")
     # the download in progress is untouched by the refused installs
     assert _chunk(node, blob, 0) == (codec.OK, "next 1/7")
 

@@ -154,8 +154,8 @@ class VirtualBoard:
             "hmac_key": key.hex(),
             "board": PROFILE_NAME,
             "health_window_s": health_window_s,
-            "mpy": mpy or mpy_version(),
         }
+        self.mpy = mpy or mpy_version()
         self.trial_crash = trial_crash
         # no output log: nothing of the fleet reads it (``record`` keeps what a plot needs)
         self.hal = SimHal(
@@ -208,6 +208,7 @@ class VirtualBoard:
             reset=self._reset,
             rand4=lambda: self.rng.randbytes(4),
         )
+        self.node.mpy = self.mpy  # CPython has no sys.implementation._mpy; reported on connect
         if self.flash is not None:
             self.node.store.close()
             self.node.store = Store(
