@@ -356,6 +356,14 @@ class RolloutDevice(SQLModel, table=True):
     sent_ms: int | None = Field(default=None, sa_column=_big())
     detail: str | None = None
     baseline: str | None = None  # JSON health counters when its wave started
+    # a bundle rollout's download (migration 0011, ``fleet.rollout.ota``): the chunk count, the
+    # chunk the board expects next (None: its install_bundle is not answered yet), the chunks
+    # queued in this round, the round of chunk ids in force, when the download last moved
+    dl_chunks: int | None = None
+    dl_next: int | None = None
+    dl_sent: int | None = None
+    dl_round: int | None = None
+    dl_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class RolloutLog(SQLModel, table=True):

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection
 from cloud.orrery.clock import iso, parse_instant
 from cloud.orrery.db.tables import (
     ALERTS,
+    BUNDLES,
     COMMANDS,
     DEAD_LETTERS,
     DEVICE_LOGS,
@@ -134,6 +135,22 @@ def workflow_state(conn: Connection, device: int) -> dict | None:
     }
 
 
+# what a rollout rolls out: a workflow version or an app bundle (rollouts.bundle_id)
+_SUBJECT = (
+    WORKFLOWS.c.name.label("wf_name"),
+    WORKFLOWS.c.version.label("wf_version"),
+    BUNDLES.c.name.label("b_name"),
+    BUNDLES.c.version.label("b_version"),
+)
+
+
+def _what(r) -> str:
+    # NAME@VERSION of a row selected with _SUBJECT
+    if r.wf_name is not None:
+        return f"{r.wf_name}@{r.wf_version}"
+    return f"{r.b_name}@{r.b_version}"
+
+
 def rollout_history(conn: Connection, device: int) -> list[dict]:
     """Every rollout the device was a member of, oldest first: the workflow version it
     installed, the rollout's state, the device's state in it and the reason (its last
@@ -143,26 +160,29 @@ def rollout_history(conn: Connection, device: int) -> list[dict]:
             ROLLOUTS.c.id,
             ROLLOUTS.c.state.label("rollout_state"),
             ROLLOUTS.c.created_by,
-            WORKFLOWS.c.name,
-            WORKFLOWS.c.version,
+            *_SUBJECT,
             ROLLOUT_DEVICES.c.state,
             ROLLOUT_DEVICES.c.wave,
             ROLLOUT_DEVICES.c.attempt,
             ROLLOUT_DEVICES.c.detail,
             ROLLOUT_DEVICES.c.prev_wf,
             ROLLOUT_DEVICES.c.prev_ver,
+            ROLLOUT_DEVICES.c.prev_fw,
             ROLLOUT_DEVICES.c.updated_ms,
         )
         .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
-        .join(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(BUNDLES, BUNDLES.c.id == ROLLOUTS.c.bundle_id)
         .where(ROLLOUT_DEVICES.c.device_id == device)
         .order_by(ROLLOUTS.c.id)
     )
     return [
         {
             "rollout": r.id,
-            "workflow": f"{r.name}@{r.version}",
-            "from": None if r.prev_wf is None else f"{r.prev_wf}@{r.prev_ver}",
+            "workflow": _what(r),  # NAME@VERSION of the workflow, or of the bundle
+            "from": (None if r.prev_wf is None else f"{r.prev_wf}@{r.prev_ver}")
+            if r.wf_name is not None
+            else (None if r.prev_fw is None else f"{r.b_name}@{r.prev_fw}"),
             "rollout_state": r.rollout_state,
             "state": r.state,
             "reason": r.detail,
@@ -371,9 +391,10 @@ def install_entries(conn: Connection, device: int, since_ms: int | None, limit: 
     rollout (queued again, sent, installing, succeeded, failed …), with the reason and who
     acted (None: the orchestrator)."""
     q = (
-        sa.select(ROLLOUT_LOG, WORKFLOWS.c.name, WORKFLOWS.c.version)
+        sa.select(ROLLOUT_LOG, *_SUBJECT)
         .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_LOG.c.rollout_id)
-        .join(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(BUNDLES, BUNDLES.c.id == ROLLOUTS.c.bundle_id)
         .where(ROLLOUT_LOG.c.device_id == device)
     )
     if since_ms is not None:
@@ -384,12 +405,12 @@ def install_entries(conn: Connection, device: int, since_ms: int | None, limit: 
             r.at_ms,
             RECORDED,
             "install",
-            f"rollout {r.rollout_id} ({r.name}@{r.version}): {r.event}"
+            f"rollout {r.rollout_id} ({_what(r)}): {r.event}"
             + (f": {r.detail}" if r.detail else "")
             + (f" by {r.actor}" if r.actor else ""),
             {
                 "rollout": r.rollout_id,
-                "workflow": f"{r.name}@{r.version}",
+                "workflow": _what(r),
                 "state": r.event,
                 "detail": r.detail,
                 "actor": r.actor,
