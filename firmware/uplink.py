@@ -116,9 +116,9 @@ class Uplink:
             self._send_acks()
             or self._send_losses()
             or self._send_resend()
-            or self._send_log()
             or self._send_batch()
             or self._send_events()
+            or self._send_log()
             or self._send_state(False)
         )
 
