@@ -16,6 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from cloud.orrery.cli import (
+    api,
     bench,
     board,
     broker,
@@ -27,6 +28,7 @@ from cloud.orrery.cli import (
     rollout,
     serve,
     sim,
+    tokens,
     workflow,
 )
 from cloud.orrery.cli.common import console, error_line
@@ -86,6 +88,8 @@ app.add_typer(broker.app, name="broker")
 app.add_typer(board.app, name="board")
 app.command("demo")(demo.demo)
 app.command("sim")(sim.sim)
+app.command("api")(api.api)
+app.add_typer(tokens.app, name="tokens")
 
 
 @app.callback(invoke_without_command=True)

@@ -1,4 +1,4 @@
-"""``orrery bench device|ingest|rollout|fleet``: benchmarks (commands, not timed tests). Each
+"""``orrery bench device|ingest|rollout|fleet|api``: benchmarks (commands, not timed tests). Each
 prints its figures and exits 2 when a target is not met."""
 
 from __future__ import annotations
@@ -213,6 +213,20 @@ def bench_rollout(
         check_database_server(db, "--db")
     result = rollout.run(devices, db)
     show_figures(result, as_json)
+
+
+@app.command("api")
+def bench_api(
+    devices: Annotated[
+        int, typer.Option(min=100, max=1_000_000, help="Registered devices.")
+    ] = 10_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Requests/s of the fleet overview (devices page, fleet summary) and a rollout's status
+    over a real `orrery api` server, against the same queries run directly (ratio)."""
+    from cloud.orrery.bench import api
+
+    show_figures(api.run(devices), as_json)
 
 
 def print_device_report(result: dict) -> None:

@@ -1,10 +1,9 @@
-"""``orrery devices add|list|show|timeline|logs|tag|send``: the devices registry, and commands to
-devices."""
+"""``orrery devices add|list|summary|show|timeline|logs|tag|send``: the devices registry, and
+commands to devices."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Annotated
 
@@ -39,20 +38,48 @@ def devices_add(
     db_url: DbOpt = None,
 ) -> None:
     """Register devices (provisioning); the ingest dead-letters devices it does not know."""
-    from shared.wire.codec import is_id
-
-    for n in [fleet, *names]:
-        if not is_id(n):
-            fail(f"{n!r} is not a valid id: 1..64 chars of [A-Za-z0-9_.-]")
+    try:
+        devices.check_ids(fleet, names)
+    except devices.DeviceError as exc:
+        fail(str(exc))
     added = len(devices.register(open_db(db_url, create=True), fleet, profile, names))
     console.print(f"registered {added} new device(s); {len(set(names)) - added} already known")
 
 
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tag", help="KEY=VALUE: only devices with this tag (repeatable: all must match)."
+    ),
+]
+ProfileOpt = Annotated[str | None, typer.Option(help="Only devices of this board profile.")]
+
+
+def _filter(tag: list[str] | None, profile: str | None, online: bool | None) -> devices.Filter:
+    try:
+        pairs = devices.parse_tags(tag or [])
+    except devices.DeviceError as exc:
+        fail(str(exc).replace("tag ", "--tag ", 1))
+    if any(not v for _, v in pairs):
+        fail("--tag: expected KEY=VALUE with a value")
+    return devices.Filter(profile=profile, online=online, tags=tuple(pairs))
+
+
 @app.command("list")
-def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """Every device: online state, last seen, versions, backlog, clock offset."""
+def devices_list(
+    tag: TagOpt = None,
+    profile: ProfileOpt = None,
+    online: Annotated[
+        bool | None, typer.Option("--online/--offline", help="Only online (offline) devices.")
+    ] = None,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every device (or those of a tag, a profile, online or not): online state, last seen,
+    versions, backlog, clock offset."""
+    flt = _filter(tag, profile, online)
     with open_db(db_url).connect() as conn:
-        rows = devices.device_rows(conn)
+        rows = devices.device_rows(conn, flt=flt)
     if as_json:
         print(json.dumps(rows))
         return
@@ -81,6 +108,27 @@ def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
         )
 
 
+@app.command("summary")
+def devices_summary(
+    tag: TagOpt = None, profile: ProfileOpt = None, db_url: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The fleet at a glance: devices online and offline, the firmware and workflow versions
+    they run, by profile, backlog, pending gap, permanent loss and alerts."""
+    flt = _filter(tag, profile, None)
+    with open_db(db_url).connect() as conn:
+        s = devices.fleet_summary(conn, flt)
+    if as_json:
+        print(json.dumps(s))
+        return
+    console.print(f"{s['devices']} device(s): {s['online']} online, {s['offline']} offline")
+    for key, what in (("fw", "firmware"), ("workflows", "workflow"), ("profiles", "profile")):
+        console.print(f"{what}: " + (", ".join(f"{k} {n}" for k, n in s[key].items()) or "-"))
+    console.print(
+        f"backlog {s['backlog']}, received {s['received']}, pending gap {s['pending_gap']}, "
+        f"permanent loss {s['permanent_loss']}, alerts {s['alerts']}"
+    )
+
+
 def _off(offset_s: int | None) -> bool:
     return offset_s is not None and abs(offset_s) >= CLOCK_SKEW
 
@@ -96,17 +144,9 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
     """One device in full: registry fields, tags, the workflow state it last reported, its
     clock offset, its boots (sessions) and time anchors, and the rollouts it was in."""
     with open_db(db_url).connect() as conn:
-        rows = devices.device_rows(conn, name)
-        if not rows:
-            fail(f"unknown device {name!r} (see `orrery devices list`)")
-        did = known_device(conn, name)
-        info = {
-            **rows[0],
-            "tags": timeline.tags(conn, did),
-            "workflow_state": timeline.workflow_state(conn, did),
-            "sessions": devices.sessions(conn, did),
-            "rollouts": timeline.rollout_history(conn, did),
-        }
+        info = devices.device_detail(conn, name)
+    if info is None:
+        fail(f"unknown device {name!r} (see `orrery devices list`)")
     if as_json:
         print(json.dumps(info))
         return
@@ -280,14 +320,10 @@ def devices_tag(
     db_url: DbOpt = None,
 ) -> None:
     """Set or remove tags (rollout targets select on ``tag.KEY=VALUE``)."""
-    parsed = []
-    for t in tags:
-        m = re.fullmatch(r"([A-Za-z0-9_.-]{1,64})=(.{0,128})", t)
-        if not m:
-            fail(
-                f"tag {t!r}: expected key=value (key: 1..64 of [A-Za-z0-9_.-], value up to 128 chars)"
-            )
-        parsed.append((m.group(1), m.group(2)))
+    try:
+        parsed = devices.parse_tags(tags)
+    except devices.DeviceError as exc:
+        fail(str(exc))
     with open_db(db_url).begin() as conn:
         now = devices.set_tags(conn, known_device(conn, name), parsed)
     console.print(

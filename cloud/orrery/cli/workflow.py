@@ -16,7 +16,6 @@ from cloud.orrery.cli.common import (
     console,
     error_line,
     fail,
-    known_device,
     load_profile,
     open_db,
     parse_time,
@@ -24,9 +23,8 @@ from cloud.orrery.cli.common import (
     read_problem,
 )
 from cloud.orrery.clock import iso, now_ms
-from cloud.orrery.fleet import devices, registry, replay
+from cloud.orrery.fleet import registry, replay
 from shared.workflow import compiler
-from tools.board import profiles
 
 app = typer.Typer(help="Workflow definitions.", no_args_is_help=True)
 
@@ -147,38 +145,17 @@ def workflow_simulate(
 ) -> None:
     """Replay a device's stored readings through the shared executor: what this version would
     have done, side by side with what the running version did."""
-    from firmware.profile import parse_profile
-
     lo, hi = parse_time(since, "--since"), parse_time(until, "--until")
     with open_db(db_url).connect() as conn:
-        did = known_device(conn, device)
-        d = devices.device_rows(conn, device)[0]
         try:
-            new = registry.get(conn, ref)
-            cur = registry.get(conn, d["workflow"]) if d["workflow"] else None
-        except registry.RegistryError as exc:
+            result = replay.simulate(conn, ref, device, lo, hi)
+        except (registry.RegistryError, replay.SimulateError) as exc:
             fail(str(exc))
-        stream = replay.stored_stream(conn, did, lo, hi)
-        actual = replay.board_events(conn, did)
-    profile = load_profile(d["profile"] or profiles.DEFAULT)
-    try:
-        channel_names = [c[0] for c in parse_profile(profile)[0]]
-    except ValueError as exc:
-        fail(f"device {device}: board profile {d['profile']!r}: {exc}")
-    same = cur is not None and replay.filters_of(cur.blob) == replay.filters_of(new.blob)
-    preview = replay.as_dict(replay.replay(new.blob, stream, channel_names, same))
-    running = replay.as_dict(replay.replay(cur.blob, stream, channel_names, True)) if cur else None
-    result = {
-        "device": device,
-        "readings": len(stream),
-        "preview": preview,
-        "running": running,
-        "board_events": actual,
-    }
+    preview, running, actual = result["preview"], result["running"], result["board_events"]
     if as_json:
         print(json.dumps(result))
         return
-    console.print(f"replayed {len(stream)} reading(s) of {device}")
+    console.print(f"replayed {result['readings']} reading(s) of {device}")
     t = Table(
         "", f"preview {preview['version']}", f"running {running['version'] if running else '-'}"
     )

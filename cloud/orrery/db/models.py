@@ -377,3 +377,19 @@ class RolloutLog(SQLModel, table=True):
     event: str = Field(max_length=32)
     detail: str | None = None
     actor: str | None = Field(default=None, max_length=64)  # who did it; None: the orchestrator
+
+
+class ApiToken(SQLModel, table=True):
+    """A token of ``orrery api`` (migration 0013): its name, role and the sha256 of the token
+    (the token itself is shown once, when it is created, and never stored)."""
+
+    __tablename__ = "api_tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    role: str = Field(max_length=16)  # viewer | operator | admin
+    hash: str = Field(max_length=64, unique=True)
+    created_ms: int = Field(sa_column=_big(nullable=False))
+    created_by: str | None = Field(default=None, max_length=64)
+    revoked_ms: int | None = Field(default=None, sa_column=_big())
+    revoked_by: str | None = Field(default=None, max_length=64)
+    last_used_ms: int | None = Field(default=None, sa_column=_big())

@@ -27,6 +27,7 @@ BUNDLES: sa.Table = models.Bundle.__table__  # type: ignore[assignment]
 ROLLOUTS: sa.Table = models.Rollout.__table__  # type: ignore[assignment]
 ROLLOUT_DEVICES: sa.Table = models.RolloutDevice.__table__  # type: ignore[assignment]
 ROLLOUT_LOG: sa.Table = models.RolloutLog.__table__  # type: ignore[assignment]
+API_TOKENS: sa.Table = models.ApiToken.__table__  # type: ignore[assignment]
 
 # The status of a gap too large to be true (``ingest.reconcile``): never requested, not pending.
 GAP_ANOMALY = "anomaly"

@@ -269,30 +269,48 @@ _FROM = COMMANDS.join(DEVICES, DEVICES.c.id == COMMANDS.c.device_id).join(
 )
 
 
-def listing(
-    conn: Connection, device: str | None = None, state: str | None = None, limit: int = 100
-) -> list[dict]:
-    """Commands, newest first (``limit`` of them): of one device, in one state. CommandError
-    for an unknown device or state."""
-    q = sa.select(*_COLS).select_from(_FROM)
+def _where(conn: Connection, device: str | None, state: str | None) -> list:
+    cond = []
     if device is not None:
         did = conn.execute(sa.select(DEVICES.c.id).where(DEVICES.c.name == device)).scalar()
         if did is None:
             raise CommandError(f"unknown device {device!r} (see `orrery devices list`)")
-        q = q.where(COMMANDS.c.device_id == did)
+        cond.append(COMMANDS.c.device_id == did)
     if state is not None:
         if state not in STATES:
             raise CommandError(f"--state {state!r}: use one of {', '.join(STATES)}")
-        q = q.where(COMMANDS.c.status == state)
-    q = q.order_by(COMMANDS.c.created_ms.desc(), COMMANDS.c.id.desc()).limit(limit)
+        cond.append(COMMANDS.c.status == state)
+    return cond
+
+
+def listing(
+    conn: Connection,
+    device: str | None = None,
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict]:
+    """Commands, newest first (``limit`` of them, from ``offset``): of one device, in one
+    state. CommandError for an unknown device or state."""
+    q = sa.select(*_COLS).select_from(_FROM).where(*_where(conn, device, state))
+    q = q.order_by(COMMANDS.c.created_ms.desc(), COMMANDS.c.id.desc()).limit(limit).offset(offset)
     return [_row(r) for r in conn.execute(q)]
+
+
+def count(conn: Connection, device: str | None = None, state: str | None = None) -> int:
+    """How many commands ``listing`` has to show in all; CommandError as ``listing``."""
+    q = sa.select(sa.func.count()).select_from(COMMANDS).where(*_where(conn, device, state))
+    return conn.execute(q).scalar_one()
+
+
+def shown(kind: str, args: dict) -> dict:
+    """A command's arguments as they may be shown: a config change's values are not."""
+    return _shown(kind, args)
 
 
 def show(conn: Connection, cmd_id: str) -> dict:
     """One command in full; CommandError if there is none with that id."""
-    r = conn.execute(
-        sa.select(*_COLS).select_from(_FROM).where(COMMANDS.c.id == cmd_id)
-    ).first()
+    r = conn.execute(sa.select(*_COLS).select_from(_FROM).where(COMMANDS.c.id == cmd_id)).first()
     if r is None:
         raise CommandError(f"no command {cmd_id!r} (see `orrery commands list`)")
     return _row(r)

@@ -138,3 +138,48 @@ def board_events(conn: Connection, device: int) -> list[dict]:
             .order_by(EVENTS.c.boot, EVENTS.c.seq)
         )
     ]
+
+
+class SimulateError(ValueError):
+    """A simulation that cannot run: an unknown device, or its board profile is not valid."""
+
+
+def simulate(
+    conn: Connection,
+    ref: str,
+    device: str,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+) -> dict:
+    """Replay ``device``'s stored readings (between ``since_ms`` and ``until_ms``) through
+    workflow version ``ref``, and through the version it runs, beside the events the board
+    itself published (``workflow simulate``). SimulateError for an unknown device or a bad
+    profile; RegistryError for an unknown version."""
+    from cloud.orrery.fleet import devices, registry
+    from firmware.profile import parse_profile
+    from tools.board import profiles
+
+    rows = devices.device_rows(conn, device)
+    if not rows:
+        raise SimulateError(f"unknown device {device!r} (see `orrery devices list`)")
+    d = rows[0]
+    did = devices.device_id(conn, device)
+    assert did is not None
+    new = registry.get(conn, ref)
+    cur = registry.get(conn, d["workflow"]) if d["workflow"] else None
+    stream = stored_stream(conn, did, since_ms, until_ms)
+    actual = board_events(conn, did)
+    try:
+        channel_names = [
+            c[0] for c in parse_profile(profiles.load(d["profile"] or profiles.DEFAULT))[0]
+        ]
+    except (ValueError, OSError) as exc:
+        raise SimulateError(f"device {device}: board profile {d['profile']!r}: {exc}") from None
+    same = cur is not None and filters_of(cur.blob) == filters_of(new.blob)
+    return {
+        "device": device,
+        "readings": len(stream),
+        "preview": as_dict(replay(new.blob, stream, channel_names, same)),
+        "running": as_dict(replay(cur.blob, stream, channel_names, True)) if cur else None,
+        "board_events": actual,
+    }
