@@ -41,7 +41,7 @@ def chart(name: str, unit: str, points: list[tuple[int, float]]) -> str:
     label = escape(f"{name} ({unit})" if unit else name)
     if not points:
         return ""
-    step = max(1, len(points) // MAX_POINTS)
+    step = max(1, -(-len(points) // MAX_POINTS))  # rounded up: at most MAX_POINTS, and the last
     pts = points[::step]
     if pts[-1] != points[-1]:
         pts.append(points[-1])

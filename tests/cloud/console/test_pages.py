@@ -1,0 +1,210 @@
+"""The console's pages through the real app (FastAPI's TestClient) on a real SQLite fleet: the
+login and its cookie, every page for a viewer, errors as pages, user data escaped, nothing
+loaded from elsewhere, and actions: POST only, a per-form token, the role checked on the
+server, the token's name as the actor."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from cloud.orrery.console import plot
+from cloud.orrery.console.session import COOKIE, csrf_for
+from cloud.orrery.fleet import devices, tokens
+from tests.support.api import SECRET, ApiFleet
+
+PAGES = (
+    "/console/fleet", "/console/fleet?profile=esp32-devkitc", "/console/fleet?tag=site%3Dnorth",
+    "/console/devices/d00", "/console/rollouts", "/console/rollouts/1", "/console/workflows",
+    "/console/workflows/greenhouse@2", "/console/workflows/diff?a=greenhouse@1&b=greenhouse@2",
+    "/console/workflows/simulate?ref=greenhouse@2&device=d00", "/console/bundles",
+    "/console/losses",
+)  # fmt: skip
+
+
+@pytest.fixture
+def fleet(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORRERY_SECRET", SECRET)
+    monkeypatch.delenv("ORRERY_SECRET_FILE", raising=False)
+    f = ApiFleet(f"sqlite:///{tmp_path / 'fleet.db'}")
+    f.orch.create("greenhouse@2", "all", "2,100%", min_devices=1)
+    yield f
+    f.close()
+
+
+def login(fleet: ApiFleet, role: str):
+    c = fleet.client
+    c.cookies.clear()
+    r = c.post("/console/login", data={"token": fleet.tokens[role], "next": "/console/rollouts"},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303 and r.headers["location"] == "/console/rollouts"
+    return r
+
+
+def csrf(fleet: ApiFleet, role: str) -> str:
+    return csrf_for(fleet.tokens[role])
+
+
+def state(fleet: ApiFleet, rid: int = 1) -> str:
+    return fleet.client.get(f"/console/rollouts/{rid}/status.json").json()["summary"]["state"]
+
+
+def test_login_keeps_the_token_in_a_strict_httponly_cookie_and_logout_forgets_it(fleet):
+    c = fleet.client
+    r = c.get("/console/devices/d03", follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (
+        303,
+        "/console/login?next=/console/devices/d03",
+    )
+    assert c.get("/console/rollouts/1/status.json").status_code == 401
+    r = c.post("/console/login", data={"token": "orrery_nope"})
+    assert r.status_code == 401 and "unknown or revoked token" in r.text
+    cookie = login(fleet, "viewer").headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}={fleet.tokens['viewer']};")
+    assert {"httponly", "path=/console", "samesite=strict"} <= {
+        p.strip().lower() for p in cookie.split(";")
+    }
+    assert c.get("/console/fleet").status_code == 200
+    r = c.post("/console/logout", follow_redirects=False)
+    assert r.status_code == 303 and f'{COOKIE}=""' in r.headers["set-cookie"]
+    c.cookies.clear()
+    assert c.get("/console/fleet", follow_redirects=False).status_code == 303
+
+
+def test_login_goes_on_only_to_console_pages(fleet):
+    for target in ("https://evil.example/x", "//evil.example/x", "/api/v1/devices", "/console"):
+        r = fleet.client.post("/console/login", follow_redirects=False,
+                              data={"token": fleet.tokens["viewer"], "next": target})  # fmt: skip
+        assert r.headers["location"] == "/console/fleet", target
+
+
+def test_a_revoked_token_is_sent_back_to_log_in(fleet):
+    login(fleet, "viewer")
+    with fleet.engine.begin() as conn:
+        tokens.revoke(conn, "viewer", by="test")
+    r = fleet.client.get("/console/fleet", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/console/login")
+
+
+def test_every_page_renders_for_a_viewer_with_nothing_from_elsewhere(fleet):
+    login(fleet, "viewer")
+    for path in PAGES:
+        r = fleet.client.get(path)
+        assert r.status_code == 200, (path, r.text[-500:])
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+        assert r.headers["x-frame-options"] == "DENY"
+        urls = re.findall(r'(?:src|href|action)="([^"]*)"', r.text)
+        assert urls and all(u.startswith("/console") for u in urls), (path, urls)
+        assert '<form method="post" action="/console/rollouts' not in r.text, path
+    for asset in ("console.css", "console.js", "favicon.svg"):
+        assert fleet.client.get(f"/console/static/{asset}").status_code == 200
+
+
+def test_pages_show_the_fleet_through_the_fleet_functions(fleet):
+    login(fleet, "viewer")
+    with fleet.engine.begin() as conn:
+        devices.set_tags(conn, devices.device_id(conn, "d01"), [("site", "north")])
+    page = fleet.client.get("/console/fleet").text
+    assert re.search(r'id="n-devices">10<', page) and re.search(r'id="n-online">10<', page)
+    assert "greenhouse@1 <b>8</b>" in page and "greenhouse@2 <b>2</b>" in page
+    page = fleet.client.get("/console/fleet?tag=site%3Dnorth").text
+    assert re.search(r'id="n-devices">1<', page) and "/console/devices/d01" in page
+    assert "/console/devices/d02" not in page
+    page = fleet.client.get("/console/devices/d00").text
+    assert 'data-channel="temp"' in page and "temp (°C) · 5 readings" in page
+    assert "<polyline" in page and "21.5" in page  # scaled: 2150 is 21.50 °C
+    page = fleet.client.get("/console/rollouts/1").text
+    assert 'id="wave-1"' in page and 'id="wave-2"' in page and "draft" in page
+    s = fleet.client.get("/console/rollouts/1/status.json").json()
+    assert s["summary"]["devices"] == 8 and len(s["detail"]["members"]) == 8
+    assert set(s["detail"]["health"]) >= {"upgraded", "control", "metrics"}
+
+
+def test_errors_are_pages_that_say_what_was_wrong(fleet):
+    login(fleet, "viewer")
+    for path, status, msg in (
+        ("/console/devices/nope", 404, "unknown device &#39;nope&#39;"),
+        ("/console/workflows/nope@3", 404, "no workflow &#39;nope@3&#39;"),
+        ("/console/rollouts/99", 404, "no rollout 99"),
+        ("/console/fleet?tag=nonsense", 400, "tag &#39;nonsense&#39;"),
+        ("/console/workflows/simulate?ref=greenhouse@2&device=zz", 404, "unknown device"),
+    ):
+        r = fleet.client.get(path)
+        assert r.status_code == status and msg in r.text, (path, r.status_code, r.text[-400:])
+        assert "Traceback" not in r.text
+
+
+def test_user_data_is_escaped(fleet):
+    login(fleet, "viewer")
+    evil = "<script>alert(1)</script>"
+    with fleet.engine.begin() as conn:
+        devices.set_tags(conn, devices.device_id(conn, "d00"), [("note", evil)])
+    page = fleet.client.get("/console/devices/d00").text
+    assert evil not in page and "note=&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    svg = plot.chart('a"<b>', "&", [(0, 1.0), (1000, 2.0)])
+    assert "<b>" not in svg and "a&quot;&lt;b&gt; (&amp;)" in svg
+
+
+def test_a_chart_draws_at_most_its_points_and_keeps_the_last(fleet):
+    pts = [(i * 1000, float(i % 7)) for i in range(10_000)]
+    svg = plot.chart("t", "", pts)
+    drawn = re.search(r'points="([^"]*)"', svg).group(1).split()
+    assert len(drawn) <= plot.MAX_POINTS + 1 and "10000 readings" in svg
+    assert drawn[-1].startswith(f"{plot.W - plot.RIGHT}.0,")  # the newest reading is drawn
+    assert plot.chart("t", "", []) == ""
+
+
+def test_actions_need_post_the_form_token_and_the_role(fleet):
+    c = fleet.client
+    login(fleet, "viewer")
+    assert c.get("/console/rollouts/1/start").status_code == 405
+    r = c.post("/console/rollouts/1/start", data={"csrf": csrf(fleet, "viewer")})
+    assert r.status_code == 403 and "has role viewer; this needs operator" in r.text
+    r = c.post(
+        "/console/rollouts", data={"csrf": csrf(fleet, "viewer"), "workflow": "greenhouse@2"}
+    )
+    assert r.status_code == 403
+    assert state(fleet) == "draft"
+    login(fleet, "operator")
+    for data in ({}, {"csrf": "x" * 32}, {"csrf": csrf(fleet, "viewer")}):
+        r = c.post("/console/rollouts/1/start", data=data)
+        assert r.status_code == 403 and "reload the page" in r.text, data
+    assert state(fleet) == "draft"
+    ok = {"csrf": csrf(fleet, "operator")}
+    r = c.post("/console/rollouts/1/start", data=ok, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/console/rollouts/1?done=start")
+    assert state(fleet) == "running"
+    assert c.post("/console/rollouts/1/pause", data=ok).status_code == 200
+    assert state(fleet) == "paused"
+    r = c.post("/console/rollouts/1/start", data=ok)
+    assert r.status_code == 409 and 'class="error"' in r.text
+    assert c.post("/console/rollouts/1/explode", data=ok).status_code == 404
+    assert c.post("/console/rollouts/77/pause", data=ok).status_code == 404
+    assert c.post("/console/rollouts/1/cancel", data=ok).status_code == 200
+    assert state(fleet) == "canceled"
+    with fleet.engine.connect() as conn:
+        actors = conn.execute(sa.text(
+            "SELECT event, actor FROM rollout_log WHERE rollout_id = 1 AND device_id IS NULL"
+            " AND event IN ('started', 'paused', 'canceled')")).all()  # fmt: skip
+    assert sorted(actors) == [
+        ("canceled", "operator"),
+        ("paused", "operator"),
+        ("started", "operator"),
+    ]
+
+
+def test_an_operator_plans_a_rollout_from_the_form(fleet):
+    login(fleet, "operator")
+    form = {"csrf": csrf(fleet, "operator"), "workflow": "greenhouse@2", "target": "all",
+            "waves": "3,100%", "min_devices": "1"}  # fmt: skip
+    r = fleet.client.post("/console/rollouts", data=form, follow_redirects=False)
+    assert (r.status_code, r.headers["location"]) == (303, "/console/rollouts/2?done=created")
+    assert state(fleet, 2) == "draft"
+    for bad, msg in (({"workflow": "greenhouse@9"}, "greenhouse@9"),
+                     ({"min_devices": "lots"}, "min devices"),
+                     ({"waves": "0"}, "wave")):  # fmt: skip
+        r = fleet.client.post("/console/rollouts", data={**form, **bad})
+        assert r.status_code == 400 and msg in r.text, (bad, r.text[-600:])
+        assert 'class="error"' in r.text
