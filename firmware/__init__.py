@@ -26,6 +26,7 @@ RARE = (
     "firmware.profile",
     "firmware.bundle",
     "firmware.slots",
+    "firmware.safe",
     "shared.wire.verifier",
     "shared.wire.errors",
     "shared.wire.connect",

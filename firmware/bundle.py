@@ -222,6 +222,14 @@ def _finish(node, st):
             state["f"].close()
     yield
 
+    # the reboot into the new slot waits for one of the workflow's safe_states, if it names any
+    from firmware.safe import until_safe
+
+    r = yield from until_safe(node, st["cmd"], node.up.s)
+    if r:  # the new slot stays inactive
+        os.remove(part)
+        node.ack_later(st["cmd"], r[0], r[1])
+        return r
     os.remove(part)
     app = load_app(root)
     app.update({"trial": slot, "trial_booted": False, "version": st["version"], "cmd": st["cmd"]})

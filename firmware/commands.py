@@ -7,11 +7,15 @@ drops it after the pass, with the command's own module (``firmware.installer``,
 several passes (a workflow install, the end of a bundle install) returns a generator: it
 becomes the node's ``job``, one step of which runs per pass, before any other command
 (``Sampler.step_job``), and its return value is the ack.
+
+A job waiting for a safe state (``firmware.safe``) lets the commands behind it run, except those
+that would install or reboot: BUSY.
 """
 
 from shared import const
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_BUSY = const(10)  # busy with another change (e.g. an install in its health window)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
 _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
 _OK = const(0)
@@ -20,6 +24,9 @@ _UNKNOWN_KIND = const(7)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_COMMAND = const(4)
 
+# refused BUSY while a job waits for a safe state: the commands that install or reboot
+_CHANGES = ("install_workflow", "install_bundle", "bundle_chunk", "reboot")
+
 
 def run(node):
     """Run the command at the head of ``node.inbox``, verified in the pass before
@@ -27,6 +34,9 @@ def run(node):
     head = node.inbox[0]
     _done(node, head.pop("_n"))
     cmd_id = head["id"]
+    if node.job is not None and head["kind"] in _CHANGES:  # the job waits for a safe state
+        node.ack_later(cmd_id, _BUSY, "{} waits for a safe state".format(node.job_id))
+        return
     node.current_cmd = cmd_id
     try:
         r = _dispatch(node, head)
@@ -70,8 +80,9 @@ def _dispatch(node, cmd):
         node.resends.append((first, last, cmd["id"]))
         return _IN_PROGRESS, "queued"
     if kind == "reboot":
-        node.reboot_requested = True
-        return _OK, "rebooting"
+        from firmware import safe
+
+        return safe.reboot(node, cmd["id"])
     if kind == "cancel":
         from firmware import installer
 

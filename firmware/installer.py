@@ -28,7 +28,7 @@ from shared.workflow.executor import Executor
 from shared.workflow.program import Program
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_BUSY = const(10)  # the highest ack code
+_BUSY = const(10)  # busy with another change (e.g. an install in its health window)
 _FAILED = const(9)  # ran and failed (e.g. the health window)
 _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
 _OK = const(0)
@@ -153,10 +153,12 @@ def install(wf, cmd_id, args):
     ``(code, detail)``. The heap is collected between passes, so each step's garbage and the
     modules it imported are gone before the next one (``firmware.drop``):
 
-    1. decode the blob, check its sha256, stage it on flash (``staged.bin``);
+    1. decode the blob, check its sha256, stage it on flash (``staged.bin``); wait for a
+       safe state if the running workflow names any (``firmware.safe``);
     2. load it from there and check it against the board (``shared.workflow.load``);
     3. build its executor and filter chains (``shared.workflow.start``, the filter modules);
-    4. migrate the running state into it (``shared.workflow.snapshot``): the old workflow
+    4. (in a safe state still, or again) migrate the running state into it
+       (``shared.workflow.snapshot``): the old workflow
        stops there (its state saved first, which a rollback restores from flash);
     5. switch (two renames), record the trial, start the new executor, then watch.
     """
@@ -183,6 +185,14 @@ def install(wf, cmd_id, args):
     blob = None
     # until the trial is recorded: a reboot before it is a failed install (_interrupted)
     write_atomic(d + "installing.json", json.dumps({"id": cmd_id, "sha256": digest}))
+    # the running workflow's safe_states: wait for one (the other commands run meanwhile)
+    from firmware.safe import until_safe
+
+    t0 = node.up.s
+    r = yield from until_safe(node, cmd_id, t0)
+    if r:
+        _cancel_staged(d)
+        return r
     yield
 
     try:
@@ -197,6 +207,10 @@ def install(wf, cmd_id, args):
     yield
 
     snap = None
+    r = yield from until_safe(node, cmd_id, t0)  # it may have left it since, within the wait
+    if r:
+        _cancel_staged(d)
+        return r
     if wf.ex is not None:
         from shared.workflow.snapshot import migrate_snapshot
 

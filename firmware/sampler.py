@@ -209,17 +209,7 @@ class Sampler:
         if self.job is not None:  # one step per pass: the heap is collected between passes
             self.step_job()
         elif self.inbox:
-            try:
-                if isinstance(self.inbox[0], dict):  # verified in the pass before: run it
-                    from firmware import commands
-
-                    commands.run(self)
-                else:
-                    from firmware import gate
-
-                    gate.verify(self)
-            finally:
-                drop(RARE)
+            self.step_inbox()
         if self.confirm_due:
             from firmware import bundle
 
@@ -242,11 +232,27 @@ class Sampler:
         j = t.find(" ", i)
         return int(t[i:j]), t[j + 1 : t.find("\n", j)]
 
+    def step_inbox(self):
+        """Verify the command at the head of the inbox, or run it if verified in the pass before."""
+        try:
+            if isinstance(self.inbox[0], dict):
+                from firmware import commands
+
+                commands.run(self)
+            else:
+                from firmware import gate
+
+                gate.verify(self)
+        finally:
+            drop(RARE)
+
     def step_job(self):
-        """Run the next step of ``job``; once it returns (or raises), queue its ack."""
+        """Run the next step of ``job``; once it returns (or raises), queue its ack. A step that
+        yields True waits (for a safe state, ``firmware.safe``): the inbox goes on meanwhile."""
         try:
             try:
-                next(self.job)
+                if next(self.job) and self.inbox:
+                    self.step_inbox()
                 return
             except StopIteration as e:
                 code, detail = e.value

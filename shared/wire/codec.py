@@ -63,6 +63,7 @@ from shared.wire.constants import (
     SYNCED,
     U32_MAX,
     UNKNOWN_KIND,
+    UNSAFE,
     VERSION,
 )
 from shared.wire.hmac256 import hmac_sha256
@@ -132,6 +133,7 @@ __all__ = [
     "TOPIC_KINDS",
     "U32_MAX",
     "UNKNOWN_KIND",
+    "UNSAFE",
     "VERSION",
     "Verifier",
     "batch_header_into",

@@ -33,7 +33,8 @@ MALFORMED = 6
 UNKNOWN_KIND = 7
 REJECTED = 8  # valid but refused (e.g. a workflow failed validation)
 FAILED = 9  # ran and failed (e.g. the health window)
-BUSY = 10  # the highest ack code
+BUSY = 10  # busy with another change (e.g. an install in its health window)
+UNSAFE = 11  # no safe state within safe_wait_s: the highest ack code
 ACK_NAMES = {
     OK: "OK",
     DUPLICATE: "DUPLICATE",
@@ -46,6 +47,7 @@ ACK_NAMES = {
     REJECTED: "REJECTED",
     FAILED: "FAILED",
     BUSY: "BUSY",
+    UNSAFE: "UNSAFE",
 }
 LOSS_REASONS = ("store_full", "corrupt")
 

@@ -11,8 +11,8 @@ from shared import const
 from shared.wire.message import _anchor, _bad, _emit, _id, _opt, _pick, _rng
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
-_BUSY = const(10)  # the highest ack code
 _SEQ_MAX = const(0x3FFFFFFF)  # 2**30 - 1, the largest small int on a 32-bit MicroPython
+_UNSAFE = const(11)  # no safe state within safe_wait_s: the highest ack code
 # Copied from shared/wire/errors.py by python -m tools.dev.consts: edit them there.
 _E_DETAIL = const(16)
 _E_EXTRA = const(10)
@@ -94,7 +94,7 @@ def encode_state(
     return _emit(_STATE if extra is None else _STATE + ("extra",), d)
 
 
-# acks: the board's answer to each command (the codes are shared.wire.constants' OK .. BUSY)
+# acks: the board's answer to each command (the codes are shared.wire.constants' OK .. UNSAFE)
 
 _ACK = ("id", "code", "detail")
 
@@ -104,7 +104,7 @@ def _check_ack(d):
         _bad(_E_NO_ID)
     if d["id"] is not None:
         _id("id", d["id"], True)
-    _rng("code", d.get("code"), 0, _BUSY)
+    _rng("code", d.get("code"), 0, _UNSAFE)
     if not isinstance(d.get("detail"), str) or len(d["detail"]) > 200:
         _bad(_E_DETAIL)
     return _pick(_ACK, d)

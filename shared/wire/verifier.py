@@ -16,7 +16,7 @@ from shared.wire.message import _id, _rng
 
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
 _BAD_SIGNATURE = const(3)
-_BUSY = const(10)  # the highest ack code
+_BUSY = const(10)  # busy with another change (e.g. an install in its health window)
 _CLOCK_SKEW = const(300)  # s a command's iat may lie ahead of the board's clock
 _DUPLICATE = const(1)  # already done: the stored ack is sent again
 _EXPIRED = const(4)

@@ -8,7 +8,8 @@ of ``shared.workflow.form`` (MAX_*, S16_MAX, VAR_MAX, DURATION_MAX, PERIOD_MIN, 
 A definition is a dict, or its JSON text as str or bytes (at most MAX_SOURCE bytes):
 
     name, version (1..MAX_VERSION), initial, states        required
-    description, inputs, outputs, vars, timers, events, migrate       optional
+    description, inputs, outputs, vars, timers, events, migrate,
+    safe_states, safe_wait_s                                          optional
     inputs[]   {name, channel, period_ms (>= PERIOD_MIN), filters?: [filter spec]}
     outputs[], timers[], events[]: names;  vars[]: {name, init? (0)}
     states[]   {name, entry?: [action], exit?: [action], on?: [transition], final?: bool}
@@ -23,6 +24,9 @@ A definition is a dict, or its JSON text as str or bytes (at most MAX_SOURCE byt
                {set_var: v, value} | {add_var: v, value} | {publish: e, value?} |
                {set_period: input, ms}
     migrate    {"<earlier version>": {old state name: new state name}}
+    safe_states  [state names]: an install, a bundle switch or a reboot waits (up to
+               safe_wait_s, 1..SAFE_WAIT_MAX s, default SAFE_WAIT_DEFAULT) until the running
+               workflow is in one of them; omitted: every state is safe
 
 Ranges: levels, input comparisons and output values S16; var values +-VAR_MAX; durations
 1..DURATION_MAX ms. Commands are declared by use. Names: 1..MAX_NAME chars of [a-z0-9_]

@@ -33,7 +33,10 @@ Then int32 sections, each ``count * width`` words, each loaded with one slice in
 transition. ``event`` is an ``EV_*`` kind; ``arg`` the timer, command or input index (0
 otherwise); ``cond`` a ``C_*`` code for sample triggers (0 otherwise), ``level`` its S16
 level and ``for_ms`` its hold time (0: none). Operands are ``(O_CONST, value)``,
-``(O_INPUT, index)``, ``(O_VAR, index)`` or ``(O_NONE, 0)``. State flags: bit 0 final.
+``(O_INPUT, index)``, ``(O_VAR, index)`` or ``(O_NONE, 0)``. State flags: bit 0 final, bit 1
+safe (an install, a bundle switch or a reboot may happen in it: ``safe_states``), and from bit
+SAFE_SHIFT on the workflow's ``safe_wait_s``, the same in every state (0: the workflow names no
+safe states, so every state is safe).
 
 Last, the string table: one length byte per string, then the strings' bytes, in this
 order: workflow name, state names, input names, input channels, output names, var names,
@@ -70,6 +73,8 @@ MAX_NAME = 24
 MAX_SOURCE = 16384  # authoring JSON text, bytes
 MAX_BLOB = 8192
 MAX_VERSION = 1048576  # 2**20
+SAFE_WAIT_DEFAULT = 600  # s a board waits for a safe state (``safe_wait_s``), unless set
+SAFE_WAIT_MAX = 86400  # s
 
 # Ranges. Levels, input comparisons and output values are S16 samples; vars stay within
 # +-VAR_MAX so that var + operand never leaves the small-int range before it saturates.
@@ -130,6 +135,8 @@ _S_ENTRY = 2
 _S_EXIT = 4
 _S_FLAGS = 6
 F_FINAL = 1
+F_SAFE = 2
+SAFE_SHIFT = 8  # the state flags' bits from here on hold the workflow's safe_wait_s
 _TW = 10
 _T_EVENT = 0
 _T_ARG = 1

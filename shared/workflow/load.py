@@ -30,6 +30,7 @@ _EV_TIMER = const(3)
 _FORMAT = const(1)
 _FW = const(3)
 _F_FINAL = const(1)
+_F_SAFE = const(2)
 _GW = const(5)
 _HEADER_BYTES = const(76)  # 4 + 4 * HEADER_WORDS
 _IW = const(3)
@@ -59,6 +60,8 @@ _O_NONE = const(3)
 _O_VAR = const(2)
 _PERIOD_MIN = const(10)  # ms
 _S16_MAX = const(32767)
+_SAFE_SHIFT = const(8)  # the state flags' bits from here on hold the workflow's safe_wait_s
+_SAFE_WAIT_MAX = const(86400)  # s
 _SW = const(7)
 _S_FLAGS = const(6)
 _TICKS_MAX = const(1073741823)  # 2**30 - 1: ticks wrap to 0 after this
@@ -210,12 +213,15 @@ def _strings(blob, pos, nstr, nsb):
 
 
 def _check_states(st, ns, nt, na):
+    w = _num(st[_S_FLAGS] >> _SAFE_SHIFT, 0, _SAFE_WAIT_MAX, "safe_wait_s")
     for s in range(ns):
         b = s * _SW
         _range(st[b], st[b + 1], nt, _MAX_TRANSITIONS, "state %d transitions", s)
         _range(st[b + 2], st[b + 3], na, _MAX_ACTIONS, "state %d entry actions", s)
         _range(st[b + 4], st[b + 5], na, _MAX_ACTIONS, "state %d exit actions", s)
-        _num(st[b + _S_FLAGS], 0, _F_FINAL, "state %d flags", s)
+        # the same safe_wait_s in every state; the safe bit only with one
+        f = st[b + _S_FLAGS] - (w << _SAFE_SHIFT)
+        _num(f, 0, _F_FINAL | _F_SAFE if w else _F_FINAL, "state %d flags", s)
 
 
 def _check_transition(tr, t, counts):

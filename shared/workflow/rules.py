@@ -105,7 +105,8 @@ class Checker(Checks):
             "$",
             d,
             ("name", "version", "initial", "states"),
-            ("description", "inputs", "outputs", "vars", "timers", "events", "migrate"),
+            ("description", "inputs", "outputs", "vars", "timers", "events", "migrate")
+            + ("safe_states", "safe_wait_s"),
         ):
             return
         self.check_profile()
@@ -149,6 +150,7 @@ class Checker(Checks):
         self.names("timers", d.get("timers", []), self.timers, "timer", form.MAX_TIMERS)
         self.names("events", d.get("events", []), self.events, "event", form.MAX_EVENTS)
         self.check_states(d)
+        self.check_safe(d)
         self.check_migrate(d.get("migrate", {}))
 
     def check_profile(self):
@@ -248,6 +250,34 @@ class Checker(Checks):
                 )
         if not self.errs:
             self.check_timer_exits(initial)
+
+    def check_safe(self, d):
+        # safe_states: the states an install, a bundle switch or a reboot may happen in (the
+        # board waits up to safe_wait_s for one); recorded in every state's flags (form).
+        if "safe_states" not in d:
+            if "safe_wait_s" in d:
+                self.err("safe_wait_s", "needs safe_states (the states the board waits for)")
+            return
+        names = self.items("safe_states", d["safe_states"], form.MAX_STATES, "states")
+        if isinstance(d["safe_states"], list) and not names:
+            self.err("safe_states", "name at least one state (without it every state is safe)")
+        wait = self.integer(
+            "safe_wait_s",
+            d.get("safe_wait_s", form.SAFE_WAIT_DEFAULT),
+            1,
+            form.SAFE_WAIT_MAX,
+            "the safe wait range (s)",
+        )
+        safe = []
+        for i in range(len(names)):
+            s = self.ref("safe_states[%d]" % i, names[i], self.states, "state")
+            if s is not None and s in safe:
+                self.err("safe_states[%d]" % i, "duplicate state %r" % names[i])
+            elif s is not None:
+                safe.append(s)
+        flags = (wait or 1) << form.SAFE_SHIFT
+        for i in range(len(self.st)):
+            self.st[i][6] |= flags | (form.F_SAFE if i in safe else 0)
 
     def check_timer_exits(self, initial):
         # A state that only timers can leave is stuck unless one of them may be running there.

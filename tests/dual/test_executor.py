@@ -510,6 +510,17 @@ def test_program_refuses_counts_and_indexes_out_of_range():
     _refused(_patch(blob, f + 2, 5), "filter 0 params: range [0, 5) is not within [0, 3)")
 
 
+def test_program_checks_the_safe_states_in_the_state_flags():
+    # pump: state 0 (idle) is safe, and both states carry safe_wait_s 2 from bit 8 on
+    blob = bytes.fromhex(GOLDEN["workflows"]["pump"]["blob"])
+    p = Program(blob)
+    assert [p.states[s * 7 + 6] for s in range(2)] == [2 | 2 << 8, 2 << 8]
+    _refused(_patch(blob, 18 + 7 + 6, 3 << 8), "state 1 flags: 256 is outside [0, 3]")
+    _refused(_patch(blob, 18 + 6, 86401 << 8), "safe_wait_s: 86401 is outside [0, 86400]")
+    # without safe states (no wait), no state may be marked safe
+    _refused(_patch(_lab_blob(), 18 + 6, 2), "state 0 flags: 2 is outside [0, 1]")
+
+
 def test_program_refuses_bad_strings():
     blob = bytearray(_lab_blob())
     i = blob.rindex(b"labs0s1")

@@ -417,7 +417,7 @@ def test_event_ack_loss_pull_round_trip():
     for code in codec.ACK_NAMES:
         a, err = codec.decode_ack(codec.encode_ack("c:1", code, codec.ACK_NAMES[code]))
         assert err is None and a == {"id": "c:1", "code": code, "detail": codec.ACK_NAMES[code]}
-    assert len(codec.ACK_NAMES) == 11 and codec.ACK_NAMES[codec.BUSY] == "BUSY"
+    assert len(codec.ACK_NAMES) == 12 and codec.ACK_NAMES[codec.UNSAFE] == "UNSAFE"
     assert codec.decode_loss(codec.encode_loss(4, 0, 0, "corrupt")) == (
         {"boot": 4, "first": 0, "last": 0, "reason": "corrupt"},
         None,
@@ -553,13 +553,13 @@ def test_json_decoder_refusals():
         ),
         (
             codec.decode_ack,
-            b'{"v":1,"id":"a","code":11,"detail":""}',
-            "code must be an int in [0, 10], got 11",
+            b'{"v":1,"id":"a","code":12,"detail":""}',
+            "code must be an int in [0, 11], got 12",
         ),
         (
             codec.decode_ack,
             b'{"v":1,"id":"a","code":false,"detail":""}',
-            "code must be an int in [0, 10], got False",
+            "code must be an int in [0, 11], got False",
         ),
         (
             codec.decode_ack,
@@ -676,8 +676,8 @@ def test_json_encoder_errors():
         msg(codec.encode_event, 1, 0, 0, 0, "s s", "e", 1)
         == "state must be 1..64 chars of [A-Za-z0-9_.-], got 's s'"
     )
-    assert msg(codec.encode_ack, "c", 99) == "code must be an int in [0, 10], got 99"
-    assert msg(codec.encode_ack, "c", True) == "code must be an int in [0, 10], got True"
+    assert msg(codec.encode_ack, "c", 99) == "code must be an int in [0, 11], got 99"
+    assert msg(codec.encode_ack, "c", True) == "code must be an int in [0, 11], got True"
     assert (
         msg(codec.encode_ack, "c", codec.OK, "x" * 201)
         == "detail must be a str of at most 200 chars"

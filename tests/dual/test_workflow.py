@@ -493,7 +493,7 @@ def test_workflow_error_lists_everything():
 
 
 def test_compile_matches_golden_hashes_on_both_runtimes():
-    names = ["greenhouse", "greenhouse_v1", "lab"]
+    names = ["greenhouse", "greenhouse_v1", "lab", "pump", "pump_v2"]
     for name in names:
         with open(workflow_path(name), "rb") as f:
             c = compile(f.read(), PROFILE)

@@ -23,9 +23,27 @@ def is_local(host: str) -> bool:
         return False
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Fail unless ``host:port`` can be listened on (the address resolves, is this machine's,
+    and the port is free), before the server starts and says less."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        fail(f"--host {host}: {read_problem(exc)}")
+    family, kind, proto, _, addr = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {read_problem(exc)}")
+
+
 def api(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
     certfile: Annotated[
         Path | None, typer.Option(help="TLS certificate (PEM): serve HTTPS.")
     ] = None,
@@ -34,6 +52,8 @@ def api(
 ) -> None:
     """Serve the fleet's HTTP API (/api/v1; tokens: `orrery tokens create`)."""
     check_host(host, "--host")
+    if not 1 <= port <= 65535:
+        fail(f"--port: port {port} is not in 1..65535")
     if (certfile is None) != (keyfile is None):
         fail("--certfile and --keyfile go together")
     for path, what in ((certfile, "--certfile"), (keyfile, "--keyfile")):
@@ -42,7 +62,17 @@ def api(
                 path.read_bytes()
             except OSError as exc:
                 fail(f"{what} {path}: {read_problem(exc)}")
+    if certfile is not None and keyfile is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            fail(
+                f"--certfile {certfile} / --keyfile {keyfile}: not a certificate and its key ({exc})"
+            )
     engine = open_db(db_url)
+    _check_listen(host, port)
     if not is_local(host) and certfile is None:
         err_console.print(
             f"[yellow]warning:[/] listening on {host} without TLS: tokens cross the network in "

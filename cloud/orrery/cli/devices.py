@@ -1,4 +1,4 @@
-"""``orrery devices add|list|show|timeline|tag|send``: the devices registry, and commands to devices."""
+"""``orrery devices add|list|summary|show|timeline|tag|send``: the devices registry, and commands to devices."""
 
 from __future__ import annotations
 
@@ -44,11 +44,40 @@ def devices_add(
     console.print(f"registered {added} new device(s); {len(set(names)) - added} already known")
 
 
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tag", help="KEY=VALUE: only devices with this tag (repeatable: all must match)."
+    ),
+]
+ProfileOpt = Annotated[str | None, typer.Option(help="Only devices of this board profile.")]
+
+
+def _filter(tag: list[str] | None, profile: str | None, online: bool | None) -> devices.Filter:
+    try:
+        pairs = devices.parse_tags(tag or [])
+    except devices.DeviceError as exc:
+        fail(str(exc).replace("tag ", "--tag ", 1))
+    if any(not v for _, v in pairs):
+        fail("--tag: expected KEY=VALUE with a value")
+    return devices.Filter(profile=profile, online=online, tags=tuple(pairs))
+
+
 @app.command("list")
-def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
-    """Every device: online state, last seen, versions, backlog, clock offset."""
+def devices_list(
+    tag: TagOpt = None,
+    profile: ProfileOpt = None,
+    online: Annotated[
+        bool | None, typer.Option("--online/--offline", help="Only online (offline) devices.")
+    ] = None,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Every device (or those of a tag, a profile, online or not): online state, last seen,
+    versions, backlog, clock offset."""
+    flt = _filter(tag, profile, online)
     with open_db(db_url).connect() as conn:
-        rows = devices.device_rows(conn)
+        rows = devices.device_rows(conn, flt=flt)
     if as_json:
         print(json.dumps(rows))
         return
@@ -75,6 +104,27 @@ def devices_list(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
             f"(commands are signed in their time): {', '.join(off[:10])}"
             + (" …" if len(off) > 10 else "")
         )
+
+
+@app.command("summary")
+def devices_summary(
+    tag: TagOpt = None, profile: ProfileOpt = None, db_url: DbOpt = None, as_json: JsonOpt = False
+) -> None:
+    """The fleet at a glance: devices online and offline, the firmware and workflow versions
+    they run, by profile, backlog, pending gap, permanent loss and alerts."""
+    flt = _filter(tag, profile, None)
+    with open_db(db_url).connect() as conn:
+        s = devices.fleet_summary(conn, flt)
+    if as_json:
+        print(json.dumps(s))
+        return
+    console.print(f"{s['devices']} device(s): {s['online']} online, {s['offline']} offline")
+    for key, what in (("fw", "firmware"), ("workflows", "workflow"), ("profiles", "profile")):
+        console.print(f"{what}: " + (", ".join(f"{k} {n}" for k, n in s[key].items()) or "-"))
+    console.print(
+        f"backlog {s['backlog']}, received {s['received']}, pending gap {s['pending_gap']}, "
+        f"permanent loss {s['permanent_loss']}, alerts {s['alerts']}"
+    )
 
 
 def _off(offset_s: int | None) -> bool:

@@ -1,4 +1,4 @@
-"""``orrery readings export|gaps|stats|plot``: stored readings, gaps and statistics; rich
+"""``orrery readings export|gaps|stats|dead-letters|alerts|plot``: stored readings, gaps and statistics; rich
 tables for people, ``--json`` for scripts."""
 
 from __future__ import annotations
@@ -123,6 +123,52 @@ def readings_stats(db_url: DbOpt = None, as_json: JsonOpt = False) -> None:
         for reason, n in result["dead_letters"].items():
             d.add_row(reason, str(n))
         console.print(d)
+
+
+@app.command("dead-letters")
+def readings_dead_letters(
+    device: Annotated[str | None, typer.Option(help="Only this device's.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only reasons starting with this.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest first.")] = 100,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Messages the ingest could not accept, newest first: when, the topic, the device, why,
+    and the size (`readings stats` counts them by reason)."""
+    with open_db(db_url).connect() as conn:
+        rows, total = queries.dead_letters(conn, device, reason, limit)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table("id", "received", "topic", "reason", "bytes")
+    for r in rows:
+        t.add_row(str(r["id"]), r["received"], r["topic"], r["reason"], str(r["size"]))
+    console.print(t if rows else "no dead letters")
+    if total > len(rows):
+        console.print(f"the newest {len(rows)} of {total} (--limit)")
+
+
+@app.command("alerts")
+def readings_alerts(
+    device: Annotated[str | None, typer.Option(help="Only this device's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many, newest first.")] = 100,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Live alerts (`orrery serve --alert` rules a live reading crossed), newest first."""
+    with open_db(db_url).connect() as conn:
+        did = None if device is None else known_device(conn, device)
+        rows, total = queries.alerts(conn, did, limit)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table("id", "device", "rule", "value", "event time", "raised")
+    for r in rows:
+        t.add_row(str(r["id"]), r["device"], r["rule"], str(r["value"]), r["event_time"] or "-",
+                  r["created"])  # fmt: skip
+    console.print(t if rows else "no alerts")
+    if total > len(rows):
+        console.print(f"the newest {len(rows)} of {total} (--limit)")
 
 
 @app.command("plot")

@@ -286,13 +286,29 @@ def _status_view(s: dict) -> Table:
             ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items())),
         )
     t.caption = s["converged_text"]
-    if not s.get("schedule"):
+    lines = _safe_lines(s)
+    if s.get("schedule"):
+        lines += gate.status_lines(s["schedule"], now_ms())
+    if not lines:
         return t
     g = Table.grid()
     g.add_row(t)
-    for line in gate.status_lines(s["schedule"], now_ms()):
+    for line in lines:
         g.add_row(line)
     return g
+
+
+def _safe_lines(s: dict) -> list[str]:
+    # members whose board waits for a safe state (the workflow's safe_states) before it installs
+    n = s.get("waiting_safe", 0)
+    if not n:
+        return []
+    shown = s["waiting_safe_devices"]
+    lines = [f"{n} device(s) waiting for a safe state before they install:"]
+    lines += [f"  {w['device']}: {w['detail']} (since {w['since']})" for w in shown]
+    if n > len(shown):
+        lines.append(f"  … and {n - len(shown)} more")
+    return lines
 
 
 @app.command("status")

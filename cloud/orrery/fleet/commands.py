@@ -35,6 +35,9 @@ from cloud.orrery.fleet import keys
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
+# The detail a board acks a command IN_PROGRESS with while it waits for one of its workflow's
+# safe_states (firmware/safe.py) before an install, a bundle switch or a reboot.
+SAFE_WAIT = "waiting for a safe state"
 OPEN = ("queued", "sent")  # what a pull brings back
 WAITING = OPEN + ("refused",)  # not answered for good yet: these expire
 CLOCK_REFUSALS = ("issued in the future", "expired")  # EXPIRED details: the board's clock

@@ -148,7 +148,8 @@ def _index(defn: dict) -> dict:
         for i, t in enumerate(s.get("on", s.get("transitions", [])) or []):
             trans[f"{sname}#{i}"] = t
     params = {}
-    for key in ("inputs", "vars", "variables", "outputs", "timers", "migrate"):
+    keys = ("inputs", "vars", "variables", "outputs", "timers", "migrate", "safe_states")
+    for key in (*keys, "safe_wait_s"):
         if key in defn:
             params[key] = defn[key]
     return {

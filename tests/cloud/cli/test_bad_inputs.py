@@ -149,6 +149,20 @@ TEMPLATES: dict[str, list[list[str]]] = {
     ],
     "board monitor": [["--port", "{serial}", "--seconds", "1"]],
     "board profiles": [["{in}"]],
+    "api": [["--db", "{db}"], ["--db", "{good_db}", "--host", "{host}"],
+            ["--db", "{good_db}", "--port", "{tcp_port}"],
+            ["--db", "{good_db}", "--certfile", "{in}", "--keyfile", "{cfg}"],
+            ["--db", "{good_db}", "--certfile", "{cfg}", "--keyfile", "{in}"],
+            ["--db", "{good_db}", "--certfile", "{cfg}"]],
+    "bench api": [["--devices", "5"]],
+    "devices summary": [["--db", "{db}"], ["--tag", "x", "--db", "{good_db}"]],
+    "readings alerts": [["--device", "{device}", "--db", "{good_db}"], ["--db", "{db}"]],
+    "readings dead-letters": [["--db", "{db}"]],
+    "tokens create": [["--role", "viewer", "--name", "t", "--db", "{new_db}"],
+                      ["--role", "root", "--name", "t", "--db", "{good_db}"],
+                      ["--role", "viewer", "--name", "a b", "--db", "{good_db}"]],
+    "tokens list": [["--db", "{db}"]],
+    "tokens revoke": [["nobody", "--db", "{good_db}"], ["t", "--db", "{db}"]],
 }  # fmt: skip
 
 # Parameters that take something from outside the command line: every one needs a hole in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -294,3 +295,10 @@ def test_queue_many_inserts_each_command_and_its_body_once(ingest):
     assert q(ingest, "SELECT id, status, kind, iat, sends FROM commands ORDER BY id") == [
         ("k1", "queued", "reboot", T, 0), ("k2", "queued", "reboot", T, 0),
     ]  # fmt: skip
+
+
+def test_safe_wait_is_the_detail_boards_wait_with():
+    # rollout status finds boards waiting for a safe state by their IN_PROGRESS ack's detail
+    # (firmware/safe.py; tests/dual/test_node_safe.py checks what a board sends)
+    src = (Path(__file__).resolve().parents[3] / "firmware" / "safe.py").read_text()
+    assert f'"{commands.SAFE_WAIT} (in {{}}; up to {{}} s)"' in src

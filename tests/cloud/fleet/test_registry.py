@@ -121,6 +121,15 @@ def test_get_resolves_refs_and_says_what_is_known(engine):
             assert str(exc.value) == want
 
 
+def test_diff_names_safe_states():
+    a = json.loads(V2)
+    b = {**a, "safe_states": ["idle"], "safe_wait_s": 120}
+    pa = registry.diff(a, b)["parameters"]
+    assert pa["added"] == {"safe_states": ["idle"], "safe_wait_s": 120}
+    pa = registry.diff(b, {**b, "safe_states": ["idle", "off"]})["parameters"]
+    assert pa["changed"] == {"safe_states": {"from": ["idle"], "to": ["idle", "off"]}}
+
+
 def test_diff_names_states_transitions_and_parameters():
     d = registry.diff(json.loads(V1), json.loads(V2))
     st, tr, pa = d["states"], d["transitions"], d["parameters"]

@@ -1228,3 +1228,50 @@ def test_acks_interleaved_with_the_commands_they_answer_give_the_rows_of_one_by_
         "issued in the future", "expired", "issued in the future",
     ]  # fmt: skip
     assert [n for n, t in seen if t is not None] == ["d00", "d01", "d02", "d03", "d05"]
+
+
+WAITING = "waiting for a safe state (in running; up to 600 s)"
+
+
+def test_boards_waiting_for_a_safe_state_are_shown_and_unsafe_counts_as_a_failure(env):
+    o = env.orch()
+    rid = start(env, o, max_failures="5%", min_devices=1, timeout="60s")
+    out = o.tick()
+    assert len(out) == 10
+    waiting = [o_.command_id for o_ in out[:2]]
+    for cmd_id in waiting:  # their workflows are outside their safe_states
+        env.ack(cmd_id, codec.IN_PROGRESS, WAITING)
+    s = env.summary(o, rid)
+    assert s["waiting_safe"] == 2
+    assert sorted(w["device"] for w in s["waiting_safe_devices"]) == sorted(
+        env.device_of(c) for c in waiting
+    )
+    assert {w["detail"] for w in s["waiting_safe_devices"]} == {WAITING}
+    env.board(out[2:])
+    # a member waiting longer than --timeout is not timed out: it answered, and its board
+    # bounds the wait itself (safe_wait_s)
+    env.advance(120_000)
+    o.tick()
+    assert env.by_state(rid)["acked"] == sorted(env.device_of(c) for c in waiting)
+    assert env.summary(o, rid)["waiting_safe"] == 2
+    # one gets its safe state and installs; the other's wait runs out: UNSAFE, a failure
+    env.ack(waiting[0], codec.IN_PROGRESS, "health window 5 s")
+    env.state(env.device_of(waiting[0]), ver=2)
+    env.ack(waiting[0], codec.OK, "healthy")
+    env.ack(waiting[1], codec.UNSAFE, "no safe state within 600 s (in running)")
+    o.tick()
+    unsafe = env.device_of(waiting[1])
+    assert env.members(rid)[unsafe] == "failed"
+    detail = env.rows("SELECT detail FROM rollout_devices WHERE command_id = :c", c=waiting[1])
+    assert detail[0][0] == "UNSAFE: no safe state within 600 s (in running)"
+    state, reason, _ = env.rollout(rid)
+    assert (state, reason) == ("paused", "failure threshold: 1 of 10 decided devices failed (10.0% > 5%)")
+    assert env.summary(o, rid)["waiting_safe"] == 0
+    # retry: it gets a new command, and installs this time
+    assert o.retry_failed(rid) == 1
+    o.resume(rid)
+    out = o.tick()
+    assert [env.device_of(x.command_id) for x in out] == [unsafe]
+    env.board(out)
+    o.tick()
+    assert set(env.members(rid).values()) == {"succeeded"}

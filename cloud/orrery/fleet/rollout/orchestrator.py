@@ -975,6 +975,33 @@ class Orchestrator:
             "offline_pending": total["offline-pending"],
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
             "schedule": gate.status(conn, r, self.clock()),
+            **self._safe_waits(conn, rid),
+        }
+
+    def _safe_waits(self, conn: Connection, rid: int, most: int = 20) -> dict:
+        """The members whose board waits for a safe state before it installs (its command acked
+        IN_PROGRESS ``commands.SAFE_WAIT``, seen before the next tick moves the member on): how
+        many, and up to ``most`` of them."""
+        q = (
+            sa.select(DEVICES.c.name, COMMANDS.c.ack_detail, COMMANDS.c.acked_ms)
+            .select_from(ROLLOUT_DEVICES)
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .join(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
+            .where(
+                ROLLOUT_DEVICES.c.rollout_id == rid,
+                ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT),
+                COMMANDS.c.status == "acked",
+                COMMANDS.c.ack_code == codec.IN_PROGRESS,
+                COMMANDS.c.ack_detail.startswith(commands.SAFE_WAIT, autoescape=True),
+            )
+        )
+        rows = conn.execute(q.order_by(COMMANDS.c.acked_ms, DEVICES.c.name)).all()
+        return {
+            "waiting_safe": len(rows),
+            "waiting_safe_devices": [
+                {"device": x.name, "detail": x.ack_detail, "since": iso(x.acked_ms)}
+                for x in rows[:most]
+            ],
         }
 
     def detail(self, conn: Connection, rid: int, limit: int = 1000) -> dict:
