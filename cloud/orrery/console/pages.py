@@ -207,7 +207,8 @@ def fleet_page(
 @page
 def device_page(request: Request, name: str) -> Response:
     """One device: versions, tags, workflow state, clock offset, a chart of its readings per
-    channel (scaled, named), its timeline, gaps and losses, and the rollouts it was in."""
+    channel (scaled, named), its timeline and its log lines (the timeline's ``log`` entries),
+    gaps and losses, and the rollouts it was in."""
     with _conn(request) as conn:
         info = devices.device_detail(conn, name)
         if info is None:
