@@ -109,7 +109,12 @@ def install(app: FastAPI) -> None:
 
 
 async def form(request: Request) -> dict[str, str]:
-    """A POSTed form (``application/x-www-form-urlencoded``): each field's first value."""
+    """A POSTed form (``application/x-www-form-urlencoded``): each field's first value.
+    Forbidden when the browser says it comes from another site (``Origin``): a login or
+    logout forged by another page is refused too, though it carries no form token."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise Forbidden(f"a form sent from {origin}, not from this console: refused")
     body = (await request.body())[:64_000].decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
@@ -164,8 +169,8 @@ async def login(request: Request, data: FormDep) -> Response:
 
 
 @router.post("/logout")
-def logout(request: Request) -> Response:
-    """Forget the token (the cookie)."""
+def logout(request: Request, _form: FormDep) -> Response:
+    """Forget the token (the cookie); ``_form`` refuses a logout from another site."""
     r = RedirectResponse(f"{session.PATH}/login", status_code=303)
     r.delete_cookie(COOKIE, path=session.PATH)
     return r

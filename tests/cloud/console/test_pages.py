@@ -80,6 +80,21 @@ def test_login_goes_on_only_to_console_pages(fleet):
         assert r.headers["location"] == "/console/fleet", target
 
 
+def test_a_form_from_another_site_is_refused_even_login_and_logout(fleet):
+    c = fleet.client
+    evil = {"origin": "https://evil.example"}
+    r = c.post("/console/login", data={"token": fleet.tokens["operator"]}, headers=evil)
+    assert r.status_code == 403 and "https://evil.example" in r.text and COOKIE not in c.cookies
+    login(fleet, "operator")
+    for path in ("/console/logout", "/console/rollouts/1/start"):
+        r = c.post(path, data={"csrf": csrf(fleet, "operator")}, headers={"origin": "null"})
+        assert r.status_code == 403, path
+    assert state(fleet) == "draft" and COOKIE in c.cookies
+    same = {"origin": "http://testserver"}
+    r = c.post("/console/rollouts/1/start", data={"csrf": csrf(fleet, "operator")}, headers=same)
+    assert r.status_code == 200 and state(fleet) == "running"
+
+
 def test_a_revoked_token_is_sent_back_to_log_in(fleet):
     login(fleet, "viewer")
     with fleet.engine.begin() as conn:
