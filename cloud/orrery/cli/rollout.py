@@ -359,3 +359,32 @@ def rollout_log(rollout_id: int, db_url: DbOpt = None, as_json: JsonOpt = False)
     for r in rows:
         t.add_row(r["at"], r["device"] or "", r["event"], r["detail"] or "", r["by"] or "")
     console.print(t if rows else f"no log for rollout {rollout_id}")
+
+
+@app.command("devices")
+def rollout_devices(
+    rollout_id: int,
+    state: Annotated[str | None, typer.Option(help="Only devices in this state.")] = None,
+    wave: Annotated[int | None, typer.Option(min=1, help="Only this wave's devices.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The members one by one: wave, state and reason, attempts, the version each came from."""
+    from cloud.orrery.fleet.rollout.members import members
+
+    with open_db(db_url).connect() as conn:
+        try:
+            rows, total = members(conn, rollout_id, state, wave, limit)
+        except ROLLOUT_ERRORS as exc:
+            fail(str(exc))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    t = Table("device", "wave", "state", "reason", "attempts", "from", "updated")
+    for r in rows:
+        t.add_row(r["device"], str(r["wave"]), r["state"], r["reason"] or "", str(r["attempts"]),
+                  r["from"] or "-", r["updated"])  # fmt: skip
+    console.print(t if rows else "no such members")
+    if total > len(rows):
+        console.print(f"{len(rows)} of {total} (--limit)")

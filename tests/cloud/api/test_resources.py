@@ -157,6 +157,14 @@ def test_rollouts_and_the_actor(fleet):
     assert "is running; started needs it draft" in fleet.error("POST", f"/rollouts/{rid}/start", 409)
     out = fleet.orch.tick()  # serve drives it: wave 1 is sent
     assert len(out) == 2
+    m = fleet.ok("GET", f"/rollouts/{rid}/devices?wave=1")
+    assert m["total"] == 2 and {x["state"] for x in m["items"]} == {"sent"}
+    assert all(x["wave"] == 1 and x["from"] == "greenhouse@1" and x["command"] for x in m["items"])
+    assert fleet.ok("GET", f"/rollouts/{rid}/devices?state=queued")["total"] == 6
+    assert fleet.ok("GET", f"/rollouts/{rid}/devices?limit=1000")["items"] == json.loads(
+        run("rollout", "devices", str(rid), "--json", "--db", fleet.url).stdout
+    )
+    fleet.error("GET", "/rollouts/99/devices", 404)
     p = fleet.ok("POST", f"/rollouts/{rid}/pause", "operator")
     assert (p["changed"], p["status"]["state"]) == (True, "paused")
     assert fleet.ok("POST", f"/rollouts/{rid}/pause", "operator")["changed"] is False
@@ -242,3 +250,38 @@ def test_unknown_paths_and_methods_are_json(fleet):
     assert "no such endpoint /api/v1/nowhere" in fleet.error("GET", "/nowhere", 404)
     assert "DELETE is not allowed" in fleet.error("DELETE", "/devices", 405)
     assert "not valid JSON" in fleet.error("POST", "/rollouts", 422, content=b"{", headers={"content-type": "application/json"})
+
+
+def test_hostile_inputs_are_4xx_never_5xx(fleet):
+    """Values the database cannot hold (NUL characters, numbers beyond 64 bits) and oddities
+    of every kind end in an answer or a JSON 4xx, never a server error, on both databases."""
+    cases = [
+        ("GET", "/devices/a%00b", None),
+        ("GET", "/devices?profile=a%00b", None),
+        ("GET", "/devices?tag=k=v%00", None),
+        ("GET", "/commands/op%00x", None),
+        ("GET", "/workflows/gr%00@1", None),
+        ("GET", "/dead-letters?reason=%00", None),
+        ("GET", "/devices/d00/timeline?since=99999999999999999999", None),
+        ("GET", "/devices/d00/timeline?since=99999999999d", None),
+        ("GET", "/devices/d00/readings?since=-1", None),
+        ("GET", "/rollouts/99999999999999999999", None),
+        ("POST", "/rollouts", {"workflow": "greenhouse@2", "target": "all", "soak": "99999999999999999999d"}),
+        ("POST", "/rollouts", {"workflow": "greenhouse@2", "target": "device=\u0000"}),
+        ("POST", "/rollouts", {"workflow": "greenhouse@99999999999999999999", "target": "all"}),
+        ("POST", "/commands", {"target": "d\u0000", "command": "reboot"}),
+        ("POST", "/commands", {"target": "d00", "command": "reboot", "ttl": "99999999999999999999d"}),
+        ("POST", "/devices", {"names": ["a\u0000"]}),
+        ("PATCH", "/devices/d00/tags", {"set": {"k": "v\u0000"}}),
+        ("POST", "/tokens", {"name": "x\u0000", "role": "viewer"}),
+        ("POST", "/workflows/validate", {"definition": {"name": "x\u0000", "version": 2**70}}),
+        ("POST", "/workflows", {"definition": {"name": "x", "version": 2**70, "states": []}}),
+        ("POST", "/workflows/greenhouse@2/simulate", {"device": "d00", "since": "1e300"}),
+    ]
+    for method, path, body in cases:
+        r = fleet.call(method, path, "admin", json=body)
+        assert r.status_code < 500, (method, path, body, r.status_code, r.text)
+        assert r.status_code < 300 or r.json()["error"], (path, r.text)
+    r = fleet.call("POST", "/bundles", "admin", content=b"\x00" * 100,
+                   headers={"content-type": "application/octet-stream"})  # fmt: skip
+    assert r.status_code == 400 and "not an Orrery bundle file" in r.json()["error"]

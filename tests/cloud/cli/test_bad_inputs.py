@@ -116,6 +116,7 @@ TEMPLATES: dict[str, list[list[str]]] = {
     "rollout rollback": ROLLOUT_IDS,
     "rollout status": ROLLOUT_IDS,
     "rollout log": ROLLOUT_IDS,
+    "rollout devices": ROLLOUT_IDS,
     "rollout list": [["--db", "{db}"]],
     "broker secret": [["{out}"]],
     "broker config": [

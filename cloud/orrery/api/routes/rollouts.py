@@ -13,6 +13,7 @@ from cloud.orrery.api.deps import Engine, Page, PagingDep, ReadConn, page
 from cloud.orrery.api.errors import ApiError, fleet_error
 from cloud.orrery.fleet import keys
 from cloud.orrery.fleet.registry import RegistryError
+from cloud.orrery.fleet.rollout.members import members
 from cloud.orrery.fleet.rollout.orchestrator import Orchestrator, audit_log, rollout_ids
 from cloud.orrery.fleet.rollout.plan import RolloutError
 from cloud.orrery.fleet.tokens import Caller
@@ -58,6 +59,8 @@ class PlannedWave(BaseModel):
 
 class Plan(BaseModel):
     """What ``create`` decided (``rollout_id`` null: a dry run, nothing was created)."""
+
+    model_config = {"extra": "allow"}
 
     rollout_id: int | None
     workflow: str
@@ -131,6 +134,23 @@ class Rollback(BaseModel):
     groups: list[RollbackGroup]
     rollouts: list[int]
     dry_run: bool
+
+
+class Member(BaseModel):
+    """A device in a rollout: its wave, state and the reason (its last detail)."""
+
+    model_config = {"populate_by_name": True}
+
+    device: str
+    wave: int
+    state: str
+    reason: str | None
+    attempts: int
+    from_: str | None = Field(alias="from")
+    command: str | None
+    online: bool
+    sent: str | None
+    updated: str | None
 
 
 class LogEntry(BaseModel):
@@ -265,6 +285,22 @@ def rollback_rollout(
         rollouts=new,
         dry_run=dry_run,
     )
+
+
+@router.get("/rollouts/{rollout_id}/devices", openapi_extra=role("viewer"))
+def rollout_devices(
+    rollout_id: IdPath,
+    conn: ReadConn,
+    p: PagingDep,
+    state: Annotated[str | None, Query(max_length=16, description="Only this state.")] = None,
+    wave: Annotated[int | None, Query(ge=1, le=1000, description="Only this wave.")] = None,
+) -> Page[Member]:
+    """The members one by one, by wave and name: state, reason, attempts, where from."""
+    try:
+        rows, total = members(conn, rollout_id, state, wave, p.limit, p.offset)
+    except RolloutError as exc:
+        raise fleet_error(exc) from None
+    return page(rows, total, p)
 
 
 @router.get("/rollouts/{rollout_id}/log", openapi_extra=role("viewer"))
