@@ -23,12 +23,14 @@ from cloud.orrery.api.routes.rollouts import orchestrator
 from cloud.orrery.console import plot, session
 from cloud.orrery.console.session import COOKIE, Forbidden, LoginNeeded
 from cloud.orrery.fleet import bundles, devices, registry, replay, timeline
+from cloud.orrery.fleet.rollout.members import members
 from cloud.orrery.fleet.rollout.orchestrator import audit_log, rollout_ids
 from cloud.orrery.ingest import queries
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 PAGE_SIZE = 100
+MEMBERS_SHOWN = 500  # a rollout page's devices; `orrery rollout devices` lists them all
 ROLLOUT_ACTIONS = ("start", "pause", "resume", "cancel", "retry", "rollback")
 DONE = {
     "created": "Rollout created.",
@@ -233,7 +235,15 @@ def device_page(request: Request, name: str) -> Response:
 def _rollout_view(request: Request, rid: int) -> dict:
     o = orchestrator(request.app.state.engine, request.state.caller)
     with _conn(request) as conn:
-        return {"summary": o.summary(conn, rid), "detail": o.detail(conn, rid)}
+        summary = o.summary(conn, rid)
+        rows, total = members(conn, rid, limit=MEMBERS_SHOWN)
+        return {"summary": summary, "detail": o.detail(conn, rid), "members": rows,
+                "members_total": total}  # fmt: skip
+
+
+def _rollout_ctx(view: dict) -> dict:
+    return {"s": view["summary"], "d": view["detail"], "members": view["members"],
+            "members_total": view["members_total"]}  # fmt: skip
 
 
 @router.get("/rollouts", dependencies=[Viewer])
@@ -290,7 +300,7 @@ def rollout_page(request: Request, rid: int, done: str | None = None) -> Respons
     view = _rollout_view(request, rid)
     with _conn(request) as conn:
         log = audit_log(conn, rid) or []
-    return render(request, "rollout.html", s=view["summary"], d=view["detail"], log=log[-100:],
+    return render(request, "rollout.html", **_rollout_ctx(view), log=log[-100:],
                   done=DONE.get(done or ""), error=None)  # fmt: skip
 
 
@@ -335,7 +345,7 @@ def rollout_action(request: Request, rid: int, action: str, data: FormDep) -> Re
         view = _rollout_view(request, rid)
         with _conn(request) as conn:
             log = audit_log(conn, rid) or []
-        return render(request, "rollout.html", status=409, s=view["summary"], d=view["detail"],
+        return render(request, "rollout.html", status=409, **_rollout_ctx(view),
                       log=log[-100:], done=None, error=e.message)  # fmt: skip
     return RedirectResponse(f"{session.PATH}/rollouts/{rid}?done={action}", status_code=303)
 

@@ -72,7 +72,7 @@
     var reg = document.getElementById("regressed");
     reg.hidden = !d.health.regressed.length;
     reg.textContent = d.health.regressed.join("; ");
-    d.members.forEach(function (m) {
+    data.members.forEach(function (m) {
       var row = document.getElementById("m-" + m.device);
       if (!row) return;
       var st = row.querySelector(".mstate span");

@@ -1004,33 +1004,18 @@ class Orchestrator:
             ],
         }
 
-    def detail(self, conn: Connection, rid: int, limit: int = 1000) -> dict:
+    def detail(self, conn: Connection, rid: int) -> dict:
         """What the console's rollout page shows beyond ``summary``: the soak of the current
         wave (``soak``: when it started and ends, seconds left; None while the wave has not
-        met its threshold), the health gate's evidence (``health``: upgraded vs control per
-        metric) and the members (``members``: device, wave, state, reason, attempts, when
-        their state last changed; ``limit`` of them, by wave and name)."""
+        met its threshold) and the health gate's evidence (``health``: upgraded vs control
+        per metric). Its members one by one: ``rollout.members``."""
         r = self._rollout(conn, rid)
         soak = None
         if r.wave_met_ms is not None and r.state in ACTIVE_ROLLOUT:
             ends = r.wave_met_ms + r.soak_s * 1000
             soak = {"wave": r.wave + 1, "since": iso(r.wave_met_ms), "ends": iso(ends),
                     "soak_s": r.soak_s, "left_s": max(0, round((ends - self.clock()) / 1000))}  # fmt: skip
-        m = ROLLOUT_DEVICES
-        rows = conn.execute(
-            sa.select(DEVICES.c.name, DEVICES.c.online, m.c.wave, m.c.state, m.c.detail,
-                      m.c.attempt, m.c.updated_ms)  # fmt: skip
-            .join(DEVICES, DEVICES.c.id == m.c.device_id)
-            .where(m.c.rollout_id == rid)
-            .order_by(m.c.wave, DEVICES.c.name)
-            .limit(limit)
-        ).all()
-        members = [
-            {"device": x.name, "online": bool(x.online), "wave": x.wave + 1, "state": x.state,
-             "reason": x.detail, "attempts": x.attempt, "updated": iso(x.updated_ms)}  # fmt: skip
-            for x in rows
-        ]
-        return {"soak": soak, "health": self.health_gate(conn, r), "members": members}
+        return {"soak": soak, "health": self.health_gate(conn, r)}
 
 
 def _many(conn: Connection, sql: str, rows: list[tuple]) -> None:
