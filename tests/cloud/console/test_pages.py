@@ -223,3 +223,22 @@ def test_an_operator_plans_a_rollout_from_the_form(fleet):
         r = fleet.client.post("/console/rollouts", data={**form, **bad})
         assert r.status_code == 400 and msg in r.text, (bad, r.text[-600:])
         assert 'class="error"' in r.text
+
+
+def test_bundles_and_their_diff(fleet):
+    from cloud.orrery.fleet import bundles
+    from tools.board import bundle as bundle_file
+
+    with fleet.engine.begin() as conn:
+        for version in ("1.0.0", "1.0.1"):
+            built = bundle_file.build_bundle(version)
+            bundles.push(conn, built.data, built.manifest, 0, by="ci")
+    login(fleet, "viewer")
+    page = fleet.client.get("/console/bundles").text
+    assert "app@1.0.0" in page and "app@1.0.1" in page and "/console/bundles/diff" in page
+    r = fleet.client.get("/console/bundles/diff?a=app@1.0.0&b=app@1.0.1")
+    assert (
+        r.status_code == 200 and "app@1.0.0 → app@1.0.1" in r.text and "files unchanged" in r.text
+    )
+    r = fleet.client.get("/console/bundles/diff?a=app@1.0.0&b=app@9")
+    assert r.status_code == 404 and "app@9" in r.text
