@@ -1,7 +1,7 @@
-"""The console's pages through the real app (FastAPI's TestClient) on a real SQLite fleet: the
-login and its cookie, every page for a viewer, errors as pages, user data escaped, nothing
-loaded from elsewhere, and actions: POST only, a per-form token, the role checked on the
-server, the token's name as the actor."""
+"""The console's pages through the real app (FastAPI's TestClient) on a real fleet, SQLite and
+PostgreSQL: the login and its cookie, every page for a viewer, errors as pages, user data
+escaped, nothing loaded from elsewhere, and actions: POST only, a per-form token, a form from
+another site refused, the role checked on the server, the token's name as the actor."""
 
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ PAGES = (
 
 
 @pytest.fixture
-def fleet(tmp_path, monkeypatch):
+def fleet(db_url, monkeypatch):
     monkeypatch.setenv("ORRERY_SECRET", SECRET)
     monkeypatch.delenv("ORRERY_SECRET_FILE", raising=False)
-    f = ApiFleet(f"sqlite:///{tmp_path / 'fleet.db'}")
+    f = ApiFleet(db_url)
     f.orch.create("greenhouse@2", "all", "2,100%", min_devices=1)
     yield f
     f.close()
