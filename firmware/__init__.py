@@ -26,6 +26,7 @@ RARE = (
     "firmware.profile",
     "firmware.bundle",
     "firmware.slots",
+    "firmware.start",
     "firmware.safe",
     "shared.wire.verifier",
     "shared.wire.errors",
@@ -40,9 +41,10 @@ RARE = (
 
 # The link thread's occasional modules, dropped by that thread after each report: its reports
 # (state, acks, loss), loaded per report; the overflow spool (firmware.spool), loaded when the
-# node has no room; micropython-lib's umqtt.simple, which opens a session (UmqttLink.connect)
-# and is not used again until the next one.
-REPORTS = ("shared.wire.report", "firmware.spool", "umqtt.simple", "umqtt")
+# node has no room; a resend command's work (firmware.resend), loaded per batch it sends;
+# micropython-lib's umqtt.simple, which opens a session (UmqttLink.connect) and is not used
+# again until the next one.
+REPORTS = ("shared.wire.report", "firmware.spool", "firmware.resend", "umqtt.simple", "umqtt")
 
 
 def drop(names):

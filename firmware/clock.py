@@ -110,3 +110,26 @@ class WallClock:
         up.update()
         a = self._anchor
         return a[2] + (a[3] + (up.s - a[0]) * 1000 + up.ms - a[1]) // 1000
+
+
+def ntp_ms(cfg):
+    """A function giving unix ms from the NTP server of ``cfg`` (None while it cannot): the
+    node's ``wall_ms`` on a board."""
+
+    def wall_ms():
+        try:
+            import time
+
+            import ntptime
+
+            ntptime.host = cfg.get("ntp_host", "pool.ntp.org")
+            ntptime.settime()
+            return (
+                (time.time() + 946684800) * 1000
+                if time.gmtime(0)[0] == 2000
+                else time.time() * 1000
+            )
+        except Exception:
+            return None
+
+    return wall_ms

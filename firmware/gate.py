@@ -40,12 +40,24 @@ def verify(node):
         node.inbox.pop(0)
         node.inbox_bytes -= len(head)
     cmd_id = _peek_id(head) if cmd is None else cmd["id"]
-    stored = node.stored_ack(cmd_id) if code == _DUPLICATE and cmd_id else None
+    stored = stored_ack(node, cmd_id) if code == _DUPLICATE and cmd_id else None
     if stored:
         node.ack_later(cmd_id, stored[0], stored[1], False)
         return
     print("orrery: command refused:", code, detail)
     node.ack_later(cmd_id, code, detail, False)
+
+
+def stored_ack(node, cmd_id):
+    """``(code, detail)`` of the newest ack ``node`` remembers for command ``cmd_id``
+    (``Sampler.acks``), or None."""
+    t = node.acks
+    i = t.rfind("\n" + cmd_id + " ")
+    if i < 0:
+        return None
+    i += len(cmd_id) + 2
+    j = t.find(" ", i)
+    return int(t[i:j]), t[j + 1 : t.find("\n", j)]
 
 
 def _peek_id(env):

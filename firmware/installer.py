@@ -34,6 +34,8 @@ _IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window
 _OK = const(0)
 _REJECTED = const(8)  # valid but refused (e.g. a workflow failed validation)
 
+_MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
+
 
 def _exists(path):
     try:
@@ -282,6 +284,20 @@ def rollback(wf, cmd_id, why):
         wf.prog = wf.ex = None
     if cmd_id is not None:
         wf.node.ack_later(cmd_id, _FAILED, "rolled back: " + why)
+
+
+def end_trial(wf):
+    """``Workflows.check_health``, once the health window is over: roll back if too many
+    sensor reads failed, else the install is healthy (acked OK)."""
+    t = wf.trial
+    samples = wf.samples - t["samples"]
+    invalid = wf.invalid - t["invalid"]
+    if samples and invalid * 100 > samples * _MAX_INVALID_PCT:
+        rollback(wf, t["id"], "{} of {} sensor reads failed".format(invalid, samples))
+        return
+    wf.trial = None
+    remove(wf.dir + "/trial.json")
+    wf.node.ack_later(t["id"], _OK, "healthy: {} reads, {} failed".format(samples, invalid))
 
 
 def cancel(wf, cmd_id):

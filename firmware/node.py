@@ -10,13 +10,14 @@ and forgotten again (``firmware``). See firmware/README.md, "Memory".
 """
 
 import os
+import sys
 
 from firmware import RARE, drop
 from firmware.clock import Uptime, WallClock
 from firmware.files import mkdir
 from firmware.sampler import Sampler
 from firmware.store import Store
-from firmware.uplink import Uplink
+from firmware.uplink import FW_VERSION, Uplink
 
 try:
     import _thread  # MicroPython's on the ESP32; CPython has the same module
@@ -25,11 +26,17 @@ except ImportError:  # a build without threads (the WASI test runtime): everythi
 
 
 class _NoLock:
+    # no *args: a varargs tuple per ``with`` would be an allocation
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, typ, val, tb):
         return False
+
+    def acquire(self):
+        return True
+
+    release = acquire
 
 
 def _lock():
@@ -81,6 +88,13 @@ class Node(Sampler, Uplink):
 
         self.anchors = recover.load_anchors(root)
         del recover
+        from firmware.slots import load_app
+
+        # what the state reports: the app bundle that runs (else this firmware's own version)
+        # and the .mpy version its MicroPython loads (None on CPython: a simulation sets it)
+        self.fw = load_app(root).get("version") or FW_VERSION
+        m = getattr(sys.implementation, "_mpy", 0)
+        self.mpy = "{}.{}".format(m & 0xFF, m >> 8 & 3) if m else None
         drop(RARE)
         self.running = False
         self.stats = {"missed": 0, "link_drops": 0, "commands": 0}
@@ -103,83 +117,13 @@ def run(cfg, hal, feed, root="/data"):
     """Board entry point (called by main.py): run forever, feeding the watchdog."""
     import time
 
-    node = build(cfg, hal, root, time.ticks_ms)
+    from firmware import start  # the board's start-up: needed once
+
+    node = start.build(Node, cfg, hal, root, time.ticks_ms)
+    del start
+    drop(RARE)
     node.start()
     while True:
         node.step_main()
         feed()
         time.sleep_ms(node.next_wait_ms())
-
-
-def build(cfg, hal, root, ticks_ms, rand4=None):
-    """The board's node on its umqtt link, not started yet (``run`` starts it): Wi-Fi is
-    joining, the link has its will. ``orrery bench device`` builds it this way too (with its
-    own ``rand4``: the WASI runtime has no ``os.urandom``)."""
-    import machine
-
-    from firmware.link import UmqttLink
-
-    _wifi(cfg.get("wifi"))
-    b = cfg["broker"]
-    link = UmqttLink(
-        cfg["device_id"],
-        b["host"],
-        b["port"],
-        cfg.get("username"),
-        cfg.get("password"),
-        ssl=_ssl_context(b) if b.get("tls") else None,
-    )
-    node = Node(
-        cfg, hal, root, link, ticks_ms, wall_ms=_ntp_ms(cfg), reset=machine.reset, rand4=rand4
-    )
-    link.will = node.will()
-    return node
-
-
-def _wifi(w):
-    """Start joining the configured Wi-Fi without waiting: the link's connects fail (and back
-    off) until it is up, and the station keeps reconnecting by itself after a drop."""
-    if not w:
-        return
-    try:
-        import network
-
-        sta = network.WLAN(network.STA_IF)
-        sta.active(True)
-        try:
-            sta.config(reconnects=-1)  # ESP32: retry forever after a drop
-        except Exception:
-            pass
-        if not sta.isconnected():
-            sta.connect(w["ssid"], w.get("password", ""))
-    except Exception as e:  # no radio, bad credentials: the node still runs offline
-        print("orrery:", "wifi:", e)
-
-
-def _ntp_ms(cfg):
-    def wall_ms():
-        try:
-            import time
-
-            import ntptime
-
-            ntptime.host = cfg.get("ntp_host", "pool.ntp.org")
-            ntptime.settime()
-            return (
-                (time.time() + 946684800) * 1000
-                if time.gmtime(0)[0] == 2000
-                else time.time() * 1000
-            )
-        except Exception:
-            return None
-
-    return wall_ms
-
-
-def _ssl_context(broker):
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if broker.get("ca"):
-        ctx.load_verify_locations(cafile=broker["ca"])
-    return ctx

@@ -17,13 +17,23 @@ from array import array
 
 from firmware import RARE, drop
 from firmware.clock import TICKS_MASK, is_due
-from firmware.files import mkdir, remove, write_atomic
+from firmware.files import mkdir, write_atomic
 from shared import const
+from shared.wire.message import put30
 
 # Copied from firmware/clock.py by python -m tools.dev.consts: edit them there.
 _HALF = const(0x20000000)
 # Copied from shared/wire/constants.py by python -m tools.dev.consts: edit them there.
+_DUPLICATE = const(1)  # already done: the stored ack is sent again
 _FAILED = const(9)  # ran and failed (e.g. the health window)
+_IN_PROGRESS = const(2)  # accepted and running (e.g. an install's health window)
+_LOG_BOOT = const(1)  # info: the app started (a, b: 0)
+_LOG_FAILED = const(6)  # error: a command ran and failed (an install rolled back, a bad bundle)
+_LOG_FAULT = const(7)  # error: the workflow raised (it keeps running, or a trial rolls back)
+_LOG_LINES = const(16)  # lines a board holds (a fixed ring: the oldest goes)
+_LOG_RECORD_SIZE = const(11)  # up_s u32, up_ms u16, code u8, a i16, b i16
+_LOG_REFUSED = const(5)  # warning: a command was refused; a: its ack code
+_LOG_STATE = const(2)  # info: the workflow entered state a (index); b: transitions since the last
 _OK = const(0)
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
 _EV_LINK_DOWN = const(2)
@@ -31,7 +41,6 @@ _EV_LINK_UP = const(1)
 
 _MAX_OUTBOX = const(16)
 _MAX_EVENTS = const(32)  # workflow events waiting for the uplink (the oldest is dropped)
-_MAX_INVALID_PCT = const(50)  # a health window fails when more sensor reads failed
 
 
 class Workflows:
@@ -69,30 +78,27 @@ class Workflows:
             drop(RARE)
 
     def check_health(self):
-        """Main loop hook: deliver link events, notice transitions, end health windows."""
+        """Main loop hook: deliver link events, log transitions, end health windows.
+        Allocates nothing unless a health window ends (the frame stays on the C stack)."""
         ex = self.ex
         if ex is not None:
             if self.link_ev:
                 ex.step(_EV_LINK_UP if self.link_ev == 1 else _EV_LINK_DOWN, 0)
                 self.link_ev = 0
             if ex.transitions != self.transitions:
+                self.node.log(_LOG_STATE, ex.state, ex.transitions - self.transitions)
                 self.transitions = ex.transitions
                 self.dirty = True
-        t = self.trial
-        if t is None or self.node.up.s < t["deadline_s"]:
-            return
-        samples = self.samples - t["samples"]
-        invalid = self.invalid - t["invalid"]
-        if samples and invalid * 100 > samples * _MAX_INVALID_PCT:
-            self.rollback(t["id"], "{} of {} sensor reads failed".format(invalid, samples))
-            return
-        self.trial = None
-        remove(self.dir + "/trial.json")
-        self.node.ack_later(t["id"], _OK, "healthy: {} reads, {} failed".format(samples, invalid))
+        if self.trial is not None and self.node.up.s >= self.trial["deadline_s"]:
+            from firmware import installer
+
+            installer.end_trial(self)  # no try/finally here: its handler would need a frame
+            drop(RARE)  # on the heap every pass (should it raise, the next rare path drops it)
 
     def fault(self, why):
         """An exception from the executor: roll back a trial, else keep running and log."""
         print("orrery: workflow fault:", why)
+        self.node.log(_LOG_FAULT, 0, 0)
         if self.trial is not None:
             self.rollback(self.trial["id"], why)
 
@@ -138,6 +144,10 @@ class Sampler:
         self.ev_head = 0
         self.ev_count = 0
         self.events_dropped = 0
+        # lines for up/log: a preallocated ring of LOG_LINES fixed records (see ``log``)
+        self.log_ring = bytearray(_LOG_LINES * _LOG_RECORD_SIZE)
+        self.log_seq = 0  # lines written this boot; line i is record i % LOG_LINES
+        self.log(_LOG_BOOT, 0, 0)
         self.current_cmd = None
         # a command that runs over several passes (a generator, e.g. firmware.installer's
         # install): resumed once a pass, before any other command; and its id
@@ -154,21 +164,36 @@ class Sampler:
         self.wf.dirty = True
 
     def publish(self, event, value):
-        """Queue a workflow event for the uplink (the oldest is dropped past MAX_EVENTS)."""
-        up = self.up
+        """Queue a workflow event for the uplink (the oldest is dropped past MAX_EVENTS).
+        Allocates nothing (acquire/release, not ``with``: see ``log``)."""
         ev = self.ev
-        with self.lock:
-            if self.ev_count == _MAX_EVENTS:
-                self.ev_head = (self.ev_head + 1) % _MAX_EVENTS
-                self.ev_count -= 1
-                self.events_dropped += 1
-            o = 5 * ((self.ev_head + self.ev_count) % _MAX_EVENTS)
-            ev[o] = event
-            ev[o + 1] = value
-            ev[o + 2] = up.s
-            ev[o + 3] = up.ms
-            ev[o + 4] = self.wf.ex.state
-            self.ev_count += 1
+        self.lock.acquire()
+        if self.ev_count == _MAX_EVENTS:
+            self.ev_head = (self.ev_head + 1) % _MAX_EVENTS
+            self.ev_count -= 1
+            self.events_dropped += 1
+        o = 5 * ((self.ev_head + self.ev_count) % _MAX_EVENTS)
+        ev[o] = event
+        ev[o + 1] = value
+        ev[o + 2] = self.up.s
+        ev[o + 3] = self.up.ms
+        ev[o + 4] = self.wf.ex.state
+        self.ev_count += 1
+        self.lock.release()
+
+    def log(self, code, a, b):
+        """Keep a line for ``up/log``: ``code`` and its small ints ``a``, ``b`` (S16; codes
+        and their meaning in shared/wire/constants.py), at this uptime, in the fixed ring (the
+        oldest line goes). Either thread; allocates nothing."""
+        # acquire/release, not ``with``: its exit handler would make the frame too large for
+        # the C stack, and a frame on the heap is an allocation
+        self.lock.acquire()
+        o = self.log_seq % _LOG_LINES * _LOG_RECORD_SIZE
+        _stamp(self.log_ring, o, self.up, code)
+        _put16(self.log_ring, o + 7, a)
+        _put16(self.log_ring, o + 9, b)
+        self.log_seq += 1
+        self.lock.release()
 
     def set_period(self, index, ms):
         """Change input ``index``'s sample period."""
@@ -221,16 +246,6 @@ class Sampler:
         wf.check_health()
         if wf.dirty:
             wf.save_state()
-
-    def stored_ack(self, cmd_id):
-        """``(code, detail)`` of the newest ack remembered for command ``cmd_id``, or None."""
-        t = self.acks
-        i = t.rfind("\n" + cmd_id + " ")
-        if i < 0:
-            return None
-        i += len(cmd_id) + 2
-        j = t.find(" ", i)
-        return int(t[i:j]), t[j + 1 : t.find("\n", j)]
 
     def step_inbox(self):
         """Verify the command at the head of the inbox, or run it if verified in the pass before."""
@@ -288,7 +303,22 @@ class Sampler:
             if self.n_acks > 64:  # the oldest goes
                 self.acks = self.acks[self.acks.find("\n", 1) :]
                 self.n_acks -= 1
+        if code != _OK and code != _DUPLICATE and code != _IN_PROGRESS:
+            self.log(_LOG_FAILED if code == _FAILED else _LOG_REFUSED, code, 0)
         with self.lock:
             if len(self.outbox) >= _MAX_OUTBOX:
                 self.outbox.pop(0)
             self.outbox.append((cmd_id, code, detail))
+
+
+def _stamp(buf, o, up, code):
+    # a log record's uptime and code (firmware.sampler.Sampler.log)
+    put30(buf, o, up.s)
+    _put16(buf, o + 4, up.ms)
+    buf[o + 6] = code
+
+
+def _put16(buf, o, v):
+    # v (-32768..65535) as 16 bits little-endian at buf[o:o + 2]
+    buf[o] = v & 0xFF
+    buf[o + 1] = (v >> 8) & 0xFF

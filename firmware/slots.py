@@ -55,6 +55,7 @@ def select_slot(root):
             "version": app.get("version"),
             "why": "trial boot did not reach the broker and pass its health check",
         }
+        app["version"] = app.get("prev_version")
         app["trial"] = None
         app["trial_booted"] = False
         save_app(root, app)

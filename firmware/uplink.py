@@ -31,6 +31,13 @@ _HISTORICAL_AFTER_S = const(30)  # a batch whose newest reading is older than th
 _ANCHOR_SIZE = const(12)
 _HEADER_SIZE = const(14)
 _HISTORICAL = const(1)  # flag: backlog replayed after being offline
+_LOG_EVERY_MS = const(10000)  # a board publishes up/log at most this often
+_LOG_INBOX_FULL = const(8)  # warning: the inbox was full, a command dropped (pulled again)
+_LOG_LINES = const(16)  # lines a board holds (a fixed ring: the oldest goes)
+_LOG_LINK_DOWN = const(4)  # warning: a connect failed after being connected (or at boot)
+_LOG_LINK_UP = const(3)  # info: connected; a: failed connects this boot (at most 32767)
+_LOG_LOSS = const(9)  # warning: the store lost readings; a: LOSS_REASONS index, b: count
+_LOG_RECORD_SIZE = const(11)  # up_s u32, up_ms u16, code u8, a i16, b i16
 _OK = const(0)
 _RECORD_SIZE = const(9)  # up_s u32, up_ms u16, value i16, channel u8
 # Copied from shared/workflow/form.py by python -m tools.dev.consts: edit them there.
@@ -39,6 +46,7 @@ _NO_VALUE = const(-536870912)  # -2**29: an input with no value yet; outside eve
 _MAX_EVENTS = const(32)  # workflow events waiting for the uplink (the oldest is dropped)
 
 _OFF = const(_HEADER_SIZE + _ANCHOR_SIZE)  # records start here in the batch buffer
+_LOG_BYTES = const(_LOG_LINES * _LOG_RECORD_SIZE)  # the log ring (firmware.sampler)
 
 
 class Uplink:
@@ -52,6 +60,8 @@ class Uplink:
         self.retry_at = self.ticks()
         self.state_at = self.ticks()
         self.event_seq = 0
+        self.log_sent = 0  # log lines published (the ring's seq of the next one to send)
+        self.log_at = self.retry_at  # when up/log may be published next
         self.batch = bytearray(_OFF + _BATCH * _RECORD_SIZE)
         self.batch_mv = memoryview(self.batch)
         self.state_dirty = True
@@ -68,6 +78,7 @@ class Uplink:
             return
         if len(self.inbox) >= _MAX_INBOX:
             print("orrery: inbox full, dropping a command (it is pulled again on reconnect)")
+            self.log(_LOG_INBOX_FULL, 0, 0)
             return
         with self.lock:
             self.inbox.append(payload)
@@ -89,6 +100,8 @@ class Uplink:
                 self.backoff.reset()
                 self._on_connect()
             else:
+                if not self.backoff.attempt:  # the first failure in a row: the link is down
+                    self.log(_LOG_LINK_DOWN, 0, 0)
                 self.stats["link_drops"] += 1
                 self.retry_at = (now + self.backoff.next_delay_ms()) & TICKS_MASK
                 self.wf.link_event(False)
@@ -105,6 +118,7 @@ class Uplink:
             or self._send_resend()
             or self._send_batch()
             or self._send_events()
+            or self._send_log()
             or self._send_state(False)
         )
 
@@ -116,6 +130,7 @@ class Uplink:
             if ms is not None:
                 self.wall.sync(ms // 1000, ms % 1000, self.up)
                 self._save_anchor(self.boot_id, self.wall.anchor())
+        self.log(_LOG_LINK_UP, min(self.stats["link_drops"], 32767), 0)
         self._send_state(True)
         link.publish(self.topics[message.PULL], self.pull_payload, 1)
         self.wf.link_event(True)
@@ -161,30 +176,38 @@ class Uplink:
         if self.link.publish(self.topics[message.LOSS], payload, 1):
             with self.lock:
                 self.store.losses_reported(1)
+            self.log(_LOG_LOSS, reason != "store_full", min(last - first + 1, 32767))
         return True
 
     def _send_resend(self):
         if not self.resends:
             return False
-        first, last, cmd_id = self.resends[0]
+        from firmware import resend
+
+        try:
+            resend.step(self)
+        finally:
+            drop(REPORTS)
+        return True
+
+    def _send_log(self):
+        # the log lines not published yet (at most the ring's), at most once per LOG_EVERY_MS:
+        # the batch header (no anchor; first_seq: the first line's) and their records
+        if self.log_seq == self.log_sent or not is_due(self.ticks(), self.log_at):
+            return False
+        buf = self.batch
+        r = self.log_ring
         with self.lock:
-            count, boot, start = self.store.read_range(
-                self.batch_mv[_OFF:], first, min(last, first + _BATCH - 1)
-            )
-        if count == 0:
-            self.resends.pop(0)
-            self.ack_later(
-                cmd_id, _OK, "resent up to {}; {}..{} not held".format(first - 1, first, last)
-            )
-            return True
-        if self._publish_batch(count, boot, start, _HISTORICAL):
-            nxt = start + count
-            if nxt > last:
-                self.resends.pop(0)
-                gone = "" if start == first else "; {}..{} not held".format(first, start - 1)
-                self.ack_later(cmd_id, _OK, "resent {}..{}{}".format(start, last, gone))
-            else:
-                self.resends[0] = (nxt, last, cmd_id)
+            end = self.log_seq
+            n = min(end - self.log_sent, _LOG_LINES)
+            o = (end - n) % _LOG_LINES * _LOG_RECORD_SIZE
+            for i in range(n * _LOG_RECORD_SIZE):
+                buf[_HEADER_SIZE + i] = r[(o + i) % _LOG_BYTES]
+        message.batch_header_into(buf, 0, 0, self.boot_id, end - n, n, None)
+        size = _HEADER_SIZE + n * _LOG_RECORD_SIZE
+        if self.link.publish(self.topics[message.LOG], self.batch_mv[:size], 1):
+            self.log_sent = end
+            self.log_at = (self.ticks() + _LOG_EVERY_MS) & TICKS_MASK
         return True
 
     def _send_batch(self):
@@ -264,7 +287,7 @@ class Uplink:
 
         payload = report.encode_state(
             True,
-            FW_VERSION,
+            self.fw,
             p.name if p else None,
             p.version if p else None,
             p.hash if p else None,
@@ -274,6 +297,7 @@ class Uplink:
             self.wall.anchor(),
             last_seq or None,
             extra,
+            self.mpy,
         )
         drop(REPORTS)
         if self.link.publish(self.topics[message.STATE], payload, 1, True):

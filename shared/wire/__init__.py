@@ -32,6 +32,7 @@ patterns: ``pattern write orrery/+/%u/up/#`` and ``pattern read orrery/+/%u/down
 - ``up/events``   workflow events (JSON)
 - ``up/acks``     command acks (JSON)
 - ``up/loss``     dropped-range reports (JSON): the store dropped a segment or a corrupt record
+- ``up/log``      the board's log lines (binary, below): warnings, errors, state changes
 - ``up/pull``     on connect the board asks for its pending commands (JSON)
 - ``down/cmd``    signed command envelopes (JSON)
 
@@ -47,9 +48,22 @@ then ``count`` records of 9 bytes: up_s u32 (< 2**30), up_ms u16 (0..999), value
 Sequence numbers stay below 2**30 so the board never makes a big int: at 4 readings/s that
 lasts about 8.5 years.
 
+Log lines (``up/log``, little-endian; lines numbered 0, 1, ... in each boot)
+-----------------------------------------------------------------------------
+the readings batch header (14 bytes, flags 0, no anchor; ``first_seq`` is the first line's
+number, ``count`` the lines), then ``count`` records of 11 bytes: up_s u32, up_ms u16, code u8,
+a i16, b i16. ``LOG_CODES`` (``constants``) gives each code's level (info, warning, error) and
+what a and b mean; a board sends no text, the companion words a line from its code (a code it
+does not know is kept, as a warning). A board holds its newest ``LOG_LINES`` lines in a fixed
+ring and sends those not sent yet at most every ``LOG_EVERY_MS``: a jump in the numbers is
+lines the ring dropped before they were sent; a message sent again repeats its numbers (the
+companion keys a line by device, boot and number). Times come from the boot's anchor, as an
+event's do.
+
 JSON messages (``"v": 1``; unknown keys are ignored, any other ``v`` is refused)
 --------------------------------------------------------------------------------
-- state: ``online fw wf wf_ver wf_hash boot backlog synced anchor last_seq [extra]``;
+- state: ``online fw wf wf_ver wf_hash boot backlog synced anchor last_seq [mpy] [extra]``
+  (``fw`` the running app bundle's version, ``mpy`` the ``.mpy`` version it loads, "6.3");
   the last will is ``{"v":1,"online":false,"boot":N}`` (decoded with the other keys None).
 - event: ``boot seq up_s up_ms state event value``
 - ack:   ``id code detail`` (``id`` null when the command's id could not be trusted)

@@ -4,8 +4,8 @@
 Every public name of the protocol is here: the constants and ack codes of
 ``shared.wire.constants``, the board-side encoders of ``message``, ``connect``, ``report`` and
 ``verifier``, and what only the companion needs: the decoders (``decode_batch``,
-``decode_state``, ``decode_event``, ``decode_ack``, ``decode_loss``, ``decode_pull``),
-``parse_topic``, ``encode_batch`` and ``record_into``, ``event_time_ms``, ``Seq``,
+``decode_state``, ``decode_event``, ``decode_ack``, ``decode_loss``, ``decode_pull``,
+``decode_log``), ``parse_topic``, ``encode_batch``, ``record_into`` and ``encode_log``, ``event_time_ms``, ``Seq``,
 ``sign_command`` and ``verify_envelope``. A board never imports this module, so none of it
 costs the board RAM. Runs unchanged on both runtimes (dual-tested).
 
@@ -50,6 +50,20 @@ from shared.wire.constants import (
     HEADER_SIZE,
     HISTORICAL,
     IN_PROGRESS,
+    LOG_BOOT,
+    LOG_CODES,
+    LOG_EVERY_MS,
+    LOG_FAILED,
+    LOG_FAULT,
+    LOG_INBOX_FULL,
+    LOG_LEVELS,
+    LOG_LINES,
+    LOG_LINK_DOWN,
+    LOG_LINK_UP,
+    LOG_LOSS,
+    LOG_RECORD_SIZE,
+    LOG_REFUSED,
+    LOG_STATE,
     LOSS_REASONS,
     MALFORMED,
     MAX_BATCH,
@@ -71,6 +85,7 @@ from shared.wire.message import (
     ACKS,
     CMD,
     EVENTS,
+    LOG,
     LOSS,
     PULL,
     READINGS,
@@ -113,6 +128,21 @@ __all__ = [
     "HISTORICAL",
     "IN_PROGRESS",
     "KINDS",
+    "LOG",
+    "LOG_BOOT",
+    "LOG_CODES",
+    "LOG_EVERY_MS",
+    "LOG_FAILED",
+    "LOG_FAULT",
+    "LOG_INBOX_FULL",
+    "LOG_LEVELS",
+    "LOG_LINES",
+    "LOG_LINK_DOWN",
+    "LOG_LINK_UP",
+    "LOG_LOSS",
+    "LOG_RECORD_SIZE",
+    "LOG_REFUSED",
+    "LOG_STATE",
     "LOSS",
     "LOSS_REASONS",
     "MALFORMED",
@@ -140,12 +170,14 @@ __all__ = [
     "decode_ack",
     "decode_batch",
     "decode_event",
+    "decode_log",
     "decode_loss",
     "decode_pull",
     "decode_state",
     "encode_ack",
     "encode_batch",
     "encode_event",
+    "encode_log",
     "encode_loss",
     "encode_pull",
     "encode_state",
@@ -303,6 +335,71 @@ def decode_batch(data):
                 return None, "record {}: {}".format(i, e)
     records = list(zip(range(first_seq, first_seq + count), ups, ums, vals, chs))  # noqa: B905 (MicroPython zip has no strict)
     return Batch(boot_id, first_seq, flags, anchor, records, min(ups), up_max), None
+
+
+# --- log lines (up/log) ----------------------------------------------------------------------
+
+_LOG_REC = "<IHBhh"
+
+
+def encode_log(boot_id, first_seq, lines):
+    """Return an ``up/log`` message as bytes (what a board's ring sends); ``lines`` is a list
+    of (up_s, up_ms, code, a, b), the first one numbered ``first_seq``."""
+    n = len(lines)
+    buf = bytearray(HEADER_SIZE + LOG_RECORD_SIZE * n)
+    off = batch_header_into(buf, 0, 0, boot_id, first_seq, n, None)
+    for i in range(n):
+        up_s, up_ms, code, a, b = lines[i]
+        _rng("up_s", up_s, 0, SEQ_MAX)
+        _rng("up_ms", up_ms, 0, 999)
+        _rng("code", code, 0, 255)
+        struct.pack_into(
+            _LOG_REC,
+            buf,
+            off,
+            up_s,
+            up_ms,
+            code,
+            _rng("a", a, -32768, 32767),
+            _rng("b", b, -32768, 32767),
+        )
+        off += LOG_RECORD_SIZE
+    return bytes(buf)
+
+
+def decode_log(data):
+    """Decode an ``up/log`` message: ``({"boot", "first", "lines"}, None)`` or ``(None,
+    reason)``, never raises; ``lines`` is a list of (seq, up_s, up_ms, code, a, b). A code
+    this side does not know is kept (``LOG_CODES`` names the known ones)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        return None, "log must be bytes"
+    data = bytes(data)
+    if len(data) < HEADER_SIZE:
+        return None, "log shorter than its header"
+    if data[:2] != b"OR":
+        return None, "bad magic"
+    _, version, flags, boot_id, first, count = struct.unpack_from(_HDR, data, 0)
+    if version != VERSION:
+        return None, "unsupported log version {}".format(version)
+    if flags:
+        return None, "unknown flags 0x{:02x}".format(flags)
+    try:
+        _rng("boot_id", boot_id, 1, SEQ_MAX)
+        _rng("count", count, 1, MAX_BATCH)
+        _rng("first_seq", first, 0, SEQ_MAX - count + 1)
+        if len(data) != HEADER_SIZE + count * LOG_RECORD_SIZE:
+            return None, "{} bytes, expected {}".format(
+                len(data), HEADER_SIZE + count * LOG_RECORD_SIZE
+            )
+        lines = []
+        for i in range(count):
+            r = struct.unpack_from(_LOG_REC, data, HEADER_SIZE + i * LOG_RECORD_SIZE)
+            _rng("up_s", r[0], 0, SEQ_MAX)
+            _rng("up_ms", r[1], 0, 999)
+            lines.append((first + i,) + r)
+    except ValueError as e:
+        return None, str(e)
+    return {"boot": boot_id, "first": first, "lines": lines}, None
 
 
 def event_time_ms(anchor, up_s, up_ms):

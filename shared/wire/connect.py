@@ -24,6 +24,7 @@ TOPIC_KINDS = (
     message.EVENTS,
     message.ACKS,
     message.LOSS,
+    message.LOG,
     message.PULL,
     message.CMD,
 )

@@ -55,3 +55,31 @@ LOSS_REASONS = ("store_full", "corrupt")
 
 MAX_LIFETIME = 604800  # 7 days
 CLOCK_SKEW = 300  # s a command's iat may lie ahead of the board's clock
+
+# --- log lines (up/log): a board's warnings, errors and workflow state changes ---------------
+
+LOG_RECORD_SIZE = 11  # up_s u32, up_ms u16, code u8, a i16, b i16
+LOG_LINES = 16  # lines a board holds (a fixed ring: the oldest goes)
+LOG_EVERY_MS = 10000  # a board publishes up/log at most this often
+# A line's code says its level and what its two small ints (S16) mean.
+LOG_BOOT = 1  # info: the app started (a, b: 0)
+LOG_STATE = 2  # info: the workflow entered state a (index); b: transitions since the last
+LOG_LINK_UP = 3  # info: connected; a: failed connects this boot (at most 32767)
+LOG_LINK_DOWN = 4  # warning: a connect failed after being connected (or at boot)
+LOG_REFUSED = 5  # warning: a command was refused; a: its ack code
+LOG_FAILED = 6  # error: a command ran and failed (an install rolled back, a bad bundle)
+LOG_FAULT = 7  # error: the workflow raised (it keeps running, or a trial rolls back)
+LOG_INBOX_FULL = 8  # warning: the inbox was full, a command dropped (pulled again)
+LOG_LOSS = 9  # warning: the store lost readings; a: LOSS_REASONS index, b: count
+LOG_CODES = {  # code: (level, name)
+    LOG_BOOT: ("info", "boot"),
+    LOG_STATE: ("info", "state"),
+    LOG_LINK_UP: ("info", "link_up"),
+    LOG_LINK_DOWN: ("warning", "link_down"),
+    LOG_REFUSED: ("warning", "command_refused"),
+    LOG_FAILED: ("error", "command_failed"),
+    LOG_FAULT: ("error", "workflow_fault"),
+    LOG_INBOX_FULL: ("warning", "inbox_full"),
+    LOG_LOSS: ("warning", "store_loss"),
+}
+LOG_LEVELS = ("info", "warning", "error")

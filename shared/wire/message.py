@@ -42,6 +42,7 @@ READINGS = "up/readings"
 EVENTS = "up/events"
 ACKS = "up/acks"
 LOSS = "up/loss"
+LOG = "up/log"
 PULL = "up/pull"
 CMD = "down/cmd"
 

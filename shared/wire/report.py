@@ -55,8 +55,11 @@ def _check_state(d):
             if not (x[k] is None or x[k] is True or x[k] is False or type(x[k]) in (int, str)):
                 _bad(_E_EXTRA_VALUE, k)
     s["extra"] = x
+    s["mpy"] = d.get("mpy")
     if not s["online"] and "fw" not in d:
         return s
+    if s["mpy"] is not None:
+        _id("mpy", s["mpy"])
     fw = s["fw"]
     if not isinstance(fw, str) or not 0 < len(fw) <= 64 or min(fw) < " ":
         _bad(_E_FW)
@@ -77,21 +80,34 @@ def _check_state(d):
 
 
 def encode_state(
-    online, fw, wf_name, wf_version, wf_hash, boot_id, backlog, synced, anchor, last_seq, extra=None
+    online,
+    fw,
+    wf_name,
+    wf_version,
+    wf_hash,
+    boot_id,
+    backlog,
+    synced,
+    anchor,
+    last_seq,
+    extra=None,
+    mpy=None,
 ):
     """Encode the retained state (birth) message.
 
-    ``wf_*`` are all None when no workflow is installed; ``anchor`` is the time anchor
-    (up_s, up_ms, unix_s, unix_ms) or None, and ``synced`` says whether there is one;
-    ``last_seq`` is the last sequence number issued, or None; ``extra`` is a flat dict of
-    id -> None/bool/int/str, or None.
+    ``fw`` is the version of the app bundle that runs; ``wf_*`` are all None when no workflow
+    is installed; ``anchor`` is the time anchor (up_s, up_ms, unix_s, unix_ms) or None, and
+    ``synced`` says whether there is one; ``last_seq`` is the last sequence number issued, or
+    None; ``extra`` is a flat dict of id -> None/bool/int/str, or None; ``mpy`` the ``.mpy``
+    version the board's MicroPython loads ("MAJOR.SUB", e.g. "6.3"), or None (not sent).
     """
     v = (online, fw, wf_name, wf_version, wf_hash, boot_id, backlog, synced, anchor, last_seq)
-    d = {"extra": extra}
+    d = {"extra": extra, "mpy": mpy}
     for i in range(len(_STATE)):
         d[_STATE[i]] = v[i]
     _check_state(d)
-    return _emit(_STATE if extra is None else _STATE + ("extra",), d)
+    keys = _STATE if mpy is None else _STATE + ("mpy",)
+    return _emit(keys if extra is None else keys + ("extra",), d)
 
 
 # acks: the board's answer to each command (the codes are shared.wire.constants' OK .. UNSAFE)

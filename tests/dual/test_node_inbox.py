@@ -2,6 +2,7 @@
 
 from _nodekit import _acks, _board, _cmd, _install, _run
 
+from firmware import gate
 from shared.wire import codec
 
 
@@ -64,12 +65,12 @@ def test_the_acks_a_duplicate_gets_again_are_the_newest_64_one_line_each():
     node, clock, link = _board()
     node.ack_later("i1", codec.IN_PROGRESS, "health window 3 s")
     node.ack_later("i1", codec.OK, "healthy:\nall good")  # the later result wins
-    assert node.stored_ack("i1") == (codec.OK, "healthy: all good")
+    assert gate.stored_ack(node, "i1") == (codec.OK, "healthy: all good")
     node.ack_later("x", codec.REJECTED, "not remembered", False)
-    assert node.stored_ack("x") is None and node.stored_ack("i") is None
+    assert gate.stored_ack(node, "x") is None and gate.stored_ack(node, "i") is None
     for i in range(64):
         node.ack_later("c:" + str(i), codec.OK, "chunk {} of 64".format(i + 1))
     assert node.n_acks == 64 and node.acks.count("\n") == 65
-    assert node.stored_ack("i1") is None  # the oldest went
-    assert node.stored_ack("c:0") == (codec.OK, "chunk 1 of 64")
-    assert node.stored_ack("c:63") == (codec.OK, "chunk 64 of 64")
+    assert gate.stored_ack(node, "i1") is None  # the oldest went
+    assert gate.stored_ack(node, "c:0") == (codec.OK, "chunk 1 of 64")
+    assert gate.stored_ack(node, "c:63") == (codec.OK, "chunk 64 of 64")

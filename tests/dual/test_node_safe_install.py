@@ -48,7 +48,7 @@ def test_a_bundle_switch_waits_for_a_safe_state():
     node, clock, link, resets = _pumping()
     data = pack([("main.py", b"print('v2')\n")])
     sha = binascii.hexlify(hashlib.sha256(data).digest()).decode()
-    args = {"version": "2", "sha256": sha, "size": len(data), "chunks": 1}
+    args = {"version": "2", "sha256": sha, "size": len(data), "chunk_size": len(data), "chunks": 1}
     _cmd(node, clock, "b1", "install_bundle", args)
     _run(node, clock, 200)
     chunk = {"version": "2", "index": 0, "data": binascii.b2a_base64(data).decode().strip()}

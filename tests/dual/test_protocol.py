@@ -125,6 +125,33 @@ def test_batch_golden():
         assert _plain(b.records) == d["records"], case["name"]
 
 
+def test_log_golden_bytes_and_refusals():
+    assert len(GOLD["logs"]) >= 2
+    for case in GOLD["logs"]:
+        a = case["args"]
+        data = codec.encode_log(a["boot_id"], a["first_seq"], a["lines"])
+        assert _hex(data) == case["hex"], case["name"]
+        m, err = codec.decode_log(_unhex(case["hex"]))
+        assert err is None and _plain(m) == case["decoded"], case["name"]
+    # the batch header, then up_s u32, up_ms u16, code u8, a i16, b i16 per line
+    data = codec.encode_log(0x01020304, 5, [(0x11223344, 999, 6, -2, 258)])
+    assert data == b"OR\x01\x00\x04\x03\x02\x01\x05\x00\x00\x00\x01\x00" + (
+        b"\x44\x33\x22\x11\xe7\x03\x06\xfe\xff\x02\x01"
+    )
+    assert codec.decode_log(data) == (
+        {"boot": 0x01020304, "first": 5, "lines": [(5, 0x11223344, 999, 6, -2, 258)]},
+        None,
+    )
+    assert codec.decode_log(data[:-1])[1] == "24 bytes, expected 25"
+    assert codec.decode_log(b"XX" + data[2:])[1] == "bad magic"
+    assert codec.decode_log(data[:3] + b"\x02" + data[4:])[1] == "unknown flags 0x02"
+    assert codec.decode_log(data[:10])[1] == "log shorter than its header"
+    assert codec.decode_log(data[:-7] + b"\xe8\x03" + data[-5:])[1].startswith("up_ms")
+    assert codec.decode_log("OR")[1] == "log must be bytes"
+    assert raises(ValueError, codec.encode_log, 1, 0, [(0, 0, 1, 32768, 0)])
+    assert raises(ValueError, codec.encode_log, 0, 0, [(0, 0, 1, 0, 0)])
+
+
 def test_batch_bytes_by_hand():
     # the layout written out byte by byte, independently of struct
     data = codec.encode_batch(0x01020304, 0x0A0B0C0D, [(0x11223344, 999, -2, 7)], codec.HISTORICAL)
@@ -170,7 +197,9 @@ def test_batch_round_trip_without_anchor():
         assert b.records[i] == (77 + i,) + records[i]
     # the lowest and highest uptime (s) of its records: what the cloud checks event times by
     assert (b.up_min, b.up_max) == (0, 49)
-    b, err = codec.decode_batch(codec.encode_batch(3, 1, [(9, 0, 0, 0), (4, 999, 0, 0), (7, 0, 0, 0)]))
+    b, err = codec.decode_batch(
+        codec.encode_batch(3, 1, [(9, 0, 0, 0), (4, 999, 0, 0), (7, 0, 0, 0)])
+    )
     assert err is None and (b.up_min, b.up_max) == (4, 9)
 
 
@@ -600,7 +629,9 @@ def test_text_a_database_cannot_store_is_refused():
         reason = field + " holds U+" + code + ", which a database cannot store"
         assert decode(data) == (None, reason), reason
     # everything else, non-ASCII included, is fine
-    a, err = codec.decode_ack('{"v":1,"id":"zz","code":0,"detail":"\u00e9 \u20ac \U0001f600"}'.encode())
+    a, err = codec.decode_ack(
+        '{"v":1,"id":"zz","code":0,"detail":"\u00e9 \u20ac \U0001f600"}'.encode()
+    )
     assert err is None and a["detail"] == "\u00e9 \u20ac \U0001f600"
     s, err = codec.decode_state((st + ',"extra":{"note":"caf\u00e9"}}').encode())
     assert err is None and s["extra"] == {"note": "caf\u00e9"}

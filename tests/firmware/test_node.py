@@ -237,6 +237,7 @@ def _send_bundle(b: Board, cloud: Cloud, files: list, cmd_id: str, version: str)
         "version": version,
         "sha256": hashlib.sha256(blob).hexdigest(),
         "size": len(blob),
+        "chunk_size": size,
         "chunks": len(chunks),
     }
     cloud.send(b.device, sign(b.device, cmd_id, "install_bundle", args, now))
@@ -299,7 +300,14 @@ def test_failing_app_bundle_rolls_back(tmp_path, own_broker, cloud):
     again = Board(tmp_path, own_broker.port)  # the old app, booted again, reports the failure
     again.node.confirm_after_s = 2
     wait_for(lambda: any(a["id"] == "bundle-2" and a["code"] == codec.FAILED for a in cloud.acks()), again)
-    assert json.loads((root / "app.json").read_text())["active"] == "a"
+    app = json.loads((root / "app.json").read_text())
+    assert app["active"] == "a" and app["version"] is None, "the version that runs again"
+    failed = [a for a in cloud.acks() if a["id"] == "bundle-2" and a["code"] == codec.FAILED]
+    assert failed[0]["detail"] == (
+        "rolled back: trial boot did not reach the broker and pass its health check"
+    )
+    wait_for(lambda: codec.decode_state(cloud.of("up/state")[-1])[0]["boot"] == again.node.boot_id)
+    assert codec.decode_state(cloud.of("up/state")[-1])[0]["fw"] == "0.1.0"
 
 
 def test_good_app_bundle_is_confirmed(tmp_path, own_broker, cloud):
@@ -317,3 +325,70 @@ def test_good_app_bundle_is_confirmed(tmp_path, own_broker, cloud):
     app = json.loads((root / "app.json").read_text())
     assert app["active"] == "b" and not app["trial"]
     assert (root / "app_b" / "firmware" / "main.py").read_bytes() == b"OK = True\n"
+
+
+def test_a_download_cut_by_a_power_cut_resumes_with_only_the_missing_chunks(
+    tmp_path, own_broker, cloud
+):
+    import hashlib
+
+    from shared import bundle
+
+    files = [("firmware/__init__.py", b""), ("firmware/main.py", b"OK = 4\n" * 300)]
+    blob = bundle.pack(files)
+    cs = 256
+    chunks = [blob[i : i + cs] for i in range(0, len(blob), cs)]
+    n = len(chunks)
+    args = {
+        "version": "4.0.0",
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+        "chunk_size": cs,
+        "chunks": n,
+    }
+
+    def chunk(b: Board, i: int, tag: str) -> None:
+        body = {"version": "4.0.0", "index": i, "data": base64.b64encode(chunks[i]).decode()}
+        cloud.send(b.device, sign(b.device, f"{tag}-{i}", "bundle_chunk", body, b.now_s()))
+
+    def ack(cmd_id: str) -> dict | None:
+        got = [a for a in cloud.acks() if a["id"] == cmd_id]
+        return got[-1] if got else None
+
+    b = Board(tmp_path, own_broker.port)
+    b.run(2000)
+    cloud.send(b.device, sign(b.device, "inst-1", "install_bundle", args, b.now_s()))
+    wait_for(lambda: ack("inst-1") is not None, b)
+    assert ack("inst-1")["detail"] == f"next 0/{n}"
+    half = n // 2
+    for i in range(half):
+        chunk(b, i, "a")
+    wait_for(lambda: ack(f"a-{half - 1}") is not None, b)
+    assert ack(f"a-{half - 1}")["detail"] == f"next {half}/{n}"
+    b.close()  # the power goes while the next chunk is being written: it is torn
+    root = tmp_path / "dev1"
+    with open(root / "bundle.part", "ab") as f:
+        f.write(chunks[half][:100])
+
+    again = Board(tmp_path, own_broker.port)  # boots again: RAM lost, flash kept
+    again.node.confirm_after_s = 2
+    cloud.send(again.device, sign(again.device, "inst-2", "install_bundle", args, again.now_s()))
+    wait_for(lambda: ack("inst-2") is not None, again)
+    a = ack("inst-2")
+    assert (a["code"], a["detail"]) == (codec.IN_PROGRESS, f"next {half}/{n} (resumed)")
+    for i in range(half, n):  # the companion sends from K on: only the missing chunks
+        chunk(again, i, "b")
+    wait_for(lambda: again.resets == 1, again)
+    assert ack(f"b-{n - 1}")["detail"] == "bundle 4.0.0 stored in slot b; rebooting into it"
+    assert [x for x in cloud.acks() if x["id"].startswith("b-") and x["code"] != codec.OK] == []
+    again.close()
+    slot, rc = _boot_slot(root)
+    assert slot.endswith("app_b") and rc == 0
+    third = Board(tmp_path, own_broker.port)  # the trial boot reaches the broker, stays up
+    third.node.confirm_after_s = 2
+    wait_for(lambda: (ack("inst-2") or {}).get("code") == codec.OK, third)
+    assert ack("inst-2")["detail"] == "running bundle 4.0.0"
+    assert (root / "app_b" / "firmware" / "main.py").read_bytes() == b"OK = 4\n" * 300
+    states = [codec.decode_state(p)[0] for p in cloud.of("up/state")]
+    assert states[-1]["fw"] == "4.0.0", "the state reports the bundle that runs"
+    assert states[0]["fw"] == "0.1.0", "before it, the firmware's own version"

@@ -227,6 +227,7 @@ def _firmware_config(mpy_dir: Path, blob: bytes) -> tuple[dict, bytes, dict]:
                 "version": "0.2.0",
                 "sha256": hashlib.sha256(app).hexdigest(),
                 "size": len(app),
+                "chunk_size": BUNDLE_CHUNK,
                 "chunks": len(chunks),
             },
         )

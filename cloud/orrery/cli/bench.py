@@ -169,8 +169,20 @@ def int_list(text: str, option: str, lo: int, hi: int) -> list[int]:
 @app.command("rollout")
 def bench_rollout(
     devices: Annotated[
-        int, typer.Option(min=100, max=1_000_000, help="Registered devices to roll out to.")
-    ] = 100_000,
+        int | None,
+        typer.Option(
+            min=100,
+            max=1_000_000,
+            help="Registered devices to roll out to (default 100000; with --bundle 1000).",
+        ),
+    ] = None,
+    bundle: Annotated[
+        bool,
+        typer.Option(
+            "--bundle",
+            help="Roll out the real app as a bundle instead (chunks, acks, convergence).",
+        ),
+    ] = False,
     db: Annotated[
         str | None,
         typer.Option(
@@ -183,9 +195,18 @@ def bench_rollout(
 ) -> None:
     """Plan a rollout over many devices (against a plain SELECT of them), then run it: signed
     commands to a real broker, acks through `orrery serve`; then its signing against
-    json.dumps + hmac."""
+    json.dumps + hmac. With --bundle: the app bundle's size, chunks/s and the time for the
+    boards to converge."""
     from cloud.orrery.bench import rollout
 
+    if bundle:
+        from cloud.orrery.bench import ota
+
+        if db is not None:
+            fail(f"--db {db!r}: --bundle runs on a temporary SQLite file; leave out --db")
+        show_figures(ota.run(devices or 1000), as_json)
+        return
+    devices = devices or 100_000
     if db is not None:
         if not db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
             fail(f"--db {db!r}: give a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")

@@ -56,8 +56,8 @@ def demo(
 ) -> None:
     """The one-command demo: a broker, the companion, 50 virtual boards running the firmware,
     workflow v1 and v2, a staged rollout of v2 while a third of the fleet is offline, then the
-    offline boards come back; ends with a report and a PNG plot (and, with --console, the web
-    console on the result)."""
+    offline boards come back, then the app itself is rolled out as a bundle (OTA); ends with a
+    report and a PNG plot (and, with --console, the web console on the result)."""
     from cloud.orrery.sim import scenario
     from cloud.orrery.sim.fleet import VirtualFleet
 
@@ -89,14 +89,16 @@ def demo(
             scenario.board_output(boards_log),
         ):
             rid, at_finish = scenario.run_demo(fleet, cast, rng, display)
-            rep = scenario.finish(fleet, out_dir, rid, at_finish, cast.plotted, t0, display)
+            bid = scenario.run_demo_bundle(fleet, display)
+            rep = scenario.finish(fleet, out_dir, rid, at_finish, cast.plotted, t0, display, bid)
     except RuntimeError as exc:  # the companion could not start or keep up: say why
         fail(str(exc))
     finally:
         with scenario.board_output(boards_log):
             fleet.close()
     rep.notes.append(
-        f"Explore: orrery rollout status {rid} --db {db_url} | orrery readings gaps --db {db_url}"
+        f"Explore: orrery rollout status {rid} --db {db_url} | orrery rollout status {bid} --db {db_url}"
+        f" | orrery readings gaps --db {db_url}"
         f" | orrery readings plot {cast.plotted} --db {db_url} --raw {rep.plot['raw_file'] if rep.plot else ''}"
     )
     show_report(rep, t0, con, as_json)

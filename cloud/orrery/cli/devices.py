@@ -1,8 +1,10 @@
-"""``orrery devices add|list|summary|show|timeline|tag|send``: the devices registry, and commands to devices."""
+"""``orrery devices add|list|summary|show|timeline|logs|tag|send``: the devices registry, and
+commands to devices."""
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated
 
 import typer
@@ -21,7 +23,7 @@ from cloud.orrery.cli.common import (
     parse_seconds,
 )
 from cloud.orrery.clock import iso, now_ms
-from cloud.orrery.fleet import device_commands, devices, keys, timeline
+from cloud.orrery.fleet import device_commands, devices, keys, logs, timeline
 from cloud.orrery.ingest.skew import fmt_offset
 from shared.wire.codec import CLOCK_SKEW
 
@@ -234,6 +236,81 @@ def devices_timeline(
         + (f" (the newest {limit}; older ones left off: --limit)" if more else "")
         + "; src: event = the board's clock, received/recorded = the companion's"
     )
+
+
+_LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "red"}
+
+
+@app.command("logs")
+def devices_logs(
+    name: Annotated[str, typer.Argument(help="Device id.")],
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
+            "time (UTC if naive) or unix seconds."
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(help="The newest N lines at most.")] = logs.DEFAULT_LIMIT,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="--follow: seconds between looks at the database.")
+    ] = 1.0,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The lines a board keeps in its log and sends on up/log: its warnings and errors (link
+    down, refused or failed commands, workflow faults, store losses) and its workflow's state
+    changes, oldest first. Each time is the board's event time where its boot's time anchor is
+    known (src evt), else when the companion received the line (rcv). With --follow and
+    --json: one JSON object a line."""
+    if limit < 1:
+        fail(f"--limit: {limit} must be at least 1")
+    if interval <= 0:
+        fail(f"--interval: {interval} must be more than 0")
+    try:
+        since_ms = None if since is None else timeline.parse_since(since, now_ms())
+        engine = open_db(db_url)
+        with engine.connect() as conn:
+            did, name = timeline.device_ref(conn, name)
+            follower = logs.Follower(conn, did, since_ms) if follow else None
+            shown = logs.lines(conn, did, since_ms, limit)
+    except timeline.TimelineError as exc:
+        fail(str(exc))
+    if not follow:
+        if as_json:
+            print(json.dumps([x.as_dict() for x in shown]))
+            return
+        for line in shown:
+            _print_line(line, False)
+        console.print(f"{len(shown)} line(s); src: evt = the board's clock, rcv = received")
+        return
+    assert follower is not None
+    follower.mark(shown)
+    for line in shown:
+        _print_line(line, as_json)
+    try:
+        while True:
+            time.sleep(interval)
+            with engine.connect() as conn:
+                for line in follower.poll(conn):
+                    _print_line(line, as_json)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+def _print_line(line: logs.Line, as_json: bool) -> None:
+    # one line per log line (JSON Lines with --follow --json), flushed: --follow is read live
+    if as_json:
+        print(json.dumps(line.as_dict()), flush=True)
+        return
+    src = "evt" if line.time_source == "event" else "rcv"
+    text = escape(f"{iso(line.at_ms)} {src} {line.level:<7} {line.text}")
+    style = _LEVEL_STYLE.get(line.level, "")
+    console.print(f"[{style}]{text}[/]" if style else text, soft_wrap=True)
+    console.file.flush()
 
 
 @app.command("tag")

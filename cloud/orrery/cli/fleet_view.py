@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def _states_text(states: dict) -> str:
-    order = ("succeeded", "offline-pending", "installing", "acked", "sent", "queued", "failed")
+    order = ("succeeded", "offline-pending", "installing", "acked", "sent", "queued", "failed",
+             "rolled-back")  # fmt: skip
     keys = sorted(states, key=lambda k: (order.index(k) if k in order else 99, k))
     return ", ".join(f"{states[k]} {k}" for k in keys) or "-"
 
@@ -51,6 +52,22 @@ def render(rep: Report, con: Console) -> None:
         con.print(
             f"rollout {r['state']}: at the finish {r['at_finish'] or r['converged']}; "
             f"now {r['converged']}"
+        )
+    if rep.bundle:
+        b = rep.bundle
+        t = Table(title=f"Bundle rollout {b['id']}: {b['bundle']} over the air, in waves",
+                  title_justify="left")  # fmt: skip
+        t.add_column("wave")
+        t.add_column("size")
+        t.add_column("devices", justify="right")
+        t.add_column("states")
+        for w in b["waves"]:
+            t.add_row(str(w["wave"]), w["size"], str(w["devices"]), _states_text(w["states"]))
+        con.print(t)
+        on = ", ".join(f"{n} on app {v}" for v, n in sorted(b["boards_on"].items(), key=lambda kv: -kv[1]))
+        con.print(
+            f"bundle rollout {b['state']}{' (' + b['reason'] + ')' if b['reason'] else ''}: "
+            f"{b['converged']}; {b['chunks']:,} chunks acked; boards report {on}"
         )
     rd = rep.readings
     t = Table(title="Readings", title_justify="left", show_header=False)

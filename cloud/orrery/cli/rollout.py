@@ -27,7 +27,9 @@ from cloud.orrery.fleet.rollout.plan import RolloutError
 
 ROLLOUT_ERRORS = (RolloutError, RegistryError)
 
-app = typer.Typer(help="Staged fleet rollouts of workflow versions.", no_args_is_help=True)
+app = typer.Typer(
+    help="Staged fleet rollouts of workflow versions and app bundles.", no_args_is_help=True
+)
 
 
 def _orch(db_url: str | None, need_secret: bool = False) -> Orchestrator:
@@ -43,7 +45,6 @@ def _orch(db_url: str | None, need_secret: bool = False) -> Orchestrator:
 
 @app.command("create")
 def rollout_create(
-    workflow: Annotated[str, typer.Option(help="NAME@VERSION from the registry.")],
     target: Annotated[
         str,
         typer.Option(
@@ -93,10 +94,20 @@ def rollout_create(
             "(each device's tag KEY; UTC for a device without a valid one)."
         ),
     ] = None,
+    workflow: Annotated[
+        str | None, typer.Option(help="The workflow to roll out: NAME@VERSION from the registry.")
+    ] = None,
+    bundle: Annotated[
+        str | None,
+        typer.Option(
+            help="Or the app bundle (firmware OTA) to roll out: NAME@VERSION from the registry."
+        ),
+    ] = None,
     db_url: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Plan a rollout (a draft; `orrery rollout start ID` runs it, within its schedule)."""
+    """Plan a rollout of a workflow or an app bundle (a draft; `orrery rollout start ID` runs
+    it, within its schedule)."""
     o = _orch(db_url)
     try:
         plan = o.create(
@@ -114,6 +125,7 @@ def rollout_create(
             start_at,
             window,
             window_tz,
+            bundle,
         )
     except ROLLOUT_ERRORS as exc:
         fail(str(exc))
@@ -148,7 +160,8 @@ def rollout_create(
         console.print("[yellow]dry run: nothing was created[/]")
     else:
         console.print(
-            f"created rollout [bold]{plan.rollout_id}[/] of {plan.workflow} (draft): `orrery rollout start {plan.rollout_id}`"
+            f"created rollout [bold]{plan.rollout_id}[/] of {'bundle ' if plan.kind == 'bundle' else ''}"
+            f"{plan.workflow} (draft): `orrery rollout start {plan.rollout_id}`"
         )
 
 
@@ -270,7 +283,8 @@ def _waiting(r: dict) -> str:
 
 def _status_view(s: dict) -> Table:
     t = Table(
-        title=f"rollout {s['id']}: {s['workflow']} — {s['state']}"
+        title=f"rollout {s['id']}: {'bundle ' if s.get('kind') == 'bundle' else ''}"
+        f"{s['workflow']} — {s['state']}"
         + (f" ({s['reason']})" if s["reason"] else "")
     )
     t.add_column("wave")
@@ -287,6 +301,11 @@ def _status_view(s: dict) -> Table:
         )
     t.caption = s["converged_text"]
     lines = _safe_lines(s)
+    downloads = s.get("downloads") or []
+    if downloads:
+        shown = ", ".join(f"{d['device']} {d['progress']}" for d in downloads[:8])
+        more = f" … (+{len(downloads) - 8})" if len(downloads) > 8 else ""
+        lines.append(f"downloading ({len(downloads)}): {shown}{more}")
     if s.get("schedule"):
         lines += gate.status_lines(s["schedule"], now_ms())
     if not lines:

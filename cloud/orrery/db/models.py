@@ -234,6 +234,26 @@ class Event(SQLModel, table=True):
     received_ms: int = Field(sa_column=_big(nullable=False))
 
 
+class DeviceLog(SQLModel, table=True):
+    """A line of a board's log (``up/log``), exactly once: keyed by (device, boot, seq). The
+    board sends a code and two small ints; ``text`` is the line as the companion wrote it when
+    it arrived (state names from the workflow the device reported then)."""
+
+    __tablename__ = "device_logs"
+    __table_args__ = (Index("ix_device_logs_device_received", "device_id", "received_ms"),)
+    device_id: int = Field(primary_key=True)
+    boot: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    seq: int = Field(sa_column=_big(primary_key=True, autoincrement=False))
+    up_ms: int = Field(sa_column=_big(nullable=False))
+    event_ms: int | None = Field(default=None, sa_column=_big())
+    level: str = Field(max_length=16)  # info | warning | error
+    code: int
+    a: int
+    b: int
+    text: str = Field(max_length=300)
+    received_ms: int = Field(sa_column=_big(nullable=False))
+
+
 class Alert(SQLModel, table=True):
     """A live alert: a live (not backlog) reading crossed an alert rule."""
 
@@ -336,6 +356,14 @@ class RolloutDevice(SQLModel, table=True):
     sent_ms: int | None = Field(default=None, sa_column=_big())
     detail: str | None = None
     baseline: str | None = None  # JSON health counters when its wave started
+    # a bundle rollout's download (migration 0011, ``fleet.rollout.ota``): the chunk count, the
+    # chunk the board expects next (None: its install_bundle is not answered yet), the chunks
+    # queued in this round, the round of chunk ids in force, when the download last moved
+    dl_chunks: int | None = None
+    dl_next: int | None = None
+    dl_sent: int | None = None
+    dl_round: int | None = None
+    dl_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class RolloutLog(SQLModel, table=True):

@@ -2,7 +2,8 @@
 registry row: tags, its workflow state, its rollouts.
 
 ``timeline`` merges, per device: boots (``device_sessions``), workflow events and the state
-changes they show (``events``), commands and what became of them (``commands``: queued, last
+changes they show (``events``), the board's own log lines (``device_logs``: its warnings,
+errors and state changes), commands and what became of them (``commands``: queued, last
 published, acked or expired; operator commands with who sent them), installs (the rollout audit
 log's lines for the device), losses and gaps (the loss ledger), live alerts and dead letters.
 Each entry carries its time and where that time comes from (``TIME_SOURCES``): the board's own
@@ -23,8 +24,10 @@ from sqlalchemy.engine import Connection
 from cloud.orrery.clock import iso, parse_instant
 from cloud.orrery.db.tables import (
     ALERTS,
+    BUNDLES,
     COMMANDS,
     DEAD_LETTERS,
+    DEVICE_LOGS,
     DEVICES,
     EVENTS,
     GAPS,
@@ -47,7 +50,7 @@ RECORDED = "recorded"  # the companion's clock when it did this itself (a comman
 TIME_SOURCES = (EVENT, RECEIVED, RECORDED)
 # in this order when at the same time: a boot before its events, a gap before its resend, a
 # command queued before it is published and acked
-KINDS = ("boot", "state", "event", "alert", "loss", "gap", "dead-letter", "command", "install",
+KINDS = ("boot", "state", "event", "log", "alert", "loss", "gap", "dead-letter", "command", "install",
          "sent", "ack", "expired")  # fmt: skip
 DEFAULT_LIMIT = 200
 
@@ -132,6 +135,22 @@ def workflow_state(conn: Connection, device: int) -> dict | None:
     }
 
 
+# what a rollout rolls out: a workflow version or an app bundle (rollouts.bundle_id)
+_SUBJECT = (
+    WORKFLOWS.c.name.label("wf_name"),
+    WORKFLOWS.c.version.label("wf_version"),
+    BUNDLES.c.name.label("b_name"),
+    BUNDLES.c.version.label("b_version"),
+)
+
+
+def _what(r) -> str:
+    # NAME@VERSION of a row selected with _SUBJECT
+    if r.wf_name is not None:
+        return f"{r.wf_name}@{r.wf_version}"
+    return f"{r.b_name}@{r.b_version}"
+
+
 def rollout_history(conn: Connection, device: int) -> list[dict]:
     """Every rollout the device was a member of, oldest first: the workflow version it
     installed, the rollout's state, the device's state in it and the reason (its last
@@ -141,26 +160,29 @@ def rollout_history(conn: Connection, device: int) -> list[dict]:
             ROLLOUTS.c.id,
             ROLLOUTS.c.state.label("rollout_state"),
             ROLLOUTS.c.created_by,
-            WORKFLOWS.c.name,
-            WORKFLOWS.c.version,
+            *_SUBJECT,
             ROLLOUT_DEVICES.c.state,
             ROLLOUT_DEVICES.c.wave,
             ROLLOUT_DEVICES.c.attempt,
             ROLLOUT_DEVICES.c.detail,
             ROLLOUT_DEVICES.c.prev_wf,
             ROLLOUT_DEVICES.c.prev_ver,
+            ROLLOUT_DEVICES.c.prev_fw,
             ROLLOUT_DEVICES.c.updated_ms,
         )
         .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_DEVICES.c.rollout_id)
-        .join(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(BUNDLES, BUNDLES.c.id == ROLLOUTS.c.bundle_id)
         .where(ROLLOUT_DEVICES.c.device_id == device)
         .order_by(ROLLOUTS.c.id)
     )
     return [
         {
             "rollout": r.id,
-            "workflow": f"{r.name}@{r.version}",
-            "from": None if r.prev_wf is None else f"{r.prev_wf}@{r.prev_ver}",
+            "workflow": _what(r),  # NAME@VERSION of the workflow, or of the bundle
+            "from": (None if r.prev_wf is None else f"{r.prev_wf}@{r.prev_ver}")
+            if r.wf_name is not None
+            else (None if r.prev_fw is None else f"{r.b_name}@{r.prev_fw}"),
             "rollout_state": r.rollout_state,
             "state": r.state,
             "reason": r.detail,
@@ -369,9 +391,10 @@ def install_entries(conn: Connection, device: int, since_ms: int | None, limit: 
     rollout (queued again, sent, installing, succeeded, failed …), with the reason and who
     acted (None: the orchestrator)."""
     q = (
-        sa.select(ROLLOUT_LOG, WORKFLOWS.c.name, WORKFLOWS.c.version)
+        sa.select(ROLLOUT_LOG, *_SUBJECT)
         .join(ROLLOUTS, ROLLOUTS.c.id == ROLLOUT_LOG.c.rollout_id)
-        .join(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(WORKFLOWS, WORKFLOWS.c.id == ROLLOUTS.c.workflow_id)
+        .outerjoin(BUNDLES, BUNDLES.c.id == ROLLOUTS.c.bundle_id)
         .where(ROLLOUT_LOG.c.device_id == device)
     )
     if since_ms is not None:
@@ -382,12 +405,12 @@ def install_entries(conn: Connection, device: int, since_ms: int | None, limit: 
             r.at_ms,
             RECORDED,
             "install",
-            f"rollout {r.rollout_id} ({r.name}@{r.version}): {r.event}"
+            f"rollout {r.rollout_id} ({_what(r)}): {r.event}"
             + (f": {r.detail}" if r.detail else "")
             + (f" by {r.actor}" if r.actor else ""),
             {
                 "rollout": r.rollout_id,
-                "workflow": f"{r.name}@{r.version}",
+                "workflow": _what(r),
                 "state": r.event,
                 "detail": r.detail,
                 "actor": r.actor,
@@ -442,6 +465,24 @@ def loss_entries(conn: Connection, device: int, since_ms: int | None, limit: int
         for r in conn.execute(_newest(g, GAPS.c.detected_ms, limit))
     ]
     return out
+
+
+def log_entries(conn: Connection, device: int, since_ms: int | None, limit: int) -> list[Entry]:
+    """The board's log lines (``up/log``): its warnings, errors and workflow state changes."""
+    at = sa.func.coalesce(DEVICE_LOGS.c.event_ms, DEVICE_LOGS.c.received_ms)
+    q = sa.select(DEVICE_LOGS, at.label("at")).where(DEVICE_LOGS.c.device_id == device)
+    if since_ms is not None:
+        q = q.where(at >= since_ms)
+    return [
+        Entry(
+            r.at,
+            EVENT if r.event_ms is not None else RECEIVED,
+            "log",
+            f"{r.level}: {r.text}",
+            {"level": r.level, "code": r.code, "a": r.a, "b": r.b, "boot": r.boot, "seq": r.seq},
+        )
+        for r in conn.execute(_newest(q, at, limit))
+    ]
 
 
 def alert_entries(conn: Connection, device: int, since_ms: int | None, limit: int) -> list[Entry]:
@@ -506,6 +547,7 @@ def timeline(
     for source in (
         boot_entries,
         event_entries,
+        log_entries,
         command_entries,
         install_entries,
         loss_entries,

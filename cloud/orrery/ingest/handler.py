@@ -31,15 +31,17 @@ from cloud.orrery.db.tables import (
     ALERTS,
     CONFLICTS,
     DEAD_LETTERS,
+    DEVICE_LOGS,
     DEVICES,
     EVENTS,
     LOSSES,
     READING_COLS,
     TIME_FAULTS,
+    WORKFLOWS,
     insert_ignore,
     insert_new,
 )
-from cloud.orrery.fleet import commands, keys
+from cloud.orrery.fleet import commands, keys, logs
 from cloud.orrery.ingest import reconcile
 from cloud.orrery.ingest.alerts import AlertRule
 from cloud.orrery.ingest.anchors import Sessions, fault_row, pg_array, plausible
@@ -121,6 +123,7 @@ class Ingest:
         self.max_gap = max_gap
         self.pg = engine.dialect.name == "postgresql"
         self._devices: dict[str, _Dev] = {}
+        self._state_names: dict[tuple[str, int], tuple[str, ...]] = {}  # per workflow version
         self.sessions = Sessions(self.pg)
         self.counters: dict[str, int] = defaultdict(int)
         self._cursor = 0  # the device the last reconcile pass ended on
@@ -264,7 +267,7 @@ class Ingest:
         if kind == codec.CMD:
             dev = self._device(conn, name, fleet, now, register=False)
             return (None if dev else "unknown device"), dev, kind
-        limit = codec.MAX_BATCH_BYTES if kind == codec.READINGS else MAX_JSON
+        limit = codec.MAX_BATCH_BYTES if kind in (codec.READINGS, codec.LOG) else MAX_JSON
         if len(m.payload) > limit:
             return f"oversize: {len(m.payload)} bytes > {limit}", None, kind
         dev = self._device(conn, name, fleet, now, register=self.auto_register)
@@ -289,7 +292,9 @@ class Ingest:
             for i in range(0, len(todo), commands.CHUNK):
                 chunk = todo[i : i + commands.CHUNK]
                 if self.pg:
-                    cur.execute("SELECT id, name, fleet FROM devices WHERE name = ANY(%s)", (chunk,))
+                    cur.execute(
+                        "SELECT id, name, fleet FROM devices WHERE name = ANY(%s)", (chunk,)
+                    )
                 else:
                     cur.execute("SELECT id, name, fleet FROM devices WHERE name IN ({})".format(
                         ",".join("?" * len(chunk))), chunk)  # fmt: skip
@@ -366,6 +371,9 @@ class Ingest:
         if kind == codec.EVENTS:
             e, err = codec.decode_event(m.payload)
             return f"malformed event: {err}" if err else self._event(conn, dev, e, now)
+        if kind == codec.LOG:
+            lg, err = codec.decode_log(m.payload)
+            return f"malformed log: {err}" if err else self._log(conn, dev, lg, now)
         if kind == codec.ACKS:
             a, err = codec.decode_ack(m.payload)
             if err:
@@ -490,6 +498,8 @@ class Ingest:
             "synced": s["synced"],
             "dirty": True,
         }
+        if s.get("mpy") and len(s["mpy"]) <= 16:  # older boards send none: keep what is known
+            values["mpy"] = s["mpy"]
         if not retained:
             values["last_seen_ms"] = now
         elif cur.boot is not None and cur.boot != s["boot"] and cur.online:
@@ -538,6 +548,52 @@ class Ingest:
         if new and ("alarm" in e["event"] or "fault" in e["event"]):
             values["alarms"] = DEVICES.c.alarms + 1
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
+
+    def _log(self, conn: Connection, dev: _Dev, lg: dict, now: int) -> None:
+        # each line once (a redelivery inserts nothing), its event time from the boot's anchor
+        a = self.sessions.anchor(conn, dev.id, lg["boot"])
+        lo, hi = plausible(now)
+        states = self._states(conn, dev.id)
+        rows = []
+        for seq, up_s, up_ms, code, x, y in lg["lines"]:
+            up = up_s * 1000 + up_ms
+            at = up + (a[1] - a[0]) if a else None
+            rows.append(
+                {
+                    "device_id": dev.id,
+                    "boot": lg["boot"],
+                    "seq": seq,
+                    "up_ms": up,
+                    "event_ms": at if at is not None and lo <= at <= hi else None,
+                    "level": logs.level_and_name(code)[0],
+                    "code": code,
+                    "a": x,
+                    "b": y,
+                    "text": logs.render(code, x, y, states),
+                    "received_ms": now,
+                }
+            )
+        conn.execute(insert_ignore(conn, DEVICE_LOGS), rows)
+        self._touch(conn, dev, now)
+
+    def _states(self, conn: Connection, device: int) -> tuple[str, ...] | None:
+        # the state names of the workflow the device reported last (None: none, or unknown)
+        r = conn.execute(
+            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version, WORKFLOWS.c.blob)
+            .join(
+                DEVICES,
+                sa.and_(DEVICES.c.wf == WORKFLOWS.c.name, DEVICES.c.wf_ver == WORKFLOWS.c.version),
+            )
+            .where(DEVICES.c.id == device)
+        ).first()
+        if r is None:
+            return None
+        key = (r.name, r.version)
+        if key not in self._state_names:
+            from shared.workflow.program import Program
+
+            self._state_names[key] = tuple(Program(r.blob).state_names)
+        return self._state_names[key]
 
     # --- readings ----------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ SESSION_EXPIRY_S = 7 * 86400
 RECEIVE_MAXIMUM = 2000
 READ_SIZE = 256 * 1024  # bytes asked of the socket at a time (many messages in one read)
 READ_PACKETS = 2000  # the most packets handled per read before the loop looks at writes again
+OTA_EVERY_S = 0.1  # how often rollouts tick while a bundle download is under way
 _READINGS = b"/" + codec.READINGS.encode()  # the end of a readings batch's topic
 _PUBACK = struct.Struct("!BBH").pack  # a PUBACK packet: type, remaining length 2, packet id
 _MESSAGE = mqtt.MQTTMessage
@@ -409,6 +410,7 @@ class Service:
             broker=self.address,
         )
         next_reconcile = time.monotonic() + self.reconcile_every_s
+        next_ota = 0.0
         next_stats = time.monotonic() + self.stats_every_s
         pending: list[mqtt.MQTTMessage] = []
         self.decoder.run_in_background()
@@ -446,6 +448,15 @@ class Service:
             if now >= next_reconcile and not stopping:
                 next_reconcile = now + self.reconcile_every_s
                 self._reconcile()
+            elif (
+                not stopping
+                and self.orchestrator is not None
+                and self.orchestrator.downloading
+                and now >= next_ota
+            ):
+                # a bundle download's next chunks go out once the acks of the last are in
+                next_ota = now + min(OTA_EVERY_S, self.reconcile_every_s)
+                self._tick_rollouts()
             if now >= next_stats:
                 next_stats = now + self.stats_every_s
                 jlog("stats", stored=self.stored, **dict(self.ingest.counters))
@@ -542,6 +553,17 @@ class Service:
                     out.append(o)
         except Exception as exc:
             jlog("dispatch_failed", logging.ERROR, error=repr(exc)[:300])
+        if out:
+            self._publish(out)
+
+    def _tick_rollouts(self) -> None:
+        # the orchestrator alone, between two reconciles (bundle downloads under way)
+        assert self.orchestrator is not None
+        try:
+            out = self.orchestrator.tick()
+        except Exception as exc:
+            jlog("rollouts_failed", logging.ERROR, error=repr(exc)[:300])
+            return
         if out:
             self._publish(out)
 

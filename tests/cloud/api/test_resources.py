@@ -196,7 +196,9 @@ def test_rollouts_and_the_actor(fleet):
     assert "selects no device" in fleet.error("POST", "/rollouts", 400, json={**body, "target": "fleet=zz"})
     assert "--soak" in fleet.error("POST", "/rollouts", 400, json={**body, "soak": "soon"})
     fleet.error("POST", "/rollouts", 404, json={**body, "workflow": "greenhouse@9"})
-    fleet.error("POST", "/rollouts", 422, json={"target": "all"})
+    assert "give one of --workflow" in fleet.error("POST", "/rollouts", 400, json={"target": "all"})
+    both = {**body, "bundle": "app@2.0"}
+    assert "give one of --workflow" in fleet.error("POST", "/rollouts", 400, json=both)
 
 
 def test_commands_and_the_sender(fleet):
@@ -285,3 +287,49 @@ def test_hostile_inputs_are_4xx_never_5xx(fleet):
     r = fleet.call("POST", "/bundles", "admin", content=b"\x00" * 100,
                    headers={"content-type": "application/octet-stream"})  # fmt: skip
     assert r.status_code == 400 and "not an Orrery bundle file" in r.json()["error"]
+
+
+def test_bundles_and_a_bundle_rollout(fleet):
+    from tools.board import bundle as bundle_file
+
+    built = bundle_file.build_bundle("2.0.0")
+    data = built.encode()
+    octets = {"content-type": "application/octet-stream"}
+    new = fleet.ok("POST", "/bundles", "operator", content=data, headers=octets)
+    ref = f"{new['name']}@2.0.0"
+    assert (new["version"], new["created"]) == ("2.0.0", True)
+    assert fleet.ok("POST", "/bundles", "operator", content=data, headers=octets)["created"] is False
+    assert "not an Orrery bundle file" in fleet.error("POST", "/bundles", 400, content=b"zz", headers=octets)
+    fleet.error("POST", "/bundles", 403, as_="viewer", content=data, headers=octets)
+    listed = fleet.ok("GET", "/bundles")
+    assert listed["total"] == 1 and listed["items"][0]["created_by"] == "operator"
+    show = fleet.ok("GET", f"/bundles/{ref}")
+    assert show["files"] == len(show["manifest"]["files"]) == len(built.manifest["files"])
+    assert show == {**json.loads(run("bundle", "show", ref, "--json", "--db", fleet.url).stdout)}
+    d = fleet.ok("GET", f"/bundles/{ref}/diff/{ref}")
+    assert (d["from"], d["unchanged"], d["changed"]) == (ref, show["files"], [])
+    fleet.error("GET", "/bundles/nope@1", 404)
+    # boards that report the bundle's .mpy version can take it
+    mpy = show["mpy_version"]
+    t = [codec.topic("f1", n, codec.STATE) for n in NAMES]
+    fleet.send(*[Message(x, codec.encode_state(True, "1.0.0", None, None, None, 7, 0, False, None,
+                                               None, mpy=mpy)) for x in t])  # fmt: skip
+    plan = fleet.ok("POST", "/rollouts", "operator",
+                    json={"bundle": ref, "target": "fleet=f1", "waves": "100%", "dry_run": True})  # fmt: skip
+    assert (plan["kind"], plan["workflow"], plan["waves"][0]["count"]) == ("bundle", ref, 10)
+    rid = fleet.ok("POST", "/rollouts", "operator", json={"bundle": ref, "target": "fleet=f1"})["rollout_id"]
+    s = fleet.ok("GET", f"/rollouts/{rid}")
+    assert (s["kind"], s["workflow"], s["devices"]) == ("bundle", ref, 10)
+
+
+def test_device_logs(fleet):
+    from shared.wire import message
+
+    lines = [(101, 0, 1, 0, 0), (102, 0, 2, 1, 1)]
+    fleet.send(Message(f"orrery/f1/d00/{message.LOG}", codec.encode_log(7, 1, lines)))
+    got = fleet.ok("GET", "/devices/d00/logs")
+    assert [(x["seq"], x["level"]) for x in got] == [(1, "info"), (2, "info")]
+    assert got == json.loads(run("devices", "logs", "d00", "--json", "--db", fleet.url).stdout)
+    assert len(fleet.ok("GET", "/devices/d00/logs?limit=1")) == 1
+    fleet.error("GET", "/devices/nope/logs", 404)
+    assert "--since" in fleet.error("GET", "/devices/d00/logs?since=later", 400)

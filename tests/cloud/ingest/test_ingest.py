@@ -364,6 +364,22 @@ def test_state_and_will_drive_the_registry(ingest):
     assert device(ingest).last_seen_ms == 5000
 
 
+def test_state_reports_the_running_bundle_and_its_mpy_version(ingest):
+    def bundle_state(boot: int, fw: str, mpy: str | None) -> bytes:
+        return codec.encode_state(True, fw, None, None, None, boot, 0, False, None, None, None, mpy)
+
+    ingest.handle([msg("state", state(boot=7))], now=1000)
+    assert (device(ingest).fw, device(ingest).mpy) == ("1.0.0", None)
+    ingest.handle([msg("state", bundle_state(8, "app-2.0.0", "6.3"))], now=2000)
+    assert (device(ingest).fw, device(ingest).mpy) == ("app-2.0.0", "6.3")
+    ingest.handle([msg("state", bundle_state(9, "app-2.0.0", None))], now=3000)
+    assert device(ingest).mpy == "6.3", "a state without mpy keeps what is known"
+    bad = bundle_state(10, "app-2.0.0", "6.3").replace(b'"6.3"', b'"6 3"')
+    out = ingest.handle([msg("state", bad)], now=4000)
+    assert out.dead == 1, "a malformed mpy makes a malformed state"
+    assert q(ingest, "SELECT reason FROM dead_letters")[0][0].startswith("malformed state: mpy")
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

@@ -218,7 +218,7 @@ def _hostile(kind: str, text: str) -> tuple[str, bytes]:
         codec.PULL: {"v": 1, "boot": text},
         codec.CMD: {"v": 1, "b": text, "s": "00"},
     }  # fmt: skip
-    if kind == codec.READINGS:
+    if kind in (codec.READINGS, codec.LOG):  # binary
         return kind, text.encode("utf-8", "surrogatepass")
     if kind == "raw":  # the same ack as raw UTF-8, surrogates and all (not valid UTF-8)
         doc = json.dumps(templates[codec.ACKS], ensure_ascii=False)

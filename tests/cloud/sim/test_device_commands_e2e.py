@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from cloud.orrery.cli import app
 from cloud.orrery.clock import iso
 from cloud.orrery.sim.fleet import VirtualFleet
+from firmware import gate
 from shared.wire import codec
 
 pytestmark = pytest.mark.slow
@@ -177,8 +178,8 @@ def run(f: VirtualFleet) -> Outcome:
     out.resets = {n: b.resets for n, b in f.boards.items()}
     out.boots = {n: b.stats.boots for n, b in f.boards.items()}
     ids = [i for s in out.sent.values() for i in s["ids"]]
-    out.board_acks = {  # what each board remembers for a duplicate (firmware.sampler)
-        n: {i: b.node.stored_ack(i) for i in ids if b.node.stored_ack(i)}
+    out.board_acks = {  # what each board remembers for a duplicate (firmware.gate)
+        n: {i: gate.stored_ack(b.node, i) for i in ids if gate.stored_ack(b.node, i)}
         for n, b in f.boards.items()
     }
     out.states = {n: b.node.wf.ex.state_name() for n, b in f.boards.items()}

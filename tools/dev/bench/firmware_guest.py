@@ -3,7 +3,7 @@
 #
 # What runs is the board's own code, from .mpy (or ROMFS): /boot.py (firmware/slots.py, from
 # source, as MicroPython runs it), /main.py's firmware.main.main (config, board profile, safe
-# mode, crash counter, watchdog feeder), firmware.node.build (the UmqttLink and the node, its
+# mode, crash counter, watchdog feeder), firmware.start.build (the UmqttLink and the node, its
 # store, buffers and queues), micropython-lib's umqtt.simple imported as UmqttLink.connect
 # imports it, the workflow booted from flash, then the main loop's and the link thread's
 # passes (step_main, step_link) over a fake broker that answers what the link writes.
@@ -355,11 +355,13 @@ def rand4():
 
 
 def build_node():
-    from firmware import node
+    # as firmware.node.run starts a board: firmware.start builds the node, then is dropped
+    from firmware import RARE, drop, node, start
 
     cfg, hal, feed = R["fw"]
-    R["node"] = node.build(cfg, hal, "/flash/data", R["clock"].ticks_ms, rand4)
+    R["node"] = start.build(node.Node, cfg, hal, "/flash/data", R["clock"].ticks_ms, rand4)
     R["link"] = R["node"].link
+    drop(RARE)
 
 
 def boot_workflow():

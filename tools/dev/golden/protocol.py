@@ -44,6 +44,14 @@ def _batch_case(name, boot_id, first_seq, records, flags=0, anchor=None):
     }
 
 
+def _log_case(name, boot_id, first_seq, lines):
+    data = codec.encode_log(boot_id, first_seq, lines)
+    obj, err = codec.decode_log(data)
+    assert err is None, err
+    args = {"boot_id": boot_id, "first_seq": first_seq, "lines": [list(x) for x in lines]}
+    return {"name": name, "args": args, "hex": data.hex(), "decoded": _plain(obj)}
+
+
 def _plain(v):
     if isinstance(v, tuple):
         return [_plain(x) for x in v]
@@ -110,6 +118,7 @@ def build() -> dict:
                 ANCHOR,
                 41,
                 {"rssi": -61, "heap": 81234, "reset": "power_on", "ok": True, "note": None},
+                "6.3",
             ],
         ),
         _message_case(
@@ -133,6 +142,15 @@ def build() -> dict:
         _message_case("loss_full", "loss", [7, 100, 611, "store_full"]),
         _message_case("loss_corrupt", "loss", [7, 9, 9, "corrupt"]),
         _message_case("pull", "pull", [codec.SEQ_MAX]),
+    ]
+    logs = [
+        _log_case("boot_and_link_up", 7, 0, [(0, 5, codec.LOG_BOOT, 0, 0), (1, 20, 3, 4, 0)]),
+        _log_case(
+            "limits",
+            codec.SEQ_MAX,
+            codec.SEQ_MAX - 1,
+            [(codec.SEQ_MAX, 999, 255, -32768, 32767), (0, 0, codec.LOG_STATE, 3, -1)],
+        ),
     ]
     envelopes = [
         _envelope_case("reboot", ["c1", "dev-01", "reboot", {}, 1_700_000_000, 1_700_000_600]),
@@ -169,6 +187,7 @@ def build() -> dict:
     return {
         "batches": batches,
         "messages": messages,
+        "logs": logs,
         "envelopes": envelopes,
         "topics": topics,
         "boot_ids": boot_ids,

@@ -12,7 +12,7 @@ from cloud.orrery.api.auth import role
 from cloud.orrery.api.deps import Engine, Page, PagingDep, ReadConn, WriteConn, page
 from cloud.orrery.api.errors import ApiError, fleet_error
 from cloud.orrery.clock import now_ms
-from cloud.orrery.fleet import devices, timeline
+from cloud.orrery.fleet import devices, logs, timeline
 
 router = APIRouter(tags=["devices"])
 
@@ -140,6 +140,21 @@ class TimelineEntry(BaseModel):
     data: dict[str, Any]
 
 
+class LogLine(BaseModel):
+    """A line of a board's own log."""
+
+    at: str | None
+    at_ms: int
+    time_source: str
+    level: str
+    code: str
+    text: str
+    boot: int
+    seq: int
+    up_ms: int
+    received_ms: int
+
+
 class Timeline(BaseModel):
     """A device's newest timeline entries, oldest first; ``more``: older ones were left off."""
 
@@ -247,3 +262,26 @@ def device_timeline(
         raise fleet_error(exc) from None
     more = len(entries) > limit
     return Timeline(entries=[TimelineEntry(**e.as_dict()) for e in entries[-limit:]], more=more)
+
+
+@router.get("/devices/{name}/logs", openapi_extra=role("viewer"))
+def device_logs(
+    name: NamePath,
+    conn: ReadConn,
+    since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="A duration back from now (90s, 10m, 24h, 7d), ISO 8601 or unix seconds.",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = logs.DEFAULT_LIMIT,
+) -> list[LogLine]:
+    """The newest lines of a board's own log (warnings, errors, its workflow's state changes),
+    oldest first."""
+    try:
+        since_ms = None if since is None else timeline.parse_since(since, now_ms())
+        did, _ = timeline.device_ref(conn, name)
+    except timeline.TimelineError as exc:
+        raise fleet_error(exc) from None
+    return [LogLine(**x.as_dict()) for x in logs.lines(conn, did, since_ms, limit)]

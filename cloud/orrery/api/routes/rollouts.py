@@ -27,7 +27,13 @@ ROLLOUT_ERRORS = (RolloutError, RegistryError)
 class RolloutIn(BaseModel):
     """A rollout to plan (the options of ``orrery rollout create``)."""
 
-    workflow: str = Field(min_length=1, max_length=140, description="NAME@VERSION.")
+    workflow: str | None = Field(
+        default=None, min_length=1, max_length=140, description="The workflow: NAME@VERSION."
+    )
+    bundle: str | None = Field(
+        default=None, min_length=1, max_length=140,
+        description="Or the app bundle (firmware OTA): NAME@VERSION.",
+    )  # fmt: skip
     target: str = Field(
         min_length=1, max_length=2000,
         description="all, or FIELD=VALUE terms joined by ',' (fleet, profile, fw, wf, device, "
@@ -64,6 +70,7 @@ class Plan(BaseModel):
 
     rollout_id: int | None
     workflow: str
+    kind: str = "workflow"
     waves: list[PlannedWave]
     excluded: dict[str, list[str]]
     schedule: dict[str, Any] | None
@@ -87,6 +94,7 @@ class RolloutStatus(BaseModel):
 
     id: int
     workflow: str | None
+    kind: str = "workflow"
     target: str
     state: str
     reason: str | None
@@ -192,14 +200,15 @@ def _act(o: Orchestrator, rid: int, name: str, *args: Any) -> Any:
 
 @router.post("/rollouts", openapi_extra=role("operator"))
 def create_rollout(body: RolloutIn, engine: Engine, caller: CallerDep) -> Plan:
-    """Plan a rollout (a draft; ``POST /rollouts/{id}/start`` runs it) or, with ``dry_run``,
-    show the waves' members and counts and change nothing."""
+    """Plan a rollout of a workflow version or an app bundle (one of the two; a draft: ``POST
+    /rollouts/{id}/start`` runs it) or, with ``dry_run``, show the waves' members and counts
+    and change nothing."""
     o = orchestrator(engine, caller)
     try:
         p = o.create(
             body.workflow, body.target, body.waves, body.success, body.max_failures,
             body.min_devices, body.soak, body.timeout, body.rate, body.health, body.dry_run,
-            body.start_at, body.window, body.window_tz,
+            body.start_at, body.window, body.window_tz, body.bundle,
         )  # fmt: skip
     except ROLLOUT_ERRORS as exc:
         raise fleet_error(exc) from None

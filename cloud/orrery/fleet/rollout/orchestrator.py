@@ -49,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.tables import (
+    BUNDLES,
     COMMANDS,
     DEVICES,
     ROLLOUT_DEVICES,
@@ -56,17 +57,18 @@ from cloud.orrery.db.tables import (
     ROLLOUTS,
     WORKFLOWS,
 )
-from cloud.orrery.fleet import commands
-from cloud.orrery.fleet.rollout import compat, gate, health, plan
+from cloud.orrery.fleet import bundles, commands
+from cloud.orrery.fleet.rollout import compat, gate, health, ota, plan
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
 
 DEVICE_STATES = (
     "queued", "sent", "acked", "installing", "succeeded", "failed", "rejected", "timed-out",
-    "canceled", "offline-pending",
+    "canceled", "offline-pending", "rolled-back",
 )  # fmt: skip
-FINAL = ("succeeded", "failed", "rejected", "timed-out", "canceled")
-FAILED = ("failed", "rejected", "timed-out")
+# rolled-back: a board that booted a new app bundle on trial and fell back to its previous one
+FINAL = ("succeeded", "failed", "rejected", "timed-out", "canceled", "rolled-back")
+FAILED = ("failed", "rejected", "timed-out", "rolled-back")
 IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
 WAITING = ("queued", "sent", "acked", "installing")  # no result yet (offline-pending aside)
 ACTIVE_ROLLOUT = ("draft", "running", "paused")
@@ -111,6 +113,7 @@ class Orchestrator:
         self._next_join: dict[int, int] = {}  # rollout id -> when its next join scan may run
         self._held: dict[int, bool] = {}  # rollout id -> its schedule held it at the last dispatch
         self.pg = engine.dialect.name == "postgresql"
+        self.ota = ota.Delivery(secret)  # bundle rollouts' downloads
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -156,8 +159,9 @@ class Orchestrator:
     # --- create --------------------------------------------------------------------------------
 
     def _targets(
-        self, conn: Connection, terms: list[plan.Term], rid: int | None, not_on=None
-    ) -> tuple[list, dict[str, list[str]]]:
+        self, conn: Connection, terms: list[plan.Term], rid: int | None, not_on=None,
+        not_on_fw: str | None = None,
+    ) -> tuple[list, dict[str, list[str]]]:  # fmt: skip
         """The devices ``terms`` select that no other running or paused rollout is changing.
 
         With ``rid``, only devices not yet in that rollout; with ``not_on`` (a workflow row),
@@ -189,6 +193,8 @@ class Orchestrator:
                     DEVICES.c.wf_ver != not_on.version,
                 )
             )
+        if not_on_fw is not None:
+            where.append(sa.or_(DEVICES.c.fw.is_(None), DEVICES.c.fw != not_on_fw))
         rows = plan.select_devices(conn, terms, *where)
         if not busy:
             return rows, {}
@@ -202,7 +208,7 @@ class Orchestrator:
 
     def create(
         self,
-        workflow_ref: str,
+        workflow_ref: str | None,
         target: str,
         waves: str = "5,10%,50%,100%",
         success: str = "95%",
@@ -216,10 +222,17 @@ class Orchestrator:
         start_at: str | None = None,
         window: str | None = None,
         window_tz: str | None = None,
+        bundle: str | None = None,
     ) -> plan.Plan:
         """Plan a rollout (a draft) or, with ``dry_run``, only show the plan. ``start_at`` (ISO
-        8601 with an offset), ``window`` and ``window_tz`` say when it may send (``schedule``)."""
+        8601 with an offset), ``window`` and ``window_tz`` say when it may send (``schedule``).
+        With ``bundle`` (``NAME@VERSION`` of an app bundle; ``workflow_ref`` None) it rolls out
+        that app: refused, naming them, when a target device's profile or ``.mpy`` version is
+        not the bundle's."""
         from cloud.orrery.fleet import registry
+
+        if (workflow_ref is None) == (bundle is None):
+            raise plan.RolloutError("give one of --workflow NAME@VERSION or --bundle NAME@VERSION")
 
         wv = plan.parse_waves(waves)
         terms = plan.parse_target(target)
@@ -242,42 +255,53 @@ class Orchestrator:
             raise plan.RolloutError("--health must be between 1s and 1d")
         with self.engine.begin() as conn:
             try:
-                wf = registry.get(conn, workflow_ref)
+                if bundle is not None:
+                    wf = bundles.get(conn, bundle, with_data=False)
+                else:
+                    wf = registry.get(conn, workflow_ref or "")
             except registry.RegistryError as exc:
                 raise plan.RolloutError(str(exc)) from None
+            ref = f"{wf.name}@{wf.version}"
             found, excluded = self._targets(conn, terms, None)
             # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see plan.TARGET_COLS;
             # positional access, as this runs once per device of the fleet
             devices, already = [], []
             for d in found:
-                (already if d[5] == wf.name and d[6] == wf.version else devices).append(d)
+                on = d[4] == wf.version if bundle else d[5] == wf.name and d[6] == wf.version
+                (already if on else devices).append(d)
             if already:
                 excluded["already running this version"] = [d[1] for d in already]
             if not devices:
                 raise plan.RolloutError(
-                    f"--target {target!r} selects no device that needs {wf.name}@{wf.version}"
+                    f"--target {target!r} selects no device that needs {ref}"
                     + (
                         f" (excluded: {', '.join(f'{k}: {len(v)}' for k, v in excluded.items())})"
                         if excluded
                         else ""
                     )
                 )
-            bad = compat.stranded(conn, wf.blob, {(d[5], d[6]) for d in devices if d[5]})
-            hit = [bad[d[0]] for d in devices if d[0] in bad]
-            if hit:
-                raise plan.RolloutError(compat.refusal(f"{wf.name}@{wf.version}", hit))
+            if bundle is not None:
+                bad_b = self._incompatible(conn, wf, [d[0] for d in devices])
+                if bad_b:
+                    raise plan.RolloutError(refusal(ref, bad_b, len(devices)))
+            else:
+                bad = compat.stranded(conn, wf.blob, {(d[5], d[6]) for d in devices if d[5]})
+                hit = [bad[d[0]] for d in devices if d[0] in bad]
+                if hit:
+                    raise plan.RolloutError(compat.refusal(ref, hit))
             # a pseudo-random order seeded by the plan, so canaries are spread over the fleet
             # (device id order first: the shuffle does not depend on how rows were fetched)
             devices.sort(key=itemgetter(0))
             by_id = devices[:]
-            random.Random(f"{wf.name}@{wf.version}:{target}:{self.clock()}").shuffle(devices)
+            random.Random(f"{ref}:{target}:{self.clock()}").shuffle(devices)
             sizes = plan.wave_sizes(wv, len(devices))
             rid = None
             now = self.clock()
             if not dry_run:
+                which = {"bundle_id": wf.id} if bundle else {"workflow_id": wf.id}
                 rid = conn.execute(
                     sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
-                    [{"workflow_id": wf.id, "state": "draft", "created_ms": now,
+                    [{**which, "state": "draft", "created_ms": now,
                       "created_by": self.actor, **vals}],  # fmt: skip
                 ).scalar_one()
             plan_waves, waves_of, start = [], [], 0
@@ -296,12 +320,26 @@ class Orchestrator:
                     conn,
                     rid,
                     "created",
-                    f"{wf.name}@{wf.version} to {len(devices)} device(s) in {len(wv)} wave(s)"
+                    ("bundle " if bundle else "")
+                    + f"{ref} to {len(devices)} device(s) in {len(wv)} wave(s)"
                     + gate.describe(when),
                 )
             no_tz = gate.without_zone(conn, when, [d[0] for d in devices])
-        return plan.Plan(rid, f"{wf.name}@{wf.version}", plan_waves, excluded,
-                         gate.schedule_view(when), no_tz)  # fmt: skip
+        return plan.Plan(rid, ref, plan_waves, excluded, gate.schedule_view(when), no_tz,
+                         "bundle" if bundle else "workflow")  # fmt: skip
+
+    @staticmethod
+    def _incompatible(conn: Connection, b, device_ids: list[int]) -> dict[str, str]:
+        """``bundles.incompatible`` for these devices (by name: why)."""
+        out: dict[str, str] = {}
+        for i in range(0, len(device_ids), commands.CHUNK):
+            rows = conn.execute(
+                sa.select(DEVICES.c.name, DEVICES.c.profile, DEVICES.c.mpy)
+                .where(DEVICES.c.id.in_(device_ids[i : i + commands.CHUNK]))
+                .order_by(DEVICES.c.name)
+            ).all()
+            out.update(bundles.incompatible(b, rows))
+        return out
 
     def _insert_members(
         self, conn: Connection, rid: int, waves: list[list], by_id: list, now: int
@@ -311,12 +349,12 @@ class Orchestrator:
         one COPY on PostgreSQL, one INSERT … SELECT per wave on SQLite. The table has no
         foreign keys to check row by row (migration 0005): the ids come from this transaction.
         """
-        cols = "rollout_id, device_id, wave, state, attempt, prev_wf, prev_ver, updated_ms"
+        cols = "rollout_id, device_id, wave, state, attempt, prev_wf, prev_ver, prev_fw, updated_ms"
         if not self.pg:
             # the wave's device ids as one JSON array: no per-member round trip or row object
             sql = (
                 f"INSERT INTO rollout_devices ({cols}) SELECT ?, id, ?, 'queued', 0, wf, wf_ver,"
-                " ? FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+                " fw, ? FROM devices WHERE id IN (SELECT value FROM json_each(?))"
             )
             for i, chunk in enumerate(waves):
                 if chunk:
@@ -324,19 +362,43 @@ class Orchestrator:
             return
         # COPY's text format, written whole: no per-row call and no tuple per member
         wave_of = {d[0]: i for i, chunk in enumerate(waves) for d in chunk}
-        prev: dict[tuple, str] = {}  # (wf, wf_ver) -> its two cells: a fleet runs a few
+        prev: dict[tuple, str] = {}  # (wf, wf_ver, fw) -> its three cells: a fleet runs a few
         for d in by_id:
-            if (d[5], d[6]) not in prev:
-                prev[d[5], d[6]] = _copy_text(d[5]) + "\t" + _copy_text(d[6])
+            if (d[5], d[6], d[4]) not in prev:
+                prev[d[5], d[6], d[4]] = "\t".join(map(_copy_text, (d[5], d[6], d[4])))
         # in device id order, as the indexes are: appended to, not split at random pages (and
         # strings only, which the garbage collector does not track)
         lines = [
-            f"{rid}\t{d[0]}\t{wave_of[d[0]]}\tqueued\t0\t{prev[d[5], d[6]]}\t{now}\n"
+            f"{rid}\t{d[0]}\t{wave_of[d[0]]}\tqueued\t0\t{prev[d[5], d[6], d[4]]}\t{now}\n"
             for d in by_id
         ]
         with conn.connection.driver_connection.cursor() as cur:
             with cur.copy(f"COPY rollout_devices ({cols}) FROM STDIN") as copy:
                 copy.write("".join(lines))
+
+    @property
+    def downloading(self) -> bool:
+        """Whether a bundle rollout had a download under way at the last tick: each chunk's
+        round trip waits for a tick, so ``orrery serve`` ticks more often then."""
+        return any(self.ota.active.values())
+
+    def _bundle(self, conn: Connection, r):
+        """The bundle (registry row without its bytes) a bundle rollout rolls out."""
+        return conn.execute(
+            sa.select(BUNDLES.c.id, BUNDLES.c.name, BUNDLES.c.version, BUNDLES.c.sha256,
+                      BUNDLES.c.size, BUNDLES.c.profile, BUNDLES.c.mpy_version)
+            .where(BUNDLES.c.id == r.bundle_id)
+        ).first()  # fmt: skip
+
+    def _subject(self, conn: Connection, r) -> str:
+        """``NAME@VERSION`` of what rollout ``r`` rolls out (a workflow or a bundle)."""
+        if r.bundle_id is not None:
+            b = self._bundle(conn, r)
+        else:
+            b = conn.execute(
+                sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+            ).first()
+        return f"{b.name}@{b.version}"
 
     # --- operator actions ------------------------------------------------------------------
 
@@ -441,6 +503,8 @@ class Orchestrator:
             self._set_members(
                 conn, rid, [(x.device_id, "canceled", "rollout canceled") for x in rows]
             )
+            if r.bundle_id is not None and rows:  # their downloads stop too
+                ota.cancel_chunks(conn, rid, [x.device_id for x in rows])
             conn.execute(
                 sa.update(ROLLOUTS)
                 .where(ROLLOUTS.c.id == rid)
@@ -465,6 +529,8 @@ class Orchestrator:
             self._set_members(
                 conn, rid, [(x.device_id, "queued", "retry") for x in rows], command_id=None
             )
+            if r.bundle_id is not None and rows:  # the old attempt's chunks are not sent
+                ota.cancel_chunks(conn, rid, [x.device_id for x in rows])
             if r.state in ENDED and rows:
                 conn.execute(
                     sa.update(ROLLOUTS)
@@ -482,7 +548,9 @@ class Orchestrator:
 
         changed = ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing", "acked"))
         with self.engine.connect() as conn:
-            self._rollout(conn, rid)
+            r = self._rollout(conn, rid)
+            if r.bundle_id is not None:
+                return self._bundle_rollback_plan(conn, r)
             rows = conn.execute(
                 sa.select(ROLLOUT_DEVICES.c.prev_wf, ROLLOUT_DEVICES.c.prev_ver, DEVICES.c.id, DEVICES.c.name,
                           DEVICES.c.wf, DEVICES.c.wf_ver)
@@ -507,6 +575,48 @@ class Orchestrator:
             raise plan.RolloutError(compat.refusal(" / ".join(sorted({w for w, _ in hit})), [x for _, x in hit]))
         return out
 
+    def _bundle_rollback_plan(self, conn: Connection, r) -> list[tuple[str, str, list[str]]]:
+        """``rollback_plan`` of a bundle rollout: per app version its boards ran before
+        ``(name, version, devices)``, for the boards that switched to the new one (installing
+        or succeeded). Refused, naming them, when a board ran no known version before, when
+        that version is not in the registry, or when the board cannot run it."""
+        b = self._bundle(conn, r)
+        rows = conn.execute(
+            sa.select(ROLLOUT_DEVICES.c.prev_fw, DEVICES.c.id, DEVICES.c.name)
+            .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+            .where(ROLLOUT_DEVICES.c.rollout_id == r.id,
+                   ROLLOUT_DEVICES.c.state.in_(("succeeded", "installing")))
+            .order_by(ROLLOUT_DEVICES.c.prev_fw, DEVICES.c.name)
+        ).all()  # fmt: skip
+        groups: dict[str | None, list] = defaultdict(list)
+        for prev, did, name in rows:
+            groups[prev].append((did, name))
+
+        def few(m: list) -> str:
+            return ", ".join(n for _, n in m[:5]) + (f" … (+{len(m) - 5})" if len(m) > 5 else "")
+
+        head = f"cannot roll back rollout {r.id}"
+        if None in groups:
+            m = groups[None]
+            raise plan.RolloutError(
+                f"{head}: {len(m)} device(s) reported no app version before it ({few(m)})"
+            )
+        out = []
+        for prev, members in groups.items():
+            ref = f"{b.name}@{prev}"
+            try:
+                target = bundles.get(conn, ref, with_data=False)
+            except bundles.RegistryError:
+                raise plan.RolloutError(
+                    f"{head}: {len(members)} device(s) ran {ref} before it ({few(members)}), "
+                    f"which is not in the registry: push that version, or roll forward"
+                ) from None
+            bad = self._incompatible(conn, target, [d for d, _ in members])
+            if bad:
+                raise plan.RolloutError(head + ": " + refusal(ref, bad, len(members)))
+            out.append((b.name, str(prev), [n for _, n in members]))
+        return out
+
     def rollback(self, rid: int) -> list[int]:
         """Cancel the rollout and start, per previous version, a one-wave rollout that puts
         every device it changed back on that version; returns the new rollouts' ids. Nothing
@@ -518,32 +628,39 @@ class Orchestrator:
             self.cancel(rid)
         return [self._rollback_one(rid, wf, ver, names, r) for wf, ver, names in groups]
 
-    def _rollback_one(self, rid: int, wf: str, ver: int, names: list[str], r) -> int:
+    def _rollback_one(self, rid: int, wf: str, ver, names: list[str], r) -> int:
         from cloud.orrery.fleet import registry
 
         with self.engine.begin() as conn:
-            w = registry.get(conn, f"{wf}@{ver}")
+            if r.bundle_id is not None:
+                which = {"bundle_id": bundles.get(conn, f"{wf}@{ver}", with_data=False).id}
+            else:
+                which = {"workflow_id": registry.get(conn, f"{wf}@{ver}").id}
             new = conn.execute(
                 sa.insert(ROLLOUTS).returning(ROLLOUTS.c.id),
-                [{"workflow_id": w.id, "target": f"rollback of rollout {rid}", "waves": json.dumps(["100%"]),
+                [{**which, "target": f"rollback of rollout {rid}", "waves": json.dumps(["100%"]),
                   "success_pct": 0.0, "max_fail_pct": 100.0, "min_devices": 1, "soak_s": 0, "timeout_s": r.timeout_s,
                   "rate_per_min": r.rate_per_min, "health_s": r.health_s, "state": "running", "created_ms": self.clock(),
                   "started_ms": self.clock(), "created_by": self.actor}],
             ).scalar_one()  # fmt: skip
-            ids = dict(
-                conn.execute(
-                    sa.select(DEVICES.c.name, DEVICES.c.id).where(DEVICES.c.name.in_(names))
-                ).all()
-            )
+            ids = {
+                name: (did, fw)
+                for name, did, fw in conn.execute(
+                    sa.select(DEVICES.c.name, DEVICES.c.id, DEVICES.c.fw).where(
+                        DEVICES.c.name.in_(names)
+                    )
+                )
+            }
             now = self.clock()
             conn.execute(
                 sa.insert(ROLLOUT_DEVICES),
                 [
                     {
                         "rollout_id": new,
-                        "device_id": ids[n],
+                        "device_id": ids[n][0],
                         "wave": 0,
                         "state": "queued",
+                        "prev_fw": ids[n][1],  # what a rollback of this rollback goes back to
                         "updated_ms": now,
                     }
                     for n in names
@@ -634,11 +751,13 @@ class Orchestrator:
                 return []
             r = self._rollout(conn, rid)
             self._sync(conn, r, now)
+            if r.bundle_id is not None:  # downloads in flight go on, paused or not
+                out = self.ota.step(conn, r, self._bundle(conn, r), now)
             if r.state == "running":
                 self._join(conn, r, now)
                 c = self.counts(conn, r.id, r.wave)
                 if c["queued"]:
-                    out = self._dispatch(conn, r, now)
+                    out = out + self._dispatch(conn, r, now)
                     c = None  # counted again: the dispatch moved members on
                 self._evaluate(conn, r, now, c)
         return out
@@ -649,10 +768,21 @@ class Orchestrator:
         The database leaves out the members whose state stays as it is (a command sent and
         not answered, on a device as online as its state says, within the timeout; a device
         installing): while a wave's acks come in, a tick reads the answered ones, not the wave.
+
+        A bundle rollout's member is installing once its board reports the bundle's version
+        (its trial boot), and succeeded only on the install's final OK with the board
+        reporting that version; a board that fell back (FAILED "rolled back: …") is
+        ``rolled-back``.
         """
-        target_hash = conn.execute(
-            sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
-        ).scalar()
+        bundle = r.bundle_id is not None
+        if bundle:
+            target_hash = self._bundle(conn, r).version
+            running = DEVICES.c.fw  # what the board says it runs
+        else:
+            target_hash = conn.execute(
+                sa.select(WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+            ).scalar()
+            running = DEVICES.c.wf_hash
         online = DEVICES.c.online.is_(True)
         unchanged = sa.or_(
             COMMANDS.c.status.is_(None),
@@ -665,14 +795,14 @@ class Orchestrator:
             sa.and_(
                 COMMANDS.c.status == "acked",
                 ROLLOUT_DEVICES.c.state
-                == sa.case((DEVICES.c.wf_hash == target_hash, "installing"), else_="acked"),
+                == sa.case((running == target_hash, "installing"), else_="acked"),
             ),
         )  # fmt: skip
         rows = conn.execute(
             sa.select(
                 ROLLOUT_DEVICES.c.device_id, ROLLOUT_DEVICES.c.state, ROLLOUT_DEVICES.c.sent_ms, ROLLOUT_DEVICES.c.attempt,
                 COMMANDS.c.status, COMMANDS.c.ack_code, COMMANDS.c.ack_detail, COMMANDS.c.exp,
-                DEVICES.c.online, DEVICES.c.wf_hash,
+                DEVICES.c.online, running.label("running"),
             )
             .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
             .outerjoin(COMMANDS, COMMANDS.c.id == ROLLOUT_DEVICES.c.command_id)
@@ -686,13 +816,23 @@ class Orchestrator:
         for m in rows:
             new, detail = m.state, None
             st = m.status
-            if st == "done":
+            if st == "done" and bundle and m.running != target_hash:
+                # OK, but the board's state report does not show the bundle yet
+                new, detail = "installing", f"acked {m.ack_detail!r}; it reports fw {m.running}"
+                if m.sent_ms is not None and now - m.sent_ms > r.timeout_s * 1000:
+                    new = "failed"
+                    detail = f"acked {m.ack_detail!r} but reports fw {m.running}, not {target_hash}"
+                if new == m.state:
+                    continue
+            elif st == "done":
                 new, detail = "succeeded", m.ack_detail or "health window passed"
+            elif st == "failed" and bundle and (m.ack_detail or "").startswith("rolled back"):
+                new, detail = "rolled-back", m.ack_detail
             elif st == "failed":
                 new = "rejected" if m.ack_code in REJECT_CODES else "failed"
                 detail = f"{codec.ACK_NAMES.get(m.ack_code, m.ack_code)}: {m.ack_detail or ''}".strip()
             elif st == "acked":
-                new = "installing" if m.wf_hash == target_hash else "acked"
+                new = "installing" if m.running == target_hash else "acked"
             elif st == "expired" or st == "canceled":
                 if not m.online or (st == "expired" and gate.cut_short(r, m.sent_ms, m.exp)):
                     # still away, or its window closed first: a fresh command waits (for its pull)
@@ -724,15 +864,21 @@ class Orchestrator:
         if r.target.startswith("rollback of") or now < self._next_join.get(r.id, 0):
             return
         self._next_join[r.id] = now + self.join_every_ms
-        wf = conn.execute(
-            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
-        ).first()
-        new, _ = self._targets(conn, plan.parse_target(r.target), r.id, not_on=wf)
+        if r.bundle_id is not None:
+            b = self._bundle(conn, r)
+            new, _ = self._targets(conn, plan.parse_target(r.target), r.id, not_on_fw=b.version)
+            bad = self._incompatible(conn, b, [d.id for d in new]) if new else {}
+            new = [d for d in new if d.name not in bad]  # never sent what it cannot run
+        else:
+            wf = conn.execute(
+                sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
+            ).first()
+            new, _ = self._targets(conn, plan.parse_target(r.target), r.id, not_on=wf)
         if new:
             conn.execute(
                 sa.insert(ROLLOUT_DEVICES),
                 [{"rollout_id": r.id, "device_id": d.id, "wave": r.wave, "state": "queued", "prev_wf": d.wf,
-                  "prev_ver": d.wf_ver, "updated_ms": now} for d in new],
+                  "prev_ver": d.wf_ver, "prev_fw": d.fw, "updated_ms": now} for d in new],
             )  # fmt: skip
             conn.execute(
                 sa.insert(ROLLOUT_LOG),
@@ -777,18 +923,22 @@ class Orchestrator:
         ).all()
         if not rows:
             return []
-        wf = conn.execute(
-            sa.select(WORKFLOWS.c.blob, WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
-        ).first()
-        args = {
-            "blob": base64.b64encode(wf.blob).decode(),
-            "sha256": wf.hash,
-            "health_s": r.health_s,
-        }
+        if r.bundle_id is not None:
+            kind, args = ota.KIND_INSTALL, ota.install_args(self._bundle(conn, r))
+        else:
+            kind = "install_workflow"
+            wf = conn.execute(
+                sa.select(WORKFLOWS.c.blob, WORKFLOWS.c.hash).where(WORKFLOWS.c.id == r.workflow_id)
+            ).first()
+            args = {
+                "blob": base64.b64encode(wf.blob).decode(),
+                "sha256": wf.hash,
+                "health_s": r.health_s,
+            }
         ttl = max(60, min(r.timeout_s, codec.MAX_LIFETIME))
         out, updates, logs = [], [], []
         ids = [f"rollout:{r.id}:{m.device_id}:{m.attempt + 1}" for m in rows]
-        queued = self._queue_installs(conn, r, rows, ids, args, now, ttl, gate.away_ttl(ttl, until, now))
+        queued = self._queue_installs(conn, r, rows, ids, kind, args, now, ttl, gate.away_ttl(ttl, until, now))
         offline = "offline: the command waits for its pull"
         for m, cmd_id, o in zip(rows, ids, queued, strict=True):
             state = "sent" if m.online else "offline-pending"
@@ -803,16 +953,20 @@ class Orchestrator:
                     " updated_ms = ?, detail = ? WHERE rollout_id = ? AND device_id = ?", updates)  # fmt: skip
         _many(conn, "INSERT INTO rollout_log (rollout_id, device_id, at_ms, event, detail)"
                     " VALUES (?, ?, ?, ?, ?)", logs)  # fmt: skip
+        if r.bundle_id is not None:  # a fresh download: it starts where the board's ack says
+            _many(conn, "UPDATE rollout_devices SET dl_chunks = ?, dl_next = NULL, dl_sent = NULL,"
+                        " dl_ms = ? WHERE rollout_id = ? AND device_id = ?",
+                  [(args["chunks"], now, r.id, m.device_id) for m in rows])  # fmt: skip
         return out
 
-    def _queue_installs(self, conn: Connection, r, rows, ids, args, now, ttl, away_ttl):
+    def _queue_installs(self, conn: Connection, r, rows, ids, kind, args, now, ttl, away_ttl):
         """``commands.queue_many`` for the members ``rows``; an offline member's command lives
         ``away_ttl`` (when its window closes: ``gate.away_ttl``), an online one's ``ttl``."""
         queued: list = [None] * len(rows)
         for online, life in ((True, ttl), (False, away_ttl)) if away_ttl != ttl else ((None, ttl),):
             idx = [i for i, m in enumerate(rows) if online is None or bool(m.online) == online]
             got = commands.queue_many(conn, self.secret, [(rows[i].device_id, rows[i].name, rows[i].fleet, ids[i]) for i in idx],
-                                      kind="install_workflow", args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=life,
+                                      kind=kind, args=args, source=f"rollout:{r.id}", now_ms=now, ttl_s=life,
                                       sent_by=r.created_by)  # fmt: skip
             for i, o in zip(idx, got, strict=True):
                 queued[i] = o
@@ -909,9 +1063,7 @@ class Orchestrator:
     def _failures(self, conn: Connection, r, c: Counter) -> str:
         """Why a rollout is partial: how many members failed, how, and the commonest reason."""
         failed = sum(c[s] for s in FAILED)
-        wf = conn.execute(
-            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
-        ).first()
+        what = self._subject(conn, r)
         how = ", ".join(f"{c[s]} {s}" for s in FAILED if c[s])
         detail = conn.execute(
             sa.select(ROLLOUT_DEVICES.c.detail)
@@ -921,7 +1073,7 @@ class Orchestrator:
             .limit(1)
         ).scalar()
         return (
-            f"{failed} of {sum(c.values())} device(s) did not take {wf.name}@{wf.version} ({how})"
+            f"{failed} of {sum(c.values())} device(s) did not take {what} ({how})"
             + (f": {detail}" if detail else "")
         )
 
@@ -943,6 +1095,9 @@ class Orchestrator:
 
     # --- reporting -----------------------------------------------------------------------------
 
+    def _downloads(self, conn: Connection, r) -> list[dict]:
+        return [] if r.bundle_id is None else _downloads_of(conn, r.id)
+
     def summary(self, conn: Connection, rid: int) -> dict:
         """Counts, per-wave progress and the converged/offline-pending line."""
         r = self._rollout(conn, rid)
@@ -958,12 +1113,11 @@ class Orchestrator:
         total = self.counts(conn, rid)
         n = sum(total.values())
         conv = total["succeeded"]
-        wf = conn.execute(
-            sa.select(WORKFLOWS.c.name, WORKFLOWS.c.version).where(WORKFLOWS.c.id == r.workflow_id)
-        ).first()
         return {
             "id": rid,
-            "workflow": f"{wf.name}@{wf.version}",
+            "workflow": self._subject(conn, r),  # NAME@VERSION, of a bundle for kind "bundle"
+            "kind": "workflow" if r.bundle_id is None else "bundle",
+            "downloads": self._downloads(conn, r),
             "target": r.target,
             "state": r.state,
             "reason": r.reason,
@@ -1016,6 +1170,34 @@ class Orchestrator:
             soak = {"wave": r.wave + 1, "since": iso(r.wave_met_ms), "ends": iso(ends),
                     "soak_s": r.soak_s, "left_s": max(0, round((ends - self.clock()) / 1000))}  # fmt: skip
         return {"soak": soak, "health": self.health_gate(conn, r)}
+
+
+def refusal(ref: str, why: dict[str, str], of: int) -> str:
+    """One line refusing bundle ``ref`` for the devices ``why`` names (name: reason)."""
+    first = "; ".join(f"{n}: {w}" for n, w in list(why.items())[:5])
+    more = f"; … (+{len(why) - 5} more)" if len(why) > 5 else ""
+    return (
+        f"bundle {ref} cannot run on {len(why)} of the {of} target device(s), nothing was sent: "
+        f"{first}{more}"
+    )
+
+
+def _downloads_of(conn: Connection, rid: int) -> list[dict]:
+    """Members of bundle rollout ``rid`` downloading now: device, chunk K/N (by device name)."""
+    rows = conn.execute(
+        sa.select(DEVICES.c.name, ROLLOUT_DEVICES.c.dl_next, ROLLOUT_DEVICES.c.dl_chunks,
+                  ROLLOUT_DEVICES.c.state)
+        .join(DEVICES, DEVICES.c.id == ROLLOUT_DEVICES.c.device_id)
+        .where(ROLLOUT_DEVICES.c.rollout_id == rid, ROLLOUT_DEVICES.c.dl_chunks.is_not(None),
+               ROLLOUT_DEVICES.c.state.in_(IN_FLIGHT),
+               sa.or_(ROLLOUT_DEVICES.c.dl_next.is_(None),
+                      ROLLOUT_DEVICES.c.dl_next < ROLLOUT_DEVICES.c.dl_chunks))
+        .order_by(DEVICES.c.name)
+    ).all()  # fmt: skip
+    return [
+        {"device": n, "next": k or 0, "chunks": c, "progress": f"chunk {k or 0}/{c}", "state": st}
+        for n, k, c, st in rows
+    ]
 
 
 def _many(conn: Connection, sql: str, rows: list[tuple]) -> None:

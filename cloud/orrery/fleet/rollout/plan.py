@@ -168,3 +168,4 @@ class Plan:
     excluded: dict[str, list[str]]
     schedule: dict | None = None  # when it may send (gate.schedule_view), None: at once
     without_zone: list[str] | None = None  # with --window-tz tag.KEY: devices that use UTC
+    kind: str = "workflow"  # or "bundle": what ``workflow`` names (NAME@VERSION)

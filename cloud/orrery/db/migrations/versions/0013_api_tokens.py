@@ -2,7 +2,7 @@
 sha256 of each token is stored; a revoked token keeps its row (revoked_ms), for the audit
 
 Revision ID: 0013
-Revises: 0009
+Revises: 0011
 Create Date: 2026-12-06 17:50:00.000000
 """
 
@@ -11,7 +11,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0013"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
