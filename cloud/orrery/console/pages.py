@@ -254,14 +254,16 @@ def rollouts_page(request: Request) -> Response:
     with _conn(request) as conn:
         rows = [o.summary(conn, rid) for rid in rollout_ids(conn)[:200]]
         workflows = registry.versions(conn)
-    return render(request, "rollouts.html", rows=rows, workflows=workflows, error=None,
-                  values={})  # fmt: skip
+        apps = bundles.versions(conn)
+    return render(request, "rollouts.html", rows=rows, workflows=workflows, bundles=apps,
+                  error=None, values={})  # fmt: skip
 
 
 @router.post("/rollouts")
 @page
 def create_rollout(request: Request, data: FormDep) -> Response:
-    """Plan a rollout from the form (and start it when asked): ``orrery rollout create``."""
+    """Plan a rollout of a workflow version or (``bundle:NAME@VERSION``) an app bundle from
+    the form, and start it when asked: ``orrery rollout create``."""
     who = session.check_action(request, data)
     o = orchestrator(request.app.state.engine, who)
     try:
@@ -271,12 +273,14 @@ def create_rollout(request: Request, data: FormDep) -> Response:
     try:
         if min_devices < 1:
             raise ValueError(f"min devices: {data.get('min_devices')!r} is not a whole number >= 1")
+        subject = data.get("workflow", "")
+        bundle = subject.removeprefix("bundle:") if subject.startswith("bundle:") else None
         p = o.create(
-            data.get("workflow", ""), data.get("target", "") or "all",
+            None if bundle else subject, data.get("target", "") or "all",
             data.get("waves") or "5,10%,50%,100%", data.get("success") or "95%",
             data.get("max_failures") or "2%", min_devices, data.get("soak") or "10m",
             data.get("timeout") or "24h", data.get("rate") or "100/min",
-            data.get("health") or "60s",
+            data.get("health") or "60s", bundle=bundle,
         )  # fmt: skip
         assert p.rollout_id is not None
         if data.get("start"):
@@ -285,8 +289,9 @@ def create_rollout(request: Request, data: FormDep) -> Response:
         with _conn(request) as conn:
             rows = [o.summary(conn, rid) for rid in rollout_ids(conn)[:200]]
             workflows = registry.versions(conn)
+            apps = bundles.versions(conn)
         return render(request, "rollouts.html", status=400, rows=rows, workflows=workflows,
-                      error=fleet_error(exc).message, values=data)  # fmt: skip
+                      bundles=apps, error=fleet_error(exc).message, values=data)  # fmt: skip
     done = "start" if data.get("start") else "created"
     return RedirectResponse(f"{session.PATH}/rollouts/{p.rollout_id}?done={done}", 303)
 

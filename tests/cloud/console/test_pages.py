@@ -242,3 +242,16 @@ def test_bundles_and_their_diff(fleet):
     )
     r = fleet.client.get("/console/bundles/diff?a=app@1.0.0&b=app@9")
     assert r.status_code == 404 and "app@9" in r.text
+    # an operator rolls the app out from the same form as a workflow
+    login(fleet, "operator")
+    assert 'value="bundle:app@1.0.1"' in fleet.client.get("/console/rollouts").text
+    form = {"csrf": csrf(fleet, "operator"), "workflow": "bundle:app@1.0.1", "target": "all",
+            "waves": "100%", "min_devices": "1"}  # fmt: skip
+    r = fleet.client.post("/console/rollouts", data=form)
+    assert r.status_code == 400 and "app@1.0.1 cannot run on 10 of the 10" in r.text
+    with fleet.engine.begin() as conn:  # as if every board had reported its .mpy version
+        conn.execute(sa.text("UPDATE devices SET mpy = :m"), {"m": bundle_file.mpy_version()})
+    r = fleet.client.post("/console/rollouts", data=form, follow_redirects=False)
+    assert r.status_code == 303, re.findall(r'id="error">([^<]*)', r.text)
+    page = fleet.client.get(r.headers["location"]).text
+    assert "app bundle app@1.0.1" in page and 'id="downloads"' in page
