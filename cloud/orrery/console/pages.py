@@ -22,7 +22,7 @@ from cloud.orrery.api.errors import FLEET_ERRORS, ApiError, fleet_error
 from cloud.orrery.api.routes.rollouts import orchestrator
 from cloud.orrery.console import plot, session
 from cloud.orrery.console.session import COOKIE, Forbidden, LoginNeeded
-from cloud.orrery.fleet import bundles, devices, registry, replay, timeline
+from cloud.orrery.fleet import bundles, devices, logs, registry, replay, timeline
 from cloud.orrery.fleet.rollout.members import members
 from cloud.orrery.fleet.rollout.orchestrator import audit_log, rollout_ids
 from cloud.orrery.ingest import queries
@@ -214,8 +214,8 @@ def fleet_page(
 @page
 def device_page(request: Request, name: str) -> Response:
     """One device: versions, tags, workflow state, clock offset, a chart of its readings per
-    channel (scaled, named), its timeline and its log lines (the timeline's ``log`` entries),
-    gaps and losses, and the rollouts it was in."""
+    channel (scaled, named), its timeline, its log lines (``devices logs``), gaps and losses,
+    and the rollouts it was in."""
     with _conn(request) as conn:
         info = devices.device_detail(conn, name)
         if info is None:
@@ -224,9 +224,10 @@ def device_page(request: Request, name: str) -> Response:
         assert did is not None
         charts = plot.charts(queries.export_rows(conn, did, profile=info["profile"]))
         entries = [e.as_dict() for e in timeline.timeline(conn, name, None, 200)]
+        lines = [x.as_dict() for x in logs.lines(conn, did, None, 200)]
         losses = queries.gaps_and_losses(conn, did)
     return render(request, "device.html", d=info, charts=charts, entries=entries[::-1],
-                  losses=losses)  # fmt: skip
+                  lines=lines[::-1], losses=losses)  # fmt: skip
 
 
 # --- rollouts -------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ another site refused, the role checked on the server, the token's name as the ac
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -127,7 +128,17 @@ def test_pages_show_the_fleet_through_the_fleet_functions(fleet):
     page = fleet.client.get("/console/fleet?tag=site%3Dnorth").text
     assert re.search(r'id="n-devices">1<', page) and "/console/devices/d01" in page
     assert "/console/devices/d02" not in page
+    from cloud.orrery.fleet import logs
+    from cloud.orrery.ingest.handler import Message
+    from shared.wire import codec, message
+
+    lines = [(101, 0, 1, 0, 0), (102, 0, 2, 1, 1)]
+    fleet.send(Message(f"orrery/f1/d00/{message.LOG}", codec.encode_log(7, 1, lines)))
     page = fleet.client.get("/console/devices/d00").text
+    with fleet.engine.connect() as conn:
+        texts = [x.text for x in logs.lines(conn, devices.device_id(conn, "d00"))]
+    assert len(texts) == 2 and all(f"<td>{html.escape(t)}</td>" in page for t in texts)
+    assert "7.1" in page and "7.2" in page  # boot.seq
     assert 'data-channel="temp"' in page and "temp (°C) · 5 readings" in page
     assert "<polyline" in page and "21.5" in page  # scaled: 2150 is 21.50 °C
     page = fleet.client.get("/console/rollouts/1").text
