@@ -6,9 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: test demo lint typecheck bench setup mosquitto clean
+.PHONY: test demo lint typecheck bench setup mosquitto chromium clean
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ mosquitto:
 	  echo "installing mosquitto"; \
 	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+
+# Debian's chromium, only where it is missing (the console's browser tests drive it through
+# Playwright; Playwright's own browser download is never used).
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium"; \
+	  SUDO=$$(test "$$(id -u)" = 0 || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: setup
 	$(BIN)/ruff check .

@@ -36,9 +36,11 @@ def _version() -> str:
         return "0"
 
 
-def create_app(db_url: str | None = None, engine: sa.Engine | None = None) -> FastAPI:
+def create_app(
+    db_url: str | None = None, engine: sa.Engine | None = None, console: bool = True
+) -> FastAPI:
     """The API on the database at ``db_url`` (see ``engine_for``; migrated, never created), or
-    on ``engine``."""
+    on ``engine``; with the web console at ``/console`` unless ``console`` is false."""
     app = FastAPI(
         title="Orrery API",
         version=_version(),
@@ -61,4 +63,8 @@ def create_app(db_url: str | None = None, engine: sa.Engine | None = None) -> Fa
         api.include_router(module.router)
     app.include_router(api)
     app.state.roles = auth.role_table([m.router for m in ROUTERS])
+    if console:
+        from cloud.orrery import console as web
+
+        web.mount(app)
     return app

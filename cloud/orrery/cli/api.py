@@ -50,7 +50,8 @@ def api(
     keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     db_url: DbOpt = None,
 ) -> None:
-    """Serve the fleet's HTTP API (/api/v1; tokens: `orrery tokens create`)."""
+    """Serve the fleet's HTTP API (/api/v1) and its web console (/console); tokens: `orrery
+    tokens create`."""
     check_host(host, "--host")
     if not 1 <= port <= 65535:
         fail(f"--port: port {port} is not in 1..65535")
@@ -84,7 +85,10 @@ def api(
 
     app = create_app(engine=engine)
     scheme = "https" if certfile else "http"
-    err_console.print(f"orrery api on {scheme}://{host}:{port}/api/v1 (Ctrl-C stops it)")
+    err_console.print(
+        f"orrery api on {scheme}://{host}:{port}/api/v1, the web console on "
+        f"{scheme}://{host}:{port}/console/ (Ctrl-C stops it)"
+    )
     try:
         uvicorn.run(
             app, host=host, port=port, log_level="warning",

@@ -42,15 +42,28 @@ def demo(
         float, typer.Option(min=1, help="Virtual seconds per real second, at most.")
     ] = 40.0,
     as_json: JsonOpt = False,
+    console: Annotated[
+        bool,
+        typer.Option(
+            "--console",
+            help="At the end, keep the web console up on the demo's database (Ctrl-C ends it) "
+            "and print its URL and a viewer token.",
+        ),
+    ] = False,
+    console_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="The console's port (127.0.0.1).")
+    ] = 8080,
 ) -> None:
     """The one-command demo: a broker, the companion, 50 virtual boards running the firmware,
     workflow v1 and v2, a staged rollout of v2 while a third of the fleet is offline, then the
     offline boards come back, then the app itself is rolled out as a bundle (OTA); ends with a
-    report and a PNG plot."""
+    report and a PNG plot (and, with --console, the web console on the result)."""
     from cloud.orrery.sim import scenario
     from cloud.orrery.sim.fleet import VirtualFleet
 
     t0 = time.monotonic()
+    if console:
+        check_port_free(console_port)
     con = output_console(as_json)
     addr = broker_address(broker)
     out_dir = output_dir(out, "--out") if out else Path(tempfile.mkdtemp(prefix="orrery-demo-"))
@@ -89,3 +102,48 @@ def demo(
         f" | orrery readings plot {cast.plotted} --db {db_url} --raw {rep.plot['raw_file'] if rep.plot else ''}"
     )
     show_report(rep, t0, con, as_json)
+    if console:
+        serve_console(db_url, console_port, rid, as_json)
+
+
+def check_port_free(port: int) -> None:
+    """Fail, in one line, when ``port`` on 127.0.0.1 is taken (before the demo, not after)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            fail(f"--console-port {port}: cannot listen on 127.0.0.1:{port}: {exc.strerror}")
+
+
+def serve_console(db_url: str, port: int, rid: int, as_json: bool) -> None:
+    """Serve the API and its console on the demo's database until Ctrl-C, after printing the
+    URL and a new viewer token (the only time it is shown; on stderr with ``as_json``)."""
+    import uvicorn
+
+    from cloud.orrery.api.app import create_app
+    from cloud.orrery.db.engine import engine_for
+    from cloud.orrery.fleet import tokens
+
+    engine = engine_for(db_url, create=False)
+    with engine.begin() as conn:
+        token, _ = tokens.create(conn, f"demo-viewer-{int(time.time())}", "viewer", by="demo")
+    url = f"http://127.0.0.1:{port}/console/"
+    typer.echo(
+        f"\nWeb console: {url}  (rollout: {url}rollouts/{rid})\n"
+        f"Viewer token: {token}\n"
+        f"An operator's: orrery tokens create --role operator --name NAME --db {db_url}\n"
+        "Ctrl-C ends it.",
+        err=as_json,
+    )
+    try:
+        uvicorn.run(create_app(engine=engine), host="127.0.0.1", port=port, log_level="warning",
+                    lifespan="off")  # fmt: skip
+    except (OSError, SystemExit) as exc:
+        fail(f"cannot serve the console on 127.0.0.1:{port}: {exc}")
+    except KeyboardInterrupt:  # before uvicorn took over Ctrl-C
+        pass
+    finally:
+        engine.dispose()
+    typer.echo("console stopped", err=as_json)

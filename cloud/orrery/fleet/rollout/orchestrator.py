@@ -1158,6 +1158,19 @@ class Orchestrator:
             ],
         }
 
+    def detail(self, conn: Connection, rid: int) -> dict:
+        """What the console's rollout page shows beyond ``summary``: the soak of the current
+        wave (``soak``: when it started and ends, seconds left; None while the wave has not
+        met its threshold) and the health gate's evidence (``health``: upgraded vs control
+        per metric). Its members one by one: ``rollout.members``."""
+        r = self._rollout(conn, rid)
+        soak = None
+        if r.wave_met_ms is not None and r.state in ACTIVE_ROLLOUT:
+            ends = r.wave_met_ms + r.soak_s * 1000
+            soak = {"wave": r.wave + 1, "since": iso(r.wave_met_ms), "ends": iso(ends),
+                    "soak_s": r.soak_s, "left_s": max(0, round((ends - self.clock()) / 1000))}  # fmt: skip
+        return {"soak": soak, "health": self.health_gate(conn, r)}
+
 
 def refusal(ref: str, why: dict[str, str], of: int) -> str:
     """One line refusing bundle ``ref`` for the devices ``why`` names (name: reason)."""
