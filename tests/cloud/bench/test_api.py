@@ -12,6 +12,6 @@ def test_bench_api_measures_each_case():
     for case in ("devices_page", "fleet_summary", "rollout_status"):
         f = r[case]
         assert f["api_per_s"] > 0 and f["direct_per_s"] > 0
-        assert f["ratio"] == round(f["api_per_s"] / f["direct_per_s"], 3) or abs(
-            f["ratio"] - f["api_per_s"] / f["direct_per_s"]
-        ) < 0.01
+        a, d = f["api_per_s"], f["direct_per_s"]
+        # the ratio is of the unrounded rates; the rates are shown to 0.1 (each off by <= 0.05)
+        assert abs(f["ratio"] - a / d) <= 0.0005 + 0.05 / (d - 0.05) * (1 + a / d)
