@@ -313,12 +313,13 @@ class VirtualFleet:
         client_id: str | None = None,
         timeout_s: float = 60,
         log_level: str = "WARNING",
+        reconcile_every_s: float = 1.0,
     ) -> None:
         """Start the companion on the virtual clock: ``orrery serve``'s service (ingest and
         rollout orchestrator) in its own process (default) or in a thread of this one; return
         once it is subscribed, so it misses nothing the boards send. It serves this fleet only,
         in a shared-subscription group of this run (``orrery-<fleet id>``, also the default
-        client id)."""
+        client id); its reconciler makes a pass every ``reconcile_every_s`` of real time."""
         group = f"orrery-{self.fleet_id}"
         client_id = client_id or group
         self.shared.reset()
@@ -327,7 +328,8 @@ class VirtualFleet:
             self.companion_proc = subprocess.Popen(
                 companion_command(self.db_url, self.host, self.port, self.root / "clock.bin",
                                   client_id=client_id, fleet=self.fleet_id, group=group,
-                                  commits_file=self.commits_file, log_level=log_level),
+                                  commits_file=self.commits_file, log_level=log_level,
+                                  reconcile_every_s=reconcile_every_s),
                 env=env, stdout=subprocess.DEVNULL,
                 stderr=open(self.companion_log, "ab"),  # noqa: SIM115
                 cwd=str(REPO),
@@ -335,7 +337,7 @@ class VirtualFleet:
         else:
             self.service = build_companion(
                 self.engine, self.secret, self.host, self.port, self.shared, client_id=client_id,
-                fleet=self.fleet_id, group=group,
+                fleet=self.fleet_id, group=group, reconcile_every_s=reconcile_every_s,
             )  # fmt: skip
             threading.Thread(target=self.service.run, daemon=True).start()
         self._wait_subscribed(0, timeout_s)
@@ -705,23 +707,47 @@ class VirtualFleet:
 
     def drain(self, max_ms: int = 600_000, on_pass: Callable[[], None] | None = None) -> bool:
         """Run until ``settled``: every board that is not away has delivered everything and the
-        companion has stored it, with no gap open; at most ``max_ms`` of virtual time."""
+        companion has stored it and reconciled it, with no gap open; at most ``max_ms`` of
+        virtual time."""
         end = self.elapsed_ms + max_ms
         while True:
             self.catch_up()
-            if self.settled():
-                return True
+            if self.unsettled(reconciled=False) is None and self.reconciled():
+                if self.settled():
+                    return True
             if self.elapsed_ms >= end:
                 return False
             self.run(self.uplink_ms + self.step_ms, on_pass)
 
+    def reconciled(self, timeout_s: float = 10) -> bool:
+        """Wait (real time, the fleet stopped) until the companion's reconciler has looked at
+        every device of this fleet since the last message it stored about it (none is
+        ``dirty``); False on timeout or when no companion runs.
+
+        Only then does "no gap open" mean that no reading is missing: a hole becomes a gap at a
+        reconcile pass, once every ``reconcile_every_s`` of real time, and the fleet may run
+        minutes of virtual time between two passes (``_pace`` runs it unpaced until it has
+        caught up with real time, e.g. after the companion was restarted)."""
+        deadline = time.monotonic() + timeout_s
+        q = sa.select(sa.func.count()).where(DEVICES.c.fleet == self.fleet_id,
+                                             DEVICES.c.dirty.is_(True))  # fmt: skip
+        while self.companion_alive():
+            with self.engine.connect() as c:
+                if not c.execute(q).scalar():
+                    return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return False
+
     def settled(self) -> bool:
         """Every board that is not away has delivered its backlog and acks, and the companion
-        has stored every delivered reading, with no gap still open."""
+        has stored and reconciled every delivered reading, with no gap still open."""
         return self.unsettled() is None
 
-    def unsettled(self) -> str | None:
-        """Why the fleet is not ``settled`` yet (None if it is)."""
+    def unsettled(self, reconciled: bool = True) -> str | None:
+        """Why the fleet is not ``settled`` yet (None if it is); with ``reconciled=False``,
+        not counting devices the reconciler has not looked at since their last message."""
         for b in self._order:
             if b.away:
                 continue
@@ -740,6 +766,11 @@ class VirtualFleet:
         )
         if gaps:
             return "open gaps: " + ", ".join(f"{n} {a}..{z} {s}" for n, a, z, s in gaps)
+        if reconciled:
+            dirty = self.rows("SELECT name FROM devices WHERE fleet = :f AND dirty LIMIT 3",
+                              f=self.fleet_id)  # fmt: skip
+            if dirty:
+                return "companion: not reconciled yet: " + ", ".join(r[0] for r in dirty)
         return None
 
     def account(self) -> Accounting:
