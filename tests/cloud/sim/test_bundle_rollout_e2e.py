@@ -16,6 +16,7 @@ clock, and the registry's bundles table.
 from __future__ import annotations
 
 import random
+import re
 import time
 
 import pytest
@@ -148,9 +149,14 @@ def test_a_bundle_that_fails_its_trial_boot_is_rolled_back_and_pauses_the_rollou
     states = f.member_states(rid)
     assert {states[n] for n in bad} <= {"rolled-back", "acked", "installing"}
     rolled = [n for n in bad if states[n] == "rolled-back"]
-    assert len(rolled) >= 3
-    assert all(states[n] != "succeeded" for n in bad)
-    assert f.rollout_state(rid)[1].startswith("failure threshold: ")
+    assert rolled and all(states[n] != "succeeded" for n in bad)
+    # it paused on rolled-back boards (more may roll back after the pause), past 20% of the decided
+    # (how many had rolled back by then depends on how fast the boards ran)
+    reason = f.rollout_state(rid)[1]
+    m = re.match(r"failure threshold: (\d+) of (\d+) decided devices failed", reason)
+    assert m, reason
+    failed, decided = int(m[1]), int(m[2])
+    assert 1 <= failed <= len(rolled) and decided >= 3 and failed / decided > 0.2, (reason, states)
     details = dict(f.rows("SELECT d.name, m.detail FROM rollout_devices m JOIN devices d"
                           " ON d.id = m.device_id WHERE m.rollout_id = :r", r=rid))  # fmt: skip
     assert details[rolled[0]].startswith("rolled back: trial boot did not reach the broker")
