@@ -30,7 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 
 from cloud.orrery.bench import rollout as wf_bench
@@ -109,29 +108,7 @@ def _boards_main(port, verified, bad, subscribed, stop) -> None:
         outbox.put((codec.topic(FLEET, name, codec.STATE), state))
         ack(name, st["cmd"], codec.OK, f"running bundle {st['version']}")
 
-    c = wf_bench._BoardsClient(mqtt.CallbackAPIVersion.VERSION2, "bench-boards",
-                               protocol=mqtt.MQTTv311)  # fmt: skip
-    c.max_inflight_messages_set(wf_bench.WINDOW)
-    c.max_queued_messages_set(0)
-    c.on_connect = lambda cl, *a: cl.subscribe(f"orrery/{FLEET}/+/{codec.CMD}", 1)
-    c.on_subscribe = lambda *a: subscribed.set()
-    c.on_message = on_message
-    c.on_publish = lambda *a: window.release()
-    c.connect("127.0.0.1", port, keepalive=60)
-    c.loop_start()
-    try:
-        while not stop.is_set():
-            try:
-                topic, payload = outbox.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            while not window.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            c.publish(topic, payload, qos=1)
-    finally:
-        c.disconnect()
-        c.loop_stop()
+    wf_bench.run_boards(port, on_message, outbox, window, subscribed, stop)
 
 
 def run(devices: int = 1000, timeout: float = 900) -> dict:

@@ -199,6 +199,13 @@ def _boards_main(port, first, verified, bad, subscribed, stop) -> None:
         n[0] += 1
         outbox.put((codec.topic(FLEET, name, codec.ACKS), codec.encode_ack(cmd_id, codec.OK, "")))
 
+    run_boards(port, on_message, outbox, window, subscribed, stop)
+
+
+def run_boards(port, on_message, outbox, window, subscribed, stop) -> None:
+    """The simulated boards' MQTT client: subscribed to every board's commands (``on_message``
+    answers them by putting ``(topic, payload)`` on ``outbox``), publishing the outbox at QoS 1
+    with at most ``WINDOW`` in flight (``window``), until ``stop`` is set."""
     # MQTT 3.1.1, as the boards' umqtt.simple speaks it
     c = _BoardsClient(mqtt.CallbackAPIVersion.VERSION2, "bench-boards", protocol=mqtt.MQTTv311)
     c.max_inflight_messages_set(WINDOW)

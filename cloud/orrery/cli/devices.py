@@ -188,6 +188,15 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
         )  # fmt: skip
 
 
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
+        "time (UTC if naive) or unix seconds."
+    ),
+]
+
+
 def _wf_state(v: dict) -> str:
     """The workflow state line of ``devices show``."""
     boot = "this boot" if v["current_boot"] else f"boot {v['boot']}, before the last reboot"
@@ -198,13 +207,7 @@ def _wf_state(v: dict) -> str:
 @app.command("timeline")
 def devices_timeline(
     name: Annotated[str, typer.Argument(help="Device id.")],
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
-            "time (UTC if naive) or unix seconds."
-        ),
-    ] = None,
+    since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="The newest N entries at most.")] = (
         timeline.DEFAULT_LIMIT
     ),
@@ -244,13 +247,7 @@ _LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "red"}
 @app.command("logs")
 def devices_logs(
     name: Annotated[str, typer.Argument(help="Device id.")],
-    since: Annotated[
-        str | None,
-        typer.Option(
-            help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
-            "time (UTC if naive) or unix seconds."
-        ),
-    ] = None,
+    since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="The newest N lines at most.")] = logs.DEFAULT_LIMIT,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines until Ctrl-C.")

@@ -59,6 +59,8 @@ env = Environment(
 )
 env.filters["pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, sort_keys=True)
 
+# a registry reference, NAME or NAME@VERSION (workflows and bundles)
+RefQuery = Annotated[str, Query(min_length=1, max_length=140)]
 router = APIRouter(prefix=session.PATH, include_in_schema=False)
 
 
@@ -374,8 +376,8 @@ def workflows_page(request: Request) -> Response:
 @page
 def workflow_diff_page(
     request: Request,
-    a: Annotated[str, Query(min_length=1, max_length=140)],
-    b: Annotated[str, Query(min_length=1, max_length=140)],
+    a: RefQuery,
+    b: RefQuery,
 ) -> Response:
     """What changed from version ``a`` to ``b``: states, transitions, parameters."""
     with _conn(request) as conn:
@@ -389,7 +391,7 @@ def workflow_diff_page(
 @page
 def simulate_page(
     request: Request,
-    ref: Annotated[str, Query(min_length=1, max_length=140)],
+    ref: RefQuery,
     device: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> Response:
     """A version replayed on a device's stored readings, beside the running version and the
@@ -422,8 +424,8 @@ def bundles_page(request: Request) -> Response:
 @page
 def bundle_diff_page(
     request: Request,
-    a: Annotated[str, Query(min_length=1, max_length=140)],
-    b: Annotated[str, Query(min_length=1, max_length=140)],
+    a: RefQuery,
+    b: RefQuery,
 ) -> Response:
     """What changed from bundle version ``a`` to ``b``: files, profile, .mpy version, sources."""
     with _conn(request) as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field
 
 from cloud.orrery.api.auth import role
@@ -17,6 +17,13 @@ from cloud.orrery.fleet import devices, logs, timeline
 router = APIRouter(tags=["devices"])
 
 NamePath = Annotated[str, Path(min_length=1, max_length=64, description="Device id.")]
+SinceQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="A duration back from now (90s, 10m, 24h, 7d), ISO 8601 or unix seconds.",
+    ),
+]
 
 
 class DeviceRow(BaseModel):
@@ -181,15 +188,9 @@ def device_filter(
 def list_devices(
     conn: ReadConn,
     p: PagingDep,
-    tag: Annotated[
-        list[str] | None,
-        Query(description="KEY=VALUE: only devices with this tag (repeatable: all must match)."),
-    ] = None,
-    profile: Annotated[str | None, Query(max_length=64, description="Board profile.")] = None,
-    online: Annotated[bool | None, Query(description="Only online (or offline) devices.")] = None,
+    flt: Annotated[devices.Filter, Depends(device_filter)],
 ) -> Page[DeviceRow]:
     """Devices by name: online state, last seen, versions, backlog, clock offset."""
-    flt = device_filter(tag, profile, online)
     rows = devices.device_rows(conn, flt=flt, limit=p.limit, offset=p.offset)
     return page(rows, devices.count_devices(conn, flt), p)
 
@@ -244,13 +245,7 @@ def change_tags(name: NamePath, body: TagChange, conn: WriteConn) -> dict[str, s
 def device_timeline(
     name: NamePath,
     conn: ReadConn,
-    since: Annotated[
-        str | None,
-        Query(
-            max_length=64,
-            description="A duration back from now (90s, 10m, 24h, 7d), ISO 8601 or unix seconds.",
-        ),
-    ] = None,
+    since: SinceQuery = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = timeline.DEFAULT_LIMIT,
 ) -> Timeline:
     """A device's history in time order: boots, state changes and events, commands and acks,
@@ -268,13 +263,7 @@ def device_timeline(
 def device_logs(
     name: NamePath,
     conn: ReadConn,
-    since: Annotated[
-        str | None,
-        Query(
-            max_length=64,
-            description="A duration back from now (90s, 10m, 24h, 7d), ISO 8601 or unix seconds.",
-        ),
-    ] = None,
+    since: SinceQuery = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = logs.DEFAULT_LIMIT,
 ) -> list[LogLine]:
     """The newest lines of a board's own log (warnings, errors, its workflow's state changes),
