@@ -305,6 +305,11 @@ def found(report: dict) -> dict:
     }
 
 
+def sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant figures (a small run's seconds keep their precision)."""
+    return round(x, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0.0
+
+
 def _count(xs) -> dict:
     out: dict = {}
     for x in xs:
@@ -367,16 +372,16 @@ def _run(url, what, devices, hours, workers, seed, progress) -> dict:
         "database": what,
         "change": change,
         "build": built,
-        "select_s": round(select_s, 3),
-        "select_runs_s": [round(x, 3) for x in selects],
+        "select_s": sig(select_s),
+        "select_runs_s": [sig(x) for x in selects],
         "select_rows": built["readings"],
         "select_rows_per_s": round(built["readings"] / select_s),
         "workers": report["workers"],
-        "preview_s": round(preview_s, 2),
-        "device_days_per_s": round(per_s, 2),
+        "preview_s": sig(preview_s),
+        "device_days_per_s": sig(per_s),
         "readings_per_s": round(report["readings"] / preview_s),
-        "ratio": round(preview_s / select_s, 2),
-        "projected_10k_device_days_s": round(10_000 / per_s, 1),
+        "ratio": sig(preview_s / select_s),
+        "projected_10k_device_days_s": sig(10_000 / per_s),
         "preview": found(report),
     }
     met = {
