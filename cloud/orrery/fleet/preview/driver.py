@@ -456,6 +456,9 @@ def drive(rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple]) -
                 a.items.clear()
                 b.items.clear()
                 a.mark = b.mark = 0
+        elif a.items:
+            a.items.clear()
+            a.mark = 0
     if boot is not None:
         for s in sides:
             s.close()
