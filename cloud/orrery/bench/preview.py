@@ -19,7 +19,8 @@ rows go in with ``executemany`` (SQLite) or ``COPY`` (PostgreSQL) in large trans
 Figures:
 
 - ``select_s``: a plain SELECT of the rows the preview reads (the same columns and window, all
-  devices, every row fetched; SQLAlchemy Core on one connection), best of ``SELECT_RUNS``;
+  devices in the board's order, every row fetched with the raw DBAPI cursor as the preview
+  fetches them, on one connection), best of ``SELECT_RUNS``;
 - ``preview_s``: ``engine.run`` over every device (``workers`` processes, the engine's default
   unless given), once, wall clock;
 - ``device_days_per_s`` = device_days / preview_s; ``readings_per_s`` = readings replayed (each
@@ -51,6 +52,7 @@ from cloud.orrery.db.tables import DEVICES, EVENTS, READING_COLS, READINGS, SESS
 from cloud.orrery.fleet import registry
 from cloud.orrery.fleet.preview import engine as preview_engine
 from cloud.orrery.fleet.preview.model import Target
+from cloud.orrery.fleet.replay import in_window
 from cloud.orrery.sim import workflows
 from firmware.profile import parse_profile
 from shared.workflow import compiler
@@ -212,7 +214,7 @@ def build(engine: sa.Engine, fleet: Fleet, v2: bytes, v3: bytes) -> dict:
             for d in range(fleet.devices)
         ]  # fmt: skip
         conn.execute(sa.insert(DEVICES), rows)
-        ids = dict(conn.execute(sa.select(DEVICES.c.name, DEVICES.c.id)).tuples().all())
+        ids = {r.name: r.id for r in conn.execute(sa.select(DEVICES.c.name, DEVICES.c.id))}
         sessions = [s for d in range(fleet.devices)
                     for s in fleet.sessions(ids[device_name(d)], d)]  # fmt: skip
         conn.execute(sa.insert(SESSIONS), sessions)
@@ -255,23 +257,31 @@ def build(engine: sa.Engine, fleet: Fleet, v2: bytes, v3: bytes) -> dict:
 
 
 def readings_query(since_ms: int, until_ms: int) -> sa.Select:
-    """The readings the preview replays, in its order (provisional: the engine's own query
-    replaces it)."""
+    """The readings the preview replays (its columns, its window: ``replay.in_window``), every
+    device's, in the board's order."""
     c = READINGS.c
     return (
-        sa.select(c.device_id, c.boot, c.seq, c.up_ms, c.event_ms, c.channel, c.value)
-        .where(sa.or_(sa.and_(c.event_ms >= since_ms, c.event_ms < until_ms), c.event_ms.is_(None)))
+        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
+        .where(in_window(since_ms, until_ms))
         .order_by(c.device_id, c.boot, c.seq)
     )
 
 
 def time_select(engine: sa.Engine, since_ms: int, until_ms: int) -> tuple[float, int]:
-    """Seconds to fetch the rows the preview reads, every one, and how many."""
-    q = readings_query(since_ms, until_ms)
+    """Seconds to fetch the rows the preview reads, every one (with the raw DBAPI cursor, as
+    the preview reads them), and how many."""
     with engine.connect() as conn:
-        t = time.perf_counter()
-        rows = conn.execute(q).all()
-        return time.perf_counter() - t, len(rows)
+        compiled = readings_query(since_ms, until_ms).compile(dialect=conn.dialect)
+        p = compiled.params
+        params = tuple(p[k] for k in compiled.positiontup) if compiled.positional else p
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            t = time.perf_counter()
+            cur.execute(str(compiled), params)
+            rows = cur.fetchall()
+            return time.perf_counter() - t, len(rows)
+        finally:
+            cur.close()
 
 
 def targets_of(engine: sa.Engine, to: str) -> list[Target]:
