@@ -73,6 +73,7 @@ REPORTED_EVERY = 3  # one device in this many reported its state before the wind
 SPIKE_EVERY = 40  # one device in this many sees a heat spike past the fault level
 SELECT_RUNS = 3
 BATCH_DEVICES = 50  # devices' readings per insert transaction
+SPIKE = [3500, 4000, 4400] + [4700] * 7  # the heat spike's temperatures, one a temp reading
 TARGETS = {"device_days_10k_s": 600, "ratio": 10}
 
 
@@ -143,9 +144,12 @@ class Fleet:
                 soil = 2500
             s.append(soil + noise[(j + 3 * i) & 4095] // 10)
         out[2::k] = s
-        if d % SPIKE_EVERY == SPIKE_EVERY // 8:  # a heat spike past the fault level
-            at = n * 11 // 20 // k * k
-            out[at : at + 10 * k : k] = [4700] * len(out[at : at + 10 * k : k])
+        if d % SPIKE_EVERY == SPIKE_EVERY // 8:
+            # a heat spike past the fault level an hour in (before the cooling cycles run
+            # out), rising through the cooling level so that it crosses the fault level cooling
+            at = n // 24 // k * k
+            spike = SPIKE[: len(out[at::k])]
+            out[at : at + len(spike) * k : k] = spike
         return out
 
     def boots(self, d: int) -> list[tuple[int, int, int, int | None]]:
