@@ -30,12 +30,15 @@ Figures:
 Targets (issue 18): 10,000 device-days in at most ``TARGETS["device_days_10k_s"]`` s (projected
 from this run's rate), ``ratio`` at most ``TARGETS["ratio"]``. ``preview`` says what the replay
 found (devices changed, the events v3 adds), so the figures are of a replay that did its work.
+``load_average`` (1 min) before the SELECT and after the preview says how busy the machine was:
+every figure is wall time.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 import tempfile
@@ -359,6 +362,7 @@ def _run(url, what, devices, hours, workers, seed, progress) -> dict:
         built = build(engine, fleet, v2, v3)
         _log(f"built {built['readings']:,} readings in {built['seconds']} s")
         since, until = SINCE_MS, fleet.until_ms
+        load = [os.getloadavg()[0]]
         time_select(engine, since, until)  # warm the page cache for both
         selects = []
         for _ in range(SELECT_RUNS):
@@ -373,6 +377,7 @@ def _run(url, what, devices, hours, workers, seed, progress) -> dict:
         report = preview_engine.run(engine, targets, since, until, to=to, workers=workers,
                                     progress=progress)  # fmt: skip
         preview_s = time.perf_counter() - t
+        load.append(os.getloadavg()[0])
         _log(f"preview {preview_s:.1f} s")
     finally:
         engine.dispose()
@@ -384,6 +389,7 @@ def _run(url, what, devices, hours, workers, seed, progress) -> dict:
         "device_days": device_days,
         "readings_per_device_day": DAY_MS // READ_EVERY_MS,
         "database": what,
+        "load_average": {"before": round(load[0], 2), "after": round(load[1], 2)},
         "change": change,
         "build": built,
         "select_s": sig(select_s),
