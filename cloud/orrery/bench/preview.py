@@ -74,9 +74,9 @@ COOL_DELTA = -200  # greenhouse@3: idle cools from 200 cdegC lower than greenhou
 UNANCHORED_EVERY = 50  # one device in this many has a boot without time anchor
 REPORTED_EVERY = 3  # one device in this many reported its state before the window
 SPIKE_EVERY = 40  # one device in this many sees a heat spike past the fault level
+SPIKE = [3500, 4000, 4400] + [4700] * 7  # the heat spike's temperatures, one a temp reading
 SELECT_RUNS = 3
 BATCH_DEVICES = 50  # devices' readings per insert transaction
-SPIKE = [3500, 4000, 4400] + [4700] * 7  # the heat spike's temperatures, one a temp reading
 TARGETS = {"device_days_10k_s": 600, "ratio": 10}
 
 
