@@ -34,7 +34,7 @@ def summary_lines(report: dict) -> list[str]:
     pct = f" ({report['changed'] / n:.0%})" if n else ""
     line = f"behave differently: {report['changed']} of {n} device(s){pct}"
     if report["top"]:
-        line += "; most: " + _names(report["top"])
+        line += "; most: " + _names(report["top"], report["changed"])
     lines.append(line)
     changes = biggest_changes(report["totals"]["running"], report["totals"]["new"])
     if changes:
