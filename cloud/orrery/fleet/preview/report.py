@@ -39,8 +39,10 @@ def summary_lines(report: dict) -> list[str]:
     changes = biggest_changes(report["totals"]["running"], report["totals"]["new"])
     if changes:
         lines.append("biggest changes (fleet): " + "; ".join(changes[:CHANGES_SHOWN]))
-    elif n:
+    elif any(d["running"] is not None for d in devices):
         lines.append("fleet totals: no change in events, alerts, outputs or transitions")
+    elif n:
+        lines.append("nothing to compare with: no replayed device runs a workflow")
     stranded = report["stranded"]
     if stranded:
         lines.append(
