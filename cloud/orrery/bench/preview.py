@@ -18,9 +18,10 @@ rows go in with ``executemany`` (SQLite) or ``COPY`` (PostgreSQL) in large trans
 
 Figures:
 
-- ``select_s``: a plain SELECT of the rows the preview reads (the same columns and window, all
-  devices in the board's order, every row fetched with the raw DBAPI cursor as the preview
-  fetches them, on one connection), best of ``SELECT_RUNS``;
+- ``select_s``: a plain SELECT of the rows the preview reads (``engine.select_rows``: the
+  preview's own statement, one query a device in the board's order, every row fetched with the
+  raw DBAPI cursor as the preview fetches them; all devices, in this process), best of
+  ``SELECT_RUNS``;
 - ``preview_s``: ``engine.run`` over every device (``workers`` processes, the engine's default
   unless given), once, wall clock;
 - ``device_days_per_s`` = device_days / preview_s; ``readings_per_s`` = readings replayed (each
@@ -55,7 +56,6 @@ from cloud.orrery.db.tables import DEVICES, EVENTS, READING_COLS, READINGS, SESS
 from cloud.orrery.fleet import registry
 from cloud.orrery.fleet.preview import engine as preview_engine
 from cloud.orrery.fleet.preview.model import Target
-from cloud.orrery.fleet.replay import in_window
 from cloud.orrery.sim import workflows
 from firmware.profile import parse_profile
 from shared.workflow import compiler
@@ -263,32 +263,14 @@ def build(engine: sa.Engine, fleet: Fleet, v2: bytes, v3: bytes) -> dict:
     }  # fmt: skip
 
 
-def readings_query(since_ms: int, until_ms: int) -> sa.Select:
-    """The readings the preview replays (its columns, its window: ``replay.in_window``), every
-    device's, in the board's order."""
-    c = READINGS.c
-    return (
-        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
-        .where(in_window(since_ms, until_ms))
-        .order_by(c.device_id, c.boot, c.seq)
-    )
-
-
-def time_select(engine: sa.Engine, since_ms: int, until_ms: int) -> tuple[float, int]:
-    """Seconds to fetch the rows the preview reads, every one (with the raw DBAPI cursor, as
-    the preview reads them), and how many."""
-    with engine.connect() as conn:
-        compiled = readings_query(since_ms, until_ms).compile(dialect=conn.dialect)
-        p = compiled.params
-        params = tuple(p[k] for k in compiled.positiontup) if compiled.positional else p
-        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        try:
-            t = time.perf_counter()
-            cur.execute(str(compiled), params)
-            rows = cur.fetchall()
-            return time.perf_counter() - t, len(rows)
-        finally:
-            cur.close()
+def time_select(
+    engine: sa.Engine, ids: list[int], since_ms: int, until_ms: int
+) -> tuple[float, int]:
+    """Seconds to fetch every row the preview of devices ``ids`` reads (``engine.select_rows``:
+    its statement and raw cursor, in this process), and how many."""
+    t = time.perf_counter()
+    n = preview_engine.select_rows(engine, ids, since_ms, until_ms)
+    return time.perf_counter() - t, n
 
 
 def targets_of(engine: sa.Engine, to: str) -> list[Target]:
@@ -362,17 +344,18 @@ def _run(url, what, devices, hours, workers, seed, progress) -> dict:
         built = build(engine, fleet, v2, v3)
         _log(f"built {built['readings']:,} readings in {built['seconds']} s")
         since, until = SINCE_MS, fleet.until_ms
+        targets = targets_of(engine, to)
+        ids = [t.device_id for t in targets]
         load = [os.getloadavg()[0]]
-        time_select(engine, since, until)  # warm the page cache for both
+        time_select(engine, ids, since, until)  # warm the page cache for both
         selects = []
         for _ in range(SELECT_RUNS):
-            s, n = time_select(engine, since, until)
+            s, n = time_select(engine, ids, since, until)
             if n != built["readings"]:
                 raise RuntimeError(f"the SELECT read {n:,} rows of {built['readings']:,}")
             selects.append(s)
         select_s = min(selects)
         _log(f"select {select_s:.2f} s; preview of {to} over {devices} devices")
-        targets = targets_of(engine, to)
         t = time.perf_counter()
         report = preview_engine.run(engine, targets, since, until, to=to, workers=workers,
                                     progress=progress)  # fmt: skip
