@@ -21,7 +21,7 @@ from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.db.tables import ROLLOUT_LOG, ROLLOUTS
 from cloud.orrery.fleet.preview import bounds, report, targets
 from cloud.orrery.fleet.preview import engine as replay
-from cloud.orrery.fleet.rollout.plan import RolloutError, parse_duration
+from cloud.orrery.fleet.rollout.plan import Plan, RolloutError, parse_duration
 from cloud.orrery.ingest.alerts import AlertRule
 from shared.workflow.program import Program
 
@@ -146,10 +146,7 @@ def preview(
     since_ms = (
         until_ms - parse_duration(DEFAULT_SINCE, "--since") * 1000 if since_ms is None else since_ms
     )
-    if since_ms >= until_ms:
-        raise RolloutError(
-            f"--since {iso(since_ms)} is not before --until {iso(until_ms)}: an empty window"
-        )
+    _check_window(since_ms, until_ms)
     with engine.connect() as conn:
         found, to = targets.of_rollout(conn, rid, rollback)
         text = None if rollback else _gate_text(conn, rid)
@@ -253,3 +250,30 @@ def refusal(rid: int, gate_text: str | None, rep: dict | None, at_ms: int | None
         f"rollout of it, or run `orrery rollout preview {rid}` again (another --since window) "
         "if these readings were not representative"
     )
+
+
+def preview_plan(
+    engine: Engine,
+    plan: Plan,
+    since_ms: int,
+    until_ms: int,
+    *,
+    gate: str | None = None,
+    workers: int | None = None,
+    alert_rules: Sequence[AlertRule] = (),
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Preview a plan that created nothing (``create(..., dry_run=True)``) against ``gate``;
+    nothing is stored. RolloutError (one line) for an empty window or a bundle plan."""
+    _check_window(since_ms, until_ms)
+    with engine.connect() as conn:
+        found = targets.of_plan(conn, plan)
+    return run(engine, found, since_ms, until_ms, to=plan.workflow, gate=gate, workers=workers,
+               alert_rules=alert_rules, progress=progress)  # fmt: skip
+
+
+def _check_window(since_ms: int, until_ms: int) -> None:
+    if since_ms >= until_ms:
+        raise RolloutError(
+            f"--since {iso(since_ms)} is not before --until {iso(until_ms)}: an empty window"
+        )
