@@ -277,8 +277,10 @@ def _window(since: str, until: str | None) -> tuple[int, int]:
     now = now_ms()
     until_ms = now if until is None else timeline.parse_since(until, now, "until")
     since_ms = timeline.parse_since(since, now, "since")
-    if since_ms >= until_ms:
-        raise ApiError(400, f"since {iso(since_ms)} is not before until {iso(until_ms)}")
+    try:
+        stored.check_window(since_ms, until_ms)
+    except RolloutError as exc:
+        raise ApiError(400, str(exc).replace("--since", "since").replace("--until", "until")) from None
     return since_ms, until_ms
 
 

@@ -31,6 +31,8 @@ DEFAULT_SINCE = "24h"
 KEPT_PER_BREACH = 100
 #: devices a one-line verdict or refusal names before it says how many more
 NAMED = 5
+#: the latest time a window may name (unix ms): year 9999, as far as ISO 8601 text goes
+MAX_MS = 253_402_300_799_999
 #: the audit log's event for a preview
 EVENT = "preview"
 
@@ -146,7 +148,7 @@ def preview(
     since_ms = (
         until_ms - parse_duration(DEFAULT_SINCE, "--since") * 1000 if since_ms is None else since_ms
     )
-    _check_window(since_ms, until_ms)
+    check_window(since_ms, until_ms)
     with engine.connect() as conn:
         found, to = targets.of_rollout(conn, rid, rollback)
         text = None if rollback else _gate_text(conn, rid)
@@ -265,14 +267,19 @@ def preview_plan(
 ) -> dict:
     """Preview a plan that created nothing (``create(..., dry_run=True)``) against ``gate``;
     nothing is stored. RolloutError (one line) for an empty window or a bundle plan."""
-    _check_window(since_ms, until_ms)
+    check_window(since_ms, until_ms)
     with engine.connect() as conn:
         found = targets.of_plan(conn, plan)
     return run(engine, found, since_ms, until_ms, to=plan.workflow, gate=gate, workers=workers,
                alert_rules=alert_rules, progress=progress)  # fmt: skip
 
 
-def _check_window(since_ms: int, until_ms: int) -> None:
+def check_window(since_ms: int, until_ms: int) -> None:
+    """RolloutError (one line) unless [since_ms, until_ms) is a window of 1970..9999."""
+    if not (0 <= since_ms <= MAX_MS and 0 <= until_ms <= MAX_MS):
+        raise RolloutError(
+            f"the window {since_ms}..{until_ms} (unix ms) is outside 1970..{iso(MAX_MS)[:4]}"
+        )
     if since_ms >= until_ms:
         raise RolloutError(
             f"--since {iso(since_ms)} is not before --until {iso(until_ms)}: an empty window"
