@@ -123,7 +123,7 @@ def test_bad_requests(api):
     )
     api.error("POST", f"/rollouts/{rid}/preview", 422, json={"alerts": ["0>1"] * 21})
     assert api.error("POST", "/rollouts", 400, json={**BODY, "preview_gate": "events.alarm<=+1"}) == (
-        "--preview-gate: 'events.alarm<=+1': greenhouse@3 has no event 'alarm' (its events: "
+        "--preview-gate: bound 'events.alarm<=+1': greenhouse@3 has no event 'alarm' (its events: "
         "cooling_started, watering_done, fault_raised, status)"
     )
     assert api.error("POST", "/rollouts", 400, json={**BODY, "preview_gate": "what"}).startswith(

@@ -136,7 +136,7 @@ def test_bad_inputs_are_one_line(pdb):
         (("rollout", "preview", "1", "--alert", "temp>3"), "error: --alert: alert rule "
          "'temp>3': expected CHANNEL>LEVEL or CHANNEL<LEVEL, e.g. 0>3000"),
         (("rollout", "create", "--workflow", "greenhouse@3", "--target", "all", "--preview-gate",
-          "events.alarm<=+10%"), "error: --preview-gate: 'events.alarm<=+10%': greenhouse@3 has "
+          "events.alarm<=+10%"), "error: --preview-gate: bound 'events.alarm<=+10%': greenhouse@3 has "
          "no event 'alarm'"),
         (("rollout", "create", "--workflow", "greenhouse@3", "--target", "all", "--preview-gate",
           "nonsense"), "error: --preview-gate: "),

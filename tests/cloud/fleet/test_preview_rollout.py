@@ -160,7 +160,7 @@ def test_the_gate_is_checked_at_create_and_stored(pdb):
     for bad in ("events.cooling_started<=", "nonsense", "events.cooling_started=>+10%"):
         assert refused(o.create, "greenhouse@3", "all", preview_gate=bad).startswith("--preview-gate: ")
     assert refused(o.create, "greenhouse@3", "all", preview_gate="events.alarm<=+10%") == (
-        "--preview-gate: 'events.alarm<=+10%': greenhouse@3 has no event 'alarm' (its events: "
+        "--preview-gate: bound 'events.alarm<=+10%': greenhouse@3 has no event 'alarm' (its events: "
         "cooling_started, watering_done, fault_raised, status)"
     )
     assert "has no output 'pump'" in refused(o.create, "greenhouse@3", "all",
@@ -260,13 +260,3 @@ def test_a_rollback_preview_reports_stranded_boards_and_is_not_stored(pdb):
     assert "2 stranded (r00, r01)" in rep["verdict"]
     assert pdb.rows("SELECT preview, preview_ms FROM rollouts WHERE id = :r", r=rid) == [(None, None)]
     assert [e[0] for e in log(pdb, rid)] == ["created"]
-
-
-def test_compact_keeps_breaches_up_to_a_bound(pdb):
-    per = [{"device": f"x{i:04d}", "score": 1.0} for i in range(300)]
-    rep = {"top": ["x0000"], "per_device": per,
-           "gate": {"bounds": "b", "passed": False,
-                    "breaches": [{"bound": "b", "devices": [d["device"] for d in per], "count": 300}]}}  # fmt: skip
-    kept = stored.compact(rep)
-    assert len(kept["per_device"]) == stored.KEPT_PER_BREACH
-    assert rep["per_device"] is per and len(per) == 300  # the report itself is left alone

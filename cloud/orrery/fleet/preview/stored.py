@@ -27,8 +27,6 @@ from shared.workflow.program import Program
 
 #: the window a preview replays unless told otherwise: back from now
 DEFAULT_SINCE = "24h"
-#: per broken bound, the devices whose entries the stored preview keeps at most
-KEPT_PER_BREACH = 100
 #: devices a one-line verdict or refusal names before it says how many more
 NAMED = 5
 #: the latest time a window may name (unix ms): year 9999, as far as ISO 8601 text goes
@@ -52,16 +50,13 @@ def check_gate(text: str, blob: bytes) -> list[bounds.Bound]:
     """Parse ``text`` and check it against the version it gates (``blob``): a bound naming an
     event, output or state that version lacks is refused, naming it."""
     found = parse_gate(text)
-    prog = Program(blob)
-    have = {"events": prog.event_names, "outputs": prog.output_names, "states": prog.state_names}
-    for b in found:
-        path = b.path[1:] if b.path and b.path[0] == "fleet" else b.path
-        if len(path) >= 2 and path[0] in have and path[1] not in have[path[0]]:
-            kind = path[0][:-1]
-            raise RolloutError(
-                f"--preview-gate: {b.text!r}: {prog.name}@{prog.version} has no {kind} "
-                f"{path[1]!r} (its {path[0]}: {', '.join(have[path[0]]) or 'none'})"
-            )
+    p = Program(blob)
+    try:
+        bounds.check_names(
+            found, [(f"{p.name}@{p.version}", p.event_names, p.output_names, p.state_names)]
+        )
+    except bounds.BoundError as exc:
+        raise RolloutError(f"--preview-gate: {exc}") from None
     return found
 
 
@@ -107,11 +102,11 @@ def verdict(rep: dict) -> str:
 
 def compact(rep: dict) -> dict:
     """What is stored of report ``rep``: all of it but ``per_device``, of which only the
-    entries of its ``top`` devices and of the devices that broke a bound (at most
-    ``KEPT_PER_BREACH`` per bound) are kept (``per_device_kept`` says so)."""
+    entries of its ``top`` devices and of the devices each broken bound names (the worst ten,
+    ``bounds.evaluate``) are kept (``per_device_kept`` says so)."""
     keep = set(rep.get("top") or [])
     for b in (rep.get("gate") or {}).get("breaches") or []:
-        keep.update((b.get("devices") or [])[:KEPT_PER_BREACH])
+        keep.update(b.get("devices") or [])
     out = {k: v for k, v in rep.items() if k != "per_device"}
     out["per_device"] = [d for d in rep.get("per_device") or [] if d["device"] in keep]
     out["per_device_kept"] = "top and gate-breaking devices"
