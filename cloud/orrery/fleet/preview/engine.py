@@ -10,6 +10,8 @@ the raw DBAPI cursor (one query a device, in the board's order).
 from __future__ import annotations
 
 import math
+import multiprocessing
+import multiprocessing.context
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +90,9 @@ def run(
             if progress is not None:
                 progress(done, len(jobs))
     else:
-        with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(chunks)), mp_context=_context()
+        ) as pool:
             futures = {
                 pool.submit(
                     _replay_chunk_at, url, chunk, since_ms, until_ms, blobs, channels, rules
@@ -195,6 +199,14 @@ def _channel_names(profile: str | None) -> list[str] | None:
         return [c[0] for c in parse_profile(profiles.load(profile or profiles.DEFAULT))[0]]
     except (ValueError, OSError):
         return None
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # Workers come from a fork server, not a fork of this process: the API server calls ``run``
+    # from a thread, and a fork of a threaded process may inherit a lock another thread held.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
 
 
 def _url(engine: Engine) -> str | None:
