@@ -42,6 +42,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -327,22 +329,29 @@ def run(devices: int = 100_000, db: str | None = None, timeout: float = 900) -> 
     ``json.dumps`` + ``hmac``; on a temporary SQLite file, or with ``db`` (a PostgreSQL
     server's URL) on a fresh database there, dropped afterwards. See the module docstring."""
     with tempfile.TemporaryDirectory(prefix="orrery-bench-rollout-") as tmp:
-        if db is None:
-            return _run(f"sqlite:///{Path(tmp) / 'rollout.db'}", "sqlite (temporary file)",
-                        devices, Path(tmp), timeout)  # fmt: skip
-        base = sa.engine.make_url(url_from(db))
-        name = f"orrery_bench_rollout_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as c:
-                c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-            url = base.set(database=name).render_as_string(hide_password=False)
-            return _run(url, f"{base.get_backend_name()} (database {name}, dropped after)",
-                        devices, Path(tmp), timeout)  # fmt: skip
-        finally:
-            with admin.connect() as c:
-                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+        with scratch_database(db, Path(tmp) / "rollout.db", "rollout") as (url, what):
+            return _run(url, what, devices, Path(tmp), timeout)
+
+
+@contextmanager
+def scratch_database(db: str | None, file: Path, bench: str) -> Iterator[tuple[str, str]]:
+    """A bench's database: ``(url, description)`` of the SQLite ``file``, or with ``db`` (a
+    PostgreSQL server's URL) of a fresh database created there and dropped afterwards."""
+    if db is None:
+        yield f"sqlite:///{file}", "sqlite (temporary file)"
+        return
+    base = sa.engine.make_url(url_from(db))
+    name = f"orrery_bench_{bench}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = base.set(database=name).render_as_string(hide_password=False)
+        yield url, f"{base.get_backend_name()} (database {name}, dropped after)"
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def _run(url: str, what: str, devices: int, tmp: Path, timeout: float) -> dict:

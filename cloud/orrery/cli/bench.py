@@ -1,5 +1,5 @@
-"""``orrery bench device|ingest|rollout|fleet|api``: benchmarks (commands, not timed tests). Each
-prints its figures and exits 2 when a target is not met."""
+"""``orrery bench device|ingest|rollout|fleet|api|preview``: benchmarks (commands, not timed
+tests). Each prints its figures and exits 2 when a target is not met."""
 
 from __future__ import annotations
 
@@ -208,11 +208,16 @@ def bench_rollout(
         return
     devices = devices or 100_000
     if db is not None:
-        if not db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
-            fail(f"--db {db!r}: give a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
-        check_database_server(db, "--db")
+        check_postgres_url(db)
     result = rollout.run(devices, db)
     show_figures(result, as_json)
+
+
+def check_postgres_url(db: str) -> None:
+    """``--db``: a PostgreSQL server's URL that answers, or one error line and exit 1."""
+    if not db.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+        fail(f"--db {db!r}: give a PostgreSQL URL (postgresql://USER@HOST:PORT/DB)")
+    check_database_server(db, "--db")
 
 
 @app.command("api")
@@ -292,3 +297,41 @@ def print_device_report(result: dict) -> None:
         console.print(line)
     ok = result["targets"]["met"]
     console.print("[green]targets met[/]" if ok else "[red]targets NOT met[/]")
+
+
+@app.command("preview")
+def bench_preview(
+    devices: Annotated[int, typer.Option(min=1, max=100_000, help="Devices to replay.")] = 1000,
+    hours: Annotated[
+        int, typer.Option(min=1, max=24 * 31, help="Hours of readings (one per 10 s).")
+    ] = 24,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Replay processes (default: the preview's own)."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="A PostgreSQL server to run on (postgresql://USER@HOST:PORT/DB): a fresh "
+            "database is created there and dropped after. Default: a temporary SQLite file.",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the readings' noise.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay every device's readings through the version it runs and a new one (fleet
+    preview): device-days/s, readings/s and the ratio to a plain SELECT of the same rows."""
+    from cloud.orrery.bench import preview
+
+    if db is not None:
+        check_postgres_url(db)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 5 or done == total:
+            last[0] = now
+            err_console.print(f"[dim]preview: {done:,} of {total:,} devices replayed[/]")
+
+    show_figures(preview.run(devices, hours, workers, db, seed, progress), as_json)

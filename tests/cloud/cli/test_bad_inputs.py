@@ -51,6 +51,8 @@ TEMPLATES: dict[str, list[list[str]]] = {
     "bench ingest": [["--readings", "10"], ["--pg-url", "{pg}"], ["--batch", "26,x"],
                      ["--batch", "0"], ["--workers", "1,1"], ["--workers", "9"]],
     "bench rollout": [["--devices", "5"], ["--db", "{pg}"], ["--bundle", "--db", "{pg}"]],
+    "bench preview": [["--devices", "0"], ["--hours", "0"], ["--workers", "0"], ["--db", "{pg}"],
+                      ["--db", "sqlite:///preview.db"]],
     "bench fleet": [["--broker", "{broker}"], ["--duration", "soon"]],
     "demo": [["--broker", "{broker}"], ["--out", "{outdir}"]],
     "sim": [["--broker", "{broker}"], ["--db", "{new_db}"], ["--out", "{outdir}"],
