@@ -24,6 +24,16 @@ from cloud.orrery.clock import fmt_ms
 if TYPE_CHECKING:
     from cloud.orrery.sim.fleet import VirtualFleet
 
+# a bench's own database: a scratch one on a PostgreSQL server, or a temporary SQLite file
+ScratchDbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="A PostgreSQL server to run on (postgresql://USER@HOST:PORT/DB): a fresh "
+        "database is created there and dropped after. Default: a temporary SQLite file.",
+    ),
+]
+
 app = typer.Typer(help="Benchmarks (commands, not timed tests).", no_args_is_help=True)
 
 
@@ -183,14 +193,7 @@ def bench_rollout(
             help="Roll out the real app as a bundle instead (chunks, acks, convergence).",
         ),
     ] = False,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="A PostgreSQL server to run on (postgresql://USER@HOST:PORT/DB): a fresh "
-            "database is created there and dropped after. Default: a temporary SQLite file.",
-        ),
-    ] = None,
+    db: ScratchDbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a rollout over many devices (against a plain SELECT of them), then run it: signed
@@ -309,14 +312,7 @@ def bench_preview(
         int | None,
         typer.Option(min=1, max=64, help="Replay processes (default: the preview's own)."),
     ] = None,
-    db: Annotated[
-        str | None,
-        typer.Option(
-            "--db",
-            help="A PostgreSQL server to run on (postgresql://USER@HOST:PORT/DB): a fresh "
-            "database is created there and dropped after. Default: a temporary SQLite file.",
-        ),
-    ] = None,
+    db: ScratchDbOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the readings' noise.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
