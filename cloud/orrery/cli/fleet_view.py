@@ -37,6 +37,11 @@ def render(rep: Report, con: Console) -> None:
     )
     if rep.rollout:
         r = rep.rollout
+        if r.get("preview"):
+            con.print(f"[bold]Preview of rollout {r['id']}[/] before it started (its boards' "
+                      "own readings replayed through both versions):")  # fmt: skip
+            for line in r["preview"]:
+                con.print(f"  {line}", highlight=False)
         t = Table(title=f"Rollout {r['id']}: {r['workflow']} in waves", title_justify="left")
         t.add_column("wave")
         t.add_column("size")

@@ -635,13 +635,22 @@ class VirtualFleet:
             r = registry.push(conn, definition, None, self.now_ms)
         return f"{r.name}@{r.version}"
 
-    def rollout(self, workflow_ref: str, target: str | None = None, **kw) -> int:
+    def rollout(
+        self, workflow_ref: str, target: str | None = None, preview: bool = False, **kw
+    ) -> int:
         """Create and start a rollout (``Orchestrator.create`` options; the target defaults to
-        this fleet); returns its id."""
+        this fleet); returns its id. ``preview``: first preview it over the fleet's whole run
+        (stored with the rollout, as ``orrery rollout preview`` does)."""
         target = target or f"fleet={self.fleet_id}"
         o = self.operator()
         plan = o.create(workflow_ref, target, **kw)
         assert plan.rollout_id is not None
+        if preview:
+            from cloud.orrery.fleet.preview import stored
+
+            rep = stored.preview(self.engine, plan.rollout_id, self.t0, self.now_ms + 1,
+                                 actor="operator", clock=self.clock.unix_ms)  # fmt: skip
+            self.log(f"rollout {plan.rollout_id} previewed: {rep['verdict']}")
         o.start(plan.rollout_id)
         self.log(f"rollout {plan.rollout_id} of {workflow_ref} started: "
                  + ", ".join(f"wave {w['wave']} {w['count']}" for w in plan.waves))  # fmt: skip

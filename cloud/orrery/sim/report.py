@@ -94,6 +94,7 @@ def collect_report(
             "id": rid, "workflow": s["workflow"], "state": s["state"],
             "converged": s["converged_text"],
             "at_finish": (at_finish or {}).get("converged_text"),
+            "preview": (s.get("preview") or {}).get("summary") or [],
         }  # fmt: skip
         for w, w0 in zip(s["waves"], (at_finish or s)["waves"], strict=True):
             rep.waves.append({

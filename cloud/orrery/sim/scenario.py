@@ -129,7 +129,7 @@ def run_demo(
         fleet.power_cut_later(n, rng.randrange(60_000, 8 * 60_000), kind)
     fleet.run(60_000, display.update)
     rid = fleet.rollout(
-        "greenhouse@2", waves="10%,50%,100%", success="95%", max_failures="10%",
+        "greenhouse@2", preview=True, waves="10%,50%,100%", success="95%", max_failures="10%",
         min_devices=3, soak="30s", timeout="1h", rate="1000/min", health="30s",
     )  # fmt: skip
     display.set("rolling out greenhouse@2 in waves", rid)
