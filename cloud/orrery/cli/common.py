@@ -35,6 +35,14 @@ DbOpt = Annotated[
     typer.Option("--db", help="Database URL (default: $ORRERY_DB_URL, else sqlite:///orrery.db)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+# From when (``fleet.timeline.parse_since``): devices timeline/logs, rollout preview
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
+        "time (UTC if naive) or unix seconds."
+    ),
+]
 # The virtual fleet's (orrery demo, orrery sim)
 BrokerOpt = Annotated[
     str | None,

@@ -14,6 +14,7 @@ from rich.table import Table
 from cloud.orrery.cli.common import (
     DbOpt,
     JsonOpt,
+    SinceOpt,
     console,
     fail,
     known_device,
@@ -186,15 +187,6 @@ def devices_show(name: str, db_url: DbOpt = None, as_json: JsonOpt = False) -> N
             f"updated {r['updated']}",
             soft_wrap=True,
         )  # fmt: skip
-
-
-SinceOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="From: a duration back from now (90s, 10m, 24h, 7d), an ISO 8601 "
-        "time (UTC if naive) or unix seconds."
-    ),
-]
 
 
 def _wf_state(v: dict) -> str:

@@ -1,5 +1,5 @@
-"""``orrery rollout create|start|pause|resume|cancel|retry|rollback|list|status|log``: staged
-fleet rollouts of workflow versions."""
+"""``orrery rollout create|preview|start|pause|resume|cancel|retry|rollback|list|status|log``:
+staged fleet rollouts of workflow versions, and their previews (issue 18)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,24 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from cloud.orrery.cli.common import DbOpt, JsonOpt, console, fail, open_db, os_user
-from cloud.orrery.clock import now_ms
-from cloud.orrery.fleet import keys
+from cloud.orrery.cli.common import (
+    DbOpt,
+    JsonOpt,
+    SinceOpt,
+    console,
+    err_console,
+    fail,
+    open_db,
+    os_user,
+    output_console,
+)
+from cloud.orrery.clock import iso, now_ms
+from cloud.orrery.fleet import keys, timeline
+from cloud.orrery.fleet.preview import stored
 from cloud.orrery.fleet.registry import RegistryError
 from cloud.orrery.fleet.rollout import gate
 from cloud.orrery.fleet.rollout.orchestrator import (
@@ -26,6 +38,8 @@ from cloud.orrery.fleet.rollout.orchestrator import (
 from cloud.orrery.fleet.rollout.plan import RolloutError
 
 ROLLOUT_ERRORS = (RolloutError, RegistryError)
+# the exit code of a preview whose gate broke or that strands devices (create still created)
+PREVIEW_REFUSED = 3
 
 app = typer.Typer(
     help="Staged fleet rollouts of workflow versions and app bundles.", no_args_is_help=True
@@ -103,12 +117,34 @@ def rollout_create(
             help="Or the app bundle (firmware OTA) to roll out: NAME@VERSION from the registry."
         ),
     ] = None,
+    preview: Annotated[
+        bool,
+        typer.Option(
+            help="Preview it: replay each target's readings through the version it runs and "
+            "this one, and print what changes (stored with the rollout; with --dry-run only "
+            "printed)."
+        ),
+    ] = False,
+    preview_since: Annotated[
+        str,
+        typer.Option(help="--preview: from when (a duration back from now, ISO 8601 or unix s)."),
+    ] = stored.DEFAULT_SINCE,
+    preview_gate: Annotated[
+        str | None,
+        typer.Option(
+            help='Bounds its preview must keep to before it may start, e.g. "events.fault_raised'
+            '<=+10%,outputs.fan.on_s<=+20%" (PATH OP LIMIT joined by ",": see the README).'
+        ),
+    ] = None,
     db_url: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Plan a rollout of a workflow or an app bundle (a draft; `orrery rollout start ID` runs
-    it, within its schedule)."""
+    it, within its schedule). With --preview, preview it too: a broken --preview-gate or
+    stranded devices exit 3 (the draft is created all the same; `start` refuses a broken
+    gate)."""
     o = _orch(db_url)
+    window = _window(preview_since, None, "--preview-since") if preview else None
     try:
         plan = o.create(
             workflow,
@@ -126,11 +162,26 @@ def rollout_create(
             window,
             window_tz,
             bundle,
+            preview_gate,
         )
     except ROLLOUT_ERRORS as exc:
         fail(str(exc))
+    rep = None
+    if window is not None:
+        try:
+            with _progress(as_json) as step:
+                if plan.rollout_id is None:
+                    rep = stored.preview_plan(o.engine, plan, *window, gate=preview_gate,
+                                              progress=step)  # fmt: skip
+                else:
+                    rep = stored.preview(o.engine, plan.rollout_id, *window, progress=step,
+                                         actor=o.actor)  # fmt: skip
+        except ROLLOUT_ERRORS as exc:
+            created = f"rollout {plan.rollout_id} was created (a draft), but " if plan.rollout_id else ""
+            fail(f"{created}its preview failed: {exc}")
     if as_json:
-        print(json.dumps(plan.__dict__))
+        print(json.dumps({**plan.__dict__, **({"preview": rep} if rep is not None else {})}))
+        _preview_exit(rep)
         return
     t = Table("wave", "size", "devices", "offline now", "members")
     for w in plan.waves:
@@ -156,13 +207,176 @@ def rollout_create(
             f"[yellow]{len(n)} device(s) without a valid {plan.schedule['window_tz']} tag follow "
             f"the window in UTC[/]: {', '.join(n[:8])}{' …' if len(n) > 8 else ''}"
         )
+    if rep is not None:
+        _show_preview(rep, TOP)
     if plan.rollout_id is None:
         console.print("[yellow]dry run: nothing was created[/]")
     else:
         console.print(
             f"created rollout [bold]{plan.rollout_id}[/] of {'bundle ' if plan.kind == 'bundle' else ''}"
             f"{plan.workflow} (draft): `orrery rollout start {plan.rollout_id}`"
+            + (f"; its preview gate {escape(preview_gate)!r} is checked then" if preview_gate and rep is None else "")
         )
+    _preview_exit(rep)
+
+
+TOP = 10  # devices the preview's table shows unless told (the report's own top holds 10)
+
+
+def _window(since: str, until: str | None, name: str = "--since") -> tuple[int, int]:
+    """``--since``/``--until`` as unix ms (until: now when not given); fails on bad text."""
+    now = now_ms()
+    try:
+        until_ms = now if until is None else timeline.parse_since(until, now, "--until")
+        return timeline.parse_since(since, now, name), until_ms
+    except timeline.TimelineError as exc:
+        fail(str(exc))
+
+
+class _progress:
+    """A progress bar on stderr while a preview replays (only on a terminal); ``step`` is the
+    engine's ``progress(done, total)``."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.bar = None
+        if err_console.is_terminal:
+            self.bar = Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed}/{task.total} devices"),
+                                console=err_console, transient=True)  # fmt: skip
+            self.task = self.bar.add_task("", total=None)
+
+    def __enter__(self):
+        if self.bar is None:
+            return None
+        self.bar.start()
+        return self.step
+
+    def step(self, done: int, total: int) -> None:
+        assert self.bar is not None
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _refused(rep: dict | None) -> bool:
+    """Whether a preview says no: its gate broke, or it strands devices."""
+    return rep is not None and (stored.passed(rep) is False or bool(rep.get("stranded")))
+
+
+def _preview_exit(rep: dict | None) -> None:
+    if _refused(rep):
+        raise typer.Exit(PREVIEW_REFUSED)
+
+
+def _delta(a: float | int | None, b: float | int | None) -> str:
+    fa = "-" if a is None else f"{a:g}"
+    return fa if a == b else f"{fa}→{b:g}" if b is not None else f"{fa}→-"
+
+
+def _divergence(d: dict) -> str:
+    v = d.get("divergence")
+    if not v:
+        return ""
+    at = iso(v["t_ms"]) if v.get("t_ms") is not None else f"boot {v['boot']} +{v['up_ms'] / 1000:g}s"
+    inp = f" {v['input']['name']}={v['input']['value']}" if v.get("input") else ""
+    sides = [f"{k} {x['state']}: {x['what']}" for k in ("running", "new") if (x := v.get(k))]
+    return f"{at}{inp}: " + " / ".join(sides)
+
+
+def _show_preview(rep: dict, top: int) -> None:
+    """The ten-second summary, then the stranded devices (red) and the most changed ones:
+    before→after and where the two versions part first."""
+    for line in rep.get("summary") or []:
+        console.print(escape(line), soft_wrap=True)
+    t = Table("device", "running → new", "transitions", "events", "alerts", "final state",
+              "first divergence", title="most changed devices")  # fmt: skip
+    for s in rep.get("stranded") or []:
+        t.add_row(*(f"[red]{escape(str(x))}[/]" for x in (
+            s["device"], f"{s['version']} → {rep.get('to')}", "stranded", "", "", s["state"], s["why"])))  # fmt: skip
+    by_name = {d["device"]: d for d in rep.get("per_device") or []}
+    order = list(rep.get("top") or [])
+    order += [d["device"] for d in sorted(by_name.values(), key=lambda d: (-d["score"], d["device"]))
+              if d["score"] > 0 and d["device"] not in order]  # fmt: skip
+    for name in order[:top]:
+        d = by_name.get(name)
+        if d is None:
+            continue
+        run, new = d.get("running") or {}, d["new"]
+        t.add_row(escape(name), escape(f"{d['running_version'] or 'none'} → {d['new_version']}"),
+                  _delta(run.get("transitions"), new["transitions"]),
+                  _delta(run.get("events_total"), new["events_total"]),
+                  _delta(run.get("alerts"), new["alerts"]),
+                  escape(f"{run.get('final_state') or '-'} → {new['final_state'] or '-'}"),
+                  escape(_divergence(d)))  # fmt: skip
+    if t.row_count:
+        console.print(t)
+    if rep.get("verdict"):
+        style = "red" if _refused(rep) else "green" if stored.passed(rep) else ""
+        console.print(f"[{style}]{escape(rep['verdict'])}[/]" if style else escape(rep["verdict"]),
+                      soft_wrap=True)  # fmt: skip
+
+
+@app.command("preview")
+def rollout_preview(
+    rollout_id: int,
+    since: SinceOpt = stored.DEFAULT_SINCE,
+    until: Annotated[
+        str | None,
+        typer.Option(help="Up to: like --since (default: now)."),
+    ] = None,
+    rollback: Annotated[
+        bool,
+        typer.Option(
+            help="Preview its rollback instead: the devices on its version back to the version "
+            "each ran before (not stored)."
+        ),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes that replay (default: one per CPU).")
+    ] = None,
+    alert: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="An alert rule CHANNEL>LEVEL or CHANNEL<LEVEL (as `orrery serve --alert`) "
+            "counted on the replayed readings; repeat for more."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Show this many of the most changed devices.")] = TOP,
+    db_url: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay each target device's stored readings over a window through the version it runs
+    and the rollout's, each from its own state at the window's start, and say what would
+    change: transitions, events, outputs, alerts, time per state, where the two part first,
+    and the devices whose current state has no place in the new version (stranded). Stored
+    with the rollout and judged against its --preview-gate (not with --rollback); a broken
+    gate or stranded devices exit 3."""
+    from cloud.orrery.ingest.alerts import AlertRule
+
+    window = _window(since or stored.DEFAULT_SINCE, until)
+    rules = []
+    for a in alert or []:
+        try:
+            rules.append(AlertRule.parse(a))
+        except ValueError as exc:
+            fail(f"--alert: {exc}")
+    engine = open_db(db_url)
+    try:
+        with _progress(as_json) as step:
+            rep = stored.preview(engine, rollout_id, *window, rollback=rollback, workers=workers,
+                                 alert_rules=rules, progress=step, actor=os_user())  # fmt: skip
+    except ROLLOUT_ERRORS as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps(rep))
+    else:
+        _show_preview(rep, top)
+        output_console(as_json).print(
+            "[yellow]a rollback's preview is not stored[/]" if rollback else
+            f"stored with rollout {rollout_id}: `orrery rollout status {rollout_id}` shows it"
+        )  # fmt: skip
+    _preview_exit(rep)
 
 
 def _act(fn_name: str, rid: int, db_url: str | None, *args) -> object:
@@ -308,6 +522,7 @@ def _status_view(s: dict) -> Table:
         lines.append(f"downloading ({len(downloads)}): {shown}{more}")
     if s.get("schedule"):
         lines += gate.status_lines(s["schedule"], now_ms())
+    lines += _preview_lines(s)
     if not lines:
         return t
     g = Table.grid()
@@ -315,6 +530,23 @@ def _status_view(s: dict) -> Table:
     for line in lines:
         g.add_row(line)
     return g
+
+
+def _preview_lines(s: dict) -> list[str]:
+    # the gate and the stored preview's verdict (and its summary) in `rollout status`
+    out = []
+    if s.get("preview_gate"):
+        out.append(f"preview gate: {escape(s['preview_gate'])}")
+    p = s.get("preview")
+    if p is None:
+        if s.get("preview_gate"):
+            out.append(f"no preview yet: `orrery rollout preview {s['id']}` (start runs one)")
+        return out
+    style = {True: "green", False: "red"}.get(p["passed"])
+    verdict = escape(p["verdict"])
+    out.append(f"preview of {p['at']}: " + (f"[{style}]{verdict}[/]" if style else verdict))
+    out += [f"  {escape(x)}" for x in p["summary"]]
+    return out
 
 
 def _safe_lines(s: dict) -> list[str]:

@@ -335,6 +335,12 @@ class Rollout(SQLModel, table=True):
     start_at_ms: int | None = Field(default=None, sa_column=_big())
     window: str | None = Field(default=None, max_length=500)
     window_tz: str | None = Field(default=None, max_length=64)
+    # its preview (migration 0014, ``fleet.preview.stored``): the ``--preview-gate`` bounds as
+    # given, the stored preview (the report as JSON, with the entries of its most changed and
+    # gate-breaking devices only) and when it ran
+    preview_gate: str | None = Field(default=None, max_length=500)
+    preview: str | None = None
+    preview_ms: int | None = Field(default=None, sa_column=_big())
 
 
 class RolloutDevice(SQLModel, table=True):

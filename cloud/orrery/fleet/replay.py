@@ -23,71 +23,34 @@ class Trace:
     note: str | None = None
 
 
-class _Host:
-    def __init__(self, trace: Trace, prog, now):
-        self.trace, self.prog, self.now = trace, prog, now
-
-    def output(self, i, v):
-        self.trace.outputs.append(
-            {"t": self.now(), "output": self.prog.output_names[i], "value": v}
-        )
-
-    def publish(self, i, v):
-        self.trace.events.append({"t": self.now(), "event": self.prog.event_names[i], "value": v})
-
-    def set_period(self, i, ms):
-        pass
-
-
 def replay(
-    blob: bytes, readings: list[tuple[int, int, int]], channel_names: list[str], same_filters: bool
+    blob: bytes, readings: list[tuple], channel_names: list[str], same_filters: bool
 ) -> Trace:
-    """Run a compiled workflow over ``readings`` ((t_ms, channel index, value), time-ordered).
+    """Run a compiled workflow over ``readings`` with the replay driver
+    (``cloud.orrery.fleet.preview.driver``, the board's main loop): stored rows
+    ``(boot, up_ms, event_ms, channel index, value)`` in the board's order, as
+    ``stored_stream`` gives them, or ``(t_ms, channel index, value)`` taken one boot long with
+    ``t_ms`` as both uptime and event time. The executor starts afresh at the first reading.
 
     The stored readings are the running version's filtered values: when this version has the
     same filter chains they go straight to the executor (an exact replay); otherwise they are
     run through this version's filters (an approximation, said in ``note``).
     """
-    from shared.workflow.executor import Executor
-    from shared.workflow.form import EV_SAMPLE
-    from shared.workflow.program import Program
+    from cloud.orrery.fleet.preview.driver import REFILTERED, Side, Version, drive, new_cell
 
-    prog = Program(blob)
-    trace = Trace(f"{prog.name}@{prog.version}")
-    now = [0]
-    ex = Executor(prog, _Host(trace, prog, lambda: now[0]), lambda: now[0] & 0x3FFFFFFF)
-    inputs: dict[int, list[int]] = {}
-    for i, ch in enumerate(prog.input_channels):
-        if ch in channel_names:
-            inputs.setdefault(channel_names.index(ch), []).append(i)
-    if not same_filters:
-        trace.note = "filter chains differ from the running version: stored (filtered) readings were re-filtered"
-    state = ex.state
-    if readings:
-        now[0] = readings[0][0]
-    ex.start()
-
-    def mark():
-        nonlocal state
-        if ex.state != state:
-            trace.transitions.append(
-                {"t": now[0], "from": prog.state_names[state], "to": prog.state_names[ex.state]}
-            )
-            state = ex.state
-
-    mark()
-    for t, ch, value in readings:
-        now[0] = t
-        ex.tick()
-        mark()
-        for i in inputs.get(ch, ()):
-            if same_filters:
-                ex.step(EV_SAMPLE, i, value)
-            else:
-                ex.feed(i, value)
-            mark()
-    trace.final_state = prog.state_names[ex.state]
-    return trace
+    v = Version(blob, channel_names)
+    side = Side(v, new_cell(), refilter=not same_filters, trace=True)
+    rows = [r if len(r) == 5 else (0, r[0], r[0], r[1], r[2]) for r in readings]
+    drive(rows, [side], [(None, True)])
+    assert side.trace is not None
+    return Trace(
+        v.ref,
+        side.trace["transitions"],
+        side.trace["events"],
+        side.trace["outputs"],
+        v.state_names[side.state],
+        None if same_filters else REFILTERED,
+    )
 
 
 def filters_of(blob: bytes) -> list:
@@ -110,22 +73,32 @@ def as_dict(t: Trace) -> dict:
     }
 
 
+def in_window(since_ms: int | None, until_ms: int | None):
+    """Which readings a window holds: those whose event time is in [since_ms, until_ms), and
+    those without one received in it (None: unbounded on that side)."""
+    c = READINGS.c
+    on_time, received = [c.event_ms.is_not(None)], [c.event_ms.is_(None)]
+    if since_ms is not None:
+        on_time.append(c.event_ms >= since_ms)
+        received.append(c.received_ms >= since_ms)
+    if until_ms is not None:
+        on_time.append(c.event_ms < until_ms)
+        received.append(c.received_ms < until_ms)
+    return sa.or_(sa.and_(*on_time), sa.and_(*received))
+
+
 def stored_stream(
     conn: Connection, device: int, since_ms: int | None = None, until_ms: int | None = None
-) -> list[tuple[int, int, int]]:
-    """A device's stored readings as ``replay`` takes them: (t_ms, channel, value) by seq, t
-    being the event time, or the uptime for readings without a time anchor."""
-    q = sa.select(
-        READINGS.c.event_ms, READINGS.c.up_ms, READINGS.c.channel, READINGS.c.value
-    ).where(READINGS.c.device_id == device)
-    if since_ms is not None:
-        q = q.where(READINGS.c.event_ms >= since_ms)
-    if until_ms is not None:
-        q = q.where(READINGS.c.event_ms < until_ms)
-    return [
-        (r.up_ms if r.event_ms is None else r.event_ms, r.channel, r.value)
-        for r in conn.execute(q.order_by(READINGS.c.seq))
-    ]
+) -> list[tuple[int, int, int | None, int, int]]:
+    """A device's stored readings in ``[since_ms, until_ms)`` (``in_window``) as ``replay``
+    takes them: ``(boot, up_ms, event_ms, channel, value)`` in the board's order (boot, seq)."""
+    c = READINGS.c
+    q = (
+        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
+        .where(c.device_id == device, in_window(since_ms, until_ms))
+        .order_by(c.boot, c.seq)
+    )
+    return [tuple(r) for r in conn.execute(q)]
 
 
 def board_events(conn: Connection, device: int) -> list[dict]:

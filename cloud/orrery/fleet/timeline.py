@@ -77,16 +77,17 @@ class Entry:
 
 # --- inputs ----------------------------------------------------------------------------------
 
-def parse_since(text: str, now_ms: int) -> int:
-    """``--since``: a duration back from ``now_ms`` (``90s``, ``10m``, ``24h``, ``7d``), an ISO
-    8601 time (naive = UTC) or unix seconds -> unix ms. TimelineError for anything else."""
+def parse_since(text: str, now_ms: int, name: str = "--since") -> int:
+    """``--since`` (or the option ``name``): a duration back from ``now_ms`` (``90s``, ``10m``,
+    ``24h``, ``7d``), an ISO 8601 time (naive = UTC) or unix seconds -> unix ms. TimelineError
+    for anything else."""
     if re.fullmatch(r"\d+[smhd]", text.strip()):  # a plain number is unix seconds here
-        return now_ms - plan.parse_duration(text, "--since") * 1000
+        return now_ms - plan.parse_duration(text, name) * 1000
     try:
         return parse_instant(text)
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         raise TimelineError(
-            f"--since: {text!r} is neither a duration (90s, 10m, 24h, 7d), an ISO 8601 time "
+            f"{name}: {text!r} is neither a duration (90s, 10m, 24h, 7d), an ISO 8601 time "
             "(2026-11-21T10:00:00) nor unix seconds"
         ) from None
 

@@ -5,6 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def is_alarm(event: str) -> bool:
+    """True for a workflow event the health gate counts as an alarm: its name says alarm or
+    fault (the device's ``alarms`` counter, a rollout's health, a preview's alerts)."""
+    return "alarm" in event or "fault" in event
+
+
 @dataclass(frozen=True)
 class AlertRule:
     """A live alert: channel ``channel`` reads above (``>``) or below (``<``) ``level``."""

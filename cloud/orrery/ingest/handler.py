@@ -43,7 +43,7 @@ from cloud.orrery.db.tables import (
 )
 from cloud.orrery.fleet import commands, keys, logs
 from cloud.orrery.ingest import reconcile
-from cloud.orrery.ingest.alerts import AlertRule
+from cloud.orrery.ingest.alerts import AlertRule, is_alarm
 from cloud.orrery.ingest.anchors import Sessions, fault_row, pg_array, plausible
 from cloud.orrery.ingest.ranges import merge
 from cloud.orrery.ingest.skew import ClockOffsets
@@ -545,7 +545,7 @@ class Ingest:
             ],
         ).all()
         values: dict = {"last_seen_ms": now}
-        if new and ("alarm" in e["event"] or "fault" in e["event"]):
+        if new and is_alarm(e["event"]):
             values["alarms"] = DEVICES.c.alarms + 1
         conn.execute(sa.update(DEVICES).where(DEVICES.c.id == dev.id).values(**values))
 

@@ -1,5 +1,5 @@
-"""``/rollouts``: staged fleet rollouts (``orrery rollout create|start|pause|resume|cancel|
-retry|rollback|status|log|list``). Every change records the token's name as its actor."""
+"""``/rollouts``: staged fleet rollouts (``orrery rollout create|preview|start|pause|resume|
+cancel|retry|rollback|status|log|list``). Every change records the token's name as its actor."""
 
 from __future__ import annotations
 
@@ -11,12 +11,20 @@ from pydantic import BaseModel, Field
 from cloud.orrery.api.auth import CallerDep, role
 from cloud.orrery.api.deps import Engine, Page, PagingDep, ReadConn, page
 from cloud.orrery.api.errors import ApiError, fleet_error
-from cloud.orrery.fleet import keys
+from cloud.orrery.clock import iso, now_ms
+from cloud.orrery.fleet import keys, timeline
+from cloud.orrery.fleet.preview import stored
 from cloud.orrery.fleet.registry import RegistryError
 from cloud.orrery.fleet.rollout.members import members
-from cloud.orrery.fleet.rollout.orchestrator import Orchestrator, audit_log, rollout_ids
+from cloud.orrery.fleet.rollout.orchestrator import (
+    GATE_MAX,
+    Orchestrator,
+    audit_log,
+    rollout_ids,
+)
 from cloud.orrery.fleet.rollout.plan import RolloutError
 from cloud.orrery.fleet.tokens import Caller
+from cloud.orrery.ingest.alerts import AlertRule
 
 router = APIRouter(tags=["rollouts"])
 
@@ -51,6 +59,65 @@ class RolloutIn(BaseModel):
     start_at: str | None = Field(default=None, max_length=64)
     window: str | None = Field(default=None, max_length=500)
     window_tz: str | None = Field(default=None, max_length=64)
+    preview_gate: str | None = Field(
+        default=None, min_length=1, max_length=GATE_MAX,
+        description='Bounds its preview must keep to before it may start: PATH OP LIMIT joined '
+        'by ",", e.g. "events.fault_raised<=+10%,outputs.fan.on_s<=+20%".',
+    )  # fmt: skip
+    preview: bool = Field(
+        default=False,
+        description="Preview it too (stored with it; with dry_run only returned).",
+    )
+    preview_since: str = Field(
+        default=stored.DEFAULT_SINCE, min_length=1, max_length=64,
+        description="preview: from when, a duration back from now (24h), ISO 8601 or unix s.",
+    )  # fmt: skip
+
+
+class PreviewIn(BaseModel):
+    """A preview to run (the options of ``orrery rollout preview``)."""
+
+    since: str = Field(
+        default=stored.DEFAULT_SINCE, min_length=1, max_length=64,
+        description="From: a duration back from now (90s, 10m, 24h, 7d), ISO 8601 or unix s.",
+    )  # fmt: skip
+    until: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Up to: like since (null: now)."
+    )
+    rollback: bool = Field(
+        default=False,
+        description="Preview its rollback: the devices on its version back to the version "
+        "each ran before (not stored).",
+    )
+    alerts: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=20,
+        description="Alert rules CHANNEL>LEVEL or CHANNEL<LEVEL counted on the replayed readings.",
+    )  # fmt: skip
+
+
+class Preview(BaseModel):
+    """A preview's report (``fleet/preview/model.py`` documents each key): per device only
+    the most changed and the gate-breaking devices; ``summary`` (a few lines) and ``verdict``
+    (one line); ``at``: when it was stored (null: not stored, a rollback's)."""
+
+    model_config = {"extra": "allow"}
+
+    rollout: int | None
+    at: str | None
+    to: str
+    window: dict[str, Any]
+    devices: int
+    replayed: int
+    readings: int
+    changed: int
+    skipped: dict[str, Any]
+    stranded: list[dict[str, Any]]
+    totals: dict[str, Any]
+    top: list[str]
+    per_device: list[dict[str, Any]]
+    gate: dict[str, Any] | None
+    summary: list[str]
+    verdict: str
 
 
 class PlannedWave(BaseModel):
@@ -75,6 +142,7 @@ class Plan(BaseModel):
     excluded: dict[str, list[str]]
     schedule: dict[str, Any] | None
     without_zone: list[str] | None
+    preview: Preview | None = None
 
 
 class WaveProgress(BaseModel):
@@ -106,6 +174,12 @@ class RolloutStatus(BaseModel):
     offline_pending: int
     converged_text: str
     schedule: dict[str, Any] | None
+    preview_gate: str | None = None
+    preview: dict[str, Any] | None = Field(
+        default=None,
+        description="The stored preview: at, to, summary (lines), verdict (one line), passed "
+        "(the gate's verdict; null: no gate). GET /rollouts/{id}/preview has all of it.",
+    )
 
 
 class Canceled(BaseModel):
@@ -198,21 +272,52 @@ def _act(o: Orchestrator, rid: int, name: str, *args: Any) -> Any:
         raise fleet_error(exc, 409) from None
 
 
+def _window(since: str, until: str | None) -> tuple[int, int]:
+    """A preview's window as unix ms; 400 naming the bad part."""
+    now = now_ms()
+    until_ms = now if until is None else timeline.parse_since(until, now, "until")
+    since_ms = timeline.parse_since(since, now, "since")
+    try:
+        stored.check_window(since_ms, until_ms)
+    except RolloutError as exc:
+        raise ApiError(400, str(exc).replace("--since", "since").replace("--until", "until")) from None
+    return since_ms, until_ms
+
+
+def _preview_out(rep: dict, rid: int | None, at_ms: int | None) -> Preview:
+    return Preview(**{**stored.compact(rep), "rollout": rid, "at": iso(at_ms)})
+
+
 @router.post("/rollouts", openapi_extra=role("operator"))
 def create_rollout(body: RolloutIn, engine: Engine, caller: CallerDep) -> Plan:
     """Plan a rollout of a workflow version or an app bundle (one of the two; a draft: ``POST
     /rollouts/{id}/start`` runs it) or, with ``dry_run``, show the waves' members and counts
-    and change nothing."""
+    and change nothing. With ``preview``, preview it too (``preview`` in the answer; a broken
+    ``preview_gate`` still creates the draft, which ``start`` then refuses)."""
     o = orchestrator(engine, caller)
+    window = _window(body.preview_since, None) if body.preview else None
     try:
         p = o.create(
             body.workflow, body.target, body.waves, body.success, body.max_failures,
             body.min_devices, body.soak, body.timeout, body.rate, body.health, body.dry_run,
-            body.start_at, body.window, body.window_tz, body.bundle,
+            body.start_at, body.window, body.window_tz, body.bundle, body.preview_gate,
         )  # fmt: skip
     except ROLLOUT_ERRORS as exc:
         raise fleet_error(exc) from None
-    return Plan(**p.__dict__)
+    out = Plan(**p.__dict__)
+    if window is None:
+        return out
+    try:
+        if p.rollout_id is None:
+            rep = stored.preview_plan(engine, p, *window, gate=body.preview_gate)
+            out.preview = _preview_out(rep, None, None)
+        else:
+            stored.preview(engine, p.rollout_id, *window, actor=caller.name)
+            out.preview = _stored_preview(engine, p.rollout_id)
+    except ROLLOUT_ERRORS as exc:
+        created = f"rollout {p.rollout_id} was created (a draft), but " if p.rollout_id else ""
+        raise ApiError(409, f"{created}its preview failed: {exc}") from None
+    return out
 
 
 @router.get("/rollouts", openapi_extra=role("viewer"))
@@ -237,6 +342,49 @@ def start_rollout(rollout_id: IdPath, engine: Engine, caller: CallerDep) -> Roll
     o = orchestrator(engine, caller)
     _act(o, rollout_id, "start")
     return _status(o, rollout_id)
+
+
+@router.post("/rollouts/{rollout_id}/preview", openapi_extra=role("operator"))
+def preview_rollout(
+    rollout_id: IdPath, body: PreviewIn, engine: Engine, caller: CallerDep
+) -> Preview:
+    """Replay each target device's readings over the window through the version it runs and
+    the rollout's (with ``rollback``: back to the version each ran before), judge it against
+    the rollout's preview gate and store it (not a rollback's): ``orrery rollout preview``.
+    409 for an app bundle rollout (a preview replays workflows) or nothing to preview."""
+    window = _window(body.since, body.until)
+    try:
+        rules = [AlertRule.parse(a) for a in body.alerts]
+    except ValueError as exc:
+        raise ApiError(400, f"alerts: {exc}") from None
+    try:
+        rep = stored.preview(engine, rollout_id, *window, rollback=body.rollback,
+                             alert_rules=rules, actor=caller.name)  # fmt: skip
+    except ROLLOUT_ERRORS as exc:
+        raise fleet_error(exc, 409) from None
+    if body.rollback:
+        return _preview_out(rep, rollout_id, None)
+    return _stored_preview(engine, rollout_id)
+
+
+def _stored_preview(engine: Any, rid: int) -> Preview:
+    with engine.connect() as conn:
+        try:
+            got = stored.stored(conn, rid)
+        except RolloutError as exc:
+            raise fleet_error(exc) from None
+    if got is None:
+        raise ApiError(
+            404, f"rollout {rid} has no stored preview (POST /rollouts/{rid}/preview runs one)"
+        )
+    rep, at = got
+    return Preview(**{**rep, "rollout": rid, "at": iso(at)})
+
+
+@router.get("/rollouts/{rollout_id}/preview", openapi_extra=role("viewer"))
+def rollout_preview(rollout_id: IdPath, engine: Engine, caller: CallerDep) -> Preview:
+    """The stored preview (404 when there is none): what ``rollout status`` summarizes."""
+    return _stored_preview(engine, rollout_id)
 
 
 @router.post("/rollouts/{rollout_id}/pause", openapi_extra=role("operator"))

@@ -58,6 +58,7 @@ from cloud.orrery.db.tables import (
     WORKFLOWS,
 )
 from cloud.orrery.fleet import bundles, commands
+from cloud.orrery.fleet.preview import stored
 from cloud.orrery.fleet.rollout import compat, gate, health, ota, plan
 from cloud.orrery.jsonlog import jlog
 from shared.wire import codec
@@ -73,6 +74,9 @@ IN_FLIGHT = ("sent", "acked", "installing", "offline-pending")
 WAITING = ("queued", "sent", "acked", "installing")  # no result yet (offline-pending aside)
 ACTIVE_ROLLOUT = ("draft", "running", "paused")
 ENDED = ("finished", "partial")  # ended by the orchestrator (canceled: by the operator)
+# a rollout row as the orchestrator reads it: all but its stored preview
+ROLLOUT_COLS = tuple(c for c in ROLLOUTS.c if c.name != "preview")
+GATE_MAX: int = ROLLOUTS.c.preview_gate.type.length  # characters of a --preview-gate
 REJECT_CODES = (
     codec.BAD_SIGNATURE,
     codec.EXPIRED,
@@ -223,12 +227,14 @@ class Orchestrator:
         window: str | None = None,
         window_tz: str | None = None,
         bundle: str | None = None,
+        preview_gate: str | None = None,
     ) -> plan.Plan:
         """Plan a rollout (a draft) or, with ``dry_run``, only show the plan. ``start_at`` (ISO
         8601 with an offset), ``window`` and ``window_tz`` say when it may send (``schedule``).
         With ``bundle`` (``NAME@VERSION`` of an app bundle; ``workflow_ref`` None) it rolls out
         that app: refused, naming them, when a target device's profile or ``.mpy`` version is
-        not the bundle's."""
+        not the bundle's. ``preview_gate``: bounds its preview must keep to before it may
+        start (``fleet.preview.stored``), checked against the version here."""
         from cloud.orrery.fleet import registry
 
         if (workflow_ref is None) == (bundle is None):
@@ -253,6 +259,18 @@ class Orchestrator:
             raise plan.RolloutError("--min-devices must be at least 1")
         if not 1 <= vals["health_s"] <= 86400:
             raise plan.RolloutError("--health must be between 1s and 1d")
+        if preview_gate is not None:
+            if bundle is not None:
+                raise plan.RolloutError(
+                    "--preview-gate: a preview replays workflows, not app bundles"
+                )
+            vals["preview_gate"] = " ".join(preview_gate.split()) or None
+            if vals["preview_gate"] is None:
+                raise plan.RolloutError(
+                    "--preview-gate: give at least one bound, e.g. events.fault_raised<=+10%"
+                )
+            if len(vals["preview_gate"]) > GATE_MAX:
+                raise plan.RolloutError(f"--preview-gate: longer than {GATE_MAX} characters")
         with self.engine.begin() as conn:
             try:
                 if bundle is not None:
@@ -262,6 +280,8 @@ class Orchestrator:
             except registry.RegistryError as exc:
                 raise plan.RolloutError(str(exc)) from None
             ref = f"{wf.name}@{wf.version}"
+            if vals.get("preview_gate"):
+                stored.check_gate(vals["preview_gate"], wf.blob)
             found, excluded = self._targets(conn, terms, None)
             # rows are (id, name, fleet, profile, fw, wf, wf_ver, online): see plan.TARGET_COLS;
             # positional access, as this runs once per device of the fleet
@@ -403,7 +423,8 @@ class Orchestrator:
     # --- operator actions ------------------------------------------------------------------
 
     def _rollout(self, conn: Connection, rid: int, lock: bool = False):
-        q = sa.select(ROLLOUTS).where(ROLLOUTS.c.id == rid)
+        # every column but the stored preview (large; ``stored.stored`` reads it)
+        q = sa.select(*ROLLOUT_COLS).where(ROLLOUTS.c.id == rid)
         if lock and self.pg:
             q = q.with_for_update()
         r = conn.execute(q).first()
@@ -436,11 +457,22 @@ class Orchestrator:
 
     def start(self, rid: int) -> None:
         """Start a draft rollout; refused while another running or paused rollout is changing
-        any of its devices (drafts may overlap; only one rollout at a time changes a device)."""
+        any of its devices (drafts may overlap; only one rollout at a time changes a device),
+        and when its stored preview broke its ``--preview-gate`` (a gated draft without a
+        stored preview runs one first, over the last ``stored.DEFAULT_SINCE``)."""
+        with self.engine.connect() as conn:
+            r = self._rollout(conn, rid)
+            unpreviewed = r.preview_gate and r.preview_ms is None
+        if r.state == "draft" and unpreviewed:
+            stored.preview(self.engine, rid, actor=self.actor, clock=self.clock)
         with self.engine.begin() as conn:
             r = self._rollout(conn, rid, lock=True)
             if r.state != "draft":
                 raise plan.RolloutError(f"rollout {rid} is {r.state}; started needs it draft")
+            got = stored.stored(conn, rid) if r.preview_gate else None
+            why = stored.refusal(rid, r.preview_gate, *(got or (None, None)))
+            if why:
+                raise plan.RolloutError(why)
             other = ROLLOUT_DEVICES.alias("other")
             clash = conn.execute(
                 sa.select(other.c.rollout_id, DEVICES.c.name)
@@ -1130,6 +1162,8 @@ class Orchestrator:
             "converged_text": f"converged {100 * conv / n if n else 0:.0f}%, {total['offline-pending']} offline pending",
             "schedule": gate.status(conn, r, self.clock()),
             **self._safe_waits(conn, rid),
+            "preview_gate": r.preview_gate,
+            "preview": stored.view(conn, rid) if r.preview_ms is not None else None,
         }
 
     def _safe_waits(self, conn: Connection, rid: int, most: int = 20) -> dict:
