@@ -41,6 +41,7 @@ from typer.testing import CliRunner
 from cloud.orrery.cli import app
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.sim.fleet import VirtualFleet
+from shared.workflow.form import NO_VALUE
 
 pytestmark = pytest.mark.slow
 
@@ -388,19 +389,37 @@ def replay_streams(f: VirtualFleet, ref: str, since_ms: int, until_ms: int, star
     """The engine's replay (its driver, ``fleet.preview.driver``) of each device's readings in
     [since_ms, until_ms) (the engine's window, ``fleet.replay.stored_stream``) through ``ref``,
     from the state the preview started it in (``starts``: device -> state name, the report's
-    ``start_state``): per device its events, state changes and transitions fired."""
+    ``start_state``): per device its events and state changes, each with the uptime of the
+    pass and the state the executor was in (what a board's event carries), and the
+    transitions it fired."""
     from cloud.orrery.fleet import registry
     from cloud.orrery.fleet.preview.driver import Side, Version, drive, new_cell
     from cloud.orrery.fleet.replay import stored_stream
     from cloud.orrery.sim.board import PROFILE
     from firmware.profile import parse_profile
 
+    class Traced(Side):
+        """The driver's side, its trace noting the uptime and the state of each event and
+        state change as the executor's host sees them (the driver's trace has the time)."""
+
+        def publish(self, i: int, v: int) -> None:
+            super().publish(i, v)
+            assert self.trace is not None
+            self.trace["events"][-1].update(up_ms=self.cell[1], state=self._state_name())
+
+        def moved(self, up: int) -> None:
+            assert self.trace is not None
+            n = len(self.trace["transitions"])
+            super().moved(up)
+            for t in self.trace["transitions"][n:]:
+                t["up_ms"] = up
+
     channels = [c[0] for c in parse_profile(PROFILE)[0]]
     out = {}
     with f.engine.connect() as conn:
         v = Version(registry.get(conn, ref).blob, channels)
         for name, did in conn.execute(sa.text("SELECT name, id FROM devices")).all():
-            side = Side(v, new_cell(), trace=True)
+            side = Traced(v, new_cell(), trace=True)
             snap = v.snapshot_in(v.state_names.index(starts[name]))
             drive(stored_stream(conn, did, since_ms, until_ms), [side], [(snap, False)])
             assert side.trace is not None
@@ -438,11 +457,20 @@ def window_of(o: Outcome, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
     return o.up_since2[name], o.up_until2[name]
 
 
+def events_in(o: Outcome, name: str) -> list[dict]:
+    """The events board ``name`` published in the v2 window (events table rows)."""
+    a, z = window_of(o, name)
+    return [e for e in o.v2_events[name] if inside(e["boot"], e["up_ms"], a, z)]
+
+
 def reported(o: Outcome, name: str) -> list[tuple]:
     """What board ``name`` published in the v2 window: (uptime, state, event, value)."""
-    a, z = window_of(o, name)
-    return [(e["up_ms"], e["state"], e["event"], e["value"]) for e in o.v2_events[name]
-            if inside(e["boot"], e["up_ms"], a, z)]  # fmt: skip
+    return [(e["up_ms"], e["state"], e["event"], e["value"]) for e in events_in(o, name)]
+
+
+def s16(v: int) -> int | None:
+    """An event's value as a board sends it: an input without a value is None, others S16."""
+    return None if v == NO_VALUE else max(-32767, min(32767, v))
 
 
 def state_changes(o: Outcome, name: str) -> tuple[list[tuple[int, str]], int]:
@@ -484,7 +512,7 @@ def test_a_lower_threshold_shows_the_extra_events_it_would_publish(scenario):
             between.append(n)
             assert want[0] == 0 < want[1], (n, want)
     assert len(between) >= 2, "boards whose readings cross only v2's level"
-    changed = {n for n in o.names if per[n]["score"] > 0}
+    changed = {n for n in o.names if per[n]["divergence"] is not None}
     assert set(between) <= changed and rep["changed"] == len(changed)
     t = rep["totals"]
     assert t["running"]["events"]["hot"] == sum(
@@ -526,8 +554,12 @@ def test_b_replaying_v2s_window_reproduces_the_boards_events_and_state_changes(s
     for n in o.names:
         want = reported(o, n)
         r = o.replay_v2[n]
-        got = [(e["up_ms"], e["state"], e["event"], e["value"]) for e in r["events"]]
+        got = [(e["up_ms"], e["state"], e["event"], s16(e["value"])) for e in r["events"]]
         assert got == want, (n, first_difference(got, want))
+        # the driver's own times: the event time where the board has a clock, else the uptime
+        assert [e["t"] for e in r["events"]] == [
+            e["up_ms"] if e["event_ms"] is None else e["event_ms"] for e in events_in(o, n)
+        ], n
         changes, fired = state_changes(o, n)
         assert [(t["up_ms"], t["to"]) for t in r["transitions"]] == changes, n
         assert r["fired"] == fired, n
@@ -552,7 +584,9 @@ def test_b_boards_without_a_clock_replay_in_device_order(scenario):
     assert busy, "some clock-less board published events in the window"
     for n in o.clockless:
         assert all(e["event_ms"] is None for e in o.v2_events[n]), n
-        got = [(e["up_ms"], e["state"], e["event"], e["value"]) for e in o.replay_v2[n]["events"]]
+        got = [
+            (e["up_ms"], e["state"], e["event"], s16(e["value"])) for e in o.replay_v2[n]["events"]
+        ]
         assert got == reported(o, n), n
 
 
