@@ -144,7 +144,7 @@ def rollout_create(
     stranded devices exit 3 (the draft is created all the same; `start` refuses a broken
     gate)."""
     o = _orch(db_url)
-    window = _window(preview_since, None, "--preview-since") if preview else None
+    pwin = _window(preview_since, None, "--preview-since") if preview else None
     try:
         plan = o.create(
             workflow,
@@ -167,14 +167,14 @@ def rollout_create(
     except ROLLOUT_ERRORS as exc:
         fail(str(exc))
     rep = None
-    if window is not None:
+    if pwin is not None:
         try:
             with _progress(as_json) as step:
                 if plan.rollout_id is None:
-                    rep = stored.preview_plan(o.engine, plan, *window, gate=preview_gate,
+                    rep = stored.preview_plan(o.engine, plan, *pwin, gate=preview_gate,
                                               progress=step)  # fmt: skip
                 else:
-                    rep = stored.preview(o.engine, plan.rollout_id, *window, progress=step,
+                    rep = stored.preview(o.engine, plan.rollout_id, *pwin, progress=step,
                                          actor=o.actor)  # fmt: skip
         except ROLLOUT_ERRORS as exc:
             created = f"rollout {plan.rollout_id} was created (a draft), but " if plan.rollout_id else ""
@@ -275,13 +275,15 @@ def _delta(a: float | int | None, b: float | int | None) -> str:
 
 
 def _divergence(d: dict) -> str:
+    # where the two versions part first: when (the board's clock), the input, what each did
     v = d.get("divergence")
     if not v:
         return ""
-    at = iso(v["t_ms"]) if v.get("t_ms") is not None else f"boot {v['boot']} +{v['up_ms'] / 1000:g}s"
-    inp = f" {v['input']['name']}={v['input']['value']}" if v.get("input") else ""
-    sides = [f"{k} {x['state']}: {x['what']}" for k in ("running", "new") if (x := v.get(k))]
-    return f"{at}{inp}: " + " / ".join(sides)
+    t = v.get("t_ms")
+    at = (iso(t) or "")[5:19].replace("T", " ") if t is not None else f"boot {v['boot']} +{v['up_ms'] / 1000:g}s"
+    inp = f" at {v['input']['name']}={v['input']['value']}" if v.get("input") else ""
+    sides = [f"{k}: {x['what']}" for k in ("running", "new") if (x := v.get(k))]
+    return f"{at}{inp}: " + "; ".join(sides)
 
 
 def _show_preview(rep: dict, top: int) -> None:
@@ -289,11 +291,11 @@ def _show_preview(rep: dict, top: int) -> None:
     before→after and where the two versions part first."""
     for line in rep.get("summary") or []:
         console.print(escape(line), soft_wrap=True)
-    t = Table("device", "running → new", "transitions", "events", "alerts", "final state",
-              "first divergence", title="most changed devices")  # fmt: skip
+    t = Table("device", "transitions", "events", "alerts", "final state", "first divergence",
+              title=f"most changed devices ({rep.get('to')})")  # fmt: skip
     for s in rep.get("stranded") or []:
-        t.add_row(*(f"[red]{escape(str(x))}[/]" for x in (
-            s["device"], f"{s['version']} → {rep.get('to')}", "stranded", "", "", s["state"], s["why"])))  # fmt: skip
+        why = f"stranded: {s['why']}"
+        t.add_row(*(f"[red]{escape(x)}[/]" for x in (s["device"], "-", "-", "-", s["state"], why)))
     by_name = {d["device"]: d for d in rep.get("per_device") or []}
     order = list(rep.get("top") or [])
     order += [d["device"] for d in sorted(by_name.values(), key=lambda d: (-d["score"], d["device"]))
@@ -303,11 +305,10 @@ def _show_preview(rep: dict, top: int) -> None:
         if d is None:
             continue
         run, new = d.get("running") or {}, d["new"]
-        t.add_row(escape(name), escape(f"{d['running_version'] or 'none'} → {d['new_version']}"),
-                  _delta(run.get("transitions"), new["transitions"]),
+        t.add_row(escape(name), _delta(run.get("transitions"), new["transitions"]),
                   _delta(run.get("events_total"), new["events_total"]),
                   _delta(run.get("alerts"), new["alerts"]),
-                  escape(f"{run.get('final_state') or '-'} → {new['final_state'] or '-'}"),
+                  escape(_delta_text(run.get("final_state"), new["final_state"])),
                   escape(_divergence(d)))  # fmt: skip
     if t.row_count:
         console.print(t)
@@ -315,6 +316,10 @@ def _show_preview(rep: dict, top: int) -> None:
         style = "red" if _refused(rep) else "green" if stored.passed(rep) else ""
         console.print(f"[{style}]{escape(rep['verdict'])}[/]" if style else escape(rep["verdict"]),
                       soft_wrap=True)  # fmt: skip
+
+
+def _delta_text(a: str | None, b: str | None) -> str:
+    return (a or "-") if a == b else f"{a or '-'}→{b or '-'}"
 
 
 @app.command("preview")

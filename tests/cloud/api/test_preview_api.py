@@ -131,3 +131,22 @@ def test_bad_requests(api):
     )
     api.error("POST", "/rollouts", 422, json={**BODY, "preview_gate": "x" * 501})
     assert api.ok("GET", "/rollouts")["total"] == 2  # the two created above
+
+
+def test_the_console_rollout_page_shows_the_gate_and_the_stored_preview(api):
+    import html
+
+    rid = api.ok("POST", "/rollouts", "operator", json={**BODY, "preview_gate": BROKEN_GATE})["rollout_id"]
+    c = api.client
+    r = c.post("/console/login", data={"token": api.tokens["viewer"], "next": "/console/rollouts"},
+               follow_redirects=False)  # fmt: skip
+    assert r.status_code == 303
+    page = html.unescape(c.get(f"/console/rollouts/{rid}").text)
+    assert f'<code id="preview-gate">{BROKEN_GATE}</code>' in page
+    assert f"no preview yet: starting it runs one, or <code>orrery rollout preview {rid}</code>" in page
+    p = api.ok("POST", f"/rollouts/{rid}/preview", "operator", json={})
+    page = html.unescape(c.get(f"/console/rollouts/{rid}").text)
+    assert f'<p id="preview-verdict" class="error">{p["verdict"]}</p>' in page
+    assert "\n".join(p["summary"]) in page and "no preview yet" not in page
+    plain = api.ok("POST", "/rollouts", "operator", json={**BODY, "target": "device=p00"})
+    assert 'id="preview"' not in c.get(f"/console/rollouts/{plain['rollout_id']}").text

@@ -114,7 +114,12 @@ TEMPLATES: dict[str, list[list[str]]] = {
                        [*WF2, "--window", "Mon 01:00-02:00", "--window-tz", "Atlantis/Capital"],
                        # a bundle: neither or both of --workflow and --bundle, an unknown one
                        ["--target", "all", "--db", "{good_db}"], [*WF2, "--bundle", "app@1"],
-                       ["--bundle", "{ref}", "--target", "all", "--db", "{good_db}"]],
+                       ["--bundle", "{ref}", "--target", "all", "--db", "{good_db}"],
+                       # a preview gate that cannot be read or names what the version lacks
+                       [*WF2, "--preview-gate", "bogus"], [*WF2, "--preview-gate", "events.nope<=+1"],
+                       [*WF2, "--preview", "--preview-since", "soon"]],
+    "rollout preview": [*ROLLOUT_IDS, ["1", "--since", "soon", "--db", "{good_db}"],
+                        ["1", "--alert", "hot", "--db", "{good_db}"]],
     "rollout start": ROLLOUT_IDS,
     "rollout pause": ROLLOUT_IDS,
     "rollout resume": ROLLOUT_IDS,

@@ -28,11 +28,12 @@ from collections.abc import Iterable, Sequence
 
 from cloud.orrery.ingest.alerts import AlertRule, is_alarm
 from shared.workflow.executor import Executor
-from shared.workflow.form import _T_FOR, _TW, EV_SAMPLE, SNAP_HEADER
+from shared.workflow.form import _T_ARG, _T_EVENT, _T_FOR, _TW, EV_SAMPLE, SNAP_HEADER
 from shared.workflow.program import Program
 from shared.workflow.snapshot import migrate_snapshot
 
 MASK = 0x3FFFFFFF  # the executor's clock: the board's uptime in wrapping ms ticks
+_NEVER = 1 << 62  # no deadline
 REFILTERED = (
     "filter chains differ from the running version: stored (filtered) readings were re-filtered"
     " (approximate)"
@@ -75,6 +76,15 @@ class Version:
         # timers or for_ms holds: only then does anything happen between samples
         self.timed = bool(p.timer_names) or any(
             trans[t * _TW + _T_FOR] for t in range(len(trans) // _TW)
+        )
+        # board channels feeding an input that a for_ms hold watches
+        self.hold_channels = frozenset(
+            c
+            for c, ins in self.inputs.items()
+            for t in range(len(trans) // _TW)
+            if trans[t * _TW + _T_FOR]
+            and trans[t * _TW + _T_EVENT] == EV_SAMPLE
+            and trans[t * _TW + _T_ARG] in ins
         )
         self.filters = [(chans[i], list(p.filters(i))) for i in range(len(self.input_names))]
         self.alarms = tuple(is_alarm(n) for n in self.event_names)
@@ -142,6 +152,8 @@ class Side:
         self.ex: Executor | None = None
         self.snap: bytes | None = None  # the last snapshot the board saved
         self.dirty = False
+        self.stale = True  # nd_at needs asking again
+        self.nd_at = 0  # uptime of the next timer or for_ms deadline (_NEVER: none)
         self.tr = 0  # the executor's transition counter when last looked at
         self.state = v.initial
         self.since = 0  # uptime the current state was entered (or its boot's first reading)
@@ -217,6 +229,7 @@ class Side:
             self.moved(up)
         self.mark = len(self.items)
         self.dirty = True
+        self.stale = True
 
     def cell_clock(self):
         """The executor's clock: the driver's current uptime ticks."""
@@ -258,6 +271,7 @@ class Side:
         self.items.insert(self.mark, (what, names[old], up, cell[2], cell[4], cell[3]))
         self.mark = len(self.items)
         self.dirty = True
+        self.stale = True
         if s != old:
             self.state_changes += 1
             self.state_ms[old] += up - self.since
@@ -267,6 +281,53 @@ class Side:
                 self.trace["transitions"].append(
                     {"t": _t(self.cell, up), "from": names[old], "to": names[s]}
                 )
+
+    def sample(self, ins: tuple[int, ...], ch: int, value: int) -> None:
+        """Step a stored reading of board channel ``ch`` into inputs ``ins`` (through their
+        filters when this version re-filters) and count the alert rules it trips."""
+        ex = self.ex
+        v: int | None = value
+        if self.refilter:
+            v = None
+            for i in ins:
+                f = ex.feed(i, value)
+                if v is None:
+                    v = f
+        else:
+            for i in ins:
+                ex.step(EV_SAMPLE, i, value)
+        rules = self.rules.get(ch)
+        if rules and v is not None:
+            for r in rules:
+                if r.trips(ch, v):
+                    self.alerts += 1
+
+    def end_pass(self, up: int, until: int | None, row: tuple) -> None:
+        """The end of the pass at uptime ``up`` (``row`` its last reading): tick, save the
+        snapshot if anything changed, then tick the deadlines that fall before the next pass
+        (at ``until``; None: the boot's last pass)."""
+        ex = self.ex
+        cell = self.cell
+        cell[0] = up & MASK  # the other side's deadlines may have moved the clock on
+        cell[1] = up
+        cell[2] = row
+        ex.tick()
+        if ex.transitions != self.tr:
+            self.moved(up)
+        if self.dirty:
+            self.snap = ex.snapshot()
+            self.dirty = False
+        self.last_up = up
+        if until is None or not self.version.timed:
+            return
+        # next_deadline_ms changes only when a transition fired, an input with a for_ms hold
+        # was sampled, or a deadline came due: otherwise the one known still stands
+        if self.stale or self.nd_at <= up:
+            d = ex.next_deadline_ms()
+            self.nd_at = up + d if d >= 0 else _NEVER
+            self.stale = False
+        if self.nd_at < until:
+            self.deadlines(up, until)
 
     def deadlines(self, up: int, until: int) -> None:
         """Tick every timer or for_ms deadline due after ``up`` and before ``until``, each at
@@ -288,6 +349,8 @@ class Side:
                 self.dirty = False
             self.last_up = up
             d = ex.next_deadline_ms()
+        self.nd_at = up + d if d >= 0 else _NEVER
+        self.stale = False
 
     def as_metrics(self) -> dict:
         """What this version did: the report's M (``preview.model``)."""
@@ -320,28 +383,34 @@ def drive(rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple]) -
     ``divergence``; None if they behaved alike or there is one side)."""
     cell = sides[0].cell
     diverged: dict | None = None
-    compare = len(sides) > 1
-    timed = any(s.version.timed for s in sides)
     a = sides[0]
-    b = sides[1] if compare else None
+    b = sides[1] if len(sides) > 1 else None
     it = iter(rows)
     row = next(it, None)
     boot = None
+    # per-reading work is inlined for the two sides (this loop runs for every reading)
+    a_in = a.version.inputs.get
+    a_hold = a.version.hold_channels
+    a_plain = not a.refilter and not a.rules
+    b_in = b.version.inputs.get if b is not None else None
+    b_hold = b.version.hold_channels if b is not None else frozenset()
+    b_plain = b is not None and not b.refilter and not b.rules
+    a_ex = b_ex = None
     while row is not None:
         rb, up = row[0], row[1]
         if rb != boot:
-            if boot is None:
-                cell[0], cell[1], cell[2], cell[4] = up & MASK, up, None, rb
-                cell[3] = None if row[2] is None else row[2] - up
-                for s, (snap, start) in zip(sides, starts, strict=True):
-                    s.boot(up, snap, start)
-            else:
+            if boot is not None:
                 for s in sides:
                     s.close()
-                cell[0], cell[1], cell[2], cell[4] = up & MASK, up, None, rb
-                cell[3] = None if row[2] is None else row[2] - up
-                for s in sides:
-                    s.boot(up, s.snap, True)
+            cell[0], cell[1], cell[2], cell[4] = up & MASK, up, None, rb
+            cell[3] = None if row[2] is None else row[2] - up
+            for s, (snap, start) in zip(sides, starts, strict=True):
+                s.boot(up, snap if boot is None else s.snap, start or boot is not None)
+            a_ex = a.ex
+            a_step = a_ex.step
+            if b is not None:
+                b_ex = b.ex
+                b_step = b_ex.step
             boot = rb
         cell[0] = up & MASK
         cell[1] = up
@@ -350,51 +419,46 @@ def drive(rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple]) -
         while True:
             cell[2] = row
             ch = row[3]
-            val = row[4]
-            for s in sides:
-                ins = s.version.inputs.get(ch)
-                if ins is None:
-                    continue
-                ex = s.ex
-                if s.refilter:
-                    v = None
+            ins = a_in(ch)
+            if ins is not None:
+                if a_plain:
                     for i in ins:
-                        f = ex.feed(i, val)
-                        if v is None:
-                            v = f
+                        a_step(EV_SAMPLE, i, row[4])
                 else:
-                    for i in ins:
-                        ex.step(EV_SAMPLE, i, val)
-                    v = val
-                if ex.transitions != s.tr:
-                    s.moved(up)
-                rules = s.rules.get(ch) if s.rules else None
-                if rules and v is not None:
-                    for r in rules:
-                        if r.trips(ch, v):
-                            s.alerts += 1
+                    a.sample(ins, ch, row[4])
+                if a_ex.transitions != a.tr:
+                    a.moved(up)
+                if ch in a_hold:
+                    a.stale = True
+            if b_in is not None:
+                ins = b_in(ch)
+                if ins is not None:
+                    if b_plain:
+                        for i in ins:
+                            b_step(EV_SAMPLE, i, row[4])
+                    else:
+                        b.sample(ins, ch, row[4])
+                    if b_ex.transitions != b.tr:
+                        b.moved(up)
+                    if ch in b_hold:
+                        b.stale = True
             row = next(it, None)
             if row is None or row[1] != up or row[0] != rb:
                 break
-        for s in sides:
-            ex = s.ex
-            ex.tick()
-            if ex.transitions != s.tr:
-                s.moved(up)
-            if s.dirty:
-                s.snap = ex.snapshot()
-                s.dirty = False
-            s.last_up = up
-        if timed and row is not None and row[0] == rb:
-            for s in sides:
-                if s.version.timed:
-                    s.deadlines(up, row[1])
-        if compare and (a.items or b.items):
-            if diverged is None:
-                diverged = _first_difference(a, b)
+        until = row[1] if row is not None and row[0] == rb else None
+        last = cell[2]
+        a.end_pass(up, until, last)
+        if b is not None:
+            b.end_pass(up, until, last)
+            if a.items or b.items:
+                if diverged is None:
+                    diverged = _first_difference(a, b)
+                a.items.clear()
+                b.items.clear()
+                a.mark = b.mark = 0
+        elif a.items:
             a.items.clear()
-            b.items.clear()
-            a.mark = b.mark = 0
+            a.mark = 0
     if boot is not None:
         for s in sides:
             s.close()

@@ -241,12 +241,11 @@ def replay_chunk(
     out = []
     with engine.connect() as conn:
         starts = compat.reported_states(conn, [c[0] for c in chunk], since_ms)
+        readings = _Readings(conn, since_ms, until_ms)
         cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             for did, name, profile, running, new in chunk:
-                sql = _readings_sql(conn, did, since_ms, until_ms)
-                cur.execute(sql)
-                rows = cur.fetchall()
+                rows = readings.fetch(cur, did)
                 names = tuple(channels[profile])
                 out.append(
                     replay_device(
@@ -263,15 +262,27 @@ def replay_chunk(
     return out
 
 
-def _readings_sql(conn: Connection, device_id: int, since_ms: int, until_ms: int) -> str:
-    # one device's readings in the window, in the board's order (ints only: literal binds)
-    c = READINGS.c
-    q = (
-        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
-        .where(c.device_id == int(device_id), in_window(int(since_ms), int(until_ms)))
-        .order_by(c.boot, c.seq)
-    )
-    return str(q.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+class _Readings:
+    """One device's readings in the window, in the board's order: the statement compiled
+    once for the connection's dialect, run with the raw DBAPI cursor."""
+
+    def __init__(self, conn: Connection, since_ms: int, until_ms: int) -> None:
+        c = READINGS.c
+        q = (
+            sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
+            .where(c.device_id == sa.bindparam("device"), in_window(since_ms, until_ms))
+            .order_by(c.boot, c.seq)
+        )
+        compiled = q.compile(dialect=conn.dialect)
+        self.sql = str(compiled)
+        self.params = dict(compiled.params)
+        self.order = compiled.positiontup if compiled.positional else None
+
+    def fetch(self, cur, device_id: int) -> list[tuple]:
+        """The rows of device ``device_id``, as ``driver.Row``."""
+        p = self.params | {"device": device_id}
+        cur.execute(self.sql, tuple(p[k] for k in self.order) if self.order is not None else p)
+        return cur.fetchall()
 
 
 def _version(blob: bytes, channel_names: tuple[str, ...]) -> Version:
