@@ -54,6 +54,7 @@ LOW = 1500  # the quiet spells' temperature, below every level
 # them, above both (cooling), above the alarm level
 PEAKS = (2650, 2900, 2930, 3050, 3250, 3300, 3500, 3650)
 GATE = "events.overheat_alarm<=+10%"
+CUT = (3250, 3300)  # the boards with these peaks lose power once while cooling, in the v2 window
 runner = CliRunner()
 
 
@@ -161,38 +162,62 @@ def uptimes(f: VirtualFleet) -> dict[str, tuple[int, int]]:
     return out
 
 
-def inside(boot: int, up: int, start: tuple[int, int], end: tuple[int, int]) -> bool:
-    """Whether (boot, up) lies in [start, end) of one board (windows here span one boot)."""
-    return start[0] == end[0] == boot and start[1] <= up < end[1]
+def inside(
+    ranks: dict[int, int], boot: int, up: int, start: tuple[int, int], end: tuple[int, int]
+) -> bool:
+    """Whether (boot, up) lies in [start, end) (each a (boot, uptime)) on a board whose boots
+    came in the order ``ranks`` gives (boot ids are random: their order is the board's)."""
+
+    def at(b: int, u: int) -> tuple[int, int]:
+        return ranks[b], u
+
+    return at(*start) <= at(boot, up) < at(*end)
 
 
 # --- what the database holds ---------------------------------------------------------------------
 
 
 def readings(f: VirtualFleet) -> dict[str, list[tuple[int, int, int]]]:
-    """Each board's stored temperature readings (boot, up_ms, value), in device order."""
+    """Each board's stored temperature readings (boot, up_ms, value), in the order it took
+    them: by seq, which its flash store counts on across boots."""
     out: dict[str, list] = defaultdict(list)
     for name, boot, up, value in f.rows(
         "SELECT d.name, r.boot, r.up_ms, r.value FROM readings r JOIN devices d"
-        " ON d.id = r.device_id ORDER BY d.name, r.boot, r.seq"
+        " ON d.id = r.device_id ORDER BY d.name, r.seq"
     ):
         out[name].append((boot, up, value))
     return out
 
 
-def board_events(f: VirtualFleet) -> dict[str, list[dict]]:
-    """Each board's published events, in its order (boot, seq)."""
-    out: dict[str, list] = defaultdict(list)
-    for name, boot, up, at, state, event, value in f.rows(
-        "SELECT d.name, e.boot, e.up_ms, e.event_ms, e.state, e.event, e.value FROM events e"
-        " JOIN devices d ON d.id = e.device_id ORDER BY d.name, e.boot, e.seq"
-    ):
-        out[name].append({"boot": boot, "up_ms": up, "event_ms": at, "state": state,
-                          "event": event, "value": value})  # fmt: skip
+def boot_ranks(stored: dict[str, list[tuple[int, int, int]]]) -> dict[str, dict[int, int]]:
+    """Each board's boots in the order it went through them (of its readings, by seq)."""
+    out: dict[str, dict[int, int]] = {}
+    for name, rows in stored.items():
+        ranks: dict[int, int] = {}
+        for boot, _, _ in rows:
+            ranks.setdefault(boot, len(ranks))
+        out[name] = ranks
     return out
 
 
-def state_lines(f: VirtualFleet) -> dict[str, list[tuple[int, int, int, int, int]]]:
+def board_events(f: VirtualFleet, ranks: dict[str, dict[int, int]]) -> dict[str, list[dict]]:
+    """Each board's published events, in its order (its boots in turn, then the event seq of
+    each boot)."""
+    out: dict[str, list] = defaultdict(list)
+    for name, boot, seq, up, at, state, event, value in f.rows(
+        "SELECT d.name, e.boot, e.seq, e.up_ms, e.event_ms, e.state, e.event, e.value FROM"
+        " events e JOIN devices d ON d.id = e.device_id"
+    ):
+        out[name].append({"boot": boot, "seq": seq, "up_ms": up, "event_ms": at,
+                          "state": state, "event": event, "value": value})  # fmt: skip
+    for name, evs in out.items():
+        evs.sort(key=lambda e: (ranks[name][e["boot"]], e["seq"]))
+    return out
+
+
+def state_lines(
+    f: VirtualFleet, ranks: dict[str, dict[int, int]]
+) -> dict[str, list[tuple[int, int, int, int, int]]]:
     """Each board's ``LOG_STATE`` log lines (boot, seq, up_ms, state index, transitions since
     the line before), in its order."""
     from shared.wire.constants import LOG_STATE
@@ -200,10 +225,12 @@ def state_lines(f: VirtualFleet) -> dict[str, list[tuple[int, int, int, int, int
     out: dict[str, list] = defaultdict(list)
     for name, boot, seq, up, a, b in f.rows(
         "SELECT d.name, l.boot, l.seq, l.up_ms, l.a, l.b FROM device_logs l JOIN devices d"
-        " ON d.id = l.device_id WHERE l.code = :c ORDER BY d.name, l.boot, l.seq",
+        " ON d.id = l.device_id WHERE l.code = :c",
         c=LOG_STATE,
     ):
         out[name].append((boot, seq, up, a, b))
+    for name, lines in out.items():
+        lines.sort(key=lambda ln: (ranks[name][ln[0]], ln[1]))
     return out
 
 
@@ -249,6 +276,8 @@ class Outcome:
     up_since2: dict = field(default_factory=dict)
     up_until2: dict = field(default_factory=dict)
     v2_final: dict = field(default_factory=dict)  # each board's state when the window closed
+    cut: dict = field(default_factory=dict)  # board -> its boot when its power was cut
+    ranks: dict = field(default_factory=dict)  # board -> {boot id: its place}
     v2_readings: dict = field(default_factory=dict)
     v2_events: dict = field(default_factory=dict)
     v2_lines: dict = field(default_factory=dict)
@@ -294,6 +323,25 @@ def scenario(tmp_path_factory):
         f.close()
 
 
+def cut_while_cooling(f: VirtualFleet, o: Outcome) -> None:
+    """Cut the power of the boards that cool (``CUT``), once each, while they cool (their
+    timer running): at the start of the next pass, once everything the board published has
+    left it (what a power cut loses of RAM is not the replay's to reproduce)."""
+    for i, name in enumerate(o.names):
+        b = f.boards[name]
+        n = b.node
+        if (
+            PEAKS[i % len(PEAKS)] in CUT
+            and name not in o.cut
+            and n.wf.ex.state_name() == "cooling"
+            and not n.ev_count
+            and n.log_seq == n.log_sent
+            and f.quiet(b)
+        ):
+            o.cut[name] = b.boot_id
+            f.at(0, lambda name=name: f.power_cut(name))
+
+
 def settle(f: VirtualFleet) -> bool:
     """Take the sensors away and deliver everything (``VirtualFleet.drain``)."""
     f.freeze()
@@ -314,7 +362,7 @@ def run(f: VirtualFleet) -> Outcome:
     f.run(MIN)
     assert settle(f), f.unsettled()
     o.v1_readings = readings(f)
-    o.v1_events = board_events(f)
+    o.v1_events = board_events(f, boot_ranks(o.v1_readings))
     o.create_v2 = cli(f, "rollout", "create", "--workflow", "kiln@2", "--target",
                       f"fleet={f.fleet_id}", "--waves", "100%", "--success", "100%",
                       "--max-failures", "10%", "--min-devices", "1", "--soak", "0s",
@@ -335,15 +383,16 @@ def run(f: VirtualFleet) -> Outcome:
     o.v2_states = {n: b.node.wf.ex.state_name() for n, b in f.boards.items()}
     o.since2, o.up_since2 = f.now_ms, uptimes(f)
     climate.swing()
-    f.run(20 * MIN)
+    f.run(20 * MIN, lambda: cut_while_cooling(f, o))
     climate.quiet()
     f.run(MIN)
     assert settle(f), f.unsettled()
     o.until2, o.up_until2 = f.now_ms, uptimes(f)
     o.v2_final = {n: b.node.wf.ex.state_name() for n, b in f.boards.items()}
     o.v2_readings = readings(f)
-    o.v2_events = board_events(f)
-    o.v2_lines = state_lines(f)
+    o.ranks = boot_ranks(o.v2_readings)
+    o.v2_events = board_events(f, o.ranks)
+    o.v2_lines = state_lines(f, o.ranks)
     o.v2_log_seqs = log_seqs(f)
     o.events_dropped = {n: b.node.events_dropped for n, b in f.boards.items()}
     o.latched = sorted(n for n, b in f.boards.items() if b.node.wf.ex.state_name() == "alarm")
@@ -407,14 +456,16 @@ def replay_streams(f: VirtualFleet, ref: str, since_ms: int, until_ms: int, star
         def publish(self, i: int, v: int) -> None:
             super().publish(i, v)
             assert self.trace is not None
-            self.trace["events"][-1].update(up_ms=self.cell[1], state=self._state_name())
+            self.trace["events"][-1].update(
+                boot=self.cell[4], up_ms=self.cell[1], state=self._state_name()
+            )
 
         def moved(self, up: int) -> None:
             assert self.trace is not None
             n = len(self.trace["transitions"])
             super().moved(up)
             for t in self.trace["transitions"][n:]:
-                t["up_ms"] = up
+                t.update(boot=self.cell[4], up_ms=up)
 
     channels = [c[0] for c in parse_profile(PROFILE)[0]]
     out = {}
@@ -462,12 +513,12 @@ def window_of(o: Outcome, name: str) -> tuple[tuple[int, int], tuple[int, int]]:
 def events_in(o: Outcome, name: str) -> list[dict]:
     """The events board ``name`` published in the v2 window (events table rows)."""
     a, z = window_of(o, name)
-    return [e for e in o.v2_events[name] if inside(e["boot"], e["up_ms"], a, z)]
+    return [e for e in o.v2_events[name] if inside(o.ranks[name], e["boot"], e["up_ms"], a, z)]
 
 
 def reported(o: Outcome, name: str) -> list[tuple]:
-    """What board ``name`` published in the v2 window: (uptime, state, event, value)."""
-    return [(e["up_ms"], e["state"], e["event"], e["value"]) for e in events_in(o, name)]
+    """What board ``name`` published in the v2 window: (boot, uptime, state, event, value)."""
+    return [(e["boot"], e["up_ms"], e["state"], e["event"], e["value"]) for e in events_in(o, name)]
 
 
 def s16(v: int) -> int | None:
@@ -475,17 +526,17 @@ def s16(v: int) -> int | None:
     return None if v == NO_VALUE else max(-32767, min(32767, v))
 
 
-def state_changes(o: Outcome, name: str) -> tuple[list[tuple[int, str]], int]:
+def state_changes(o: Outcome, name: str) -> tuple[list[tuple[int, int, str]], int]:
     """Board ``name``'s state changes in the v2 window from its ``LOG_STATE`` lines (a line
     per main-loop pass that fired transitions: the state it ended in, how many fired), as
-    (uptime, state entered), and the transitions it fired in all."""
+    (boot, uptime, state entered), and the transitions it fired in all."""
     a, z = window_of(o, name)
-    lines = [ln for ln in o.v2_lines[name] if inside(ln[0], ln[2], a, z)]
+    lines = [ln for ln in o.v2_lines[name] if inside(o.ranks[name], ln[0], ln[2], a, z)]
     changes, state = [], o.v2_states[name]
-    for _, _, up, index, _ in lines:
+    for boot, _, up, index, _ in lines:
         s = o.state_names_v2[index]
         if s != state:
-            changes.append((up, s))
+            changes.append((boot, up, s))
             state = s
     return changes, sum(ln[4] for ln in lines)
 
@@ -547,10 +598,15 @@ def test_a_the_running_side_is_what_the_v1_boards_published(scenario):
 
 def test_b_replaying_v2s_window_reproduces_the_boards_events_and_state_changes(scenario):
     """After the v2 rollout, the engine's replay of the readings each board took reproduces
-    the events it published (uptime, state, name, value, in order) and its state changes,
-    and the preview's running side counts exactly what the boards did."""
+    the events it published (boot, uptime, state, name, value, in order) and its state
+    changes, across a power cut while cooling too (a new boot restores the state the board
+    saved, its timer with the time it had left then), and the preview's running side counts
+    exactly what the boards did."""
     o = scenario
     assert o.v2_finished, o.log[-1500:]
+    cooling = [n for i, n in enumerate(o.names) if PEAKS[i % len(PEAKS)] in CUT]
+    assert sorted(o.cut) == cooling, "each cooling board lost power once, while cooling"
+    assert all(o.up_until2[n][0] != boot for n, boot in o.cut.items()), "and booted again"
     assert set(o.v2_versions.values()) == {2}, o.v2_versions
     assert set(o.v2_states.values()) == {"idle"}, "the window opens with every board idle"
     assert not any(o.events_dropped.values()), "no board dropped an event"
@@ -563,21 +619,23 @@ def test_b_replaying_v2s_window_reproduces_the_boards_events_and_state_changes(s
     for n in o.names:
         want = reported(o, n)
         r = o.replay_v2[n]
-        got = [(e["up_ms"], e["state"], e["event"], s16(e["value"])) for e in r["events"]]
+        got = [
+            (e["boot"], e["up_ms"], e["state"], e["event"], s16(e["value"])) for e in r["events"]
+        ]
         assert got == want, (n, first_difference(got, want))
         # the driver's own times: the event time where the board has a clock, else the uptime
         assert [e["t"] for e in r["events"]] == [
             e["up_ms"] if e["event_ms"] is None else e["event_ms"] for e in events_in(o, n)
         ], n
         changes, fired = state_changes(o, n)
-        assert [(t["up_ms"], t["to"]) for t in r["transitions"]] == changes, n
+        assert [(t["boot"], t["up_ms"], t["to"]) for t in r["transitions"]] == changes, n
         assert r["fired"] == fired, n
-        seen.update(e[2] for e in want)
+        seen.update(e[3] for e in want)
         # the preview over the same window: its running side is the board's own behaviour
         d = per[n]
         assert (d["start_state"], d["start_state_source"]) == ("idle", "reported"), d
         m = d["running"]
-        assert nonzero(m["events"]) == dict(Counter(e[2] for e in want)), n
+        assert nonzero(m["events"]) == dict(Counter(e[3] for e in want)), n
         assert (m["transitions"], m["state_changes"]) == (fired, len(changes)), n
         assert m["final_state"] == r["final"] == o.v2_final[n], n
     # the window held a threshold (hot), a for_ms hold (cooling), a timer (cooled), an alarm
@@ -593,10 +651,9 @@ def test_b_boards_without_a_clock_replay_in_device_order(scenario):
     assert busy, "some clock-less board published events in the window"
     for n in o.clockless:
         assert all(e["event_ms"] is None for e in o.v2_events[n]), n
-        got = [
-            (e["up_ms"], e["state"], e["event"], s16(e["value"])) for e in o.replay_v2[n]["events"]
-        ]
-        assert got == reported(o, n), n
+        got = [(e["boot"], e["up_ms"], e["state"], e["event"], s16(e["value"]))
+               for e in o.replay_v2[n]["events"]]  # fmt: skip
+        assert got == reported(o, n), (n, first_difference(got, reported(o, n)))
 
 
 def breaking(o: Outcome) -> list[str]:
@@ -607,16 +664,18 @@ def breaking(o: Outcome) -> list[str]:
     out = []
     for n in o.names:
         a, z = window_of(o, n)
-        evs = [e for e in o.v2_events[n] if inside(e["boot"], e["up_ms"], a, z)]
+        evs = [e for e in o.v2_events[n] if inside(o.ranks[n], e["boot"], e["up_ms"], a, z)]
         if any(e["event"] == "overheat_alarm" for e in evs):
             continue
-        rs = [(up, v) for b, up, v in o.v2_readings[n] if inside(b, up, a, z)]
+        rank = o.ranks[n]
+        rs = [((rank[b], up), v) for b, up, v in o.v2_readings[n] if inside(rank, b, up, a, z)]
         start = None
         for e in evs:
+            at = (rank[e["boot"]], e["up_ms"])
             if e["event"] == "cooling":
-                start = e["up_ms"]
+                start = at
             elif e["event"] == "cooled" and start is not None:
-                if any(start < up <= e["up_ms"] and v > ALARM_V3 for up, v in rs):
+                if any(start < t <= at and v > ALARM_V3 for t, v in rs):
                     out.append(n)
                     break
                 start = None
