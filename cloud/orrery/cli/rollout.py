@@ -22,7 +22,6 @@ from cloud.orrery.cli.common import (
     fail,
     open_db,
     os_user,
-    output_console,
 )
 from cloud.orrery.clock import iso, now_ms
 from cloud.orrery.fleet import keys, timeline
@@ -169,7 +168,7 @@ def rollout_create(
     rep = None
     if pwin is not None:
         try:
-            with _progress(as_json) as step:
+            with _progress() as step:
                 if plan.rollout_id is None:
                     rep = stored.preview_plan(o.engine, plan, *pwin, gate=preview_gate,
                                               progress=step)  # fmt: skip
@@ -237,7 +236,7 @@ class _progress:
     """A progress bar on stderr while a preview replays (only on a terminal); ``step`` is the
     engine's ``progress(done, total)``."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self) -> None:
         self.bar = None
         if err_console.is_terminal:
             self.bar = Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed}/{task.total} devices"),
@@ -368,7 +367,7 @@ def rollout_preview(
             fail(f"--alert: {exc}")
     engine = open_db(db_url)
     try:
-        with _progress(as_json) as step:
+        with _progress() as step:
             rep = stored.preview(engine, rollout_id, *window, rollback=rollback, workers=workers,
                                  alert_rules=rules, progress=step, actor=os_user())  # fmt: skip
     except ROLLOUT_ERRORS as exc:
@@ -377,7 +376,7 @@ def rollout_preview(
         print(json.dumps(rep))
     else:
         _show_preview(rep, top)
-        output_console(as_json).print(
+        console.print(
             "[yellow]a rollback's preview is not stored[/]" if rollback else
             f"stored with rollout {rollout_id}: `orrery rollout status {rollout_id}` shows it"
         )  # fmt: skip

@@ -57,7 +57,9 @@ BODY = {"workflow": "greenhouse@3", "target": "fleet=f1", "waves": "100%", "succ
 
 
 def test_preview_runs_stores_and_is_read_back_by_role(api):
-    rid = api.ok("POST", "/rollouts", "operator", json={**BODY, "preview_gate": BROKEN_GATE})["rollout_id"]
+    rid = api.ok("POST", "/rollouts", "operator", json={**BODY, "preview_gate": BROKEN_GATE})[
+        "rollout_id"
+    ]
     assert "has no stored preview" in api.error("GET", f"/rollouts/{rid}/preview", 404, "viewer")
     assert "operator" in api.error("POST", f"/rollouts/{rid}/preview", 403, "viewer", json={})
     p = api.ok("POST", f"/rollouts/{rid}/preview", "operator", json={"since": "2h"})
@@ -72,7 +74,9 @@ def test_preview_runs_stores_and_is_read_back_by_role(api):
                             "verdict": p["verdict"], "passed": False}  # fmt: skip
     assert s == json.loads(run("rollout", "status", str(rid), "--json", "--db", api.url).stdout)
     log = api.ok("GET", f"/rollouts/{rid}/log")["items"]
-    assert [(e["event"], e["by"], e["detail"]) for e in log[1:]] == [("preview", "operator", p["verdict"])]
+    assert [(e["event"], e["by"], e["detail"]) for e in log[1:]] == [
+        ("preview", "operator", p["verdict"])
+    ]
     msg = api.error("POST", f"/rollouts/{rid}/start", 409)
     assert msg.startswith(f"rollout {rid} cannot start: its preview of ")
     # a rollback's preview is answered, not stored
@@ -122,7 +126,9 @@ def test_bad_requests(api):
         "alerts: alert rule 'hot': expected CHANNEL>LEVEL or CHANNEL<LEVEL, e.g. 0>3000"
     )
     api.error("POST", f"/rollouts/{rid}/preview", 422, json={"alerts": ["0>1"] * 21})
-    assert api.error("POST", "/rollouts", 400, json={**BODY, "preview_gate": "events.alarm<=+1"}) == (
+    assert api.error(
+        "POST", "/rollouts", 400, json={**BODY, "preview_gate": "events.alarm<=+1"}
+    ) == (
         "--preview-gate: bound 'events.alarm<=+1': greenhouse@3 has no event 'alarm' (its events: "
         "cooling_started, watering_done, fault_raised, status)"
     )
@@ -136,14 +142,19 @@ def test_bad_requests(api):
 def test_the_console_rollout_page_shows_the_gate_and_the_stored_preview(api):
     import html
 
-    rid = api.ok("POST", "/rollouts", "operator", json={**BODY, "preview_gate": BROKEN_GATE})["rollout_id"]
+    rid = api.ok("POST", "/rollouts", "operator", json={**BODY, "preview_gate": BROKEN_GATE})[
+        "rollout_id"
+    ]
     c = api.client
     r = c.post("/console/login", data={"token": api.tokens["viewer"], "next": "/console/rollouts"},
                follow_redirects=False)  # fmt: skip
     assert r.status_code == 303
     page = html.unescape(c.get(f"/console/rollouts/{rid}").text)
     assert f'<code id="preview-gate">{BROKEN_GATE}</code>' in page
-    assert f"no preview yet: starting it runs one, or <code>orrery rollout preview {rid}</code>" in page
+    assert (
+        f"no preview yet: starting it runs one, or <code>orrery rollout preview {rid}</code>"
+        in page
+    )
     p = api.ok("POST", f"/rollouts/{rid}/preview", "operator", json={})
     page = html.unescape(c.get(f"/console/rollouts/{rid}").text)
     assert f'<p id="preview-verdict" class="error">{p["verdict"]}</p>' in page

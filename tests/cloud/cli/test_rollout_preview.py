@@ -123,7 +123,9 @@ def test_a_rollback_preview_is_printed_not_stored(pdb):
     pdb.runs(["r00"], 3, "watering")
     r = cli(pdb, "rollout", "preview", "1", "--rollback", code=PREVIEW_REFUSED)
     out = plain(r.stdout)
-    assert "r00 - - - watering stranded: state 'watering' of greenhouse v3 has no place in v1" in out
+    assert (
+        "r00 - - - watering stranded: state 'watering' of greenhouse v3 has no place in v1" in out
+    )
     assert "a rollback's preview is not stored" in out
     assert "preview of" not in flat(cli(pdb, "rollout", "status", "1").stdout)
 
@@ -132,27 +134,71 @@ def test_bad_inputs_are_one_line(pdb):
     create(pdb)
     pdb.bundle_rollout()  # rollout 2
     cases = [
-        (("rollout", "preview", "2"), "error: rollout 2 rolls out app bundle app@2.0: a preview "
-         "replays workflows, not app bundles"),
+        (
+            ("rollout", "preview", "2"),
+            "error: rollout 2 rolls out app bundle app@2.0: a preview "
+            "replays workflows, not app bundles",
+        ),
         (("rollout", "preview", "99"), "error: no rollout 99 (see `orrery rollout list`)"),
-        (("rollout", "preview", "1", "--since", "yesterday"), "error: --since: 'yesterday' is "
-         "neither a duration (90s, 10m, 24h, 7d), an ISO 8601 time (2026-11-21T10:00:00) nor "
-         "unix seconds"),
+        (
+            ("rollout", "preview", "1", "--since", "yesterday"),
+            "error: --since: 'yesterday' is "
+            "neither a duration (90s, 10m, 24h, 7d), an ISO 8601 time (2026-11-21T10:00:00) nor "
+            "unix seconds",
+        ),
         (("rollout", "preview", "1", "--until", "soon"), "error: --until: 'soon' is neither"),
         (("rollout", "preview", "1", "--since", "1h", "--until", "2h"), "error: --since "),
-        (("rollout", "preview", "1", "--alert", "temp>3"), "error: --alert: alert rule "
-         "'temp>3': expected CHANNEL>LEVEL or CHANNEL<LEVEL, e.g. 0>3000"),
-        (("rollout", "create", "--workflow", "greenhouse@3", "--target", "all", "--preview-gate",
-          "events.alarm<=+10%"), "error: --preview-gate: bound 'events.alarm<=+10%': greenhouse@3 has "
-         "no event 'alarm'"),
-        (("rollout", "create", "--workflow", "greenhouse@3", "--target", "all", "--preview-gate",
-          "nonsense"), "error: --preview-gate: "),
-        (("rollout", "create", "--workflow", "greenhouse@3", "--target", "all", "--preview",
-          "--preview-since", "later"), "error: --preview-since: 'later' is neither"),
+        (
+            ("rollout", "preview", "1", "--alert", "temp>3"),
+            "error: --alert: alert rule "
+            "'temp>3': expected CHANNEL>LEVEL or CHANNEL<LEVEL, e.g. 0>3000",
+        ),
+        (
+            (
+                "rollout",
+                "create",
+                "--workflow",
+                "greenhouse@3",
+                "--target",
+                "all",
+                "--preview-gate",
+                "events.alarm<=+10%",
+            ),
+            "error: --preview-gate: bound 'events.alarm<=+10%': greenhouse@3 has no event 'alarm'",
+        ),
+        (
+            (
+                "rollout",
+                "create",
+                "--workflow",
+                "greenhouse@3",
+                "--target",
+                "all",
+                "--preview-gate",
+                "nonsense",
+            ),
+            "error: --preview-gate: ",
+        ),
+        (
+            (
+                "rollout",
+                "create",
+                "--workflow",
+                "greenhouse@3",
+                "--target",
+                "all",
+                "--preview",
+                "--preview-since",
+                "later",
+            ),
+            "error: --preview-since: 'later' is neither",
+        ),
     ]
     for args, want in cases:
         r = cli(pdb, *args, code=1)
         assert flat(r.output).startswith(want), (args, r.output)
-    assert "preview" not in [e["event"] for e in json.loads(cli(pdb, "rollout", "log", "1", "--json").stdout)]
+    assert "preview" not in [
+        e["event"] for e in json.loads(cli(pdb, "rollout", "log", "1", "--json").stdout)
+    ]
     # nothing more was created by the refused creates
     assert len(json.loads(run("rollout", "list", "--json", "--db", pdb.url).stdout)) == 2

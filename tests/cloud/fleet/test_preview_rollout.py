@@ -97,7 +97,9 @@ def test_targets_of_a_rollout_its_rollback_and_a_plan(pdb):
     with pdb.engine.connect() as c:
         found, to = targets.of_rollout(c, rid)
     assert to == "greenhouse@3"
-    assert found[0] == Target(found[0].device_id, "p00", "esp32-devkitc", "greenhouse@2", "greenhouse@3")
+    assert found[0] == Target(
+        found[0].device_id, "p00", "esp32-devkitc", "greenhouse@2", "greenhouse@3"
+    )
     assert [t.device for t in found] == NAMES
     # p00 succeeded: it is no target any more; p01 runs @3 (installing): still one
     with pdb.engine.begin() as c:
@@ -158,7 +160,9 @@ def test_nothing_to_preview_and_an_empty_window_are_refused(pdb):
 def test_the_gate_is_checked_at_create_and_stored(pdb):
     o = orch(pdb)
     for bad in ("events.cooling_started<=", "nonsense", "events.cooling_started=>+10%"):
-        assert refused(o.create, "greenhouse@3", "all", preview_gate=bad).startswith("--preview-gate: ")
+        assert refused(o.create, "greenhouse@3", "all", preview_gate=bad).startswith(
+            "--preview-gate: "
+        )
     assert refused(o.create, "greenhouse@3", "all", preview_gate="events.alarm<=+10%") == (
         "--preview-gate: bound 'events.alarm<=+10%': greenhouse@3 has no event 'alarm' (its events: "
         "cooling_started, watering_done, fault_raised, status)"
@@ -190,7 +194,9 @@ def test_start_runs_the_preview_of_a_gated_draft_and_refuses_a_broken_gate(pdb):
     # the preview start ran is stored, and in the audit log by who started it
     (event, detail, actor), = [e for e in log(pdb, rid) if e[0] != "created"]  # fmt: skip
     assert (event, actor) == ("preview", "bob")
-    assert detail.startswith("greenhouse@3 over ") and "6 of 6 device(s) replayed, 2 change" in detail
+    assert (
+        detail.startswith("greenhouse@3 over ") and "6 of 6 device(s) replayed, 2 change" in detail
+    )
     assert detail.endswith(f"; gate broken: {BROKEN_GATE} on 2 device(s) (p00, p01)")
     # refused again from the stored preview, without running another
     assert refused(o.start, rid) == msg
@@ -258,5 +264,7 @@ def test_a_rollback_preview_reports_stranded_boards_and_is_not_stored(pdb):
         ("r00", "greenhouse@3", "cooling"), ("r01", "greenhouse@3", "cooling"),
     ]  # fmt: skip
     assert "2 stranded (r00, r01)" in rep["verdict"]
-    assert pdb.rows("SELECT preview, preview_ms FROM rollouts WHERE id = :r", r=rid) == [(None, None)]
+    assert pdb.rows("SELECT preview, preview_ms FROM rollouts WHERE id = :r", r=rid) == [
+        (None, None)
+    ]
     assert [e[0] for e in log(pdb, rid)] == ["created"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from cloud.orrery.ingest.alerts import AlertRule, is_alarm
-from shared.workflow.executor import Executor
+from shared.workflow.executor import _MET, Executor
 from shared.workflow.form import _T_ARG, _T_EVENT, _T_FOR, _TW, EV_SAMPLE, SNAP_HEADER
 from shared.workflow.program import Program
 from shared.workflow.snapshot import migrate_snapshot
@@ -153,7 +153,7 @@ class Side:
         self.snap: bytes | None = None  # the last snapshot the board saved
         self.dirty = False
         self.stale = True  # nd_at needs asking again
-        self.nd_at = 0  # uptime of the next timer or for_ms deadline (_NEVER: none)
+        self.nd_at = _NEVER  # uptime of the next timer or for_ms deadline (_NEVER: none)
         self.tr = 0  # the executor's transition counter when last looked at
         self.state = v.initial
         self.since = 0  # uptime the current state was entered (or its boot's first reading)
@@ -230,6 +230,7 @@ class Side:
         self.mark = len(self.items)
         self.dirty = True
         self.stale = True
+        self.nd_at = _NEVER
 
     def cell_clock(self):
         """The executor's clock: the driver's current uptime ticks."""
@@ -305,28 +306,38 @@ class Side:
     def end_pass(self, up: int, until: int | None, row: tuple) -> None:
         """The end of the pass at uptime ``up`` (``row`` its last reading): tick, save the
         snapshot if anything changed, then tick the deadlines that fall before the next pass
-        (at ``until``; None: the boot's last pass)."""
+        (at ``until``; None: the boot's last pass).
+
+        The tick is skipped when it can do nothing: for a program without timers or for_ms
+        holds, and when no deadline is due now and no hold came due with its guard false
+        (the executor marks such a hold met, ``_MET``, and fires it on a later tick once the
+        guard holds). ``next_deadline_ms`` is asked again only when a transition fired, an
+        input a hold watches was sampled, or a deadline came due: otherwise the one known
+        still stands."""
         ex = self.ex
-        cell = self.cell
-        cell[0] = up & MASK  # the other side's deadlines may have moved the clock on
-        cell[1] = up
-        cell[2] = row
-        ex.tick()
-        if ex.transitions != self.tr:
-            self.moved(up)
+        if self.version.timed:
+            cell = self.cell
+            cell[0] = up & MASK  # the other side's deadlines may have moved the clock on
+            cell[1] = up
+            cell[2] = row
+            if self.stale or self.nd_at <= up:
+                d = ex.next_deadline_ms()
+                self.nd_at = up + d if d >= 0 else _NEVER
+                self.stale = False
+            due = self.nd_at <= up
+            if due or _MET in ex._hold:
+                ex.tick()
+                if ex.transitions != self.tr:
+                    self.moved(up)
+                if self.stale or due:
+                    d = ex.next_deadline_ms()
+                    self.nd_at = up + d if d >= 0 else _NEVER
+                    self.stale = False
         if self.dirty:
             self.snap = ex.snapshot()
             self.dirty = False
         self.last_up = up
-        if until is None or not self.version.timed:
-            return
-        # next_deadline_ms changes only when a transition fired, an input with a for_ms hold
-        # was sampled, or a deadline came due: otherwise the one known still stands
-        if self.stale or self.nd_at <= up:
-            d = ex.next_deadline_ms()
-            self.nd_at = up + d if d >= 0 else _NEVER
-            self.stale = False
-        if self.nd_at < until:
+        if until is not None and self.nd_at < until:
             self.deadlines(up, until)
 
     def deadlines(self, up: int, until: int) -> None:
