@@ -263,10 +263,8 @@ def crossings(values: list[tuple[int, int, int]], level: int) -> int:
 class Outcome:
     names: list[str] = field(default_factory=list)
     clockless: list[str] = field(default_factory=list)
-    t0: int = 0
     v1_readings: dict = field(default_factory=dict)
     v1_events: dict = field(default_factory=dict)
-    v1_logs_ok: dict = field(default_factory=dict)
     create_v2: tuple = ()  # (exit code, output) of its create --preview --json
     preview_v2: dict = field(default_factory=dict)  # the preview of the v1 -> v2 rollout
     rid2: int = 0
@@ -353,7 +351,7 @@ def settle(f: VirtualFleet) -> bool:
 
 
 def run(f: VirtualFleet) -> Outcome:
-    o = Outcome(names=sorted(f.boards), t0=f.now_ms)
+    o = Outcome(names=sorted(f.boards))
     o.clockless = sorted(n for n, b in f.boards.items() if not b.synced)
     climate = Climate(f)
     climate.swing()
