@@ -568,6 +568,14 @@ def test_a_lower_threshold_shows_the_extra_events_it_would_publish(scenario):
         if HOT_V2 < max(v for _, _, v in rs) <= HOT_V1:
             between.append(n)
             assert want[0] == 0 < want[1], (n, want)
+            # where the two part first: the first reading that crosses v2's level upwards
+            boot, up, value = next(
+                r1 for r0, r1 in zip(rs, rs[1:], strict=False)
+                if r0[0] == r1[0] and r0[2] <= HOT_V2 < r1[2]
+            )  # fmt: skip
+            div = d["divergence"]
+            assert (div["boot"], div["up_ms"], div["input"]) == (
+                boot, up, {"name": "temp", "value": value}), (n, div)  # fmt: skip
     assert len(between) >= 2, "boards whose readings cross only v2's level"
     changed = {n for n in o.names if per[n]["divergence"] is not None}
     assert set(between) <= changed and rep["changed"] == len(changed)
