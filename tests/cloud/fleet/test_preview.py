@@ -745,3 +745,16 @@ def test_the_drivers_shortcuts_give_the_plain_board_loop(seed):
         want = board_loop(v, rows_)
         assert len(want["transitions"]) >= 5
         assert side.trace == want
+
+
+def test_select_rows_reads_what_the_preview_replays(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    e, ids = make_fleet(
+        url,
+        [tiny(1), tiny(2)],
+        {"a": ("tiny@1", timeline_readings()), "b": ("tiny@1", timeline_readings()[:3])},
+    )
+    r = engine.run(e, targets(e, "tiny@2"), *WINDOW, to="tiny@2", workers=1)
+    assert engine.select_rows(e, list(ids.values()), *WINDOW) == r["readings"] == 11
+    assert engine.select_rows(e, list(ids.values()), T0 + 10**7, T0 + 10**8) == 0
+    e.dispose()

@@ -333,6 +333,8 @@ class Side:
                     d = ex.next_deadline_ms()
                     self.nd_at = up + d if d >= 0 else _NEVER
                     self.stale = False
+        else:
+            self.stale = False  # nothing to ask
         if self.dirty:
             self.snap = ex.snapshot()
             self.dirty = False

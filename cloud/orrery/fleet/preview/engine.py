@@ -285,6 +285,22 @@ class _Readings:
         return cur.fetchall()
 
 
+def select_rows(engine: Engine, device_ids: Sequence[int], since_ms: int, until_ms: int) -> int:
+    """A plain SELECT of the rows a preview of these devices reads, with the same statement
+    and raw cursor, in this process; returns how many. The baseline a benchmark compares the
+    replay's cost with."""
+    n = 0
+    with engine.connect() as conn:
+        readings = _Readings(conn, since_ms, until_ms)
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            for did in device_ids:
+                n += len(readings.fetch(cur, did))
+        finally:
+            cur.close()
+    return n
+
+
 def _version(blob: bytes, channel_names: tuple[str, ...]) -> Version:
     import hashlib
 

@@ -16,7 +16,9 @@ A report (``engine.run``) is plain JSON-able data::
       "top": [device names, most changed first (at most 10)],
       "per_device": [D, ...],          # every replayed device
       "gate": None | {"bounds": str, "passed": bool,
-                      "breaches": [{"bound": str, "devices": [names], "count": int}]},
+                      "breaches": [{"bound": str, "devices": [names], "count": int,
+                                    "actual": str}]},   # actual: the value that broke it,
+                                                        # as the bound writes it (+inf%, +3)
     }
 
     M = {"transitions": int, "state_changes": int, "events": {name: int}, "events_total": int,

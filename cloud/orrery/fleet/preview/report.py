@@ -34,13 +34,15 @@ def summary_lines(report: dict) -> list[str]:
     pct = f" ({report['changed'] / n:.0%})" if n else ""
     line = f"behave differently: {report['changed']} of {n} device(s){pct}"
     if report["top"]:
-        line += "; most: " + _names(report["top"])
+        line += "; most: " + _names(report["top"], report["changed"])
     lines.append(line)
     changes = biggest_changes(report["totals"]["running"], report["totals"]["new"])
     if changes:
         lines.append("biggest changes (fleet): " + "; ".join(changes[:CHANGES_SHOWN]))
-    elif n:
+    elif any(d["running"] is not None for d in devices):
         lines.append("fleet totals: no change in events, alerts, outputs or transitions")
+    elif n:
+        lines.append("nothing to compare with: no replayed device runs a workflow")
     stranded = report["stranded"]
     if stranded:
         lines.append(
