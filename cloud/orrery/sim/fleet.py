@@ -174,7 +174,9 @@ class VirtualFleet:
     ``step_ms``: virtual time per main-loop pass; ``uplink_ms``: virtual time between two link
     turns of one board. ``speed``: virtual seconds per real second at most (None: as fast as
     the machine goes). ``clockless``: share of boards whose clock is never set; ``skewed``:
-    share whose clock is set wrong (by one of ``SKEWS``, in turn);
+    share whose clock is set wrong (by one of ``SKEWS``, in turn); ``start_ms``: the unix ms the
+    virtual clock starts at (default now; a time in the past keeps the fleet's whole run
+    behind the wall clock, so an operator command's default "up to now" covers it);
     ``small_flash``: share with a tiny flash log (``SMALL_FLASH``: 204 readings, 4 segments of
     51) that an outage of a quarter of an hour fills.
     """
@@ -203,6 +205,7 @@ class VirtualFleet:
         push: Iterable[Path] = (workflows.GREENHOUSE_V1, workflows.GREENHOUSE),
         max_holding: int = 400,
         lag_probe: int = 0,
+        start_ms: int | None = None,
     ) -> None:
         raise_fd_limit(files_needed(n))
         self.rng = random.Random(seed)
@@ -231,7 +234,7 @@ class VirtualFleet:
         from tools.dev.mosquitto import free_port
 
         self.dead_port = free_port()
-        self.clock = VirtualClock(ticks=5, unix_ms=now_ms())
+        self.clock = VirtualClock(ticks=5, unix_ms=now_ms() if start_ms is None else start_ms)
         self.t0 = self.clock.unix_ms() or 0
         self.shared = SharedClock(self.root / "clock.bin", create=True, unix_ms=self.t0)
         self.companion_proc: subprocess.Popen | None = None
