@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from cloud.orrery.db.tables import EVENTS, READINGS
+from cloud.orrery.db.tables import EVENTS, READINGS, SESSIONS
 
 
 @dataclass
@@ -28,7 +28,7 @@ def replay(
 ) -> Trace:
     """Run a compiled workflow over ``readings`` with the replay driver
     (``cloud.orrery.fleet.preview.driver``, the board's main loop): stored rows
-    ``(boot, up_ms, event_ms, channel index, value)`` in the board's order, as
+    ``(boot, up_ms, event_ms, channel index, value, seq)`` in the board's order, as
     ``stored_stream`` gives them, or ``(t_ms, channel index, value)`` taken one boot long with
     ``t_ms`` as both uptime and event time. The executor starts afresh at the first reading.
 
@@ -40,7 +40,7 @@ def replay(
 
     v = Version(blob, channel_names)
     side = Side(v, new_cell(), refilter=not same_filters, trace=True)
-    rows = [r if len(r) == 5 else (0, r[0], r[0], r[1], r[2]) for r in readings]
+    rows = [r if len(r) >= 5 else (0, r[0], r[0], r[1], r[2]) for r in readings]
     drive(rows, [side], [(None, True)])
     assert side.trace is not None
     return Trace(
@@ -89,26 +89,32 @@ def in_window(since_ms: int | None, until_ms: int | None):
 
 def stored_stream(
     conn: Connection, device: int, since_ms: int | None = None, until_ms: int | None = None
-) -> list[tuple[int, int, int | None, int, int]]:
+) -> list[tuple[int, int, int | None, int, int, int]]:
     """A device's stored readings in ``[since_ms, until_ms)`` (``in_window``) as ``replay``
-    takes them: ``(boot, up_ms, event_ms, channel, value)`` in the board's order (boot, seq)."""
+    takes them: ``(boot, up_ms, event_ms, channel, value, seq)`` in the board's order (seq:
+    the board numbers readings across boots; boot ids are random)."""
     c = READINGS.c
     q = (
-        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
+        sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value, c.seq)
         .where(c.device_id == device, in_window(since_ms, until_ms))
-        .order_by(c.boot, c.seq)
+        .order_by(c.seq)
     )
     return [tuple(r) for r in conn.execute(q)]
 
 
 def board_events(conn: Connection, device: int) -> list[dict]:
-    """The workflow events a device published, in order."""
+    """The workflow events a device published, in order: its boots as the companion first
+    saw them (boot ids are random), then each boot's sequence."""
+    e, b = EVENTS.c, SESSIONS.c
     return [
-        {"t": e.event_ms, "state": e.state, "event": e.event, "value": e.value}
-        for e in conn.execute(
-            sa.select(EVENTS)
-            .where(EVENTS.c.device_id == device)
-            .order_by(EVENTS.c.boot, EVENTS.c.seq)
+        {"t": r.event_ms, "state": r.state, "event": r.event, "value": r.value}
+        for r in conn.execute(
+            sa.select(e.event_ms, e.state, e.event, e.value)
+            .select_from(
+                EVENTS.outerjoin(SESSIONS, sa.and_(b.device_id == e.device_id, b.boot == e.boot))
+            )
+            .where(e.device_id == device)
+            .order_by(b.first_seen_ms, e.boot, e.seq)
         )
     ]
 

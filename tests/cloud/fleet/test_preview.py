@@ -85,9 +85,10 @@ TIMELINE = [
     (1, 30000, 150),  # a hold starts (due 33000)
     # 33000: cooling; the board saves its snapshot then (the timer has 10 s left)
     (1, 34000, 150),  # nothing changes: no save
-    # boot 2: restore (cooling, 10 s left from 2000: due 12000), start: fan re-applied
+    # boot 2 powers on at uptime 0: restore (cooling, 10 s left: due 10000), start: fan
+    # re-applied; its first reading is stored at 2000
     (2, 2000, 50),
-    # 12000: the timer: idle
+    # 10000: the timer: idle
     (2, 13000, 50),
 ]
 
@@ -117,37 +118,37 @@ def test_driver_replays_timers_holds_and_a_reboot_as_the_board_would():
         (4000, "idle", "cooling"),  # the for_ms hold, at its own time between two passes
         (14000, "cooling", "idle"),  # the timer, at its own time
         (33000, "idle", "cooling"),
-        (12000, "cooling", "idle"),  # boot 2: the restored timer had 10 s left at 2000
+        (10000, "cooling", "idle"),  # boot 2: the restored timer had 10 s left at power-on
     ]
     assert [(x["t"] - T0, x["event"], x["value"]) for x in tr["events"]] == [
         (4000, "hot", 150),
         (14000, "done", NO_VALUE),
         (33000, "hot", 150),
-        (12000, "done", NO_VALUE),
+        (10000, "done", NO_VALUE),
     ]
-    # the restore re-applies the saved output (fan 1) at boot 2's first reading
+    # the restore re-applies the saved output (fan 1) at boot 2's power-on
     assert [(x["t"] - T0, x["value"]) for x in tr["outputs"]] == [
         (4000, 1),
         (14000, 0),
         (33000, 1),
-        (2000, 1),
-        (12000, 0),
+        (0, 1),
+        (10000, 0),
     ]
     m = side.as_metrics()
     assert (m["transitions"], m["state_changes"], m["events_total"]) == (4, 4, 4)
     assert m["events"] == {"hot": 2, "done": 2}
-    # on: 4..14 s and 33..34 s (boot 1's last reading), 2..12 s of boot 2
+    # on: 4..14 s and 33..34 s (boot 1's last reading), 0..10 s of boot 2
     assert m["outputs"] == {"fan": {"sets": 5, "on_s": 21.0}}
-    # idle: 1..4 s, 14..33 s, 12..13 s of boot 2; cooling as the fan
-    assert m["states_s"] == {"idle": 23.0, "cooling": 21.0}
+    # idle: 1..4 s, 14..33 s, 10..13 s of boot 2; cooling as the fan
+    assert m["states_s"] == {"idle": 25.0, "cooling": 21.0}
     assert (m["alerts"], m["final_state"]) == (0, "idle")
 
 
 def test_driver_restores_the_last_snapshot_the_board_saved():
     # a reboot 5 s into cooling: the snapshot of 33000 (10 s left) is restored, not a later
-    # state (the pass at 34000 changed nothing, so the board did not save again)
+    # state (the pass at 34000 changed nothing, so the board did not save again), at power-on
     _, (side,) = run_tiny(TINY, timeline=[*TIMELINE[:6], (2, 500, 50), (2, 20000, 50)])
-    assert [(x["t"] - T0, x["to"]) for x in side.trace["transitions"]][-1] == (10500, "idle")
+    assert [(x["t"] - T0, x["to"]) for x in side.trace["transitions"]][-1] == (10000, "idle")
 
 
 def test_readings_without_event_time_replay_in_device_order_by_uptime():
@@ -159,7 +160,7 @@ def test_readings_without_event_time_replay_in_device_order_by_uptime():
         (4000, "cooling"),
         (14000, "idle"),
         (33000, "cooling"),
-        (12000, "idle"),
+        (10000, "idle"),
     ]
 
 
@@ -282,9 +283,10 @@ def test_run_reports_per_device_totals_and_skipped(tmp_path):
     # the running version is the hand-checked timeline
     assert a["running"]["transitions"] == 4 and a["running"]["states_s"]["cooling"] == 21.0
     # v2 waits 5 s: cooling 6..16 s (its own sample at 6000, then the timer); the hold from
-    # 30000 would be due at 35000, after boot 1's last reading
+    # 30000 would be due at 35000, after boot 1's last reading. Both boots count from power-on
+    # (uptime 0): the window holds the device's first reading (seq 1), and boot 2's start
     assert a["new"]["transitions"] == 2
-    assert a["new"]["states_s"] == {"idle": 6.0 - 1.0 + 34.0 - 16.0 + 11.0, "cooling": 10.0}
+    assert a["new"]["states_s"] == {"idle": 6.0 + 34.0 - 16.0 + 13.0, "cooling": 10.0}
     assert a["divergence"]["up_ms"] == 4000
     # b: three readings, one hold each: running cools at 4000, the new version at 6000
     assert (b["running"]["transitions"], b["new"]["transitions"]) == (1, 1)
@@ -637,7 +639,8 @@ class _Recorder:
 def board_loop(v: driver.Version, rows_: list[tuple]) -> dict:
     """The board's main loop written out plainly (no shortcut): step each reading of a pass,
     tick, save the snapshot if anything changed, tick every deadline before the next pass;
-    a new boot restores the last snapshot and starts."""
+    a later boot powers on at uptime 0, restores the last snapshot, starts, and runs its passes
+    up to its first reading."""
     from shared.workflow.executor import Executor
     from shared.workflow.form import EV_SAMPLE
 
@@ -661,11 +664,24 @@ def board_loop(v: driver.Version, rows_: list[tuple]) -> dict:
         if rec.dirty:
             snap, rec.dirty = ex.snapshot(), False
 
+    def deadlines(until):
+        # the passes between two readings: every deadline before ``until``, at its own time
+        while True:
+            d = ex.next_deadline_ms()
+            if d <= 0 or now[1] + d >= until:
+                break
+            now[1] += d
+            now[0] = now[1] & driver.MASK
+            ex.tick()
+            look()
+            save()
+
     i = 0
     while i < len(rows_):
         boot, up = rows_[i][0], rows_[i][1]
         if ex is None or boot != rows_[i - 1][0]:
-            now[0], now[1] = up & driver.MASK, up
+            t0 = up if ex is None else 0  # a later boot powers on at uptime 0
+            now[0], now[1] = t0 & driver.MASK, t0
             ex = Executor(v.program, rec, lambda: now[0])
             tr = 0
             if snap is not None:
@@ -674,6 +690,11 @@ def board_loop(v: driver.Version, rows_: list[tuple]) -> dict:
             ex.start()
             look()
             rec.dirty = True
+            if t0 < up:  # the board's passes before its first stored reading
+                ex.tick()
+                look()
+                save()
+                deadlines(up)
         now[0], now[1] = up & driver.MASK, up
         while i < len(rows_) and rows_[i][:2] == (boot, up):
             for k in v.inputs.get(rows_[i][3], ()):
@@ -684,15 +705,7 @@ def board_loop(v: driver.Version, rows_: list[tuple]) -> dict:
         look()
         save()
         if i < len(rows_) and rows_[i][0] == boot:
-            while True:
-                d = ex.next_deadline_ms()
-                if d <= 0 or now[1] + d >= rows_[i][1]:
-                    break
-                now[1] += d
-                now[0] = now[1] & driver.MASK
-                ex.tick()
-                look()
-                save()
+            deadlines(rows_[i][1])
     return rec.trace
 
 
@@ -757,4 +770,40 @@ def test_select_rows_reads_what_the_preview_replays(tmp_path):
     r = engine.run(e, targets(e, "tiny@2"), *WINDOW, to="tiny@2", workers=1)
     assert engine.select_rows(e, list(ids.values()), *WINDOW) == r["readings"] == 11
     assert engine.select_rows(e, list(ids.values()), T0 + 10**7, T0 + 10**8) == 0
+    e.dispose()
+
+
+def test_boots_replay_in_the_boards_order_whatever_their_ids(tmp_path):
+    # boot ids are random: a reboot may get a smaller id; the board's order is its seq
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    swapped = [
+        (9 if b == 1 else 2, s, up, ev, v, rx) for b, s, up, ev, v, rx in timeline_readings()
+    ]
+    e, _ = make_fleet(url, [tiny(1), tiny(2)], {"a": ("tiny@1", timeline_readings()),
+                                                "b": ("tiny@1", swapped)})  # fmt: skip
+    r = engine.run(e, targets(e, "tiny@2"), *WINDOW, to="tiny@2", workers=1)
+    a, b = r["per_device"]
+    assert b["running"] == a["running"]
+    assert b["running"]["states_s"] == {"idle": 26.0, "cooling": 21.0}
+    e.dispose()
+
+
+def test_a_window_with_the_devices_first_reading_starts_it_afresh(tmp_path):
+    # the board entered its initial state at power-on and ran its entry actions; a device that
+    # reported a state before the window, or whose first reading is not in it, is restored
+    greet = copy.deepcopy(TINY)
+    greet["events"].append("ready")
+    greet["states"][0]["entry"] = [{"publish": "ready"}]
+    later = timeline_readings()[2:]
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    e, ids = make_fleet(url, [greet, {**greet, "version": 2}],
+                        {"fresh": ("tiny@1", timeline_readings()), "later": ("tiny@1", later)})  # fmt: skip
+    r = engine.run(e, targets(e, "tiny@2"), *WINDOW, to="tiny@2", workers=1)
+    fresh, mid = sorted(r["per_device"], key=lambda d: d["device"])
+    assert fresh["device"] == "fresh" and fresh["start_state_source"] == "initial"
+    # at power-on, and again when the cooling timer ends in idle (twice)
+    assert fresh["running"]["events"]["ready"] == fresh["new"]["events"]["ready"] == 3
+    # restored mid-run: only the two returns from cooling (its timer at 19 s, and at 10 s of
+    # boot 2), no power-on
+    assert mid["running"]["events"]["ready"] == 2
     e.dispose()

@@ -6,7 +6,7 @@ What the board does (``firmware/sampler.py``, ``firmware/installer.py``) and how
 follows it:
 
 - The executor's clock is the board's uptime (``up_ms & 0x3FFFFFFF``, ticks that wrap), so
-  readings replay in the board's order, (boot, seq), whether or not they have an event time.
+  readings replay in the board's order (by seq), whether or not they have an event time.
 - A pass is the readings of one boot taken at the same uptime: each is stepped (a sample event
   with its stored, already filtered value), then ``tick()``. A timer or a for_ms hold
   (``next_deadline_ms``) that falls before the next pass is ticked at its own time, as the
@@ -39,9 +39,10 @@ REFILTERED = (
     " (approximate)"
 )
 
-# A stored reading as the driver takes them, in the board's order (boot, seq):
-# (boot, up_ms, event_ms or None, channel index on the board, value).
-Row = tuple[int, int, "int | None", int, int]
+# A stored reading as the driver takes them, in the board's order (seq: the board numbers its
+# readings 1, 2, ... across boots, while boot ids are random):
+# (boot, up_ms, event_ms or None, channel index on the board, value, seq).
+Row = tuple[int, int, "int | None", int, int, int]
 
 
 def new_cell() -> list:
@@ -389,11 +390,18 @@ def _t(cell: list, up: int) -> int:
     return up if off is None else up + off
 
 
-def drive(rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple]) -> dict | None:
-    """Replay ``rows`` (one device's, in (boot, seq) order) through ``sides`` (the running
-    version first, if any), each starting from ``starts[i]`` = (snapshot or None, start at
-    the first boot). Returns the first divergence of the first two sides (the report's
-    ``divergence``; None if they behaved alike or there is one side)."""
+def drive(
+    rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple], powered_on: bool = False
+) -> dict | None:
+    """Replay ``rows`` (one device's, in the board's order: by seq) through ``sides`` (the
+    running version first, if any), each starting from ``starts[i]`` = (snapshot or None,
+    start at the first boot). Returns the first divergence of the first two sides (the
+    report's ``divergence``; None if they behaved alike or there is one side).
+
+    A later boot's executors begin at uptime 0, as the board's do at power-on (a restored
+    timer runs out at the board's time, not later by the filters' delay before the first
+    stored reading); so do the first boot's with ``powered_on`` (the rows begin with the
+    device's first reading), else at the first reading."""
     cell = sides[0].cell
     diverged: dict | None = None
     a = sides[0]
@@ -415,10 +423,13 @@ def drive(rows: Iterable[Row], sides: Sequence[Side], starts: Sequence[tuple]) -
             if boot is not None:
                 for s in sides:
                     s.close()
-            cell[0], cell[1], cell[2], cell[4] = up & MASK, up, None, rb
+            t0 = 0 if boot is not None or powered_on else up
+            cell[0], cell[1], cell[2], cell[4] = t0 & MASK, t0, None, rb
             cell[3] = None if row[2] is None else row[2] - up
             for s, (snap, start) in zip(sides, starts, strict=True):
-                s.boot(up, snap if boot is None else s.snap, start or boot is not None)
+                s.boot(t0, snap if boot is None else s.snap, start or boot is not None)
+                if t0 < up:
+                    s.end_pass(t0, up, None)  # the board's first passes, before any reading
             a_ex = a.ex
             a_step = a_ex.step
             if b is not None:

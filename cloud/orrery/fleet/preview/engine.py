@@ -281,9 +281,9 @@ class _Readings:
     def __init__(self, conn: Connection, since_ms: int, until_ms: int) -> None:
         c = READINGS.c
         q = (
-            sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value)
+            sa.select(c.boot, c.up_ms, c.event_ms, c.channel, c.value, c.seq)
             .where(c.device_id == sa.bindparam("device"), in_window(since_ms, until_ms))
-            .order_by(c.boot, c.seq)
+            .order_by(c.seq)
         )
         compiled = q.compile(dialect=conn.dialect)
         self.sql = str(compiled)
@@ -345,16 +345,19 @@ def replay_device(
             state, source, boot = running.state_names.index(name), "reported", reported[1]
     # a board that reported its state in an earlier boot has booted since: restore and start
     start = source == "reported" and first_boot is not None and first_boot != boot
-    snap = base.snapshot_in(state)
+    # the window holds the device's first reading and no state was reported before it: the
+    # board started afresh (its initial state's entry actions ran)
+    fresh = source == "initial" and bool(rows) and rows[0][5] == 1
+    snap = None if fresh else base.snapshot_in(state)
     sides = []
     starts: list[tuple] = []
     refilter = False
     if running is not None:
         sides.append(Side(running, cell, rules=rules))
-        starts.append((snap, start))
+        starts.append((snap, start or fresh))
         refilter = not running.same_filters(new)
         try:
-            new_snap = running.migrated(snap, new)
+            new_snap = None if snap is None else running.migrated(snap, new)
         except ValueError as exc:
             new_snap = new.snapshot_in(new.initial)
             notes.append(f"{exc}: the new version replayed from its initial state")
@@ -364,8 +367,8 @@ def replay_device(
     if refilter:
         notes.append(REFILTERED)
     sides.append(Side(new, cell, refilter=refilter, rules=rules))
-    starts.append((new_snap, start))
-    divergence = drive(rows, sides, starts) if rows else None
+    starts.append((new_snap, start or fresh))
+    divergence = drive(rows, sides, starts, powered_on=fresh) if rows else None
     m_new = sides[-1].as_metrics()
     m_run = sides[0].as_metrics() if running is not None else None
     if not rows:
