@@ -210,6 +210,11 @@ def rollout_create(
         _show_preview(rep, TOP)
     if plan.rollout_id is None:
         console.print("[yellow]dry run: nothing was created[/]")
+    elif rep is not None and stored.passed(rep) is False:
+        console.print(
+            f"created rollout [bold]{plan.rollout_id}[/] of {plan.workflow} (draft): its preview "
+            f"broke its gate, so `orrery rollout start {plan.rollout_id}` refuses it"
+        )
     else:
         console.print(
             f"created rollout [bold]{plan.rollout_id}[/] of {'bundle ' if plan.kind == 'bundle' else ''}"
@@ -281,6 +286,8 @@ def _divergence(d: dict) -> str:
     t = v.get("t_ms")
     at = (iso(t) or "")[5:19].replace("T", " ") if t is not None else f"boot {v['boot']} +{v['up_ms'] / 1000:g}s"
     inp = f" at {v['input']['name']}={v['input']['value']}" if v.get("input") else ""
+    if v.get("inputs"):
+        inp = " (timer or hold; " + " ".join(f"{k}={x}" for k, x in v["inputs"].items()) + ")"
     sides = [f"{k}: {x['what']}" for k in ("running", "new") if (x := v.get(k))]
     return f"{at}{inp}: " + "; ".join(sides)
 

@@ -77,6 +77,7 @@ def test_create_with_a_broken_gate_creates_the_draft_exits_3_and_start_refuses_i
     out = flat(r.stdout)
     assert f"gate broken: {BROKEN_GATE} on 2 device(s) (p00, p01)" in out
     assert "created rollout 1 of greenhouse@3 (draft)" in out
+    assert "`orrery rollout start 1` refuses it" in out  # not an invitation to start it
     r = cli(pdb, "rollout", "start", "1", code=1)
     assert flat(r.output).startswith("error: rollout 1 cannot start: its preview of ")
     assert f"{BROKEN_GATE} on 2 device(s) (p00, p01)" in flat(r.output)

@@ -171,7 +171,8 @@ def test_first_divergence_names_time_state_and_what_each_version_did():
         "t_ms": T0 + 4000,
         "boot": 1,
         "up_ms": 4000,
-        "input": None,  # a deadline between readings
+        "input": None,  # a deadline between readings: the inputs as they were then
+        "inputs": {"temp": 150},
         "running": {"state": "idle", "what": "transition idle → cooling"},
         "new": None,
     }

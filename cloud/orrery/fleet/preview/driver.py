@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 
 from cloud.orrery.ingest.alerts import AlertRule, is_alarm
 from shared.workflow.executor import _MET, Executor
-from shared.workflow.form import _T_ARG, _T_EVENT, _T_FOR, _TW, EV_SAMPLE, SNAP_HEADER
+from shared.workflow.form import _T_ARG, _T_EVENT, _T_FOR, _TW, EV_SAMPLE, NO_VALUE, SNAP_HEADER
 from shared.workflow.program import Program
 from shared.workflow.snapshot import migrate_snapshot
 
@@ -504,10 +504,18 @@ def _first_difference(a: Side, b: Side) -> dict | None:
             "boot": boot,
             "up_ms": up,
             "input": _input(a, b, row),
+            # a deadline's (a timer or a for_ms hold between readings): the inputs as they were
+            "inputs": None if row is not None else _inputs(a if first is x else b),
             "running": None if x is None else {"state": x[1], "what": x[0]},
             "new": None if y is None else {"state": y[1], "what": y[0]},
         }
     return None
+
+
+def _inputs(side: Side) -> dict[str, int]:
+    # the last filtered value of each of ``side``'s inputs that has one
+    last = side.ex.last if side.ex is not None else ()
+    return {n: v for n, v in zip(side.version.input_names, last, strict=False) if v != NO_VALUE}
 
 
 def _input(a: Side, b: Side, row) -> dict | None:

@@ -29,7 +29,9 @@ A report (``engine.run``) is plain JSON-able data::
          "start_state": str, "start_state_source": "reported" | "initial", "note": str | None,
          "running": M | None, "new": M, "score": float,
          "divergence": None | {"t_ms": int | None, "boot": int, "up_ms": int,
-                               "input": {"name": str, "value": int} | None,
+                               "input": {"name": str, "value": int} | None,  # the reading
+                               "inputs": {name: int} | None,  # at a deadline: every input's
+                                                              # last value
                                "running": {"state": str, "what": str} | None,
                                "new": {"state": str, "what": str} | None}}
 """
