@@ -573,7 +573,20 @@ def test_summary_lines_name_what_changed(tmp_path):
     assert "transitions 4 → 2 (-50%)" in text and "events.done 2 → 1 (-50%)" in text
     assert "stranded: none" in text
     assert "gate events.hot<=+0%: passed" in text
+    assert "approximate" not in text
     assert len(lines) <= 8
+    e.dispose()
+
+
+def test_summary_says_when_the_new_version_filters_otherwise(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    smooth = tiny(2)
+    smooth["inputs"][0]["filters"] = [{"type": "ema", "alpha": 0.5}]
+    e, _ = make_fleet(url, [tiny(1), smooth], {"a": ("tiny@1", timeline_readings())})
+    r = engine.run(e, targets(e, "tiny@2"), *WINDOW, to="tiny@2", workers=1)
+    assert driver.REFILTERED in r["per_device"][0]["note"]
+    text = "\n".join(report.summary_lines(r))
+    assert "approximate on 1 device(s): the new version filters its inputs otherwise" in text
     e.dispose()
 
 

@@ -6,6 +6,7 @@ import math
 from collections import Counter
 
 from cloud.orrery.clock import fmt_ms, iso
+from cloud.orrery.fleet.preview.driver import REFILTERED
 
 CHANGES_SHOWN = 5  # the biggest changes in the totals
 NAMES_SHOWN = 5  # devices named on a line
@@ -29,6 +30,12 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             "skipped: "
             + "; ".join(f"{len(names)} {why} ({_names(names)})" for why, names in skipped.items())
+        )
+    refiltered = [d["device"] for d in devices if REFILTERED in (d["note"] or "")]
+    if refiltered:
+        lines.append(
+            f"approximate on {len(refiltered)} device(s): the new version filters its inputs "
+            "otherwise, so their stored (filtered) readings were filtered again"
         )
     n = report["replayed"]
     pct = f" ({report['changed'] / n:.0%})" if n else ""
