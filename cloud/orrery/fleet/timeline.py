@@ -118,8 +118,18 @@ def workflow_state(conn: Connection, device: int) -> dict | None:
         sa.select(
             EVENTS.c.boot, EVENTS.c.state, EVENTS.c.event, EVENTS.c.event_ms, EVENTS.c.received_ms
         )
+        .select_from(
+            EVENTS.outerjoin(
+                SESSIONS,
+                sa.and_(SESSIONS.c.device_id == EVENTS.c.device_id, SESSIONS.c.boot == EVENTS.c.boot),
+            )
+        )
         .where(EVENTS.c.device_id == device)
-        .order_by(EVENTS.c.boot.desc(), EVENTS.c.seq.desc())
+        # the newest boot as the companion first saw it (boot ids are random), then its last event
+        .order_by(
+            sa.func.coalesce(SESSIONS.c.first_seen_ms, EVENTS.c.received_ms).desc(),
+            EVENTS.c.seq.desc(),
+        )
         .limit(1)
     ).first()
     if r is None:
