@@ -147,6 +147,11 @@ class Side:
         self.rules: dict[int, tuple[AlertRule, ...]] = {}
         for r in rules:
             self.rules[r.channel] = (*self.rules.get(r.channel, ()), r)
+        # what ``take`` asks of every reading: the inputs of a channel, whether the stored value
+        # goes straight to the executor, the channels a for_ms hold watches
+        self.inputs = v.inputs.get
+        self.plain = not refilter and not self.rules
+        self.hold = v.hold_channels
         self.trace: dict[str, list] | None = (
             {"transitions": [], "events": [], "outputs": []} if trace else None
         )
@@ -284,6 +289,23 @@ class Side:
                     {"t": _t(self.cell, up), "from": names[old], "to": names[s]}
                 )
 
+    def take(self, ch: int, value: int, up: int) -> None:
+        """Step a stored reading of board channel ``ch`` taken at uptime ``up`` (the driver's
+        per-reading path): into the inputs reading that channel, noting what it fired."""
+        ins = self.inputs(ch)
+        if ins is None:
+            return
+        ex = self.ex
+        if self.plain:
+            for i in ins:
+                ex.step(EV_SAMPLE, i, value)
+        else:
+            self.sample(ins, ch, value)
+        if ex.transitions != self.tr:
+            self.moved(up)
+        if ch in self.hold:
+            self.stale = True
+
     def sample(self, ins: tuple[int, ...], ch: int, value: int) -> None:
         """Step a stored reading of board channel ``ch`` into inputs ``ins`` (through their
         filters when this version re-filters) and count the alert rules it trips."""
@@ -409,14 +431,8 @@ def drive(
     it = iter(rows)
     row = next(it, None)
     boot = None
-    # per-reading work is inlined for the two sides (this loop runs for every reading)
-    a_in = a.version.inputs.get
-    a_hold = a.version.hold_channels
-    a_plain = not a.refilter and not a.rules
-    b_in = b.version.inputs.get if b is not None else None
-    b_hold = b.version.hold_channels if b is not None else frozenset()
-    b_plain = b is not None and not b.refilter and not b.rules
-    a_ex = b_ex = None
+    take_a = a.take
+    take_b = b.take if b is not None else None
     while row is not None:
         rb, up = row[0], row[1]
         if rb != boot:
@@ -430,11 +446,6 @@ def drive(
                 s.boot(t0, snap if boot is None else s.snap, start or boot is not None)
                 if t0 < up:
                     s.end_pass(t0, up, None)  # the board's first passes, before any reading
-            a_ex = a.ex
-            a_step = a_ex.step
-            if b is not None:
-                b_ex = b.ex
-                b_step = b_ex.step
             boot = rb
         cell[0] = up & MASK
         cell[1] = up
@@ -442,30 +453,9 @@ def drive(
         # the pass: every reading of this boot at this uptime, stepped
         while True:
             cell[2] = row
-            ch = row[3]
-            ins = a_in(ch)
-            if ins is not None:
-                if a_plain:
-                    for i in ins:
-                        a_step(EV_SAMPLE, i, row[4])
-                else:
-                    a.sample(ins, ch, row[4])
-                if a_ex.transitions != a.tr:
-                    a.moved(up)
-                if ch in a_hold:
-                    a.stale = True
-            if b_in is not None:
-                ins = b_in(ch)
-                if ins is not None:
-                    if b_plain:
-                        for i in ins:
-                            b_step(EV_SAMPLE, i, row[4])
-                    else:
-                        b.sample(ins, ch, row[4])
-                    if b_ex.transitions != b.tr:
-                        b.moved(up)
-                    if ch in b_hold:
-                        b.stale = True
+            take_a(row[3], row[4], up)
+            if take_b is not None:
+                take_b(row[3], row[4], up)
             row = next(it, None)
             if row is None or row[1] != up or row[0] != rb:
                 break
